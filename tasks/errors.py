@@ -1,0 +1,68 @@
+"""Errors raised by agents and the agent task base.
+
+The retry policy is declared here, by class, in one place: the task base retries
+:class:`TransientError` with exponential backoff and jitter and never retries the others.
+
+::
+
+    AgentError
+     ├── TransientError            retried with backoff, then dead-lettered
+     │    └── ProviderUnavailable  an LLM provider timed out, refused, or answered 5xx / 429
+     └── PermanentError            never retried; dead-lettered at once
+          ├── InvalidInput         a payload failed its agent's input model
+          ├── InvalidMessage       a broker message we cannot decode (not JSON, wrong shape)
+          └── ProviderRejected     an LLM provider answered 4xx (bad request, auth, unknown model)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class TransientError(AgentError):
+    """Raised when a failure may go away on its own; the task base retries it."""
+
+
+class PermanentError(AgentError):
+    """Raised when retrying cannot help; the message is dead-lettered without retries."""
+
+
+class InvalidInput(PermanentError):
+    """Raised when a payload does not validate against an agent's input model.
+
+    ``agent`` names the agent, ``errors`` holds pydantic's error list (location, message, type).
+    """
+
+    def __init__(self, agent: str, errors: list[dict[str, Any]]) -> None:
+        self.agent = agent
+        self.errors = errors
+        fields = ", ".join(
+            ".".join(str(p) for p in e.get("loc", ())) + f" ({e.get('msg', 'invalid')})" for e in errors
+        )
+        super().__init__(f"invalid input for agent {agent!r}: {fields or 'payload rejected'}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.agent, self.errors))
+
+
+class InvalidMessage(PermanentError):
+    """Raised when a broker message cannot be decoded into a task call at all."""
+
+
+class ProviderUnavailable(TransientError):
+    """Raised when an LLM provider times out, cannot be reached, or answers 5xx or 429."""
+
+
+class ProviderRejected(PermanentError):
+    """Raised when an LLM provider refuses the request itself (a 4xx other than 429)."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        self.status_code = status_code
+        super().__init__(f"provider rejected the request with HTTP {status_code}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.status_code, str(self)))
