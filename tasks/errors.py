@@ -66,3 +66,16 @@ class ProviderRejected(PermanentError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.status_code, str(self)))
+
+
+def is_transient(error: BaseException) -> bool:
+    """The retry policy, by class, in one place: retry what may go away on its own."""
+    if isinstance(error, PermanentError):
+        return False
+    if isinstance(error, TransientError):
+        return True
+    from celery.exceptions import SoftTimeLimitExceeded  # an overrun LLM call may succeed next time
+
+    return isinstance(error, (SoftTimeLimitExceeded, TimeoutError, ConnectionError)) or (
+        type(error).__name__ == "StoreUnavailable"
+    )

@@ -1,0 +1,169 @@
+"""The Celery app: ``celery -A project worker -Q agents.<name>`` starts a worker for one agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from project.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
+from project.topology import Topology, agent_of
+from tasks.llm import ProviderConfig
+from tasks.runtime import RuntimeConfig
+
+#: Agent modules loaded by name when the app finalizes; never imported at import time.
+BUILTIN_MODULES = (
+    "tasks.agents.pipeline",
+)
+#: Agents that ship with relaybus: the reference pipeline and the reference saga's steps.
+BUILTIN_AGENTS = (
+    "system",  # relaybus's own tasks (saga orchestration, maintenance) and anything unrouted
+    "intake",
+    "planner",
+    "researcher",
+    "writer",
+    "reviewer",
+    "publisher",
+)
+
+
+def runtime_from(settings: Settings) -> RuntimeConfig:
+    return RuntimeConfig(
+        namespace=settings.namespace,
+        urgent_queues=settings.urgent_queues,
+        priority_levels=dict(PRIORITY_LEVELS),
+        default_priority=settings.default_priority,
+        max_retries=settings.max_retries,
+        retry_backoff_s=settings.retry_backoff_s,
+        retry_backoff_max_s=settings.retry_backoff_max_s,
+        retry_jitter=settings.retry_jitter,
+        soft_time_limit_s=settings.soft_time_limit_s,
+        time_limit_s=settings.time_limit_s,
+        max_payload_bytes=settings.max_payload_bytes,
+        eventstore_url=settings.eventstore_url,
+        record_events=settings.record_events,
+        redact_keys=settings.redact_keys,
+        max_event_payload_bytes=settings.max_event_payload_bytes,
+        llm=ProviderConfig(
+            kind=settings.llm_provider,
+            base_url=settings.llm_base_url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key,
+            timeout_s=settings.llm_timeout_s,
+        ),
+    )
+
+
+def topology_from(settings: Settings) -> Topology:
+    agents = tuple(dict.fromkeys(BUILTIN_AGENTS + settings.extra_agents))
+    return Topology(settings.namespace, agents, settings.urgent_queues)
+
+
+class AgentRouter:
+    """Routes ``agents.<name>`` to ``<namespace>.<name>`` (or its urgent queue for urgent work)."""
+
+    def __init__(self, topology: Topology, urgent_level: int) -> None:
+        self.topology = topology
+        self.urgent_level = urgent_level
+
+    def __call__(self, name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **kw: Any) -> Any:
+        agent = agent_of(name)
+        if agent is None:
+            return None
+        priority = options.get("priority")
+        urgent = bool(
+            self.topology.urgent_queues and isinstance(priority, int) and priority >= self.urgent_level
+        )
+        return {"queue": self.topology.agent_queue(agent, urgent=urgent)}
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    topology = topology_from(settings)
+    app = Celery("relaybus", include=list(BUILTIN_MODULES + settings.extra_modules))
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        # JSON only: pickle executes code from whoever can publish to the broker.
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Ack after the work, so a crashed worker's message is redelivered, not lost.
+        task_acks_late=True,
+        # A killed pool child's message goes back to the queue instead of being acked.
+        task_reject_on_worker_lost=True,
+        # Failures are dead-lettered by the task base with their reason, then acked (tasks.deadletter).
+        task_acks_on_failure=True,
+        # A hard time limit is final; requeueing would loop forever on the same message.
+        task_acks_on_timeout=True,
+        # One reserved message per process: priorities can only reorder what is still in the queue.
+        worker_prefetch_multiplier=1,
+        # Persistent messages on durable queues survive a broker restart.
+        task_default_delivery_mode="persistent",
+        # Publisher confirms: a publish returns only once the broker has the message.
+        broker_transport_options={"confirm_publish": True},
+        broker_connection_retry_on_startup=True,
+        # Dead-letter queues are declared (project.topology.declare) but never consumed by default.
+        task_queues=topology.queues_for(topology.agents),
+        task_create_missing_queues=False,  # a typo in -Q is an error, not a new plain queue
+        task_default_queue=topology.queue_name("system"),
+        task_default_exchange=settings.namespace,
+        task_default_routing_key=topology.queue_name("system"),
+        task_routes=(AgentRouter(topology, PRIORITY_LEVELS["urgent"]),),
+        task_queue_max_priority=MAX_PRIORITY,
+        task_default_priority=PRIORITY_LEVELS[settings.default_priority],
+        # Chain steps and callbacks keep the priority the workflow started with.
+        task_inherit_parent_priority=True,
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.time_limit_s,
+        task_track_started=True,
+        result_extended=True,
+        # Chords count their header in Redis; keep results longer than any workflow runs.
+        result_expires=settings.result_expires_s,
+        # A chord's error callback must also see its header tasks' failures.
+        task_allow_error_cb_on_chord_header=True,
+        # Flower and `celery events` need these.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_consumer="project.consumer:DeadLetteringConsumer",
+        worker_hijack_root_logger=False,
+        relaybus_runtime=runtime_from(settings),
+        relaybus_topology=topology,
+    )
+    return app
+
+
+def topology_of(app: Celery) -> Topology:
+    topology = app.conf.get("relaybus_topology")
+    if not isinstance(topology, Topology):
+        raise RuntimeError("this Celery app was not built by project.celery.create_app")
+    return topology
+
+
+def _declare_topology(sender: Any = None, **_: Any) -> None:
+    app = sender.app if sender is not None and hasattr(sender, "app") else None
+    if app is None:
+        return
+    with app.connection_for_write() as conn:
+        topology_of(app).declare(conn)
+
+
+def _connect_signals() -> None:
+    from celery import current_app
+
+    from tasks.context import propagate_ids
+    from tasks.recording import on_before_task_publish
+
+    def record_sent(**kwargs: Any) -> None:
+        on_before_task_publish(current_app, **kwargs)
+
+    # Order matters: ids are stamped before the "sent" event reads them.
+    signals.before_task_publish.connect(propagate_ids, weak=False, dispatch_uid="relaybus.propagate_ids")
+    signals.before_task_publish.connect(record_sent, weak=False, dispatch_uid="relaybus.record_sent")
+    signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")
+
+
+_connect_signals()
+app = create_app()

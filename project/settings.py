@@ -1,0 +1,128 @@
+"""relaybus settings: one pydantic-settings object, every value overridable by a ``RELAYBUS_`` variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PriorityClass = Literal["urgent", "high", "normal", "low"]
+
+#: The one place priority classes become numbers. RabbitMQ keeps one sub-queue per level, so few
+#: levels are cheaper; it recommends single digits. Higher number = served first.
+PRIORITY_LEVELS: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
+MAX_PRIORITY = max(PRIORITY_LEVELS.values())
+
+DEFAULT_REDACT_KEYS = (
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "private_key",
+)
+
+
+class Settings(BaseSettings):
+    """Everything relaybus reads from its environment. The README's configuration table mirrors it."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAYBUS_", frozen=True, extra="ignore")
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    result_backend: str = "redis://127.0.0.1:6379/0"
+    eventstore_url: str = "sqlite:///.relaybus/events.sqlite"
+
+    #: Prefix of every exchange and queue: ``<namespace>.<agent>``. Lets tests and several deployments
+    #: share one broker without touching each other's queues.
+    namespace: str = "agents"
+    #: Also declare ``<namespace>.<agent>.urgent`` and route urgent work there, for dedicated workers.
+    urgent_queues: bool = False
+    default_priority: PriorityClass = "normal"
+
+    max_retries: int = Field(default=3, ge=0)
+    retry_backoff_s: float = Field(default=1.0, gt=0)
+    #: Retry countdowns are held unacked by the worker; RabbitMQ closes a channel whose delivery stays
+    #: unacked past ``consumer_timeout`` (30 min by default), so the cap stays well below it.
+    retry_backoff_max_s: float = Field(default=600.0, gt=0, le=1500.0)
+    retry_jitter: bool = True
+
+    soft_time_limit_s: float = Field(default=300.0, gt=0)
+    #: Hard limit: also kept below RabbitMQ's consumer_timeout for the same reason.
+    time_limit_s: float = Field(default=360.0, gt=0, le=1700.0)
+
+    #: Largest serialized task input accepted from a client; larger inputs are refused before publishing.
+    max_payload_bytes: int = Field(default=256 * 1024, gt=0)
+    #: Event-log payloads above this are stored truncated, with their size and hash.
+    max_event_payload_bytes: int = Field(default=64 * 1024, gt=0)
+    redact_keys: Annotated[tuple[str, ...], NoDecode] = DEFAULT_REDACT_KEYS
+    record_events: bool = True
+
+    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+    llm_provider: Literal["offline", "openai"] = "offline"
+    llm_base_url: str = "http://127.0.0.1:8000/v1"
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(default=30.0, gt=0)
+
+    #: Your own agent modules, which workers import, and the agent names they register
+    #: (each gets its queues), both comma separated in the environment.
+    extra_modules: Annotated[tuple[str, ...], NoDecode] = ()
+    extra_agents: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_a_queue_prefix(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError("namespace must be non-empty and use only letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("redact_keys", "extra_modules", "extra_agents", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def priority(self, value: PriorityClass | int | None) -> int:
+        """Map a priority class (or an explicit number) to the broker's number."""
+        if value is None:
+            return PRIORITY_LEVELS[self.default_priority]
+        if isinstance(value, int):
+            if not 0 <= value <= MAX_PRIORITY:
+                raise ValueError(f"priority must be between 0 and {MAX_PRIORITY}, got {value}")
+            return value
+        try:
+            return PRIORITY_LEVELS[value]
+        except KeyError:
+            raise ValueError(
+                f"unknown priority class {value!r}; expected one of {', '.join(PRIORITY_LEVELS)}"
+            ) from None
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``RELAYBUS_*`` variables, to hand to a worker process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"RELAYBUS_{name.upper()}"] = str(value)
+        if self.llm_api_key is not None:
+            env["RELAYBUS_LLM_API_KEY"] = self.llm_api_key.get_secret_value()
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

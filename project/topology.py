@@ -1,0 +1,105 @@
+"""The broker topology: one durable priority queue per agent, its dead-letter queue, the event exchange.
+
+Names, for namespace ``agents`` and agent ``researcher``::
+
+    exchange agents            direct   agents.researcher        -> queue agents.researcher
+                                        agents.researcher.urgent -> queue agents.researcher.urgent (optional)
+    exchange agents.dlx        direct   agents.researcher.dlq    -> queue agents.researcher.dlq
+    exchange agents.events     topic    (the event bus; subscribers bind their own queues)
+
+Workers declare only the queues they consume, and RabbitMQ silently drops a dead-lettered message
+whose dead-letter exchange or queue does not exist, so :func:`declare` creates everything up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kombu import Connection, Exchange, Queue
+
+from project.settings import MAX_PRIORITY
+
+AGENT_TASK_PREFIX = "agents."
+
+
+def agent_of(task_name: str) -> str | None:
+    """The agent a task name belongs to: ``agents.researcher`` -> ``researcher``."""
+    if task_name.startswith(AGENT_TASK_PREFIX):
+        return task_name[len(AGENT_TASK_PREFIX) :]
+    return None
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str
+    agents: tuple[str, ...]
+    urgent_queues: bool = False
+
+    @property
+    def exchange(self) -> Exchange:
+        return Exchange(self.namespace, type="direct", durable=True)
+
+    @property
+    def dead_letter_exchange(self) -> Exchange:
+        return Exchange(f"{self.namespace}.dlx", type="direct", durable=True)
+
+    @property
+    def event_exchange(self) -> Exchange:
+        return Exchange(f"{self.namespace}.events", type="topic", durable=True)
+
+    def queue_name(self, agent: str, *, urgent: bool = False) -> str:
+        return f"{self.namespace}.{agent}.urgent" if urgent else f"{self.namespace}.{agent}"
+
+    def dlq_name(self, agent: str) -> str:
+        return f"{self.namespace}.{agent}.dlq"
+
+    def agent_queue(self, agent: str, *, urgent: bool = False) -> Queue:
+        name = self.queue_name(agent, urgent=urgent)
+        return Queue(
+            name,
+            exchange=self.exchange,
+            routing_key=name,
+            durable=True,
+            queue_arguments={
+                # Classic queue: RabbitMQ 3.10 gives message priorities to classic queues only.
+                "x-max-priority": MAX_PRIORITY,
+                # A message rejected without requeue (unknown task, undecodable body) is kept, not lost.
+                "x-dead-letter-exchange": self.dead_letter_exchange.name,
+                "x-dead-letter-routing-key": self.dlq_name(agent),
+            },
+        )
+
+    def dead_letter_queue(self, agent: str) -> Queue:
+        name = self.dlq_name(agent)
+        return Queue(name, exchange=self.dead_letter_exchange, routing_key=name, durable=True)
+
+    def queues_for(self, agents: Iterable[str]) -> list[Queue]:
+        queues: list[Queue] = []
+        for agent in agents:
+            queues.append(self.agent_queue(agent))
+            if self.urgent_queues:
+                queues.append(self.agent_queue(agent, urgent=True))
+        return queues
+
+    def all_queues(self) -> list[Queue]:
+        return self.queues_for(self.agents) + [self.dead_letter_queue(a) for a in self.agents]
+
+    def agent_of_queue(self, queue: str) -> str | None:
+        prefix = f"{self.namespace}."
+        if not queue.startswith(prefix):
+            return None
+        rest = queue[len(prefix) :]
+        for suffix in (".urgent", ".dlq"):
+            if rest.endswith(suffix):
+                rest = rest[: -len(suffix)]
+        return rest if rest in self.agents else None
+
+    def declare(self, connection: Connection, agents: Iterable[str] | None = None) -> None:
+        """Declare exchanges, agent queues and dead-letter queues (idempotent)."""
+        wanted = tuple(agents) if agents is not None else self.agents
+        channel = connection.default_channel
+        for exchange in (self.exchange, self.dead_letter_exchange, self.event_exchange):
+            exchange(channel).declare()
+        for queue in self.queues_for(wanted) + [self.dead_letter_queue(a) for a in wanted]:
+            queue(channel).declare()

@@ -1,0 +1,262 @@
+"""The agent task base: validation, retries, dead-lettering, correlation and recording.
+
+An agent is a plain function over typed models::
+
+    class ResearchInput(AgentModel):
+        topic: str
+
+    class ResearchOutput(AgentModel):
+        findings: list[str]
+
+    @agent("researcher", input=ResearchInput, output=ResearchOutput)
+    def research(inp: ResearchInput, ctx: AgentContext) -> ResearchOutput:
+        ...
+
+It becomes the Celery task ``agents.researcher``, routed to the queue ``<namespace>.researcher``.
+Everything that is not the agent's business lives here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from celery import Task, shared_task
+from celery._state import get_current_task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tasks import recording
+from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER
+from tasks.deadletter import dead_letter_task
+from tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
+from tasks.llm import LLMProvider
+from tasks.runtime import llm_provider, runtime_config
+
+InputT = TypeVar("InputT", bound=BaseModel)
+OutputT = TypeVar("OutputT", bound=BaseModel)
+
+AGENT_TASK_PREFIX = "agents."
+
+
+class AgentModel(BaseModel):
+    """Base for agent inputs and outputs: frozen, and unknown fields are an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What a running agent may know about its call and use besides its input."""
+
+    agent: str
+    task_id: str
+    correlation_id: str
+    causation_id: str | None
+    attempt: int
+    priority: int | None
+    llm: LLMProvider
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AgentSpec(Generic[InputT, OutputT]):
+    name: str
+    input_model: type[InputT]
+    output_model: type[OutputT]
+    fn: Callable[[InputT, AgentContext], OutputT | dict[str, Any]]
+    max_retries: int | None = None
+    soft_time_limit_s: float | None = None
+    time_limit_s: float | None = None
+
+    @property
+    def task_name(self) -> str:
+        return AGENT_TASK_PREFIX + self.name
+
+    def build_input(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> InputT:
+        """Validate a call. A positional argument is the previous step's result (chain or chord)."""
+        try:
+            if not args:
+                return self.input_model.model_validate(kwargs)
+            if len(args) > 1:
+                raise InvalidInput(
+                    self.name,
+                    [{"loc": ("args",), "msg": f"expected at most one positional argument, got {len(args)}"}],
+                )
+            upstream = args[0]
+            from_upstream = getattr(self.input_model, "from_upstream", None)
+            if callable(from_upstream):
+                built: InputT = from_upstream(upstream, dict(kwargs))
+                return built
+            if isinstance(upstream, dict):
+                return self.input_model.model_validate({**upstream, **kwargs})
+            raise InvalidInput(
+                self.name,
+                [{"loc": ("args", 0), "msg": f"cannot build input from a {type(upstream).__name__}"}],
+            )
+        except ValidationError as exc:
+            raise InvalidInput(self.name, _plain_errors(exc)) from None
+
+
+def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": tuple(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def _jsonable_size(value: Any) -> int:
+    return len(json.dumps(value, default=str).encode())
+
+
+class AgentTask(Task):  # type: ignore[misc]
+    """Celery task class of every agent. See the module docstring."""
+
+    spec: AgentSpec[Any, Any]
+    typing = False  # validation is ours, with field names in the error
+    acks_late = True  # ack after the work, so a crashed worker's message is redelivered
+    # A failure is acked only after the task has put the message, with its reason, in the
+    # dead-letter queue (tasks.deadletter); rejecting as well would dead-letter it twice.
+    acks_on_failure = True
+    # A hard time limit is terminal: requeueing would loop forever on the same input.
+    acks_on_timeout = True
+    reject_on_worker_lost = True  # a SIGKILLed child's message goes back to the queue
+
+    # -- client side -------------------------------------------------------------------------
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        config = runtime_config(self.app)
+        if "priority" in options and isinstance(options["priority"], str):
+            options["priority"] = config.priority(options["priority"])
+        running = get_current_task()
+        if running is None or running.request.id is None:
+            # Outside a worker: refuse bad input before anything reaches the broker.
+            self.validate_call(args or (), kwargs or {})
+        return super().apply_async(args, kwargs, **options)
+
+    def validate_call(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
+        config = runtime_config(self.app)
+        size = _jsonable_size([list(args), kwargs])
+        if size > config.max_payload_bytes:
+            raise InvalidInput(
+                self.spec.name,
+                [{"loc": ("payload",), "msg": f"{size} bytes is over the limit of {config.max_payload_bytes}"}],
+            )
+        if not args:  # a chain step's input is complete only once its upstream result arrives
+            self.spec.build_input((), kwargs)
+
+    # -- worker side -------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:
+            inp = self.spec.build_input(args, kwargs)
+            return self._output(self.spec.fn(inp, self._context(request)))
+
+        config = runtime_config(self.app)
+        started = time.monotonic()
+        recorder = recording.recorder_for(self.app)
+        recorder.task_started(self, request, args, kwargs)
+        try:
+            inp = self.spec.build_input(args, kwargs)
+            result = self._output(self.spec.fn(inp, self._context(request)))
+        except Retry:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            error: BaseException = exc
+            max_retries = self.spec.max_retries if self.spec.max_retries is not None else config.max_retries
+            if is_transient(error) and request.retries < max_retries:
+                countdown = config.backoff(request.retries)
+                recorder.task_retried(self, request, error, countdown)
+                raise self.retry(exc=error, countdown=countdown, max_retries=max_retries) from None
+            reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
+            queue = self._queue(request)
+            dead_letter_task(
+                self.app,
+                task_name=self.name,
+                task_id=request.id,
+                args=list(args),
+                kwargs=kwargs,
+                request_headers=self._request_headers(request),
+                original_queue=queue,
+                reason=reason,
+                error=error,
+                attempts=request.retries + 1,
+                priority=(request.delivery_info or {}).get("priority"),
+            )
+            recorder.task_failed(self, request, error, time.monotonic() - started, dead_letter_reason=reason)
+            raise
+        recorder.task_succeeded(self, request, result, time.monotonic() - started)
+        return result
+
+    def _output(self, value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            if not isinstance(value, self.spec.output_model):
+                raise PermanentError(
+                    f"agent {self.spec.name!r} returned {type(value).__name__}, "
+                    f"expected {self.spec.output_model.__name__}"
+                )
+            return value.model_dump(mode="json")
+        return self.spec.output_model.model_validate(value).model_dump(mode="json")
+
+    def _context(self, request: Any) -> AgentContext:
+        headers = self._request_headers(request)
+        return AgentContext(
+            agent=self.spec.name,
+            task_id=request.id or "direct",
+            correlation_id=headers.get(CORRELATION_HEADER) or request.id or "direct",
+            causation_id=headers.get(CAUSATION_HEADER),
+            attempt=(request.retries or 0) + 1,
+            priority=(request.delivery_info or {}).get("priority"),
+            llm=llm_provider(self.app),
+        )
+
+    @staticmethod
+    def _request_headers(request: Any) -> dict[str, Any]:
+        headers: dict[str, Any] = dict(request.headers or {})
+        for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, "root_id", "parent_id"):
+            value = getattr(request, key, None)
+            if value is not None and key not in headers:
+                headers[key] = value
+        return headers
+
+    def _queue(self, request: Any) -> str:
+        info = request.delivery_info or {}
+        return str(info.get("routing_key") or f"{runtime_config(self.app).namespace}.{self.spec.name}")
+
+
+def agent(
+    name: str,
+    *,
+    input: type[InputT],
+    output: type[OutputT],
+    max_retries: int | None = None,
+    soft_time_limit_s: float | None = None,
+    time_limit_s: float | None = None,
+) -> Callable[[Callable[[InputT, AgentContext], OutputT | dict[str, Any]]], AgentTask]:
+    """Register ``fn`` as the agent ``name``: the Celery task ``agents.<name>``."""
+
+    def decorate(fn: Callable[[InputT, AgentContext], OutputT | dict[str, Any]]) -> AgentTask:
+        spec = AgentSpec(name, input, output, fn, max_retries, soft_time_limit_s, time_limit_s)
+        options: dict[str, Any] = {"name": spec.task_name, "base": AgentTask, "spec": spec, "bind": False}
+        if soft_time_limit_s is not None:
+            options["soft_time_limit"] = soft_time_limit_s
+        if time_limit_s is not None:
+            options["time_limit"] = time_limit_s
+
+        def run(*args: Any, **kwargs: Any) -> Any:  # the body is AgentTask.__call__
+            raise AgentError("AgentTask.__call__ runs agents; run() is never called")
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        task: AgentTask = shared_task(**options)(run)
+        return task
+
+    return decorate
+
+
+def hostname() -> str:
+    return socket.gethostname()

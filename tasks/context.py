@@ -1,0 +1,83 @@
+"""Correlation and causation ids, carried in message headers through every hop.
+
+Celery drops a custom header named ``correlation_id`` (it collides with the task id) and copies
+no custom header to the next step of a chain, so relaybus uses its own header names and copies
+them in a ``before_task_publish`` handler (:func:`propagate_ids`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from celery._state import get_current_task
+
+CORRELATION_HEADER = "x_correlation_id"
+CAUSATION_HEADER = "x_causation_id"
+REDRIVE_HEADER = "x_redrive"
+
+_correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
+_causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@contextmanager
+def workflow_context(correlation_id: str | None = None, causation_id: str | None = None) -> Iterator[str]:
+    """Publish everything inside the block under one correlation id (generated if not given)."""
+    corr = correlation_id or new_id()
+    t1 = _correlation.set(corr)
+    t2 = _causation.set(causation_id)
+    try:
+        yield corr
+    finally:
+        _correlation.reset(t1)
+        _causation.reset(t2)
+
+
+def _request_header(name: str) -> str | None:
+    task = get_current_task()
+    if task is None or task.request is None or task.request.id is None:
+        return None
+    value = getattr(task.request, name, None)
+    if value is None and task.request.headers:
+        value = task.request.headers.get(name)
+    return str(value) if value is not None else None
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id of the running task, or of the enclosing :func:`workflow_context`."""
+    return _request_header(CORRELATION_HEADER) or _correlation.get()
+
+
+def current_causation_id() -> str | None:
+    return _request_header(CAUSATION_HEADER) or _causation.get()
+
+
+def current_task_id() -> str | None:
+    task = get_current_task()
+    if task is None or task.request is None:
+        return None
+    return task.request.id
+
+
+def propagate_ids(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """``before_task_publish`` handler: stamp correlation and causation ids on every message.
+
+    A message that already carries them (a retry, a caller's explicit ids) keeps them. Inside a
+    task, the correlation id is inherited and the causation id is the publishing task's id, so a
+    chain step, a chord body or a callback points at the step that caused it.
+    """
+    if headers is None:
+        return
+    if not headers.get(CORRELATION_HEADER):
+        headers[CORRELATION_HEADER] = current_correlation_id() or new_id()
+    if not headers.get(CAUSATION_HEADER):
+        causation = current_task_id() or _causation.get()
+        if causation:
+            headers[CAUSATION_HEADER] = causation

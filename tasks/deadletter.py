@@ -1,0 +1,154 @@
+"""Dead-lettering with a reason.
+
+RabbitMQ's own dead-lettering (reject without requeue) can add no headers, so a person reading the
+dead-letter queue would not learn why. relaybus publishes the message itself to the agent's
+dead-letter queue, with the reason in headers, before the original is acknowledged: at worst a
+crash between the two leaves a duplicate in the dead-letter queue, never a loss.
+
+The queue arguments still name the dead-letter exchange, as a safety net for anything rejected
+some other way.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+from tasks.context import CORRELATION_HEADER
+from tasks.runtime import runtime_config
+
+REASON_HEADER = "x_dead_letter_reason"
+ERROR_TYPE_HEADER = "x_error_type"
+ERROR_MESSAGE_HEADER = "x_error_message"
+ATTEMPTS_HEADER = "x_attempts"
+ORIGINAL_QUEUE_HEADER = "x_original_queue"
+DEAD_LETTERED_AT_HEADER = "x_dead_lettered_at"
+DEAD_LETTERED_BY_HEADER = "x_dead_lettered_by"
+
+RELAYBUS_DLQ_HEADERS = (
+    REASON_HEADER,
+    ERROR_TYPE_HEADER,
+    ERROR_MESSAGE_HEADER,
+    ATTEMPTS_HEADER,
+    ORIGINAL_QUEUE_HEADER,
+    DEAD_LETTERED_AT_HEADER,
+    DEAD_LETTERED_BY_HEADER,
+)
+MAX_ERROR_MESSAGE = 2000
+
+
+def base_queue(queue: str) -> str:
+    """The agent queue a message came from, without the ``.urgent`` suffix."""
+    return queue[: -len(".urgent")] if queue.endswith(".urgent") else queue
+
+
+def dlq_for(queue: str) -> str:
+    """``agents.researcher`` and ``agents.researcher.urgent`` dead-letter to ``agents.researcher.dlq``."""
+    return f"{base_queue(queue)}.dlq"
+
+
+def reason_headers(
+    *, reason: str, error: BaseException | None, attempts: int, original_queue: str
+) -> dict[str, Any]:
+    message = str(error) if error is not None else reason
+    return {
+        REASON_HEADER: reason,
+        ERROR_TYPE_HEADER: type(error).__name__ if error is not None else reason,
+        ERROR_MESSAGE_HEADER: message[:MAX_ERROR_MESSAGE],
+        ATTEMPTS_HEADER: attempts,
+        ORIGINAL_QUEUE_HEADER: original_queue,
+        DEAD_LETTERED_AT_HEADER: datetime.now(UTC).isoformat(),
+        DEAD_LETTERED_BY_HEADER: socket.gethostname(),
+    }
+
+
+def publish_dead_letter(
+    app: Celery,
+    *,
+    body: bytes | str,
+    content_type: str,
+    content_encoding: str,
+    headers: dict[str, Any],
+    original_queue: str,
+    priority: int | None = None,
+    correlation_id: str | None = None,
+) -> str:
+    """Publish one message to the dead-letter queue of ``original_queue``; returns that queue's name."""
+    config = runtime_config(app)
+    dlq = dlq_for(original_queue)
+    with app.producer_or_acquire() as producer:
+        producer.publish(
+            body,
+            exchange=config.dead_letter_exchange,
+            routing_key=dlq,
+            headers=headers,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            serializer=None,
+            priority=priority or 0,
+            delivery_mode=2,
+            correlation_id=correlation_id,
+            retry=True,
+        )
+    return dlq
+
+
+def dead_letter_task(
+    app: Celery,
+    *,
+    task_name: str,
+    task_id: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    request_headers: dict[str, Any],
+    original_queue: str,
+    reason: str,
+    error: BaseException | None,
+    attempts: int,
+    priority: int | None,
+) -> str:
+    """Dead-letter a task call as a Celery protocol-2 message that ``dlq requeue`` can run again.
+
+    Callbacks, errbacks and chain links are dropped: the workflow already took its error path, and
+    a redriven step runs alone.
+    """
+    headers = {
+        "lang": "py",
+        "task": task_name,
+        "id": task_id,
+        "root_id": request_headers.get("root_id") or task_id,
+        "parent_id": request_headers.get("parent_id"),
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": None,
+        "kwargsrepr": None,
+        "origin": socket.gethostname(),
+        "ignore_result": False,
+    }
+    for key, value in request_headers.items():
+        if key.startswith("x_") and key not in RELAYBUS_DLQ_HEADERS:
+            headers[key] = value
+    headers.update(
+        reason_headers(reason=reason, error=error, attempts=attempts, original_queue=original_queue)
+    )
+    body = json.dumps(
+        [list(args), kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
+        default=str,
+    )
+    return publish_dead_letter(
+        app,
+        body=body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers=headers,
+        original_queue=original_queue,
+        priority=priority,
+        correlation_id=headers.get(CORRELATION_HEADER) and task_id,
+    )

@@ -1,0 +1,37 @@
+"""The LLM provider interface agents use, and its providers.
+
+No Celery here: agents receive an :class:`LLMProvider` and call it like a function. The offline
+provider is the default, so every test and demo is reproducible without a network.
+"""
+
+from tasks.llm._config import ProviderConfig, build_provider
+from tasks.llm._errors import CompletionNotRecorded, MalformedCompletion, ProviderOverloaded
+from tasks.llm._http import OpenAICompatibleProvider
+from tasks.llm._models import ChatMessage, Completion, CompletionRequest, Usage
+from tasks.llm._offline import OfflineProvider
+from tasks.llm._provider import LLMProvider, complete
+from tasks.llm._replay import RecordingProvider, ReplayProvider
+
+# Grouped by purpose, as the house style asks, rather than sorted.
+__all__ = [  # noqa: RUF022
+    # Requests and completions
+    "ChatMessage",
+    "Completion",
+    "CompletionRequest",
+    "Usage",
+    # The interface
+    "LLMProvider",
+    "complete",
+    # Providers
+    "OfflineProvider",
+    "OpenAICompatibleProvider",
+    "RecordingProvider",
+    "ReplayProvider",
+    # Configuration
+    "ProviderConfig",
+    "build_provider",
+    # Errors (the rest of the tree is in tasks.errors)
+    "CompletionNotRecorded",
+    "MalformedCompletion",
+    "ProviderOverloaded",
+]

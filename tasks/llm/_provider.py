@@ -1,0 +1,41 @@
+"""What every LLM provider is, and the one-call helper agents use."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from tasks.llm._models import ChatMessage, Completion, CompletionRequest
+
+
+@runtime_checkable
+class LLMProvider(Protocol):
+    """Turns a chat request into a completion.
+
+    Implementations raise :class:`~tasks.errors.ProviderUnavailable` (or a subclass) for failures
+    that may pass and a :class:`~tasks.errors.PermanentError` for those that will not, so the task
+    base's retry policy applies without knowing which provider is in use.
+    """
+
+    name: str
+
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+
+def complete(
+    provider: LLMProvider,
+    *,
+    user: str,
+    system: str | None = None,
+    model: str | None = None,
+    temperature: float = 0.0,
+    max_tokens: int | None = None,
+) -> Completion:
+    """Ask ``provider`` one question: an optional system prompt and one user message."""
+    messages: list[ChatMessage] = []
+    if system is not None:
+        messages.append(ChatMessage(role="system", content=system))
+    messages.append(ChatMessage(role="user", content=user))
+    request = CompletionRequest(
+        messages=tuple(messages), model=model, temperature=temperature, max_tokens=max_tokens
+    )
+    return provider.complete(request)

@@ -1,0 +1,222 @@
+"""Recording task transitions in the event log.
+
+Where each transition is written:
+
+* ``task.sent`` — in the publishing process (``before_task_publish``), client or worker;
+* ``task.received`` and ``task.started`` — in the pool child, in one transaction, when the task begins;
+* ``task.retried``, ``task.succeeded``, ``task.failed`` (+ ``task.dead_lettered``) — in the child,
+  before the task returns, so the terminal event is durable before the message is acknowledged;
+* ``task.revoked``, ``task.rejected`` and unknown tasks — in the worker's main process.
+
+Event ids are derived from the task id, the attempt and the transition, so a redelivered message
+records nothing twice (the store ignores an event id it already holds).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER
+from tasks.runtime import RuntimeConfig, resources, runtime_config
+
+_NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")
+
+
+def event_id(*parts: object) -> str:
+    """A deterministic event id: the same transition of the same delivery always gets the same id."""
+    return str(uuid.uuid5(_NAMESPACE, ":".join(str(p) for p in parts)))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error_payload(error: BaseException) -> dict[str, Any]:
+    return {"error_type": type(error).__name__, "error_message": str(error)[:2000]}
+
+
+class NullRecorder:
+    """Used when recording is switched off (``RELAYBUS_RECORD_EVENTS=false``)."""
+
+    def append(self, events: list[Any]) -> None:
+        return None
+
+    def task_started(self, task: Any, request: Any, args: Any, kwargs: Any) -> None:
+        return None
+
+    def task_retried(self, task: Any, request: Any, error: BaseException, countdown: float) -> None:
+        return None
+
+    def task_succeeded(self, task: Any, request: Any, result: Any, duration_s: float) -> None:
+        return None
+
+    def task_failed(
+        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str
+    ) -> None:
+        return None
+
+    def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
+        return None
+
+
+class EventRecorder(NullRecorder):
+    def __init__(self, config: RuntimeConfig) -> None:
+        from eventstore import StoreConfig, open_store
+
+        self.config = config
+        self.store = open_store(
+            config.eventstore_url,
+            config=StoreConfig(
+                redact_keys=frozenset(config.redact_keys),
+                max_payload_bytes=config.max_event_payload_bytes,
+            ),
+        )
+        self.host = socket.gethostname()
+
+    def append(self, events: list[Any]) -> None:
+        self.store.append(events)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _event(self, request: Any, task: Any, type_: str, eid: str, payload: dict[str, Any], **extra: Any) -> Any:
+        from eventstore import NewEvent
+
+        headers = dict(request.headers or {})
+        correlation = getattr(request, CORRELATION_HEADER, None) or headers.get(CORRELATION_HEADER) or request.id
+        causation = getattr(request, CAUSATION_HEADER, None) or headers.get(CAUSATION_HEADER)
+        info = request.delivery_info or {}
+        return NewEvent(
+            event_id=eid,
+            stream_id=str(correlation),
+            correlation_id=str(correlation),
+            causation_id=causation,
+            type=type_,
+            task_id=request.id,
+            agent=task.spec.name,
+            queue=info.get("routing_key"),
+            priority=info.get("priority"),
+            attempt=(request.retries or 0) + 1,
+            worker_host=request.hostname or self.host,
+            payload=payload,
+            **extra,
+        )
+
+    @staticmethod
+    def _delivery(request: Any) -> str:
+        headers = dict(request.headers or {})
+        redrive = getattr(request, REDRIVE_HEADER, None) or headers.get(REDRIVE_HEADER) or 0
+        redelivered = bool((request.delivery_info or {}).get("redelivered"))
+        return f"{request.retries or 0}:{redrive}:{int(redelivered)}"
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def task_started(self, task: Any, request: Any, args: Any, kwargs: Any) -> None:
+        delivery = self._delivery(request)
+        info = request.delivery_info or {}
+        now = _now()
+        self.append(
+            [
+                self._event(
+                    request, task, "task.received", event_id(request.id, "received", delivery),
+                    {"redelivered": bool(info.get("redelivered"))}, occurred_at=now,
+                ),
+                self._event(
+                    request, task, "task.started", event_id(request.id, "started", delivery),
+                    {"redelivered": bool(info.get("redelivered"))}, occurred_at=now,
+                ),
+            ]
+        )
+
+    def task_retried(self, task: Any, request: Any, error: BaseException, countdown: float) -> None:
+        payload = {**_error_payload(error), "countdown_s": round(countdown, 3)}
+        self.append(
+            [self._event(request, task, "task.retried", event_id(request.id, "retried", request.retries or 0), payload)]
+        )
+
+    def task_succeeded(self, task: Any, request: Any, result: Any, duration_s: float) -> None:
+        redrive = self._delivery(request).split(":")[1]
+        payload = {"output": result, "duration_s": round(duration_s, 6)}
+        self.append(
+            [self._event(request, task, "task.succeeded", event_id(request.id, "terminal", redrive), payload)]
+        )
+
+    def task_failed(
+        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str
+    ) -> None:
+        redrive = self._delivery(request).split(":")[1]
+        failed = self._event(
+            request, task, "task.failed", event_id(request.id, "terminal", redrive),
+            {**_error_payload(error), "duration_s": round(duration_s, 6)},
+        )
+        dead = self._event(
+            request, task, "task.dead_lettered", event_id(request.id, "dead_lettered", redrive),
+            {**_error_payload(error), "reason": dead_letter_reason, "attempts": (request.retries or 0) + 1},
+            causation_id=failed.event_id,
+        )
+        self.append([failed, dead])
+
+    def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
+        from eventstore import NewEvent
+
+        task_name = str(headers.get("task", ""))
+        if not task_name.startswith("agents."):
+            return
+        task_id = str(headers.get("id"))
+        correlation = str(headers.get(CORRELATION_HEADER) or task_id)
+        args, kwargs = ([], {})
+        if isinstance(body, (list, tuple)) and len(body) >= 2:
+            args, kwargs = body[0], body[1]
+        retries = headers.get("retries") or 0
+        redrive = headers.get(REDRIVE_HEADER) or 0
+        self.append(
+            [
+                NewEvent(
+                    event_id=event_id(task_id, "sent", retries, redrive),
+                    stream_id=correlation,
+                    correlation_id=correlation,
+                    causation_id=headers.get(CAUSATION_HEADER),
+                    type="task.sent",
+                    task_id=task_id,
+                    agent=task_name[len("agents.") :],
+                    queue=routing_key,
+                    priority=priority,
+                    attempt=int(retries) + 1,
+                    worker_host=self.host,
+                    payload={
+                        "input": {"args": list(args), "kwargs": kwargs},
+                        "parent_id": headers.get("parent_id"),
+                        "root_id": headers.get("root_id"),
+                        "group_id": headers.get("group"),
+                        "eta": headers.get("eta"),
+                    },
+                )
+            ]
+        )
+
+
+def recorder_for(app: Celery) -> NullRecorder:
+    config = runtime_config(app)
+    if not config.record_events:
+        return NullRecorder()
+    recorder: NullRecorder = resources().get(f"recorder:{config.eventstore_url}", lambda: EventRecorder(config))
+    return recorder
+
+
+def on_before_task_publish(
+    app: Celery,
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
+    routing_key: str | None = None,
+    **_: Any,
+) -> None:
+    """``before_task_publish`` handler recording ``task.sent`` in the publishing process."""
+    if headers is None:
+        return
+    priority = (properties or {}).get("priority")
+    recorder_for(app).task_sent(headers, body, routing_key, priority)

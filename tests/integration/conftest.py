@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+from celery import Celery
+
+from project.settings import Settings
+from tests.harness import Worker, delete_namespace, make_app, make_settings
+from tests.services import require_rabbitmq, require_redis
+
+
+@pytest.fixture
+def broker_url() -> str:
+    return require_rabbitmq()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_redis()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, broker_url: str, redis_url: str) -> Settings:
+    return make_settings(tmp_path, broker_url, redis_url)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Celery]:
+    app = make_app(settings)
+    yield app
+    delete_namespace(app)
+    app.close()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, app: Celery, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(*agents: str, wait: bool = True, **kwargs: Any) -> Worker:
+        worker = Worker(kwargs.pop("settings", settings), agents, tmp_path, **kwargs)
+        started.append(worker)
+        if wait:
+            worker.wait_ready(app)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
