@@ -132,7 +132,31 @@ def create_app(settings: Settings | None = None) -> Celery:
         relaybus_runtime=runtime_from(settings),
         relaybus_topology=topology,
     )
+    if settings.broker_url.startswith("filesystem://"):
+        app.conf.update(_embedded_broker_options(settings))
     return app
+
+
+def _embedded_broker_options(settings: Settings) -> dict[str, Any]:
+    """kombu's filesystem transport: one file per message; no priorities, no publisher confirms."""
+    from pathlib import Path
+
+    folder = Path(settings.embedded_dir).resolve() / "broker"
+    for sub in ("queue", "control", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "broker_transport_options": {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            # The transport polls its folder; 1 s (the default) per hop makes a pipeline crawl.
+            "polling_interval": 0.05,
+        },
+        # The database result backend has no atomic counter: chords fall back to chord_unlock polling.
+        "result_chord_retry_interval": 0.2,
+    }
 
 
 def topology_of(app: Celery) -> Topology:

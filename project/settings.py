@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     result_backend: str = "redis://127.0.0.1:6379/0"
     eventstore_url: str = "sqlite:///.relaybus/events.sqlite"
 
+    #: Where the embedded mode (no RabbitMQ, no Redis) keeps its broker folder and SQLite files.
+    embedded_dir: str = ".relaybus"
+
     #: Prefix of every exchange and queue: ``<namespace>.<agent>``. Lets tests and several deployments
     #: share one broker without touching each other's queues.
     namespace: str = "agents"
@@ -126,3 +129,19 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def embedded(settings: Settings) -> Settings:
+    """The same settings on the embedded default: a filesystem broker and SQLite, no server needed."""
+    from pathlib import Path
+
+    base = Path(settings.embedded_dir).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    return settings.model_copy(
+        update={
+            "broker_url": "filesystem://",
+            "result_backend": f"db+sqlite:///{base / 'results.sqlite'}",
+            "eventstore_url": f"sqlite:///{base / 'events.sqlite'}",
+            "embedded_dir": str(base),
+        }
+    )

@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 from celery import Task, shared_task
 from celery._state import get_current_task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tasks import recording

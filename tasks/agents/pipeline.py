@@ -26,7 +26,7 @@ class IntakeOutput(AgentModel):
     summary: str
 
 
-_STOP = frozenset("a an and are as at be by for from how in is it of on or the to what why with vs versus".split())
+_STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "how", "in", "is", "it", "of", "on", "or", "the", "to", "what", "why", "with", "vs", "versus"])
 
 
 def _keywords(text: str, limit: int = 8) -> list[str]:

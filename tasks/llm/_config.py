@@ -31,7 +31,9 @@ class ProviderConfig(BaseModel):
 
 def build_provider(config: ProviderConfig) -> LLMProvider:
     if config.kind == "offline":
-        return OfflineProvider() if config.model is None else OfflineProvider(model=config.model)
+        # ``model`` names the remote model (settings always carry one); completions labelled
+        # "gpt-4o-mini" by the offline provider would mislead whoever reads the event log.
+        return OfflineProvider()
     assert config.model is not None  # checked by ProviderConfig
     return OpenAICompatibleProvider(
         base_url=config.base_url, model=config.model, api_key=config.api_key, timeout_s=config.timeout_s

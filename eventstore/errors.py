@@ -1,0 +1,55 @@
+"""Errors raised by the event store.
+
+Driver errors (SQLAlchemy, sqlite3, psycopg) never leave the package: they are translated once,
+at the store's boundary (:func:`eventstore._engine.translate_errors`), with ``raise ... from``.
+
+::
+
+    EventStoreError
+     ├── ConcurrencyError        expected_version did not match the stream's version
+     ├── StoreUnavailable        the database cannot be reached, is locked or timed out (transient)
+     ├── AppendOnlyViolation     something tried to change or delete a recorded event
+     └── SchemaError             the tables are missing or older than this code (run the migrations)
+
+Retry policy: callers retry :class:`StoreUnavailable` with backoff; a :class:`ConcurrencyError`
+means "reload the stream and decide again"; the others are permanent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EventStoreError(Exception):
+    """Root of every error the event store raises on purpose."""
+
+
+class ConcurrencyError(EventStoreError):
+    """Raised when an append's ``expected_version`` differs from the stream's current version.
+
+    ``stream`` names the stream, ``expected`` is what the caller expected, ``actual`` what is stored.
+    """
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"stream {stream!r} is at version {actual}, expected {expected}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.stream, self.expected, self.actual))
+
+
+class StoreUnavailable(EventStoreError):
+    """Raised when the database cannot be reached, is locked, or an operation timed out.
+
+    Transient: the same call may succeed later.
+    """
+
+
+class AppendOnlyViolation(EventStoreError):
+    """Raised when the database refuses an UPDATE or DELETE of a recorded event."""
+
+
+class SchemaError(EventStoreError):
+    """Raised when the store's tables are missing or not at the migration head."""

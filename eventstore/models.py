@@ -1,0 +1,126 @@
+"""The event as written (:class:`NewEvent`), as stored (:class:`RecordedEvent`), and the store's settings.
+
+Both event models are frozen pydantic models with ``extra="forbid"``: they cross process
+boundaries (Celery children write them, the CLI reads them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import to_jsonable_python
+
+DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "password",
+        "passwd",
+        "authorization",
+        "token",
+        "secret",
+        "private_key",
+        "credentials",
+        "cookie",
+    }
+)
+"""Masked wherever they appear as a key (see :mod:`eventstore.redaction` for the matching rule)."""
+
+def utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _EventFields(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(default_factory=_new_id, min_length=1, max_length=255)
+    stream_id: str = Field(min_length=1, max_length=255)
+    type: str = Field(min_length=1, max_length=255)
+    schema_version: int = Field(default=1, ge=1)
+    causation_id: str | None = Field(default=None, max_length=255)
+    occurred_at: datetime = Field(default_factory=_now)
+    task_id: str | None = Field(default=None, max_length=255)
+    agent: str | None = Field(default=None, max_length=255)
+    queue: str | None = Field(default=None, max_length=255)
+    priority: int | None = None
+    attempt: int | None = None
+    worker_host: str | None = Field(default=None, max_length=255)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _occurred_at_in_utc(cls, value: datetime) -> datetime:
+        return utc(value)
+
+    @field_validator("payload", "metadata")
+    @classmethod
+    def _json_compatible(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Datetimes, UUIDs, tuples, models... become what they will be after a JSON round trip, so
+        # the hash computed before writing is the hash of what is read back.
+        plain: dict[str, Any] = to_jsonable_python(value)
+        return plain
+
+
+class NewEvent(_EventFields):
+    """An event to append. ``correlation_id`` defaults to ``stream_id``."""
+
+    correlation_id: str | None = Field(default=None, max_length=255)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _correlation_defaults_to_stream(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("correlation_id") is None and "stream_id" in data:
+            data = {**data, "correlation_id": data["stream_id"]}
+        return data
+
+
+class RecordedEvent(_EventFields):
+    """An event as stored: every :class:`NewEvent` field plus what the store assigned."""
+
+    correlation_id: str
+    position: int
+    version: int
+    recorded_at: datetime
+    hash: str
+    prev_hash: str | None = None
+
+    @field_validator("recorded_at")
+    @classmethod
+    def _recorded_at_in_utc(cls, value: datetime) -> datetime:
+        return utc(value)
+
+
+class StoreConfig(BaseModel):
+    """How the store treats what it writes.
+
+    ``redact_keys``: keys whose values are masked, recursively, in payload and metadata.
+    ``max_payload_bytes``: payload (or metadata) larger than this, as compact JSON, is stored as
+    ``{"_truncated": true, "size": N, "sha256": ..., "preview": ...}``.
+    ``sqlite_synchronous``: ``NORMAL`` survives a crash of any process; ``FULL`` also a power cut.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    redaction_mask: str = "[REDACTED]"
+    max_payload_bytes: int = Field(default=65536, gt=0)
+    preview_chars: int = Field(default=512, ge=0)
+    sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
+    sqlite_synchronous: str = Field(default="NORMAL", pattern="^(NORMAL|FULL|EXTRA)$")
+    lock_timeout_s: float = Field(default=30.0, gt=0)
+    append_retries: int = Field(default=5, ge=0)

@@ -1,0 +1,91 @@
+"""The well-known event types: stable, explicit strings, never derived from import paths.
+
+Events are past-tense facts. A type never changes meaning; a new shape of the same fact bumps the
+event's ``schema_version`` instead (upcast on read, never rewrite history).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- task lifecycle (recorded by the task base) ---------------------------------------------------
+TASK_SENT: Final = "task.sent"
+TASK_RECEIVED: Final = "task.received"
+TASK_STARTED: Final = "task.started"
+TASK_RETRIED: Final = "task.retried"
+TASK_SUCCEEDED: Final = "task.succeeded"
+TASK_FAILED: Final = "task.failed"
+TASK_DEAD_LETTERED: Final = "task.dead_lettered"
+TASK_REVOKED: Final = "task.revoked"
+TASK_REJECTED: Final = "task.rejected"
+
+# -- domain events between agents -------------------------------------------------------------------
+EVENT_PUBLISHED: Final = "event.published"
+EVENT_DELIVERED: Final = "event.delivered"
+
+# -- model calls ------------------------------------------------------------------------------------
+LLM_COMPLETED: Final = "llm.completed"
+
+# -- workflows and pipelines --------------------------------------------------------------------------
+WORKFLOW_STARTED: Final = "workflow.started"
+WORKFLOW_COMPLETED: Final = "workflow.completed"
+WORKFLOW_FAILED: Final = "workflow.failed"
+PIPELINE_COMPLETED: Final = "pipeline.completed"
+PIPELINE_FAILED: Final = "pipeline.failed"
+
+# -- sagas ----------------------------------------------------------------------------------------------
+SAGA_STARTED: Final = "saga.started"
+SAGA_STEP_STARTED: Final = "saga.step.started"
+SAGA_STEP_SUCCEEDED: Final = "saga.step.succeeded"
+SAGA_STEP_FAILED: Final = "saga.step.failed"
+SAGA_STEP_TIMED_OUT: Final = "saga.step.timed_out"
+SAGA_COMPENSATION_STARTED: Final = "saga.compensation.started"
+SAGA_COMPENSATION_SUCCEEDED: Final = "saga.compensation.succeeded"
+SAGA_COMPENSATION_FAILED: Final = "saga.compensation.failed"
+SAGA_COMPLETED: Final = "saga.completed"
+SAGA_COMPENSATED: Final = "saga.compensated"
+SAGA_COMPENSATION_FAILED_TERMINAL: Final = "saga.compensation_failed"
+SAGA_RESUMED: Final = "saga.resumed"
+
+# -- groups ---------------------------------------------------------------------------------------------
+TASK_TYPES: Final = frozenset(
+    {
+        TASK_SENT,
+        TASK_RECEIVED,
+        TASK_STARTED,
+        TASK_RETRIED,
+        TASK_SUCCEEDED,
+        TASK_FAILED,
+        TASK_DEAD_LETTERED,
+        TASK_REVOKED,
+        TASK_REJECTED,
+    }
+)
+"""Every task lifecycle type."""
+
+TERMINAL_TASK_TYPES: Final = frozenset(
+    {TASK_SUCCEEDED, TASK_FAILED, TASK_DEAD_LETTERED, TASK_REVOKED, TASK_REJECTED}
+)
+"""A task that recorded one of these has finished (for this delivery)."""
+
+FAILED_TASK_TYPES: Final = frozenset({TASK_FAILED, TASK_DEAD_LETTERED, TASK_REJECTED})
+"""Terminal types that count as a failure in statistics (a revoked task was cancelled, not failed)."""
+
+WORKFLOW_TERMINAL_STATUS: Final = {
+    WORKFLOW_COMPLETED: "completed",
+    PIPELINE_COMPLETED: "completed",
+    SAGA_COMPLETED: "completed",
+    WORKFLOW_FAILED: "failed",
+    PIPELINE_FAILED: "failed",
+    SAGA_COMPENSATED: "compensated",
+    SAGA_COMPENSATION_FAILED_TERMINAL: "compensation_failed",
+}
+"""The workflow status each terminal workflow-level type leads to."""
+
+WORKFLOW_RESTART_TYPES: Final = frozenset({WORKFLOW_STARTED, SAGA_STARTED, SAGA_RESUMED})
+"""Types that (re)open a workflow: the status goes back to ``running``."""
+
+
+def task_status(event_type: str) -> str:
+    """The task status a task lifecycle type records: ``task.dead_lettered`` -> ``dead_lettered``."""
+    return event_type.removeprefix("task.")

@@ -1,0 +1,191 @@
+"""The ``relaybus`` command line.
+
+Exit codes: 0 done; 1 the operation found a problem (a broken chain, a failed workflow); 2 bad
+usage (click); 3 a service could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from project.settings import get_settings
+
+console = Console()
+EXIT_PROBLEM = 1
+EXIT_UNREACHABLE = 3
+
+
+def _emit_json(data: Any) -> None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+
+
+def _app() -> Any:
+    from project.celery import app
+
+    return app
+
+
+def _agents_option(value: str | None) -> list[str] | None:
+    return [a.strip() for a in value.split(",") if a.strip()] if value else None
+
+
+def _unreachable(exc: BaseException) -> None:
+    console.print(f"[red]cannot reach the broker:[/red] {exc}")
+    sys.exit(EXIT_UNREACHABLE)
+
+
+@click.group()
+def main() -> None:
+    """relaybus: event-driven AI-agent orchestration on Celery."""
+
+
+@main.command()
+@click.option("--request", "request_text", default=None, help="What the pipeline should write about.")
+@click.option("--embedded", is_flag=True, help="Use the embedded broker even if RabbitMQ and Redis answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def demo(request_text: str | None, embedded: bool, as_json: bool) -> None:
+    """Run the reference workflow through real worker processes and print its timeline."""
+    from project.demo import DEFAULT_REQUEST, run_demo
+
+    result = run_demo(get_settings(), request_text or DEFAULT_REQUEST, force_embedded=embedded)
+    if as_json:
+        _emit_json(result)
+        return
+    console.print(f"[bold]mode:[/bold] {result.mode}   [bold]correlation id:[/bold] {result.correlation_id}")
+    console.print(f"[green]pipeline completed[/green] in {result.seconds:.2f}s")
+    console.print_json(json.dumps(result.output))
+    if result.timeline:
+        _table("timeline", ["#", "type", "agent", "at"],
+               [[e["position"], e["type"], e["agent"], e["at"]] for e in result.timeline])
+
+
+@main.command()
+@click.option("--agents", default=None, help="Comma-separated agent names (default: all).")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None)
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
+@click.option("--urgent", is_flag=True, help="Consume only the agents' urgent queues (a dedicated urgent worker).")
+@click.option("--hostname", "-n", default=None)
+@click.option("--dry-run", is_flag=True, help="Print the celery command instead of running it.")
+def worker(agents: str | None, concurrency: int | None, pool: str, urgent: bool, hostname: str | None,
+           dry_run: bool) -> None:
+    """Start a Celery worker for some agents' queues."""
+    from project.celery import topology_of
+    from project.workers import UnknownAgent, worker_argv
+
+    try:
+        argv = worker_argv(topology_of(_app()), _agents_option(agents), concurrency=concurrency, pool=pool,
+                           urgent_only=urgent, hostname=hostname)
+    except UnknownAgent as exc:
+        raise click.BadParameter(str(exc), param_hint="--agents") from None
+    if dry_run:
+        click.echo(" ".join(argv))
+        return
+    os.execv(argv[0], argv)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Queue depth, consumers, urgent and dead-letter depth per agent (over AMQP)."""
+    from project.status import queue_status
+
+    try:
+        rows = queue_status(_app())
+    except OSError as exc:
+        _unreachable(exc)
+        return
+    if as_json:
+        _emit_json(rows)
+        return
+    _table("agent queues", ["agent", "queue", "depth", "consumers", "urgent", "dead letters"],
+           [[r.agent, r.queue, r.depth, r.consumers, r.urgent_depth, r.dead_letter_depth] for r in rows])
+
+
+@main.group()
+def dlq() -> None:
+    """Dead-letter queues: list, show, requeue, purge."""
+
+
+@dlq.command("list")
+@click.option("--agents", default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=100)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(agents: str | None, limit: int, as_json: bool) -> None:
+    from project.dlq import peek
+
+    letters = peek(_app(), _agents_option(agents), limit)
+    if as_json:
+        _emit_json(letters)
+        return
+    _table("dead letters", ["task id", "task", "reason", "error", "attempts", "from", "correlation id"],
+           [[d.task_id, d.task, d.reason, f"{d.error_type}: {d.error_message}", d.attempts, d.original_queue,
+             d.correlation_id] for d in letters])
+
+
+@dlq.command("show")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_show(task_id: str, as_json: bool) -> None:
+    from project.dlq import peek
+
+    matches = [d for d in peek(_app(), None, 100_000) if d.task_id == task_id]
+    if not matches:
+        console.print(f"[red]no dead letter with task id {task_id!r}[/red]")
+        sys.exit(EXIT_PROBLEM)
+    if as_json:
+        _emit_json(matches[0])
+        return
+    for key, value in matches[0].model_dump().items():
+        console.print(f"[bold]{key}:[/bold] {value}")
+
+
+@dlq.command("requeue")
+@click.option("--agents", default=None)
+@click.option("--id", "task_id", default=None, help="Only this task id.")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_requeue(agents: str | None, task_id: str | None, as_json: bool) -> None:
+    """Send dead letters back to their queue with a fresh retry budget."""
+    from project.dlq import requeue
+
+    moved = requeue(_app(), _agents_option(agents), task_id)
+    if as_json:
+        _emit_json(moved)
+        return
+    console.print(f"requeued {len(moved)} message(s)")
+
+
+@dlq.command("purge")
+@click.option("--agents", default=None)
+@click.option("--id", "task_id", default=None, help="Only this task id.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(agents: str | None, task_id: str | None, yes: bool) -> None:
+    from project.dlq import purge
+
+    if not yes:
+        click.confirm("Drop these dead letters for good?", abort=True)
+    console.print(f"purged {purge(_app(), _agents_option(agents), task_id)} message(s)")
+
+
+if __name__ == "__main__":
+    main()

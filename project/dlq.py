@@ -1,0 +1,156 @@
+"""Dead-letter queues: inspect, requeue (redrive) and purge, over AMQP (no management plugin needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict
+
+from project.celery import topology_of
+from tasks.context import CORRELATION_HEADER, REDRIVE_HEADER
+from tasks.deadletter import (
+    ATTEMPTS_HEADER,
+    DEAD_LETTERED_AT_HEADER,
+    ERROR_MESSAGE_HEADER,
+    ERROR_TYPE_HEADER,
+    ORIGINAL_QUEUE_HEADER,
+    REASON_HEADER,
+    RELAYBUS_DLQ_HEADERS,
+)
+
+
+class DeadLetter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    dlq: str
+    task_id: str | None
+    task: str | None
+    reason: str | None
+    error_type: str | None
+    error_message: str | None
+    attempts: int | None
+    original_queue: str | None
+    correlation_id: str | None
+    dead_lettered_at: str | None
+    redrives: int
+    body_preview: str
+
+
+def _preview(body: Any, limit: int = 300) -> str:
+    if isinstance(body, bytes):
+        try:
+            body = body.decode()
+        except UnicodeDecodeError:
+            return f"<{len(body)} bytes of binary>"
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _to_model(dlq: str, message: Any) -> DeadLetter:
+    headers = dict(message.headers or {})
+    death = headers.get("x-death") or [{}]
+    return DeadLetter(
+        dlq=dlq,
+        task_id=headers.get("id"),
+        task=headers.get("task"),
+        reason=headers.get(REASON_HEADER) or (death[0].get("reason") if death else None),
+        error_type=headers.get(ERROR_TYPE_HEADER),
+        error_message=headers.get(ERROR_MESSAGE_HEADER),
+        attempts=headers.get(ATTEMPTS_HEADER),
+        original_queue=headers.get(ORIGINAL_QUEUE_HEADER) or (death[0].get("queue") if death else None),
+        correlation_id=headers.get(CORRELATION_HEADER),
+        dead_lettered_at=headers.get(DEAD_LETTERED_AT_HEADER),
+        redrives=int(headers.get(REDRIVE_HEADER) or 0),
+        body_preview=_preview(message.body),
+    )
+
+
+def dlq_names(app: Celery, agents: Iterable[str] | None = None) -> list[str]:
+    topology = topology_of(app)
+    return [topology.dlq_name(a) for a in (agents or topology.agents)]
+
+
+def _walk(app: Celery, dlq: str, visit: Callable[[Any, Any], str], limit: int) -> None:
+    """Take messages one by one; ``visit`` answers "ack" (consumed) or "keep" (put back untouched).
+
+    Kept messages stay unacknowledged until the channel closes, so each is seen once and the walk
+    ends at the queue's current depth: a requeued message that fails again cannot loop.
+    """
+    with app.connection_for_write() as conn:
+        channel = conn.channel()
+        try:
+            seen = 0
+            while seen < limit:
+                raw = channel.basic_get(dlq, no_ack=False)
+                if raw is None:
+                    break
+                seen += 1
+                message = channel.message_to_python(raw)
+                if visit(conn, message) == "ack":
+                    message.ack()
+        finally:
+            channel.close()  # everything not acked goes back to the queue, in order
+
+
+def peek(app: Celery, agents: Iterable[str] | None = None, limit: int = 100) -> list[DeadLetter]:
+    found: list[DeadLetter] = []
+    for dlq in dlq_names(app, agents):
+        _walk(app, dlq, lambda _c, m, q=dlq: (found.append(_to_model(q, m)), "keep")[1], limit)
+    return found
+
+
+def requeue(
+    app: Celery, agents: Iterable[str] | None = None, task_id: str | None = None, limit: int = 1000
+) -> list[DeadLetter]:
+    """Send dead letters back to the queue they came from with a fresh retry budget."""
+    moved: list[DeadLetter] = []
+
+    def visit(conn: Any, message: Any) -> str:
+        headers = dict(message.headers or {})
+        if task_id is not None and headers.get("id") != task_id:
+            return "keep"
+        letter = _to_model(dlq, message)
+        if not letter.original_queue:
+            return "keep"
+        for key in (*RELAYBUS_DLQ_HEADERS, "x-death", "x-first-death-queue", "x-first-death-reason",
+                    "x-first-death-exchange"):
+            headers.pop(key, None)
+        headers["retries"] = 0
+        headers[REDRIVE_HEADER] = letter.redrives + 1
+        producer = conn.Producer()
+        producer.publish(
+            message.body,
+            exchange=topology_of(app).namespace,
+            routing_key=letter.original_queue,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            serializer=None,
+            priority=message.properties.get("priority") or 0,
+            delivery_mode=2,
+            correlation_id=message.properties.get("correlation_id"),
+        )
+        moved.append(letter)
+        return "ack"
+
+    for dlq in dlq_names(app, agents):
+        _walk(app, dlq, visit, limit)
+    return moved
+
+
+def purge(app: Celery, agents: Iterable[str] | None = None, task_id: str | None = None) -> int:
+    dropped = 0
+
+    def visit(_conn: Any, message: Any) -> str:
+        nonlocal dropped
+        if task_id is not None and (message.headers or {}).get("id") != task_id:
+            return "keep"
+        dropped += 1
+        return "ack"
+
+    for dlq in dlq_names(app, agents):
+        _walk(app, dlq, visit, 1_000_000)
+    return dropped

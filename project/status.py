@@ -1,0 +1,54 @@
+"""Queue depths and consumers per agent, read over AMQP with passive declares."""
+
+from __future__ import annotations
+
+import contextlib
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict
+
+from project.celery import topology_of
+
+
+class QueueStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    queue: str
+    depth: int | None
+    consumers: int | None
+    urgent_depth: int | None
+    dead_letter_depth: int | None
+
+
+def _declare_passive(app: Celery, queue: str) -> tuple[int, int] | None:
+    with app.connection_for_read() as conn:
+        channel = conn.channel()
+        try:
+            _, messages, consumers = channel.queue_declare(queue=queue, passive=True)
+            return int(messages), int(consumers)
+        except Exception:
+            return None  # the queue does not exist (yet)
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+
+def queue_status(app: Celery) -> list[QueueStatus]:
+    topology = topology_of(app)
+    rows = []
+    for agent in topology.agents:
+        main = _declare_passive(app, topology.queue_name(agent))
+        urgent = _declare_passive(app, topology.queue_name(agent, urgent=True)) if topology.urgent_queues else None
+        dead = _declare_passive(app, topology.dlq_name(agent))
+        rows.append(
+            QueueStatus(
+                agent=agent,
+                queue=topology.queue_name(agent),
+                depth=main[0] if main else None,
+                consumers=main[1] if main else None,
+                urgent_depth=urgent[0] if urgent else None,
+                dead_letter_depth=dead[0] if dead else None,
+            )
+        )
+    return rows

@@ -1,0 +1,176 @@
+"""The saga's events: every transition is a past-tense fact, recorded in the event store.
+
+Member events (``saga.step.*``, ``saga.compensation.*``) carry the saga id, the step, the member
+(equal to the step for a plain step), the attempt and ``data``:
+
+=============================  ======================================================
+``saga.step.started``          the step's input (and the ``deadline`` the sweep watches)
+``saga.step.succeeded``        the step's output
+``saga.step.failed``           the error
+``saga.step.timed_out``        nothing: the outcome is unknown
+``saga.compensation.started``  the step output the compensation received
+``saga.compensation.succeeded``  the compensation's result, if any
+``saga.compensation.failed``   the error
+=============================  ======================================================
+
+Saga events carry the saga id and, except ``saga.started``, the compensation *round*
+(``attempt``: 1, then one more per ``saga.resumed``), so a stale terminal event from before a
+resume is recognised as such. ``saga.started`` names the definition and holds the saga's input;
+``saga.completed`` holds the last step's output.
+
+The executor stores an event as a generic row, ``to_record(event) -> (type, payload)``, and reads
+it back with ``from_record``. ``dedup_key`` names the fact an event records: two events with the
+same key are the same fact delivered twice, so the store may refuse the second with a unique
+constraint (the fold ignores it anyway).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from sagas.errors import UnknownEvent
+
+EVENT_SCHEMA_VERSION = 1
+"""Stored in every payload as ``schema_version``; an upcaster goes in :func:`from_record` when it changes."""
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    saga_id: str = Field(min_length=1)
+
+
+class _MemberEvent(_Event):
+    step: str
+    member: str
+    attempt: int = Field(ge=1)
+
+
+class _RoundEvent(_Event):
+    attempt: int = Field(default=1, ge=1)
+
+
+class SagaStarted(_Event):
+    type: Literal["saga.started"] = "saga.started"
+    saga: str
+    data: JsonValue = None
+
+
+class StepStarted(_MemberEvent):
+    type: Literal["saga.step.started"] = "saga.step.started"
+    data: JsonValue = None
+    deadline: AwareDatetime
+
+
+class StepSucceeded(_MemberEvent):
+    type: Literal["saga.step.succeeded"] = "saga.step.succeeded"
+    data: JsonValue = None
+
+
+class StepFailed(_MemberEvent):
+    type: Literal["saga.step.failed"] = "saga.step.failed"
+    data: JsonValue = None
+
+
+class StepTimedOut(_MemberEvent):
+    type: Literal["saga.step.timed_out"] = "saga.step.timed_out"
+    data: JsonValue = None
+
+
+class CompensationStarted(_MemberEvent):
+    type: Literal["saga.compensation.started"] = "saga.compensation.started"
+    data: JsonValue = None
+
+
+class CompensationSucceeded(_MemberEvent):
+    type: Literal["saga.compensation.succeeded"] = "saga.compensation.succeeded"
+    data: JsonValue = None
+
+
+class CompensationFailed(_MemberEvent):
+    type: Literal["saga.compensation.failed"] = "saga.compensation.failed"
+    data: JsonValue = None
+
+
+class SagaCompleted(_RoundEvent):
+    type: Literal["saga.completed"] = "saga.completed"
+    data: JsonValue = None
+
+
+class SagaCompensated(_RoundEvent):
+    type: Literal["saga.compensated"] = "saga.compensated"
+    data: JsonValue = None
+
+
+class SagaCompensationFailed(_RoundEvent):
+    type: Literal["saga.compensation_failed"] = "saga.compensation_failed"
+    data: JsonValue = None
+
+
+class SagaResumed(_RoundEvent):
+    type: Literal["saga.resumed"] = "saga.resumed"
+    data: JsonValue = None
+
+
+MemberEvent = (
+    StepStarted
+    | StepSucceeded
+    | StepFailed
+    | StepTimedOut
+    | CompensationStarted
+    | CompensationSucceeded
+    | CompensationFailed
+)
+SagaEvent = Annotated[
+    SagaStarted | MemberEvent | SagaCompleted | SagaCompensated | SagaCompensationFailed | SagaResumed,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: tuple[str, ...] = (
+    "saga.started",
+    "saga.step.started",
+    "saga.step.succeeded",
+    "saga.step.failed",
+    "saga.step.timed_out",
+    "saga.compensation.started",
+    "saga.compensation.succeeded",
+    "saga.compensation.failed",
+    "saga.completed",
+    "saga.compensated",
+    "saga.compensation_failed",
+    "saga.resumed",
+)
+
+_ADAPTER: TypeAdapter[SagaEvent] = TypeAdapter(SagaEvent)
+
+
+def to_record(event: SagaEvent) -> tuple[str, dict[str, Any]]:
+    """The event as an event-store row: its type string and a JSON-ready payload."""
+    payload = event.model_dump(mode="json", exclude={"type"})
+    payload["schema_version"] = EVENT_SCHEMA_VERSION
+    return event.type, payload
+
+
+def from_record(type: str, payload: dict[str, Any]) -> SagaEvent:
+    """Read a stored row back; :class:`~sagas.errors.UnknownEvent` if it is not a saga event we know."""
+    if type not in EVENT_TYPES:
+        raise UnknownEvent(type, "not a saga event type")
+    fields = dict(payload)
+    version = fields.pop("schema_version", EVENT_SCHEMA_VERSION)
+    if version != EVENT_SCHEMA_VERSION:
+        raise UnknownEvent(type, f"schema_version {version!r} is not {EVENT_SCHEMA_VERSION}")
+    try:
+        return _ADAPTER.validate_python({**fields, "type": type})
+    except ValidationError as error:
+        raise UnknownEvent(type, str(error)) from error
+
+
+def dedup_key(event: SagaEvent) -> str:
+    """The fact an event records; a redelivered event has the same key as the original."""
+    if isinstance(event, SagaStarted):
+        return f"{event.saga_id}:{event.type}"
+    if isinstance(event, _MemberEvent):
+        return f"{event.saga_id}:{event.type}:{event.step}:{event.member}:{event.attempt}"
+    return f"{event.saga_id}:{event.type}:{event.attempt}"

@@ -1,0 +1,35 @@
+"""The repository's promises: the README's commands, CI running them, and the import layers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [line for block in blocks[:2] for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_gives_exactly_two_set_up_and_go_commands_demo_then_tests():
+    demo, tests = readme_commands()
+    assert demo.endswith("relaybus demo")
+    assert "pytest" in tests
+
+
+def test_ci_runs_the_test_command_the_readme_gives():
+    _, tests = readme_commands()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci.splitlines()
+
+
+def test_dependencies_point_one_way_toward_eventstore():
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert "Contracts: 2 kept, 0 broken" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0
