@@ -62,10 +62,11 @@ class ProviderRejected(PermanentError):
 
     def __init__(self, status_code: int, message: str) -> None:
         self.status_code = status_code
+        self.message = message
         super().__init__(f"provider rejected the request with HTTP {status_code}: {message}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (self.status_code, str(self)))
+        return (self.__class__, (self.status_code, self.message))
 
 
 def is_transient(error: BaseException) -> bool:

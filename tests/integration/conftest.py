@@ -8,6 +8,7 @@ import pytest
 import redis as redis_lib
 from celery import Celery
 
+from project.celery import topology_of
 from project.settings import Settings
 from tests.harness import Worker, delete_namespace, make_app, make_settings
 from tests.services import require_rabbitmq, require_redis
@@ -38,6 +39,8 @@ def settings(tmp_path: Path, broker_url: str, redis_url: str) -> Settings:
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Celery]:
     app = make_app(settings)
+    with app.connection_for_write() as conn:
+        topology_of(app).declare(conn)  # as a deployment (or any worker's start) does
     yield app
     delete_namespace(app)
     app.close()

@@ -1,0 +1,128 @@
+"""The tables, as SQLAlchemy Core metadata.
+
+The migrations in :mod:`eventstore.migrations` create exactly this (a test compares them); they, not
+``metadata.create_all``, are how a database gets its schema, because they also install the
+append-only triggers.
+
+``events``: one row per event. ``position`` is the global order (followers read
+``position > n``); ``(stream_id, version)`` is unique, which is the optimistic-concurrency
+guarantee; ``event_id`` is unique, which makes recording idempotent.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+EVENTS = "events"
+WORKFLOW_STATUS = "workflow_status"
+PROJECTION_TRACKING = "projection_tracking"
+VERSION_TABLE = "eventstore_alembic_version"
+
+APPEND_ONLY_MESSAGE = "eventstore: events are append-only"
+"""Raised by the database triggers; the store recognises it to raise AppendOnlyViolation."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime, microseconds kept, on every database.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores the naive UTC time as fixed-width text,
+    which sorts and compares correctly.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+_ID = 255
+# BIGINT on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid, and AUTOINCREMENT keeps a
+# position from ever being handed out twice.
+_Position = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+events = Table(
+    EVENTS,
+    metadata,
+    Column("position", _Position, primary_key=True, autoincrement=True),
+    Column("event_id", String(_ID), nullable=False),
+    Column("stream_id", String(_ID), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", String(_ID), nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("correlation_id", String(_ID), nullable=False),
+    Column("causation_id", String(_ID), nullable=True),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("task_id", String(_ID), nullable=True),
+    Column("agent", String(_ID), nullable=True),
+    Column("queue", String(_ID), nullable=True),
+    Column("priority", Integer, nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("worker_host", String(_ID), nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False, key="meta"),
+    Column("hash", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=True),
+    UniqueConstraint("event_id", name="uq_events_event_id"),
+    UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
+    Index("ix_events_correlation_position", "correlation_id", "position"),
+    Index("ix_events_type_position", "type", "position"),
+    Index("ix_events_agent_occurred_at", "agent", "occurred_at"),
+    Index("ix_events_task_id", "task_id"),
+    Index("ix_events_occurred_at", "occurred_at"),
+    sqlite_autoincrement=True,
+)
+
+workflow_status = Table(
+    WORKFLOW_STATUS,
+    metadata,
+    Column("correlation_id", String(_ID), primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("first_event_at", UTCDateTime, nullable=False),
+    Column("last_event_at", UTCDateTime, nullable=False),
+    Column("tasks_succeeded", Integer, nullable=False),
+    Column("tasks_failed", Integer, nullable=False),
+    Column("task_status", JSON, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+    Index("ix_workflow_status_status", "status"),
+)
+
+projection_tracking = Table(
+    PROJECTION_TRACKING,
+    metadata,
+    Column("name", String(_ID), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
