@@ -18,10 +18,11 @@ Saga events carry the saga id and, except ``saga.started``, the compensation *ro
 resume is recognised as such. ``saga.started`` names the definition and holds the saga's input;
 ``saga.completed`` holds the last step's output.
 
-The executor stores an event as a generic row, ``to_record(event) -> (type, payload)``, and reads
-it back with ``from_record``. ``dedup_key`` names the fact an event records: two events with the
-same key are the same fact delivered twice, so the store may refuse the second with a unique
-constraint (the fold ignores it anyway).
+The executor stores an event as a generic event-store row: ``to_record(event) -> (type, payload)``
+with ``schema_version=EVENT_SCHEMA_VERSION`` and ``event_id=dedup_key(event)``, and reads it back
+with ``from_record(type, payload, schema_version)``. ``dedup_key`` names the fact an event records:
+a redelivered event has the same key, so the store's unique ``event_id`` drops the second copy (and
+the fold would ignore it anyway). The type strings are those of :mod:`eventstore.types`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, Typ
 from sagas.errors import UnknownEvent
 
 EVENT_SCHEMA_VERSION = 1
-"""Stored in every payload as ``schema_version``; an upcaster goes in :func:`from_record` when it changes."""
+"""The event store's ``schema_version`` of every saga event; when a shape changes, upcast in :func:`from_record`."""
 
 
 class _Event(BaseModel):
@@ -148,21 +149,17 @@ _ADAPTER: TypeAdapter[SagaEvent] = TypeAdapter(SagaEvent)
 
 def to_record(event: SagaEvent) -> tuple[str, dict[str, Any]]:
     """The event as an event-store row: its type string and a JSON-ready payload."""
-    payload = event.model_dump(mode="json", exclude={"type"})
-    payload["schema_version"] = EVENT_SCHEMA_VERSION
-    return event.type, payload
+    return event.type, event.model_dump(mode="json", exclude={"type"})
 
 
-def from_record(type: str, payload: dict[str, Any]) -> SagaEvent:
+def from_record(type: str, payload: dict[str, Any], schema_version: int = EVENT_SCHEMA_VERSION) -> SagaEvent:
     """Read a stored row back; :class:`~sagas.errors.UnknownEvent` if it is not a saga event we know."""
     if type not in EVENT_TYPES:
         raise UnknownEvent(type, "not a saga event type")
-    fields = dict(payload)
-    version = fields.pop("schema_version", EVENT_SCHEMA_VERSION)
-    if version != EVENT_SCHEMA_VERSION:
-        raise UnknownEvent(type, f"schema_version {version!r} is not {EVENT_SCHEMA_VERSION}")
+    if schema_version != EVENT_SCHEMA_VERSION:
+        raise UnknownEvent(type, f"schema_version {schema_version} is not {EVENT_SCHEMA_VERSION}")
     try:
-        return _ADAPTER.validate_python({**fields, "type": type})
+        return _ADAPTER.validate_python({**payload, "type": type})
     except ValidationError as error:
         raise UnknownEvent(type, str(error)) from error
 

@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmarks: settings, worker processes, timing and statistics."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from project.celery import create_app, topology_of
+from project.settings import Settings
+from project.workers import WorkerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_AGENTS = ("bench_noop", "bench_plain")
+
+
+def bench_settings(tmp: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "namespace": f"bench{uuid.uuid4().hex[:6]}",
+        "eventstore_url": f"sqlite:///{tmp / 'events.sqlite'}",
+        "extra_modules": ("bench.agents",),
+        "extra_agents": BENCH_AGENTS,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_app(settings: Settings) -> Celery:
+    app = create_app(settings)
+    app.loader.import_default_modules()
+    app.set_current()
+    with app.connection_for_write() as conn:
+        topology_of(app).declare(conn)
+    return app
+
+
+def start_worker(settings: Settings, queues: list[str], log: Path, concurrency: int = 2) -> WorkerProcess:
+    argv = [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", ",".join(queues), "-c", str(concurrency),
+            "-P", "prefork", "-l", "WARNING", "--without-mingle", "--without-gossip", "-n", f"bench{uuid.uuid4().hex[:6]}@%h"]
+    os.environ.setdefault("PYTHONPATH", str(ROOT))
+    worker = WorkerProcess(argv, settings, log, cwd=ROOT)
+    return worker
+
+
+def wait_consuming(app: Celery, queues: list[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ok = True
+        with app.connection_for_read() as conn:
+            for q in queues:
+                try:
+                    _, _, consumers = conn.default_channel.queue_declare(queue=q, passive=True)
+                except Exception:
+                    consumers = 0
+                ok = ok and consumers > 0
+        if ok:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"no worker consumed {queues} within {timeout}s")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def delete_namespace(app: Celery) -> None:
+    topology = topology_of(app)
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in [*topology.all_queues()]:
+            try:
+                channel.queue_delete(queue.name)
+            except Exception:
+                channel = conn.default_channel

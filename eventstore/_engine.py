@@ -1,0 +1,184 @@
+"""Engines, per database and per process, and the one place driver errors are translated.
+
+SQLite: WAL journal, a busy timeout, and transactions begun by us (``BEGIN IMMEDIATE`` for
+writes) rather than by the sqlite3 module, so concurrent writers queue for the lock instead of
+failing when a read transaction tries to upgrade.
+
+PostgreSQL: ``postgresql://`` means psycopg 3; ``schema=`` puts that schema first on the
+``search_path`` of every connection.
+
+Fork safety: a Celery prefork child inherits its parent's pool; sharing those sockets between
+processes corrupts both sides. :class:`ProcessLocalEngine` notices a new pid and drops the inherited
+connections without closing them (closing would also close them for the parent).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+
+from eventstore.errors import AppendOnlyViolation, EventStoreError, SchemaError, StoreUnavailable
+from eventstore.models import StoreConfig
+from eventstore.schema import APPEND_ONLY_MESSAGE
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_WRITE = "eventstore_write"
+
+_json_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url``; plain ``postgresql://`` (or ``postgres://``) becomes ``postgresql+psycopg://``."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ValueError(f"unsupported event store database: {parsed.drivername!r} (sqlite or postgresql)")
+    return parsed
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    return schema
+
+
+def make_engine(url: str | URL, *, schema: str | None = None, config: StoreConfig | None = None) -> Engine:
+    config = config or StoreConfig()
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, config)
+    # lock_timeout bounds the wait for the events table lock (StoreUnavailable, retried by callers).
+    options = [f"-clock_timeout={int(config.lock_timeout_s * 1000)}"]
+    if schema is not None:
+        options.append(f"-csearch_path={check_schema_name(schema)}")
+    elif "options" in parsed.query:
+        options.append(str(parsed.query["options"]))
+    connect_args: dict[str, Any] = {"connect_timeout": 10, "options": " ".join(options)}
+    return create_engine(
+        parsed,
+        connect_args=connect_args,
+        json_serializer=_json_dumps,
+        pool_pre_ping=True,
+    )
+
+
+def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    busy_ms = int(config.sqlite_busy_timeout_s * 1000)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": config.sqlite_busy_timeout_s, "check_same_thread": False},
+        json_serializer=_json_dumps,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {config.sqlite_synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A deferred transaction that reads and then writes cannot wait for the lock (SQLite
+        # answers "database is locked" at once to avoid a deadlock); writers take it up front.
+        immediate = connection.get_execution_options().get(_WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class ProcessLocalEngine:
+    """An engine that is disposed (without closing the parent's connections) after a fork."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._pid = os.getpid()
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    def get(self) -> Engine:
+        pid = os.getpid()
+        if pid != self._pid:
+            self._engine.dispose(close=False)
+            self._pid = pid
+        return self._engine
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection in a (deferred, on SQLite) transaction: one consistent snapshot."""
+        with self.get().connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
+    def write(self, *, lock_events: bool = False) -> Iterator[Connection]:
+        """A connection in a write transaction.
+
+        SQLite: ``BEGIN IMMEDIATE`` (one writer at a time, others wait up to the busy timeout).
+        PostgreSQL with ``lock_events``: the events table is locked in EXCLUSIVE mode (reads go on)
+        so positions are handed out in commit order: a follower that has read past position n
+        never sees a later commit appear below n.
+        """
+        with self.get().connect() as connection:
+            connection.execution_options(**{_WRITE: True})
+            with connection.begin():
+                if lock_events and connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+                yield connection
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+
+# -- the error boundary ------------------------------------------------------------------------------
+
+_PG_SCHEMA_STATES = {"42P01", "42703", "3F000", "42883"}  # undefined table / column / schema / function
+_PG_TRANSIENT_STATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"}
+_SQLITE_SCHEMA_MESSAGES = ("no such table", "no such column")
+
+
+def translate(error: sa_exc.SQLAlchemyError) -> EventStoreError:
+    """The event-store error a driver or SQLAlchemy error means."""
+    message = str(getattr(error, "orig", None) or error)
+    if APPEND_ONLY_MESSAGE in message:
+        return AppendOnlyViolation(message)
+    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+    if sqlstate in _PG_SCHEMA_STATES or any(m in message for m in _SQLITE_SCHEMA_MESSAGES):
+        return SchemaError(f"{message.strip()} (run `relaybus db upgrade`)")
+    if (
+        isinstance(error, sa_exc.DBAPIError)
+        and (error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError))
+    ) or sqlstate in _PG_TRANSIENT_STATES or sqlstate.startswith("08"):
+        return StoreUnavailable(message.strip())
+    if isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return StoreUnavailable(message.strip())
+    return EventStoreError(message.strip())
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """The one boundary where SQLAlchemy and driver errors become event-store errors."""
+    try:
+        yield
+    except sa_exc.SQLAlchemyError as error:
+        raise translate(error) from error
