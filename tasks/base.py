@@ -31,10 +31,10 @@ from celery.exceptions import Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tasks import recording
-from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER
+from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
 from tasks.deadletter import dead_letter_task
 from tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
-from tasks.llm import LLMProvider
+from tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
 from tasks.runtime import llm_provider, runtime_config
 
 InputT = TypeVar("InputT", bound=BaseModel)
@@ -202,6 +202,20 @@ class AgentTask(Task):  # type: ignore[misc]
             return value.model_dump(mode="json")
         return self.spec.output_model.model_validate(value).model_dump(mode="json")
 
+    def _llm(self, request: Any, headers: dict[str, Any]) -> LLMProvider:
+        """The provider, wrapped so every completion is recorded; on a deterministic replay, the
+        completions recorded by the original run are served instead and the provider is not called."""
+        recorder = recording.recorder_for(self.app)
+        provider: LLMProvider = llm_provider(self.app)
+        replay_of = headers.get(LLM_REPLAY_HEADER)
+        if replay_of:
+            provider = ReplayProvider(recorder.recorded_completions(str(replay_of)))
+
+        def record(req: CompletionRequest, completion: Completion) -> None:
+            recorder.llm_completed(self, request, req, completion)
+
+        return RecordingProvider(provider, record)
+
     def _context(self, request: Any) -> AgentContext:
         headers = self._request_headers(request)
         return AgentContext(
@@ -211,13 +225,13 @@ class AgentTask(Task):  # type: ignore[misc]
             causation_id=headers.get(CAUSATION_HEADER),
             attempt=(request.retries or 0) + 1,
             priority=(request.delivery_info or {}).get("priority"),
-            llm=llm_provider(self.app),
+            llm=self._llm(request, headers) if not request.called_directly else llm_provider(self.app),
         )
 
     @staticmethod
     def _request_headers(request: Any) -> dict[str, Any]:
         headers: dict[str, Any] = dict(request.headers or {})
-        for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, "root_id", "parent_id"):
+        for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, "root_id", "parent_id"):
             value = getattr(request, key, None)
             if value is not None and key not in headers:
                 headers[key] = value

@@ -18,9 +18,14 @@ from celery._state import get_current_task
 CORRELATION_HEADER = "x_correlation_id"
 CAUSATION_HEADER = "x_causation_id"
 REDRIVE_HEADER = "x_redrive"
+#: Set on a deterministic replay: the correlation id whose recorded LLM completions are served.
+LLM_REPLAY_HEADER = "x_llm_replay_of"
+#: Set on every message of a re-driven workflow: the correlation id it replays.
+REPLAY_OF_HEADER = "x_replay_of"
 
 _correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
 _causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)
+_replay: ContextVar[dict[str, str]] = ContextVar("relaybus_replay", default={})  # noqa: B039 - never mutated
 
 
 def new_id() -> str:
@@ -28,16 +33,29 @@ def new_id() -> str:
 
 
 @contextmanager
-def workflow_context(correlation_id: str | None = None, causation_id: str | None = None) -> Iterator[str]:
-    """Publish everything inside the block under one correlation id (generated if not given)."""
+def workflow_context(
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    *,
+    replay_of: str | None = None,
+    llm_replay_of: str | None = None,
+) -> Iterator[str]:
+    """Publish everything inside the block under one correlation id (generated if not given).
+
+    ``replay_of`` marks a re-driven workflow; ``llm_replay_of`` makes its agents serve the LLM
+    completions recorded under that correlation id instead of calling the provider.
+    """
     corr = correlation_id or new_id()
+    replay = {k: v for k, v in ((REPLAY_OF_HEADER, replay_of), (LLM_REPLAY_HEADER, llm_replay_of)) if v}
     t1 = _correlation.set(corr)
     t2 = _causation.set(causation_id)
+    t3 = _replay.set(replay)
     try:
         yield corr
     finally:
         _correlation.reset(t1)
         _causation.reset(t2)
+        _replay.reset(t3)
 
 
 def _request_header(name: str) -> str | None:
@@ -77,6 +95,11 @@ def propagate_ids(headers: dict[str, Any] | None = None, **_: Any) -> None:
         return
     if not headers.get(CORRELATION_HEADER):
         headers[CORRELATION_HEADER] = current_correlation_id() or new_id()
+    for name in (LLM_REPLAY_HEADER, REPLAY_OF_HEADER):
+        if not headers.get(name):
+            inherited = _request_header(name) or _replay.get().get(name)
+            if inherited:
+                headers[name] = inherited
     if not headers.get(CAUSATION_HEADER):
         causation = current_task_id() or _causation.get()
         if causation:

@@ -63,6 +63,12 @@ class NullRecorder:
     def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
         return None
 
+    def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
+        return None
+
+    def recorded_completions(self, correlation_id: str) -> dict[str, Any]:
+        return {}
+
 
 class EventRecorder(NullRecorder):
     def __init__(self, config: RuntimeConfig) -> None:
@@ -159,6 +165,32 @@ class EventRecorder(NullRecorder):
             causation_id=failed.event_id,
         )
         self.append([failed, dead])
+
+    def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
+        fingerprint = completion.request_fingerprint
+        self.append(
+            [
+                self._event(
+                    request, task, "llm.completed",
+                    event_id(request.id, "llm", self._delivery(request), fingerprint),
+                    {
+                        "fingerprint": fingerprint,
+                        "request": llm_request.model_dump(mode="json"),
+                        "completion": completion.model_dump(mode="json"),
+                    },
+                )
+            ]
+        )
+
+    def recorded_completions(self, correlation_id: str) -> dict[str, Any]:
+        from tasks.llm import Completion
+
+        found: dict[str, Any] = {}
+        for event in self.store.by_correlation(correlation_id):
+            if event.type == "llm.completed":
+                completion = Completion.model_validate(event.payload["completion"])
+                found[completion.request_fingerprint] = completion
+        return found
 
     def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
         from eventstore import NewEvent
