@@ -49,7 +49,12 @@ class _Command(BaseModel):
 
 
 class RunStep(_Command):
-    """Dispatch ``task`` with ``input``; the task must not repeat its side effect for a key it has seen."""
+    """Dispatch ``task`` with ``input`` under ``idempotency_key``.
+
+    The task remembers its first outcome under the key, success output or clean failure, and a
+    redelivery or retry replays it instead of acting again: a success followed by a clean failure
+    of the same attempt (or the reverse) is a contradiction the fold refuses.
+    """
 
     kind: Literal["run_step"] = "run_step"
     step: str
@@ -86,7 +91,8 @@ class RunCompensation(_Command):
     ``step_outcome="unknown"`` means the step timed out: ``step_output`` is ``None`` and there may
     be nothing to undo, so the task finds the effect (if any) by ``step_idempotency_key``.
     Compensations must be idempotent; the executor retries them with backoff and records
-    ``failed`` only when the retries are spent.
+    ``failed`` only when the retries are spent. A compensation should leave a marker under the
+    step's key, so that a step execution still stuck in a queue does nothing when it finally runs.
     """
 
     kind: Literal["run_compensation"] = "run_compensation"

@@ -11,8 +11,12 @@ order. The compensations of one step start together, and only once every compens
 later step has ended; a failed compensation does not stop the earlier ones. A member that never
 ran or failed cleanly is not compensated, nor is a step without a compensation task.
 
-This is the bug ``sagas`` exists to avoid (research/peers.md section 3): walking
-``reversed(all_steps)`` and stopping at the failed step undoes only steps that never ran.
+The failing step itself is undone only when its outcome is unknown. Temporal's saga tutorial
+registers each undo before its activity runs, so it always undoes the failing step too. A clean
+failure is known to have had no effect, so we skip it; a timeout is not, so we undo it.
+
+This avoids the naive-saga bug (research/peers.md section 3): walking ``reversed(all_steps)`` and
+stopping at the failed step visits only steps that never ran and none that did.
 """
 
 from __future__ import annotations

@@ -143,6 +143,11 @@ class SagaState:
         return tuple(m for m in self.members if m.outcome == "running")
 
     @property
+    def next_deadline(self) -> datetime | None:
+        """When the sweep should next look at this saga: the earliest deadline of a running member."""
+        return min((m.deadline for m in self.running if m.deadline is not None), default=None)
+
+    @property
     def output(self) -> JsonValue:
         """The last step's output: a member's output, or member -> output for a parallel step."""
         return output_of(self.steps[-1])
@@ -185,8 +190,10 @@ def evolve(definition: SagaDefinition, state: SagaState | None, event: SagaEvent
     if event.saga_id != state.saga_id:
         raise InvalidTransition(event, f"it belongs to another saga than {state.saga_id!r}")
     if isinstance(event, SagaStarted):
-        if event.saga != state.saga or event.data != state.input:
-            raise InvalidTransition(event, "the saga was already started with another definition or input")
+        # The first input wins: a stored copy may differ from a redelivered one (the event store
+        # redacts secrets and truncates large payloads), so only the definition is compared.
+        if event.saga != state.saga:
+            raise InvalidTransition(event, f"the saga was already started as {state.saga!r}")
         return state
     if isinstance(event, SagaCompleted | SagaCompensated | SagaCompensationFailed | SagaResumed):
         return _saga_event(state, event)
@@ -363,10 +370,17 @@ def _saga_event(state: SagaState, event: _SagaLevel) -> SagaState:
     return replace(state, status="compensation_failed")
 
 
+_ENDS_AS: dict[str, SagaStatus] = {
+    "saga.completed": "completed",
+    "saga.compensated": "compensated",
+    "saga.compensation_failed": "compensation_failed",
+}
+
+
 def _already(state: SagaState, event: _SagaLevel) -> bool:
     if isinstance(event, SagaResumed):
         return state.resumes > 0  # the round it opens is already the current one
-    return state.status == event.type.removeprefix("saga.")
+    return state.status == _ENDS_AS[event.type]
 
 
 def _resume(state: SagaState, resumes: int) -> SagaState:

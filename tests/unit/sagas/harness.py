@@ -41,7 +41,12 @@ def linear(n: int, *, compensable: bool = True) -> SagaDefinition:
     return SagaDefinition(
         name=f"linear{n}",
         steps=tuple(
-            Step(name=f"s{i}", task=f"agents.s{i}", compensation=f"agents.undo_s{i}" if compensable else None, timeout_s=60)
+            Step(
+                name=f"s{i}",
+                task=f"agents.s{i}",
+                compensation=f"agents.undo_s{i}" if compensable else None,
+                timeout_s=60,
+            )
             for i in range(1, n + 1)
         ),
     )
@@ -72,6 +77,7 @@ class Saga:
     now: datetime = T0
     events: list[SagaEvent] = field(default_factory=list)
     issued: list[Command] = field(default_factory=list)
+    batches: list[list[Command]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.record(start(self.definition, self.saga_id, self.input))
@@ -96,6 +102,7 @@ class Saga:
                 self.now += timedelta(days=1)  # only waiting is left: let every deadline pass
                 continue
             self.issued.extend(commands)
+            self.batches.append(commands)
             for command in commands:
                 self.record(command.event())
             for command in commands:
@@ -119,6 +126,10 @@ class Saga:
 
     def compensations(self) -> list[str]:
         return [label(c) for c in self.issued if isinstance(c, RunCompensation)]
+
+    def compensation_batches(self) -> list[set[str]]:
+        batches = ({label(c) for c in b if isinstance(c, RunCompensation)} for b in self.batches)
+        return [b for b in batches if b]
 
 
 def fail_at(*failing: str, vanish: tuple[str, ...] = (), refuse: tuple[str, ...] = ()) -> Script:
