@@ -1,0 +1,33 @@
+# The relaybus image: the `relaybus` command (workers, migrations, CLI) and `celery ... flower`.
+# docker-compose.yml builds it once and runs every relaybus service from it.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Only what the package is made of (no .venv, .git or local databases in the image).
+COPY pyproject.toml README.md ./
+COPY project ./project
+COPY tasks ./tasks
+COPY sagas ./sagas
+COPY eventstore ./eventstore
+COPY bench ./bench
+
+# Editable on purpose: the alembic revisions in eventstore/migrations/versions/ are plain files, not
+# a package, so a regular `pip install .` would leave them out and `relaybus db upgrade` would find
+# no migration. An editable install runs the code from /app, revisions included.
+RUN pip install -e . \
+    && relaybus --help > /dev/null \
+    && python -c "import eventstore.migrations as m, pathlib; \
+assert any(pathlib.Path(m.__file__).parent.glob('versions/*.py')), 'migrations missing'"
+
+# Workers run unprivileged: nothing here needs root, and a misbehaving agent should not have it.
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin relaybus \
+    && mkdir -p /app/.relaybus && chown relaybus /app/.relaybus
+USER relaybus
+
+CMD ["relaybus", "--help"]

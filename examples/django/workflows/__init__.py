@@ -1,0 +1,1 @@
+"""Start relaybus workflows from a Django view, and show their status from the event log."""

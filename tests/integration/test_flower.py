@@ -1,0 +1,145 @@
+"""Flower against the real broker: it sees our worker and our agent tasks, and only with credentials.
+
+Flower runs as a real subprocess, started the way an operator starts it (``celery -A project flower``),
+with the test's settings in its environment. The machine's RabbitMQ has no management plugin, so the
+queue-length API (``/api/queues/length``) is not tested here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from project.settings import Settings
+from tests.harness import ROOT, wait_for
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "relaybus", uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Flower:
+    """``celery -A project flower`` as a subprocess, on a free local port, behind basic auth."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / "flower.log"
+        # Flower reads every FLOWER_* variable as an option: keep the caller's out of it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+        env.update(settings.to_env(), PYTHONPATH=str(ROOT))
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "flower",
+            f"--port={self.port}",
+            "--address=127.0.0.1",
+            f"--basic-auth={USER}:{PASSWORD}",
+        ]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.client = httpx.Client(base_url=self.url, auth=(USER, PASSWORD), timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.client.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_ready(self, timeout: float = 60.0) -> Flower:
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"Flower exited early:\n{self.log()[-4000:]}")
+            try:
+                # The one page served without authentication.
+                return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout, 0.2, "Flower to answer /healthcheck")
+        return self
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=20)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+@pytest.fixture
+def flower(settings: Settings, tmp_path: Path) -> Iterator[Flower]:
+    process = Flower(settings, tmp_path)
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def test_flower_lists_our_worker_and_agent_tasks_through_its_api_and_refuses_requests_without_credentials(
+    app, start_worker, flower
+):
+    worker = start_worker("probe")
+    hostname = f"{worker.name}@{socket.gethostname()}"
+
+    # Flower hears about workers from their events (heartbeats) and asks them over remote control;
+    # task events only reach it once its event receiver listens, which the heartbeat proves.
+    wait_for(lambda: flower.get("/api/workers", status=1).get(hostname), 60, 0.5, f"Flower to see {hostname} alive")
+
+    def listed() -> dict[str, Any] | None:
+        workers: dict[str, Any] = flower.get("/api/workers", refresh=1)  # asks the workers (inspect)
+        return workers if hostname in workers else None
+
+    workers = wait_for(listed, 60, 0.5, f"{hostname} in /api/workers")
+    consumed = {q["name"] for q in workers[hostname].get("active_queues", [])}
+    assert f"{app.conf.relaybus_runtime.namespace}.probe" in consumed
+
+    key = f"test:{uuid.uuid4().hex}"
+    results = [app.tasks["agents.probe"].apply_async(kwargs={"key": key, "label": f"flower-{i}"}) for i in range(3)]
+    for result in results:
+        assert result.get(timeout=60)["label"].startswith("flower-")
+    ids = {r.id for r in results}
+
+    def our_tasks() -> dict[str, Any]:
+        tasks: dict[str, Any] = flower.get("/api/tasks", taskname="agents.probe", limit=1000)
+        seen = {tid: t for tid, t in tasks.items() if tid in ids}
+        done = len(seen) == len(ids) and all(t["state"] == "SUCCESS" for t in seen.values())
+        return seen if done else {}
+
+    tasks = wait_for(our_tasks, 60, 0.5, "Flower to show our three probe tasks as SUCCESS")
+    assert {t["name"] for t in tasks.values()} == {"agents.probe"}
+    assert {t["worker"] for t in tasks.values()} == {hostname}
+    assert "agents.probe" in flower.get("/api/task/types")["task-types"]
+
+    for path in ("/api/workers", "/api/tasks", "/api/task/types"):
+        assert httpx.get(f"{flower.url}{path}", timeout=10).status_code == 401, path
+        assert httpx.get(f"{flower.url}{path}", auth=(USER, "wrong"), timeout=10).status_code == 401, path
