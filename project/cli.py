@@ -187,5 +187,14 @@ def dlq_purge(agents: str | None, task_id: str | None, yes: bool) -> None:
     console.print(f"purged {purge(_app(), _agents_option(agents), task_id)} message(s)")
 
 
+def _register() -> None:
+    from project.cli_log import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

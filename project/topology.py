@@ -24,9 +24,10 @@ AGENT_TASK_PREFIX = "agents."
 
 
 def agent_of(task_name: str) -> str | None:
-    """The agent a task name belongs to: ``agents.researcher`` -> ``researcher``."""
+    """The agent a task name belongs to: ``agents.writer`` and ``agents.writer.discard_draft`` ->
+    ``writer`` (an agent may own several tasks; they all run on its queue)."""
     if task_name.startswith(AGENT_TASK_PREFIX):
-        return task_name[len(AGENT_TASK_PREFIX) :]
+        return task_name[len(AGENT_TASK_PREFIX) :].split(".", 1)[0] or None
     return None
 
 

@@ -100,7 +100,8 @@ class EventRecorder(NullRecorder):
             event_id=eid,
             stream_id=str(correlation),
             correlation_id=str(correlation),
-            causation_id=causation,
+            # A transition caused by another record (task.dead_lettered by task.failed) names it instead.
+            causation_id=extra.pop("causation_id", causation),
             type=type_,
             task_id=request.id,
             agent=task.spec.name,
@@ -135,8 +136,15 @@ class EventRecorder(NullRecorder):
                     request, task, "task.started", event_id(request.id, "started", delivery),
                     {"redelivered": bool(info.get("redelivered"))}, occurred_at=now,
                 ),
+                *self._start_records(task, request, args, kwargs),
             ]
         )
+
+    @staticmethod
+    def _start_records(task: Any, request: Any, args: Any, kwargs: Any) -> list[Any]:
+        """What the agent asks to record with its start (one append, one transaction)."""
+        hook = getattr(getattr(task, "spec", None), "start_records", None)
+        return list(hook(request, tuple(args), dict(kwargs))) if hook is not None else []
 
     def task_retried(self, task: Any, request: Any, error: BaseException, countdown: float) -> None:
         payload = {**_error_payload(error), "countdown_s": round(countdown, 3)}
@@ -214,7 +222,7 @@ class EventRecorder(NullRecorder):
                     causation_id=headers.get(CAUSATION_HEADER),
                     type="task.sent",
                     task_id=task_id,
-                    agent=task_name[len("agents.") :],
+                    agent=task_name[len("agents.") :].split(".", 1)[0],
                     queue=routing_key,
                     priority=priority,
                     attempt=int(retries) + 1,
