@@ -1,0 +1,61 @@
+"""relaybus's event store: an append-only, hash-chained event log on SQLite or PostgreSQL.
+
+A leaf package: it knows SQLAlchemy, alembic and pydantic, and nothing of Celery or of the rest
+of relaybus. ::
+
+    store = open_store("sqlite:///.relaybus/events.sqlite")
+    store.append([NewEvent(stream_id=cid, type=types.TASK_SENT, task_id=tid, payload={...})])
+    store.timeline(cid).model_dump(mode="json")
+"""
+
+from eventstore import migrations, types
+from eventstore.errors import (
+    AppendOnlyViolation,
+    ConcurrencyError,
+    EventStoreError,
+    SchemaError,
+    StoreUnavailable,
+)
+from eventstore.integrity import BrokenLink, VerifyReport
+from eventstore.models import DEFAULT_REDACT_KEYS, NewEvent, RecordedEvent, StoreConfig
+from eventstore.projections import WorkflowStatus, WorkflowStatusProjection, apply, fold
+from eventstore.queries import AgentStats, TaskStep, Timeline
+from eventstore.replay import DryRun, RunDiff, RunStep, StepDifference, diff, dry_run
+from eventstore.store import EventStore, open_store
+
+# Grouped by concern, as dramatiq does, rather than sorted.
+__all__ = [  # noqa: RUF022
+    # Opening and writing
+    "DEFAULT_REDACT_KEYS",
+    "EventStore",
+    "NewEvent",
+    "RecordedEvent",
+    "StoreConfig",
+    "open_store",
+    # Errors
+    "AppendOnlyViolation",
+    "ConcurrencyError",
+    "EventStoreError",
+    "SchemaError",
+    "StoreUnavailable",
+    # Audit results
+    "AgentStats",
+    "BrokenLink",
+    "TaskStep",
+    "Timeline",
+    "VerifyReport",
+    # Projection and replay
+    "DryRun",
+    "RunDiff",
+    "RunStep",
+    "StepDifference",
+    "WorkflowStatus",
+    "WorkflowStatusProjection",
+    "apply",
+    "diff",
+    "dry_run",
+    "fold",
+    # Modules
+    "migrations",
+    "types",
+]

@@ -59,12 +59,15 @@ def make_engine(url: str | URL, *, schema: str | None = None, config: StoreConfi
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, config)
     # lock_timeout bounds the wait for the events table lock (StoreUnavailable, retried by callers).
-    options = [f"-clock_timeout={int(config.lock_timeout_s * 1000)}"]
+    # timezone=UTC: timestamps come back as UTC datetimes, nothing to convert when reading.
+    options = [f"-clock_timeout={int(config.lock_timeout_s * 1000)}", "-ctimezone=UTC"]
     if schema is not None:
         options.append(f"-csearch_path={check_schema_name(schema)}")
     elif "options" in parsed.query:
         options.append(str(parsed.query["options"]))
-    connect_args: dict[str, Any] = {"connect_timeout": 10, "options": " ".join(options)}
+    # prepare_threshold=None: psycopg would otherwise prepare a statement after five runs, and the
+    # generic plan PostgreSQL then settles on for "event_id = ANY($1)" degrades as the table grows.
+    connect_args: dict[str, Any] = {"connect_timeout": 10, "options": " ".join(options), "prepare_threshold": None}
     return create_engine(
         parsed,
         connect_args=connect_args,
@@ -166,9 +169,13 @@ def translate(error: sa_exc.SQLAlchemyError) -> EventStoreError:
     if sqlstate in _PG_SCHEMA_STATES or any(m in message for m in _SQLITE_SCHEMA_MESSAGES):
         return SchemaError(f"{message.strip()} (run `relaybus db upgrade`)")
     if (
-        isinstance(error, sa_exc.DBAPIError)
-        and (error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError))
-    ) or sqlstate in _PG_TRANSIENT_STATES or sqlstate.startswith("08"):
+        (
+            isinstance(error, sa_exc.DBAPIError)
+            and (error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError))
+        )
+        or sqlstate in _PG_TRANSIENT_STATES
+        or sqlstate.startswith("08")
+    ):
         return StoreUnavailable(message.strip())
     if isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError):
         return StoreUnavailable(message.strip())

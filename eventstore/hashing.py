@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _string  # the C encoder's, as used with ensure_ascii=False
 from typing import Any
 
 HASHED_FIELDS: tuple[str, ...] = (
@@ -45,19 +46,89 @@ def canonical_json(value: Any) -> str:
 
 def format_time(value: datetime) -> str:
     """A datetime as UTC ISO 8601 with microseconds; naive values are taken as UTC."""
-    if value.tzinfo is not None:
+    if value.tzinfo is None:
+        return value.isoformat(timespec="microseconds") + "Z"
+    if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_KEY_ORDER = (
+    "agent", "attempt", "causation_id", "correlation_id", "event_id", "metadata", "occurred_at", "payload",
+    "prev_hash", "priority", "queue", "recorded_at", "schema_version", "stream_id", "task_id", "type", "version",
+    "worker_host",
+)  # fmt: skip
+assert list(_KEY_ORDER) == sorted((*HASHED_FIELDS, "prev_hash")), "content_json must list every field, sorted"
+
+_TEMPLATE = (
+    '{"agent":%s,"attempt":%s,"causation_id":%s,"correlation_id":%s,"event_id":%s,"metadata":%s,'
+    '"occurred_at":"%s","payload":%s,"prev_hash":%s,"priority":%s,"queue":%s,"recorded_at":"%s",'
+    '"schema_version":%s,"stream_id":%s,"task_id":%s,"type":%s,"version":%s,"worker_host":%s}'
+)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    kind = value.__class__
+    if kind is str:
+        return _string(value)
+    if kind is int:
+        return int.__repr__(value)
+    return canonical_json(value)
+
+
+def content_json(
+    fields: Mapping[str, Any],
+    payload_json: str,
+    metadata_json: str,
+    prev_hash: str | None,
+    recorded_at: str | None = None,
+) -> str:
+    """The canonical JSON of an event's content, from payload and metadata already serialised.
+
+    Byte for byte ``canonical_json({...content..., "prev_hash": prev_hash})`` (the unit tests hold
+    it to that), written out by hand because appends compute it for every event: the payload is
+    serialised once for hashing and storage, and the scalars without the general encoder.
+    ``recorded_at``: the formatted time, when the caller has it (one per batch).
+    """
+    f = fields
+    return _TEMPLATE % (
+        _scalar(f["agent"]),
+        _scalar(f["attempt"]),
+        _scalar(f["causation_id"]),
+        _scalar(f["correlation_id"]),
+        _scalar(f["event_id"]),
+        metadata_json,
+        format_time(f["occurred_at"]),
+        payload_json,
+        _scalar(prev_hash),
+        _scalar(f["priority"]),
+        _scalar(f["queue"]),
+        recorded_at or format_time(f["recorded_at"]),
+        _scalar(f["schema_version"]),
+        _scalar(f["stream_id"]),
+        _scalar(f["task_id"]),
+        _scalar(f["type"]),
+        _scalar(f["version"]),
+        _scalar(f["worker_host"]),
+    )
+
+
+def event_hash_of_json(
+    fields: Mapping[str, Any],
+    payload_json: str,
+    metadata_json: str,
+    prev_hash: str | None,
+    recorded_at: str | None = None,
+) -> str:
+    return sha256_hex(content_json(fields, payload_json, metadata_json, prev_hash, recorded_at))
+
+
 def event_hash(fields: Mapping[str, Any], prev_hash: str | None) -> str:
     """The hash of one event, from its content ``fields`` (a mapping holding :data:`HASHED_FIELDS`)."""
-    content = {name: fields[name] for name in HASHED_FIELDS}
-    content["occurred_at"] = format_time(content["occurred_at"])
-    content["recorded_at"] = format_time(content["recorded_at"])
-    content["prev_hash"] = prev_hash
-    return sha256_hex(canonical_json(content))
+    return event_hash_of_json(fields, canonical_json(fields["payload"]), canonical_json(fields["metadata"]), prev_hash)

@@ -29,6 +29,7 @@ DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(
 )
 """Masked wherever they appear as a key (see :mod:`eventstore.redaction` for the matching rule)."""
 
+
 def utc(value: datetime) -> datetime:
     """``value`` in UTC; a naive datetime is taken to be UTC already."""
     if value.tzinfo is None:

@@ -63,9 +63,7 @@ TASK_TYPES: Final = frozenset(
 )
 """Every task lifecycle type."""
 
-TERMINAL_TASK_TYPES: Final = frozenset(
-    {TASK_SUCCEEDED, TASK_FAILED, TASK_DEAD_LETTERED, TASK_REVOKED, TASK_REJECTED}
-)
+TERMINAL_TASK_TYPES: Final = frozenset({TASK_SUCCEEDED, TASK_FAILED, TASK_DEAD_LETTERED, TASK_REVOKED, TASK_REJECTED})
 """A task that recorded one of these has finished (for this delivery)."""
 
 FAILED_TASK_TYPES: Final = frozenset({TASK_FAILED, TASK_DEAD_LETTERED, TASK_REJECTED})
@@ -89,3 +87,17 @@ WORKFLOW_RESTART_TYPES: Final = frozenset({WORKFLOW_STARTED, SAGA_STARTED, SAGA_
 def task_status(event_type: str) -> str:
     """The task status a task lifecycle type records: ``task.dead_lettered`` -> ``dead_lettered``."""
     return event_type.removeprefix("task.")
+
+
+def next_task_status(current: str | None, event_type: str) -> str | None:
+    """A task's status after one more of its events: the latest lifecycle event decides.
+
+    Events of other kinds that carry a task id (``llm.completed``...) leave it unchanged.
+    """
+    if event_type in TASK_TYPES:
+        return task_status(event_type)
+    return current
+
+
+FAILED_TASK_STATUSES: Final = frozenset(task_status(t) for t in FAILED_TASK_TYPES)
+TERMINAL_TASK_STATUSES: Final = frozenset(task_status(t) for t in TERMINAL_TASK_TYPES)

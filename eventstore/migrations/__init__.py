@@ -61,6 +61,10 @@ def upgrade(url: str | URL | Engine, *, schema: str | None = None, revision: str
     engine = url if isinstance(url, Engine) else make_engine(url, schema=schema)
     local = ProcessLocalEngine(engine)
     try:
+        if revision == "head" and schema is None:
+            with translate_errors(), local.read() as connection:
+                if current_revision(connection) == HEAD:
+                    return  # the common case, without taking any lock
         with translate_errors(), local.write() as connection:
             if schema is not None and connection.dialect.name == "postgresql":
                 connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{check_schema_name(schema)}"'))

@@ -22,8 +22,9 @@ _ID = 255
 def upgrade() -> None:
     op.create_table(
         "events",
-        sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("event_id", sa.String(_ID), nullable=False),
         sa.Column("stream_id", sa.String(_ID), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
@@ -57,6 +58,7 @@ def upgrade() -> None:
         "workflow_status",
         sa.Column("correlation_id", sa.String(_ID), primary_key=True),
         sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("declared_status", sa.String(32), nullable=True),
         sa.Column("first_event_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_event_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("tasks_succeeded", sa.Integer(), nullable=False),

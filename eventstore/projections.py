@@ -1,0 +1,279 @@
+"""The workflow-status projection: one row per correlation id, kept up to date from the log.
+
+The fold, :func:`apply`, is pure: ``apply(state, event) -> state``. The live projection, a dry-run
+replay and a rebuild all use it, so they cannot disagree.
+
+Exactly once, as in eventsourcing's ``Follower``: every batch of events is applied and the tracking
+position advanced in the same transaction, with the tracking row locked, so a crash or a second
+process catching up at the same time never applies an event twice or skips one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from eventstore import types as t
+from eventstore._engine import ProcessLocalEngine, translate_errors
+from eventstore.schema import events, projection_tracking, workflow_status
+
+
+class FoldEvent(Protocol):
+    """What the fold reads of an event (a RecordedEvent has it all)."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def correlation_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def task_id(self) -> str | None: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+class EventHead(NamedTuple):
+    """The columns the fold needs, read without the payloads (fast rebuilds)."""
+
+    position: int
+    correlation_id: str
+    type: str
+    task_id: str | None
+    occurred_at: datetime
+
+
+class WorkflowStatus(BaseModel):
+    """The state of one workflow (all events sharing a correlation id).
+
+    ``status``: an explicit workflow-level event decides (``workflow.completed`` -> ``completed``,
+    ``saga.compensated`` -> ``compensated``...; ``workflow.started``/``saga.started`` -> ``running``
+    until one arrives). Without any, it follows the tasks: ``running`` while one is unfinished,
+    then ``failed`` if any failed, else ``succeeded``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    correlation_id: str
+    status: str = "running"
+    declared_status: str | None = None
+    first_event_at: datetime
+    last_event_at: datetime
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    task_status: dict[str, str] = Field(default_factory=dict)
+    last_position: int = 0
+
+
+def _derived_status(declared: str | None, tasks: dict[str, str]) -> str:
+    if declared is not None:
+        return declared
+    statuses = tasks.values()
+    if not tasks or any(s not in t.TERMINAL_TASK_STATUSES for s in statuses):
+        return "running"
+    return "failed" if any(s in t.FAILED_TASK_STATUSES for s in statuses) else "succeeded"
+
+
+def apply(state: WorkflowStatus | None, event: FoldEvent) -> WorkflowStatus:
+    """The workflow's state after ``event`` (pure: ``state`` is not modified)."""
+    if state is None:
+        state = WorkflowStatus(
+            correlation_id=event.correlation_id,
+            first_event_at=event.occurred_at,
+            last_event_at=event.occurred_at,
+        )
+    update: dict[str, Any] = {
+        "last_position": event.position,
+        "first_event_at": min(state.first_event_at, event.occurred_at),
+        "last_event_at": max(state.last_event_at, event.occurred_at),
+    }
+    declared = state.declared_status
+    tasks = state.task_status
+    if event.type in t.WORKFLOW_TERMINAL_STATUS:
+        declared = update["declared_status"] = t.WORKFLOW_TERMINAL_STATUS[event.type]
+    elif event.type in t.WORKFLOW_RESTART_TYPES:
+        declared = update["declared_status"] = "running"
+    elif event.task_id is not None and event.type in t.TASK_TYPES:
+        before = tasks.get(event.task_id)
+        after = t.next_task_status(before, event.type)
+        if after is not None and after != before:
+            tasks = update["task_status"] = {**tasks, event.task_id: after}
+            update["tasks_succeeded"] = state.tasks_succeeded + _delta(before, after, {"succeeded"})
+            update["tasks_failed"] = state.tasks_failed + _delta(before, after, t.FAILED_TASK_STATUSES)
+    update["status"] = _derived_status(declared, tasks)
+    return state.model_copy(update=update)
+
+
+def _delta(before: str | None, after: str, counted: Container[str]) -> int:
+    return int(after in counted) - int(before in counted)
+
+
+def fold(events_: Iterable[FoldEvent], states: dict[str, WorkflowStatus] | None = None) -> dict[str, WorkflowStatus]:
+    """Apply ``events_`` in order to ``states`` (a new dict; per correlation id)."""
+    result = dict(states or {})
+    for event in events_:
+        result[event.correlation_id] = apply(result.get(event.correlation_id), event)
+    return result
+
+
+# -- the live projection -------------------------------------------------------------------------------
+
+_HEAD_COLUMNS = (events.c.position, events.c.correlation_id, events.c.type, events.c.task_id, events.c.occurred_at)
+_STATE_COLUMNS = tuple(c.name for c in workflow_status.c)
+
+Progress = Callable[[int, int], None]
+"""``progress(events_applied, head_position)``, called after every batch of a rebuild."""
+
+
+class WorkflowStatusProjection:
+    """The ``workflow_status`` table, fed from the log; ``catch_up()`` after appends, ``rebuild()`` any time."""
+
+    name = "workflow_status"
+
+    def __init__(self, engine: ProcessLocalEngine, *, batch_size: int = 5000) -> None:
+        self._engine = engine
+        self.batch_size = batch_size
+
+    # -- reads
+    def position(self) -> int:
+        """The position of the last event applied (0 before any)."""
+        with translate_errors(), self._engine.read() as conn:
+            value = conn.execute(
+                select(projection_tracking.c.position).where(projection_tracking.c.name == self.name)
+            ).scalar()
+        return int(value or 0)
+
+    def get(self, correlation_id: str) -> WorkflowStatus | None:
+        with translate_errors(), self._engine.read() as conn:
+            return _load(conn, [correlation_id]).get(correlation_id)
+
+    def workflows(self, *, status: str | None = None, limit: int = 100) -> list[WorkflowStatus]:
+        """Workflows, most recently active first."""
+        query = select(workflow_status).order_by(workflow_status.c.last_position.desc()).limit(limit)
+        if status is not None:
+            query = query.where(workflow_status.c.status == status)
+        with translate_errors(), self._engine.read() as conn:
+            return [_to_state(row) for row in conn.execute(query)]
+
+    # -- writes
+    def catch_up(self) -> int:
+        """Apply every event recorded since the last call; returns how many were applied."""
+        applied = 0
+        with translate_errors():
+            while True:
+                count = self._apply_next_batch()
+                applied += count
+                if count < self.batch_size:
+                    return applied
+
+    def _apply_next_batch(self) -> int:
+        with self._engine.write() as conn:
+            position = _lock_tracking(conn, self.name)
+            rows = conn.execute(
+                select(*_HEAD_COLUMNS)
+                .where(events.c.position > position)
+                .order_by(events.c.position)
+                .limit(self.batch_size)
+            ).all()
+            if not rows:
+                return 0
+            batch = [EventHead(*row) for row in rows]
+            states = _load(conn, {e.correlation_id for e in batch})
+            changed = fold(batch, states)
+            _upsert(conn, changed.values())
+            _set_tracking(conn, self.name, batch[-1].position)
+            return len(batch)
+
+    def rebuild(self, *, progress: Progress | None = None) -> int:
+        """Recompute the table from the whole log; returns the number of events folded.
+
+        The fold runs outside any write transaction (appenders are not held up), then one short
+        transaction swaps the table's rows and the tracking position; events recorded meanwhile
+        are applied by the ``catch_up()`` that follows.
+        """
+        with translate_errors():
+            with self._engine.read() as conn:
+                head = int(
+                    conn.execute(select(events.c.position).order_by(events.c.position.desc()).limit(1)).scalar() or 0
+                )
+            states: dict[str, WorkflowStatus] = {}
+            done, after = 0, 0
+            while after < head:
+                with self._engine.read() as conn:
+                    rows = conn.execute(
+                        select(*_HEAD_COLUMNS)
+                        .where(events.c.position > after, events.c.position <= head)
+                        .order_by(events.c.position)
+                        .limit(self.batch_size)
+                    ).all()
+                if not rows:
+                    break
+                for row in rows:
+                    event = EventHead(*row)
+                    states[event.correlation_id] = apply(states.get(event.correlation_id), event)
+                done += len(rows)
+                after = rows[-1][0]
+                if progress is not None:
+                    progress(done, head)
+            with self._engine.write() as conn:
+                _lock_tracking(conn, self.name)
+                conn.execute(delete(workflow_status))
+                _insert(conn, states.values())
+                _set_tracking(conn, self.name, head)
+        self.catch_up()
+        return done
+
+
+def _to_state(row: Any) -> WorkflowStatus:
+    return WorkflowStatus.model_construct(**dict(zip(_STATE_COLUMNS, row, strict=True)))
+
+
+def _load(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, WorkflowStatus]:
+    ids = list(correlation_ids)
+    states: dict[str, WorkflowStatus] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for row in conn.execute(select(workflow_status).where(workflow_status.c.correlation_id.in_(chunk))):
+            state = _to_state(row)
+            states[state.correlation_id] = state
+    return states
+
+
+def _lock_tracking(conn: Connection, name: str) -> int:
+    """The tracking position, with the row locked until commit (SQLite's write lock covers it)."""
+    dialect = conn.dialect.name
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(projection_tracking)
+    conn.execute(stmt.values(name=name, position=0).on_conflict_do_nothing(index_elements=["name"]))
+    query = select(projection_tracking.c.position).where(projection_tracking.c.name == name)
+    if dialect == "postgresql":
+        query = query.with_for_update()
+    return int(conn.execute(query).scalar_one())
+
+
+def _set_tracking(conn: Connection, name: str, position: int) -> None:
+    conn.execute(update(projection_tracking).where(projection_tracking.c.name == name).values(position=position))
+
+
+def _rows(states: Iterable[WorkflowStatus]) -> list[dict[str, Any]]:
+    return [state.model_dump() for state in states]
+
+
+def _insert(conn: Connection, states: Iterable[WorkflowStatus]) -> None:
+    rows = _rows(states)
+    if rows:
+        conn.execute(insert(workflow_status), rows)
+
+
+def _upsert(conn: Connection, states: Iterable[WorkflowStatus]) -> None:
+    rows = _rows(states)
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(workflow_status)
+    keep = {c: stmt.excluded[c] for c in _STATE_COLUMNS if c != "correlation_id"}
+    conn.execute(stmt.on_conflict_do_update(index_elements=["correlation_id"], set_=keep), rows)

@@ -1,0 +1,255 @@
+"""Audit queries: a workflow's timeline, finding events, per-agent statistics.
+
+The shaping is pure (:func:`task_steps`, :func:`timeline_of`, :func:`stats_of`) so that replay and
+tests use it on events held in memory; the store only selects the rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import ColumnElement, and_
+
+from eventstore import types as t
+from eventstore.models import RecordedEvent
+from eventstore.projections import WorkflowStatus, fold
+from eventstore.schema import events
+
+
+class TaskEvent(Protocol):
+    """What step-building reads of an event (a RecordedEvent has it all)."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def task_id(self) -> str | None: ...
+    @property
+    def agent(self) -> str | None: ...
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def attempt(self) -> int | None: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+class TaskStep(BaseModel):
+    """One task of a workflow, from its lifecycle events.
+
+    ``queue_wait_s`` = first start - first send (time in the queue before any worker took it);
+    ``run_time_s`` = finish - start of the last attempt (``last_started_at``), so retries' back-off
+    does not count as running. ``status`` is that of the task's latest lifecycle event.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: str
+    agent: str | None
+    queue: str | None
+    status: str
+    sent_at: datetime | None
+    started_at: datetime | None
+    last_started_at: datetime | None
+    finished_at: datetime | None
+    queue_wait_s: float | None
+    run_time_s: float | None
+    attempts: int
+
+
+class Timeline(BaseModel):
+    """A workflow's events in log order, its task steps, and its folded status."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    correlation_id: str
+    workflow: WorkflowStatus | None
+    steps: list[TaskStep]
+    events: list[RecordedEvent]
+
+
+class AgentStats(BaseModel):
+    """Per agent, over the tasks seen in a time range (percentiles interpolate linearly)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str
+    count: int
+    succeeded: int
+    failures: int
+    run_time_p50_s: float | None
+    run_time_p95_s: float | None
+    queue_wait_p50_s: float | None
+    queue_wait_p95_s: float | None
+
+
+class _Step:
+    __slots__ = (
+        "agent",
+        "attempts",
+        "finished",
+        "first_start",
+        "last_start",
+        "queue",
+        "sent",
+        "starts",
+        "status",
+        "task_id",
+    )
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.agent: str | None = None
+        self.queue: str | None = None
+        self.status: str | None = None
+        self.sent: datetime | None = None
+        self.first_start: datetime | None = None
+        self.last_start: datetime | None = None
+        self.finished: datetime | None = None
+        self.starts = 0
+        self.attempts = 0
+
+    def add(self, event: TaskEvent) -> None:
+        self.agent = self.agent or event.agent
+        self.queue = self.queue or event.queue
+        self.attempts = max(self.attempts, event.attempt or 0)
+        at = event.occurred_at
+        if event.type == t.TASK_SENT and (self.sent is None or at < self.sent):
+            self.sent = at
+        elif event.type == t.TASK_STARTED:
+            self.starts += 1
+            self.first_start = at if self.first_start is None else min(self.first_start, at)
+            self.last_start = at if self.last_start is None else max(self.last_start, at)
+        self.status = t.next_task_status(self.status, event.type)
+        if event.type in t.TERMINAL_TASK_TYPES:
+            self.finished = at
+        elif event.type in t.TASK_TYPES:
+            self.finished = None  # sent again after finishing (a redrive): running once more
+
+    def freeze(self) -> TaskStep:
+        return TaskStep(
+            task_id=self.task_id,
+            agent=self.agent,
+            queue=self.queue,
+            status=self.status or "unknown",
+            sent_at=self.sent,
+            started_at=self.first_start,
+            last_started_at=self.last_start,
+            finished_at=self.finished,
+            queue_wait_s=_seconds(self.sent, self.first_start),
+            run_time_s=_seconds(self.last_start, self.finished),
+            attempts=max(self.attempts, self.starts),
+        )
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+def task_steps(events_: Iterable[TaskEvent]) -> list[TaskStep]:
+    """One step per task id that has lifecycle events, in order of each task's first event."""
+    steps: dict[str, _Step] = {}
+    for event in events_:
+        if event.task_id is None or event.type not in t.TASK_TYPES:
+            continue
+        step = steps.get(event.task_id)
+        if step is None:
+            step = steps[event.task_id] = _Step(event.task_id)
+        step.add(event)
+    return [step.freeze() for step in steps.values()]
+
+
+def timeline_of(correlation_id: str, events_: Sequence[RecordedEvent]) -> Timeline:
+    """The timeline of one workflow from its events (in position order)."""
+    return Timeline(
+        correlation_id=correlation_id,
+        workflow=fold(events_).get(correlation_id),
+        steps=task_steps(events_),
+        events=list(events_),
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) with linear interpolation between ranks; ``None`` if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def stats_of(steps: Iterable[TaskStep]) -> list[AgentStats]:
+    """Per-agent statistics over task steps, sorted by agent."""
+    by_agent: dict[str, list[TaskStep]] = {}
+    for step in steps:
+        if step.agent is not None:
+            by_agent.setdefault(step.agent, []).append(step)
+    result = []
+    for agent, group in sorted(by_agent.items()):
+        runs = [s.run_time_s for s in group if s.run_time_s is not None]
+        waits = [s.queue_wait_s for s in group if s.queue_wait_s is not None]
+        result.append(
+            AgentStats(
+                agent=agent,
+                count=len(group),
+                succeeded=sum(s.status == "succeeded" for s in group),
+                failures=sum(s.status in t.FAILED_TASK_STATUSES for s in group),
+                run_time_p50_s=percentile(runs, 50),
+                run_time_p95_s=percentile(runs, 95),
+                queue_wait_p50_s=percentile(waits, 50),
+                queue_wait_p95_s=percentile(waits, 95),
+            )
+        )
+    return result
+
+
+def _like_pattern(glob: str) -> str:
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+def find_conditions(
+    *,
+    type: str | None = None,
+    agent: str | None = None,
+    status: str | None = None,
+    correlation_id: str | None = None,
+    stream_id: str | None = None,
+    task_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> ColumnElement[bool]:
+    """The WHERE clause of :meth:`EventStore.find` (all given filters must hold).
+
+    ``type``: exact, or a glob where ``*`` matches anything (``task.*``, ``*.failed``).
+    ``status``: the last word of the type (``failed`` matches ``task.failed`` and ``saga.step.failed``).
+    ``since`` is inclusive, ``until`` exclusive, both on ``occurred_at``.
+    """
+    clauses: list[ColumnElement[bool]] = []
+    if type is not None:
+        if "*" in type:
+            clauses.append(events.c.type.like(_like_pattern(type), escape="\\"))
+        else:
+            clauses.append(events.c.type == type)
+    if status is not None:
+        clauses.append(events.c.type.endswith("." + status, autoescape=True))
+    exact: dict[str, Any] = {
+        "agent": agent,
+        "correlation_id": correlation_id,
+        "stream_id": stream_id,
+        "task_id": task_id,
+    }
+    clauses.extend(events.c[name] == value for name, value in exact.items() if value is not None)
+    if since is not None:
+        clauses.append(events.c.occurred_at >= since)
+    if until is not None:
+        clauses.append(events.c.occurred_at < until)
+    return and_(True, *clauses)

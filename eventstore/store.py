@@ -1,0 +1,374 @@
+"""The event store: append (idempotent, optimistic concurrency, hash-chained), read, and audit.
+
+Append, in one write transaction (``BEGIN IMMEDIATE`` on SQLite, the events table locked in
+EXCLUSIVE mode on PostgreSQL, so positions are handed out in commit order):
+
+1. payload and metadata are redacted, size-bounded and serialised, once (before the transaction);
+2. the head (version, hash) of every stream written is read in one query;
+3. ``expected_version`` is checked (``ConcurrencyError``);
+4. positions are drawn, versions, ``recorded_at`` and the hash chain computed in Python;
+5. one driver call writes the batch (``COPY`` on PostgreSQL, ``executemany`` on SQLite).
+
+Event ids already stored are not written again: the first attempt assumes there are none (nearly
+always true) and the unique constraint on ``event_id`` says otherwise; the store then looks them up
+and returns their stored records. What eventsourcing asks of a recorder holds here: atomic batches,
+a unique (stream, version) for optimistic concurrency, a total order that followers can read
+without missing late commits, tracking written with the projection it tracks
+(:mod:`eventstore.projections`), and driver errors translated at one boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    String,
+    any_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import URL
+
+from eventstore import integrity, queries, replay
+from eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
+from eventstore._insert import allocate_positions, insert_rows, time_binder
+from eventstore._rows import recorded, select_events, to_events
+from eventstore.errors import ConcurrencyError
+from eventstore.hashing import event_hash_of_json, format_time
+from eventstore.models import NewEvent, RecordedEvent, StoreConfig
+from eventstore.projections import WorkflowStatusProjection
+from eventstore.redaction import Redactor, fit
+from eventstore.schema import events
+
+
+class _LookUpStored(Exception):
+    """Internal: an optimistic append must check for stored events before it can decide."""
+
+
+class _Prepared(NamedTuple):
+    """An event ready to write: its fields (redacted, bounded) and its payload and metadata as JSON."""
+
+    fields: dict[str, Any]
+    payload_json: str
+    metadata_json: str
+
+
+class EventStore:
+    """An append-only event log on SQLite or PostgreSQL. Build it with :func:`open_store`."""
+
+    def __init__(self, engine: Engine, config: StoreConfig | None = None) -> None:
+        self.config = config or StoreConfig()
+        self._engine = ProcessLocalEngine(engine)
+        self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask)
+        self.projection = WorkflowStatusProjection(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for this process), for operators and tests."""
+        return self._engine.get()
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def append(self, events_: Sequence[NewEvent], *, expected_version: int | None = None) -> list[RecordedEvent]:
+        """Record ``events_`` in one transaction; returns their records, in the order given.
+
+        Events whose ``event_id`` is already stored are not written again: their stored record is
+        returned. With ``expected_version`` (all events of one stream), raises
+        :class:`ConcurrencyError` unless the stream is at that version; without it, events go to
+        the end of their streams.
+        """
+        batch = list(events_)
+        if not batch:
+            return []
+        if expected_version is not None and len({e.stream_id for e in batch}) != 1:
+            raise ValueError("expected_version needs every event to be of one stream")
+        prepared = [self._prepare(event) for event in batch]
+        with translate_errors():
+            try:
+                return self._append(prepared, expected_version, careful=False)
+            except (sa_exc.IntegrityError, _LookUpStored):
+                pass  # some of these events are stored already (a redelivery): look them up
+            for attempt in range(self.config.append_retries + 1):
+                try:
+                    return self._append(prepared, expected_version, careful=True)
+                except sa_exc.IntegrityError:
+                    # Another writer took the same version or event id between our read and our
+                    # insert (only possible without the table lock): read the heads again.
+                    if attempt == self.config.append_retries:
+                        raise
+        raise AssertionError("unreachable")
+
+    def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
+        return self.append([event], expected_version=expected_version)[0]
+
+    def _prepare(self, event: NewEvent) -> _Prepared:
+        fields = event.__dict__.copy()
+        limit, preview = self.config.max_payload_bytes, self.config.preview_chars
+        texts = []
+        for name in ("payload", "metadata"):
+            value, text = self._redactor.redact_to_json(fields[name])
+            fields[name], text = fit(value, text, limit, preview)
+            texts.append(text)
+        return _Prepared(fields, texts[0], texts[1])
+
+    def _append(self, prepared: list[_Prepared], expected_version: int | None, *, careful: bool) -> list[RecordedEvent]:
+        """One attempt. ``careful=False`` assumes, as is nearly always true, that none of the events is
+        stored yet and lets the unique constraint on ``event_id`` say otherwise (one query less)."""
+        with self._engine.write(lock_events=True) as conn:
+            stored = _stored(conn, {p.fields["event_id"] for p in prepared}) if careful else {}
+            fresh: dict[str, _Prepared] = {}
+            for p in prepared:
+                if p.fields["event_id"] not in stored:
+                    fresh.setdefault(p.fields["event_id"], p)
+            if fresh:
+                heads = _heads(conn, {p.fields["stream_id"] for p in fresh.values()})
+                if expected_version is not None:
+                    stream = next(iter(fresh.values())).fields["stream_id"]
+                    actual = heads.get(stream, (0, None))[0]
+                    if actual != expected_version:
+                        if not careful:
+                            raise _LookUpStored  # a retry of an append that did happen is no conflict
+                        raise ConcurrencyError(stream, expected_version, actual)
+                stored.update(self._insert(conn, list(fresh.values()), heads))
+        return [stored[p.fields["event_id"]] for p in prepared]
+
+    def _insert(
+        self, conn: Connection, batch: list[_Prepared], heads: dict[str, tuple[int, str | None]]
+    ) -> dict[str, RecordedEvent]:
+        dialect = conn.dialect.name
+        bind_time = time_binder(dialect)
+        recorded_at = datetime.now(UTC)
+        recorded_at_bound, recorded_at_text = bind_time(recorded_at), format_time(recorded_at)
+        positions = allocate_positions(conn, len(batch))
+        params: list[tuple[Any, ...]] = []
+        records: dict[str, RecordedEvent] = {}
+        for position, p in zip(positions, batch, strict=True):
+            f = p.fields
+            version, prev_hash = heads.get(f["stream_id"], (0, None))
+            version += 1
+            values = {**f, "position": position, "version": version, "recorded_at": recorded_at, "prev_hash": prev_hash}
+            values["hash"] = digest = event_hash_of_json(
+                values, p.payload_json, p.metadata_json, prev_hash, recorded_at_text
+            )
+            heads[f["stream_id"]] = (version, digest)
+            records[f["event_id"]] = recorded(values)
+            params.append(
+                (
+                    position, f["event_id"], f["stream_id"], version, f["type"], f["schema_version"],
+                    f["correlation_id"], f["causation_id"], bind_time(f["occurred_at"]), recorded_at_bound,
+                    f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"], f["worker_host"],
+                    p.payload_json, p.metadata_json, digest, prev_hash,
+                )
+            )  # fmt: skip
+        insert_rows(conn, params)
+        return records
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def get(self, event_id: str) -> RecordedEvent | None:
+        found = self._select(select_events(self.dialect).where(events.c.event_id == event_id))
+        return found[0] if found else None
+
+    def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
+        query = (
+            select_events(self.dialect)
+            .where(events.c.stream_id == stream_id, events.c.version >= from_version)
+            .order_by(events.c.version)
+        )
+        return self._select(query)
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's current version: 0 for a stream with no events."""
+        query = select(func.max(events.c.version)).where(events.c.stream_id == stream_id)
+        with translate_errors(), self._engine.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def last_position(self) -> int:
+        query = select(events.c.position).order_by(events.c.position.desc()).limit(1)
+        with translate_errors(), self._engine.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Up to ``limit`` events with a position above ``after_position``, in position order."""
+        query = (
+            select_events(self.dialect)
+            .where(events.c.position > after_position)
+            .order_by(events.c.position)
+            .limit(limit)
+        )
+        return self._select(query)
+
+    def iter_all(self, after_position: int = 0, batch_size: int = 5000) -> Iterator[RecordedEvent]:
+        """Every event after ``after_position``, read in batches (one short transaction each)."""
+        while True:
+            batch = self.read_all(after_position, batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after_position = batch[-1].position
+
+    def by_correlation(self, correlation_id: str) -> list[RecordedEvent]:
+        """Every event of one correlation id, across streams, in position order."""
+        query = select_events(self.dialect).where(events.c.correlation_id == correlation_id).order_by(events.c.position)
+        return self._select(query)
+
+    def _select(self, query: Select[Any]) -> list[RecordedEvent]:
+        with translate_errors(), self._engine.read() as conn:
+            return to_events(conn.execute(query), conn.dialect.name)
+
+    # -- audit ---------------------------------------------------------------------------------------
+
+    def timeline(self, correlation_id: str) -> queries.Timeline:
+        return queries.timeline_of(correlation_id, self.by_correlation(correlation_id))
+
+    def find(
+        self,
+        *,
+        type: str | None = None,
+        agent: str | None = None,
+        status: str | None = None,
+        correlation_id: str | None = None,
+        stream_id: str | None = None,
+        task_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_position: int = 0,
+        before_position: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[RecordedEvent]:
+        """Events matching every given filter (see :func:`queries.find_conditions`), in position order.
+
+        Page forwards with ``after_position`` (the last position seen), backwards with
+        ``newest_first=True`` and ``before_position``.
+        """
+        where = queries.find_conditions(
+            type=type,
+            agent=agent,
+            status=status,
+            correlation_id=correlation_id,
+            stream_id=stream_id,
+            task_id=task_id,
+            since=since,
+            until=until,
+        )
+        if before_position is not None:
+            where = where & (events.c.position < before_position)
+        order = events.c.position.desc() if newest_first else events.c.position
+        query = (
+            select_events(self.dialect).where(where, events.c.position > after_position).order_by(order).limit(limit)
+        )
+        return self._select(query)
+
+    def agent_stats(self, since: datetime | None = None, until: datetime | None = None) -> list[queries.AgentStats]:
+        """Per-agent counts, failures and p50/p95 run time and queue wait, over task events in range."""
+        columns = (
+            events.c.position,
+            events.c.type,
+            events.c.task_id,
+            events.c.agent,
+            events.c.queue,
+            events.c.attempt,
+            events.c.occurred_at,
+        )
+        where = queries.find_conditions(type="task.*", since=since, until=until)
+        query = select(*columns).where(where, events.c.task_id.is_not(None)).order_by(events.c.position)
+        with translate_errors(), self._engine.read() as conn:
+            rows = conn.execute(query).all()
+        return queries.stats_of(queries.task_steps(rows))
+
+    def verify(self, *, batch_size: int = 5000) -> integrity.VerifyReport:
+        """Check every stream's hash chain; the report names the first broken link, if any."""
+        return integrity.verify_chain(self.iter_all(batch_size=batch_size))
+
+    def dry_run(self, correlation_id: str) -> replay.DryRun:
+        return replay.dry_run(correlation_id, self.by_correlation(correlation_id))
+
+    def diff(self, correlation_a: str, correlation_b: str) -> replay.RunDiff:
+        return replay.diff(
+            correlation_a, self.by_correlation(correlation_a), correlation_b, self.by_correlation(correlation_b)
+        )
+
+
+def _member_of(column: ColumnElement[str], values: set[str], dialect: str) -> ColumnElement[bool]:
+    """``column IN values`` with one parameter however many values (short SQL, cached plans)."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("members", sorted(values), type_=ARRAY(String())))
+    members: Select[str] = select(literal_column("value", String())).select_from(
+        func.json_each(bindparam("members", json.dumps(sorted(values))))
+    )
+    return column.in_(members)
+
+
+def _stored(conn: Connection, event_ids: set[str]) -> dict[str, RecordedEvent]:
+    dialect = conn.dialect.name
+    query = select_events(dialect).where(_member_of(events.c.event_id, event_ids, dialect))
+    return {event.event_id: event for event in to_events(conn.execute(query), dialect)}
+
+
+_PG_HEADS = text(
+    "SELECT s.stream_id, e.version, e.hash FROM unnest(CAST(:streams AS text[])) AS s(stream_id) "
+    "CROSS JOIN LATERAL (SELECT version, hash FROM events WHERE events.stream_id = s.stream_id "
+    "ORDER BY version DESC LIMIT 1) AS e"
+)
+"""One index probe per stream for its last event."""
+
+
+def _heads(conn: Connection, stream_ids: set[str]) -> dict[str, tuple[int, str | None]]:
+    """Per stream: (current version, hash of the last event); absent streams are left out."""
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(_PG_HEADS, {"streams": sorted(stream_ids)})
+    else:
+        # SQLite documents that with max(), the bare columns come from the row holding the max.
+        member = _member_of(events.c.stream_id, stream_ids, "sqlite")
+        rows = conn.execute(
+            select(events.c.stream_id, func.max(events.c.version), events.c.hash)
+            .where(member)
+            .group_by(events.c.stream_id)
+        )
+    return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
+
+
+def open_store(
+    url: str | URL,
+    *,
+    config: StoreConfig | None = None,
+    schema: str | None = None,
+    create: bool | None = None,
+) -> EventStore:
+    """Open the event store at ``url`` (``sqlite:///path`` or ``postgresql://...``).
+
+    ``create``: bring the schema up to date first (runs the migrations; a no-op when current).
+    Defaults to on for SQLite, the embedded default, and off for PostgreSQL, whose schema is
+    managed with ``relaybus db upgrade``. ``schema`` (PostgreSQL): the schema holding the tables.
+    """
+    from eventstore import migrations
+
+    parsed = normalize_url(url)
+    config = config or StoreConfig()
+    engine = make_engine(parsed, schema=schema, config=config)
+    if create is None:
+        create = parsed.get_backend_name() == "sqlite"
+    if create:
+        migrations.upgrade(engine, schema=schema)
+    return EventStore(engine, config)

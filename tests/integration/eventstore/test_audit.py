@@ -1,0 +1,84 @@
+"""Contract: timeline, find and agent statistics over a synthetic workflow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eventstore import EventStore, types
+from tests.unit.eventstore.synthetic import at, quick_workflow, research_workflow
+
+
+@pytest.fixture
+def audited(store: EventStore) -> EventStore:
+    store.append(research_workflow("wf-a"))
+    store.append(quick_workflow("wf-b"))
+    return store
+
+
+def test_timeline_orders_events_and_derives_each_task_step(audited: EventStore) -> None:
+    timeline = audited.timeline("wf-a")
+
+    positions = [e.position for e in timeline.events]
+    assert positions == sorted(positions) and len(positions) == 20
+    assert {e.correlation_id for e in timeline.events} == {"wf-a"}
+    planner, researcher, writer = timeline.steps
+    assert (planner.agent, planner.status, planner.queue) == ("planner", "succeeded", "agents.planner")
+    assert (planner.sent_at, planner.started_at, planner.finished_at) == (at(0), at(1), at(3))
+    assert (planner.queue_wait_s, planner.run_time_s, planner.attempts) == (1.0, 2.0, 1)
+    assert (researcher.status, researcher.attempts) == ("succeeded", 2)
+    assert (researcher.started_at, researcher.last_started_at) == (at(5), at(8))
+    assert (researcher.queue_wait_s, researcher.run_time_s) == (2.0, 4.0)
+    assert (writer.status, writer.queue_wait_s, writer.run_time_s) == ("dead_lettered", 1.0, 1.0)
+    assert timeline.workflow is not None and timeline.workflow.status == "failed"
+    dumped = timeline.model_dump(mode="json")
+    assert json.loads(json.dumps(dumped)) == dumped
+    assert dumped["steps"][0]["sent_at"] == "2025-01-01T12:00:00Z"
+
+
+def test_timeline_of_an_unknown_correlation_is_empty(audited: EventStore) -> None:
+    timeline = audited.timeline("nobody")
+    assert (timeline.events, timeline.steps, timeline.workflow) == ([], [], None)
+
+
+def test_find_filters_by_exact_type_glob_agent_status_correlation_and_time(audited: EventStore) -> None:
+    def types_of(**filters: object) -> list[str]:
+        return [e.type for e in audited.find(**filters)]  # type: ignore[arg-type]
+
+    assert types_of(type="task.started", agent="researcher") == ["task.started", "task.started"]
+    assert set(types_of(type="task.*")) == types.TASK_TYPES - {"task.revoked", "task.rejected"}
+    assert types_of(type="workflow.*") == ["workflow.started", "workflow.failed"]
+    assert types_of(type="*.failed") == ["task.failed", "workflow.failed"]
+    assert types_of(status="dead_lettered") == ["task.dead_lettered"]
+    assert types_of(status="failed", correlation_id="wf-a", agent="writer") == ["task.failed"]
+    assert len(audited.find(correlation_id="wf-b")) == 4
+    assert types_of(type="task.sent", since=at(3), until=at(12)) == ["task.sent", "task.sent"]
+    assert types_of(type="task_sent") == []  # "_" is not a wildcard
+    newest = audited.find(limit=2, newest_first=True)
+    assert [e.position for e in newest] == sorted((e.position for e in newest), reverse=True)
+    assert len(newest) == 2
+    first_two = audited.find(limit=2)
+    assert audited.find(limit=1, after_position=first_two[0].position) == first_two[1:]
+    assert audited.find(newest_first=True, before_position=first_two[1].position) == first_two[:1]
+
+
+def test_agent_stats_count_tasks_failures_and_percentiles(audited: EventStore) -> None:
+    stats = {s.agent: s for s in audited.agent_stats()}
+
+    assert sorted(stats) == ["planner", "researcher", "writer"]
+    planner = stats["planner"]
+    assert (planner.count, planner.succeeded, planner.failures) == (2, 2, 0)
+    assert planner.run_time_p50_s == pytest.approx(3.0)
+    assert planner.run_time_p95_s == pytest.approx(3.9)
+    assert planner.queue_wait_p50_s == pytest.approx(2.0)
+    assert planner.queue_wait_p95_s == pytest.approx(2.9)
+    assert (stats["researcher"].count, stats["researcher"].run_time_p50_s) == (1, 4.0)
+    assert (stats["writer"].failures, stats["writer"].succeeded) == (1, 0)
+
+
+def test_agent_stats_only_cover_the_time_range(audited: EventStore) -> None:
+    stats = {s.agent: s for s in audited.agent_stats(since=at(50))}
+    assert list(stats) == ["planner"]
+    assert (stats["planner"].count, stats["planner"].run_time_p50_s) == (1, 4.0)
+    assert audited.agent_stats(until=at(-1)) == []

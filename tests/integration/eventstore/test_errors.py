@@ -1,0 +1,45 @@
+"""Contract: driver errors come out as event-store errors, transient ones as StoreUnavailable."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy import text
+
+from eventstore import NewEvent, StoreConfig, StoreUnavailable, open_store
+from tests.integration.eventstore.conftest import Database
+
+
+def test_an_append_that_cannot_get_the_write_lock_raises_store_unavailable(db: Database) -> None:
+    store = db.open(StoreConfig(sqlite_busy_timeout_s=0.2, lock_timeout_s=0.2))
+    store.append([NewEvent(stream_id="s", type="t")])
+    if db.file is not None:
+        holder = sqlite3.connect(db.file, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        blocker = db.open()
+        connection = blocker.engine.connect()
+        transaction = connection.begin()
+        connection.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.append([NewEvent(stream_id="s", type="t")])
+        assert store.stream_version("s") == 1  # readers are not blocked
+    finally:
+        if db.file is not None:
+            holder.rollback()
+            holder.close()
+        else:
+            transaction.rollback()
+            connection.close()
+    assert store.append_one(NewEvent(stream_id="s", type="t")).version == 2
+
+
+def test_an_unreachable_postgresql_raises_store_unavailable() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:1/test")
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.read_all()
+    finally:
+        store.close()

@@ -1,0 +1,82 @@
+"""Migrations: a fresh PostgreSQL schema is upgraded, and the result is exactly eventstore.schema."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from eventstore import NewEvent, SchemaError, migrations, open_store
+from eventstore.schema import metadata
+from tests.integration.eventstore.conftest import Database
+
+
+def test_upgrade_builds_a_fresh_postgresql_schema_once(pg_schema: tuple[str, str]) -> None:
+    url, schema = pg_schema
+    plain_url = url.replace("postgresql+psycopg://", "postgresql://")
+
+    migrations.upgrade(plain_url, schema=schema)
+    migrations.upgrade(plain_url, schema=schema)  # at head already: nothing to do
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names(schema=schema))
+            triggers = set(
+                conn.execute(
+                    text(
+                        "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND NOT tgisinternal"
+                    ),
+                    {"s": schema},
+                ).scalars()
+            )
+            version = conn.execute(text(f'SELECT version_num FROM "{schema}".eventstore_alembic_version')).scalar()
+    finally:
+        engine.dispose()
+    assert tables == {"events", "workflow_status", "projection_tracking", "eventstore_alembic_version"}
+    assert triggers == {"events_append_only", "events_no_truncate"}
+    assert version == migrations.HEAD
+
+
+def test_a_search_path_in_the_url_is_honoured(pg_schema: tuple[str, str]) -> None:
+    url, schema = pg_schema
+    url_with_path = f"{url}?options=-csearch_path%3D{schema}"
+    migrations.upgrade(url_with_path)
+    store = open_store(url_with_path)
+    try:
+        assert store.append_one(NewEvent(stream_id="s", type="t")).version == 1
+    finally:
+        store.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text(f'SELECT count(*) FROM "{schema}".events')).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_postgresql_store_without_migrations_raises_schema_error(pg_schema: tuple[str, str]) -> None:
+    url, schema = pg_schema
+    store = open_store(url, schema=schema)  # create defaults to off for PostgreSQL
+    try:
+        with pytest.raises(SchemaError, match="relaybus db upgrade"):
+            store.append([NewEvent(stream_id="s", type="t")])
+    finally:
+        store.close()
+
+
+def test_the_migrated_schema_is_exactly_the_table_definitions(db: Database) -> None:
+    store = db.open()
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": "eventstore_alembic_version"})
+        differences = compare_metadata(context, metadata)
+    assert differences == []
+
+
+def test_opening_an_sqlite_store_again_keeps_its_events(db: Database) -> None:
+    first = db.open()
+    first.append([NewEvent(stream_id="s", type="t")])
+    first.close()
+    assert db.open().stream_version("s") == 1
