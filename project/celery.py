@@ -8,12 +8,17 @@ from celery import Celery, signals
 
 from project.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
 from project.topology import Topology, agent_of
+from tasks.bus import subscriber_of
+from tasks.bus_consumer import EventDelivery
 from tasks.llm import ProviderConfig
 from tasks.runtime import RuntimeConfig
 
 #: Agent modules loaded by name when the app finalizes; never imported at import time.
 BUILTIN_MODULES = (
+    "tasks.outcomes",
     "tasks.agents.pipeline",
+    "tasks.saga.orchestration",
+    "tasks.agents.content_saga",
 )
 #: Agents that ship with relaybus: the reference pipeline and the reference saga's steps.
 BUILTIN_AGENTS = (
@@ -60,14 +65,15 @@ def topology_from(settings: Settings) -> Topology:
 
 
 class AgentRouter:
-    """Routes ``agents.<name>`` to ``<namespace>.<name>`` (or its urgent queue for urgent work)."""
+    """Routes ``agents.<name>`` and the event handlers ``events.<name>.*`` to ``<namespace>.<name>``
+    (or its urgent queue for urgent work)."""
 
     def __init__(self, topology: Topology, urgent_level: int) -> None:
         self.topology = topology
         self.urgent_level = urgent_level
 
     def __call__(self, name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **kw: Any) -> Any:
-        agent = agent_of(name)
+        agent = agent_of(name) or subscriber_of(name)
         if agent is None:
             return None
         priority = options.get("priority")
@@ -119,7 +125,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=settings.soft_time_limit_s,
         task_time_limit=settings.time_limit_s,
         task_track_started=True,
-        result_extended=True,
+        # Not result_extended: it would copy every task's arguments (and any secret in them) into Redis.
+        result_extended=False,
         # Chords count their header in Redis; keep results longer than any workflow runs.
         result_expires=settings.result_expires_s,
         # A chord's error callback must also see its header tasks' failures.
@@ -131,9 +138,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         relaybus_runtime=runtime_from(settings),
         relaybus_topology=topology,
+        # `celery -A project beat`: the saga sweep times out steps whose worker went silent.
+        beat_schedule={"relaybus.saga.sweep": {"task": "relaybus.saga.sweep", "schedule": 30.0}},
     )
     if settings.broker_url.startswith("filesystem://"):
         app.conf.update(_embedded_broker_options(settings))
+    # Event bus: each worker delivers the events of the subscribers whose queues it consumes.
+    app.steps["consumer"].add(EventDelivery)
     return app
 
 

@@ -18,6 +18,7 @@ Everything that is not the agent's business lives here, once.
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import time
@@ -30,7 +31,9 @@ from celery._state import get_current_task
 from celery.exceptions import Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from eventstore.redaction import Redactor
 from tasks import recording
+from tasks.canvas_results import SETTLE_HEADER, member_failure
 from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
 from tasks.deadletter import dead_letter_task
 from tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
@@ -72,6 +75,9 @@ class AgentSpec(Generic[InputT, OutputT]):
     max_retries: int | None = None
     soft_time_limit_s: float | None = None
     time_limit_s: float | None = None
+    #: Extra event-log records written in the same append as ``task.started`` (an event handler's
+    #: ``event.delivered``), given the request and the raw call.
+    start_records: Callable[[Any, tuple[Any, ...], dict[str, Any]], list[Any]] | None = None
 
     @property
     def task_name(self) -> str:
@@ -106,6 +112,11 @@ def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": tuple(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
+@functools.lru_cache(maxsize=8)
+def _redactor(keys: tuple[str, ...]) -> Redactor:
+    return Redactor(keys)
+
+
 def _jsonable_size(value: Any) -> int:
     return len(json.dumps(value, default=str).encode())
 
@@ -129,10 +140,21 @@ class AgentTask(Task):  # type: ignore[misc]
         config = runtime_config(self.app)
         if "priority" in options and isinstance(options["priority"], str):
             options["priority"] = config.priority(options["priority"])
+        # Celery shows argsrepr/kwargsrepr in worker logs, task events and Flower: mask secrets there too.
+        redactor = _redactor(config.redact_keys)
+        options.setdefault("argsrepr", repr(redactor.redact(list(args or ()))))
+        options.setdefault("kwargsrepr", repr(redactor.redact(dict(kwargs or {}))))
         running = get_current_task()
         if running is None or running.request.id is None:
             # Outside a worker: refuse bad input before anything reaches the broker.
             self.validate_call(args or (), kwargs or {})
+        elif options.get("priority") is None:
+            # Work started from inside a task keeps that task's priority. Celery's
+            # task_inherit_parent_priority cannot do it here: the task's default priority is
+            # already in the options when it looks, so only chain continuations inherit.
+            inherited = (running.request.delivery_info or {}).get("priority")
+            if inherited is not None:
+                options["priority"] = inherited
         return super().apply_async(args, kwargs, **options)
 
     def validate_call(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
@@ -188,6 +210,10 @@ class AgentTask(Task):  # type: ignore[misc]
                 priority=(request.delivery_info or {}).get("priority"),
             )
             recorder.task_failed(self, request, error, time.monotonic() - started, dead_letter_reason=reason)
+            if self._request_headers(request).get(SETTLE_HEADER):
+                # A settled chord member: the failure is recorded and dead-lettered like any other,
+                # and the callback receives it as a marked result instead of the chord failing.
+                return member_failure(self.name, request.id, error)
             raise
         recorder.task_succeeded(self, request, result, time.monotonic() - started)
         return result
@@ -250,12 +276,21 @@ def agent(
     max_retries: int | None = None,
     soft_time_limit_s: float | None = None,
     time_limit_s: float | None = None,
+    task_name: str | None = None,
+    start_records: Callable[[Any, tuple[Any, ...], dict[str, Any]], list[Any]] | None = None,
 ) -> Callable[[Callable[[InputT, AgentContext], OutputT | dict[str, Any]]], AgentTask]:
-    """Register ``fn`` as the agent ``name``: the Celery task ``agents.<name>``."""
+    """Register ``fn`` as the agent ``name``: the Celery task ``agents.<name>``.
+
+    ``task_name`` gives a second task to the same agent (an event handler ``events.<agent>.<handler>``,
+    a pipeline step on the system queue); it must be routed explicitly, as only ``agents.<name>`` is
+    routed by name.
+    """
 
     def decorate(fn: Callable[[InputT, AgentContext], OutputT | dict[str, Any]]) -> AgentTask:
-        spec = AgentSpec(name, input, output, fn, max_retries, soft_time_limit_s, time_limit_s)
-        options: dict[str, Any] = {"name": spec.task_name, "base": AgentTask, "spec": spec, "bind": False}
+        spec = AgentSpec(name, input, output, fn, max_retries, soft_time_limit_s, time_limit_s, start_records)
+        options: dict[str, Any] = {
+            "name": task_name or spec.task_name, "base": AgentTask, "spec": spec, "bind": False,
+        }
         if soft_time_limit_s is not None:
             options["soft_time_limit"] = soft_time_limit_s
         if time_limit_s is not None:

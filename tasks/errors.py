@@ -6,12 +6,22 @@ The retry policy is declared here, by class, in one place: the task base retries
 ::
 
     AgentError
-     ├── TransientError            retried with backoff, then dead-lettered
-     │    └── ProviderUnavailable  an LLM provider timed out, refused, or answered 5xx / 429
-     └── PermanentError            never retried; dead-lettered at once
-          ├── InvalidInput         a payload failed its agent's input model
-          ├── InvalidMessage       a broker message we cannot decode (not JSON, wrong shape)
-          └── ProviderRejected     an LLM provider answered 4xx (bad request, auth, unknown model)
+     ├── TransientError                retried with backoff, then dead-lettered
+     │    ├── ProviderUnavailable      an LLM provider timed out, refused, or answered 5xx / 429
+     │    └── PublishFailed            the broker did not confirm an event
+     ├── PermanentError                never retried; dead-lettered at once
+     │    ├── InvalidInput             a payload failed its agent's input model
+     │    ├── InvalidMessage           a broker message we cannot decode (not JSON, wrong shape)
+     │    ├── ProviderRejected         an LLM provider answered 4xx (bad request, auth, unknown model)
+     │    └── EventRejected            an event the bus cannot deliver; ``reason`` is the dead-letter reason
+     │         ├── UnknownEventType         no event class has this ``type``
+     │         ├── UnsupportedEventVersion  newer than this code, or no upcaster from it
+     │         ├── InvalidEvent             the envelope or the data fails its model
+     │         └── NoHandler                a subscriber's queue got an event none of its handlers takes
+     └── PipelineError                 what a pipeline client sees (tasks.client)
+          ├── UnknownPipeline          no pipeline has this name
+          ├── PipelineFailure          the pipeline ended failed; ``reason`` says why
+          └── PipelineNotFinished      ``result()`` asked of a pipeline still running
 """
 
 from __future__ import annotations
@@ -69,6 +79,64 @@ class ProviderRejected(PermanentError):
         return (self.__class__, (self.status_code, self.message))
 
 
+class PublishFailed(TransientError):
+    """Raised when the broker does not take an event (connection lost, no confirm)."""
+
+
+class EventRejected(PermanentError):
+    """Raised when an event cannot be delivered; ``reason`` is the dead-letter reason header."""
+
+    reason = "invalid-event"
+
+
+class UnknownEventType(EventRejected):
+    """Raised when no event class is registered for an event's ``type``."""
+
+    reason = "unknown-event-type"
+
+
+class UnsupportedEventVersion(EventRejected):
+    """Raised when an event's version is newer than its class, or no upcaster leads from it."""
+
+    reason = "unsupported-event-version"
+
+
+class InvalidEvent(EventRejected):
+    """Raised when an event's envelope or data does not validate."""
+
+    reason = "invalid-event"
+
+
+class NoHandler(EventRejected):
+    """Raised when an event reaches a subscriber queue (a stale binding) but no handler matches it."""
+
+    reason = "no-handler"
+
+
+class PipelineError(AgentError):
+    """Root of the errors a pipeline client (:mod:`tasks.client`) raises."""
+
+
+class UnknownPipeline(PipelineError, LookupError):
+    """Raised when :func:`tasks.client.start` is given a pipeline name nobody registered."""
+
+
+class PipelineFailure(PipelineError):
+    """Raised by ``result()`` when the pipeline ended failed; ``reason`` is why, ``pipeline_id`` which."""
+
+    def __init__(self, pipeline_id: str, reason: str) -> None:
+        self.pipeline_id = pipeline_id
+        self.reason = reason
+        super().__init__(f"pipeline {pipeline_id} failed: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.pipeline_id, self.reason))
+
+
+class PipelineNotFinished(PipelineError):
+    """Raised by ``result()`` when the pipeline has not ended yet."""
+
+
 def is_transient(error: BaseException) -> bool:
     """The retry policy, by class, in one place: retry what may go away on its own."""
     if isinstance(error, PermanentError):
@@ -77,6 +145,6 @@ def is_transient(error: BaseException) -> bool:
         return True
     from celery.exceptions import SoftTimeLimitExceeded  # an overrun LLM call may succeed next time
 
-    return isinstance(error, (SoftTimeLimitExceeded, TimeoutError, ConnectionError)) or (
-        type(error).__name__ == "StoreUnavailable"
-    )
+    from eventstore import StoreUnavailable  # the event log's database is down or locked: wait for it
+
+    return isinstance(error, (SoftTimeLimitExceeded, TimeoutError, ConnectionError, StoreUnavailable))

@@ -204,7 +204,8 @@ class EventRecorder(NullRecorder):
         from eventstore import NewEvent
 
         task_name = str(headers.get("task", ""))
-        if not task_name.startswith("agents."):
+        agent = agent_for_task(task_name)
+        if agent is None:
             return
         task_id = str(headers.get("id"))
         correlation = str(headers.get(CORRELATION_HEADER) or task_id)
@@ -222,7 +223,7 @@ class EventRecorder(NullRecorder):
                     causation_id=headers.get(CAUSATION_HEADER),
                     type="task.sent",
                     task_id=task_id,
-                    agent=task_name[len("agents.") :].split(".", 1)[0],
+                    agent=agent,
                     queue=routing_key,
                     priority=priority,
                     attempt=int(retries) + 1,
@@ -237,6 +238,16 @@ class EventRecorder(NullRecorder):
                 )
             ]
         )
+
+
+def agent_for_task(task_name: str) -> str | None:
+    """Which agent a task's transitions belong to; None for Celery's own tasks (not recorded)."""
+    head, _, rest = task_name.partition(".")
+    if head in ("agents", "events") and rest:
+        return rest.split(".", 1)[0]
+    if head == "celery" or not task_name:
+        return None
+    return "system"  # pipelines.*, relaybus.* orchestration tasks run on the system queue
 
 
 def recorder_for(app: Celery) -> NullRecorder:

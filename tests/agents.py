@@ -51,6 +51,7 @@ class ProbeInput(AgentModel):
     sleep_s: float = Field(default=0.0, ge=0, le=60)
     fail_first: int = Field(default=0, ge=0)
     value: int = 0
+    api_key: str | None = None  # a secret that must never reach the event log
 
     @classmethod
     def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> ProbeInput:

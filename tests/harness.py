@@ -48,7 +48,6 @@ def make_settings(tmp_path: Path, broker_url: str, redis_url: str, **overrides: 
         "retry_backoff_max_s": 1.0,
         "extra_modules": ("tests.agents",),
         "extra_agents": TEST_AGENTS,
-        "record_events": False,
     }
     values.update(overrides)
     return Settings(**values)

@@ -1,79 +1,106 @@
-"""The reference pipeline's first agents: intake (parse and classify) and planner (plan the research)."""
+"""The reference pipeline, wired: which step follows which, and how.
+
+::
+
+    pipelines.research (start)                        system queue; records pipeline.started
+      -> agents.intake -> agents.planner              a chain: each step's output is the next input
+      -> pipelines.research.fan_out                   system queue; builds the fan-in below
+      -> agents.researcher x N  ==chord==>  agents.writer
+                                   (researchers also publish research.completed, for any observer)
+      -> draft.written  --> reviewer (events.reviewer.review)
+           -> draft.approved --> publisher (events.publisher.publish) -> pipeline.completed
+           -> draft.rejected --> writer (events.writer.revise) -> draft.written ...
+           -> pipeline.failed, when the K-th draft is rejected
+      pipeline.completed / pipeline.failed --> system (events.system.record_outcome)
+
+A chain where a step needs exactly its predecessor's output; the chord where N results must meet
+(fan-in: only the chord counts them); events after the draft, where steps react to facts and must
+not know each other (the guardrail loop is a conversation between writer and reviewer, and anyone
+else may listen). Every step links ``pipelines.fail`` as its error callback, so a failure anywhere
+ends the pipeline with ``pipeline.failed`` instead of leaving it hanging.
+
+The agents live in their own modules (pure ``run`` functions plus their task or subscription);
+this module only imports them so a worker that loads it registers them all.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from typing import Any
 
-from pydantic import Field
+from celery import current_app
 
+from tasks.agents import intake, planner, publisher, researcher, reviewer, writer
+from tasks.agents.pipeline_models import PipelineOptions, PlanOutput, ResearchRequest
 from tasks.base import AgentContext, AgentModel, agent
-from tasks.llm import complete
+from tasks.canvas import fan_in, sequence
+from tasks.idempotency import already_done, mark_done
+from tasks.outcomes import fail_on_error, record_pipeline_event
+from tasks.pipelines import PIPELINE_STARTED
 
-Category = Literal["howto", "comparison", "explainer"]
+__all__ = ["fan_out", "intake", "planner", "publisher", "researcher", "reviewer", "start", "writer"]
 
-
-class IntakeInput(AgentModel):
-    request: str = Field(min_length=3, max_length=4000)
-    max_topics: int = Field(default=3, ge=0, le=20)
-
-
-class IntakeOutput(AgentModel):
-    request: str
-    category: Category
-    keywords: list[str]
-    max_topics: int
-    summary: str
+PIPELINE = "research"
 
 
-_STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "how", "in", "is", "it", "of", "on", "or", "the", "to", "what", "why", "with", "vs", "versus"])
+class Started(AgentModel):
+    pipeline_id: str
 
 
-def _keywords(text: str, limit: int = 8) -> list[str]:
-    seen: dict[str, None] = {}
-    for word in re.findall(r"[a-z][a-z0-9\-]+", text.lower()):
-        if word not in _STOP and len(word) > 2:
-            seen.setdefault(word, None)
-    return list(seen)[:limit]
+class FanOutInput(AgentModel):
+    plan: PlanOutput
+    options: PipelineOptions
+
+    @classmethod
+    def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> FanOutInput:
+        return cls.model_validate({**kwargs, "plan": upstream})
 
 
-@agent("intake", input=IntakeInput, output=IntakeOutput)
-def intake(inp: IntakeInput, ctx: AgentContext) -> IntakeOutput:
-    text = inp.request.lower()
-    category: Category = "explainer"
-    if text.startswith("how") or " how " in text:
-        category = "howto"
-    elif " vs " in text or "compare" in text or "versus" in text:
-        category = "comparison"
-    summary = complete(
-        ctx.llm,
-        system="You are the intake agent. Summarise the request in one sentence.",
-        user=inp.request,
-    ).text
-    return IntakeOutput(
-        request=inp.request,
-        category=category,
-        keywords=_keywords(inp.request),
-        max_topics=inp.max_topics,
-        summary=summary,
+class Launched(AgentModel):
+    researchers: int
+
+
+@agent("system", input=ResearchRequest, output=Started, task_name="pipelines.research")
+def start(inp: ResearchRequest, ctx: AgentContext) -> Started:
+    app = current_app
+    if already_done(app, ctx.task_id):  # a redelivered start must not launch a second run
+        return Started(pipeline_id=ctx.correlation_id)
+    record_pipeline_event(
+        app, PIPELINE_STARTED, ctx.correlation_id,
+        {"pipeline": PIPELINE, "input": inp.model_dump(mode="json")}, task_id=ctx.task_id,
     )
+    options = PipelineOptions(
+        review=inp.review, on_research_failure=inp.on_research_failure, fail_researchers=inp.fail_researchers
+    )
+    flow = sequence(
+        app.signature("agents.intake", kwargs={"request": inp.request, "max_topics": inp.max_topics}),
+        app.signature("agents.planner"),
+        app.signature("pipelines.research.fan_out", kwargs={"options": options.model_dump(mode="json")}),
+        on_error=fail_on_error(PIPELINE),
+    )
+    flow.apply_async()
+    mark_done(app, ctx.task_id)
+    return Started(pipeline_id=ctx.correlation_id)
 
 
-class PlanInput(AgentModel):
-    request: str
-    category: Category
-    keywords: list[str]
-    max_topics: int = Field(ge=0, le=20)
-    summary: str = ""
-
-
-class PlanOutput(AgentModel):
-    request: str
-    topics: list[str]
-    tools: list[str]
-
-
-@agent("planner", input=PlanInput, output=PlanOutput)
-def planner(inp: PlanInput, ctx: AgentContext) -> PlanOutput:
-    topics = [f"{kw} ({inp.category})" for kw in inp.keywords[: inp.max_topics]]
-    return PlanOutput(request=inp.request, topics=topics, tools=["search"] if topics else [])
+@agent("system", input=FanOutInput, output=Launched, task_name="pipelines.research.fan_out")
+def fan_out(inp: FanOutInput, ctx: AgentContext) -> Launched:
+    app = current_app
+    plan, options = inp.plan, inp.options
+    if already_done(app, ctx.task_id):  # a redelivered fan-out must not start a second chord (two writers)
+        return Launched(researchers=len(plan.topics))
+    members = [
+        app.signature(
+            "agents.researcher",
+            kwargs={"request": plan.request, "topic": topic, "index": i, "fail": i in options.fail_researchers},
+        )
+        for i, topic in enumerate(plan.topics)
+    ]
+    callback = app.signature(
+        "agents.writer", kwargs={"request": plan.request, "options": options.model_dump(mode="json")}
+    )
+    flow = fan_in(
+        members, callback, on_error=fail_on_error(PIPELINE), settle=options.on_research_failure == "partial"
+    )
+    flow.apply_async()
+    mark_done(app, ctx.task_id)
+    return Launched(researchers=len(members))

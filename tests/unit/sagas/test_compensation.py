@@ -78,14 +78,15 @@ def test_the_reference_saga_failing_at_publishing_cancels_the_review_then_discar
     saga = Saga(CONTENT_CREATION)
     saga.run(fail_at("publishing"))
     tasks = [c.task for c in saga.issued if isinstance(c, RunCompensation)]
-    assert tasks == ["agents.cancel_review", "agents.discard_draft"]  # research is read-only: nothing to undo
+    # research is read-only: nothing to undo
+    assert tasks == ["agents.reviewer.cancel_review", "agents.writer.discard_draft"]
 
 
 def test_the_reference_saga_unpublishes_when_publishing_times_out() -> None:
     saga = Saga(CONTENT_CREATION)
     saga.run(fail_at(vanish=("publishing",)))
     tasks = [c.task for c in saga.issued if isinstance(c, RunCompensation)]
-    assert tasks == ["agents.unpublish", "agents.cancel_review", "agents.discard_draft"]
+    assert tasks == ["agents.publisher.unpublish", "agents.reviewer.cancel_review", "agents.writer.discard_draft"]
 
 
 # -- parallel steps ------------------------------------------------------------------------------

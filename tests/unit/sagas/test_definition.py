@@ -81,7 +81,7 @@ def test_the_reference_saga_is_research_writing_review_publishing_with_the_seeds
     steps = [(s.name, s.compensation) for s in CONTENT_CREATION.steps if isinstance(s, Step)]
     assert steps == [
         ("research", None),
-        ("writing", "agents.discard_draft"),
-        ("review", "agents.cancel_review"),
-        ("publishing", "agents.unpublish"),
+        ("writing", "agents.writer.discard_draft"),
+        ("review", "agents.reviewer.cancel_review"),
+        ("publishing", "agents.publisher.unpublish"),
     ]

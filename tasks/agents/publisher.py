@@ -1,0 +1,47 @@
+"""Publisher: execute (render the approved draft as an article) and verify it before the pipeline completes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from tasks.agents.pipeline_models import Article, Draft, DraftApproved
+from tasks.agents.planner import search_tool
+from tasks.base import AgentContext
+from tasks.bus import subscribe
+from tasks.errors import PermanentError
+from tasks.outcomes import fail_on_error
+from tasks.pipelines import PipelineCompleted
+from tasks.tools import SearchTool
+
+
+def run(draft: Draft, search: SearchTool) -> Article:
+    body = f"# {draft.title}\n\n{draft.body}\n"
+    article = Article(
+        slug=re.sub(r"[^a-z0-9]+", "-", draft.title.lower()).strip("-")[:80] or "untitled",
+        title=draft.title,
+        body=body,
+        sources=draft.sources,
+        sha256=hashlib.sha256(body.encode()).hexdigest(),
+        words=len(body.split()),
+        rounds=draft.round,
+        failed_topics=draft.failed_topics,
+    )
+    verify(article, search)
+    return article
+
+
+def verify(article: Article, search: SearchTool) -> None:
+    """What was published is what was approved: the checksum holds and every cited source exists."""
+    if hashlib.sha256(article.body.encode()).hexdigest() != article.sha256:
+        raise PermanentError(f"article {article.slug!r} does not match its checksum")
+    known = {d.id for d in search.documents}
+    missing = [s for s in article.sources if s not in known]
+    if missing:
+        raise PermanentError(f"article {article.slug!r} cites unknown sources: {', '.join(missing)}")
+
+
+@subscribe("publisher", DraftApproved, name="publish", on_error=fail_on_error("research"))
+def publish_article(event: DraftApproved, ctx: AgentContext) -> PipelineCompleted:
+    article = run(event.draft, search_tool())
+    return PipelineCompleted(pipeline="research", output=article.model_dump(mode="json"))

@@ -1,0 +1,50 @@
+"""Reviewer: the guardrail. Checks each draft against the policy; a rejected draft goes back to the writer.
+
+At most ``review.max_rounds`` drafts are written: rejecting the last one fails the pipeline, with
+the reviewer's feedback as the reason.
+"""
+
+from __future__ import annotations
+
+from tasks.agents.pipeline_models import Draft, DraftApproved, DraftRejected, DraftWritten, ReviewPolicy, Verdict
+from tasks.base import AgentContext
+from tasks.bus import subscribe
+from tasks.events import Event
+from tasks.llm import LLMProvider, complete
+from tasks.outcomes import fail_on_error
+from tasks.pipelines import PipelineFailed
+
+
+def run(draft: Draft, policy: ReviewPolicy, llm: LLMProvider) -> Verdict:
+    feedback: list[str] = []
+    if draft.round <= policy.reject_drafts:
+        feedback.append(f"rejected by policy: the first {policy.reject_drafts} draft(s) are always rejected")
+    words = len(draft.body.split())
+    if words < policy.min_words:
+        feedback.append(f"too short: {words} words, at least {policy.min_words} needed")
+    lowered = draft.body.lower()
+    feedback += [f"remove the banned term '{t}'" for t in policy.banned_terms if t.lower() in lowered]
+    if draft.findings and not draft.sources:
+        feedback.append("the draft cites no source for its research")
+    if feedback:
+        # The model's reading of the draft goes along with the findings, for the writer to use.
+        note = complete(llm, system="You are the reviewer.", user=draft.body, max_tokens=40).text
+        feedback.append(f"reviewer notes: {note}")
+    return Verdict(approved=not feedback, feedback=feedback)
+
+
+@subscribe("reviewer", DraftWritten, name="review", on_error=fail_on_error("research"))
+def review(event: DraftWritten, ctx: AgentContext) -> Event:
+    draft = event.draft
+    policy = draft.options.review
+    verdict = run(draft, policy, ctx.llm)
+    if verdict.approved:
+        return DraftApproved(draft=draft)
+    if draft.round >= policy.max_rounds:
+        return PipelineFailed(
+            pipeline="research",
+            stage="reviewer",
+            reason=f"review rejected {draft.round} of {policy.max_rounds} allowed drafts: "
+            + "; ".join(verdict.feedback),
+        )
+    return DraftRejected(draft=draft, feedback=verdict.feedback)

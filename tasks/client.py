@@ -1,0 +1,133 @@
+"""Starting pipelines from an application, and following them.
+
+::
+
+    from project.celery import create_app
+    from tasks.api import start
+
+    handle = start("research", {"request": "How do sagas compensate?"}, priority="high", app=create_app())
+    outcome = handle.wait(timeout=60)          # PipelineOutcome(status="completed", output={...})
+    handle.events()                            # the pipeline's timeline, from the event log
+
+Works from any Python process with the broker and result backend in reach: the input is validated
+with the pipeline's input model, then the entry task is sent by name. The agents' code is not imported.
+The pipeline id is its correlation id: every task, event and log record of the run carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from celery import Celery, current_app, signature, states
+from pydantic import BaseModel, ValidationError
+
+from tasks.context import CORRELATION_HEADER, new_id
+from tasks.errors import InvalidInput, PipelineFailure, PipelineNotFinished
+from tasks.pipelines import FAIL_TASK, PipelineOutcome, PipelineRef, pipeline_ref, start_task_id
+from tasks.runtime import runtime_config
+
+Status = Literal["pending", "running", "completed", "failed"]
+
+
+@dataclass
+class PipelineHandle:
+    """A started pipeline. Cheap to rebuild from its id alone: ``PipelineHandle(id, app)``."""
+
+    id: str
+    app: Celery
+    pipeline: str = ""
+    _outcome: PipelineOutcome | None = field(default=None, repr=False)
+
+    def status(self) -> Status:
+        """``pending`` (not picked up yet), ``running``, ``completed`` or ``failed``."""
+        outcome = self._poll()
+        if outcome is not None:
+            return outcome.status
+        started = self.app.backend.get_state(start_task_id(self.id))
+        return "pending" if started == states.PENDING else "running"
+
+    def wait(self, timeout: float = 60.0, interval: float = 0.05) -> PipelineOutcome:
+        """Block until the pipeline ends; raises ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            outcome = self._poll()
+            if outcome is not None:
+                return outcome
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"pipeline {self.id} did not end within {timeout}s (status: {self.status()})")
+            time.sleep(interval)
+
+    def result(self) -> dict[str, Any]:
+        """The output of a completed pipeline; raises ``PipelineFailure`` or ``PipelineNotFinished``."""
+        outcome = self._poll()
+        if outcome is None:
+            raise PipelineNotFinished(f"pipeline {self.id} is {self.status()}")
+        if outcome.status == "failed":
+            raise PipelineFailure(self.id, outcome.reason or "unknown reason")
+        return dict(outcome.output or {})
+
+    def events(self) -> list[Any]:
+        """Every record of this pipeline in the event log (``eventstore.RecordedEvent``), in order."""
+        config = runtime_config(self.app)
+        if not config.record_events:
+            return []
+        from eventstore import open_store
+
+        store = open_store(config.eventstore_url)
+        try:
+            return list(store.by_correlation(self.id))
+        finally:
+            store.close()
+
+    def _poll(self) -> PipelineOutcome | None:
+        if self._outcome is None:
+            meta = self.app.backend.get_task_meta(self.id)
+            if meta.get("status") == states.SUCCESS and isinstance(meta.get("result"), dict):
+                self._outcome = PipelineOutcome.model_validate(meta["result"])
+        return self._outcome
+
+
+def start(
+    pipeline: str | PipelineRef,
+    input: BaseModel | Mapping[str, Any],
+    *,
+    priority: str | int | None = None,
+    correlation_id: str | None = None,
+    app: Celery | None = None,
+) -> PipelineHandle:
+    """Validate ``input`` with the pipeline's input model and send its entry task; returns a handle.
+
+    ``priority`` is a class (``urgent``, ``high``, ``normal``, ``low``) or a number; every step of
+    the run inherits it. ``correlation_id`` becomes the pipeline id (a new one by default).
+    Raises :class:`~tasks.errors.InvalidInput` before anything is sent if the input does not validate.
+    """
+    app = app or current_app
+    ref = pipeline if isinstance(pipeline, PipelineRef) else pipeline_ref(pipeline)
+    model = ref.load_input_model()
+    try:
+        data = input.model_dump(mode="json") if isinstance(input, BaseModel) else dict(input)
+        validated = model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{"loc": tuple(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise InvalidInput(ref.name, errors) from None
+    config = runtime_config(app)
+    kwargs = validated.model_dump(mode="json")
+    size = len(json.dumps(kwargs).encode())
+    if size > config.max_payload_bytes:
+        raise InvalidInput(ref.name, [{"loc": ("input",), "msg": f"{size} bytes is over the limit of "
+                                                                f"{config.max_payload_bytes}"}])
+    pipeline_id = correlation_id or new_id()
+    app.send_task(
+        ref.task,
+        kwargs=kwargs,
+        task_id=start_task_id(pipeline_id),
+        priority=config.priority(priority),
+        headers={CORRELATION_HEADER: pipeline_id},
+        # Even the first step failing ends the pipeline (pipeline.failed) rather than leaving it running.
+        link_error=signature(FAIL_TASK, kwargs={"pipeline": ref.name}),
+    )
+    return PipelineHandle(pipeline_id, app, ref.name)

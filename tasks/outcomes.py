@@ -1,0 +1,119 @@
+"""How pipelines end: the outcome subscriber and the error callback that turns a failed step into an outcome.
+
+* ``events.system.record_outcome`` subscribes to ``pipeline.completed`` and ``pipeline.failed``: it
+  records the outcome in the event log (the record a status fold reads) and stores it in the result
+  backend under the pipeline id (so a client can block on it; Redis is the cache, not the record).
+* ``pipelines.fail`` is the error callback pipelines link to their steps (chains, chords, event
+  handlers): it reads why the step failed and publishes :class:`~tasks.pipelines.PipelineFailed`.
+  Chords call it once per failed member and once for the body; the outcome's id is one per
+  pipeline, so all but the first are duplicates.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from celery import Celery, shared_task, signature, states
+from celery.canvas import Signature
+from celery.utils.log import get_task_logger
+
+from tasks import recording
+from tasks.base import AgentContext
+from tasks.bus import publish, subscribe
+from tasks.errors import TransientError
+from tasks.events import derived_id
+from tasks.pipelines import (
+    FAIL_TASK,
+    PIPELINE_COMPLETED,
+    PIPELINE_FAILED,
+    PipelineCompleted,
+    PipelineFailed,
+    PipelineOutcome,
+)
+
+logger = get_task_logger(__name__)
+
+_RECORD_KEYS = {PIPELINE_COMPLETED: "outcome", PIPELINE_FAILED: "outcome"}
+
+
+def fail_on_error(pipeline: str) -> Signature:
+    """The error callback a pipeline links to its steps: a failed step fails ``pipeline``."""
+    return signature(FAIL_TASK, kwargs={"pipeline": pipeline})
+
+
+def record_pipeline_event(
+    app: Celery, type_: str, pipeline_id: str, payload: dict[str, Any], *, causation_id: str | None = None,
+    task_id: str | None = None,
+) -> None:
+    """Append a pipeline-level record (``pipeline.started``, ``pipeline.completed``...) to the event log."""
+    from eventstore import NewEvent
+
+    recorder = recording.recorder_for(app)
+    if not isinstance(recorder, recording.EventRecorder):
+        return
+    recorder.append(
+        [
+            NewEvent(
+                # Completed and failed share one id: the log keeps one outcome per pipeline.
+                event_id=derived_id(pipeline_id, "pipeline-record", _RECORD_KEYS.get(type_, type_)),
+                stream_id=pipeline_id,
+                correlation_id=pipeline_id,
+                causation_id=causation_id,
+                type=type_,
+                task_id=task_id,
+                agent="system",
+                worker_host=socket.gethostname(),
+                payload=payload,
+            )
+        ]
+    )
+
+
+@subscribe("system", PipelineCompleted, PipelineFailed, name="record_outcome")
+def record_outcome(event: PipelineCompleted | PipelineFailed, ctx: AgentContext) -> None:
+    from celery import current_app
+
+    app = current_app
+    pipeline_id = ctx.correlation_id
+    if app.backend.get_state(pipeline_id) == states.SUCCESS:
+        return  # the first outcome wins; this one lost a race the event log already settled
+    outcome = PipelineOutcome.of(pipeline_id, event)
+    type_ = PIPELINE_COMPLETED if outcome.status == "completed" else PIPELINE_FAILED
+    record_pipeline_event(
+        app, type_, pipeline_id, outcome.model_dump(mode="json", exclude={"pipeline_id"}),
+        causation_id=ctx.causation_id, task_id=ctx.task_id,
+    )
+    app.backend.store_result(pipeline_id, outcome.model_dump(mode="json"), states.SUCCESS)
+
+
+@shared_task(  # type: ignore[untyped-decorator]
+    name=FAIL_TASK, bind=True, acks_late=True, autoretry_for=(TransientError,), max_retries=5,
+    retry_backoff=True, retry_jitter=True,
+)
+def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = "") -> str:
+    """Error callback: publish ``pipeline.failed`` with why ``failed_task_id`` failed."""
+    meta = self.app.backend.get_task_meta(failed_task_id) if failed_task_id else {}
+    error = meta.get("result")
+    name = meta.get("name") or "a step"
+    if isinstance(error, BaseException):
+        reason = f"{name} failed: {type(error).__name__}: {error}"
+    else:
+        # A chord calls its error callback for the body too, whose id never ran (PENDING): the
+        # reason is the member's failure, which the event log recorded before the member raised.
+        reason = _first_failure(self.app, pipeline) or f"{name} failed ({meta.get('status')}): {error}"
+    logger.warning("pipeline %s: %s", pipeline, reason)
+    envelope = publish(PipelineFailed(pipeline=pipeline, reason=reason, stage=name), app=self.app)
+    return envelope.event_id
+
+
+def _first_failure(app: Celery, pipeline: str) -> str | None:
+    recorder = recording.recorder_for(app)
+    if not isinstance(recorder, recording.EventRecorder) or not pipeline:
+        return None
+    failed = recorder.store.find(type="task.failed", correlation_id=pipeline, limit=1)
+    if not failed:
+        return None
+    event = failed[0]
+    name = f"agents.{event.agent}" if event.agent else "a step"
+    return f"{name} failed: {event.payload.get('error_type')}: {event.payload.get('error_message')}"

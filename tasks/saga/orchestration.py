@@ -1,0 +1,118 @@
+"""The saga's orchestration tasks, on the system queue: each records one outcome and takes the next decision.
+
+``relaybus.saga.step_done`` / ``step_failed`` / ``compensation_done`` / ``compensation_failed`` are the
+callbacks every dispatch links (see :mod:`tasks.saga.dispatch`); ``relaybus.saga.sweep`` is the
+periodic sweep. None of them waits on anything: read the saga, append the outcome and the decision
+under optimistic concurrency, dispatch, return.
+
+Failures: the event store being unreachable, or the saga changing under us more often than the
+repository retries, is retried here with the runtime's backoff. A result that does not fit the saga
+(the fold refuses it), or a saga nobody started, is logged and dropped: retrying cannot help.
+A redelivered callback (its worker died after recording, maybe before dispatching) dispatches again
+what its outcome caused and is still running; steps and compensations are idempotent, so at worst
+one runs twice and replays its first result.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task, shared_task
+from celery.utils.log import get_task_logger
+from pydantic import JsonValue
+
+from eventstore import ConcurrencyError, StoreUnavailable
+from sagas import InvalidTransition, SagaNotFound, UnknownEvent, UnknownSaga, dispatch_id
+from tasks.errors import TransientError
+from tasks.runtime import runtime_config
+from tasks.saga.calls import CallRef
+from tasks.saga.dispatch import COMPENSATION_DONE, COMPENSATION_FAILED, STEP_DONE, STEP_FAILED, SWEEP, dispatch_decision
+from tasks.saga.registry import repository
+from tasks.saga.sweep import DEFAULT_HORIZON_S, DEFAULT_STUCK_COMPENSATION_S, sweep_sagas
+
+logger = get_task_logger(__name__)
+
+_RETRYABLE = (StoreUnavailable, ConcurrencyError, TransientError, ConnectionError, TimeoutError)
+_DROPPED = (InvalidTransition, SagaNotFound, UnknownSaga, UnknownEvent)
+_MAX_RETRIES = 12
+_OPTIONS: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+
+
+def report(task: Task, ref: dict[str, Any], ok: bool, data: JsonValue) -> dict[str, Any] | None:
+    """Record a dispatch's outcome, decide, dispatch what follows."""
+    call = CallRef.model_validate(ref)
+    event = call.succeeded(data) if ok else call.failed(data)
+    request = task.request
+    redelivered = bool((request.delivery_info or {}).get("redelivered")) or bool(request.retries)
+    try:
+        decision = repository(task.app).record(
+            event,
+            now=datetime.now(UTC),
+            causation_id=dispatch_id(call.saga_id, call.step, call.member, call.kind, call.attempt),
+            redispatch=redelivered,
+        )
+        sent = dispatch_decision(task.app, decision)
+    except _DROPPED as error:
+        logger.error(
+            "saga %s: %s of %s/%s attempt %s dropped: %s",
+            call.saga_id,
+            event.type,
+            call.step,
+            call.member,
+            call.attempt,
+            error,
+        )
+        return None
+    except _RETRYABLE as error:
+        countdown = runtime_config(task.app).backoff(request.retries)
+        raise task.retry(exc=error, countdown=countdown, max_retries=_MAX_RETRIES) from None
+    return {"saga_id": call.saga_id, "status": decision.state.status, "dispatched": sent}
+
+
+def failure_of(task: Task, failed_task_id: str) -> dict[str, Any]:
+    """Why a task failed, from the result backend (a cache: if it cannot be read, the failure is still a fact)."""
+    try:
+        meta = task.app.backend.get_task_meta(failed_task_id)
+    except Exception as error:  # any backend trouble: record the failure, without its reason
+        return {"task_id": failed_task_id, "error_type": "Unknown", "error_message": f"result backend: {error}"}
+    result = meta.get("result")
+    if isinstance(result, BaseException):
+        return {"task_id": failed_task_id, "error_type": type(result).__name__, "error_message": str(result)[:2000]}
+    return {"task_id": failed_task_id, "error_type": str(meta.get("status")), "error_message": str(result)[:2000]}
+
+
+# Errbacks run as tasks with the failed task's id (bind=True keeps Celery from calling them inline
+# in the failing worker with (request, exc, traceback)); callbacks get the return value.
+
+
+@shared_task(name=STEP_DONE, **_OPTIONS)  # type: ignore[untyped-decorator]
+def step_done(self: Task, result: JsonValue = None, *, ref: dict[str, Any]) -> dict[str, Any] | None:
+    return report(self, ref, True, result)
+
+
+@shared_task(name=STEP_FAILED, **_OPTIONS)  # type: ignore[untyped-decorator]
+def step_failed(self: Task, failed_task_id: str, *, ref: dict[str, Any]) -> dict[str, Any] | None:
+    return report(self, ref, False, failure_of(self, failed_task_id))
+
+
+@shared_task(name=COMPENSATION_DONE, **_OPTIONS)  # type: ignore[untyped-decorator]
+def compensation_done(self: Task, result: JsonValue = None, *, ref: dict[str, Any]) -> dict[str, Any] | None:
+    return report(self, ref, True, result)
+
+
+@shared_task(name=COMPENSATION_FAILED, **_OPTIONS)  # type: ignore[untyped-decorator]
+def compensation_failed(self: Task, failed_task_id: str, *, ref: dict[str, Any]) -> dict[str, Any] | None:
+    return report(self, ref, False, failure_of(self, failed_task_id))
+
+
+@shared_task(name=SWEEP, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def sweep(
+    self: Task,
+    horizon_s: float | None = DEFAULT_HORIZON_S,
+    stuck_compensation_after_s: float = DEFAULT_STUCK_COMPENSATION_S,
+) -> dict[str, Any]:
+    report_ = sweep_sagas(self.app, horizon_s=horizon_s, stuck_compensation_after_s=stuck_compensation_after_s)
+    if report_.timed_out or report_.redispatched or report_.errors:
+        logger.warning("saga sweep: %s", report_.model_dump_json())
+    return report_.model_dump(mode="json")

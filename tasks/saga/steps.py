@@ -1,0 +1,109 @@
+"""Declaring saga steps and compensations: agent tasks with a saga call as their input.
+
+::
+
+    @saga_step("writer", "saga_draft", input=ResearchNotes, output=DraftRef)
+    def draft(notes: ResearchNotes, call: StepCall, ctx: AgentContext) -> DraftRef:
+        ...  # write the draft under call.idempotency_key: a redelivery must find it, not write another
+
+    @saga_compensation("writer", "discard_draft")
+    def discard_draft(call: CompensationCall, ctx: AgentContext) -> Undone:
+        ...  # undo what was written under call.step_idempotency_key, or leave a marker there
+
+Each is an ordinary agent task (``agents.writer.saga_draft``, on the writer's queue), so the task
+base does what it does for every agent: validation, retries of transient errors with backoff,
+dead-lettering with the reason, correlation, recording.
+
+A step is *fenced*: before it runs, it reads its saga, and if the saga no longer goes forward
+(compensating or ended: the step was redelivered, re-driven from a dead-letter queue, or arrived
+after its deadline) it refuses with :class:`StaleStep` instead of acting. The fence narrows the
+window; the idempotency key and the compensation's marker close it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from celery import current_app
+from pydantic import BaseModel, ValidationError
+
+from tasks.base import AgentContext, AgentTask, agent
+from tasks.errors import InvalidInput, PermanentError
+from tasks.saga.calls import CompensationCall, StepCall, Undone
+from tasks.saga.registry import repository
+
+InputT = TypeVar("InputT", bound=BaseModel)
+OutputT = TypeVar("OutputT", bound=BaseModel)
+
+
+class StaleStep(PermanentError):
+    """Raised when a saga step arrives after its saga stopped going forward; the step does not run."""
+
+
+def saga_step(
+    agent_name: str,
+    action: str,
+    *,
+    input: type[InputT],
+    output: type[OutputT],
+    max_retries: int | None = None,
+    fence: bool = True,
+) -> Callable[[Callable[[InputT, StepCall, AgentContext], OutputT]], AgentTask]:
+    """Register ``fn`` as the saga step task ``agents.<agent_name>.<action>``.
+
+    ``input`` parses the step's input (the saga's input for the first step, the previous step's
+    output after that); a mismatch is :class:`~tasks.errors.InvalidInput`, a permanent failure.
+    """
+
+    def decorate(fn: Callable[[InputT, StepCall, AgentContext], OutputT]) -> AgentTask:
+        def run(call: StepCall, ctx: AgentContext) -> OutputT:
+            if fence:
+                check_still_wanted(call)
+            try:
+                data = input.model_validate(call.input)
+            except ValidationError as exc:
+                errors = [{"loc": ("input", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+                raise InvalidInput(agent_name, errors) from None
+            return fn(data, call, ctx)
+
+        run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+        return agent(
+            agent_name,
+            input=StepCall,
+            output=output,
+            max_retries=max_retries,
+            task_name=f"agents.{agent_name}.{action}",
+        )(run)
+
+    return decorate
+
+
+def saga_compensation(
+    agent_name: str, action: str, *, max_retries: int | None = None
+) -> Callable[[Callable[[CompensationCall, AgentContext], Undone]], AgentTask]:
+    """Register ``fn`` as the compensation task ``agents.<agent_name>.<action>``. It must be idempotent
+    and accept that there is nothing to undo (``call.step_outcome == "unknown"``)."""
+
+    def decorate(fn: Callable[[CompensationCall, AgentContext], Undone]) -> AgentTask:
+        return agent(
+            agent_name,
+            input=CompensationCall,
+            output=Undone,
+            max_retries=max_retries,
+            task_name=f"agents.{agent_name}.{action}",
+        )(fn)
+
+    return decorate
+
+
+def check_still_wanted(call: StepCall) -> None:
+    """Raise :class:`StaleStep` unless the saga is still running forward."""
+    loaded = repository(current_app).find(call.saga_id)
+    if loaded is None:
+        raise StaleStep(f"no saga {call.saga_id!r}: step {call.step!r} attempt {call.attempt} was not run")
+    status = loaded.state.status
+    if status != "running":
+        raise StaleStep(
+            f"saga {call.saga_id!r} is {status}: step {call.step!r} attempt {call.attempt} is stale and was not run"
+        )

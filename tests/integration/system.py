@@ -1,0 +1,90 @@
+"""A running relaybus for a whole test module: one namespace, its subscriptions, a few real workers.
+
+Starting workers costs seconds, so modules whose tests do not disturb each other share one set
+(module-scoped fixture); each test still isolates itself by correlation id and Redis keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from project.settings import Settings
+from tasks.bus import declare_subscriptions, event_queue_name, subscribers
+from tests.harness import TEST_AGENTS, Worker, consumer_count, delete_namespace, make_app, make_settings, wait_for
+from tests.subscribers import SUBSCRIBER_AGENTS
+
+TEST_MODULES = ("tests.agents", "tests.subscribers")
+
+
+@dataclass
+class System:
+    settings: Settings
+    app: Celery
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in self.workers)
+
+
+def system_settings(tmp: Path, broker_url: str, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "extra_modules": TEST_MODULES,
+        "extra_agents": TEST_AGENTS + SUBSCRIBER_AGENTS,
+        "record_events": True,
+    }
+    values.update(overrides)
+    return make_settings(tmp, broker_url, redis_url, **values)
+
+
+@contextmanager
+def running_system(
+    settings: Settings, tmp: Path, layout: list[tuple[tuple[str, ...], int]]
+) -> Iterator[System]:
+    """Declare the namespace and its subscriptions, start one worker per ``(agents, concurrency)``."""
+    app = make_app(settings)
+    system = System(settings, app)
+    try:
+        with app.connection_for_write() as conn:
+            app.conf.relaybus_topology.declare(conn)
+        declare_subscriptions(app)
+        for agents, concurrency in layout:
+            system.workers.append(Worker(settings, agents, tmp, concurrency=concurrency))
+        for worker in system.workers:
+            worker.wait_ready(app)
+        served = [s for s in subscribers() if any(s in w.agents for w in system.workers)]
+        for queue in [event_queue_name(settings.namespace, s) for s in served]:
+            wait_for(partial(_consumed, app, queue), 30, what=f"a consumer on {queue}")
+        yield system
+    finally:
+        for worker in system.workers:
+            worker.stop()
+        delete_subscriptions(app)
+        delete_namespace(app)
+        app.close()
+
+
+def _consumed(app: Celery, queue: str) -> bool:
+    return consumer_count(app, queue) > 0
+
+
+def delete_subscriptions(app: Celery) -> None:
+    namespace = app.conf.relaybus_runtime.namespace
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for s in subscribers():
+            for name in (event_queue_name(namespace, s), event_queue_name(namespace, s) + ".dlq"):
+                try:
+                    channel.queue_delete(name)
+                except Exception:
+                    channel = conn.default_channel

@@ -1,0 +1,225 @@
+"""The saga repository on a real (SQLite) event store: optimistic concurrency, duplicates, redelivery, sweeps."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventstore import EventStore, NewEvent, RecordedEvent, StoreConfig, open_store
+from sagas import (
+    InvalidTransition,
+    RunCompensation,
+    RunStep,
+    SagaNotFound,
+    SagaRegistry,
+    SagaRepository,
+    StepSucceeded,
+    dedup_key,
+    view_of,
+)
+from tests.unit.sagas.harness import T0, linear, with_parallel
+
+LINEAR = linear(3)
+FAN_OUT = with_parallel()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    store = open_store(f"sqlite:///{tmp_path / 'events.sqlite'}", config=StoreConfig(max_payload_bytes=8192))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def repo(store: EventStore) -> SagaRepository:
+    return SagaRepository(store, SagaRegistry([LINEAR, FAN_OUT]))
+
+
+def only_step(commands: Sequence[RunStep | RunCompensation]) -> RunStep:
+    (command,) = commands
+    assert isinstance(command, RunStep)
+    return command
+
+
+def test_start_records_the_saga_and_its_first_step_in_one_append_and_hands_back_its_dispatch(repo, store):
+    decision = repo.start(LINEAR, "s-1", {"topic": "x"}, now=T0, correlation_id="corr-1")
+    step = only_step(decision.dispatch)
+    assert (step.step, step.task, step.input, step.idempotency_key) == (
+        "s1",
+        "agents.s1",
+        {"topic": "x"},
+        "s-1:s1:s1:step",
+    )
+    records = store.read_stream("saga:s-1")
+    assert [r.type for r in records] == ["saga.started", "saga.step.started"]
+    assert {r.correlation_id for r in records} == {"corr-1"}
+    assert [r.event_id for r in records] == ["s-1:saga.started", "s-1:saga.step.started:s1:s1:1"]
+    assert records[1].causation_id == records[0].event_id, "the step was started because the saga was"
+    assert [e.type for e in store.timeline("corr-1").events] == ["saga.started", "saga.step.started"]
+
+
+def test_starting_the_same_saga_again_records_nothing_and_sends_the_running_first_step_again(repo, store):
+    first = repo.start(LINEAR, "s-1", "in", now=T0)
+    again = repo.start(LINEAR, "s-1", "in", now=T0 + timedelta(seconds=1))
+    assert again.recorded == ()
+    assert again.dispatch == first.dispatch
+    assert store.stream_version("saga:s-1") == 2
+
+
+def test_a_duplicate_result_records_nothing_and_dispatches_nothing(repo, store):
+    step = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    first = repo.record(step.succeeded("out-1"), now=T0)
+    assert only_step(first.dispatch).step == "s2"
+    version = store.stream_version("saga:s-1")
+    duplicate = repo.record(step.succeeded("out-1"), now=T0)
+    assert (duplicate.recorded, duplicate.dispatch) == ((), ())
+    assert store.stream_version("saga:s-1") == version
+
+
+def test_a_redelivered_result_sends_again_what_it_caused_and_is_still_running(repo):
+    step = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    caused = repo.record(step.succeeded("out-1"), now=T0).dispatch
+    again = repo.record(step.succeeded("out-1"), now=T0, redispatch=True)
+    assert again.recorded == ()
+    assert again.dispatch == caused, "a worker that died between recording and dispatching must not stall the saga"
+
+
+class RacingStore:
+    """An event store on which another process appends first, just before our first append."""
+
+    def __init__(self, store: EventStore, rival: Any) -> None:
+        self._store, self._rival, self.conflicts = store, rival, 0
+
+    def append(self, events: Sequence[NewEvent], *, expected_version: int | None = None) -> list[RecordedEvent]:
+        if self._rival is not None:
+            rival, self._rival = self._rival, None
+            rival()
+            self.conflicts += 1
+        return self._store.append(events, expected_version=expected_version)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_decision_taken_on_a_stale_state_is_refused_and_taken_again_on_the_new_one(repo, store):
+    step = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    rival = SagaRepository(store, repo.registry)
+    racing = RacingStore(store, lambda: rival.record(step.succeeded("out-1"), now=T0))
+    ours = SagaRepository(racing, repo.registry)  # type: ignore[arg-type]
+    decision = ours.record(step.succeeded("out-1"), now=T0)
+    assert racing.conflicts == 1
+    assert decision.dispatch == (), "the rival already started s2; starting it again would run it twice"
+    types = [r.type for r in store.read_stream("saga:s-1")]
+    assert types.count("saga.step.started") == 2 and types.count("saga.step.succeeded") == 1
+
+
+def test_members_of_a_parallel_step_finishing_at_once_start_the_next_step_exactly_once(repo, store):
+    s1 = only_step(repo.start(FAN_OUT, "s-p", "in", now=T0).dispatch)
+    members = repo.record(s1.succeeded("s1-out"), now=T0).dispatch
+    assert sorted(m.member for m in members) == ["a", "b", "c"]
+    dispatched: list[RunStep | RunCompensation] = []
+    barrier = threading.Barrier(len(members))
+
+    def finish(command: RunStep | RunCompensation) -> None:
+        barrier.wait()
+        dispatched.extend(SagaRepository(store, repo.registry).record(command.succeeded("ok"), now=T0).dispatch)
+
+    threads = [threading.Thread(target=finish, args=(m,)) for m in members]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [c.step for c in dispatched] == ["s3"]
+    assert repo.load("s-p").state.step("p").succeeded
+
+
+def test_a_sweep_past_the_deadline_times_the_step_out_and_starts_compensating_in_the_same_append(repo, store):
+    s1 = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    s2 = only_step(repo.record(s1.succeeded("out-1"), now=T0).dispatch)
+    assert repo.tick("s-1", now=T0 + timedelta(seconds=59)).recorded == ()
+    decision = repo.tick("s-1", now=s2.deadline + timedelta(seconds=1))
+    assert [e.type for e in decision.recorded] == ["saga.step.timed_out", "saga.compensation.started"]
+    (undo_s2,) = decision.dispatch
+    assert isinstance(undo_s2, RunCompensation)
+    assert (undo_s2.step, undo_s2.step_outcome) == ("s2", "unknown"), "a step that timed out may have had effects"
+    late = repo.record(s2.succeeded("late"), now=T0)  # the step answers after all: a fact, but too late to matter
+    assert late.dispatch == () and repo.load("s-1").state.member("s2", "s2").outcome == "unknown"
+
+
+def test_a_failed_compensation_does_not_stop_the_earlier_ones_and_resume_reissues_only_it(repo):
+    s1 = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    s2 = only_step(repo.record(s1.succeeded("o1"), now=T0).dispatch)
+    s3 = only_step(repo.record(s2.succeeded("o2"), now=T0).dispatch)
+    (undo_s2,) = repo.record(s3.failed("boom"), now=T0).dispatch
+    (undo_s1,) = repo.record(undo_s2.failed("refused"), now=T0).dispatch
+    assert undo_s1.step == "s1"
+    ended = repo.record(undo_s1.succeeded(), now=T0)
+    assert ended.state.status == "compensation_failed" and ended.dispatch == ()
+    (again,) = repo.resume("s-1", now=T0).dispatch
+    assert isinstance(again, RunCompensation)
+    assert (again.step, again.attempt, again.idempotency_key) == ("s2", 2, undo_s2.idempotency_key)
+    with pytest.raises(InvalidTransition):
+        repo.resume("s-1", now=T0)  # a second person resuming meanwhile: the saga is compensating already
+    assert repo.record(again.succeeded(), now=T0).state.status == "compensated"
+
+
+def test_resume_of_a_compensation_failed_saga_reissues_its_failed_compensation(repo):
+    s1 = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    s2 = only_step(repo.record(s1.succeeded("o1"), now=T0).dispatch)
+    (undo_s1,) = repo.record(s2.failed("boom"), now=T0).dispatch
+    assert repo.record(undo_s1.failed("refused"), now=T0).state.status == "compensation_failed"
+    (again,) = repo.resume("s-1", now=T0).dispatch
+    assert isinstance(again, RunCompensation)
+    assert (again.step, again.attempt, again.idempotency_key) == ("s1", 2, undo_s1.idempotency_key)
+    assert repo.record(again.succeeded(), now=T0).state.status == "compensated"
+
+
+def test_unknown_sagas_and_results_that_do_not_fit_are_refused_and_nothing_is_recorded(repo, store):
+    with pytest.raises(SagaNotFound):
+        repo.load("nope")
+    with pytest.raises(SagaNotFound):
+        repo.record(StepSucceeded(saga_id="nope", step="s1", member="s1", attempt=1), now=T0)
+    only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    with pytest.raises(InvalidTransition):
+        repo.record(StepSucceeded(saga_id="s-1", step="s2", member="s2", attempt=1), now=T0)
+    assert store.stream_version("saga:s-1") == 2
+    with pytest.raises(ValueError, match="saga id"):
+        repo.start(LINEAR, "bad:id", "in", now=T0)
+
+
+def test_an_input_too_large_for_the_log_is_refused_and_a_large_output_is_kept_as_its_size_and_hash(repo):
+    with pytest.raises(ValueError, match="reference"):
+        repo.start(LINEAR, "s-big", "x" * 10_000, now=T0)
+    s1 = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    s2 = only_step(repo.record(s1.succeeded("y" * 10_000), now=T0).dispatch)
+    assert s2.input == "y" * 10_000, "the next step is sent the full output, from memory"
+    stored = repo.load("s-1").state.member("s1", "s1").output
+    assert isinstance(stored, dict) and stored["_too_large"] and stored["size"] == 10_002
+
+
+def test_open_sagas_listing_by_status_and_the_view_of_a_saga(repo):
+    s1 = only_step(repo.start(LINEAR, "done", "in", now=T0).dispatch)
+    s2 = only_step(repo.record(s1.succeeded("o1"), now=T0).dispatch)
+    s3 = only_step(repo.record(s2.succeeded("o2"), now=T0).dispatch)
+    repo.record(s3.succeeded("o3"), now=T0)
+    repo.start(LINEAR, "open", "in", now=T0)
+    assert repo.open_saga_ids() == ["open"]
+    assert [s.saga_id for s in repo.recent()] == ["open", "done"]
+    assert [s.saga_id for s in repo.recent(status="completed")] == ["done"]
+    assert [s.saga_id for s in repo.recent(status="running")] == ["open"]
+
+    view = view_of(repo.load("done"))
+    assert view.status == "completed" and view.output == "o3"
+    assert [(s.step, s.outcome, s.attempt) for s in view.steps] == [
+        ("s1", "succeeded", 1),
+        ("s2", "succeeded", 1),
+        ("s3", "succeeded", 1),
+    ]
+    assert all(s.started_at is not None and s.duration_s is not None for s in view.steps)
+    assert view.ended_at is not None and view.history[-1].type == "saga.completed"
+    assert view.history[1].step == "s1" and dedup_key(s1.event()).endswith(":1")
