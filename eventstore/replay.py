@@ -5,6 +5,7 @@ Re-driving a workflow and replaying LLM calls need Celery and live in ``tasks``;
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -136,6 +137,8 @@ def diff(
     """The first step, in send order, whose input or output differs between two runs.
 
     Steps are aligned per agent: the n-th call of an agent in run A against its n-th call in run B.
+    Values are compared on content (see :class:`_Normalizer`): two runs always differ in their ids
+    and clocks, which is no divergence.
     """
     steps_a, steps_b = run_steps(events_a), run_steps(events_b)
     by_key_b = {(s.agent, s.ordinal): s for s in steps_b}
@@ -143,6 +146,7 @@ def diff(
     for s in steps_b:
         keys[(s.agent, s.ordinal)] = min(keys.get((s.agent, s.ordinal), s.index), s.index)
     by_key_a = {(s.agent, s.ordinal): s for s in steps_a}
+    norm_a, norm_b = _Normalizer(correlation_a), _Normalizer(correlation_b)
     first: StepDifference | None = None
     for key in sorted(keys, key=lambda k: (keys[k], str(k[0]), k[1])):
         a, b = by_key_a.get(key), by_key_b.get(key)
@@ -150,7 +154,7 @@ def diff(
             first = StepDifference(agent=key[0], ordinal=key[1], field="missing", step_a=a, step_b=b, paths=["$"])
             break
         for field in ("input", "output"):
-            paths = diff_paths(getattr(a, field), getattr(b, field))
+            paths = diff_paths(norm_a(getattr(a, field)), norm_b(getattr(b, field)))
             if paths:
                 first = StepDifference(agent=key[0], ordinal=key[1], field=field, step_a=a, step_b=b, paths=paths)
                 break
@@ -164,3 +168,31 @@ def diff(
         identical=first is None,
         first_difference=first,
     )
+
+
+_RUN_ID = "<this run>"
+VOLATILE_KEYS = frozenset({"occurred_at", "replay"})
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class _Normalizer:
+    """Rewrites one run's values so two runs compare on content: its correlation id becomes a
+    marker, every other id (UUID) becomes ``<id n>`` by order of first appearance in the run, and
+    clock readings are dropped."""
+
+    def __init__(self, correlation_id: str) -> None:
+        self.correlation_id = correlation_id
+        self.ids: dict[str, str] = {}
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, str):
+            if self.correlation_id in value:
+                return value.replace(self.correlation_id, _RUN_ID)
+            if _UUID.match(value):
+                return self.ids.setdefault(value, f"<id {len(self.ids) + 1}>")
+            return value
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+        return value

@@ -205,4 +205,26 @@ def replay_diff(correlation_a: str, correlation_b: str, as_json: bool) -> None:
         sys.exit(EXIT_PROBLEM)
 
 
+@replay.command("redrive")
+@click.argument("correlation_id")
+@click.option("--from-step", required=True,
+              help="A step number (1-based), an agent name (its first call) or agent#n.")
+@click.option("--deterministic", is_flag=True, help="Serve the recorded LLM completions; call no provider.")
+@click.option("--json", "as_json", is_flag=True)
+def replay_redrive(correlation_id: str, from_step: str, deterministic: bool, as_json: bool) -> None:
+    """Run a recorded workflow again from a step, under a new correlation id (replay_of the original)."""
+    from project.celery import app
+    from project.replay import RedriveError, redrive
+
+    with _store() as store:
+        try:
+            result = redrive(app, store, correlation_id, from_step, deterministic=deterministic)
+        except RedriveError as exc:
+            raise click.BadParameter(str(exc), param_hint="--from-step") from None
+    if as_json:
+        _echo(result)
+    else:
+        click.echo(f"re-driven from {result.step} as {result.correlation_id} (replay of {result.original})")
+
+
 COMMANDS = (db, timeline, events, stats, verify, projections, replay)

@@ -38,7 +38,7 @@ from pydantic import Field
 
 from tasks.base import AgentContext, AgentModel, agent
 from tasks.bus_records import delivery_records, record_publication
-from tasks.context import current_causation_id, current_correlation_id, new_id
+from tasks.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
 from tasks.errors import InvalidEvent, PublishFailed
 from tasks.events import Event, EventEnvelope, derived_id, envelope_for, registry, topic_matches
 from tasks.idempotency import already_done, mark_done
@@ -231,6 +231,7 @@ def publish(
         causation_id=causation,
         priority=priority,
         source=running.name if running is not None else "client",
+        replay=current_replay_marks(),
     )
     body = envelope.model_dump_json()
     if len(body) > config.max_payload_bytes:

@@ -75,7 +75,8 @@ def forward(app: Celery, subscriber: str, body: bytes | str, content_type: str |
             kwargs={"event": envelope.model_dump(mode="json")},
             task_id=task_id,
             priority=envelope.priority,
-            headers={CORRELATION_HEADER: envelope.correlation_id, CAUSATION_HEADER: envelope.event_id},
+            headers={CORRELATION_HEADER: envelope.correlation_id, CAUSATION_HEADER: envelope.event_id,
+                     **envelope.replay},
             link_error=app.signature(sub.on_error) if sub.on_error else None,
         )
         ids.append(task_id)

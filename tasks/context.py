@@ -73,6 +73,16 @@ def current_correlation_id() -> str | None:
     return _request_header(CORRELATION_HEADER) or _correlation.get()
 
 
+def current_replay_marks() -> dict[str, str]:
+    """The replay headers of the running task or the enclosing :func:`workflow_context`."""
+    marks = {}
+    for name in (REPLAY_OF_HEADER, LLM_REPLAY_HEADER):
+        value = _request_header(name) or _replay.get().get(name)
+        if value:
+            marks[name] = value
+    return marks
+
+
 def current_causation_id() -> str | None:
     return _request_header(CAUSATION_HEADER) or _causation.get()
 

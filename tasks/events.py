@@ -77,6 +77,9 @@ class EventEnvelope(BaseModel):
     #: Who published it: a task name, or ``client`` outside any task.
     source: str = "client"
     data: dict[str, Any] = Field(default_factory=dict)
+    #: Replay marks (``x_replay_of``, ``x_llm_replay_of``) carried from the publishing step to the
+    #: handlers, so a replayed workflow stays a replay across events.
+    replay: dict[str, str] = Field(default_factory=dict)
 
 
 class EventRegistry:
@@ -164,6 +167,7 @@ def envelope_for(
     causation_id: str | None = None,
     priority: int | None = None,
     source: str = "client",
+    replay: dict[str, str] | None = None,
 ) -> EventEnvelope:
     if not type(event).type:
         raise TypeError(f"{type(event).__name__} has no event type; set its `type` class variable")
@@ -176,6 +180,7 @@ def envelope_for(
         priority=priority,
         source=source,
         data=event.model_dump(mode="json"),
+        replay=replay or {},
     )
 
 

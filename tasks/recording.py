@@ -229,7 +229,11 @@ class EventRecorder(NullRecorder):
                     attempt=int(retries) + 1,
                     worker_host=self.host,
                     payload={
+                        "task": task_name,
                         "input": {"args": list(args), "kwargs": kwargs},
+                        # What runs after it (chain, callbacks, error callbacks), so a re-drive from
+                        # this step continues the workflow the way the original did.
+                        "links": _links(body),
                         "parent_id": headers.get("parent_id"),
                         "root_id": headers.get("root_id"),
                         "group_id": headers.get("group"),
@@ -238,6 +242,11 @@ class EventRecorder(NullRecorder):
                 )
             ]
         )
+
+
+def _links(body: Any) -> dict[str, Any]:
+    embed = body[2] if isinstance(body, (list, tuple)) and len(body) >= 3 and isinstance(body[2], dict) else {}
+    return {k: embed.get(k) for k in ("chain", "callbacks", "errbacks", "chord") if embed.get(k)}
 
 
 def agent_for_task(task_name: str) -> str | None:
