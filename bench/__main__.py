@@ -33,7 +33,52 @@ def _throughput(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     return r, rows
 
 
-BENCHMARKS = {"throughput": _throughput}
+def _priority(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
+    from bench.priority import run
+
+    r = run(backlog=1000 if quick else 5000)
+    return r, [
+        ["priority under load", f"urgent task behind {r['backlog']} normal", f"waited {r['urgent_wait_s']:.3f} s",
+         f"normal waited {r['normal_wait_s']:.2f} s", f"{r['urgent_to_normal_wait_ratio']:.4f} of normal's wait"],
+    ]
+
+
+def _eventstore(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
+    import tempfile
+
+    from bench.eventstore_bench import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run(f"sqlite:///{tmp}/bench.sqlite", "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                10_000 if quick else 50_000)
+    rows = []
+    for db, f in r.items():
+        rows.append(["event-store append", f"{db}, batched (500/append)", f"{f['batched_append_eps']:,.0f} events/s",
+                     f"single {f['single_append_eps']:,.0f}/s", "target ≥ 20,000"])
+        rows.append(["replay / rebuild", f"{db}, projection rebuild", f"{f['rebuild_eps']:,.0f} events/s",
+                     f"full replay {f['replay_eps']:,.0f}/s, verify {f['verify_eps']:,.0f}/s", "target ≥ 50,000"])
+    return r, rows
+
+
+def _pipeline(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
+    from bench.pipeline_bench import run
+    from project.settings import get_settings
+
+    base = get_settings()
+    n = 20 if quick else 50
+    results = {mode: run(base.model_copy(update={"record_events": mode == "on"}), n, n_hops=100 if quick else 300)
+               for mode in ("off", "on")}
+    rows = []
+    for mode, r in results.items():
+        rows.append(["reference pipeline", f"event log {mode}, {r['researchers']} researchers",
+                     f"{r['pipelines_per_s']:.1f} pipelines/s",
+                     f"alone p50 {r['alone_p50_ms']:.0f} ms / p95 {r['alone_p95_ms']:.0f} ms", ""])
+        rows.append(["event hop", f"event log {mode}", f"p50 {r['hop_p50_ms']:.1f} ms",
+                     f"p99 {r['hop_p99_ms']:.1f} ms", "target p50 < 10, p99 < 50"])
+    return results, rows
+
+
+BENCHMARKS = {"throughput": _throughput, "priority": _priority, "eventstore": _eventstore, "pipeline": _pipeline}
 
 
 def main() -> None:
@@ -42,7 +87,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated benchmark names: " + ", ".join(BENCHMARKS))
     args = parser.parse_args()
     chosen = [b.strip() for b in args.only.split(",") if b.strip()] or list(BENCHMARKS)
-    console = Console()
+    console = Console(width=200)
     table = Table(title="relaybus benchmarks")
     for column in ("benchmark", "variant", "result", "detail", "ratio"):
         table.add_column(column)
