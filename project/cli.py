@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from project.saga_cli import saga as saga_group
 from project.settings import get_settings
 
 console = Console()
@@ -60,6 +61,9 @@ def main() -> None:
     """relaybus: event-driven AI-agent orchestration on Celery."""
 
 
+main.add_command(saga_group)
+
+
 @main.command()
 @click.option("--request", "request_text", default=None, help="What the pipeline should write about.")
 @click.option("--embedded", is_flag=True, help="Use the embedded broker even if RabbitMQ and Redis answer.")
@@ -73,11 +77,16 @@ def demo(request_text: str | None, embedded: bool, as_json: bool) -> None:
         _emit_json(result)
         return
     console.print(f"[bold]mode:[/bold] {result.mode}   [bold]correlation id:[/bold] {result.correlation_id}")
-    console.print(f"[green]pipeline completed[/green] in {result.seconds:.2f}s")
+    colour = "green" if result.status == "completed" else "red"
+    console.print(f"[{colour}]pipeline {result.status}[/{colour}] in {result.seconds:.2f}s")
     console.print_json(json.dumps(result.output))
-    if result.timeline:
-        _table("timeline", ["#", "type", "agent", "at"],
-               [[e["position"], e["type"], e["agent"], e["at"]] for e in result.timeline])
+    _table(f"timeline of {result.correlation_id}", ["agent", "task", "status", "attempts", "queue wait", "run time"],
+           [[s["agent"], s["task_id"][:8], s["status"], s["attempts"], _ms(s["queue_wait_ms"]), _ms(s["run_ms"])]
+            for s in result.timeline])
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} ms"
 
 
 @main.command()

@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery import chain
 from pydantic import BaseModel, ConfigDict
 
 from project.celery import create_app, topology_of
 from project.settings import Settings, embedded
 from project.workers import WorkerProcess, worker_argv
-from tasks.context import workflow_context
 
 DEFAULT_REQUEST = "How do dead-letter queues and sagas keep AI agent pipelines reliable?"
 
@@ -53,9 +51,11 @@ class DemoResult(BaseModel):
 
     mode: str
     correlation_id: str
+    status: str
     output: dict[str, Any]
     seconds: float
     timeline: list[dict[str, Any]]
+    saga: dict[str, Any] | None = None
 
 
 def run_demo(settings: Settings, request: str = DEFAULT_REQUEST, *, force_embedded: bool = False,
@@ -68,39 +68,40 @@ def run_demo(settings: Settings, request: str = DEFAULT_REQUEST, *, force_embedd
     topology = topology_of(app)
     with app.connection_for_write() as conn:
         topology.declare(conn)
+    from tasks.bus import declare_subscriptions
+    from tasks.client import start
+
+    declare_subscriptions(app)
     log = Path(settings.embedded_dir).resolve() / "demo-worker.log"
     worker = WorkerProcess(worker_argv(topology, None, concurrency=2), settings, log)
     started = time.monotonic()
     try:
         if not worker.wait_log("ready.", timeout=60):
             raise RuntimeError(f"the demo worker did not start; see {log}")
-        with workflow_context() as correlation_id:
-            workflow = chain(
-                app.signature("agents.intake", kwargs={"request": request, "max_topics": 3}),
-                app.signature("agents.planner"),
-            )
-            output = workflow.apply_async().get(timeout=timeout)
+        handle = start("research", {"request": request, "max_topics": 3}, app=app)
+        outcome = handle.wait(timeout)
         seconds = time.monotonic() - started
-        timeline = _timeline(settings, correlation_id)
+        output = outcome.model_dump(mode="json")
+        timeline = _timeline(settings, handle.id)
     finally:
         worker.stop()
         if mode != "embedded":
             _delete_queues(app)
-    return DemoResult(mode=mode, correlation_id=correlation_id, output=output, seconds=seconds, timeline=timeline)
+    return DemoResult(mode=mode, correlation_id=handle.id, status=outcome.status, output=output, seconds=seconds,
+                      timeline=timeline)
 
 
 def _timeline(settings: Settings, correlation_id: str) -> list[dict[str, Any]]:
-    if not settings.record_events:
-        return []
-    try:
-        from eventstore import open_store
-    except ImportError:
-        return []
+    """One row per step of the workflow, from the event log: agent, status, queue wait, run time."""
+    from eventstore import open_store
+
     store = open_store(settings.eventstore_url)
     try:
         return [
-            {"position": e.position, "type": e.type, "agent": e.agent, "at": e.occurred_at.isoformat()}
-            for e in store.by_correlation(correlation_id)
+            {"agent": s.agent, "task_id": s.task_id, "status": s.status, "attempts": s.attempts,
+             "queue_wait_ms": None if s.queue_wait_s is None else round(s.queue_wait_s * 1000, 1),
+             "run_ms": None if s.run_time_s is None else round(s.run_time_s * 1000, 1)}
+            for s in store.timeline(correlation_id).steps
         ]
     finally:
         store.close()
