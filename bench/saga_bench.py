@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from pydantic import JsonValue
 from sqlalchemy import create_engine, text
 
 from eventstore import open_store
@@ -41,7 +42,7 @@ from tasks.saga import start_saga, wait_for_saga
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = ["researcher", "writer", "reviewer", "publisher"]
-BRIEF = {"topic": "How do sagas compensate on Celery?"}
+BRIEF: dict[str, JsonValue] = {"topic": "How do sagas compensate on Celery?"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -184,9 +185,14 @@ def run(
             worker.stop()
         with app.connection_for_write() as conn:
             channel = conn.default_channel
-            for queue in topology.all_queues():
+            for name in [q.name for q in topology.all_queues()]:
                 try:
-                    channel.queue_delete(queue.name)
+                    channel.queue_delete(name)
+                except Exception:
+                    channel = conn.default_channel
+            for exchange in (topology.exchange, topology.dead_letter_exchange, topology.event_exchange):
+                try:
+                    channel.exchange_delete(exchange.name)
                 except Exception:
                     channel = conn.default_channel
         engine.dispose()

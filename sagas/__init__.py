@@ -1,8 +1,9 @@
 """Sagas: ordered agent steps with compensations, as pure logic over events.
 
 A definition says what the saga is, the fold (:func:`fold`) turns its events into a
-:class:`SagaState`, and :func:`decide` says what to do next. No Celery, no I/O: the executor runs the
-commands and records the events (see :mod:`sagas.commands` for the loop).
+:class:`SagaState`, and :func:`decide` says what to do next. No Celery: the executor runs the
+commands and records the events (see :mod:`sagas.commands` for the loop), through
+:class:`SagaRepository`, which keeps each saga in the event store under optimistic concurrency.
 """
 
 from sagas.commands import (
@@ -16,7 +17,8 @@ from sagas.commands import (
 )
 from sagas.decide import decide, resume, start
 from sagas.definition import OnTimeout, ParallelStep, SagaDefinition, SagaRegistry, Step, members_of
-from sagas.errors import DefinitionError, InvalidTransition, SagaError, UnknownEvent, UnknownSaga
+from sagas.dispatches import InFlight, dispatch_id, dispatch_id_of, in_flight, still_running
+from sagas.errors import DefinitionError, InvalidTransition, SagaError, SagaNotFound, UnknownEvent, UnknownSaga
 from sagas.events import (
     EVENT_SCHEMA_VERSION,
     EVENT_TYPES,
@@ -38,6 +40,7 @@ from sagas.events import (
     to_record,
 )
 from sagas.reference import CONTENT_CREATION
+from sagas.repository import Decision, LoadedSaga, SagaRepository, check_saga_id, saga_stream
 from sagas.state import (
     CompensationState,
     CompensationStatus,
@@ -49,6 +52,7 @@ from sagas.state import (
     evolve,
     fold,
 )
+from sagas.views import CompensationView, HistoryEntry, SagaView, StepView, view_of
 
 # Grouped by concept, as dramatiq's __init__ is, rather than sorted.
 __all__ = [  # noqa: RUF022
@@ -100,10 +104,27 @@ __all__ = [  # noqa: RUF022
     "idempotency_key",
     "resume",
     "start",
+    # Persistence (the event store) and the read model
+    "Decision",
+    "InFlight",
+    "LoadedSaga",
+    "SagaRepository",
+    "check_saga_id",
+    "dispatch_id",
+    "dispatch_id_of",
+    "in_flight",
+    "still_running",
+    "saga_stream",
+    "CompensationView",
+    "HistoryEntry",
+    "SagaView",
+    "StepView",
+    "view_of",
     # Errors
     "DefinitionError",
     "InvalidTransition",
     "SagaError",
+    "SagaNotFound",
     "UnknownEvent",
     "UnknownSaga",
 ]

@@ -8,7 +8,11 @@ Every one of them is a bug or a wrong input, not a transient fault, so none is w
      ├── DefinitionError      a definition breaks a rule (no steps, duplicate or bad names, bad timeout)
      ├── UnknownSaga          no definition is registered under a saga name
      ├── UnknownEvent         a stored record is not a saga event we can read (type, version, payload)
-     └── InvalidTransition    an event does not fit the saga's state (the fold refuses it)
+     ├── InvalidTransition    an event does not fit the saga's state (the fold refuses it)
+     └── SagaNotFound         no saga was started under an id (its stream is empty)
+
+The event store's own errors pass through :mod:`sagas.repository` untouched: ``StoreUnavailable`` is
+transient, and ``ConcurrencyError`` there means another process kept advancing the saga.
 """
 
 from __future__ import annotations
@@ -65,6 +69,17 @@ class InvalidTransition(SagaError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.event, self.reason))
+
+
+class SagaNotFound(SagaError, LookupError):
+    """Raised when no saga was started under ``saga_id``."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"no saga {saga_id!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.saga_id,))
 
 
 def _describe(event: SagaEvent | None) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.utils.log import get_task_logger
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from pydantic import JsonValue
 
 from eventstore import ConcurrencyError, StoreUnavailable
@@ -33,7 +34,7 @@ from tasks.saga.sweep import DEFAULT_HORIZON_S, DEFAULT_STUCK_COMPENSATION_S, sw
 
 logger = get_task_logger(__name__)
 
-_RETRYABLE = (StoreUnavailable, ConcurrencyError, TransientError, ConnectionError, TimeoutError)
+_RETRYABLE = (StoreUnavailable, ConcurrencyError, TransientError, BrokerUnavailable, ConnectionError, TimeoutError)
 _DROPPED = (InvalidTransition, SagaNotFound, UnknownSaga, UnknownEvent)
 _MAX_RETRIES = 12
 _OPTIONS: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}

@@ -22,7 +22,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventstore import ConcurrencyError, StoreUnavailable
-from sagas import InvalidTransition, RunCompensation, StepTimedOut, UnknownEvent, UnknownSaga
+from sagas import InvalidTransition, RunCompensation, StepTimedOut, UnknownEvent, UnknownSaga, still_running
 from tasks.saga.dispatch import dispatch, dispatch_decision
 from tasks.saga.registry import repository
 
@@ -79,7 +79,7 @@ def sweep_sagas(
         ]
         dispatched += dispatch_decision(app, decision)
         state = decision.state
-        still = [c for c in stuck if _compensating(state, c)]
+        still = [c for c in stuck if still_running(state, c)]
         redispatched += dispatch(app, decision.saga, decision.correlation_id, still)
         if state.terminal:
             ended[saga_id] = state.status
@@ -92,11 +92,3 @@ def sweep_sagas(
         ended=ended,
         errors=errors,
     )
-
-
-def _compensating(state: object, command: RunCompensation) -> bool:
-    from sagas import SagaState
-
-    assert isinstance(state, SagaState)
-    c = state.member(command.step, command.member).compensation
-    return c is not None and c.status == "running" and c.attempt == command.attempt

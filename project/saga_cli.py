@@ -1,0 +1,222 @@
+"""``relaybus saga ...``: start, list, show, resume and sweep sagas (registered on the CLI by ``project.cli``).
+
+Exit codes as for the rest of the CLI: 0 done, 1 the saga was not found (or cannot be resumed),
+2 bad usage (the message names the argument), 3 a service could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+EXIT_PROBLEM = 1
+EXIT_UNREACHABLE = 3
+STATUSES = ("running", "compensating", "completed", "compensated", "compensation_failed")
+console = Console()
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError
+
+    from eventstore import StoreUnavailable
+
+    return (OSError, OperationalError, StoreUnavailable)
+
+
+def _app() -> Any:
+    from project.celery import app
+
+    return app
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _fail(message: str, code: int = EXIT_PROBLEM) -> None:
+    console.print(f"[red]{message}[/red]")
+    sys.exit(code)
+
+
+def _print_view(view: Any) -> None:
+    console.print(
+        f"[bold]saga[/bold] {view.saga_id} ({view.saga})   [bold]status:[/bold] {view.status}   "
+        f"[bold]round:[/bold] {view.round}   [bold]correlation id:[/bold] {view.correlation_id}"
+    )
+    duration = f"{view.duration_s:.3f}s" if view.duration_s is not None else "-"
+    console.print(f"started {view.started_at.isoformat()}   ended {view.ended_at or '-'}   took {duration}")
+    table = Table(title="steps")
+    for column in ("step", "outcome", "attempt", "started", "took s", "compensation", "undo attempt", "error"):
+        table.add_column(column)
+    for s in view.steps:
+        name = s.step if s.member == s.step else f"{s.step}/{s.member}"
+        c = s.compensation
+        error = (c.error if c is not None and c.error else None) or s.error
+        table.add_row(
+            name,
+            s.outcome,
+            str(s.attempt),
+            s.started_at.strftime("%H:%M:%S.%f")[:-3] if s.started_at else "",
+            f"{s.duration_s:.3f}" if s.duration_s is not None else "",
+            c.status if c is not None else "n/a",
+            str(c.attempt) if c is not None else "",
+            _short(error),
+        )
+    console.print(table)
+
+
+def _short(error: Any) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('error_type', '')}: {error.get('error_message', '')}"[:80]
+    return "" if error is None else str(error)[:80]
+
+
+@click.group()
+def saga() -> None:
+    """Sagas: start, list, show, resume, sweep."""
+
+
+@saga.command("start")
+@click.argument("name")
+@click.option("--input", "input_text", default="null", help="The saga's input, as JSON.")
+@click.option("--id", "saga_id", default=None, help="The saga id (default: a new UUID); starting one twice is a no-op.")
+@click.option("--correlation-id", default=None, help="Tie the saga into a wider workflow's timeline.")
+@click.option("--json", "as_json", is_flag=True)
+def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: str | None, as_json: bool) -> None:
+    """Start the saga NAME; prints its id."""
+    from sagas import UnknownSaga
+    from tasks.saga import known_sagas, start_saga
+
+    try:
+        data = json.loads(input_text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+    app = _app()
+    try:
+        started = start_saga(name, data, saga_id=saga_id, correlation_id=correlation_id, app=app)
+    except UnknownSaga:
+        known = ", ".join(known_sagas(app)) or "none"
+        raise click.BadParameter(f"no saga named {name!r}; known sagas: {known}", param_hint="NAME") from None
+    except ValueError as exc:
+        hint = "--id" if "saga id" in str(exc) else "--input"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    except _unreachable() as exc:
+        _fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+    if as_json:
+        _echo_json({"saga_id": started, "saga": name})
+    else:
+        click.echo(started)
+
+
+@saga.command("list")
+@click.option("--status", type=click.Choice(STATUSES), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=50)
+@click.option("--json", "as_json", is_flag=True)
+def saga_list(status: str | None, limit: int, as_json: bool) -> None:
+    """The newest sagas first."""
+    from tasks.saga import list_sagas
+
+    views = list_sagas(status, limit, app=_app())  # type: ignore[arg-type]
+    if as_json:
+        _echo_json([v.model_dump(mode="json", exclude={"history", "input", "output"}) for v in views])
+        return
+    table = Table(title="sagas")
+    for column in ("saga id", "saga", "status", "round", "started", "took s", "correlation id"):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            v.saga_id,
+            v.saga,
+            v.status,
+            str(v.round),
+            v.started_at.isoformat(timespec="seconds"),
+            f"{v.duration_s:.3f}" if v.duration_s is not None else "",
+            v.correlation_id,
+        )
+    console.print(table)
+
+
+@saga.command("show")
+@click.argument("saga_id")
+@click.option("--json", "as_json", is_flag=True)
+def saga_show(saga_id: str, as_json: bool) -> None:
+    """A saga's steps, their outcomes and timings, and its compensations."""
+    from sagas import SagaNotFound
+    from tasks.saga import saga_status
+
+    try:
+        view = saga_status(saga_id, app=_app())
+    except SagaNotFound:
+        _fail(f"no saga {saga_id!r}")
+        return
+    if as_json:
+        _echo_json(view.model_dump(mode="json"))
+    else:
+        _print_view(view)
+
+
+@saga.command("resume")
+@click.argument("saga_id")
+@click.option("--json", "as_json", is_flag=True)
+def saga_resume(saga_id: str, as_json: bool) -> None:
+    """Retry the failed compensations of a compensation_failed saga, once its cause is fixed."""
+    from sagas import InvalidTransition, SagaNotFound
+    from tasks.saga import resume_saga
+
+    try:
+        view = resume_saga(saga_id, app=_app())
+    except SagaNotFound:
+        _fail(f"no saga {saga_id!r}")
+        return
+    except InvalidTransition as exc:
+        _fail(f"saga {saga_id!r} cannot be resumed: {exc.reason}")
+        return
+    except _unreachable() as exc:
+        _fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+        return
+    if as_json:
+        _echo_json(view.model_dump(mode="json"))
+    else:
+        console.print(f"resumed saga {saga_id}: compensation round {view.round}, status {view.status}")
+
+
+@saga.command("sweep")
+@click.option(
+    "--horizon-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    help="Only sagas started or resumed in the last N days.",
+)
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    help="Send again a compensation running longer than this many seconds.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def saga_sweep(horizon_days: float, stuck_after: float, as_json: bool) -> None:
+    """Time out steps past their deadline and act as each saga's policy says (what beat runs every 30 s)."""
+    from tasks.saga import sweep_sagas
+
+    try:
+        report = sweep_sagas(_app(), horizon_s=horizon_days * 86400, stuck_compensation_after_s=stuck_after)
+    except _unreachable() as exc:
+        _fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+        return
+    if as_json:
+        _echo_json(report.model_dump(mode="json"))
+        return
+    console.print(
+        f"open sagas: {report.open_sagas}   timed out: {len(report.timed_out)}   "
+        f"dispatched: {len(report.dispatched)}   sent again: {len(report.redispatched)}   "
+        f"ended: {len(report.ended)}   errors: {len(report.errors)}"
+    )
+    for line in report.timed_out:
+        console.print(f"  timed out: {line}")
+    for saga_id, error in report.errors.items():
+        console.print(f"  [red]{saga_id}: {error}[/red]")

@@ -1,0 +1,334 @@
+"""Sagas in the event store: one stream per saga, advanced under optimistic concurrency.
+
+A saga's events live in the stream ``saga:<saga_id>``, each stored with ``event_id = dedup_key(event)``
+and ``correlation_id`` = the saga's correlation id, so the saga shows in its workflow's timeline.
+Every change goes through one loop (:meth:`SagaRepository._advance`)::
+
+    read the stream (at version v) and fold it
+    fold what happened: a step's result, a resume, or nothing at all (a sweep)
+    decide, and fold the event of every command, until decide asks for nothing more
+    append all of it with expected_version=v      ConcurrencyError: someone advanced the saga
+                                                   meanwhile; read it again, decide again
+    hand back the RunStep / RunCompensation commands for the caller to dispatch
+
+Two deliveries of one result therefore cannot advance a saga twice: the second reads the first's
+events, folds its own result as the duplicate it is, and finds nothing left to decide. A decision
+taken on a stale state is never recorded, so its commands are never dispatched. (Event ids are
+deterministic, so two racing deliveries build identical batches, and the store takes a batch it
+already holds as an idempotent retry rather than a conflict. Each decision therefore stamps its
+events with a decision id in their metadata: a batch stored under another id was a rival's.)
+
+Dispatch comes after the append (the executor contract in :mod:`sagas.commands`). A crash between
+the two leaves a recorded but undispatched command: :meth:`SagaRepository.in_flight` rebuilds it
+for a redelivered caller or the sweep, and the step's deadline bounds the wait in any case.
+
+Only the event store's public API is used here; no Celery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import JsonValue
+
+from eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
+from sagas.commands import RunCompensation, RunStep
+from sagas.decide import decide
+from sagas.decide import resume as resume_event
+from sagas.decide import start as start_event
+from sagas.definition import SagaDefinition, SagaRegistry
+from sagas.dispatches import Dispatchable, InFlight, in_flight, still_running, task_id_of
+from sagas.errors import SagaNotFound
+from sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, from_record, to_record
+from sagas.state import SagaState, SagaStatus, evolve, fold
+
+STREAM_PREFIX = "saga:"
+OPEN_TYPES = frozenset({"saga.started", "saga.resumed"})
+_ENDS_AS: dict[str, SagaStatus] = {
+    "saga.completed": "completed",
+    "saga.compensated": "compensated",
+    "saga.compensation_failed": "compensation_failed",
+}
+_LIFECYCLE_TYPES = (*sorted(OPEN_TYPES), *_ENDS_AS)
+_SAGA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+_MAX_DECISION_ROUNDS = 32  # decide -> fold -> decide converges in a few rounds; this only stops a bug looping
+_PAGE = 1000
+
+
+def saga_stream(saga_id: str) -> str:
+    return STREAM_PREFIX + saga_id
+
+
+def check_saga_id(saga_id: str) -> str:
+    """Saga ids go into stream names, event ids and idempotency keys: letters, digits, ``_.-``, at most 100."""
+    if not _SAGA_ID.match(saga_id):
+        raise ValueError(f"saga id {saga_id!r} must be 1-100 letters, digits, '_', '.' or '-', starting alphanumeric")
+    return saga_id
+
+
+@dataclass(frozen=True)
+class LoadedSaga:
+    """A saga as stored: its definition, folded state, stream version and raw records."""
+
+    definition: SagaDefinition
+    state: SagaState
+    version: int
+    correlation_id: str
+    records: tuple[RecordedEvent, ...]
+
+    @property
+    def saga_id(self) -> str:
+        return self.state.saga_id
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one advance recorded, and the commands the caller must now dispatch."""
+
+    saga_id: str
+    saga: str
+    correlation_id: str
+    state: SagaState
+    recorded: tuple[SagaEvent, ...]
+    dispatch: tuple[Dispatchable, ...]
+
+
+class SagaRepository:
+    """Load, start, advance, resume and sweep sagas in ``store``; definitions come from ``registry``.
+
+    ``max_conflicts``: how many times one advance re-reads after a ``ConcurrencyError`` before
+    letting it propagate (the caller retries later; nothing was recorded).
+    """
+
+    def __init__(self, store: EventStore, registry: SagaRegistry, *, max_conflicts: int = 25) -> None:
+        self.store = store
+        self.registry = registry
+        self.max_conflicts = max_conflicts
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def find(self, saga_id: str) -> LoadedSaga | None:
+        records = tuple(self.store.read_stream(saga_stream(saga_id)))
+        if not records:
+            return None
+        events = [from_record(r.type, r.payload, r.schema_version) for r in records]
+        first = events[0]
+        definition = self.registry.get(getattr(first, "saga", ""))
+        return LoadedSaga(definition, fold(definition, events), records[-1].version, records[0].correlation_id, records)
+
+    def load(self, saga_id: str) -> LoadedSaga:
+        loaded = self.find(saga_id)
+        if loaded is None:
+            raise SagaNotFound(saga_id)
+        return loaded
+
+    def in_flight(self, loaded: LoadedSaga) -> list[InFlight]:
+        """Every running step attempt and compensation, rebuilt as the command that started it."""
+        return in_flight(loaded.definition, loaded.state, loaded.records)
+
+    def lifecycle(self, since: datetime | None = None) -> dict[str, tuple[int, str]]:
+        """Saga id -> (position of its first lifecycle event, type of its latest), without loading streams."""
+        seen: dict[str, tuple[int, int, str]] = {}
+        for type_ in _LIFECYCLE_TYPES:
+            after = 0
+            while True:
+                batch = self.store.find(type=type_, since=since, after_position=after, limit=_PAGE)
+                for record in batch:
+                    saga_id = record.stream_id.removeprefix(STREAM_PREFIX)
+                    first, last, last_type = seen.get(saga_id, (record.position, 0, type_))
+                    if record.position > last:
+                        last, last_type = record.position, type_
+                    seen[saga_id] = (min(first, record.position), last, last_type)
+                if len(batch) < _PAGE:
+                    break
+                after = batch[-1].position
+        return {saga_id: (first, last_type) for saga_id, (first, _, last_type) in seen.items()}
+
+    def open_saga_ids(self, since: datetime | None = None) -> list[str]:
+        """Sagas started (or resumed) and not ended, oldest first; ``since`` bounds the scan by event time."""
+        life = self.lifecycle(since)
+        return sorted((s for s, (_, last) in life.items() if last in OPEN_TYPES), key=lambda s: life[s][0])
+
+    def recent(
+        self, *, status: SagaStatus | None = None, limit: int = 50, since: datetime | None = None
+    ) -> list[LoadedSaga]:
+        """The newest sagas first, optionally only those in ``status``."""
+        found: list[LoadedSaga] = []
+        for saga_id, (_, last) in sorted(self.lifecycle(since).items(), key=lambda kv: -kv[1][0]):
+            if not _may_be(status, last):
+                continue  # its lifecycle already rules it out: no need to read its stream
+            loaded = self.find(saga_id)
+            if loaded is not None and (status is None or loaded.state.status == status):
+                found.append(loaded)
+                if len(found) >= limit:
+                    break
+        return found
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def start(
+        self,
+        definition: SagaDefinition,
+        saga_id: str,
+        input: JsonValue,
+        *,
+        now: datetime,
+        correlation_id: str | None = None,
+    ) -> Decision:
+        """Record ``saga.started`` and the first step's dispatch. Starting an existing saga again is
+        a no-op that hands back its first dispatch if that is still running (a client's retry)."""
+        check_saga_id(saga_id)
+        size = len(json.dumps(input, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self._data_limit:
+            raise ValueError(
+                f"the saga input is {size} bytes; the event log keeps at most {self._data_limit} per event: "
+                "store large inputs elsewhere and pass a reference"
+            )
+        event = start_event(definition, saga_id, input)
+        return self._advance(
+            saga_id, lambda _: [event], now=now, definition=definition, correlation_id=correlation_id, redispatch=True
+        )
+
+    def record(
+        self, event: SagaEvent, *, now: datetime, causation_id: str | None = None, redispatch: bool = False
+    ) -> Decision:
+        """Record a task's result (``command.succeeded(...)`` or ``.failed(...)``) and what follows from it.
+
+        ``redispatch``: the caller may be a redelivery of a call that crashed after recording and
+        before dispatching; if ``event`` is already stored, what it caused and is still running is
+        dispatched again (safe: steps and compensations are idempotent under their keys).
+        """
+        return self._advance(
+            event.saga_id, lambda _: [event], now=now, causation_id=causation_id, redispatch=redispatch
+        )
+
+    def resume(self, saga_id: str, *, now: datetime) -> Decision:
+        """Retry the failed compensations of a ``compensation_failed`` saga (``InvalidTransition`` otherwise)."""
+
+        def change(loaded: LoadedSaga | None) -> list[SagaEvent]:
+            assert loaded is not None
+            return [resume_event(loaded.state)]
+
+        return self._advance(saga_id, change, now=now)
+
+    def tick(self, saga_id: str, *, now: datetime) -> Decision:
+        """Decide with nothing new: what the sweep does (deadlines passed, timeouts to act on)."""
+        return self._advance(saga_id, lambda _: [], now=now)
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def _advance(
+        self,
+        saga_id: str,
+        change: Callable[[LoadedSaga | None], Sequence[SagaEvent]],
+        *,
+        now: datetime,
+        definition: SagaDefinition | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        redispatch: bool = False,
+    ) -> Decision:
+        conflict: ConcurrencyError | None = None
+        for _ in range(self.max_conflicts):
+            loaded = self.find(saga_id)
+            if loaded is None and definition is None:
+                raise SagaNotFound(saga_id)
+            spec = loaded.definition if loaded is not None else definition
+            assert spec is not None
+            state = loaded.state if loaded is not None else None
+            known = {r.event_id for r in loaded.records} if loaded is not None else set()
+            fresh: list[tuple[SagaEvent, str | None]] = []
+            observed = list(change(loaded))
+            for event in observed:
+                state = evolve(spec, state, event)  # InvalidTransition: refused, nothing recorded
+                if dedup_key(event) not in known:
+                    fresh.append((event, causation_id))
+            assert state is not None
+            trigger = dedup_key(observed[-1]) if observed else None
+            commands: list[Dispatchable] = []
+            for _round in range(_MAX_DECISION_ROUNDS):
+                batch = decide(spec, state, now)
+                if not batch:
+                    break
+                for command in batch:
+                    state = evolve(spec, state, command.event())
+                    fresh.append((command.event(), trigger))
+                    if isinstance(command, RunStep | RunCompensation):
+                        commands.append(command)
+            correlation = loaded.correlation_id if loaded is not None else (correlation_id or saga_id)
+            if fresh:
+                try:
+                    self._append(fresh, correlation, loaded.version if loaded is not None else 0)
+                except ConcurrencyError as error:
+                    conflict = error
+                    continue
+            if redispatch and loaded is not None and trigger is not None:
+                again = [f.command for f in self.in_flight(loaded) if f.caused_by == trigger]
+                commands.extend(c for c in again if c not in commands and still_running(state, c))
+            return Decision(
+                saga_id=saga_id,
+                saga=spec.name,
+                correlation_id=correlation,
+                state=state,
+                recorded=tuple(e for e, _ in fresh),
+                dispatch=tuple(commands),
+            )
+        assert conflict is not None
+        raise conflict
+
+    @property
+    def _data_limit(self) -> int:
+        # Room for the envelope (ids, step names, deadline) next to ``data`` under the store's limit.
+        return max(self.store.config.max_payload_bytes - 1024, 1024)
+
+    def _append(self, events: list[tuple[SagaEvent, str | None]], correlation_id: str, version: int) -> None:
+        decision = uuid.uuid4().hex
+        new = [self._new_event(e, correlation_id, cause, decision) for e, cause in events]
+        stored = self.store.append(new, expected_version=version)
+        if any(r.metadata.get("decision") != decision for r in stored):
+            # Every event was stored already, by a rival that took the very same decision (event ids
+            # are deterministic): the store accepts that as an idempotent retry, but the decision,
+            # and its dispatches, are the rival's. Ours is as stale as after a conflict.
+            raise ConcurrencyError(saga_stream(events[0][0].saga_id), version, stored[-1].version)
+
+    def _new_event(self, event: SagaEvent, correlation_id: str, causation_id: str | None, decision: str) -> NewEvent:
+        type_, payload = to_record(event)
+        payload = self._bounded(payload)
+        return NewEvent(
+            event_id=dedup_key(event),
+            stream_id=saga_stream(event.saga_id),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            type=type_,
+            schema_version=EVENT_SCHEMA_VERSION,
+            task_id=task_id_of(event),
+            attempt=getattr(event, "attempt", None),
+            payload=payload,
+            metadata={"decision": decision},  # the events of one decision share it
+        )
+
+    def _bounded(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A ``data`` too large for the log is replaced by its size and hash, so the event stays readable
+        (the store would otherwise truncate the whole payload). The run goes on: the next step was
+        dispatched from memory with the full value; only a later re-dispatch sees the marker."""
+        text = json.dumps(payload.get("data"), separators=(",", ":"), ensure_ascii=False, default=str)
+        size = len(text.encode())
+        if size <= self._data_limit:
+            return payload
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        return {**payload, "data": {"_too_large": True, "size": size, "sha256": digest}}
+
+
+def _may_be(status: SagaStatus | None, last_type: str) -> bool:
+    if status is None:
+        return True
+    if last_type in OPEN_TYPES:
+        return status in ("running", "compensating")
+    return _ENDS_AS.get(last_type) == status

@@ -1,0 +1,327 @@
+"""Sagas over real RabbitMQ, Redis, PostgreSQL and worker processes (never eager mode).
+
+One namespace and one PostgreSQL schema for the module (event store and side-effect tables both
+live there); one worker per queue (researcher, writer, reviewer, publisher, system), started once.
+Each test isolates itself by saga id: faults are scoped to the saga, side effects are read by saga.
+Waits are polls with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from sqlalchemy import Engine, create_engine, text
+
+from eventstore import EventStore, open_store
+from project.settings import Settings
+from sagas import SagaView
+from tasks.agents.content_store import clear_fault, engine_for, live_items, saga_items, saga_runs, set_fault
+from tasks.saga import dispatch, repository, saga_status, start_saga, sweep_sagas, wait_for_saga
+from tests.harness import ROOT, Worker, delete_namespace, make_app, make_settings, queue_depth, read_queue, wait_for
+from tests.services import require_postgres, require_rabbitmq, require_redis
+
+pytestmark = pytest.mark.integration
+
+STEPS = ["research", "writing", "review", "publishing"]
+KIND = {"writing": "draft", "review": "review", "publishing": "publication"}
+ROLES = {"system": 1, "researcher": 1, "writer": 2, "reviewer": 1, "publisher": 1}
+
+
+@dataclass
+class SagaSystem:
+    settings: Settings
+    app: Celery
+    content: Engine
+    store: EventStore
+    tmp: Path
+    workers: dict[str, Worker] = field(default_factory=dict)
+    started: list[Worker] = field(default_factory=list)
+
+    def start_worker(self, agent: str) -> Worker:
+        name = f"{agent}-{uuid.uuid4().hex[:4]}"
+        worker = Worker(self.settings, (agent,), self.tmp, concurrency=ROLES[agent], name=name)
+        self.workers[agent] = worker
+        self.started.append(worker)
+        return worker
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in self.workers.values())
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaSystem]:
+    broker, redis_url, pg = require_rabbitmq(), require_redis(), require_postgres()
+    schema = f"sagas_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(pg)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    open_store(pg, schema=schema, create=True).close()  # the migrations, as `relaybus db upgrade` runs them
+    url = f"{pg}?options=-csearch_path%3D{schema}"
+    tmp = tmp_path_factory.mktemp("sagas")
+    settings = make_settings(
+        tmp,
+        broker,
+        redis_url,
+        eventstore_url=url,
+        record_events=True,
+        max_retries=3,
+        extra_modules=("tests.agents", "tests.saga_definitions"),
+    )
+    app = make_app(settings)
+    with app.connection_for_write() as conn:
+        app.conf.relaybus_topology.declare(conn)
+    env = SagaSystem(settings, app, engine_for(url), repository(app).store, tmp)
+    try:
+        for agent in ROLES:
+            env.start_worker(agent)
+        for worker in env.workers.values():
+            worker.wait_ready(app)
+        yield env
+    finally:
+        for worker in env.started:
+            worker.stop()
+        delete_namespace(app)
+        app.close()
+        env.content.dispose()
+        env.store.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def new_saga_id() -> str:
+    return f"t-{uuid.uuid4().hex[:16]}"
+
+
+def run_saga(
+    system: SagaSystem, saga_id: str, *, topic: str = "How do sagas compensate?", timeout: float = 60
+) -> SagaView:
+    start_saga("content_creation", {"topic": topic}, saga_id=saga_id, app=system.app)
+    try:
+        return wait_for_saga(saga_id, timeout, app=system.app)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{system.logs()}") from None
+
+
+def history(view: SagaView, type_: str) -> list[str]:
+    return [h.step for h in view.history if h.type == type_ and h.step is not None]
+
+
+def run_outcomes(system: SagaSystem, saga_id: str, name: str) -> Counter[str]:
+    return Counter(r["outcome"] for r in saga_runs(system.content, saga_id) if r["name"] == name)
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "project.cli", "saga", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_content_saga_runs_its_four_steps_and_shows_in_its_workflow_timeline(system):
+    saga_id = new_saga_id()
+    view = run_saga(system, saga_id)
+    assert view.status == "completed", view
+    assert [(s.step, s.outcome, s.attempt) for s in view.steps] == [(s, "succeeded", 1) for s in STEPS]
+    assert all(s.started_at is not None and s.duration_s is not None for s in view.steps)
+    assert [s.compensation.status if s.compensation else None for s in view.steps] == [None, *["pending"] * 3]
+    assert isinstance(view.output, dict) and view.output["url"].startswith("/articles/")
+    assert sorted(i["kind"] for i in live_items(system.content, saga_id)) == ["draft", "publication", "review"]
+
+    timeline = system.store.timeline(view.correlation_id)
+    assert timeline.workflow is not None and timeline.workflow.status == "completed"
+    types = [e.type for e in timeline.events]
+    assert types[0] == "saga.started" and types[-1] == "saga.completed"
+    assert {"task.sent", "task.started", "task.succeeded"} <= set(types), "the steps' task events share the timeline"
+    steps = {e.task_id: e for e in timeline.events if e.type == "saga.step.started"}
+    assert set(steps) <= {s.task_id for s in timeline.steps}, "each saga step names the task that ran it"
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_a_failure_at_step_k_compensates_exactly_the_steps_before_it_in_reverse_and_undoes_their_effects(system, k):
+    saga_id = new_saga_id()
+    failing = STEPS[k - 1]
+    set_fault(system.content, f"step:{failing}", saga_id=saga_id, error="permanent")
+    view = run_saga(system, saga_id)
+
+    assert view.status == "compensated", view
+    expected = [s for s in reversed(STEPS[: k - 1]) if s in KIND]  # research is read-only: nothing to undo
+    assert history(view, "saga.compensation.started") == expected
+    assert history(view, "saga.compensation.succeeded") == expected
+    outcomes = {s.step: s.outcome for s in view.steps}
+    assert outcomes == {
+        s: "succeeded" if i < k - 1 else "failed" if i == k - 1 else "pending" for i, s in enumerate(STEPS)
+    }
+    assert view.steps[k - 1].error["error_type"] == "InjectedFailure"
+    assert live_items(system.content, saga_id) == [], "the side-effect store is back where it started"
+    done = saga_items(system.content, saga_id)
+    assert sorted(i["kind"] for i in done) == sorted(KIND[s] for s in expected)
+    assert all(i["status"] == "undone" for i in done)
+
+
+def test_a_compensation_that_fails_twice_then_succeeds_is_retried_by_the_task_base_and_the_saga_ends_compensated(
+    system,
+):
+    saga_id = new_saga_id()
+    set_fault(system.content, "step:publishing", saga_id=saga_id, error="permanent")
+    set_fault(system.content, "compensation:writing", saga_id=saga_id, times=2, error="transient")
+    view = run_saga(system, saga_id)
+
+    assert view.status == "compensated", view
+    assert history(view, "saga.compensation.succeeded") == ["review", "writing"]
+    writing = next(s for s in view.steps if s.step == "writing")
+    assert writing.compensation is not None and writing.compensation.attempt == 1, "retries stay inside one dispatch"
+    assert run_outcomes(system, saga_id, "compensation:writing") == {"started": 3, "fault": 2, "undone": 1}
+    assert live_items(system.content, saga_id) == []
+
+
+def test_a_compensation_that_always_fails_is_dead_lettered_the_others_still_run_and_resume_finishes_it(system):
+    saga_id = new_saga_id()
+    set_fault(system.content, "step:publishing", saga_id=saga_id, error="permanent")
+    set_fault(system.content, "compensation:review", saga_id=saga_id, error="transient")  # always
+    view = run_saga(system, saga_id)
+
+    assert view.status == "compensation_failed", view
+    assert history(view, "saga.compensation.failed") == ["review"]
+    assert history(view, "saga.compensation.succeeded") == ["writing"], "a failed compensation stops no other"
+    assert [i["kind"] for i in live_items(system.content, saga_id)] == ["review"]
+    review = next(s for s in view.steps if s.step == "review")
+    assert review.compensation is not None and review.compensation.error["error_type"] == "InjectedOutage"
+
+    dlq = f"{system.settings.namespace}.reviewer.dlq"
+    letters = wait_for(
+        lambda: [
+            m
+            for m in read_queue(system.app, dlq)
+            if m.headers.get("task") == "agents.reviewer.cancel_review"
+            and m.headers.get("x_correlation_id") == view.correlation_id
+        ],
+        30,
+        what="the compensation's dead letter",
+    )
+    headers = letters[0].headers
+    assert headers["x_dead_letter_reason"] == "retries-exhausted" and headers["x_attempts"] == 4
+    assert "injected transient failure in compensation:review" in headers["x_error_message"]
+
+    clear_fault(system.content, "compensation:review", saga_id=saga_id)  # a person fixed the cause
+    resumed = cli(system.settings, "resume", saga_id, "--json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["round"] == 2
+    view = wait_for_saga(saga_id, 60, app=system.app)
+    assert view.status == "compensated", view
+    assert live_items(system.content, saga_id) == []
+    assert [h.attempt for h in view.history if h.type == "saga.compensation.started" and h.step == "review"] == [1, 2]
+    again = cli(system.settings, "resume", saga_id)
+    assert again.returncode == 1 and "cannot be resumed" in again.stdout
+
+
+def test_a_worker_killed_during_a_step_leaves_the_saga_completed_with_its_effect_applied_once(system):
+    saga_id = new_saga_id()
+    set_fault(system.content, "step:writing", saga_id=saga_id, times=1, error=None, delay_s=30)  # a slow draft
+    start_saga("content_creation", {"topic": "Surviving a dead worker"}, saga_id=saga_id, app=system.app)
+    wait_for(lambda: run_outcomes(system, saga_id, "step:writing")["started"] == 1, 30, what="the draft to start")
+
+    system.workers["writer"].kill()  # SIGKILL, main process and pool: the unacked message goes back
+    system.start_worker("writer").wait_ready(system.app)
+    view = wait_for_saga(saga_id, 60, app=system.app)
+
+    assert view.status == "completed", view
+    assert run_outcomes(system, saga_id, "step:writing") == {"started": 2, "applied": 1}
+    assert [i["kind"] for i in live_items(system.content, saga_id)].count("draft") == 1
+    assert history(view, "saga.step.started").count("writing") == 1, "redelivered by the broker, not re-decided"
+
+
+def test_a_step_delivered_twice_applies_its_side_effect_once(system):
+    saga_id = new_saga_id()
+    set_fault(system.content, "step:writing", saga_id=saga_id, times=1, error=None, delay_s=1.5)
+    start_saga("content_creation", {"topic": "Exactly once effects"}, saga_id=saga_id, app=system.app)
+    wait_for(lambda: run_outcomes(system, saga_id, "step:writing")["started"] == 1, 30, what="the draft to start")
+
+    repo = repository(system.app)
+    loaded = repo.load(saga_id)
+    (running,) = [f.command for f in repo.in_flight(loaded)]
+    assert running.step == "writing"
+    dispatch(system.app, loaded.state.saga, loaded.correlation_id, [running])  # the same message, again
+    view = wait_for_saga(saga_id, 60, app=system.app)
+
+    assert view.status == "completed", view
+    wait_for(lambda: sum(run_outcomes(system, saga_id, "step:writing").values()) == 4, 30, what="both deliveries")
+    assert run_outcomes(system, saga_id, "step:writing") == {"started": 2, "applied": 1, "replayed": 1}
+    assert [i["kind"] for i in saga_items(system.content, saga_id)] == ["draft", "review", "publication"]
+    system_queue = f"{system.settings.namespace}.system"
+    wait_for(lambda: queue_depth(system.app, system_queue) == 0, 30, what="the duplicate's callback to be taken")
+    view = saga_status(saga_id, app=system.app)
+    assert history(view, "saga.step.succeeded") == STEPS, "the second result was recorded as the duplicate it is"
+    assert history(view, "saga.step.started") == STEPS, "and caused nothing"
+
+
+def test_a_step_whose_message_vanished_is_timed_out_by_the_sweep_retried_once_then_compensated(system):
+    saga_id = new_saga_id()
+    notes = {"topic": "Stalled", "audience": "ops", "notes": ["n"], "sources": []}
+    start_saga("test_stalled_step", notes, saga_id=saga_id, app=system.app)
+    probe = f"{system.settings.namespace}.probe"
+    vanished = wait_for(lambda: read_queue(system.app, probe), 30, what="the stalled step's message")
+    assert vanished[0].headers["task"] == "agents.probe.saga_never_answers"
+    assert json.loads(vanished[0].body)[1]["idempotency_key"] == f"{saga_id}:stalled:stalled:step"
+
+    swept = cli(system.settings, "sweep", "--json")
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["open_sagas"] >= 1
+
+    def ended() -> bool:
+        sweep_sagas(system.app)  # what beat does every 30 s
+        return saga_status(saga_id, app=system.app).status == "compensated"
+
+    wait_for(ended, 30, interval=0.2, what="the sweep to time the step out twice and compensate")
+    view = saga_status(saga_id, app=system.app)
+    stalled = [(h.type, h.attempt) for h in view.history if h.step == "stalled"]
+    assert stalled == [
+        ("saga.step.started", 1),
+        ("saga.step.timed_out", 1),
+        ("saga.step.started", 2),
+        ("saga.step.timed_out", 2),
+    ]
+    assert history(view, "saga.compensation.succeeded") == ["writing"]
+    assert live_items(system.content, saga_id) == []
+
+
+def test_the_cli_starts_lists_and_shows_sagas_and_names_what_is_wrong(system):
+    saga_id = new_saga_id()
+    started = cli(
+        system.settings, "start", "content_creation", "--input", '{"topic": "CLI sagas"}', "--id", saga_id, "--json"
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert json.loads(started.stdout)["saga_id"] == saga_id
+    wait_for_saga(saga_id, 60, app=system.app)
+
+    listed = json.loads(cli(system.settings, "list", "--status", "completed", "--json").stdout)
+    assert saga_id in [s["saga_id"] for s in listed]
+    shown: dict[str, Any] = json.loads(cli(system.settings, "show", saga_id, "--json").stdout)
+    assert shown["status"] == "completed" and [s["step"] for s in shown["steps"]] == STEPS
+    assert all(s["started_at"] and s["ended_at"] for s in shown["steps"])
+    assert saga_id in cli(system.settings, "show", saga_id).stdout
+
+    missing = cli(system.settings, "show", "no-such-saga")
+    assert missing.returncode == 1 and "no-such-saga" in missing.stdout
+    unknown = cli(system.settings, "start", "no_such_saga")
+    assert unknown.returncode == 2 and "NAME" in unknown.stderr and "content_creation" in unknown.stderr
+    bad_json = cli(system.settings, "start", "content_creation", "--input", "{nope")
+    assert bad_json.returncode == 2 and "--input" in bad_json.stderr
+    bad_id = cli(system.settings, "start", "content_creation", "--id", "has spaces")
+    assert bad_id.returncode == 2 and "--id" in bad_id.stderr
