@@ -85,6 +85,16 @@ def demo(request_text: str | None, embedded: bool, as_json: bool) -> None:
             for s in result.timeline])
 
 
+    if result.saga:
+        saga = result.saga
+        colour = "green" if saga["status"] in ("completed", "compensated") else "red"
+        console.print(f"\n[bold]saga[/bold] {saga['saga_id']} (publishing made to fail): "
+                      f"[{colour}]{saga['status']}[/{colour}] in {saga['seconds']:.2f}s, "
+                      f"{saga['live_side_effects']} side effects left")
+        _table("saga history", ["#", "transition", "step"],
+               [[i + 1, h["type"], h["step"]] for i, h in enumerate(saga["history"])])
+
+
 def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.1f} ms"
 

@@ -83,12 +83,35 @@ def run_demo(settings: Settings, request: str = DEFAULT_REQUEST, *, force_embedd
         seconds = time.monotonic() - started
         output = outcome.model_dump(mode="json")
         timeline = _timeline(settings, handle.id)
+        saga = _compensating_saga(app, settings, request, timeout)
     finally:
         worker.stop()
         if mode != "embedded":
             _delete_queues(app)
     return DemoResult(mode=mode, correlation_id=handle.id, status=outcome.status, output=output, seconds=seconds,
-                      timeline=timeline)
+                      timeline=timeline, saga=saga)
+
+
+def _compensating_saga(app: Any, settings: Settings, topic: str, timeout: float) -> dict[str, Any]:
+    """The seed's content-creation saga with publishing made to fail: the review is cancelled and the
+    draft discarded, newest first, and the research (read-only) is left alone."""
+    from tasks.agents.content_store import engine_for, live_items, set_fault
+    from tasks.saga import start_saga, wait_for_saga
+
+    saga_id = f"demo-{uuid.uuid4().hex[:12]}"
+    content = engine_for(settings.eventstore_url)
+    set_fault(content, "step:publishing", saga_id=saga_id, error="permanent")
+    start_saga("content_creation", {"topic": topic}, saga_id=saga_id, app=app)
+    view = wait_for_saga(saga_id, timeout, app=app)
+    return {
+        "saga_id": saga_id,
+        "status": view.status,
+        "history": [
+            {"type": h.type, "step": h.step} for h in view.history if h.type != "saga.started"
+        ],
+        "live_side_effects": len(live_items(content, saga_id)),
+        "seconds": round(view.duration_s or 0.0, 3),
+    }
 
 
 def _timeline(settings: Settings, correlation_id: str) -> list[dict[str, Any]]:
