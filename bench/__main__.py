@@ -78,7 +78,22 @@ def _pipeline(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     return results, rows
 
 
-BENCHMARKS = {"throughput": _throughput, "priority": _priority, "eventstore": _eventstore, "pipeline": _pipeline}
+def _sagas(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
+    from bench.saga_bench import run
+
+    r = run(20 if quick else 50, alone=10 if quick else 20, postgres="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    s, c = r["success"], r["compensation"]
+    return r, [
+        ["saga", "4 steps, success path", f"{s['sagas_per_s']:.1f} sagas/s", f"alone p50 {s['saga_p50_ms']:.0f} ms", ""],
+        ["saga", "publishing fails: compensation path", f"{c['sagas_per_s']:.1f} sagas/s",
+         f"alone p50 {c['saga_p50_ms']:.0f} ms", ""],
+        ["saga", "failure -> fully compensated", f"p50 {c['failure_to_compensated_p50_ms']:.0f} ms",
+         f"p95 {c['failure_to_compensated_p95_ms']:.0f} ms", "target p50 < 200 ms"],
+    ]
+
+
+BENCHMARKS = {"throughput": _throughput, "priority": _priority, "eventstore": _eventstore, "pipeline": _pipeline,
+              "sagas": _sagas}
 
 
 def main() -> None:
