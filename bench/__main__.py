@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import os
+import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,13 +22,27 @@ def _throughput(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
 
     r = run(n=500 if quick else 2000, rounds=1 if quick else 3)
     rows = [
-        ["task throughput", "plain Celery task (baseline)", f"{r['plain']['consume_per_s']:.0f} tasks/s",
-         f"publish {r['plain']['publish_per_s']:.0f}/s", "1.00"],
-        ["task throughput", "agent task, recording off", f"{r['agent']['consume_per_s']:.0f} tasks/s",
-         f"publish {r['agent']['publish_per_s']:.0f}/s", f"{r['agent']['consume_ratio_vs_plain']:.2f} (target ≥ 0.9)"],
-        ["task throughput", "agent task, full recording", f"{r['agent+recording']['consume_per_s']:.0f} tasks/s",
-         f"publish {r['agent+recording']['publish_per_s']:.0f}/s",
-         f"{r['recording_ratio']:.2f} vs recording off (target ≥ 0.8)"],
+        [
+            "task throughput",
+            "plain Celery task (baseline)",
+            f"{r['plain']['consume_per_s']:.0f} tasks/s",
+            f"publish {r['plain']['publish_per_s']:.0f}/s",
+            "1.00",
+        ],
+        [
+            "task throughput",
+            "agent task, recording off",
+            f"{r['agent']['consume_per_s']:.0f} tasks/s",
+            f"publish {r['agent']['publish_per_s']:.0f}/s",
+            f"{r['agent']['consume_ratio_vs_plain']:.2f} (target ≥ 0.9)",
+        ],
+        [
+            "task throughput",
+            "agent task, full recording",
+            f"{r['agent+recording']['consume_per_s']:.0f} tasks/s",
+            f"publish {r['agent+recording']['publish_per_s']:.0f}/s",
+            f"{r['recording_ratio']:.2f} vs recording off (target ≥ 0.8)",
+        ],
     ]
     return r, rows
 
@@ -38,8 +52,13 @@ def _priority(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
 
     r = run(backlog=1000 if quick else 5000)
     return r, [
-        ["priority under load", f"urgent task behind {r['backlog']} normal", f"waited {r['urgent_wait_s']:.3f} s",
-         f"normal waited {r['normal_wait_s']:.2f} s", f"{r['urgent_to_normal_wait_ratio']:.4f} of normal's wait"],
+        [
+            "priority under load",
+            f"urgent task behind {r['backlog']} normal",
+            f"waited {r['urgent_wait_s']:.3f} s",
+            f"normal waited {r['normal_wait_s']:.2f} s",
+            f"{r['urgent_to_normal_wait_ratio']:.4f} of normal's wait",
+        ],
     ]
 
 
@@ -49,14 +68,31 @@ def _eventstore(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     from bench.eventstore_bench import run
 
     with tempfile.TemporaryDirectory() as tmp:
-        r = run(f"sqlite:///{tmp}/bench.sqlite", "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-                10_000 if quick else 50_000)
+        r = run(
+            f"sqlite:///{tmp}/bench.sqlite",
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+            10_000 if quick else 50_000,
+        )
     rows = []
     for db, f in r.items():
-        rows.append(["event-store append", f"{db}, batched (500/append)", f"{f['batched_append_eps']:,.0f} events/s",
-                     f"single {f['single_append_eps']:,.0f}/s", "target ≥ 20,000"])
-        rows.append(["replay / rebuild", f"{db}, projection rebuild", f"{f['rebuild_eps']:,.0f} events/s",
-                     f"full replay {f['replay_eps']:,.0f}/s, verify {f['verify_eps']:,.0f}/s", "target ≥ 50,000"])
+        rows.append(
+            [
+                "event-store append",
+                f"{db}, batched (500/append)",
+                f"{f['batched_append_eps']:,.0f} events/s",
+                f"single {f['single_append_eps']:,.0f}/s",
+                "target ≥ 20,000",
+            ]
+        )
+        rows.append(
+            [
+                "replay / rebuild",
+                f"{db}, projection rebuild",
+                f"{f['rebuild_eps']:,.0f} events/s",
+                f"full replay {f['replay_eps']:,.0f}/s, verify {f['verify_eps']:,.0f}/s",
+                "target ≥ 50,000",
+            ]
+        )
     return r, rows
 
 
@@ -66,34 +102,72 @@ def _pipeline(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
 
     base = get_settings()
     n = 20 if quick else 50
-    results = {mode: run(base.model_copy(update={"record_events": mode == "on"}), n, n_hops=100 if quick else 300)
-               for mode in ("off", "on")}
+    results = {
+        mode: run(base.model_copy(update={"record_events": mode == "on"}), n, n_hops=100 if quick else 300)
+        for mode in ("off", "on")
+    }
     rows = []
     for mode, r in results.items():
-        rows.append(["reference pipeline", f"event log {mode}, {r['researchers']} researchers",
-                     f"{r['pipelines_per_s']:.1f} pipelines/s",
-                     f"alone p50 {r['alone_p50_ms']:.0f} ms / p95 {r['alone_p95_ms']:.0f} ms", ""])
-        rows.append(["event hop", f"event log {mode}", f"p50 {r['hop_p50_ms']:.1f} ms",
-                     f"p99 {r['hop_p99_ms']:.1f} ms", "target p50 < 10, p99 < 50"])
+        rows.append(
+            [
+                "reference pipeline",
+                f"event log {mode}, {r['researchers']} researchers",
+                f"{r['pipelines_per_s']:.1f} pipelines/s",
+                f"alone p50 {r['alone_p50_ms']:.0f} ms / p95 {r['alone_p95_ms']:.0f} ms",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "event hop",
+                f"event log {mode}",
+                f"p50 {r['hop_p50_ms']:.1f} ms",
+                f"p99 {r['hop_p99_ms']:.1f} ms",
+                "target p50 < 10, p99 < 50",
+            ]
+        )
     return results, rows
 
 
 def _sagas(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     from bench.saga_bench import run
 
-    r = run(20 if quick else 50, alone=10 if quick else 20, postgres="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    r = run(
+        20 if quick else 50, alone=10 if quick else 20, postgres="postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
     s, c = r["success"], r["compensation"]
     return r, [
-        ["saga", "4 steps, success path", f"{s['sagas_per_s']:.1f} sagas/s", f"alone p50 {s['saga_p50_ms']:.0f} ms", ""],
-        ["saga", "publishing fails: compensation path", f"{c['sagas_per_s']:.1f} sagas/s",
-         f"alone p50 {c['saga_p50_ms']:.0f} ms", ""],
-        ["saga", "failure -> fully compensated", f"p50 {c['failure_to_compensated_p50_ms']:.0f} ms",
-         f"p95 {c['failure_to_compensated_p95_ms']:.0f} ms", "target p50 < 200 ms"],
+        [
+            "saga",
+            "4 steps, success path",
+            f"{s['sagas_per_s']:.1f} sagas/s",
+            f"alone p50 {s['saga_p50_ms']:.0f} ms",
+            "",
+        ],
+        [
+            "saga",
+            "publishing fails: compensation path",
+            f"{c['sagas_per_s']:.1f} sagas/s",
+            f"alone p50 {c['saga_p50_ms']:.0f} ms",
+            "",
+        ],
+        [
+            "saga",
+            "failure -> fully compensated",
+            f"p50 {c['failure_to_compensated_p50_ms']:.0f} ms",
+            f"p95 {c['failure_to_compensated_p95_ms']:.0f} ms",
+            "target p50 < 200 ms",
+        ],
     ]
 
 
-BENCHMARKS = {"throughput": _throughput, "priority": _priority, "eventstore": _eventstore, "pipeline": _pipeline,
-              "sagas": _sagas}
+BENCHMARKS = {
+    "throughput": _throughput,
+    "priority": _priority,
+    "eventstore": _eventstore,
+    "pipeline": _pipeline,
+    "sagas": _sagas,
+}
 
 
 def main() -> None:

@@ -41,8 +41,26 @@ def make_app(settings: Settings) -> Celery:
 
 
 def start_worker(settings: Settings, queues: list[str], log: Path, concurrency: int = 2) -> WorkerProcess:
-    argv = [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", ",".join(queues), "-c", str(concurrency),
-            "-P", "prefork", "-l", "WARNING", "--without-mingle", "--without-gossip", "-n", f"bench{uuid.uuid4().hex[:6]}@%h"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "project",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "-l",
+        "WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"bench{uuid.uuid4().hex[:6]}@%h",
+    ]
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     worker = WorkerProcess(argv, settings, log, cwd=ROOT)
     return worker

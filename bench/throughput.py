@@ -44,7 +44,9 @@ def _one(variant: str, n: int, tmp: Path, redis_url: str) -> dict[str, float]:
             deadline = time.monotonic() + 300
             while int(r.get(f"{key}:count") or 0) < n:
                 if time.monotonic() > deadline or not worker.alive():
-                    raise RuntimeError(f"{variant}: only {r.get(f'{key}:count')} of {n} tasks ran; see {worker.log_path}")
+                    raise RuntimeError(
+                        f"{variant}: only {r.get(f'{key}:count')} of {n} tasks ran; see {worker.log_path}"
+                    )
                 time.sleep(0.05)
             first, last = float(r.get(f"{key}:first") or 0), float(r.get(f"{key}:last") or 0)
         finally:
@@ -61,7 +63,7 @@ def run(n: int = 2000, rounds: int = 3, redis_url: str = "redis://127.0.0.1:6379
     samples: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(rounds):
-            order = VARIANTS[round_no % len(VARIANTS):] + VARIANTS[: round_no % len(VARIANTS)]
+            order = VARIANTS[round_no % len(VARIANTS) :] + VARIANTS[: round_no % len(VARIANTS)]
             for variant in order:
                 samples[variant].append(_one(variant, n, Path(tmp) / f"r{round_no}", redis_url))
     result: dict[str, Any] = {"n": n, "rounds": rounds}

@@ -98,7 +98,12 @@ def _walk(app: Celery, dlq: str, visit: Callable[[Any, Any], str], limit: int) -
 def peek(app: Celery, agents: Iterable[str] | None = None, limit: int = 100) -> list[DeadLetter]:
     found: list[DeadLetter] = []
     for dlq in dlq_names(app, agents):
-        _walk(app, dlq, lambda _c, m, q=dlq: (found.append(_to_model(q, m)), "keep")[1], limit)
+
+        def keep(_conn: Any, message: Any, queue: str = dlq) -> str:
+            found.append(_to_model(queue, message))
+            return "keep"
+
+        _walk(app, dlq, keep, limit)
     return found
 
 

@@ -89,9 +89,9 @@ def current_causation_id() -> str | None:
 
 def current_task_id() -> str | None:
     task = get_current_task()
-    if task is None or task.request is None:
+    if task is None or task.request is None or task.request.id is None:
         return None
-    return task.request.id
+    return str(task.request.id)
 
 
 def propagate_ids(headers: dict[str, Any] | None = None, **_: Any) -> None:

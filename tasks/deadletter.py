@@ -18,7 +18,6 @@ from typing import Any
 
 from celery import Celery
 
-from tasks.context import CORRELATION_HEADER
 from tasks.runtime import runtime_config
 
 REASON_HEADER = "x_dead_letter_reason"
@@ -150,5 +149,5 @@ def dead_letter_task(
         headers=headers,
         original_queue=original_queue,
         priority=priority,
-        correlation_id=headers.get(CORRELATION_HEADER) and task_id,
+        correlation_id=task_id,  # Celery's convention: the AMQP correlation id is the task id
     )

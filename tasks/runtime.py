@@ -63,7 +63,7 @@ class RuntimeConfig(BaseModel):
 
     def backoff(self, retries: int) -> float:
         """Exponential backoff with jitter for the given number of retries already made."""
-        ceiling = min(self.retry_backoff_max_s, self.retry_backoff_s * (2**retries))
+        ceiling = float(min(self.retry_backoff_max_s, self.retry_backoff_s * (2**retries)))
         if not self.retry_jitter:
             return ceiling
         # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.

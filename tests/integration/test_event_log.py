@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -15,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from eventstore import migrations, open_store
 from tasks.context import workflow_context
-from tests.harness import ROOT, make_app, make_settings, redis_list, wait_for
+from tests.harness import make_settings, redis_list, wait_for
 from tests.services import require_postgres
 
 pytestmark = pytest.mark.integration
@@ -162,7 +160,7 @@ def test_a_deterministic_replay_with_the_provider_switched_off_reproduces_the_re
     start_worker("intake", settings=switched_off, name="replayer")
     with workflow_context():
         control = app.tasks["agents.intake"].apply_async(kwargs={"request": request})
-    with pytest.raises(Exception, match="ProviderUnavailable|unreachable|connect|refused"):
+    with pytest.raises(Exception, match=r"ProviderUnavailable|unreachable|connect|refused"):
         control.get(timeout=60)
 
     with workflow_context(llm_replay_of=original) as replayed:
@@ -193,28 +191,3 @@ def test_diff_reports_the_first_step_where_two_real_runs_part(app, settings, sta
         assert difference is not None and difference.agent == "intake" and difference.field == "input"
     finally:
         store.close()
-
-
-def test_verify_through_the_cli_detects_a_payload_changed_by_hand(app, settings, start_worker, tmp_path):
-    import os
-
-    if not settings.eventstore_url.startswith("sqlite"):
-        pytest.skip("the SQLite file stands for the database here; the contract suite covers PostgreSQL")
-    start_worker("intake")
-    with workflow_context():
-        app.tasks["agents.intake"].apply_async(kwargs={"request": "What is a saga?"}).get(timeout=60)
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-
-    def verify() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "project.cli", "verify"], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
-
-    assert verify().returncode == 0
-    engine = create_engine(settings.eventstore_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER events_no_update"))
-        conn.execute(text("UPDATE events SET payload = '{\"tampered\": true}' WHERE type = 'task.succeeded'"))
-    engine.dispose()
-    broken = verify()
-    assert broken.returncode == 1
-    assert "BROKEN" in broken.stderr

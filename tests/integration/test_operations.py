@@ -8,7 +8,9 @@ import sys
 import uuid
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from tasks.context import workflow_context
 from tests.harness import ROOT, queue_depth, redis_list, wait_for
 
 pytestmark = pytest.mark.integration
@@ -63,3 +65,18 @@ def test_a_dead_letter_stays_until_a_person_requeues_it_and_then_gets_a_fresh_re
     purged = cli(settings, "dlq", "purge", "--yes", "--agents", "flaky")
     assert "purged 1" in purged.stdout
     assert queue_depth(app, dlq) == 0
+
+
+def test_verify_through_the_cli_detects_a_payload_changed_by_hand(app, settings, start_worker):
+    start_worker("intake")
+    with workflow_context():
+        app.tasks["agents.intake"].apply_async(kwargs={"request": "What is a saga?"}).get(timeout=60)
+    assert cli(settings, "verify").returncode == 0
+    engine = create_engine(settings.eventstore_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER events_no_update"))
+        conn.execute(text("UPDATE events SET payload = '{\"tampered\": true}' WHERE type = 'task.succeeded'"))
+    engine.dispose()
+    broken = cli(settings, "verify", check=False)
+    assert broken.returncode == 1
+    assert "BROKEN" in broken.stderr

@@ -33,3 +33,13 @@ def test_dependencies_point_one_way_toward_eventstore():
     result = subprocess.run([str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert "Contracts: 2 kept, 0 broken" in result.stdout, result.stdout + result.stderr
     assert result.returncode == 0
+
+
+def test_the_packages_pass_ruff_and_strict_mypy():
+    bin_dir = Path(sys.executable).parent
+    lint = subprocess.run([str(bin_dir / "ruff"), "check", "project", "tasks", "sagas", "eventstore", "bench", "tests"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    types = subprocess.run([sys.executable, "-m", "mypy", "project", "tasks", "sagas", "eventstore"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert types.returncode == 0, types.stdout + types.stderr
