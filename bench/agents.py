@@ -36,6 +36,7 @@ def mark(key: str) -> None:
 class NoopInput(AgentModel):
     key: str
     n: int = 0
+    work_ms: float = 0.0  # stand-in for an agent's real work (an LLM call is 100 ms to seconds)
 
 
 class NoopOutput(AgentModel):
@@ -44,11 +45,15 @@ class NoopOutput(AgentModel):
 
 @agent("bench_noop", input=NoopInput, output=NoopOutput)
 def bench_noop(inp: NoopInput, ctx: AgentContext) -> NoopOutput:
+    if inp.work_ms:
+        time.sleep(inp.work_ms / 1000)
     mark(inp.key)
     return NoopOutput(n=inp.n)
 
 
 @shared_task(name="bench.plain", acks_late=True)
-def bench_plain(key: str, n: int = 0) -> dict[str, int]:
+def bench_plain(key: str, n: int = 0, work_ms: float = 0.0) -> dict[str, int]:
+    if work_ms:
+        time.sleep(work_ms / 1000)
     mark(key)
     return {"n": n}

@@ -140,8 +140,12 @@ def run(settings: Settings, n_pipelines: int, *, n_hops: int = 300, topics: int 
         topology.declare(conn)
     declare_subscriptions(app)
     workers = [
-        WorkerProcess(worker_argv(topology, agents, concurrency=2, hostname=f"{name}@%h", loglevel="WARNING"),
-                      settings, workdir / f"{name}.log", cwd=ROOT)
+        WorkerProcess(
+            worker_argv(topology, agents, concurrency=2, hostname=f"{name}@%h", loglevel="WARNING"),
+            settings,
+            workdir / f"{name}.log",
+            cwd=ROOT,
+        )
         for name, agents in (("agents", PIPELINE_AGENTS), ("researchers", ["researcher"]))
     ]
     try:
@@ -188,21 +192,44 @@ def main() -> None:
     args = parser.parse_args()
     base = get_settings()
     modes = [False] if args.no_record else [True, False]
-    rows = [run(base.model_copy(update={"record_events": record}), args.pipelines, n_hops=args.hops)
-            for record in modes]
-    header = ("event log", "alone p50 ms", "alone p95 ms", "pipelines", "pipelines/s", "e2e p50 ms",
-              "e2e p95 ms", "hops", "hop p50 ms", "hop p99 ms")
+    rows = [
+        run(base.model_copy(update={"record_events": record}), args.pipelines, n_hops=args.hops) for record in modes
+    ]
+    header = (
+        "event log",
+        "alone p50 ms",
+        "alone p95 ms",
+        "pipelines",
+        "pipelines/s",
+        "e2e p50 ms",
+        "e2e p95 ms",
+        "hops",
+        "hop p50 ms",
+        "hop p99 ms",
+    )
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for row in rows:
-        print(" | ".join([
-            "on" if row["record_events"] else "off", f"{row['alone_p50_ms']:.0f}", f"{row['alone_p95_ms']:.0f}",
-            str(row["pipelines"]), f"{row['pipelines_per_s']:.1f}",
-            f"{row['e2e_p50_ms']:.0f}", f"{row['e2e_p95_ms']:.0f}", str(row["hops"]),
-            f"{row['hop_p50_ms']:.1f}", f"{row['hop_p99_ms']:.1f}",
-        ]))
-    print("\n2 worker processes (researchers | every other agent), prefork concurrency 2 each; offline LLM;"
-          f" {rows[0]['researchers']} researchers per pipeline; all pipelines started at once; hops one at a time.")
+        print(
+            " | ".join(
+                [
+                    "on" if row["record_events"] else "off",
+                    f"{row['alone_p50_ms']:.0f}",
+                    f"{row['alone_p95_ms']:.0f}",
+                    str(row["pipelines"]),
+                    f"{row['pipelines_per_s']:.1f}",
+                    f"{row['e2e_p50_ms']:.0f}",
+                    f"{row['e2e_p95_ms']:.0f}",
+                    str(row["hops"]),
+                    f"{row['hop_p50_ms']:.1f}",
+                    f"{row['hop_p99_ms']:.1f}",
+                ]
+            )
+        )
+    print(
+        "\n2 worker processes (researchers | every other agent), prefork concurrency 2 each; offline LLM;"
+        f" {rows[0]['researchers']} researchers per pipeline; all pipelines started at once; hops one at a time."
+    )
 
 
 if __name__ == "__main__":

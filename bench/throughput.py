@@ -21,7 +21,7 @@ from bench.common import bench_settings, delete_namespace, make_app, median, sta
 VARIANTS = ("plain", "agent", "agent+recording")
 
 
-def _one(variant: str, n: int, tmp: Path, redis_url: str) -> dict[str, float]:
+def _one(variant: str, n: int, tmp: Path, redis_url: str, work_ms: float = 0.0) -> dict[str, float]:
     settings = bench_settings(tmp, record_events=(variant == "agent+recording"))
     app = make_app(settings)
     r = redis.Redis.from_url(redis_url)
@@ -32,11 +32,11 @@ def _one(variant: str, n: int, tmp: Path, redis_url: str) -> dict[str, float]:
         if variant == "plain":
             task = app.tasks["bench.plain"]
             for i in range(n):
-                task.apply_async(kwargs={"key": key, "n": i}, queue=queue)
+                task.apply_async(kwargs={"key": key, "n": i, "work_ms": work_ms}, queue=queue)
         else:
             task = app.tasks["agents.bench_noop"]
             for i in range(n):
-                task.apply_async(kwargs={"key": key, "n": i})
+                task.apply_async(kwargs={"key": key, "n": i, "work_ms": work_ms})
         publish_s = time.perf_counter() - started
         worker = start_worker(settings, [queue], tmp / f"{variant}.log")
         try:
@@ -78,4 +78,15 @@ def run(n: int = 2000, rounds: int = 3, redis_url: str = "redis://127.0.0.1:6379
         result[variant]["publish_ratio_vs_plain"] = result[variant]["publish_per_s"] / plain["publish_per_s"]
         result[variant]["consume_ratio_vs_plain"] = result[variant]["consume_per_s"] / plain["consume_per_s"]
     result["recording_ratio"] = result["agent+recording"]["consume_per_s"] / result["agent"]["consume_per_s"]
+    # The same comparison for tasks that do 20 ms of work, closer to an agent's (an LLM call takes longer).
+    with tempfile.TemporaryDirectory() as tmp:
+        working = {
+            v: _one(v, max(200, n // 5), Path(tmp) / v.replace("+", "_"), redis_url, work_ms=20.0)
+            for v in ("plain", "agent", "agent+recording")
+        }
+    result["work_20ms"] = working
+    result["work_20ms"]["agent_ratio_vs_plain"] = working["agent"]["consume_per_s"] / working["plain"]["consume_per_s"]
+    result["work_20ms"]["recording_ratio"] = (
+        working["agent+recording"]["consume_per_s"] / working["agent"]["consume_per_s"]
+    )
     return result

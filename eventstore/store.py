@@ -334,9 +334,16 @@ _PG_HEADS = text(
 """One index probe per stream for its last event."""
 
 
+_ONE_HEAD = text("SELECT stream_id, version, hash FROM events WHERE stream_id = :stream ORDER BY version DESC LIMIT 1")
+"""The common case, one stream per append, as one index probe with no SQL to compile."""
+
+
 def _heads(conn: Connection, stream_ids: set[str]) -> dict[str, tuple[int, str | None]]:
     """Per stream: (current version, hash of the last event); absent streams are left out."""
-    if conn.dialect.name == "postgresql":
+    if len(stream_ids) == 1:
+        (stream,) = stream_ids
+        rows = conn.execute(_ONE_HEAD, {"stream": stream})
+    elif conn.dialect.name == "postgresql":
         rows = conn.execute(_PG_HEADS, {"streams": sorted(stream_ids)})
     else:
         # SQLite documents that with max(), the bare columns come from the row holding the max.

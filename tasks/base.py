@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from eventstore.redaction import Redactor
 from tasks import recording
 from tasks.canvas_results import SETTLE_HEADER, member_failure
+from tasks.chords import finish_claimed_chord
 from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
 from tasks.deadletter import dead_letter_task
 from tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
@@ -217,6 +218,11 @@ class AgentTask(Task):  # type: ignore[misc]
             raise
         recorder.task_succeeded(self, request, result, time.monotonic() - started)
         return result
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # The result is stored: if this was a chord member whose chord a dead worker claimed, finish it.
+        if not self.request.called_directly:
+            finish_claimed_chord(self.app, self.request, status, retval)
 
     def _output(self, value: Any) -> Any:
         if isinstance(value, BaseModel):

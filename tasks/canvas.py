@@ -17,19 +17,30 @@ Celery's canvas has sharp edges this module files off, so pipelines do not each 
 Error callbacks should take one argument, the failed task's id (``tasks.outcomes.fail_pipeline``);
 they may run more than once for one workflow (each failed member, then the chord body), so they must
 be idempotent.
+
+**Task ids are derived, not drawn**, when a flow is built inside a running task: from the task's id
+and how many flows this execution has built so far (or from ``ids_from``). A step that launches a
+flow and is killed before its done-marker is written (``tasks.idempotency``) runs again and launches
+the same flow *under the same ids*: the copies are de-duplicated downstream (the chord counts a
+member once per id, the event log stores an event id once) instead of running a second pipeline
+beside the first. The kill loop in ``tests/chaos`` found the random ids doing exactly that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import count
 
 from celery import chain, chord, group
+from celery._state import get_current_task
 from celery.canvas import Signature, _chain, _chord
 
 from tasks.canvas_results import SETTLE_HEADER, MemberFailure, is_failure, results_of, split_results
+from tasks.events import derived_id
 
 __all__ = [
     "MemberFailure",
+    "derive_ids",
     "fan_in",
     "is_failure",
     "link_error_everywhere",
@@ -64,12 +75,64 @@ def link_error_everywhere(sig: Signature, errback: Signature) -> Signature:
     return sig
 
 
-def sequence(*steps: Signature, on_error: Signature | None = None) -> Signature:
-    """``steps`` one after another, each getting the previous result; ``on_error`` on every step."""
+_LAUNCHES = "_relaybus_flows_built"
+
+
+def _launch_key() -> str | None:
+    """``<task id>:<n>`` for the n-th flow built by the running execution; None outside a task.
+
+    The count lives on the request, so it starts again at 1 in every execution (a redelivery, a retry).
+    """
+    task = get_current_task()
+    request = getattr(task, "request", None)
+    if request is None or request.id is None or request.called_directly:
+        return None
+    n = getattr(request, _LAUNCHES, 0) + 1
+    setattr(request, _LAUNCHES, n)
+    return f"{request.id}:{n}"
+
+
+def derive_ids(flow: Signature, key: str) -> Signature:
+    """Give every task (and group) in ``flow`` an id derived from ``key`` and its place in the flow.
+
+    Ids already set are kept. A chord's id is its header group's id (Celery uses it for both the
+    group and, unless the body has its own, the body).
+    """
+    ids = (derived_id("flow", key, i) for i in count())
+    _stamp(flow, ids)
+    return flow
+
+
+def _stamp(sig: Signature, ids: Iterator[str]) -> None:
+    if isinstance(sig, _chord):
+        sig.options.setdefault("task_id", next(ids))
+        for member in sig.tasks:
+            _stamp(member, ids)
+        _stamp(sig.body, ids)
+    elif isinstance(sig, (_chain, group)):
+        if isinstance(sig, group):
+            sig.options.setdefault("task_id", next(ids))
+        for step in sig.tasks:
+            _stamp(step, ids)
+    else:
+        sig.options.setdefault("task_id", next(ids))
+
+
+def _with_ids(flow: Signature, ids_from: str | None) -> Signature:
+    key = ids_from or _launch_key()
+    return derive_ids(flow, key) if key is not None else flow
+
+
+def sequence(*steps: Signature, on_error: Signature | None = None, ids_from: str | None = None) -> Signature:
+    """``steps`` one after another, each getting the previous result; ``on_error`` on every step.
+
+    Task ids are derived from ``ids_from``, or inside a task from the running task (module docstring).
+    """
     if not steps:
         raise ValueError("a sequence needs at least one step")
     flow = steps[0].clone() if len(steps) == 1 else chain(*(s.clone() for s in steps))
-    return link_error_everywhere(flow, on_error) if on_error is not None else flow
+    flow = link_error_everywhere(flow, on_error) if on_error is not None else flow
+    return _with_ids(flow, ids_from)
 
 
 def parallel(members: Sequence[Signature], *, on_error: Signature | None = None) -> Signature:
@@ -86,6 +149,7 @@ def fan_in(
     *,
     on_error: Signature | None = None,
     settle: bool = False,
+    ids_from: str | None = None,
 ) -> Signature:
     """``members`` in parallel, then ``callback`` with their results (read them with ``results_of``).
 
@@ -95,6 +159,7 @@ def fan_in(
 
     ``on_error`` is linked to every member and to the callback. ``settle=True`` makes members that
     fail for good return a :class:`MemberFailure` instead, so the callback gets partial results.
+    Task ids are derived as for :func:`sequence`.
     """
     steps = [settled(m) if settle else m.clone() for m in members]
     body = callback.clone()
@@ -105,4 +170,5 @@ def fan_in(
         flow = chain(steps[0], body)
     else:
         flow = chord(group(steps), body)
-    return link_error_everywhere(flow, on_error) if on_error is not None else flow
+    flow = link_error_everywhere(flow, on_error) if on_error is not None else flow
+    return _with_ids(flow, ids_from)

@@ -3,7 +3,11 @@
 Where each transition is written:
 
 * ``task.sent`` — in the publishing process (``before_task_publish``), client or worker;
-* ``task.received`` and ``task.started`` — in the pool child, in one transaction, when the task begins;
+* ``task.received`` and ``task.started`` — in the pool child when the task begins, held back and
+  written in the same transaction as the task's next record (usually its terminal one), or by a
+  background flush once the task has run for :data:`START_FLUSH_AFTER_S`: one commit per short
+  task instead of two. A crash inside that window loses the dead attempt's start, never anything
+  the broker thinks done: the redelivered attempt records its own start, marked ``redelivered``;
 * ``task.retried``, ``task.succeeded``, ``task.failed`` (+ ``task.dead_lettered``) — in the child,
   before the task returns, so the terminal event is durable before the message is acknowledged;
 * ``task.revoked``, ``task.rejected`` and unknown tasks — in the worker's main process.
@@ -14,16 +18,20 @@ records nothing twice (the store ignores an event id it already holds).
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 
-from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER
+from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER, current_task_id
 from tasks.runtime import RuntimeConfig, resources, runtime_config
 
+logger = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")
 
 
@@ -43,7 +51,7 @@ def _error_payload(error: BaseException) -> dict[str, Any]:
 class NullRecorder:
     """Used when recording is switched off (``RELAYBUS_RECORD_EVENTS=false``)."""
 
-    def append(self, events: list[Any]) -> None:
+    def append(self, events: list[Any], task_id: str | None = None) -> None:
         return None
 
     def task_started(self, task: Any, request: Any, args: Any, kwargs: Any) -> None:
@@ -70,6 +78,9 @@ class NullRecorder:
         return {}
 
 
+START_FLUSH_AFTER_S = 0.1
+
+
 class EventRecorder(NullRecorder):
     def __init__(self, config: RuntimeConfig) -> None:
         from eventstore import StoreConfig, open_store
@@ -83,9 +94,60 @@ class EventRecorder(NullRecorder):
             ),
         )
         self.host = socket.gethostname()
+        self._pending: dict[str, tuple[float, list[Any]]] = {}
+        self._pending_lock = threading.Lock()
+        # Held while writing, so the flusher never commits a task's start after its terminal record.
+        self._io_lock = threading.RLock()
+        self._flusher: threading.Thread | None = None
 
-    def append(self, events: list[Any]) -> None:
-        self.store.append(events)
+    def append(self, events: list[Any], task_id: str | None = None) -> None:
+        """Append ``events``, preceded by the held-back start records of the running task."""
+        task_id = task_id or current_task_id()
+        with self._io_lock:
+            self.store.append([*self._take(task_id), *events])
+
+    # -- held-back start records ---------------------------------------------------------------
+
+    def _hold(self, task_id: str, events: list[Any]) -> None:
+        with self._pending_lock:
+            self._pending[task_id] = (time.monotonic(), events)
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._flush_loop, name="relaybus-recorder", daemon=True)
+            self._flusher.start()
+
+    def _take(self, task_id: str | None) -> list[Any]:
+        if task_id is None:
+            return []
+        with self._pending_lock:
+            entry = self._pending.pop(task_id, None)
+        return entry[1] if entry else []
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(START_FLUSH_AFTER_S / 2)
+            try:
+                self.flush(older_than_s=START_FLUSH_AFTER_S)
+            except Exception:  # the store is down: keep them, try again on the next tick
+                logger.warning("could not flush start records; will retry", exc_info=True)
+
+    def flush(self, older_than_s: float = 0.0) -> int:
+        """Write the start records of tasks that have run longer than ``older_than_s``."""
+        with self._io_lock:
+            now = time.monotonic()
+            with self._pending_lock:
+                due = [k for k, (at, _) in self._pending.items() if now - at >= older_than_s]
+                batch = [self._pending.pop(k) for k in due]
+            if not batch:
+                return 0
+            events = [e for _, evs in batch for e in evs]
+            try:
+                self.store.append(events)
+            except Exception:
+                with self._pending_lock:
+                    for k, entry in zip(due, batch, strict=True):
+                        self._pending.setdefault(k, entry)
+                raise
+            return len(events)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -126,18 +188,27 @@ class EventRecorder(NullRecorder):
         delivery = self._delivery(request)
         info = request.delivery_info or {}
         now = _now()
-        self.append(
+        self._hold(
+            request.id,
             [
                 self._event(
-                    request, task, "task.received", event_id(request.id, "received", delivery),
-                    {"redelivered": bool(info.get("redelivered"))}, occurred_at=now,
+                    request,
+                    task,
+                    "task.received",
+                    event_id(request.id, "received", delivery),
+                    {"redelivered": bool(info.get("redelivered"))},
+                    occurred_at=now,
                 ),
                 self._event(
-                    request, task, "task.started", event_id(request.id, "started", delivery),
-                    {"redelivered": bool(info.get("redelivered"))}, occurred_at=now,
+                    request,
+                    task,
+                    "task.started",
+                    event_id(request.id, "started", delivery),
+                    {"redelivered": bool(info.get("redelivered"))},
+                    occurred_at=now,
                 ),
                 *self._start_records(task, request, args, kwargs),
-            ]
+            ],
         )
 
     @staticmethod
@@ -149,14 +220,20 @@ class EventRecorder(NullRecorder):
     def task_retried(self, task: Any, request: Any, error: BaseException, countdown: float) -> None:
         payload = {**_error_payload(error), "countdown_s": round(countdown, 3)}
         self.append(
-            [self._event(request, task, "task.retried", event_id(request.id, "retried", request.retries or 0), payload)]
+            [
+                self._event(
+                    request, task, "task.retried", event_id(request.id, "retried", request.retries or 0), payload
+                )
+            ],
+            task_id=request.id,
         )
 
     def task_succeeded(self, task: Any, request: Any, result: Any, duration_s: float) -> None:
         redrive = self._delivery(request).split(":")[1]
         payload = {"output": result, "duration_s": round(duration_s, 6)}
         self.append(
-            [self._event(request, task, "task.succeeded", event_id(request.id, "terminal", redrive), payload)]
+            [self._event(request, task, "task.succeeded", event_id(request.id, "terminal", redrive), payload)],
+            task_id=request.id,
         )
 
     def task_failed(
@@ -164,22 +241,30 @@ class EventRecorder(NullRecorder):
     ) -> None:
         redrive = self._delivery(request).split(":")[1]
         failed = self._event(
-            request, task, "task.failed", event_id(request.id, "terminal", redrive),
+            request,
+            task,
+            "task.failed",
+            event_id(request.id, "terminal", redrive),
             {**_error_payload(error), "duration_s": round(duration_s, 6)},
         )
         dead = self._event(
-            request, task, "task.dead_lettered", event_id(request.id, "dead_lettered", redrive),
+            request,
+            task,
+            "task.dead_lettered",
+            event_id(request.id, "dead_lettered", redrive),
             {**_error_payload(error), "reason": dead_letter_reason, "attempts": (request.retries or 0) + 1},
             causation_id=failed.event_id,
         )
-        self.append([failed, dead])
+        self.append([failed, dead], task_id=request.id)
 
     def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
         fingerprint = completion.request_fingerprint
         self.append(
             [
                 self._event(
-                    request, task, "llm.completed",
+                    request,
+                    task,
+                    "llm.completed",
                     event_id(request.id, "llm", self._delivery(request), fingerprint),
                     {
                         "fingerprint": fingerprint,
@@ -187,7 +272,8 @@ class EventRecorder(NullRecorder):
                         "completion": completion.model_dump(mode="json"),
                     },
                 )
-            ]
+            ],
+            task_id=request.id,
         )
 
     def recorded_completions(self, correlation_id: str) -> dict[str, Any]:

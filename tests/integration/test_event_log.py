@@ -101,6 +101,11 @@ def test_a_worker_killed_mid_task_leaves_exactly_one_terminal_event_for_it(app, 
     with workflow_context() as correlation_id:
         task_id = app.tasks["agents.probe"].apply_async(kwargs={"key": k, "label": "long", "sleep_s": 3}).id
     wait_for(lambda: redis_list(redis_client, k), 30, what="the task to start")
+    store = open_store(settings.eventstore_url)
+    # A start is written with the task's next record, or after 0.1 s of running: wait for it, so the
+    # kill comes mid-task with the first attempt's start on record.
+    wait_for(lambda: store.find(task_id=task_id, type="task.started", limit=10), 30, what="the start record")
+    store.close()
     start_worker("probe", concurrency=1)
     first.kill()
     wait_for(lambda: any(n["event"] == "done" for n in redis_list(redis_client, k)), 60, what="the redelivery")
