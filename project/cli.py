@@ -100,6 +100,44 @@ def _ms(value: float | None) -> str:
 
 
 @main.command()
+@click.argument("pipeline")
+@click.option("--input", "input_json", required=True, help="The pipeline's input as JSON.")
+@click.option("--priority", type=click.Choice(["urgent", "high", "normal", "low"]), default=None)
+@click.option("--correlation-id", default=None)
+@click.option("--wait/--no-wait", default=True, help="Wait for the outcome (default) or return at once.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=120.0)
+@click.option("--json", "as_json", is_flag=True)
+def run(pipeline: str, input_json: str, priority: str | None, correlation_id: str | None, wait: bool,
+        timeout: float, as_json: bool) -> None:
+    """Start a pipeline (e.g. research) with a JSON input; exit 1 if it fails."""
+    from tasks.client import start
+    from tasks.errors import InvalidInput, UnknownPipeline
+
+    try:
+        data = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from None
+    try:
+        handle = start(pipeline, data, priority=priority, correlation_id=correlation_id, app=_app())
+    except UnknownPipeline as exc:
+        raise click.BadParameter(str(exc), param_hint="PIPELINE") from None
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--input") from None
+    if not wait:
+        _emit_json({"id": handle.id, "status": handle.status()}) if as_json else click.echo(handle.id)
+        return
+    outcome = handle.wait(timeout)
+    if as_json:
+        _emit_json(outcome)
+    else:
+        console.print(f"pipeline {handle.id}: {outcome.status}")
+        if outcome.reason:
+            console.print(f"reason: {outcome.reason}")
+    if outcome.status != "completed":
+        sys.exit(EXIT_PROBLEM)
+
+
+@main.command()
 @click.option("--agents", default=None, help="Comma-separated agent names (default: all).")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None)
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
@@ -185,9 +223,13 @@ def dlq_show(task_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def dlq_requeue(agents: str | None, task_id: str | None, as_json: bool) -> None:
     """Send dead letters back to their queue with a fresh retry budget."""
+    from rich.progress import Progress
+
     from project.dlq import requeue
 
-    moved = requeue(_app(), _agents_option(agents), task_id)
+    with Progress(console=console, transient=True, disable=as_json) as progress:
+        bar = progress.add_task("requeueing dead letters", total=None)
+        moved = requeue(_app(), _agents_option(agents), task_id, progress=lambda _letter: progress.advance(bar))
     if as_json:
         _emit_json(moved)
         return

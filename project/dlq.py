@@ -108,7 +108,11 @@ def peek(app: Celery, agents: Iterable[str] | None = None, limit: int = 100) -> 
 
 
 def requeue(
-    app: Celery, agents: Iterable[str] | None = None, task_id: str | None = None, limit: int = 1000
+    app: Celery,
+    agents: Iterable[str] | None = None,
+    task_id: str | None = None,
+    limit: int = 1000,
+    progress: Callable[[DeadLetter], None] | None = None,
 ) -> list[DeadLetter]:
     """Send dead letters back to the queue they came from with a fresh retry budget."""
     moved: list[DeadLetter] = []
@@ -139,6 +143,8 @@ def requeue(
             correlation_id=message.properties.get("correlation_id"),
         )
         moved.append(letter)
+        if progress is not None:
+            progress(letter)
         return "ack"
 
     for dlq in dlq_names(app, agents):

@@ -77,3 +77,29 @@ def test_a_redrive_names_the_problem_when_the_step_cannot_be_redriven(system):
             redrive(system.app, store, "no-such-run", "1")
     finally:
         store.close()
+
+
+def test_relaybus_run_starts_a_pipeline_from_the_command_line_and_reports_its_outcome(system):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    env = {**os.environ, **system.settings.to_env(), "PYTHONPATH": str(ROOT)}
+    ran = subprocess.run(
+        [sys.executable, "-m", "project.cli", "run", "research", "--input",
+         json.dumps({"request": "What is a dead-letter queue?", "max_topics": 1}), "--priority", "high", "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    outcome = json.loads(ran.stdout)
+    assert outcome["status"] == "completed"
+    failed = subprocess.run(
+        [sys.executable, "-m", "project.cli", "run", "research", "--input",
+         json.dumps({"request": "What is a saga?", "fail_researchers": [0]})],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "failed" in failed.stdout
