@@ -129,12 +129,18 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_extended=False,
         # Chords count their header in Redis; keep results longer than any workflow runs.
         result_expires=settings.result_expires_s,
+        # A result backend that is restarting is waited for (backoff up to 10 s, about two minutes
+        # in all), not given up on: Celery stores a task's STARTED state before running it, and an
+        # error there would drop the task with its message already acknowledged (tests/chaos).
+        result_backend_always_retry=True,
+        result_backend_max_retries=30,
         # A chord's error callback must also see its header tasks' failures.
         task_allow_error_cb_on_chord_header=True,
         # Flower and `celery events` need these.
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_consumer="project.consumer:DeadLetteringConsumer",
+        relaybus_max_message_bytes=settings.max_message_bytes,  # read by that consumer
         worker_hijack_root_logger=False,
         relaybus_runtime=runtime_from(settings),
         relaybus_topology=topology,
@@ -188,6 +194,7 @@ def _declare_topology(sender: Any = None, **_: Any) -> None:
 def _connect_signals() -> None:
     from celery import current_app
 
+    from tasks.chords import register_chord_member
     from tasks.context import propagate_ids
     from tasks.recording import on_before_task_publish
 
@@ -197,6 +204,11 @@ def _connect_signals() -> None:
     # Order matters: ids are stamped before the "sent" event reads them.
     signals.before_task_publish.connect(propagate_ids, weak=False, dispatch_uid="relaybus.propagate_ids")
     signals.before_task_publish.connect(record_sent, weak=False, dispatch_uid="relaybus.record_sent")
+
+    def register_chords(body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        register_chord_member(current_app, body, headers)
+
+    signals.before_task_publish.connect(register_chords, weak=False, dispatch_uid="relaybus.register_chords")
     signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")
 
 

@@ -3,10 +3,21 @@
 Celery acknowledges (drops) a message it cannot decode and rejects an unknown task without saying
 why. Here each one goes to its agent's dead-letter queue with the reason in its headers, and the
 worker goes on to the next message.
+
+Before Celery sees a task message, the consumer also dead-letters, with their reason:
+
+* a body over ``max_message_bytes`` (``message-too-large``), unread;
+* Celery protocol-2 headers or a JSON body of the wrong shape (``invalid-task-message``). Celery
+  would fail on them later, in places that drop the message without a dead letter (the task fails
+  before the agent's own validation), or that leak the pool slot it took (a bad ``timelimit``
+  leaves a one-process worker receiving but never running anything);
+* a message on which Celery's handler raises anyway (``invalid-task-message``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Container
 from typing import Any
 
 from celery.exceptions import NotRegistered
@@ -14,12 +25,130 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
+from project.settings import DEFAULT_MAX_MESSAGE_BYTES
+from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
 from tasks.deadletter import publish_dead_letter, reason_headers
 
 logger = get_logger(__name__)
 
 
+class MessageTooLarge(ValueError):
+    """A broker message whose body is over the worker's ``max_message_bytes``."""
+
+
+def body_size(body: Any) -> int:
+    if isinstance(body, bytes | bytearray | memoryview):
+        return len(body)
+    if isinstance(body, str):
+        return len(body.encode("utf-8", errors="surrogatepass"))
+    return 0  # already decoded by the transport (never the case for AMQP)
+
+
+class MalformedTaskMessage(ValueError):
+    """A task message whose headers or body Celery would fail on after taking it."""
+
+
+_OPTIONAL_STR_HEADERS = ("root_id", "parent_id", "group", "shadow", CORRELATION_HEADER, CAUSATION_HEADER)
+_OPTIONAL_LIST_EMBEDS = ("callbacks", "errbacks", "chain")
+
+
+def _is_limit(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    )
+
+
+def header_problem(headers: dict[str, Any]) -> str | None:
+    """What is wrong with the Celery protocol-2 headers Celery and relaybus read, if anything."""
+    if not isinstance(headers.get("task"), str):
+        return f"header 'task' must be a task name, got {type(headers.get('task')).__name__}"
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        return f"header 'id' must be a non-empty string, got {task_id!r:.80}"
+    retries = headers.get("retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        return f"header 'retries' must be a non-negative integer, got {retries!r:.80}"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple) and len(limits) == 2 and all(_is_limit(v) for v in limits)
+    ):
+        return f"header 'timelimit' must be [hard, soft] seconds or nulls, got {limits!r:.80}"
+    for name in _OPTIONAL_STR_HEADERS:
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            return f"header {name!r} must be a string, got {type(headers[name]).__name__}"
+    return None
+
+
+def body_problem(body: Any) -> str | None:
+    """What is wrong with a decoded protocol-2 body ``[args, kwargs, embed]``, if anything."""
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return f"the body must be [args, kwargs, embed], got {type(body).__name__} {body!r:.80}"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return f"args must be a list, got {type(args).__name__}"
+    if not isinstance(kwargs, dict):
+        return f"kwargs must be an object, got {type(kwargs).__name__}"
+    if embed is None:
+        return None
+    if not isinstance(embed, dict):
+        return f"the third element must be an object or null, got {type(embed).__name__}"
+    for name in _OPTIONAL_LIST_EMBEDS:
+        value = embed.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            return f"{name!r} must be a list of signatures, got {value!r:.80}"
+    if embed.get("chord") is not None and not isinstance(embed["chord"], dict):
+        return f"'chord' must be a signature, got {embed['chord']!r:.80}"
+    return None
+
+
+def task_message_problem(message: Any, known_tasks: Container[str]) -> str | None:
+    """Checks the parts of a protocol-2 message Celery takes on trust. Anything else (no task header,
+    an unknown task, a body that does not decode or has a disallowed content type) is left to
+    Celery's own handling, which the hooks below turn into dead letters."""
+    headers = message.headers
+    if not isinstance(headers, dict) or "task" not in headers:
+        return None
+    problem = header_problem(headers)
+    if problem is not None or headers["task"] not in known_tasks:
+        return problem
+    try:
+        body = message.payload  # decoded once and cached; a disallowed content type is refused unread
+    except Exception:
+        return None
+    return body_problem(body)
+
+
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        on_task_received: Callable[[Any], Any] = super().create_task_handler(*args, **kwargs)
+        limit = int(self.app.conf.get("relaybus_max_message_bytes") or DEFAULT_MAX_MESSAGE_BYTES)
+        connection_errors = tuple(self.connection_errors or ())
+
+        def guarded(message: Any) -> Any:
+            size = body_size(message.body)
+            if size > limit:
+                # Checked before Celery reads the body: an oversize message is never decoded or run.
+                error = MessageTooLarge(f"the message body is {size} bytes, over the limit of {limit} bytes")
+                self._dead_letter(message, "message-too-large", error)
+                return None
+            problem = task_message_problem(message, self.strategies)
+            if problem is not None:
+                self._dead_letter(message, "invalid-task-message", MalformedTaskMessage(problem))
+                return None
+            try:
+                return on_task_received(message)
+            except connection_errors:
+                raise  # the consumer reconnects; the unacked message is redelivered
+            except Exception as exc:
+                # Whatever else makes Celery's handler raise must not escape into the worker's loop.
+                if message.acknowledged:
+                    logger.exception("error after a message was acknowledged; not dead-lettering it")
+                    return None
+                self._dead_letter(message, "invalid-task-message", exc)
+                return None
+
+        return guarded
+
     def _dead_letter(self, message: Any, reason: str, error: BaseException | None) -> None:
         info = message.delivery_info or {}
         queue = str(info.get("routing_key") or "unknown")
@@ -56,7 +185,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         name = (message.headers or {}).get("task", "?")
         self._dead_letter(message, "unknown-task", NotRegistered(name))
         task_id = (message.headers or {}).get("id")
-        if task_id:
+        if task_id and isinstance(task_id, str):  # a hostile header could hold anything
             self.app.backend.mark_as_failure(task_id, NotRegistered(name))
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:

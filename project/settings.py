@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PriorityClass = Literal["urgent", "high", "normal", "low"]
@@ -14,6 +14,8 @@ PriorityClass = Literal["urgent", "high", "normal", "low"]
 #: levels are cheaper; it recommends single digits. Higher number = served first.
 PRIORITY_LEVELS: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
 MAX_PRIORITY = max(PRIORITY_LEVELS.values())
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 DEFAULT_REDACT_KEYS = (
     "api_key",
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
 
     #: Largest serialized task input accepted from a client; larger inputs are refused before publishing.
     max_payload_bytes: int = Field(default=256 * 1024, gt=0)
+    #: Largest raw message body a worker takes off an agent queue; a larger one is dead-lettered as
+    #: ``message-too-large`` before it is decoded. Above ``max_payload_bytes``: a message also carries
+    #: its chain's remaining steps and Celery's own fields.
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, gt=0)
     #: Event-log payloads above this are stored truncated, with their size and hash.
     max_event_payload_bytes: int = Field(default=64 * 1024, gt=0)
     redact_keys: Annotated[tuple[str, ...], NoDecode] = DEFAULT_REDACT_KEYS
@@ -84,6 +90,15 @@ class Settings(BaseSettings):
         if not value or not all(c.isalnum() or c in "-_" for c in value):
             raise ValueError("namespace must be non-empty and use only letters, digits, '-' and '_'")
         return value
+
+    @model_validator(mode="after")
+    def _a_message_holds_a_payload(self) -> Settings:
+        if self.max_message_bytes <= self.max_payload_bytes:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must be larger than max_payload_bytes "
+                f"({self.max_payload_bytes}): workers would refuse inputs the callers accept"
+            )
+        return self
 
     @field_validator("redact_keys", "extra_modules", "extra_agents", mode="before")
     @classmethod

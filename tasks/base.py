@@ -22,19 +22,20 @@ import functools
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from celery import Task, shared_task
 from celery._state import get_current_task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from eventstore import StoreUnavailable
 from eventstore.redaction import Redactor
 from tasks import recording
 from tasks.canvas_results import SETTLE_HEADER, member_failure
-from tasks.chords import finish_claimed_chord
+from tasks.chords import fail_lost_chord, finish_claimed_chord
 from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
 from tasks.deadletter import dead_letter_task
 from tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
@@ -139,6 +140,16 @@ class AgentTask(Task):  # type: ignore[misc]
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         config = runtime_config(self.app)
+        shape = [
+            {"loc": (where,), "msg": f"{where} must be {what}, got {type(value).__name__}"}
+            for where, value, want, what in (
+                ("args", args, (list, tuple), "a list"),
+                ("kwargs", kwargs, Mapping, "a mapping of field names to values"),
+            )
+            if value is not None and not isinstance(value, want)
+        ]
+        if shape:
+            raise InvalidInput(self.spec.name, shape)
         if "priority" in options and isinstance(options["priority"], str):
             options["priority"] = config.priority(options["priority"])
         # Celery shows argsrepr/kwargsrepr in worker logs, task events and Flower: mask secrets there too.
@@ -193,7 +204,7 @@ class AgentTask(Task):  # type: ignore[misc]
             max_retries = self.spec.max_retries if self.spec.max_retries is not None else config.max_retries
             if is_transient(error) and request.retries < max_retries:
                 countdown = config.backoff(request.retries)
-                recorder.task_retried(self, request, error, countdown)
+                self._record(lambda: recorder.task_retried(self, request, error, countdown))
                 raise self.retry(exc=error, countdown=countdown, max_retries=max_retries) from None
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
             queue = self._queue(request)
@@ -210,19 +221,35 @@ class AgentTask(Task):  # type: ignore[misc]
                 attempts=request.retries + 1,
                 priority=(request.delivery_info or {}).get("priority"),
             )
-            recorder.task_failed(self, request, error, time.monotonic() - started, dead_letter_reason=reason)
+            duration = time.monotonic() - started
+            self._record(lambda: recorder.task_failed(self, request, error, duration, dead_letter_reason=reason))
             if self._request_headers(request).get(SETTLE_HEADER):
                 # A settled chord member: the failure is recorded and dead-lettered like any other,
                 # and the callback receives it as a marked result instead of the chord failing.
                 return member_failure(self.name, request.id, error)
             raise
-        recorder.task_succeeded(self, request, result, time.monotonic() - started)
+        duration = time.monotonic() - started
+        self._record(lambda: recorder.task_succeeded(self, request, result, duration))
         return result
 
+    @staticmethod
+    def _record(write: Callable[[], None]) -> None:
+        """Write a transition; if the event store stays away longer than the recorder waits for it
+        (tasks.recording), give the message back to the broker: the task runs again later instead
+        of ending without its record."""
+        try:
+            write()
+        except StoreUnavailable as exc:
+            raise Reject(f"event store unavailable, message requeued: {exc}", requeue=True) from exc
+
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # The result is stored: if this was a chord member whose chord a dead worker claimed, finish it.
-        if not self.request.called_directly:
-            finish_claimed_chord(self.app, self.request, status, retval)
+        # The result is stored. A chord member makes sure its chord cannot hang (tasks.chords): one a
+        # dead worker claimed is finished here, one whose state the result backend lost is failed.
+        request = self.request
+        if request.called_directly or not getattr(request, "chord", None):
+            return
+        if not finish_claimed_chord(self.app, request, status, retval):
+            fail_lost_chord(self.app, request, status)
 
     def _output(self, value: Any) -> Any:
         if isinstance(value, BaseModel):

@@ -184,21 +184,23 @@ def _running_app() -> Celery:
 # -- publishing ------------------------------------------------------------------------------------
 
 
-class _Sequence:
-    """Counts events per type within one execution of one task, so a re-run derives the same ids."""
-
-    def __init__(self) -> None:
-        self.key: tuple[str, int] | None = None
-        self.counts: Counter[str] = Counter()
-
-    def next(self, key: tuple[str, int], event_type: str) -> int:
-        if key != self.key:
-            self.key, self.counts = key, Counter()
-        self.counts[event_type] += 1
-        return self.counts[event_type]
+_EVENT_COUNTS = "_relaybus_events_published"
 
 
-_sequence = _Sequence()
+def _next_in_execution(request: Any, event_type: str) -> int:
+    """Counts events per type within one execution of one task, so a re-run derives the same ids.
+
+    The count lives on the request, which is new for every execution: a second copy of the same
+    message run by the same process (a re-published chain step) counts from 1 again, as a copy run
+    anywhere else does. (A count kept per process and keyed by task id and retries went on counting
+    across the two copies and gave the second one new ids: the same fact published twice.)
+    """
+    counts: Counter[str] | None = getattr(request, _EVENT_COUNTS, None)
+    if counts is None:
+        counts = Counter()
+        setattr(request, _EVENT_COUNTS, counts)
+    counts[event_type] += 1
+    return counts[event_type]
 
 
 def publish(
@@ -248,7 +250,7 @@ def _default_event_id(event: Event, correlation: str, running: Any) -> str:
     if key:
         return derived_id(correlation, "unique", key)
     if running is not None:
-        n = _sequence.next((running.request.id, running.request.retries or 0), event.type)
+        n = _next_in_execution(running.request, event.type)
         return derived_id(running.request.id, event.type, n)
     return new_id()
 

@@ -135,12 +135,15 @@ def sequence(*steps: Signature, on_error: Signature | None = None, ids_from: str
     return _with_ids(flow, ids_from)
 
 
-def parallel(members: Sequence[Signature], *, on_error: Signature | None = None) -> Signature:
+def parallel(
+    members: Sequence[Signature], *, on_error: Signature | None = None, ids_from: str | None = None
+) -> Signature:
     """``members`` at once, with nothing waiting for them (use :func:`fan_in` to collect results)."""
     if not members:
         raise ValueError("a parallel step needs at least one member; skip the step instead")
     flow = group([m.clone() for m in members])
-    return link_error_everywhere(flow, on_error) if on_error is not None else flow
+    flow = link_error_everywhere(flow, on_error) if on_error is not None else flow
+    return _with_ids(flow, ids_from)
 
 
 def fan_in(

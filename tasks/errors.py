@@ -144,7 +144,17 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, TransientError):
         return True
     from celery.exceptions import SoftTimeLimitExceeded  # an overrun LLM call may succeed next time
+    from kombu.exceptions import OperationalError as BrokerUnavailable  # the broker is restarting
+    from redis.exceptions import ConnectionError as RedisConnectionError  # the result backend is restarting
+    from redis.exceptions import TimeoutError as RedisTimeout
+    from sqlalchemy.exc import DBAPIError, OperationalError  # an agent's own database is restarting or locked
 
     from eventstore import StoreUnavailable  # the event log's database is down or locked: wait for it
 
-    return isinstance(error, (SoftTimeLimitExceeded, TimeoutError, ConnectionError, StoreUnavailable))
+    if isinstance(error, DBAPIError) and (error.connection_invalidated or isinstance(error, OperationalError)):
+        return True
+    return isinstance(
+        error,
+        (SoftTimeLimitExceeded, TimeoutError, ConnectionError, StoreUnavailable, BrokerUnavailable,
+         RedisConnectionError, RedisTimeout),
+    )

@@ -18,9 +18,11 @@ from celery import Celery, shared_task, signature, states
 from celery.canvas import Signature
 from celery.utils.log import get_task_logger
 
+from eventstore import StoreUnavailable
 from tasks import recording
 from tasks.base import AgentContext
 from tasks.bus import publish, subscribe
+from tasks.context import current_correlation_id
 from tasks.errors import TransientError
 from tasks.events import derived_id
 from tasks.pipelines import (
@@ -88,7 +90,7 @@ def record_outcome(event: PipelineCompleted | PipelineFailed, ctx: AgentContext)
 
 
 @shared_task(  # type: ignore[untyped-decorator]
-    name=FAIL_TASK, bind=True, acks_late=True, autoretry_for=(TransientError,), max_retries=5,
+    name=FAIL_TASK, bind=True, acks_late=True, autoretry_for=(TransientError, StoreUnavailable), max_retries=5,
     retry_backoff=True, retry_jitter=True,
 )
 def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = "") -> str:
@@ -101,17 +103,17 @@ def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = 
     else:
         # A chord calls its error callback for the body too, whose id never ran (PENDING): the
         # reason is the member's failure, which the event log recorded before the member raised.
-        reason = _first_failure(self.app, pipeline) or f"{name} failed ({meta.get('status')}): {error}"
+        reason = _first_failure(self.app, current_correlation_id()) or f"{name} failed ({meta.get('status')}): {error}"
     logger.warning("pipeline %s: %s", pipeline, reason)
     envelope = publish(PipelineFailed(pipeline=pipeline, reason=reason, stage=name), app=self.app)
     return envelope.event_id
 
 
-def _first_failure(app: Celery, pipeline: str) -> str | None:
+def _first_failure(app: Celery, pipeline_id: str | None) -> str | None:
     recorder = recording.recorder_for(app)
-    if not isinstance(recorder, recording.EventRecorder) or not pipeline:
+    if not isinstance(recorder, recording.EventRecorder) or not pipeline_id:
         return None
-    failed = recorder.store.find(type="task.failed", correlation_id=pipeline, limit=1)
+    failed = recorder.store.find(type="task.failed", correlation_id=pipeline_id, limit=1)
     if not failed:
         return None
     event = failed[0]

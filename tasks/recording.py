@@ -14,11 +14,18 @@ Where each transition is written:
 
 Event ids are derived from the task id, the attempt and the transition, so a redelivered message
 records nothing twice (the store ignores an event id it already holds).
+
+The database may be away for a while (a restart, a failover): every append waits for it, retrying
+with backoff for up to :data:`STORE_WAIT_S` seconds before ``StoreUnavailable`` is raised. Waiting
+is what keeps the log whole: ``task.sent`` is written from a Celery signal, whose errors Celery logs
+and swallows, and a terminal event written after the work must not be dropped. When even the wait
+runs out, the task base gives the message back to the broker (tasks.base).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 import time
@@ -79,6 +86,11 @@ class NullRecorder:
 
 
 START_FLUSH_AFTER_S = 0.1
+#: How long an append waits for an unavailable event store before it raises (seconds).
+STORE_WAIT_S = 120.0
+#: Backoff between attempts: doubling from the first to the last value, with jitter.
+STORE_RETRY_FIRST_S = 0.2
+STORE_RETRY_MAX_S = 5.0
 
 
 class EventRecorder(NullRecorder):
@@ -101,10 +113,32 @@ class EventRecorder(NullRecorder):
         self._flusher: threading.Thread | None = None
 
     def append(self, events: list[Any], task_id: str | None = None) -> None:
-        """Append ``events``, preceded by the held-back start records of the running task."""
+        """Append ``events``, preceded by the held-back start records of the running task.
+
+        Waits for an unavailable store (module docstring); if it gives up, the start records go back
+        to be held, and ``StoreUnavailable`` is raised.
+        """
+        from eventstore import StoreUnavailable
+
         task_id = task_id or current_task_id()
         with self._io_lock:
-            self.store.append([*self._take(task_id), *events])
+            held = self._take(task_id)
+            deadline = time.monotonic() + STORE_WAIT_S
+            delay = STORE_RETRY_FIRST_S
+            while True:
+                try:
+                    self.store.append([*held, *events])
+                    return
+                except StoreUnavailable as exc:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        if held and task_id is not None:
+                            with self._pending_lock:
+                                self._pending.setdefault(task_id, (time.monotonic(), held))
+                        raise
+                    logger.warning("event store unavailable (%s); retrying for up to %.0f s more", exc, left)
+                    time.sleep(min(left, delay / 2 + random.uniform(0, delay / 2)))  # a database to wait for: no event
+                    delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     # -- held-back start records ---------------------------------------------------------------
 

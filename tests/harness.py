@@ -178,3 +178,13 @@ def raw_publish(app: Celery, queue: str, body: bytes | str, *, content_type: str
         producer.publish(body, exchange=topology_of(app).namespace, routing_key=queue, headers=headers,
                          content_type=content_type, content_encoding=content_encoding, serializer=None,
                          delivery_mode=2)
+
+
+def celery_headers(task: str, **extra: Any) -> dict[str, Any]:
+    """Headers of a protocol-2 task message for ``task``, as Celery would write them, for raw publishing."""
+    task_id = str(uuid.uuid4())
+    return {
+        "lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
+        "retries": 0, "eta": None, "expires": None, "timelimit": [None, None], "argsrepr": "", "kwargsrepr": "",
+        "origin": "test", "ignore_result": False, **extra,
+    }

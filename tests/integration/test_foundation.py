@@ -5,29 +5,19 @@ from __future__ import annotations
 import json
 import pickle
 import uuid
-from typing import Any
 
 import pytest
 from celery import chain, chord
 
 from tasks.context import CORRELATION_HEADER, workflow_context
 from tasks.errors import InvalidInput
-from tests.harness import queue_depth, raw_publish, read_queue, redis_list, wait_for
+from tests.harness import celery_headers, queue_depth, raw_publish, read_queue, redis_list, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def key() -> str:
     return f"test:{uuid.uuid4().hex}"
-
-
-def celery_headers(task: str, **extra: Any) -> dict[str, Any]:
-    task_id = str(uuid.uuid4())
-    return {
-        "lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-        "retries": 0, "eta": None, "expires": None, "timelimit": [None, None], "argsrepr": "", "kwargsrepr": "",
-        "origin": "test", "ignore_result": False, **extra,
-    }
 
 
 def test_urgent_task_overtakes_a_backlog_of_low_priority_work(app, start_worker, redis_client):
