@@ -1,0 +1,129 @@
+"""Private services for the chaos tests, the short/long switch, and the figures printed at the end.
+
+The private RabbitMQ, Redis and PostgreSQL live for the whole session (booting RabbitMQ takes
+seconds) and are the only services these tests ever stop or restart. Each test gets its own broker
+namespace, PostgreSQL schema and workers (:func:`system`), and leaves the services running, so the
+next test starts from a healthy system whatever the previous one did to it.
+
+``RELAYBUS_CHAOS=long`` switches every chaos test to its long version: larger workloads, more kills
+and restarts, a longer timeout, and the ``slow`` marker (``-m "not slow"`` leaves them out).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaos import figures
+from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis, ServiceUnavailable
+from tests.chaos.system import ChaosSystem, chaos_settings, chaos_system, new_schema
+from tests.services import IN_CI
+
+LONG = os.environ.get("RELAYBUS_CHAOS", "short").lower() == "long"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much each chaos test does."""
+
+    name: str
+    kill_pipelines: int
+    kill_sagas: int
+    kill_pace_s: float
+    fault_pipelines: int
+    fault_sagas: int
+    broker_restarts: int
+    deadline_s: float
+
+
+SHORT = Scale(
+    "short",
+    kill_pipelines=24,
+    kill_sagas=8,
+    kill_pace_s=0.4,
+    fault_pipelines=24,
+    fault_sagas=6,
+    broker_restarts=1,
+    deadline_s=150,
+)
+LONG_SCALE = Scale(
+    "long",
+    kill_pipelines=200,
+    kill_sagas=60,
+    kill_pace_s=0.3,
+    fault_pipelines=80,
+    fault_sagas=20,
+    broker_restarts=3,
+    deadline_s=900,
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here not in item.path.parents:
+            continue
+        item.add_marker(pytest.mark.integration)
+        if LONG:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.timeout(3600))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not figures.RECORDED:
+        return
+    terminalreporter.section(f"chaos figures ({'long' if LONG else 'short'} run)")
+    for f in figures.RECORDED:
+        terminalreporter.write_line(f.line())
+    terminalreporter.write_line(figures.totals())
+    figures.write_report()
+
+
+@pytest.fixture(scope="session")
+def scale() -> Scale:
+    return LONG_SCALE if LONG else SHORT
+
+
+def _private(factory: Any) -> Any:
+    try:
+        return factory().start()
+    except ServiceUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"cannot start a private service for the chaos tests: {exc} (CI=true)", pytrace=False)
+        pytest.skip(f"cannot start a private service for the chaos tests: {exc}")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    service = _private(PrivateRabbitMQ)
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[PrivateRedis]:
+    service = _private(PrivateRedis)
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PrivatePostgres]:
+    service = _private(PrivatePostgres)
+    yield service
+    service.close()
+
+
+@pytest.fixture
+def system(
+    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path
+) -> Iterator[ChaosSystem]:
+    """Three workers serving every agent, on the private services, with an event log of its own."""
+    settings = chaos_settings(tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url))
+    with chaos_system(settings, tmp_path, workers=3) as running:
+        yield running
