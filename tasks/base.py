@@ -177,8 +177,9 @@ class AgentTask(Task):  # type: ignore[misc]
                 self.spec.name,
                 [{"loc": ("payload",), "msg": f"{size} bytes is over the limit of {config.max_payload_bytes}"}],
             )
-        if not args:  # a chain step's input is complete only once its upstream result arrives
-            self.spec.build_input((), kwargs)
+        # From a caller, positional arguments are complete too: a chain step that waits for its
+        # upstream result is published by the worker that ran the step before it, not from here.
+        self.spec.build_input(tuple(args), kwargs)
 
     # -- worker side -------------------------------------------------------------------------
 

@@ -101,6 +101,12 @@ class UnsupportedEventVersion(EventRejected):
     reason = "unsupported-event-version"
 
 
+class EventTooLarge(EventRejected):
+    """Raised when an event message is larger than the workers accept (``max_message_bytes``)."""
+
+    reason = "message-too-large"
+
+
 class InvalidEvent(EventRejected):
     """Raised when an event's envelope or data does not validate."""
 

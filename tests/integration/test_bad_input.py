@@ -43,7 +43,7 @@ EXAMPLES = hsettings(max_examples=25, deadline=None, database=None,
 PER_KIND = hsettings(EXAMPLES, max_examples=4)
 RAW_KINDS = ("garbage", "wrong-shape", "wrong-arg-types", "pickle", "unknown-task", "oversize", "bad-header",
              "no-task-header")
-EVENT_KINDS = ("unknown-type", "garbage", "wrong-shape", "wrong-data", "content-type")
+EVENT_KINDS = ("unknown-type", "garbage", "wrong-shape", "wrong-data", "content-type", "oversize")
 
 
 # -- shared pieces ----------------------------------------------------------------------------------
@@ -343,6 +343,9 @@ def raw_events(draw: st.DrawFn, kind: str) -> tuple[bytes | str, str, dict[str, 
     if kind == "wrong-data":
         envelope["data"]["name"] = draw(NOT_A_STRING)
         return json.dumps(envelope), "application/json", {}, "invalid-event"
+    if kind == "oversize":  # a valid envelope, too large for the workers
+        envelope["data"]["name"] = "x" * draw(st.integers(MAX_MESSAGE + 1, MAX_MESSAGE + 4096))
+        return json.dumps(envelope), "application/json", {}, "message-too-large"
     content_type = draw(st.sampled_from([PICKLE, "application/x-yaml", "text/plain"]))
     return pickle.dumps(envelope), content_type, {}, "invalid-event"
 
@@ -378,4 +381,4 @@ def test_raw_events_of_unknown_types_or_malformed_envelopes_are_dead_lettered_wi
                              data={"key": f"test:bad-input:{uuid.uuid4().hex}", "name": "after", "source": "t"})
     send_envelope(system.app, envelope)
     wait_for(lambda: redis_list(redis_client, envelope.data["key"]), 30, what="a valid event after the bad ones")
-    assert seen == {"unknown-event-type", "invalid-event"}
+    assert seen == {"unknown-event-type", "invalid-event", "message-too-large"}

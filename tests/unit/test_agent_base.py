@@ -60,3 +60,24 @@ def test_client_refuses_oversized_input_before_publishing():
     probe: Any = app.tasks["agents.probe"]
     with pytest.raises(InvalidInput, match="over the limit of 1000"):
         probe.apply_async(kwargs={"key": "k", "label": "x" * 5000})
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "named"),
+    [
+        ([1, 2], None, "args"),  # more than one positional argument
+        (["not a dict"], None, "key"),  # an upstream that does not give the input its fields
+        ([{"label": "no key"}], None, "key"),  # a positional input missing a field
+        (None, [("key", "k")], "kwargs"),  # kwargs that are not a mapping
+        ("abc", None, "args"),  # args that are not a list
+    ],
+)
+def test_client_refuses_malformed_positional_and_keyword_input_before_publishing(
+    args: Any, kwargs: Any, named: str
+) -> None:
+    app = create_app(Settings(broker_url="memory://", extra_modules=("tests.agents",)))
+    app.loader.import_default_modules()
+    probe: Any = app.tasks["agents.probe"]
+    with pytest.raises(InvalidInput) as excinfo:
+        probe.apply_async(args=args, kwargs=kwargs)
+    assert named in str(excinfo.value)
