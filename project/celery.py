@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.amqp import AMQP
 
 from project.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
 from project.topology import Topology, agent_of
@@ -83,10 +86,44 @@ class AgentRouter:
         return {"queue": self.topology.agent_queue(agent, urgent=urgent)}
 
 
+#: The app whose producer is publishing right now (set around every task message it sends).
+_PUBLISHING_APP: ContextVar[Celery | None] = ContextVar("relaybus_publishing_app", default=None)
+
+
+class PublishingAMQP(AMQP):  # type: ignore[misc]
+    """Celery's AMQP with the publishing app made known to the ``before_task_publish`` handlers.
+
+    Celery's ``current_app`` is per thread: in a thread that did not create the app (a Django
+    request thread, a thread pool) it is Celery's unconfigured fallback app, and the handlers
+    would record ``task.sent`` for the wrong app, or not at all.
+    """
+
+    def _create_task_sender(self) -> Callable[..., Any]:
+        send: Callable[..., Any] = super()._create_task_sender()
+        app = self.app
+
+        def send_task_message(*args: Any, **kwargs: Any) -> Any:
+            token = _PUBLISHING_APP.set(app)
+            try:
+                return send(*args, **kwargs)
+            finally:
+                _PUBLISHING_APP.reset(token)
+
+        return send_task_message
+
+
+def publishing_app() -> Celery:
+    """The app publishing the current task message; Celery's current app outside a publish."""
+    from celery import current_app
+
+    app = _PUBLISHING_APP.get()
+    return app if app is not None else current_app._get_current_object()
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     topology = topology_from(settings)
-    app = Celery("relaybus", include=list(BUILTIN_MODULES + settings.extra_modules))
+    app = Celery("relaybus", include=list(BUILTIN_MODULES + settings.extra_modules), amqp=PublishingAMQP)
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
@@ -192,21 +229,19 @@ def _declare_topology(sender: Any = None, **_: Any) -> None:
 
 
 def _connect_signals() -> None:
-    from celery import current_app
-
     from tasks.chords import register_chord_member
     from tasks.context import propagate_ids
     from tasks.recording import on_before_task_publish
 
     def record_sent(**kwargs: Any) -> None:
-        on_before_task_publish(current_app, **kwargs)
+        on_before_task_publish(publishing_app(), **kwargs)
 
     # Order matters: ids are stamped before the "sent" event reads them.
     signals.before_task_publish.connect(propagate_ids, weak=False, dispatch_uid="relaybus.propagate_ids")
     signals.before_task_publish.connect(record_sent, weak=False, dispatch_uid="relaybus.record_sent")
 
     def register_chords(body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-        register_chord_member(current_app, body, headers)
+        register_chord_member(publishing_app(), body, headers)
 
     signals.before_task_publish.connect(register_chords, weak=False, dispatch_uid="relaybus.register_chords")
     signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")

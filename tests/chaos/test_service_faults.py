@@ -36,8 +36,6 @@ def _run_with_restarts(
     starter_errors: list[BaseException] = []
 
     def starter() -> None:
-        # Celery's current app is per thread, and the publish signals record through it.
-        system.app.set_current()
         try:
             start_workflows(system, scale.fault_pipelines, scale.fault_sagas, pace_s=0.25, seed=11, into=workflows)
         except BaseException as exc:  # surfaced below

@@ -196,3 +196,31 @@ def test_diff_reports_the_first_step_where_two_real_runs_part(app, settings, sta
         assert difference is not None and difference.agent == "intake" and difference.field == "input"
     finally:
         store.close()
+
+
+def test_task_sent_is_recorded_for_the_publishing_app_from_any_thread(app, settings):
+    """Celery's current app is per thread; a publish from another thread (a Django request thread, a
+    thread pool) must still record ``task.sent`` in this app's log, not in the fallback app's."""
+    import threading
+
+    probe = app.tasks["agents.probe"]
+    sent: list[str] = []
+    errors: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            sent.append(probe.apply_async(kwargs={"key": f"test:{uuid.uuid4().hex}"}).id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    thread.join(timeout=30)
+    assert not errors and len(sent) == 1, errors
+    store = open_store(settings.eventstore_url)
+    try:
+        recorded = wait_for(lambda: store.find(type="task.sent", task_id=sent[0], limit=5), 10,
+                            what="task.sent of the message published from another thread")
+        assert len(recorded) == 1 and recorded[0].payload["task"] == "agents.probe"
+    finally:
+        store.close()
