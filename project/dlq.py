@@ -49,21 +49,38 @@ def _preview(body: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _text(value: Any) -> str | None:
+    """A header as text: dead letters are bad messages, and their headers may have any type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return json.dumps(value, default=str)
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _to_model(dlq: str, message: Any) -> DeadLetter:
     headers = dict(message.headers or {})
-    death = headers.get("x-death") or [{}]
+    death = headers.get("x-death")
+    first = death[0] if isinstance(death, list) and death and isinstance(death[0], dict) else {}
     return DeadLetter(
         dlq=dlq,
-        task_id=headers.get("id"),
-        task=headers.get("task"),
-        reason=headers.get(REASON_HEADER) or (death[0].get("reason") if death else None),
-        error_type=headers.get(ERROR_TYPE_HEADER),
-        error_message=headers.get(ERROR_MESSAGE_HEADER),
-        attempts=headers.get(ATTEMPTS_HEADER),
-        original_queue=headers.get(ORIGINAL_QUEUE_HEADER) or (death[0].get("queue") if death else None),
-        correlation_id=headers.get(CORRELATION_HEADER),
-        dead_lettered_at=headers.get(DEAD_LETTERED_AT_HEADER),
-        redrives=int(headers.get(REDRIVE_HEADER) or 0),
+        task_id=_text(headers.get("id")),
+        task=_text(headers.get("task")),
+        reason=_text(headers.get(REASON_HEADER) or first.get("reason")),
+        error_type=_text(headers.get(ERROR_TYPE_HEADER)),
+        error_message=_text(headers.get(ERROR_MESSAGE_HEADER)),
+        attempts=_count(headers.get(ATTEMPTS_HEADER)),
+        original_queue=_text(headers.get(ORIGINAL_QUEUE_HEADER) or first.get("queue")),
+        correlation_id=_text(headers.get(CORRELATION_HEADER)),
+        dead_lettered_at=_text(headers.get(DEAD_LETTERED_AT_HEADER)),
+        redrives=_count(headers.get(REDRIVE_HEADER)) or 0,
         body_preview=_preview(message.body),
     )
 
