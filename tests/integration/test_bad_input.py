@@ -313,7 +313,9 @@ def test_raw_malformed_messages_are_each_dead_lettered_with_their_reason_and_the
     assert after["pid"] == before["pid"], "the pool process was replaced: something crashed it"
     assert not any(s.exists() for s in sentinels), "a worker unpickled a message body"
     assert queue_depth(system.app, queue) == 0
-    assert {"task.started", "task.succeeded"} <= set(records_of(system, after["correlation_id"]))
+    # The body notes "done" before the task's terminal event is written: wait for the log.
+    wait_for(lambda: {"task.started", "task.succeeded"} <= set(records_of(system, after["correlation_id"])), 30,
+             what="the valid task's start and success in the event log")
     for correlation_id in failed_correlations:  # the task's failure is recorded after its dead letter
         wait_for(partial(dead_letter_recorded, system, correlation_id), 30,
                  what=f"the dead letter of {correlation_id} in the event log")

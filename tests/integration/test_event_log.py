@@ -6,6 +6,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import chain, chord
@@ -135,8 +136,12 @@ def test_an_api_key_argument_leaves_no_trace_in_the_event_log_or_the_worker_log(
     wait_for(lambda: any(n["event"] == "done" for n in redis_list(redis_client, k)), 60, what="the task")
     store = open_store(settings.eventstore_url)
     try:
-        events = store.by_correlation(correlation_id)
-        assert any(e.type == "task.succeeded" for e in events)
+        # The task's body marks "done" in Redis before its terminal event is written: wait for that.
+        def succeeded() -> list[Any] | None:
+            evs = store.by_correlation(correlation_id)
+            return evs if any(e.type == "task.succeeded" for e in evs) else None
+
+        events = wait_for(succeeded, 30, what="task.succeeded in the log")
         sent = next(e for e in events if e.type == "task.sent")
         assert sent.payload["input"]["kwargs"]["api_key"] == "[REDACTED]"
         if settings.eventstore_url.startswith("sqlite"):
