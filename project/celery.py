@@ -48,6 +48,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         soft_time_limit_s=settings.soft_time_limit_s,
         time_limit_s=settings.time_limit_s,
         max_payload_bytes=settings.max_payload_bytes,
+        max_message_bytes=settings.max_message_bytes,
         eventstore_url=settings.eventstore_url,
         record_events=settings.record_events,
         redact_keys=settings.redact_keys,
@@ -177,7 +178,6 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_consumer="project.consumer:DeadLetteringConsumer",
-        relaybus_max_message_bytes=settings.max_message_bytes,  # read by that consumer
         worker_hijack_root_logger=False,
         relaybus_runtime=runtime_from(settings),
         relaybus_topology=topology,

@@ -25,23 +25,15 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from project.settings import DEFAULT_MAX_MESSAGE_BYTES
 from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
-from tasks.deadletter import publish_dead_letter, reason_headers
+from tasks.deadletter import body_size, publish_dead_letter, reason_headers
+from tasks.runtime import runtime_config
 
 logger = get_logger(__name__)
 
 
 class MessageTooLarge(ValueError):
     """A broker message whose body is over the worker's ``max_message_bytes``."""
-
-
-def body_size(body: Any) -> int:
-    if isinstance(body, bytes | bytearray | memoryview):
-        return len(body)
-    if isinstance(body, str):
-        return len(body.encode("utf-8", errors="surrogatepass"))
-    return 0  # already decoded by the transport (never the case for AMQP)
 
 
 class MalformedTaskMessage(ValueError):
@@ -121,7 +113,7 @@ def task_message_problem(message: Any, known_tasks: Container[str]) -> str | Non
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         on_task_received: Callable[[Any], Any] = super().create_task_handler(*args, **kwargs)
-        limit = int(self.app.conf.get("relaybus_max_message_bytes") or DEFAULT_MAX_MESSAGE_BYTES)
+        limit = runtime_config(self.app).max_message_bytes
         connection_errors = tuple(self.connection_errors or ())
 
         def guarded(message: Any) -> Any:

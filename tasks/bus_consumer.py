@@ -34,7 +34,7 @@ from tasks.bus import (
 )
 from tasks.bus_records import record_dead_letter
 from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
-from tasks.deadletter import publish_dead_letter, reason_headers
+from tasks.deadletter import body_size, publish_dead_letter, reason_headers
 from tasks.errors import EventRejected, EventTooLarge, InvalidEvent, NoHandler
 from tasks.events import EventEnvelope, derived_id, parse_envelope, registry
 from tasks.runtime import runtime_config
@@ -60,9 +60,9 @@ def served_subscribers(app: Celery) -> list[str]:
 
 def forward(app: Celery, subscriber: str, body: bytes | str, content_type: str | None) -> list[str]:
     """Validate one event and publish its handler tasks; returns their task ids. Raises EventRejected."""
-    limit = app.conf.get("relaybus_max_message_bytes")
-    size = len(body.encode() if isinstance(body, str) else body)
-    if limit and size > limit:  # checked before decoding, as for task messages (project.consumer)
+    limit = runtime_config(app).max_message_bytes
+    size = body_size(body)
+    if size > limit:  # checked before decoding, as for task messages (project.consumer)
         raise EventTooLarge(f"the event message is {size} bytes, over the limit of {limit} bytes")
     if content_type not in (None, "application/json"):
         raise InvalidEvent(f"content type {content_type!r} is not accepted; events are application/json")

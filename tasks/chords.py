@@ -65,14 +65,21 @@ def _complete(backend: RedisBackend, gid: str) -> bool:
     return int(ready) >= int(size) + int(diff or 0)
 
 
-def finish_claimed_chord(app: Celery, request: Any, state: str, result: Any) -> bool:
-    """Dispatch the callback of a complete chord whose claimer died; True if this call dispatched it."""
+def _finished_member(app: Celery, request: Any, state: str) -> tuple[RedisBackend, str] | None:
+    """The Redis backend and group id of a chord header member that has just finished, else None."""
     backend = app.backend
     gid = getattr(request, "group", None)
     if not isinstance(backend, RedisBackend) or not gid or not getattr(request, "chord", None):
+        return None
+    return (backend, gid) if state in (states.SUCCESS, states.FAILURE) else None
+
+
+def finish_claimed_chord(app: Celery, request: Any, state: str, result: Any) -> bool:
+    """Dispatch the callback of a complete chord whose claimer died; True if this call dispatched it."""
+    found = _finished_member(app, request, state)
+    if found is None:
         return False
-    if state not in (states.SUCCESS, states.FAILURE):
-        return False
+    backend, gid = found
     client = backend.client
     ckey = backend.get_key_for_group(gid, ".c")
     claim = client.get(ckey)
@@ -120,12 +127,10 @@ def register_chord_member(app: Celery, body: Any, headers: dict[str, Any] | None
 
 def fail_lost_chord(app: Celery, request: Any, state: str) -> bool:
     """Fail a chord whose state the result backend lost (a restart); True if this call failed it."""
-    backend = app.backend
-    gid = getattr(request, "group", None)
-    if not isinstance(backend, RedisBackend) or not gid or not getattr(request, "chord", None):
+    found = _finished_member(app, request, state)
+    if found is None or not _registered(request):
         return False
-    if state not in (states.SUCCESS, states.FAILURE) or not _registered(request):
-        return False
+    backend, gid = found
     client = backend.client
     ckey = backend.get_key_for_group(gid, ".c")
     keys = (backend.get_key_for_group(gid, ".s"), backend.get_key_for_group(gid, ".r"), ckey)

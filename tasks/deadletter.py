@@ -151,3 +151,12 @@ def dead_letter_task(
         priority=priority,
         correlation_id=task_id,  # Celery's convention: the AMQP correlation id is the task id
     )
+
+
+def body_size(body: Any) -> int:
+    """The size in bytes of a raw message body, as the broker carried it (checked before decoding)."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return len(body)
+    if isinstance(body, str):
+        return len(body.encode("utf-8", errors="surrogatepass"))
+    return 0  # already decoded by the transport (never the case for AMQP)

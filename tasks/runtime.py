@@ -32,6 +32,7 @@ class RuntimeConfig(BaseModel):
     soft_time_limit_s: float = 300.0
     time_limit_s: float = 360.0
     max_payload_bytes: int = 256 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
     eventstore_url: str = "sqlite:///.relaybus/events.sqlite"
     record_events: bool = True
     redact_keys: tuple[str, ...] = ()

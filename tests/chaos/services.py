@@ -75,10 +75,30 @@ def _stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> 
         proc.wait(timeout=timeout)
 
 
+class PrivateService:
+    """What the three private services share: a restart is a stop, an outage, and a start on the same data."""
+
+    restarts = 0
+
+    def start(self) -> PrivateService:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the service, stay down ``down_s`` seconds, start it again on the same data."""
+        self.stop()
+        if down_s:
+            time.sleep(down_s)  # the outage itself: nothing to wait for, it is the fault being injected
+        self.start()
+        self.restarts += 1
+
+
 # -- RabbitMQ --------------------------------------------------------------------------------------
 
 
-class PrivateRabbitMQ:
+class PrivateRabbitMQ(PrivateService):
     def __init__(self) -> None:
         if not (os.access(RABBITMQ_SERVER, os.X_OK) and os.access(RABBITMQCTL, os.X_OK)):
             raise ServiceUnavailable(f"{RABBITMQ_SERVER} is not installed")
@@ -91,7 +111,6 @@ class PrivateRabbitMQ:
         for empty in ("rabbitmq.conf", "enabled_plugins", "rabbitmq-env.conf"):
             (self.base / empty).write_text("")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -157,14 +176,6 @@ class PrivateRabbitMQ:
             _stop_group(self.proc)
         wait_until(lambda: not port_open(self.port), timeout, "the private RabbitMQ port to close")
 
-    def restart(self, down_s: float = 0.0) -> None:
-        """Stop the whole node, stay down ``down_s`` seconds, boot it again on the same data."""
-        self.stop()
-        if down_s:
-            time.sleep(down_s)  # the outage itself: nothing to wait for, it is the fault being injected
-        self.start()
-        self.restarts += 1
-
     def close(self) -> None:
         try:
             self.stop(timeout=30)
@@ -176,7 +187,7 @@ class PrivateRabbitMQ:
 # -- Redis -----------------------------------------------------------------------------------------
 
 
-class PrivateRedis:
+class PrivateRedis(PrivateService):
     def __init__(self) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
@@ -184,7 +195,6 @@ class PrivateRedis:
         self.base = Path(tempfile.mkdtemp(prefix="relaybus-chaos-redis-"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -223,14 +233,6 @@ class PrivateRedis:
         _stop_group(self.proc)
         wait_until(lambda: not port_open(self.port), 30, "the private Redis port to close")
 
-    def restart(self, down_s: float = 0.0) -> None:
-        """Stop Redis (every key is lost: no persistence), stay down ``down_s`` seconds, start it empty."""
-        self.stop()
-        if down_s:
-            time.sleep(down_s)  # the outage itself
-        self.start()
-        self.restarts += 1
-
     def close(self) -> None:
         try:
             _stop_group(self.proc)
@@ -248,7 +250,7 @@ def _pg_bin(name: str) -> str:
     return found[-1]
 
 
-class PrivatePostgres:
+class PrivatePostgres(PrivateService):
     """A private cluster. As root it runs as the ``postgres`` OS user (``runuser``), which owns its directory."""
 
     def __init__(self) -> None:
@@ -268,7 +270,6 @@ class PrivatePostgres:
                 raise ServiceUnavailable("running as root without runuser")
             os.chown(self.base, user.pw_uid, user.pw_gid)
             self.prefix = [runuser, "-u", "postgres", "--"]
-        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -304,13 +305,6 @@ class PrivatePostgres:
     def stop(self) -> None:
         """``pg_ctl stop -m fast``: every session is cut, as when the database goes away."""
         self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
-
-    def restart(self, down_s: float = 0.0) -> None:
-        self.stop()
-        if down_s:
-            time.sleep(down_s)  # the outage itself
-        self.start()
-        self.restarts += 1
 
     def close(self) -> None:
         try:

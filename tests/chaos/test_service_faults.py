@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from tests.chaos import figures
 from tests.chaos.conftest import Scale
-from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.chaos.system import ChaosSystem, Workflow, problems, start_workflows, verdict, wait_for_ends
+from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis, PrivateService
+from tests.chaos.system import ChaosSystem, Verdict, Workflow, problems, start_workflows, verdict, wait_for_ends
 from tests.harness import wait_for
 
 
@@ -47,9 +47,9 @@ def _run_with_restarts(
     for n in range(1, restarts + 1):
         due = n * total // (restarts + 1)
         wait_for(
-            lambda due=due: len(workflows) >= due or bool(starter_errors),
+            lambda: len(workflows) >= due or bool(starter_errors),  # noqa: B023 - called right here
             scale.deadline_s,
-            0.1,  # type: ignore[misc]
+            0.1,
             f"{due} workflows started before restart {n}",
         )
         restart()
@@ -60,46 +60,39 @@ def _run_with_restarts(
     return workflows, wait_for_ends(system, workflows, scale.deadline_s)
 
 
-def test_rabbitmq_restarted_mid_run_loses_nothing(system: ChaosSystem, rabbitmq: PrivateRabbitMQ, scale: Scale) -> None:
+def _restarted_midway(
+    system: ChaosSystem, scale: Scale, service: PrivateService, name: str, *, down_s: float, restarts: int
+) -> tuple[list[Workflow], dict[str, str], Verdict]:
+    """Run the workload through ``restarts`` restarts of ``service``; record and return the verdict."""
     began = time.monotonic()
-    before = rabbitmq.restarts
-    workflows, ended = _run_with_restarts(system, scale, lambda: rabbitmq.restart(down_s=3.0), scale.broker_restarts)
+    before = service.restarts
+    workflows, ended = _run_with_restarts(system, scale, lambda: service.restart(down_s=down_s), restarts)
     system.wait_consumed(timeout=120)  # every worker reconnected and consumes again
-
-    result = verdict(system, "RabbitMQ restarted", workflows, ended, began, service_restarts=rabbitmq.restarts - before)
+    result = verdict(system, name, workflows, ended, began, service_restarts=service.restarts - before)
     figures.record(result.figures)
-    assert rabbitmq.restarts - before == scale.broker_restarts
-    assert all(w.proc.poll() is None for w in system.workers), "a worker exited when the broker went away"
+    assert service.restarts - before == restarts
+    assert all(w.proc.poll() is None for w in system.workers), f"a worker exited ({name})"
+    return workflows, ended, result
+
+
+def test_rabbitmq_restarted_mid_run_loses_nothing(system: ChaosSystem, rabbitmq: PrivateRabbitMQ, scale: Scale) -> None:
+    _, _, result = _restarted_midway(
+        system, scale, rabbitmq, "RabbitMQ restarted", down_s=3.0, restarts=scale.broker_restarts
+    )
     assert problems(result) == ""
 
 
 def test_postgresql_stopped_for_ten_seconds_recording_waits_and_nothing_is_lost(
     system: ChaosSystem, postgres: PrivatePostgres, scale: Scale
 ) -> None:
-    began = time.monotonic()
-    before = postgres.restarts
-    workflows, ended = _run_with_restarts(system, scale, lambda: postgres.restart(down_s=10.0), 1)
-
-    result = verdict(
-        system, "PostgreSQL down 10 s", workflows, ended, began, service_restarts=postgres.restarts - before
-    )
-    figures.record(result.figures)
-    assert all(w.proc.poll() is None for w in system.workers), "a worker exited while the database was away"
+    _, _, result = _restarted_midway(system, scale, postgres, "PostgreSQL down 10 s", down_s=10.0, restarts=1)
     assert problems(result) == ""
 
 
 def test_redis_restarted_mid_run_chords_complete_or_fail_cleanly_and_nothing_hangs(
     system: ChaosSystem, redis_server: PrivateRedis, scale: Scale
 ) -> None:
-    began = time.monotonic()
-    before = redis_server.restarts
-    workflows, ended = _run_with_restarts(system, scale, lambda: redis_server.restart(down_s=1.0), 1)
-
-    result = verdict(
-        system, "Redis restarted", workflows, ended, began, service_restarts=redis_server.restarts - before
-    )
-    figures.record(result.figures)
-    assert all(w.proc.poll() is None for w in system.workers), "a worker exited when Redis went away"
+    workflows, ended, result = _restarted_midway(system, scale, redis_server, "Redis restarted", down_s=1.0, restarts=1)
     # A pipeline whose chord met the restart (its count lost, or its join cut off) may fail instead of
     # completing, but only through its error path with a ChordError naming why; every other end is
     # the one its input asks for, and nothing hangs (wait_for_ends has a deadline).

@@ -16,10 +16,11 @@ from project.consumer import (
     MalformedTaskMessage,
     MessageTooLarge,
     body_problem,
-    body_size,
     header_problem,
 )
 from project.settings import DEFAULT_MAX_MESSAGE_BYTES, Settings
+from tasks.deadletter import body_size
+from tasks.runtime import runtime_config
 
 
 @dataclass
@@ -120,7 +121,7 @@ def test_the_message_limit_must_be_above_the_payload_limit() -> None:
 
 def test_the_app_hands_the_limit_to_its_workers() -> None:
     app = create_app(Settings(broker_url="memory://", max_payload_bytes=10, max_message_bytes=12345))
-    assert app.conf.relaybus_max_message_bytes == 12345
+    assert runtime_config(app).max_message_bytes == 12345
     assert app.conf.worker_consumer == "project.consumer:DeadLetteringConsumer"
 
 
