@@ -16,6 +16,9 @@ from tasks.bus_consumer import EventDelivery
 from tasks.llm import ProviderConfig
 from tasks.runtime import RuntimeConfig
 
+#: The result backend class for redis:// and rediss:// URLs.
+REDIS_BACKEND = "tasks.chords:RedisBackend"
+
 #: Agent modules loaded by name when the app finalizes; never imported at import time.
 BUILTIN_MODULES = (
     "tasks.outcomes",
@@ -125,6 +128,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     topology = topology_from(settings)
     app = Celery("relaybus", include=list(BUILTIN_MODULES + settings.extra_modules), amqp=PublishingAMQP)
+    # redis:// results use Celery's backend with one fix: a chord whose callback was sent is never
+    # failed because Redis dropped the connection while its keys were cleaned up (tasks.chords).
+    app.loader.override_backends = {"redis": REDIS_BACKEND, "rediss": REDIS_BACKEND}
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
