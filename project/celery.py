@@ -128,8 +128,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     topology = topology_from(settings)
     app = Celery("relaybus", include=list(BUILTIN_MODULES + settings.extra_modules), amqp=PublishingAMQP)
-    # redis:// results use Celery's backend with one fix: a chord whose callback was sent is never
-    # failed because Redis dropped the connection while its keys were cleaned up (tasks.chords).
+    # redis:// results use Celery's backend with one fix: its chord scripts are retried while Redis
+    # restarts, so a chord is not failed for a dropped connection (tasks.chords.RedisBackend).
     app.loader.override_backends = {"redis": REDIS_BACKEND, "rediss": REDIS_BACKEND}
     app.conf.update(
         broker_url=settings.broker_url,

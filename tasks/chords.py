@@ -37,7 +37,7 @@ a member is counted fails that member; dropped while the claim is extended, it f
 dropped during the cleanup *after* the callback was published, it runs the chord's error path for a
 callback already sent: the workflow fails while its callback runs (the chaos suite's Redis restart
 found this: a pipeline failed "STARTED", its writer running). :class:`RedisBackend`, which relaybus
-installs for ``redis://`` URLs, retries the scripts (all idempotent) while Redis comes back, and gives
+installs for ``redis://`` URLs, retries the scripts (all idempotent) through the backend's own `ensure` while Redis comes back, and gives
 a cleanup that still fails up quietly, leaving the keys to expire: the callback is out.
 
 All of this relies on the Redis backend's key layout (pinned: celery 5.7); a no-op on any other backend.
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from celery import Celery, states
@@ -56,8 +56,6 @@ from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.canvas import maybe_signature
 from celery.exceptions import ChordError
 from celery.utils.log import get_logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = get_logger(__name__)
 
@@ -67,58 +65,52 @@ CLAIM_WAIT_S = 60.0
 POLL_S = 0.1
 
 
-#: How long a chord script is retried while Redis is away (a restart takes a second or two).
-REDIS_WAIT_S = 15.0
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
-
-
 class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyped
     """Celery's Redis result backend, whose chord bookkeeping rides out a Redis restart.
 
     Celery runs three Lua scripts per chord member: count the part (and claim the dispatch when it
     is the last), extend the claim before publishing, clean up after publishing. Celery calls each
     once; a dropped connection becomes a task error or a join error. All three are idempotent, so
-    here each is retried while Redis comes back, and a cleanup that still fails is given up
-    quietly: it runs after the callback was published, when the chord's outcome is decided.
+    here each goes through the backend's own :meth:`ensure` (retried over its connection errors,
+    by its retry policy), and a cleanup that still fails is given up quietly: it runs after the
+    callback was published, when the chord's outcome is decided.
     """
+
+    def _ensured(self, lua: str) -> Callable[..., Any]:
+        script = self.client.register_script(lua)
+        return lambda keys, args, client=None: self.ensure(partial(script, keys=keys, args=args, client=client), ())
 
     @cached_property
     def _chord_part_return_script(self) -> Callable[..., Any]:
         script = self.client.register_script(CHORD_PART_RETURN_LUA)
 
         def part_return(keys: list[str], args: list[Any], client: Any = None) -> Any:
-            calls = 0
+            tries = []
 
             def once() -> Any:
-                nonlocal calls
-                calls += 1
+                tries.append(1)
                 readycount, totaldiff, size, claimed = script(keys=keys, args=args, client=client)
-                if calls > 1 and not claimed and _holds(client or self.client, keys[5], args[7]):
+                if len(tries) > 1 and not claimed and _holds(client or self.client, keys[5], args[7]):
                     claimed = 1  # an earlier try claimed the dispatch, and only its reply was lost
                 return readycount, totaldiff, size, claimed
 
-            return _retry_while_down(once, "count a chord part")
+            return self.ensure(once, ())
 
         return part_return
 
     @cached_property
     def _chord_claim_extend_script(self) -> Callable[..., Any]:
-        script = self.client.register_script(CHORD_CLAIM_EXTEND_LUA)
-
-        def extend(keys: list[str], args: list[Any], client: Any = None) -> Any:
-            return _retry_while_down(lambda: script(keys=keys, args=args, client=client), "extend a chord claim")
-
-        return extend
+        return self._ensured(CHORD_CLAIM_EXTEND_LUA)
 
     @cached_property
     def _chord_cleanup_script(self) -> Callable[..., Any]:
-        script = self.client.register_script(CHORD_CLEANUP_LUA)
+        ensured = self._ensured(CHORD_CLEANUP_LUA)
 
         def cleanup(keys: list[str], args: list[Any], client: Any = None) -> Any:
             # Celery calls this once the callback is published (a ``finally``), and would turn an
             # exception into a join error: the chord's error path for a callback already sent.
             try:
-                return _retry_while_down(lambda: script(keys=keys, args=args, client=client), "clean a chord up")
+                return ensured(keys, args, client)
             except Exception:
                 logger.warning("chord cleanup of %s failed; its keys are left to expire", keys[0], exc_info=True)
                 return 0
@@ -129,20 +121,6 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
 def _holds(client: Any, ckey: str, token: Any) -> bool:
     value = client.get(ckey)
     return value is not None and value == (token.encode() if isinstance(token, str) else token)
-
-
-def _retry_while_down(call: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + REDIS_WAIT_S
-    delay = 0.1
-    while True:
-        try:
-            return call()
-        except _REDIS_DOWN as exc:
-            if time.monotonic() + delay >= deadline:
-                raise
-            logger.warning("Redis is away (%r); retrying to %s in %.1fs", exc, what, delay)
-            time.sleep(delay)  # reconnecting is all there is to do, and it cannot be waited on
-            delay = min(delay * 2, 2.0)
 
 
 def _complete(backend: CeleryRedisBackend, gid: str) -> bool:

@@ -46,9 +46,7 @@ def test_redis_lost_after_the_callback_is_sent_does_not_fail_the_chord(app: Any,
     callback = probe.s(key="chord-cleanup").set(task_id=callback_id, link_error=[signature(ERRBACK)])
     gid = str(uuid.uuid4())
     backend.set_chord_size(gid, 1)
-    member = Context(
-        id=str(uuid.uuid4()), group=gid, group_index=0, chord=dict(callback), root_id=gid, delivery_info={}
-    )
+    member = _member(gid, callback)
 
     published: list[str] = []
     restarted = threading.Event()
@@ -71,6 +69,11 @@ def test_redis_lost_after_the_callback_is_sent_does_not_fail_the_chord(app: Any,
     assert backend.get_state(callback_id) != states.FAILURE
 
 
+def _member(gid: str, callback: Any) -> Context:
+    """The request of the first header member of chord ``gid`` whose callback is ``callback``."""
+    return Context(id=str(uuid.uuid4()), group=gid, group_index=0, chord=dict(callback), root_id=gid, delivery_info={})
+
+
 def _start_later(service: PrivateRedis, done: threading.Event) -> None:
     # Down for a second: the cleanup meets a refused connection and must retry, not fail the chord.
     time.sleep(1.0)  # the outage itself: nothing to wait for, it is the fault being injected
@@ -85,8 +88,7 @@ def test_a_member_returning_while_redis_restarts_is_counted_once_it_is_back(
     backend = app.backend
     gid = str(uuid.uuid4())
     backend.set_chord_size(gid, 2)  # not the last member: counting is all it does
-    member = Context(id=str(uuid.uuid4()), group=gid, group_index=0, chord=dict(app.tasks["agents.probe"].s(key="x")),
-                     root_id=gid, delivery_info={})
+    member = _member(gid, app.tasks["agents.probe"].s(key="x"))
     backend.client.ping()  # the pooled connection is open before the restart
     redis_server.stop()
     back = threading.Event()
