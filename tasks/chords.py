@@ -37,8 +37,9 @@ a member is counted fails that member; dropped while the claim is extended, it f
 dropped during the cleanup *after* the callback was published, it runs the chord's error path for a
 callback already sent: the workflow fails while its callback runs (the chaos suite's Redis restart
 found this: a pipeline failed "STARTED", its writer running). :class:`RedisBackend`, which relaybus
-installs for ``redis://`` URLs, retries the scripts (all idempotent) through the backend's own `ensure` while Redis comes back, and gives
-a cleanup that still fails up quietly, leaving the keys to expire: the callback is out.
+installs for ``redis://`` URLs, retries the scripts (all idempotent) through the backend's own
+``ensure`` while Redis comes back, and gives a cleanup that still fails up quietly, leaving the keys
+to expire: the callback is out.
 
 All of this relies on the Redis backend's key layout (pinned: celery 5.7); a no-op on any other backend.
 """
