@@ -15,14 +15,12 @@ COPY project ./project
 COPY tasks ./tasks
 COPY sagas ./sagas
 COPY eventstore ./eventstore
-COPY bench ./bench
 
-# Editable on purpose: the alembic revisions in eventstore/migrations/versions/ are plain files, not
-# a package, so a regular `pip install .` would leave them out and `relaybus db upgrade` would find
-# no migration. An editable install runs the code from /app, revisions included.
-RUN pip install -e . \
+# A regular install: the four folders become the one import package `relaybus` (pyproject's
+# package-dir), and the alembic revisions travel as package data.
+RUN pip install . \
     && relaybus --help > /dev/null \
-    && python -c "import eventstore.migrations as m, pathlib; \
+    && python -c "import relaybus.eventstore.migrations as m, pathlib; \
 assert any(pathlib.Path(m.__file__).parent.glob('versions/*.py')), 'migrations missing'"
 
 # Workers run unprivileged: nothing here needs root, and a misbehaving agent should not have it.

@@ -98,7 +98,7 @@ def _eventstore(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
 
 def _pipeline(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     from bench.pipeline_bench import run
-    from project.settings import get_settings
+    from relaybus.settings import get_settings
 
     base = get_settings()
     n = 20 if quick else 50

@@ -12,7 +12,7 @@ import time
 import redis
 from celery import shared_task
 
-from tasks.base import AgentContext, AgentModel, agent
+from relaybus.tasks.base import AgentContext, AgentModel, agent
 
 _redis: redis.Redis | None = None
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from celery import Celery
 
-from project.celery import create_app, topology_of
-from project.settings import Settings
-from project.workers import WorkerProcess
+from relaybus.celery import create_app, topology_of
+from relaybus.settings import Settings
+from relaybus.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_AGENTS = ("bench_noop", "bench_plain")
@@ -46,7 +46,7 @@ def start_worker(settings: Settings, queues: list[str], log: Path, concurrency: 
         "-m",
         "celery",
         "-A",
-        "project",
+        "relaybus",
         "worker",
         "-Q",
         ",".join(queues),

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from eventstore import EventStore, NewEvent, fold, open_store
+from relaybus.eventstore import EventStore, NewEvent, fold, open_store
 
 BATCH = 500
 AGENTS = ("planner", "researcher", "writer", "critic")

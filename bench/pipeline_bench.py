@@ -29,12 +29,12 @@ from typing import Any
 from celery import Celery
 
 from bench.subscribers import BENCH_AGENT, BenchPing
-from project.celery import create_app, topology_of
-from project.settings import Settings, get_settings
-from project.workers import WorkerProcess, worker_argv
-from tasks.agents.pipeline_models import ResearchRequest
-from tasks.bus import declare_subscriptions, event_queue_name, publish, subscribers
-from tasks.client import PipelineHandle, start
+from relaybus.celery import create_app, topology_of
+from relaybus.settings import Settings, get_settings
+from relaybus.tasks.agents.pipeline_models import ResearchRequest
+from relaybus.tasks.bus import declare_subscriptions, event_queue_name, publish, subscribers
+from relaybus.tasks.client import PipelineHandle, start
+from relaybus.workers import WorkerProcess, worker_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = "Compare retries, sagas and chords for reliable agent pipelines"

@@ -32,13 +32,13 @@ from celery import Celery
 from pydantic import JsonValue
 from sqlalchemy import create_engine, text
 
-from eventstore import open_store
-from project.celery import create_app, topology_of
-from project.settings import Settings, get_settings
-from project.workers import WorkerProcess, worker_argv
-from sagas import SagaView
-from tasks.agents.content_store import engine_for, saga_runs, set_fault
-from tasks.saga import start_saga, wait_for_saga
+from relaybus.celery import create_app, topology_of
+from relaybus.eventstore import open_store
+from relaybus.sagas import SagaView
+from relaybus.settings import Settings, get_settings
+from relaybus.tasks.agents.content_store import engine_for, saga_runs, set_fault
+from relaybus.tasks.saga import start_saga, wait_for_saga
+from relaybus.workers import WorkerProcess, worker_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = ["researcher", "writer", "reviewer", "publisher"]

@@ -8,9 +8,9 @@ from typing import ClassVar
 
 from celery import current_app
 
-from tasks.base import AgentContext
-from tasks.bus import subscribe
-from tasks.events import Event
+from relaybus.tasks.base import AgentContext
+from relaybus.tasks.bus import subscribe
+from relaybus.tasks.events import Event
 
 BENCH_AGENT = "bench"
 

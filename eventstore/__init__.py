@@ -8,20 +8,26 @@ of relaybus. ::
     store.timeline(cid).model_dump(mode="json")
 """
 
-from eventstore import migrations, types
-from eventstore.errors import (
+if __name__ != "relaybus.eventstore":  # imported by its folder name from the repository root
+    raise ImportError(
+        f"the eventstore/ folder is installed as relaybus.eventstore: import relaybus.eventstore, not {__name__}"
+        " (a second copy of its modules would bring a second registry and app)"
+    )
+
+from relaybus.eventstore import migrations, types
+from relaybus.eventstore.errors import (
     AppendOnlyViolation,
     ConcurrencyError,
     EventStoreError,
     SchemaError,
     StoreUnavailable,
 )
-from eventstore.integrity import BrokenLink, VerifyReport
-from eventstore.models import DEFAULT_REDACT_KEYS, NewEvent, RecordedEvent, StoreConfig
-from eventstore.projections import WorkflowStatus, WorkflowStatusProjection, apply, fold
-from eventstore.queries import AgentStats, TaskStep, Timeline
-from eventstore.replay import DryRun, RunDiff, RunStep, StepDifference, diff, dry_run
-from eventstore.store import EventStore, open_store
+from relaybus.eventstore.integrity import BrokenLink, VerifyReport
+from relaybus.eventstore.models import DEFAULT_REDACT_KEYS, NewEvent, RecordedEvent, StoreConfig
+from relaybus.eventstore.projections import WorkflowStatus, WorkflowStatusProjection, apply, fold
+from relaybus.eventstore.queries import AgentStats, TaskStep, Timeline
+from relaybus.eventstore.replay import DryRun, RunDiff, RunStep, StepDifference, diff, dry_run
+from relaybus.eventstore.store import EventStore, open_store
 
 # Grouped by concern, as dramatiq does, rather than sorted.
 __all__ = [  # noqa: RUF022

@@ -27,9 +27,9 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from eventstore.errors import AppendOnlyViolation, EventStoreError, SchemaError, StoreUnavailable
-from eventstore.models import StoreConfig
-from eventstore.schema import APPEND_ONLY_MESSAGE
+from relaybus.eventstore.errors import AppendOnlyViolation, EventStoreError, SchemaError, StoreUnavailable
+from relaybus.eventstore.models import StoreConfig
+from relaybus.eventstore.schema import APPEND_ONLY_MESSAGE
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _WRITE = "eventstore_write"

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Row, Select, String, select, type_coerce
 
-from eventstore.models import RecordedEvent
-from eventstore.schema import events
+from relaybus.eventstore.models import RecordedEvent
+from relaybus.eventstore.schema import events
 
 _NAMES = tuple(c.name for c in events.c)
 _FIELDS = frozenset(RecordedEvent.model_fields)

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from eventstore.hashing import event_hash
-from eventstore.models import RecordedEvent
+from relaybus.eventstore.hashing import event_hash
+from relaybus.eventstore.models import RecordedEvent
 
 BreakReason = Literal["hash_mismatch", "prev_hash_mismatch", "version_gap"]
 

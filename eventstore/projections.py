@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from eventstore import types as t
-from eventstore._engine import ProcessLocalEngine, translate_errors
-from eventstore.schema import events, projection_tracking, workflow_status
+from relaybus.eventstore import types as t
+from relaybus.eventstore._engine import ProcessLocalEngine, translate_errors
+from relaybus.eventstore.schema import events, projection_tracking, workflow_status
 
 
 class FoldEvent(Protocol):

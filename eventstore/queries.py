@@ -14,10 +14,10 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, and_
 
-from eventstore import types as t
-from eventstore.models import RecordedEvent
-from eventstore.projections import WorkflowStatus, fold
-from eventstore.schema import events
+from relaybus.eventstore import types as t
+from relaybus.eventstore.models import RecordedEvent
+from relaybus.eventstore.projections import WorkflowStatus, fold
+from relaybus.eventstore.schema import events
 
 
 class TaskEvent(Protocol):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from eventstore.hashing import canonical_json, sha256_hex
+from relaybus.eventstore.hashing import canonical_json, sha256_hex
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[^a-z0-9]+")

@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from eventstore import types as t
-from eventstore.models import RecordedEvent
-from eventstore.projections import WorkflowStatus, fold
-from eventstore.queries import Timeline, timeline_of
+from relaybus.eventstore import types as t
+from relaybus.eventstore.models import RecordedEvent
+from relaybus.eventstore.projections import WorkflowStatus, fold
+from relaybus.eventstore.queries import Timeline, timeline_of
 
 
 class DryRun(BaseModel):

@@ -41,16 +41,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL
 
-from eventstore import integrity, queries, replay
-from eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
-from eventstore._insert import allocate_positions, insert_rows, time_binder
-from eventstore._rows import recorded, select_events, to_events
-from eventstore.errors import ConcurrencyError
-from eventstore.hashing import event_hash_of_json, format_time
-from eventstore.models import NewEvent, RecordedEvent, StoreConfig
-from eventstore.projections import WorkflowStatusProjection
-from eventstore.redaction import Redactor, fit
-from eventstore.schema import events
+from relaybus.eventstore import integrity, queries, replay
+from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
+from relaybus.eventstore._insert import allocate_positions, insert_rows, time_binder
+from relaybus.eventstore._rows import recorded, select_events, to_events
+from relaybus.eventstore.errors import ConcurrencyError
+from relaybus.eventstore.hashing import event_hash_of_json, format_time
+from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
+from relaybus.eventstore.projections import WorkflowStatusProjection
+from relaybus.eventstore.redaction import Redactor, fit
+from relaybus.eventstore.schema import events
 
 
 class _LookUpStored(Exception):
@@ -369,7 +369,7 @@ def open_store(
     Defaults to on for SQLite, the embedded default, and off for PostgreSQL, whose schema is
     managed with ``relaybus db upgrade``. ``schema`` (PostgreSQL): the schema holding the tables.
     """
-    from eventstore import migrations
+    from relaybus.eventstore import migrations
 
     parsed = normalize_url(url)
     config = config or StoreConfig()

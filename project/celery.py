@@ -1,4 +1,4 @@
-"""The Celery app: ``celery -A project worker -Q agents.<name>`` starts a worker for one agent."""
+"""The Celery app: ``celery -A relaybus worker -Q agents.<name>`` starts a worker for one agent."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ from typing import Any
 from celery import Celery, signals
 from celery.app.amqp import AMQP
 
-from project.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
-from project.topology import Topology, agent_of
-from tasks.bus import subscriber_of
-from tasks.bus_consumer import EventDelivery
-from tasks.llm import ProviderConfig
-from tasks.runtime import RuntimeConfig
+from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
+from relaybus.tasks.bus import subscriber_of
+from relaybus.tasks.bus_consumer import EventDelivery
+from relaybus.tasks.llm import ProviderConfig
+from relaybus.tasks.runtime import RuntimeConfig
+from relaybus.topology import Topology, agent_of
 
 #: The result backend class for redis:// and rediss:// URLs.
-REDIS_BACKEND = "tasks.chords:RedisBackend"
+REDIS_BACKEND = "relaybus.tasks.chords:RedisBackend"
 
 #: Agent modules loaded by name when the app finalizes; never imported at import time.
 BUILTIN_MODULES = (
-    "tasks.outcomes",
-    "tasks.agents.pipeline",
-    "tasks.saga.orchestration",
-    "tasks.agents.content_saga",
+    "relaybus.tasks.outcomes",
+    "relaybus.tasks.agents.pipeline",
+    "relaybus.tasks.saga.orchestration",
+    "relaybus.tasks.agents.content_saga",
 )
 #: Agents that ship with relaybus: the reference pipeline and the reference saga's steps.
 BUILTIN_AGENTS = (
@@ -183,11 +183,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         # Flower and `celery events` need these.
         worker_send_task_events=True,
         task_send_sent_event=True,
-        worker_consumer="project.consumer:DeadLetteringConsumer",
+        worker_consumer="relaybus.consumer:DeadLetteringConsumer",
         worker_hijack_root_logger=False,
         relaybus_runtime=runtime_from(settings),
         relaybus_topology=topology,
-        # `celery -A project beat`: the saga sweep times out steps whose worker went silent.
+        # `celery -A relaybus beat`: the saga sweep times out steps whose worker went silent.
         beat_schedule={"relaybus.saga.sweep": {"task": "relaybus.saga.sweep", "schedule": 30.0}},
     )
     if settings.broker_url.startswith("filesystem://"):
@@ -235,9 +235,9 @@ def _declare_topology(sender: Any = None, **_: Any) -> None:
 
 
 def _connect_signals() -> None:
-    from tasks.chords import register_chord_member
-    from tasks.context import propagate_ids
-    from tasks.recording import on_before_task_publish
+    from relaybus.tasks.chords import register_chord_member
+    from relaybus.tasks.context import propagate_ids
+    from relaybus.tasks.recording import on_before_task_publish
 
     def record_sent(**kwargs: Any) -> None:
         on_before_task_publish(publishing_app(), **kwargs)

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from project.saga_cli import saga as saga_group
-from project.settings import get_settings
+from relaybus.saga_cli import saga as saga_group
+from relaybus.settings import get_settings
 
 console = Console()
 EXIT_PROBLEM = 1
@@ -42,7 +42,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def _app() -> Any:
-    from project.celery import app
+    from relaybus.celery import app
 
     return app
 
@@ -70,7 +70,7 @@ main.add_command(saga_group)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def demo(request_text: str | None, embedded: bool, as_json: bool) -> None:
     """Run the reference workflow through real worker processes and print its timeline."""
-    from project.demo import DEFAULT_REQUEST, run_demo
+    from relaybus.demo import DEFAULT_REQUEST, run_demo
 
     result = run_demo(get_settings(), request_text or DEFAULT_REQUEST, force_embedded=embedded)
     if as_json:
@@ -110,8 +110,8 @@ def _ms(value: float | None) -> str:
 def run(pipeline: str, input_json: str, priority: str | None, correlation_id: str | None, wait: bool,
         timeout: float, as_json: bool) -> None:
     """Start a pipeline (e.g. research) with a JSON input; exit 1 if it fails."""
-    from tasks.client import start
-    from tasks.errors import InvalidInput, UnknownPipeline
+    from relaybus.tasks.client import start
+    from relaybus.tasks.errors import InvalidInput, UnknownPipeline
 
     try:
         data = json.loads(input_json)
@@ -147,8 +147,8 @@ def run(pipeline: str, input_json: str, priority: str | None, correlation_id: st
 def worker(agents: str | None, concurrency: int | None, pool: str, urgent: bool, hostname: str | None,
            dry_run: bool) -> None:
     """Start a Celery worker for some agents' queues."""
-    from project.celery import topology_of
-    from project.workers import UnknownAgent, worker_argv
+    from relaybus.celery import topology_of
+    from relaybus.workers import UnknownAgent, worker_argv
 
     try:
         argv = worker_argv(topology_of(_app()), _agents_option(agents), concurrency=concurrency, pool=pool,
@@ -165,7 +165,7 @@ def worker(agents: str | None, concurrency: int | None, pool: str, urgent: bool,
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Queue depth, consumers, urgent and dead-letter depth per agent (over AMQP)."""
-    from project.status import queue_status
+    from relaybus.status import queue_status
 
     try:
         rows = queue_status(_app())
@@ -189,7 +189,7 @@ def dlq() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100)
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(agents: str | None, limit: int, as_json: bool) -> None:
-    from project.dlq import peek
+    from relaybus.dlq import peek
 
     letters = peek(_app(), _agents_option(agents), limit)
     if as_json:
@@ -204,7 +204,7 @@ def dlq_list(agents: str | None, limit: int, as_json: bool) -> None:
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True)
 def dlq_show(task_id: str, as_json: bool) -> None:
-    from project.dlq import peek
+    from relaybus.dlq import peek
 
     matches = [d for d in peek(_app(), None, 100_000) if d.task_id == task_id]
     if not matches:
@@ -225,7 +225,7 @@ def dlq_requeue(agents: str | None, task_id: str | None, as_json: bool) -> None:
     """Send dead letters back to their queue with a fresh retry budget."""
     from rich.progress import Progress
 
-    from project.dlq import requeue
+    from relaybus.dlq import requeue
 
     with Progress(console=console, transient=True, disable=as_json) as progress:
         bar = progress.add_task("requeueing dead letters", total=None)
@@ -241,7 +241,7 @@ def dlq_requeue(agents: str | None, task_id: str | None, as_json: bool) -> None:
 @click.option("--id", "task_id", default=None, help="Only this task id.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(agents: str | None, task_id: str | None, yes: bool) -> None:
-    from project.dlq import purge
+    from relaybus.dlq import purge
 
     if not yes:
         click.confirm("Drop these dead letters for good?", abort=True)
@@ -249,7 +249,7 @@ def dlq_purge(agents: str | None, task_id: str | None, yes: bool) -> None:
 
 
 def _register() -> None:
-    from project.cli_log import COMMANDS
+    from relaybus.cli_log import COMMANDS
 
     for command in COMMANDS:
         main.add_command(command)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.progress import Progress
 
-from project.settings import get_settings
+from relaybus.settings import get_settings
 
 EXIT_PROBLEM = 1
 EXIT_UNREACHABLE = 3
@@ -19,7 +19,7 @@ EXIT_UNREACHABLE = 3
 
 @contextmanager
 def _store() -> Iterator[Any]:
-    from eventstore import StoreConfig, StoreUnavailable, open_store
+    from relaybus.eventstore import StoreConfig, StoreUnavailable, open_store
 
     settings = get_settings()
     try:
@@ -38,13 +38,13 @@ def _store() -> Iterator[Any]:
 
 
 def _echo(data: Any) -> None:
-    from project.cli import _emit_json
+    from relaybus.cli import _emit_json
 
     _emit_json(data)
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from project.cli import _table as table
+    from relaybus.cli import _table as table
 
     table(title, columns, rows)
 
@@ -61,7 +61,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the event-store schema (alembic) at RELAYBUS_EVENTSTORE_URL."""
-    from eventstore import StoreUnavailable, migrations
+    from relaybus.eventstore import StoreUnavailable, migrations
 
     try:
         migrations.upgrade(get_settings().eventstore_url)
@@ -213,8 +213,8 @@ def replay_diff(correlation_a: str, correlation_b: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def replay_redrive(correlation_id: str, from_step: str, deterministic: bool, as_json: bool) -> None:
     """Run a recorded workflow again from a step, under a new correlation id (replay_of the original)."""
-    from project.celery import app
-    from project.replay import RedriveError, redrive
+    from relaybus.celery import app
+    from relaybus.replay import RedriveError, redrive
 
     with _store() as store:
         try:

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-from project.celery import create_app, topology_of
-from project.settings import Settings, embedded
-from project.workers import WorkerProcess, worker_argv
+from relaybus.celery import create_app, topology_of
+from relaybus.settings import Settings, embedded
+from relaybus.workers import WorkerProcess, worker_argv
 
 DEFAULT_REQUEST = "How do dead-letter queues and sagas keep AI agent pipelines reliable?"
 
@@ -68,8 +68,8 @@ def run_demo(settings: Settings, request: str = DEFAULT_REQUEST, *, force_embedd
     topology = topology_of(app)
     with app.connection_for_write() as conn:
         topology.declare(conn)
-    from tasks.bus import declare_subscriptions
-    from tasks.client import start
+    from relaybus.tasks.bus import declare_subscriptions
+    from relaybus.tasks.client import start
 
     declare_subscriptions(app)
     log = Path(settings.embedded_dir).resolve() / "demo-worker.log"
@@ -95,8 +95,8 @@ def run_demo(settings: Settings, request: str = DEFAULT_REQUEST, *, force_embedd
 def _compensating_saga(app: Any, settings: Settings, topic: str, timeout: float) -> dict[str, Any]:
     """The seed's content-creation saga with publishing made to fail: the review is cancelled and the
     draft discarded, newest first, and the research (read-only) is left alone."""
-    from tasks.agents.content_store import engine_for, live_items, set_fault
-    from tasks.saga import start_saga, wait_for_saga
+    from relaybus.tasks.agents.content_store import engine_for, live_items, set_fault
+    from relaybus.tasks.saga import start_saga, wait_for_saga
 
     saga_id = f"demo-{uuid.uuid4().hex[:12]}"
     content = engine_for(settings.eventstore_url)
@@ -116,7 +116,7 @@ def _compensating_saga(app: Any, settings: Settings, topic: str, timeout: float)
 
 def _timeline(settings: Settings, correlation_id: str) -> list[dict[str, Any]]:
     """One row per step of the workflow, from the event log: agent, status, queue wait, run time."""
-    from eventstore import open_store
+    from relaybus.eventstore import open_store
 
     store = open_store(settings.eventstore_url)
     try:

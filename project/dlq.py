@@ -9,9 +9,9 @@ from typing import Any
 from celery import Celery
 from pydantic import BaseModel, ConfigDict
 
-from project.celery import topology_of
-from tasks.context import CORRELATION_HEADER, REDRIVE_HEADER
-from tasks.deadletter import (
+from relaybus.celery import topology_of
+from relaybus.tasks.context import CORRELATION_HEADER, REDRIVE_HEADER
+from relaybus.tasks.deadletter import (
     ATTEMPTS_HEADER,
     DEAD_LETTERED_AT_HEADER,
     ERROR_MESSAGE_HEADER,

@@ -15,9 +15,9 @@ from typing import Any
 from celery import Celery
 from pydantic import BaseModel, ConfigDict
 
-from eventstore import EventStore, NewEvent
-from eventstore.replay import run_steps
-from tasks.context import new_id, workflow_context
+from relaybus.eventstore import EventStore, NewEvent
+from relaybus.eventstore.replay import run_steps
+from relaybus.tasks.context import new_id, workflow_context
 
 
 class RedriveError(ValueError):

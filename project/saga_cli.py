@@ -23,13 +23,13 @@ console = Console()
 def _unreachable() -> tuple[type[BaseException], ...]:
     from kombu.exceptions import OperationalError
 
-    from eventstore import StoreUnavailable
+    from relaybus.eventstore import StoreUnavailable
 
     return (OSError, OperationalError, StoreUnavailable)
 
 
 def _app() -> Any:
-    from project.celery import app
+    from relaybus.celery import app
 
     return app
 
@@ -89,8 +89,8 @@ def saga() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: str | None, as_json: bool) -> None:
     """Start the saga NAME; prints its id."""
-    from sagas import UnknownSaga
-    from tasks.saga import known_sagas, start_saga
+    from relaybus.sagas import UnknownSaga
+    from relaybus.tasks.saga import known_sagas, start_saga
 
     try:
         data = json.loads(input_text)
@@ -119,7 +119,7 @@ def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: 
 @click.option("--json", "as_json", is_flag=True)
 def saga_list(status: str | None, limit: int, as_json: bool) -> None:
     """The newest sagas first."""
-    from tasks.saga import list_sagas
+    from relaybus.tasks.saga import list_sagas
 
     views = list_sagas(status, limit, app=_app())  # type: ignore[arg-type]
     if as_json:
@@ -146,8 +146,8 @@ def saga_list(status: str | None, limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def saga_show(saga_id: str, as_json: bool) -> None:
     """A saga's steps, their outcomes and timings, and its compensations."""
-    from sagas import SagaNotFound
-    from tasks.saga import saga_status
+    from relaybus.sagas import SagaNotFound
+    from relaybus.tasks.saga import saga_status
 
     try:
         view = saga_status(saga_id, app=_app())
@@ -165,8 +165,8 @@ def saga_show(saga_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def saga_resume(saga_id: str, as_json: bool) -> None:
     """Retry the failed compensations of a compensation_failed saga, once its cause is fixed."""
-    from sagas import InvalidTransition, SagaNotFound
-    from tasks.saga import resume_saga
+    from relaybus.sagas import InvalidTransition, SagaNotFound
+    from relaybus.tasks.saga import resume_saga
 
     try:
         view = resume_saga(saga_id, app=_app())
@@ -201,7 +201,7 @@ def saga_resume(saga_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def saga_sweep(horizon_days: float, stuck_after: float, as_json: bool) -> None:
     """Time out steps past their deadline and act as each saga's policy says (what beat runs every 30 s)."""
-    from tasks.saga import sweep_sagas
+    from relaybus.tasks.saga import sweep_sagas
 
     try:
         report = sweep_sagas(_app(), horizon_s=horizon_days * 86400, stuck_compensation_after_s=stuck_after)

@@ -7,7 +7,7 @@ import contextlib
 from celery import Celery
 from pydantic import BaseModel, ConfigDict
 
-from project.celery import topology_of
+from relaybus.celery import topology_of
 
 
 class QueueStatus(BaseModel):

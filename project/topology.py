@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kombu import Connection, Exchange, Queue
 
-from project.settings import MAX_PRIORITY
+from relaybus.settings import MAX_PRIORITY
 
 AGENT_TASK_PREFIX = "agents."
 

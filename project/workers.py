@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from project.settings import Settings
-from project.topology import Topology
+from relaybus.settings import Settings
+from relaybus.topology import Topology
 
 
 class UnknownAgent(ValueError):
@@ -27,7 +27,7 @@ def worker_argv(
     hostname: str | None = None,
     loglevel: str = "INFO",
 ) -> list[str]:
-    """``celery -A project worker`` consuming the queues of ``agents`` (all agents if None)."""
+    """``celery -A relaybus worker`` consuming the queues of ``agents`` (all agents if None)."""
     chosen = agents or list(topology.agents)
     unknown = [a for a in chosen if a not in topology.agents]
     if unknown:
@@ -42,7 +42,7 @@ def worker_argv(
             queues.append(topology.queue_name(agent))
         if topology.urgent_queues:
             queues.append(topology.queue_name(agent, urgent=True))
-    argv = [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", ",".join(queues), "-P", pool,
+    argv = [sys.executable, "-m", "celery", "-A", "relaybus", "worker", "-Q", ",".join(queues), "-P", pool,
             "-l", loglevel]
     if concurrency:
         argv += ["-c", str(concurrency)]

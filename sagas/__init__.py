@@ -6,7 +6,13 @@ commands and records the events (see :mod:`sagas.commands` for the loop), throug
 :class:`SagaRepository`, which keeps each saga in the event store under optimistic concurrency.
 """
 
-from sagas.commands import (
+if __name__ != "relaybus.sagas":  # imported by its folder name from the repository root
+    raise ImportError(
+        f"the sagas/ folder is installed as relaybus.sagas: import relaybus.sagas, not {__name__}"
+        " (a second copy of its modules would bring a second registry and app)"
+    )
+
+from relaybus.sagas.commands import (
     Command,
     FinalStatus,
     Finish,
@@ -15,11 +21,11 @@ from sagas.commands import (
     RunStep,
     idempotency_key,
 )
-from sagas.decide import decide, resume, start
-from sagas.definition import OnTimeout, ParallelStep, SagaDefinition, SagaRegistry, Step, members_of
-from sagas.dispatches import InFlight, dispatch_id, dispatch_id_of, in_flight, still_running
-from sagas.errors import DefinitionError, InvalidTransition, SagaError, SagaNotFound, UnknownEvent, UnknownSaga
-from sagas.events import (
+from relaybus.sagas.decide import decide, resume, start
+from relaybus.sagas.definition import OnTimeout, ParallelStep, SagaDefinition, SagaRegistry, Step, members_of
+from relaybus.sagas.dispatches import InFlight, dispatch_id, dispatch_id_of, in_flight, still_running
+from relaybus.sagas.errors import DefinitionError, InvalidTransition, SagaError, SagaNotFound, UnknownEvent, UnknownSaga
+from relaybus.sagas.events import (
     EVENT_SCHEMA_VERSION,
     EVENT_TYPES,
     CompensationFailed,
@@ -39,9 +45,9 @@ from sagas.events import (
     from_record,
     to_record,
 )
-from sagas.reference import CONTENT_CREATION
-from sagas.repository import Decision, LoadedSaga, SagaRepository, check_saga_id, saga_stream
-from sagas.state import (
+from relaybus.sagas.reference import CONTENT_CREATION
+from relaybus.sagas.repository import Decision, LoadedSaga, SagaRepository, check_saga_id, saga_stream
+from relaybus.sagas.state import (
     CompensationState,
     CompensationStatus,
     MemberState,
@@ -52,7 +58,7 @@ from sagas.state import (
     evolve,
     fold,
 )
-from sagas.views import CompensationView, HistoryEntry, SagaView, StepView, view_of
+from relaybus.sagas.views import CompensationView, HistoryEntry, SagaView, StepView, view_of
 
 # Grouped by concept, as dramatiq's __init__ is, rather than sorted.
 __all__ = [  # noqa: RUF022

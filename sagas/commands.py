@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
-from sagas.events import (
+from relaybus.sagas.events import (
     CompensationFailed,
     CompensationStarted,
     CompensationSucceeded,

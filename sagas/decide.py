@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from sagas.commands import (
+from relaybus.sagas.commands import (
     Command,
     FinalStatus,
     Finish,
@@ -35,10 +35,10 @@ from sagas.commands import (
     RunStep,
     idempotency_key,
 )
-from sagas.definition import SagaDefinition, members_of
-from sagas.errors import InvalidTransition
-from sagas.events import SagaResumed, SagaStarted
-from sagas.state import MemberState, SagaState, output_of
+from relaybus.sagas.definition import SagaDefinition, members_of
+from relaybus.sagas.errors import InvalidTransition
+from relaybus.sagas.events import SagaResumed, SagaStarted
+from relaybus.sagas.state import MemberState, SagaState, output_of
 
 
 def start(definition: SagaDefinition, saga_id: str, input: JsonValue = None) -> SagaStarted:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from sagas.errors import DefinitionError, UnknownSaga
+from relaybus.sagas.errors import DefinitionError, UnknownSaga
 
 OnTimeout = Literal["retry", "compensate"]
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from eventstore import RecordedEvent
-from sagas.commands import RunCompensation, RunStep, idempotency_key
-from sagas.definition import SagaDefinition
-from sagas.events import (
+from relaybus.eventstore import RecordedEvent
+from relaybus.sagas.commands import RunCompensation, RunStep, idempotency_key
+from relaybus.sagas.definition import SagaDefinition
+from relaybus.sagas.events import (
     CompensationFailed,
     CompensationStarted,
     CompensationSucceeded,
@@ -29,7 +29,7 @@ from sagas.events import (
     StepTimedOut,
     dedup_key,
 )
-from sagas.state import SagaState
+from relaybus.sagas.state import SagaState
 
 Dispatchable = RunStep | RunCompensation
 Kind = Literal["step", "compensation"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sagas.events import SagaEvent
+    from relaybus.sagas.events import SagaEvent
 
 
 class SagaError(Exception):

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
-from sagas.errors import UnknownEvent
+from relaybus.sagas.errors import UnknownEvent
 
 EVENT_SCHEMA_VERSION = 1
 """The event store's ``schema_version`` of every saga event; when a shape changes, upcast in :func:`from_record`."""

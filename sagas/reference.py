@@ -9,7 +9,7 @@ agent's own pipeline task ``agents.<agent>``.
 
 from __future__ import annotations
 
-from sagas.definition import SagaDefinition, Step
+from relaybus.sagas.definition import SagaDefinition, Step
 
 CONTENT_CREATION = SagaDefinition(
     name="content_creation",

@@ -38,16 +38,16 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
-from sagas.commands import RunCompensation, RunStep
-from sagas.decide import decide
-from sagas.decide import resume as resume_event
-from sagas.decide import start as start_event
-from sagas.definition import SagaDefinition, SagaRegistry
-from sagas.dispatches import Dispatchable, InFlight, in_flight, still_running, task_id_of
-from sagas.errors import SagaNotFound
-from sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, from_record, to_record
-from sagas.state import SagaState, SagaStatus, evolve, fold
+from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
+from relaybus.sagas.commands import RunCompensation, RunStep
+from relaybus.sagas.decide import decide
+from relaybus.sagas.decide import resume as resume_event
+from relaybus.sagas.decide import start as start_event
+from relaybus.sagas.definition import SagaDefinition, SagaRegistry
+from relaybus.sagas.dispatches import Dispatchable, InFlight, in_flight, still_running, task_id_of
+from relaybus.sagas.errors import SagaNotFound
+from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, from_record, to_record
+from relaybus.sagas.state import SagaState, SagaStatus, evolve, fold
 
 STREAM_PREFIX = "saga:"
 OPEN_TYPES = frozenset({"saga.started", "saga.resumed"})

@@ -40,9 +40,9 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from sagas.definition import SagaDefinition, members_of
-from sagas.errors import InvalidTransition
-from sagas.events import (
+from relaybus.sagas.definition import SagaDefinition, members_of
+from relaybus.sagas.errors import InvalidTransition
+from relaybus.sagas.events import (
     CompensationFailed,
     CompensationStarted,
     CompensationSucceeded,

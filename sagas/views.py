@@ -11,9 +11,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from sagas.events import from_record
-from sagas.repository import LoadedSaga
-from sagas.state import CompensationStatus, Outcome, SagaStatus
+from relaybus.sagas.events import from_record
+from relaybus.sagas.repository import LoadedSaga
+from relaybus.sagas.state import CompensationStatus, Outcome, SagaStatus
 
 _TERMINAL_TYPES = frozenset({"saga.completed", "saga.compensated", "saga.compensation_failed"})
 _STEP_ENDS = frozenset({"saga.step.succeeded", "saga.step.failed", "saga.step.timed_out"})

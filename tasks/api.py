@@ -2,15 +2,15 @@
 
 ::
 
-    from tasks.api import Event, publish, start, subscribe
+    from relaybus.tasks.api import Event, publish, start, subscribe
 """
 
-from tasks.base import AgentContext, AgentModel, agent
-from tasks.bus import declare_subscriptions, publish, subscribe
-from tasks.canvas import MemberFailure, fan_in, parallel, results_of, sequence, settled, split_results
-from tasks.client import PipelineHandle, start
-from tasks.context import workflow_context
-from tasks.errors import (
+from relaybus.tasks.base import AgentContext, AgentModel, agent
+from relaybus.tasks.bus import declare_subscriptions, publish, subscribe
+from relaybus.tasks.canvas import MemberFailure, fan_in, parallel, results_of, sequence, settled, split_results
+from relaybus.tasks.client import PipelineHandle, start
+from relaybus.tasks.context import workflow_context
+from relaybus.tasks.errors import (
     AgentError,
     EventRejected,
     InvalidInput,
@@ -21,8 +21,8 @@ from tasks.errors import (
     TransientError,
     UnknownPipeline,
 )
-from tasks.events import Event, EventEnvelope, upcaster
-from tasks.pipelines import PipelineCompleted, PipelineFailed, PipelineOutcome, PipelineRef, register_pipeline
+from relaybus.tasks.events import Event, EventEnvelope, upcaster
+from relaybus.tasks.pipelines import PipelineCompleted, PipelineFailed, PipelineOutcome, PipelineRef, register_pipeline
 
 # Grouped by purpose, as the house style asks, rather than sorted.
 __all__ = [  # noqa: RUF022

@@ -31,16 +31,16 @@ from celery._state import get_current_task
 from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from eventstore import StoreUnavailable
-from eventstore.redaction import Redactor
-from tasks import recording
-from tasks.canvas_results import SETTLE_HEADER, member_failure
-from tasks.chords import fail_lost_chord, finish_claimed_chord
-from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
-from tasks.deadletter import dead_letter_task
-from tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
-from tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
-from tasks.runtime import llm_provider, runtime_config
+from relaybus.eventstore import StoreUnavailable
+from relaybus.eventstore.redaction import Redactor
+from relaybus.tasks import recording
+from relaybus.tasks.canvas_results import SETTLE_HEADER, member_failure
+from relaybus.tasks.chords import fail_lost_chord, finish_claimed_chord
+from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
+from relaybus.tasks.deadletter import dead_letter_task
+from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
+from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
+from relaybus.tasks.runtime import llm_provider, runtime_config
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)

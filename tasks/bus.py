@@ -36,13 +36,13 @@ from celery._state import get_current_task
 from kombu import Exchange, Queue, binding
 from pydantic import Field
 
-from tasks.base import AgentContext, AgentModel, agent
-from tasks.bus_records import delivery_records, record_publication
-from tasks.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
-from tasks.errors import InvalidEvent, PublishFailed
-from tasks.events import Event, EventEnvelope, derived_id, envelope_for, registry, topic_matches
-from tasks.idempotency import already_done, mark_done
-from tasks.runtime import runtime_config
+from relaybus.tasks.base import AgentContext, AgentModel, agent
+from relaybus.tasks.bus_records import delivery_records, record_publication
+from relaybus.tasks.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
+from relaybus.tasks.errors import InvalidEvent, PublishFailed
+from relaybus.tasks.events import Event, EventEnvelope, derived_id, envelope_for, registry, topic_matches
+from relaybus.tasks.idempotency import already_done, mark_done
+from relaybus.tasks.runtime import runtime_config
 
 EVENT_TASK_PREFIX = "events."
 #: AMQP headers every event carries, so a person reading a queue sees what it is without decoding it.
@@ -282,7 +282,7 @@ def send_envelope(app: Celery, envelope: EventEnvelope, body: str | None = None)
 
 
 def envelope_headers(envelope: EventEnvelope) -> dict[str, Any]:
-    from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
+    from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
 
     headers: dict[str, Any] = {
         EVENT_ID_HEADER: envelope.event_id,

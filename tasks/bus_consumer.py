@@ -25,19 +25,19 @@ from celery import Celery, bootsteps
 from celery.utils.log import get_logger
 from kombu import Consumer
 
-from tasks.bus import (
+from relaybus.tasks.bus import (
     EVENT_TYPE_HEADER,
     declare_subscriptions,
     event_queue_name,
     subscribers,
     subscriptions,
 )
-from tasks.bus_records import record_dead_letter
-from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
-from tasks.deadletter import body_size, publish_dead_letter, reason_headers
-from tasks.errors import EventRejected, EventTooLarge, InvalidEvent, NoHandler
-from tasks.events import EventEnvelope, derived_id, parse_envelope, registry
-from tasks.runtime import runtime_config
+from relaybus.tasks.bus_records import record_dead_letter
+from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
+from relaybus.tasks.deadletter import body_size, publish_dead_letter, reason_headers
+from relaybus.tasks.errors import EventRejected, EventTooLarge, InvalidEvent, NoHandler
+from relaybus.tasks.events import EventEnvelope, derived_id, parse_envelope, registry
+from relaybus.tasks.runtime import runtime_config
 
 logger = get_logger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery
 
-from tasks import recording
-from tasks.events import EventEnvelope, derived_id
+from relaybus.tasks import recording
+from relaybus.tasks.events import EventEnvelope, derived_id
 
 EVENT_PUBLISHED = "event.published"
 EVENT_DELIVERED = "event.delivered"
@@ -25,7 +25,7 @@ EVENT_DEAD_LETTERED = "event.dead_lettered"
 
 
 def record_publication(app: Celery, envelope: EventEnvelope, running: Any) -> None:
-    from eventstore import NewEvent
+    from relaybus.eventstore import NewEvent
 
     recorder = recording.recorder_for(app)
     if isinstance(recorder, recording.EventRecorder):
@@ -60,7 +60,7 @@ def delivery_records(
     """``event.delivered``, recorded by the task base in the same append as the handler's ``task.started``."""
 
     def records(request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-        from eventstore import NewEvent
+        from relaybus.eventstore import NewEvent
 
         try:
             envelope = EventEnvelope.model_validate(kwargs.get("event"))
@@ -95,7 +95,7 @@ def delivery_records(
 
 def record_dead_letter(app: Celery, envelope: EventEnvelope | None, queue: str, reason: str, error: str) -> None:
     """Record ``event.dead_lettered`` when the event's correlation id is known (else the DLQ has it alone)."""
-    from eventstore import NewEvent
+    from relaybus.eventstore import NewEvent
 
     recorder = recording.recorder_for(app)
     if envelope is None or not isinstance(recorder, recording.EventRecorder):

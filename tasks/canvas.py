@@ -35,8 +35,8 @@ from celery import chain, chord, group
 from celery._state import get_current_task
 from celery.canvas import Signature, _chain, _chord
 
-from tasks.canvas_results import SETTLE_HEADER, MemberFailure, is_failure, results_of, split_results
-from tasks.events import derived_id
+from relaybus.tasks.canvas_results import SETTLE_HEADER, MemberFailure, is_failure, results_of, split_results
+from relaybus.tasks.events import derived_id
 
 __all__ = [
     "MemberFailure",

@@ -2,8 +2,8 @@
 
 ::
 
-    from project.celery import create_app
-    from tasks.api import start
+    from relaybus.celery import create_app
+    from relaybus.tasks.api import start
 
     handle = start("research", {"request": "How do sagas compensate?"}, priority="high", app=create_app())
     outcome = handle.wait(timeout=60)          # PipelineOutcome(status="completed", output={...})
@@ -25,10 +25,10 @@ from typing import Any, Literal
 from celery import Celery, current_app, signature, states
 from pydantic import BaseModel, ValidationError
 
-from tasks.context import CORRELATION_HEADER, new_id
-from tasks.errors import InvalidInput, PipelineFailure, PipelineNotFinished
-from tasks.pipelines import FAIL_TASK, PipelineOutcome, PipelineRef, pipeline_ref, start_task_id
-from tasks.runtime import runtime_config
+from relaybus.tasks.context import CORRELATION_HEADER, new_id
+from relaybus.tasks.errors import InvalidInput, PipelineFailure, PipelineNotFinished
+from relaybus.tasks.pipelines import FAIL_TASK, PipelineOutcome, PipelineRef, pipeline_ref, start_task_id
+from relaybus.tasks.runtime import runtime_config
 
 Status = Literal["pending", "running", "completed", "failed"]
 
@@ -75,7 +75,7 @@ class PipelineHandle:
         config = runtime_config(self.app)
         if not config.record_events:
             return []
-        from eventstore import open_store
+        from relaybus.eventstore import open_store
 
         store = open_store(config.eventstore_url)
         try:

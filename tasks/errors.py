@@ -155,7 +155,7 @@ def is_transient(error: BaseException) -> bool:
     from redis.exceptions import TimeoutError as RedisTimeout
     from sqlalchemy.exc import DBAPIError, OperationalError  # an agent's own database is restarting or locked
 
-    from eventstore import StoreUnavailable  # the event log's database is down or locked: wait for it
+    from relaybus.eventstore import StoreUnavailable  # the event log's database is down or locked: wait for it
 
     if isinstance(error, DBAPIError) and (error.connection_invalidated or isinstance(error, OperationalError)):
         return True

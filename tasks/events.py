@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.errors import InvalidEvent, UnknownEventType, UnsupportedEventVersion
+from relaybus.tasks.errors import InvalidEvent, UnknownEventType, UnsupportedEventVersion
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 

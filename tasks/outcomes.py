@@ -18,14 +18,14 @@ from celery import Celery, shared_task, signature, states
 from celery.canvas import Signature
 from celery.utils.log import get_task_logger
 
-from eventstore import StoreUnavailable
-from tasks import recording
-from tasks.base import AgentContext
-from tasks.bus import publish, subscribe
-from tasks.context import current_correlation_id
-from tasks.errors import TransientError
-from tasks.events import derived_id
-from tasks.pipelines import (
+from relaybus.eventstore import StoreUnavailable
+from relaybus.tasks import recording
+from relaybus.tasks.base import AgentContext
+from relaybus.tasks.bus import publish, subscribe
+from relaybus.tasks.context import current_correlation_id
+from relaybus.tasks.errors import TransientError
+from relaybus.tasks.events import derived_id
+from relaybus.tasks.pipelines import (
     FAIL_TASK,
     PIPELINE_COMPLETED,
     PIPELINE_FAILED,
@@ -49,7 +49,7 @@ def record_pipeline_event(
     task_id: str | None = None,
 ) -> None:
     """Append a pipeline-level record (``pipeline.started``, ``pipeline.completed``...) to the event log."""
-    from eventstore import NewEvent
+    from relaybus.eventstore import NewEvent
 
     recorder = recording.recorder_for(app)
     if not isinstance(recorder, recording.EventRecorder):

@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.errors import UnknownPipeline
-from tasks.events import Event, derived_id
+from relaybus.tasks.errors import UnknownPipeline
+from relaybus.tasks.events import Event, derived_id
 
 #: Log records (``stream = pipeline id``) that open and close a pipeline, next to the bus events.
 PIPELINE_STARTED = "pipeline.started"
@@ -49,7 +49,7 @@ _PIPELINES: dict[str, PipelineRef] = {
     "research": PipelineRef(
         name="research",
         task="pipelines.research",
-        input_model="tasks.agents.pipeline_models:ResearchRequest",
+        input_model="relaybus.tasks.agents.pipeline_models:ResearchRequest",
     ),
 }
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from celery import Celery
 
-from tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER, current_task_id
-from tasks.runtime import RuntimeConfig, resources, runtime_config
+from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER, current_task_id
+from relaybus.tasks.runtime import RuntimeConfig, resources, runtime_config
 
 logger = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")
@@ -95,7 +95,7 @@ STORE_RETRY_MAX_S = 5.0
 
 class EventRecorder(NullRecorder):
     def __init__(self, config: RuntimeConfig) -> None:
-        from eventstore import StoreConfig, open_store
+        from relaybus.eventstore import StoreConfig, open_store
 
         self.config = config
         self.store = open_store(
@@ -118,7 +118,7 @@ class EventRecorder(NullRecorder):
         Waits for an unavailable store (module docstring); if it gives up, the start records go back
         to be held, and ``StoreUnavailable`` is raised.
         """
-        from eventstore import StoreUnavailable
+        from relaybus.eventstore import StoreUnavailable
 
         task_id = task_id or current_task_id()
         with self._io_lock:
@@ -186,7 +186,7 @@ class EventRecorder(NullRecorder):
     # -- helpers -----------------------------------------------------------------------------
 
     def _event(self, request: Any, task: Any, type_: str, eid: str, payload: dict[str, Any], **extra: Any) -> Any:
-        from eventstore import NewEvent
+        from relaybus.eventstore import NewEvent
 
         headers = dict(request.headers or {})
         correlation = getattr(request, CORRELATION_HEADER, None) or headers.get(CORRELATION_HEADER) or request.id
@@ -311,7 +311,7 @@ class EventRecorder(NullRecorder):
         )
 
     def recorded_completions(self, correlation_id: str) -> dict[str, Any]:
-        from tasks.llm import Completion
+        from relaybus.tasks.llm import Completion
 
         found: dict[str, Any] = {}
         for event in self.store.by_correlation(correlation_id):
@@ -321,7 +321,7 @@ class EventRecorder(NullRecorder):
         return found
 
     def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
-        from eventstore import NewEvent
+        from relaybus.eventstore import NewEvent
 
         task_name = str(headers.get("task", ""))
         agent = agent_for_task(task_name)

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.llm import LLMProvider, ProviderConfig, build_provider
+from relaybus.tasks.llm import LLMProvider, ProviderConfig, build_provider
 
 
 class RuntimeConfig(BaseModel):

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from celery import Celery
 from kombu import Connection
 
-from project.celery import create_app, topology_of
-from project.settings import Settings
+from relaybus.celery import create_app, topology_of
+from relaybus.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_AGENTS = ("probe", "flaky")
@@ -72,7 +72,7 @@ class Worker:
         self.queues = [f"{settings.namespace}.{a}" for a in agents]
         self.log_path = log_dir / f"{self.name}.log"
         env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT), **(extra_env or {})}
-        cmd = [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", ",".join(self.queues),
+        cmd = [sys.executable, "-m", "celery", "-A", "relaybus", "worker", "-Q", ",".join(self.queues),
                "-c", str(concurrency), "-P", pool, "-n", f"{self.name}@%h", "-l", "INFO", "--without-mingle",
                "--without-gossip"]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()

@@ -7,8 +7,8 @@ deadline is short and its policy is "retry once, then compensate", so the sweep 
 
 from __future__ import annotations
 
-from sagas import SagaDefinition, Step
-from tasks.saga import register_saga
+from relaybus.sagas import SagaDefinition, Step
+from relaybus.tasks.saga import register_saga
 
 STALLED = register_saga(
     SagaDefinition(

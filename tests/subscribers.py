@@ -11,11 +11,11 @@ import os
 import time
 from typing import ClassVar
 
-from tasks.agents.pipeline_models import ResearchCompleted
-from tasks.base import AgentContext
-from tasks.bus import subscribe
-from tasks.errors import PermanentError
-from tasks.events import Event, upcaster
+from relaybus.tasks.agents.pipeline_models import ResearchCompleted
+from relaybus.tasks.base import AgentContext
+from relaybus.tasks.bus import subscribe
+from relaybus.tasks.errors import PermanentError
+from relaybus.tasks.events import Event, upcaster
 from tests.agents import r
 
 SUBSCRIBER_AGENTS = ("auditor", "archivist")

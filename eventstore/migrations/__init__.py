@@ -18,8 +18,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL
 
-from eventstore._engine import ProcessLocalEngine, check_schema_name, make_engine, translate_errors
-from eventstore.schema import VERSION_TABLE
+from relaybus.eventstore._engine import ProcessLocalEngine, check_schema_name, make_engine, translate_errors
+from relaybus.eventstore.schema import VERSION_TABLE
 
 HEAD = "0001"
 """The newest revision; ``open_store`` skips alembic entirely when a database is already there."""

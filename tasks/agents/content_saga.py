@@ -21,14 +21,14 @@ from celery import current_app
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from sagas import CONTENT_CREATION
-from tasks.agents.content_store import AlreadyUndone, engine_for, find_item, inject, log_run, undo
-from tasks.agents.content_store import apply_once as store_once
-from tasks.agents.planner import search_tool
-from tasks.base import AgentContext, AgentModel
-from tasks.llm import complete
-from tasks.runtime import runtime_config
-from tasks.saga import CompensationCall, StepCall, Undone, register_saga, saga_compensation, saga_step
+from relaybus.sagas import CONTENT_CREATION
+from relaybus.tasks.agents.content_store import AlreadyUndone, engine_for, find_item, inject, log_run, undo
+from relaybus.tasks.agents.content_store import apply_once as store_once
+from relaybus.tasks.agents.planner import search_tool
+from relaybus.tasks.base import AgentContext, AgentModel
+from relaybus.tasks.llm import complete
+from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.saga import CompensationCall, StepCall, Undone, register_saga, saga_compensation, saga_step
 
 register_saga(CONTENT_CREATION)
 

@@ -45,8 +45,8 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from tasks.errors import PermanentError, TransientError
-from tasks.runtime import resources
+from relaybus.tasks.errors import PermanentError, TransientError
+from relaybus.tasks.runtime import resources
 
 ErrorKind = Literal["transient", "permanent"]
 EVERY_SAGA = "*"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from tasks.agents.pipeline_models import Category, IntakeInput, IntakeOutput
-from tasks.base import AgentContext, agent
-from tasks.llm import LLMProvider, complete
+from relaybus.tasks.agents.pipeline_models import Category, IntakeInput, IntakeOutput
+from relaybus.tasks.base import AgentContext, agent
+from relaybus.tasks.llm import LLMProvider, complete
 
 _STOP = frozenset(
     str.split("a an and are as at be by can do does for from how in is it keep of on or the to what why with vs versus")

@@ -29,13 +29,13 @@ from typing import Any
 
 from celery import current_app
 
-from tasks.agents import intake, planner, publisher, researcher, reviewer, writer
-from tasks.agents.pipeline_models import PipelineOptions, PlanOutput, ResearchRequest
-from tasks.base import AgentContext, AgentModel, agent
-from tasks.canvas import fan_in, sequence
-from tasks.idempotency import already_done, mark_done
-from tasks.outcomes import fail_on_error, record_pipeline_event
-from tasks.pipelines import PIPELINE_STARTED
+from relaybus.tasks.agents import intake, planner, publisher, researcher, reviewer, writer
+from relaybus.tasks.agents.pipeline_models import PipelineOptions, PlanOutput, ResearchRequest
+from relaybus.tasks.base import AgentContext, AgentModel, agent
+from relaybus.tasks.canvas import fan_in, sequence
+from relaybus.tasks.idempotency import already_done, mark_done
+from relaybus.tasks.outcomes import fail_on_error, record_pipeline_event
+from relaybus.tasks.pipelines import PIPELINE_STARTED
 
 __all__ = ["fan_out", "intake", "planner", "publisher", "researcher", "reviewer", "start", "writer"]
 

@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tasks.base import AgentModel
-from tasks.canvas_results import MemberFailure, split_results
-from tasks.events import Event
+from relaybus.tasks.base import AgentModel
+from relaybus.tasks.canvas_results import MemberFailure, split_results
+from relaybus.tasks.events import Event
 
 Category = Literal["howto", "comparison", "explainer"]
 

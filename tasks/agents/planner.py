@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tasks.agents.pipeline_models import PlanInput, PlanOutput
-from tasks.base import AgentContext, agent
-from tasks.tools import SearchTool
+from relaybus.tasks.agents.pipeline_models import PlanInput, PlanOutput
+from relaybus.tasks.base import AgentContext, agent
+from relaybus.tasks.tools import SearchTool
 
 
 def run(inp: PlanInput, search: SearchTool) -> PlanOutput:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tasks.agents.pipeline_models import Article, Draft, DraftApproved
-from tasks.agents.planner import search_tool
-from tasks.base import AgentContext
-from tasks.bus import subscribe
-from tasks.errors import PermanentError
-from tasks.outcomes import fail_on_error
-from tasks.pipelines import PipelineCompleted
-from tasks.tools import SearchTool
+from relaybus.tasks.agents.pipeline_models import Article, Draft, DraftApproved
+from relaybus.tasks.agents.planner import search_tool
+from relaybus.tasks.base import AgentContext
+from relaybus.tasks.bus import subscribe
+from relaybus.tasks.errors import PermanentError
+from relaybus.tasks.outcomes import fail_on_error
+from relaybus.tasks.pipelines import PipelineCompleted
+from relaybus.tasks.tools import SearchTool
 
 
 def run(draft: Draft, search: SearchTool) -> Article:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tasks.agents.pipeline_models import Findings, ResearchCompleted, ResearchTask, Source
-from tasks.agents.planner import search_tool
-from tasks.base import AgentContext, agent
-from tasks.bus import publish
-from tasks.errors import PermanentError
-from tasks.llm import LLMProvider, complete
-from tasks.tools import SearchTool
+from relaybus.tasks.agents.pipeline_models import Findings, ResearchCompleted, ResearchTask, Source
+from relaybus.tasks.agents.planner import search_tool
+from relaybus.tasks.base import AgentContext, agent
+from relaybus.tasks.bus import publish
+from relaybus.tasks.errors import PermanentError
+from relaybus.tasks.llm import LLMProvider, complete
+from relaybus.tasks.tools import SearchTool
 
 
 def run(inp: ResearchTask, llm: LLMProvider, search: SearchTool) -> Findings:

@@ -6,13 +6,20 @@ the reviewer's feedback as the reason.
 
 from __future__ import annotations
 
-from tasks.agents.pipeline_models import Draft, DraftApproved, DraftRejected, DraftWritten, ReviewPolicy, Verdict
-from tasks.base import AgentContext
-from tasks.bus import subscribe
-from tasks.events import Event
-from tasks.llm import LLMProvider, complete
-from tasks.outcomes import fail_on_error
-from tasks.pipelines import PipelineFailed
+from relaybus.tasks.agents.pipeline_models import (
+    Draft,
+    DraftApproved,
+    DraftRejected,
+    DraftWritten,
+    ReviewPolicy,
+    Verdict,
+)
+from relaybus.tasks.base import AgentContext
+from relaybus.tasks.bus import subscribe
+from relaybus.tasks.events import Event
+from relaybus.tasks.llm import LLMProvider, complete
+from relaybus.tasks.outcomes import fail_on_error
+from relaybus.tasks.pipelines import PipelineFailed
 
 
 def run(draft: Draft, policy: ReviewPolicy, llm: LLMProvider) -> Verdict:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from tasks.agents.pipeline_models import Draft, DraftRejected, DraftWritten, WriteInput
-from tasks.base import AgentContext, agent
-from tasks.bus import publish, subscribe
-from tasks.llm import LLMProvider, complete
-from tasks.outcomes import fail_on_error
+from relaybus.tasks.agents.pipeline_models import Draft, DraftRejected, DraftWritten, WriteInput
+from relaybus.tasks.base import AgentContext, agent
+from relaybus.tasks.bus import publish, subscribe
+from relaybus.tasks.llm import LLMProvider, complete
+from relaybus.tasks.outcomes import fail_on_error
 
 _REMOVE = re.compile(r"remove the banned term '([^']+)'")
 

@@ -4,13 +4,13 @@ No Celery here: agents receive an :class:`LLMProvider` and call it like a functi
 provider is the default, so every test and demo is reproducible without a network.
 """
 
-from tasks.llm._config import ProviderConfig, build_provider
-from tasks.llm._errors import CompletionNotRecorded, MalformedCompletion, ProviderOverloaded
-from tasks.llm._http import OpenAICompatibleProvider
-from tasks.llm._models import ChatMessage, Completion, CompletionRequest, Usage
-from tasks.llm._offline import OfflineProvider
-from tasks.llm._provider import LLMProvider, complete
-from tasks.llm._replay import RecordingProvider, ReplayProvider
+from relaybus.tasks.llm._config import ProviderConfig, build_provider
+from relaybus.tasks.llm._errors import CompletionNotRecorded, MalformedCompletion, ProviderOverloaded
+from relaybus.tasks.llm._http import OpenAICompatibleProvider
+from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest, Usage
+from relaybus.tasks.llm._offline import OfflineProvider
+from relaybus.tasks.llm._provider import LLMProvider, complete
+from relaybus.tasks.llm._replay import RecordingProvider, ReplayProvider
 
 # Grouped by purpose, as the house style asks, rather than sorted.
 __all__ = [  # noqa: RUF022

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from tasks.llm._http import OpenAICompatibleProvider
-from tasks.llm._offline import OfflineProvider
-from tasks.llm._provider import LLMProvider
+from relaybus.tasks.llm._http import OpenAICompatibleProvider
+from relaybus.tasks.llm._offline import OfflineProvider
+from relaybus.tasks.llm._provider import LLMProvider
 
 
 class ProviderConfig(BaseModel):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.errors import PermanentError, ProviderUnavailable
+from relaybus.tasks.errors import PermanentError, ProviderUnavailable
 
 
 class ProviderOverloaded(ProviderUnavailable):

@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from tasks.errors import ProviderRejected, ProviderUnavailable
-from tasks.llm._errors import MalformedCompletion, ProviderOverloaded
-from tasks.llm._models import Completion, CompletionRequest, Usage
+from relaybus.tasks.errors import ProviderRejected, ProviderUnavailable
+from relaybus.tasks.llm._errors import MalformedCompletion, ProviderOverloaded
+from relaybus.tasks.llm._models import Completion, CompletionRequest, Usage
 
-logger = logging.getLogger("tasks.llm")
+logger = logging.getLogger("relaybus.tasks.llm")
 
 _MAX_ERROR_CHARS = 500
 _MAX_BACKOFF_S = 30.0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from tasks.llm._models import Completion, CompletionRequest, Usage
+from relaybus.tasks.llm._models import Completion, CompletionRequest, Usage
 
 _SUMMARY_SENTENCES = 2
 _SUMMARY_CHARS = 240

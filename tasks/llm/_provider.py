@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from tasks.llm._models import ChatMessage, Completion, CompletionRequest
+from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest
 
 
 @runtime_checkable

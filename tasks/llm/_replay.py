@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
-from tasks.llm._errors import CompletionNotRecorded
-from tasks.llm._models import Completion, CompletionRequest
-from tasks.llm._provider import LLMProvider
+from relaybus.tasks.llm._errors import CompletionNotRecorded
+from relaybus.tasks.llm._models import Completion, CompletionRequest
+from relaybus.tasks.llm._provider import LLMProvider
 
 
 class RecordingProvider:

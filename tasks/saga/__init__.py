@@ -15,12 +15,12 @@ sagas: :func:`start_saga`, :func:`saga_status`, :func:`resume_saga`, :func:`list
 loads by name.
 """
 
-from tasks.saga.calls import CallRef, CompensationCall, StepCall, Undone
-from tasks.saga.client import list_sagas, resume_saga, saga_status, start_saga, wait_for_saga
-from tasks.saga.dispatch import dispatch
-from tasks.saga.registry import SAGAS, known_sagas, register_saga, repository, saga_definition
-from tasks.saga.steps import StaleStep, saga_compensation, saga_step
-from tasks.saga.sweep import SweepReport, sweep_sagas
+from relaybus.tasks.saga.calls import CallRef, CompensationCall, StepCall, Undone
+from relaybus.tasks.saga.client import list_sagas, resume_saga, saga_status, start_saga, wait_for_saga
+from relaybus.tasks.saga.dispatch import dispatch
+from relaybus.tasks.saga.registry import SAGAS, known_sagas, register_saga, repository, saga_definition
+from relaybus.tasks.saga.steps import StaleStep, saga_compensation, saga_step
+from relaybus.tasks.saga.sweep import SweepReport, sweep_sagas
 
 # Grouped by purpose, as the house style asks, rather than sorted.
 __all__ = [  # noqa: RUF022

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, JsonValue
 
-from sagas import (
+from relaybus.sagas import (
     CompensationFailed,
     CompensationSucceeded,
     RunCompensation,
@@ -22,7 +22,7 @@ from sagas import (
     StepFailed,
     StepSucceeded,
 )
-from tasks.base import AgentModel
+from relaybus.tasks.base import AgentModel
 
 
 class StepCall(AgentModel):

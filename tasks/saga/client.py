@@ -2,7 +2,7 @@
 
 ::
 
-    from tasks.saga import saga_status, start_saga
+    from relaybus.tasks.saga import saga_status, start_saga
 
     saga_id = start_saga("content_creation", {"topic": "sagas on Celery"}, app=app)
     saga_status(saga_id, app=app).status       # "running", ..., "completed" / "compensated"
@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from celery import Celery, current_app
 from pydantic import JsonValue
 
-from sagas import SagaStatus, SagaView, view_of
-from tasks.context import new_id
-from tasks.saga.dispatch import dispatch_decision
-from tasks.saga.registry import repository, saga_definition
+from relaybus.sagas import SagaStatus, SagaView, view_of
+from relaybus.tasks.context import new_id
+from relaybus.tasks.saga.dispatch import dispatch_decision
+from relaybus.tasks.saga.registry import repository, saga_definition
 
 
 def start_saga(

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from sagas import Decision, RunCompensation, RunStep, dispatch_id_of
-from tasks.context import CORRELATION_HEADER
-from tasks.saga.calls import CallRef, CompensationCall, StepCall
+from relaybus.sagas import Decision, RunCompensation, RunStep, dispatch_id_of
+from relaybus.tasks.context import CORRELATION_HEADER
+from relaybus.tasks.saga.calls import CallRef, CompensationCall, StepCall
 
 STEP_DONE = "relaybus.saga.step_done"
 STEP_FAILED = "relaybus.saga.step_failed"

@@ -23,14 +23,21 @@ from celery.utils.log import get_task_logger
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from pydantic import JsonValue
 
-from eventstore import ConcurrencyError, StoreUnavailable
-from sagas import InvalidTransition, SagaNotFound, UnknownEvent, UnknownSaga, dispatch_id
-from tasks.errors import TransientError
-from tasks.runtime import runtime_config
-from tasks.saga.calls import CallRef
-from tasks.saga.dispatch import COMPENSATION_DONE, COMPENSATION_FAILED, STEP_DONE, STEP_FAILED, SWEEP, dispatch_decision
-from tasks.saga.registry import repository
-from tasks.saga.sweep import DEFAULT_HORIZON_S, DEFAULT_STUCK_COMPENSATION_S, sweep_sagas
+from relaybus.eventstore import ConcurrencyError, StoreUnavailable
+from relaybus.sagas import InvalidTransition, SagaNotFound, UnknownEvent, UnknownSaga, dispatch_id
+from relaybus.tasks.errors import TransientError
+from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.saga.calls import CallRef
+from relaybus.tasks.saga.dispatch import (
+    COMPENSATION_DONE,
+    COMPENSATION_FAILED,
+    STEP_DONE,
+    STEP_FAILED,
+    SWEEP,
+    dispatch_decision,
+)
+from relaybus.tasks.saga.registry import repository
+from relaybus.tasks.saga.sweep import DEFAULT_HORIZON_S, DEFAULT_STUCK_COMPENSATION_S, sweep_sagas
 
 logger = get_task_logger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from sagas import SagaDefinition, SagaRegistry, SagaRepository
-from tasks.runtime import resources, runtime_config
+from relaybus.sagas import SagaDefinition, SagaRegistry, SagaRepository
+from relaybus.tasks.runtime import resources, runtime_config
 
 SAGAS = SagaRegistry()
 """Every saga definition registered in this process."""
@@ -37,7 +37,7 @@ def known_sagas(app: Celery) -> list[str]:
 
 def repository(app: Celery) -> SagaRepository:
     """This process's repository on the app's event store (built lazily, rebuilt after a fork)."""
-    from eventstore import StoreConfig, open_store
+    from relaybus.eventstore import StoreConfig, open_store
 
     config = runtime_config(app)
 

@@ -28,10 +28,10 @@ from typing import TypeVar
 from celery import current_app
 from pydantic import BaseModel, ValidationError
 
-from tasks.base import AgentContext, AgentTask, agent
-from tasks.errors import InvalidInput, PermanentError
-from tasks.saga.calls import CompensationCall, StepCall, Undone
-from tasks.saga.registry import repository
+from relaybus.tasks.base import AgentContext, AgentTask, agent
+from relaybus.tasks.errors import InvalidInput, PermanentError
+from relaybus.tasks.saga.calls import CompensationCall, StepCall, Undone
+from relaybus.tasks.saga.registry import repository
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)

@@ -21,10 +21,10 @@ from datetime import UTC, datetime, timedelta
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
-from eventstore import ConcurrencyError, StoreUnavailable
-from sagas import InvalidTransition, RunCompensation, StepTimedOut, UnknownEvent, UnknownSaga, still_running
-from tasks.saga.dispatch import dispatch, dispatch_decision
-from tasks.saga.registry import repository
+from relaybus.eventstore import ConcurrencyError, StoreUnavailable
+from relaybus.sagas import InvalidTransition, RunCompensation, StepTimedOut, UnknownEvent, UnknownSaga, still_running
+from relaybus.tasks.saga.dispatch import dispatch, dispatch_decision
+from relaybus.tasks.saga.registry import repository
 
 DEFAULT_HORIZON_S = 30 * 24 * 3600.0
 DEFAULT_STUCK_COMPENSATION_S = 600.0

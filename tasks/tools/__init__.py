@@ -4,6 +4,6 @@
 demo pipeline's researchers have something real to find without a network.
 """
 
-from tasks.tools._search import Document, SearchHit, SearchTool, load_corpus, tokenize
+from relaybus.tasks.tools._search import Document, SearchHit, SearchTool, load_corpus, tokenize
 
 __all__ = ["Document", "SearchHit", "SearchTool", "load_corpus", "tokenize"]

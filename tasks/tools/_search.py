@@ -69,7 +69,7 @@ def _fold_plural(token: str) -> str:
 @lru_cache(maxsize=1)
 def load_corpus() -> tuple[Document, ...]:
     """The documents shipped with this package (``tasks/tools/corpus.json``)."""
-    raw = resources.files("tasks.tools").joinpath("corpus.json").read_text(encoding="utf-8")
+    raw = resources.files("relaybus.tasks.tools").joinpath("corpus.json").read_text(encoding="utf-8")
     return tuple(Document.model_validate(item) for item in json.loads(raw))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from eventstore import EventStore, RecordedEvent
+from relaybus.eventstore import EventStore, RecordedEvent
 
 TERMINAL = ("task.succeeded", "task.failed")
 

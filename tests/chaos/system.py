@@ -26,15 +26,15 @@ from typing import Any, TypeVar
 from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
-from eventstore import EventStore, open_store
-from project.settings import Settings
-from tasks.agents.content_store import engine_for, live_items, saga_runs, set_fault
-from tasks.agents.pipeline_models import ResearchRequest, ReviewPolicy
-from tasks.base import AgentTask
-from tasks.bus import declare_subscriptions, event_queue_name, subscribers
-from tasks.client import start
-from tasks.context import new_id
-from tasks.saga import saga_status, start_saga
+from relaybus.eventstore import EventStore, open_store
+from relaybus.settings import Settings
+from relaybus.tasks.agents.content_store import engine_for, live_items, saga_runs, set_fault
+from relaybus.tasks.agents.pipeline_models import ResearchRequest, ReviewPolicy
+from relaybus.tasks.base import AgentTask
+from relaybus.tasks.bus import declare_subscriptions, event_queue_name, subscribers
+from relaybus.tasks.client import start
+from relaybus.tasks.context import new_id
+from relaybus.tasks.saga import saga_status, start_saga
 from tests.chaos.audit import Findings, audit
 from tests.chaos.figures import Figures
 from tests.harness import Worker, consumer_count, delete_namespace, make_app, make_settings, queue_depth, wait_for

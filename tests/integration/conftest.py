@@ -8,8 +8,8 @@ import pytest
 import redis as redis_lib
 from celery import Celery
 
-from project.celery import topology_of
-from project.settings import Settings
+from relaybus.celery import topology_of
+from relaybus.settings import Settings
 from tests.harness import Worker, delete_namespace, make_app, make_settings
 from tests.services import require_rabbitmq, require_redis
 

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from project.settings import Settings
-from tasks.bus import event_queue_name, send_envelope
-from tasks.errors import InvalidInput
-from tasks.events import EventEnvelope
+from relaybus.settings import Settings
+from relaybus.tasks.bus import event_queue_name, send_envelope
+from relaybus.tasks.errors import InvalidInput
+from relaybus.tasks.events import EventEnvelope
 from tests.agents import ProbeInput
 from tests.harness import celery_headers, make_settings, queue_depth, raw_publish, read_queue, redis_list, wait_for
 from tests.integration.system import System, running_system, system_settings
@@ -257,7 +257,7 @@ def good_task(system: System, redis_client: redis_lib.Redis) -> dict[str, Any]:
 
 
 def records_of(system: System, correlation_id: str) -> list[str]:
-    from eventstore import open_store
+    from relaybus.eventstore import open_store
 
     store = open_store(system.settings.eventstore_url)
     try:

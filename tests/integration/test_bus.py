@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tasks.bus import event_queue_name, publish, send_envelope
-from tasks.bus_records import EVENT_DELIVERED, EVENT_PUBLISHED
-from tasks.context import workflow_context
-from tasks.events import EventEnvelope
+from relaybus.tasks.bus import event_queue_name, publish, send_envelope
+from relaybus.tasks.bus_records import EVENT_DELIVERED, EVENT_PUBLISHED
+from relaybus.tasks.context import workflow_context
+from relaybus.tasks.events import EventEnvelope
 from tests.harness import Worker, queue_depth, read_queue, redis_list, wait_for
 from tests.integration.system import System, running_system, system_settings
 from tests.services import require_rabbitmq, require_redis
@@ -43,7 +43,7 @@ def probe_envelope(k: str, *, type_: str = "probe.observed", version: int = 2, *
 
 
 def events_of(system: System, correlation_id: str) -> list[Any]:
-    from eventstore import open_store
+    from relaybus.eventstore import open_store
 
     store = open_store(system.settings.eventstore_url)
     try:

@@ -19,7 +19,7 @@ def test_relaybus_demo_without_any_server_runs_a_pipeline_and_a_compensating_sag
         "RELAYBUS_RESULT_BACKEND": "redis://127.0.0.1:1/0",
         "COLUMNS": "200",
     }
-    result = subprocess.run([sys.executable, "-m", "project.cli", "demo"], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "relaybus.cli", "demo"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

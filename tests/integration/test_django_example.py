@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from project.settings import Settings
+from relaybus.settings import Settings
 from tests.harness import ROOT, make_settings, queue_depth, wait_for
 
 pytestmark = pytest.mark.integration

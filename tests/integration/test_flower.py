@@ -1,6 +1,6 @@
 """Flower against the real broker: it sees our worker and our agent tasks, and only with credentials.
 
-Flower runs as a real subprocess, started the way an operator starts it (``celery -A project flower``),
+Flower runs as a real subprocess, started the way an operator starts it (``celery -A relaybus flower``),
 with the test's settings in its environment. The machine's RabbitMQ has no management plugin, so the
 queue-length API (``/api/queues/length``) is not tested here.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from project.settings import Settings
+from relaybus.settings import Settings
 from tests.harness import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 class Flower:
-    """``celery -A project flower`` as a subprocess, on a free local port, behind basic auth."""
+    """``celery -A relaybus flower`` as a subprocess, on a free local port, behind basic auth."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.port = free_port()
@@ -49,7 +49,7 @@ class Flower:
             "-m",
             "celery",
             "-A",
-            "project",
+            "relaybus",
             "flower",
             f"--port={self.port}",
             "--address=127.0.0.1",

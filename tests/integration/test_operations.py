@@ -10,7 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from tasks.context import workflow_context
+from relaybus.tasks.context import workflow_context
 from tests.harness import ROOT, queue_depth, redis_list, wait_for
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ def cli(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess
     import os
 
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "project.cli", *args], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "relaybus.cli", *args], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr

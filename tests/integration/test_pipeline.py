@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tasks.agents.pipeline_models import ResearchRequest, ReviewPolicy
-from tasks.client import PipelineHandle, start
-from tasks.errors import InvalidInput, PipelineFailure
+from relaybus.tasks.agents.pipeline_models import ResearchRequest, ReviewPolicy
+from relaybus.tasks.client import PipelineHandle, start
+from relaybus.tasks.errors import InvalidInput, PipelineFailure
 from tests.harness import redis_list, wait_for
 from tests.integration.system import System, running_system, system_settings
 from tests.services import require_rabbitmq, require_redis

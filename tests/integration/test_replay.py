@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from eventstore import open_store
-from project.replay import RedriveError, redrive
-from tasks.agents.pipeline_models import ResearchRequest
-from tasks.client import PipelineHandle, start
+from relaybus.eventstore import open_store
+from relaybus.replay import RedriveError, redrive
+from relaybus.tasks.agents.pipeline_models import ResearchRequest
+from relaybus.tasks.client import PipelineHandle, start
 from tests.integration.system import System, running_system, system_settings
 from tests.services import require_rabbitmq, require_redis
 
@@ -89,7 +89,7 @@ def test_relaybus_run_starts_a_pipeline_from_the_command_line_and_reports_its_ou
 
     env = {**os.environ, **system.settings.to_env(), "PYTHONPATH": str(ROOT)}
     ran = subprocess.run(
-        [sys.executable, "-m", "project.cli", "run", "research", "--input",
+        [sys.executable, "-m", "relaybus.cli", "run", "research", "--input",
          json.dumps({"request": "What is a dead-letter queue?", "max_topics": 1}), "--priority", "high", "--json"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -97,7 +97,7 @@ def test_relaybus_run_starts_a_pipeline_from_the_command_line_and_reports_its_ou
     outcome = json.loads(ran.stdout)
     assert outcome["status"] == "completed"
     failed = subprocess.run(
-        [sys.executable, "-m", "project.cli", "run", "research", "--input",
+        [sys.executable, "-m", "relaybus.cli", "run", "research", "--input",
          json.dumps({"request": "What is a saga?", "fail_researchers": [0]})],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )

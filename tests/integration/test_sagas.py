@@ -23,11 +23,11 @@ import pytest
 from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
-from eventstore import EventStore, open_store
-from project.settings import Settings
-from sagas import SagaView
-from tasks.agents.content_store import clear_fault, engine_for, live_items, saga_items, saga_runs, set_fault
-from tasks.saga import dispatch, repository, saga_status, start_saga, sweep_sagas, wait_for_saga
+from relaybus.eventstore import EventStore, open_store
+from relaybus.sagas import SagaView
+from relaybus.settings import Settings
+from relaybus.tasks.agents.content_store import clear_fault, engine_for, live_items, saga_items, saga_runs, set_fault
+from relaybus.tasks.saga import dispatch, repository, saga_status, start_saga, sweep_sagas, wait_for_saga
 from tests.harness import ROOT, Worker, delete_namespace, make_app, make_settings, queue_depth, read_queue, wait_for
 from tests.services import require_postgres, require_rabbitmq, require_redis
 
@@ -125,7 +125,7 @@ def run_outcomes(system: SagaSystem, saga_id: str, name: str) -> Counter[str]:
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "project.cli", "saga", *args],
+        [sys.executable, "-m", "relaybus.cli", "saga", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

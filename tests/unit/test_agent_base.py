@@ -4,10 +4,10 @@ from typing import Any
 
 import pytest
 
-from project.celery import create_app
-from project.settings import Settings
-from tasks.base import AgentContext, AgentModel, AgentSpec
-from tasks.errors import InvalidInput, PermanentError, ProviderUnavailable, TransientError, is_transient
+from relaybus.celery import create_app
+from relaybus.settings import Settings
+from relaybus.tasks.base import AgentContext, AgentModel, AgentSpec
+from relaybus.tasks.errors import InvalidInput, PermanentError, ProviderUnavailable, TransientError, is_transient
 
 
 class In(AgentModel):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from project.celery import create_app
-from project.settings import Settings
-from tasks.bus import Subscription, event_queue_name, handler_task_name, subscribe, subscriber_of, subscriptions
-from tasks.bus_consumer import served_subscribers
-from tasks.client import start
-from tasks.errors import InvalidInput, UnknownPipeline
-from tasks.events import derived_id
+from relaybus.celery import create_app
+from relaybus.settings import Settings
+from relaybus.tasks.bus import (
+    Subscription,
+    event_queue_name,
+    handler_task_name,
+    subscribe,
+    subscriber_of,
+    subscriptions,
+)
+from relaybus.tasks.bus_consumer import served_subscribers
+from relaybus.tasks.client import start
+from relaybus.tasks.errors import InvalidInput, UnknownPipeline
+from relaybus.tasks.events import derived_id
 
 
 def test_handler_tasks_are_named_after_their_subscriber_and_route_to_its_queue():

@@ -10,17 +10,17 @@ import pytest
 from celery.worker.consumer.consumer import Consumer
 from pydantic import ValidationError
 
-from project.celery import create_app
-from project.consumer import (
+from relaybus.celery import create_app
+from relaybus.consumer import (
     DeadLetteringConsumer,
     MalformedTaskMessage,
     MessageTooLarge,
     body_problem,
     header_problem,
 )
-from project.settings import DEFAULT_MAX_MESSAGE_BYTES, Settings
-from tasks.deadletter import body_size
-from tasks.runtime import runtime_config
+from relaybus.settings import DEFAULT_MAX_MESSAGE_BYTES, Settings
+from relaybus.tasks.deadletter import body_size
+from relaybus.tasks.runtime import runtime_config
 
 
 @dataclass
@@ -122,7 +122,7 @@ def test_the_message_limit_must_be_above_the_payload_limit() -> None:
 def test_the_app_hands_the_limit_to_its_workers() -> None:
     app = create_app(Settings(broker_url="memory://", max_payload_bytes=10, max_message_bytes=12345))
     assert runtime_config(app).max_message_bytes == 12345
-    assert app.conf.worker_consumer == "project.consumer:DeadLetteringConsumer"
+    assert app.conf.worker_consumer == "relaybus.consumer:DeadLetteringConsumer"
 
 
 GOOD_HEADERS: dict[str, Any] = {"task": "agents.probe", "id": "t1", "retries": 0, "timelimit": [None, None],

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from tasks.agents.content_store import (
+from relaybus.tasks.agents.content_store import (
     AlreadyUndone,
     InjectedFailure,
     InjectedOutage,

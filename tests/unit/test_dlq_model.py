@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from project.dlq import _to_model
+from relaybus.dlq import _to_model
 
 
 def test_a_dead_letter_with_headers_of_any_type_is_still_listed() -> None:

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from tasks.errors import PermanentError, ProviderRejected, ProviderUnavailable, is_transient
-from tasks.llm import (
+from relaybus.tasks.errors import PermanentError, ProviderRejected, ProviderUnavailable, is_transient
+from relaybus.tasks.llm import (
     ChatMessage,
     CompletionRequest,
     MalformedCompletion,

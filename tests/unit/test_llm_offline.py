@@ -10,7 +10,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from tasks.llm import (
+from relaybus.tasks.llm import (
     ChatMessage,
     Completion,
     CompletionRequest,
@@ -159,7 +159,7 @@ def test_fingerprint_depends_on_every_field_and_on_message_order() -> None:
 
 def test_offline_text_is_the_same_in_other_processes_whatever_the_hash_seed() -> None:
     code = (
-        "from tasks.llm import OfflineProvider, complete;"
+        "from relaybus.tasks.llm import OfflineProvider, complete;"
         "print(complete(OfflineProvider(), system='You are the writer.', user="
         f"{BRIEF!r}).text)"
     )

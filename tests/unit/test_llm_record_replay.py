@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from tasks.errors import PermanentError, is_transient
-from tasks.llm import (
+from relaybus.tasks.errors import PermanentError, is_transient
+from relaybus.tasks.llm import (
     ChatMessage,
     Completion,
     CompletionNotRecorded,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.agents import intake, planner, publisher, researcher, reviewer, writer
-from tasks.agents.pipeline_models import (
+from relaybus.tasks.agents import intake, planner, publisher, researcher, reviewer, writer
+from relaybus.tasks.agents.pipeline_models import (
     Draft,
     Findings,
     IntakeInput,
@@ -16,10 +16,10 @@ from tasks.agents.pipeline_models import (
     ReviewPolicy,
     WriteInput,
 )
-from tasks.canvas_results import member_failure
-from tasks.errors import PermanentError
-from tasks.llm import OfflineProvider
-from tasks.tools import SearchTool
+from relaybus.tasks.canvas_results import member_failure
+from relaybus.tasks.errors import PermanentError
+from relaybus.tasks.llm import OfflineProvider
+from relaybus.tasks.tools import SearchTool
 
 LLM = OfflineProvider()
 SEARCH = SearchTool()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.tools import Document, SearchHit, SearchTool, load_corpus, tokenize
+from relaybus.tasks.tools import Document, SearchHit, SearchTool, load_corpus, tokenize
 
 TOOL = SearchTool()
 
@@ -116,7 +116,7 @@ def test_an_empty_corpus_finds_nothing() -> None:
 def test_rankings_are_the_same_in_other_processes_whatever_the_hash_seed() -> None:
     query = "message queues reliability idempotency"
     code = (
-        "from tasks.tools import SearchTool;"
+        "from relaybus.tasks.tools import SearchTool;"
         f"print([(h.doc_id, h.score) for h in SearchTool().search({query!r}, k=8)])"
     )
     outputs = {

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from project.celery import AgentRouter, create_app, runtime_from, topology_from
-from project.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings
-from project.topology import Topology
-from tasks.deadletter import dlq_for
+from relaybus.celery import AgentRouter, create_app, runtime_from, topology_from
+from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings
+from relaybus.tasks.deadletter import dlq_for
+from relaybus.topology import Topology
 
 
 def test_priority_classes_map_to_broker_numbers_in_order():

@@ -16,10 +16,10 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from eventstore import EventStore, fold, open_store
-from project.celery import create_app
-from project.settings import PriorityClass, Settings
-from tasks.context import workflow_context
+from relaybus.celery import create_app
+from relaybus.eventstore import EventStore, fold, open_store
+from relaybus.settings import PriorityClass, Settings
+from relaybus.tasks.context import workflow_context
 
 #: The first step of the reference pipeline. Its input is ``{"request": ...}``.
 FIRST_TASK = "agents.intake"

@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from project.settings import PRIORITY_LEVELS
+from relaybus.settings import PRIORITY_LEVELS
 from workflows.models import WorkflowRequest
 from workflows.relaybus import start_workflow, workflow_status
 

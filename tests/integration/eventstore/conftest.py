@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, create_engine, text
 
-from eventstore import EventStore, StoreConfig, open_store
+from relaybus.eventstore import EventStore, StoreConfig, open_store
 from tests.services import require_postgres
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
+from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
 from tests.integration.eventstore.conftest import Database
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eventstore import EventStore, types
+from relaybus.eventstore import EventStore, types
 from tests.unit.eventstore.synthetic import at, quick_workflow, research_workflow
 
 

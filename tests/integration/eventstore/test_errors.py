@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from sqlalchemy import text
 
-from eventstore import NewEvent, StoreConfig, StoreUnavailable, open_store
+from relaybus.eventstore import NewEvent, StoreConfig, StoreUnavailable, open_store
 from tests.integration.eventstore.conftest import Database
 
 

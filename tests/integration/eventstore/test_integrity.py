@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text, update
 
-from eventstore import EventStore, NewEvent, StoreConfig
-from eventstore.hashing import canonical_json
-from eventstore.schema import events
+from relaybus.eventstore import EventStore, NewEvent, StoreConfig
+from relaybus.eventstore.hashing import canonical_json
+from relaybus.eventstore.schema import events
 from tests.integration.eventstore.conftest import Database
 
 SECRET = "sk-live-5f2e9c0d7b1a4e3f"

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from eventstore import NewEvent, SchemaError, migrations, open_store
-from eventstore.schema import metadata
+from relaybus.eventstore import NewEvent, SchemaError, migrations, open_store
+from relaybus.eventstore.schema import metadata
 from tests.integration.eventstore.conftest import Database
 
 

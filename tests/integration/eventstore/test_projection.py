@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from eventstore import EventStore, NewEvent, WorkflowStatusProjection, types
+from relaybus.eventstore import EventStore, NewEvent, WorkflowStatusProjection, types
 from tests.integration.eventstore.conftest import Database
 from tests.unit.eventstore.synthetic import at, quick_workflow, research_workflow
 

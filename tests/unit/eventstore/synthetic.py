@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from eventstore import NewEvent, types
+from relaybus.eventstore import NewEvent, types
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 

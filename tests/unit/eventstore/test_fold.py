@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from eventstore import RecordedEvent, WorkflowStatus, apply, dry_run, fold, types
-from eventstore.queries import percentile, task_steps
+from relaybus.eventstore import RecordedEvent, WorkflowStatus, apply, dry_run, fold, types
+from relaybus.eventstore.queries import percentile, task_steps
 from tests.unit.eventstore.synthetic import at, quick_workflow, research_workflow
 
 

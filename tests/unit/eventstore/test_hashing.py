@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.hashing import HASHED_FIELDS, canonical_json, content_json, event_hash, format_time
+from relaybus.eventstore.hashing import HASHED_FIELDS, canonical_json, content_json, event_hash, format_time
 
 FIELDS = {name: None for name in HASHED_FIELDS} | {
     "event_id": "e1",

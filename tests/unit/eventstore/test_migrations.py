@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from alembic.script import ScriptDirectory
 
-from eventstore import migrations
+from relaybus.eventstore import migrations
 
 
 def test_the_head_open_store_checks_is_the_newest_revision() -> None:

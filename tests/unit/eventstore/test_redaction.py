@@ -5,9 +5,9 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstore.hashing import canonical_json
-from eventstore.models import DEFAULT_REDACT_KEYS
-from eventstore.redaction import Redactor, bound_size, words
+from relaybus.eventstore.hashing import canonical_json
+from relaybus.eventstore.models import DEFAULT_REDACT_KEYS
+from relaybus.eventstore.redaction import Redactor, bound_size, words
 
 SECRET = "hunter2-SECRET"
 redactor = Redactor(DEFAULT_REDACT_KEYS, "***")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from eventstore.replay import diff_paths
+from relaybus.eventstore.replay import diff_paths
 
 
 def test_diff_paths_name_where_two_values_differ() -> None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from eventstore import RecordedEvent
-from eventstore._rows import recorded
+from relaybus.eventstore import RecordedEvent
+from relaybus.eventstore._rows import recorded
 
 
 def test_a_fast_built_record_equals_a_validated_one() -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from sagas import (
+from relaybus.sagas import (
     Command,
     Finish,
     ParallelStep,

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from sagas import (
+from relaybus.sagas import (
     CONTENT_CREATION,
     Finish,
     InvalidTransition,

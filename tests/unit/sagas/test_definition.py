@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sagas import (
+from relaybus.sagas import (
     CONTENT_CREATION,
     DefinitionError,
     ParallelStep,

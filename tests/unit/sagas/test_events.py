@@ -8,8 +8,8 @@ import pickle
 import pytest
 from pydantic import TypeAdapter
 
-from eventstore import types as store_types
-from sagas import (
+from relaybus.eventstore import types as store_types
+from relaybus.sagas import (
     EVENT_SCHEMA_VERSION,
     EVENT_TYPES,
     Command,

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from sagas import (
+from relaybus.sagas import (
     CompensationStarted,
     InvalidTransition,
     RunCompensation,

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import JsonValue
 
-from sagas import (
+from relaybus.sagas import (
     Command,
     CompensationFailed,
     CompensationSucceeded,

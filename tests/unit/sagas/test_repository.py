@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from eventstore import EventStore, NewEvent, RecordedEvent, StoreConfig, open_store
-from sagas import (
+from relaybus.eventstore import EventStore, NewEvent, RecordedEvent, StoreConfig, open_store
+from relaybus.sagas import (
     InvalidTransition,
     RunCompensation,
     RunStep,
