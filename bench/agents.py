@@ -12,7 +12,7 @@ import time
 import redis
 from celery import shared_task
 
-from relaybus.tasks.base import AgentContext, AgentModel, agent
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
 
 _redis: redis.Redis | None = None
 

@@ -32,8 +32,8 @@ from bench.subscribers import BENCH_AGENT, BenchPing
 from relaybus.celery import create_app, topology_of
 from relaybus.settings import Settings, get_settings
 from relaybus.tasks.agents.pipeline_models import ResearchRequest
-from relaybus.tasks.bus import declare_subscriptions, event_queue_name, publish, subscribers
-from relaybus.tasks.client import PipelineHandle, start
+from relaybus.tasks.bus.bus import declare_subscriptions, event_queue_name, publish, subscribers
+from relaybus.tasks.pipelines.client import PipelineHandle, start
 from relaybus.workers import WorkerProcess, worker_argv
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ from typing import ClassVar
 
 from celery import current_app
 
-from relaybus.tasks.base import AgentContext
-from relaybus.tasks.bus import subscribe
-from relaybus.tasks.events import Event
+from relaybus.tasks.bus.bus import subscribe
+from relaybus.tasks.bus.events import Event
+from relaybus.tasks.runtime.task import AgentContext
 
 BENCH_AGENT = "bench"
 

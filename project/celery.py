@@ -10,18 +10,18 @@ from celery import Celery, signals
 from celery.app.amqp import AMQP
 
 from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
-from relaybus.tasks.bus import subscriber_of
-from relaybus.tasks.bus_consumer import EventDelivery
+from relaybus.tasks.bus.bus import subscriber_of
+from relaybus.tasks.bus.consumer import EventDelivery
 from relaybus.tasks.llm import ProviderConfig
-from relaybus.tasks.runtime import RuntimeConfig
+from relaybus.tasks.runtime.config import RuntimeConfig
 from relaybus.topology import Topology, agent_of
 
 #: The result backend class for redis:// and rediss:// URLs.
-REDIS_BACKEND = "relaybus.tasks.chords:RedisBackend"
+REDIS_BACKEND = "relaybus.tasks.runtime.chords:RedisBackend"
 
 #: Agent modules loaded by name when the app finalizes; never imported at import time.
 BUILTIN_MODULES = (
-    "relaybus.tasks.outcomes",
+    "relaybus.tasks.pipelines.outcomes",
     "relaybus.tasks.agents.pipeline",
     "relaybus.tasks.saga.orchestration",
     "relaybus.tasks.agents.content_saga",
@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         # A killed pool child's message goes back to the queue instead of being acked.
         task_reject_on_worker_lost=True,
-        # Failures are dead-lettered by the task base with their reason, then acked (tasks.deadletter).
+        # Failures are dead-lettered by the task base with their reason, then acked (tasks.runtime.deadletter).
         task_acks_on_failure=True,
         # A hard time limit is final; requeueing would loop forever on the same message.
         task_acks_on_timeout=True,
@@ -183,7 +183,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         # Flower and `celery events` need these.
         worker_send_task_events=True,
         task_send_sent_event=True,
-        worker_consumer="relaybus.consumer:DeadLetteringConsumer",
+        worker_consumer="relaybus.tasks.runtime.consumer:DeadLetteringConsumer",
         worker_hijack_root_logger=False,
         relaybus_runtime=runtime_from(settings),
         relaybus_topology=topology,
@@ -235,9 +235,9 @@ def _declare_topology(sender: Any = None, **_: Any) -> None:
 
 
 def _connect_signals() -> None:
-    from relaybus.tasks.chords import register_chord_member
-    from relaybus.tasks.context import propagate_ids
-    from relaybus.tasks.recording import on_before_task_publish
+    from relaybus.tasks.runtime.chords import register_chord_member
+    from relaybus.tasks.runtime.context import propagate_ids
+    from relaybus.tasks.runtime.recording import on_before_task_publish
 
     def record_sent(**kwargs: Any) -> None:
         on_before_task_publish(publishing_app(), **kwargs)

@@ -110,8 +110,8 @@ def _ms(value: float | None) -> str:
 def run(pipeline: str, input_json: str, priority: str | None, correlation_id: str | None, wait: bool,
         timeout: float, as_json: bool) -> None:
     """Start a pipeline (e.g. research) with a JSON input; exit 1 if it fails."""
-    from relaybus.tasks.client import start
     from relaybus.tasks.errors import InvalidInput, UnknownPipeline
+    from relaybus.tasks.pipelines.client import start
 
     try:
         data = json.loads(input_json)

@@ -68,8 +68,8 @@ def run_demo(settings: Settings, request: str = DEFAULT_REQUEST, *, force_embedd
     topology = topology_of(app)
     with app.connection_for_write() as conn:
         topology.declare(conn)
-    from relaybus.tasks.bus import declare_subscriptions
-    from relaybus.tasks.client import start
+    from relaybus.tasks.bus.bus import declare_subscriptions
+    from relaybus.tasks.pipelines.client import start
 
     declare_subscriptions(app)
     log = Path(settings.embedded_dir).resolve() / "demo-worker.log"

@@ -10,8 +10,8 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict
 
 from relaybus.celery import topology_of
-from relaybus.tasks.context import CORRELATION_HEADER, REDRIVE_HEADER
-from relaybus.tasks.deadletter import (
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, REDRIVE_HEADER
+from relaybus.tasks.runtime.deadletter import (
     ATTEMPTS_HEADER,
     DEAD_LETTERED_AT_HEADER,
     ERROR_MESSAGE_HEADER,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from relaybus.eventstore import EventStore, NewEvent
 from relaybus.eventstore.replay import run_steps
-from relaybus.tasks.context import new_id, workflow_context
+from relaybus.tasks.runtime.context import new_id, workflow_context
 
 
 class RedriveError(ValueError):

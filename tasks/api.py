@@ -5,11 +5,8 @@
     from relaybus.tasks.api import Event, publish, start, subscribe
 """
 
-from relaybus.tasks.base import AgentContext, AgentModel, agent
-from relaybus.tasks.bus import declare_subscriptions, publish, subscribe
-from relaybus.tasks.canvas import MemberFailure, fan_in, parallel, results_of, sequence, settled, split_results
-from relaybus.tasks.client import PipelineHandle, start
-from relaybus.tasks.context import workflow_context
+from relaybus.tasks.bus.bus import declare_subscriptions, publish, subscribe
+from relaybus.tasks.bus.events import Event, EventEnvelope, upcaster
 from relaybus.tasks.errors import (
     AgentError,
     EventRejected,
@@ -21,8 +18,25 @@ from relaybus.tasks.errors import (
     TransientError,
     UnknownPipeline,
 )
-from relaybus.tasks.events import Event, EventEnvelope, upcaster
-from relaybus.tasks.pipelines import PipelineCompleted, PipelineFailed, PipelineOutcome, PipelineRef, register_pipeline
+from relaybus.tasks.pipelines.canvas import (
+    MemberFailure,
+    fan_in,
+    parallel,
+    results_of,
+    sequence,
+    settled,
+    split_results,
+)
+from relaybus.tasks.pipelines.client import PipelineHandle, start
+from relaybus.tasks.pipelines.registry import (
+    PipelineCompleted,
+    PipelineFailed,
+    PipelineOutcome,
+    PipelineRef,
+    register_pipeline,
+)
+from relaybus.tasks.runtime.context import workflow_context
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
 
 # Grouped by purpose, as the house style asks, rather than sorted.
 __all__ = [  # noqa: RUF022

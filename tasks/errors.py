@@ -18,7 +18,7 @@ The retry policy is declared here, by class, in one place: the task base retries
      │         ├── UnsupportedEventVersion  newer than this code, or no upcaster from it
      │         ├── InvalidEvent             the envelope or the data fails its model
      │         └── NoHandler                a subscriber's queue got an event none of its handlers takes
-     └── PipelineError                 what a pipeline client sees (tasks.client)
+     └── PipelineError                 what a pipeline client sees (tasks.pipelines.client)
           ├── UnknownPipeline          no pipeline has this name
           ├── PipelineFailure          the pipeline ended failed; ``reason`` says why
           └── PipelineNotFinished      ``result()`` asked of a pipeline still running
@@ -120,7 +120,7 @@ class NoHandler(EventRejected):
 
 
 class PipelineError(AgentError):
-    """Root of the errors a pipeline client (:mod:`tasks.client`) raises."""
+    """Root of the errors a pipeline client (:mod:`tasks.pipelines.client`) raises."""
 
 
 class UnknownPipeline(PipelineError, LookupError):

@@ -14,8 +14,8 @@ from typing import Any
 import redis
 from pydantic import Field
 
-from relaybus.tasks.base import AgentContext, AgentModel, agent
 from relaybus.tasks.errors import TransientError
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
 
 _redis: redis.Redis | None = None
 

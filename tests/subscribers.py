@@ -12,10 +12,10 @@ import time
 from typing import ClassVar
 
 from relaybus.tasks.agents.pipeline_models import ResearchCompleted
-from relaybus.tasks.base import AgentContext
-from relaybus.tasks.bus import subscribe
+from relaybus.tasks.bus.bus import subscribe
+from relaybus.tasks.bus.events import Event, upcaster
 from relaybus.tasks.errors import PermanentError
-from relaybus.tasks.events import Event, upcaster
+from relaybus.tasks.runtime.task import AgentContext
 from tests.agents import r
 
 SUBSCRIBER_AGENTS = ("auditor", "archivist")

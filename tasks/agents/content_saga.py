@@ -25,9 +25,9 @@ from relaybus.sagas import CONTENT_CREATION
 from relaybus.tasks.agents.content_store import AlreadyUndone, engine_for, find_item, inject, log_run, undo
 from relaybus.tasks.agents.content_store import apply_once as store_once
 from relaybus.tasks.agents.planner import search_tool
-from relaybus.tasks.base import AgentContext, AgentModel
 from relaybus.tasks.llm import complete
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.task import AgentContext, AgentModel
 from relaybus.tasks.saga import CompensationCall, StepCall, Undone, register_saga, saga_compensation, saga_step
 
 register_saga(CONTENT_CREATION)

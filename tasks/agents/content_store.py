@@ -46,7 +46,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from relaybus.tasks.errors import PermanentError, TransientError
-from relaybus.tasks.runtime import resources
+from relaybus.tasks.runtime.config import resources
 
 ErrorKind = Literal["transient", "permanent"]
 EVERY_SAGA = "*"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from relaybus.tasks.agents.pipeline_models import Category, IntakeInput, IntakeOutput
-from relaybus.tasks.base import AgentContext, agent
 from relaybus.tasks.llm import LLMProvider, complete
+from relaybus.tasks.runtime.task import AgentContext, agent
 
 _STOP = frozenset(
     str.split("a an and are as at be by can do does for from how in is it keep of on or the to what why with vs versus")

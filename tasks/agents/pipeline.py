@@ -31,11 +31,11 @@ from celery import current_app
 
 from relaybus.tasks.agents import intake, planner, publisher, researcher, reviewer, writer
 from relaybus.tasks.agents.pipeline_models import PipelineOptions, PlanOutput, ResearchRequest
-from relaybus.tasks.base import AgentContext, AgentModel, agent
-from relaybus.tasks.canvas import fan_in, sequence
-from relaybus.tasks.idempotency import already_done, mark_done
-from relaybus.tasks.outcomes import fail_on_error, record_pipeline_event
-from relaybus.tasks.pipelines import PIPELINE_STARTED
+from relaybus.tasks.pipelines.canvas import fan_in, sequence
+from relaybus.tasks.pipelines.outcomes import fail_on_error, record_pipeline_event
+from relaybus.tasks.pipelines.registry import PIPELINE_STARTED
+from relaybus.tasks.runtime.idempotency import already_done, mark_done
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
 
 __all__ = ["fan_out", "intake", "planner", "publisher", "researcher", "reviewer", "start", "writer"]
 

@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from relaybus.tasks.base import AgentModel
-from relaybus.tasks.canvas_results import MemberFailure, split_results
-from relaybus.tasks.events import Event
+from relaybus.tasks.bus.events import Event
+from relaybus.tasks.runtime.settle import MemberFailure, split_results
+from relaybus.tasks.runtime.task import AgentModel
 
 Category = Literal["howto", "comparison", "explainer"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relaybus.tasks.agents.pipeline_models import PlanInput, PlanOutput
-from relaybus.tasks.base import AgentContext, agent
+from relaybus.tasks.runtime.task import AgentContext, agent
 from relaybus.tasks.tools import SearchTool
 
 

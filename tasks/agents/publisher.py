@@ -7,11 +7,11 @@ import re
 
 from relaybus.tasks.agents.pipeline_models import Article, Draft, DraftApproved
 from relaybus.tasks.agents.planner import search_tool
-from relaybus.tasks.base import AgentContext
-from relaybus.tasks.bus import subscribe
+from relaybus.tasks.bus.bus import subscribe
 from relaybus.tasks.errors import PermanentError
-from relaybus.tasks.outcomes import fail_on_error
-from relaybus.tasks.pipelines import PipelineCompleted
+from relaybus.tasks.pipelines.outcomes import fail_on_error
+from relaybus.tasks.pipelines.registry import PipelineCompleted
+from relaybus.tasks.runtime.task import AgentContext
 from relaybus.tasks.tools import SearchTool
 
 

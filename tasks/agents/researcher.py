@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from relaybus.tasks.agents.pipeline_models import Findings, ResearchCompleted, ResearchTask, Source
 from relaybus.tasks.agents.planner import search_tool
-from relaybus.tasks.base import AgentContext, agent
-from relaybus.tasks.bus import publish
+from relaybus.tasks.bus.bus import publish
 from relaybus.tasks.errors import PermanentError
 from relaybus.tasks.llm import LLMProvider, complete
+from relaybus.tasks.runtime.task import AgentContext, agent
 from relaybus.tasks.tools import SearchTool
 
 

@@ -14,12 +14,12 @@ from relaybus.tasks.agents.pipeline_models import (
     ReviewPolicy,
     Verdict,
 )
-from relaybus.tasks.base import AgentContext
-from relaybus.tasks.bus import subscribe
-from relaybus.tasks.events import Event
+from relaybus.tasks.bus.bus import subscribe
+from relaybus.tasks.bus.events import Event
 from relaybus.tasks.llm import LLMProvider, complete
-from relaybus.tasks.outcomes import fail_on_error
-from relaybus.tasks.pipelines import PipelineFailed
+from relaybus.tasks.pipelines.outcomes import fail_on_error
+from relaybus.tasks.pipelines.registry import PipelineFailed
+from relaybus.tasks.runtime.task import AgentContext
 
 
 def run(draft: Draft, policy: ReviewPolicy, llm: LLMProvider) -> Verdict:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 from relaybus.tasks.agents.pipeline_models import Draft, DraftRejected, DraftWritten, WriteInput
-from relaybus.tasks.base import AgentContext, agent
-from relaybus.tasks.bus import publish, subscribe
+from relaybus.tasks.bus.bus import publish, subscribe
 from relaybus.tasks.llm import LLMProvider, complete
-from relaybus.tasks.outcomes import fail_on_error
+from relaybus.tasks.pipelines.outcomes import fail_on_error
+from relaybus.tasks.runtime.task import AgentContext, agent
 
 _REMOVE = re.compile(r"remove the banned term '([^']+)'")
 

@@ -22,7 +22,7 @@ from relaybus.sagas import (
     StepFailed,
     StepSucceeded,
 )
-from relaybus.tasks.base import AgentModel
+from relaybus.tasks.runtime.task import AgentModel
 
 
 class StepCall(AgentModel):

@@ -19,7 +19,7 @@ from celery import Celery, current_app
 from pydantic import JsonValue
 
 from relaybus.sagas import SagaStatus, SagaView, view_of
-from relaybus.tasks.context import new_id
+from relaybus.tasks.runtime.context import new_id
 from relaybus.tasks.saga.dispatch import dispatch_decision
 from relaybus.tasks.saga.registry import repository, saga_definition
 

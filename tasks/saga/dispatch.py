@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from celery import Celery
 
 from relaybus.sagas import Decision, RunCompensation, RunStep, dispatch_id_of
-from relaybus.tasks.context import CORRELATION_HEADER
+from relaybus.tasks.runtime.context import CORRELATION_HEADER
 from relaybus.tasks.saga.calls import CallRef, CompensationCall, StepCall
 
 STEP_DONE = "relaybus.saga.step_done"

@@ -26,7 +26,7 @@ from pydantic import JsonValue
 from relaybus.eventstore import ConcurrencyError, StoreUnavailable
 from relaybus.sagas import InvalidTransition, SagaNotFound, UnknownEvent, UnknownSaga, dispatch_id
 from relaybus.tasks.errors import TransientError
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.saga.calls import CallRef
 from relaybus.tasks.saga.dispatch import (
     COMPENSATION_DONE,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from celery import Celery
 
 from relaybus.sagas import SagaDefinition, SagaRegistry, SagaRepository
-from relaybus.tasks.runtime import resources, runtime_config
+from relaybus.tasks.runtime.config import resources, runtime_config
 
 SAGAS = SagaRegistry()
 """Every saga definition registered in this process."""

@@ -28,8 +28,8 @@ from typing import TypeVar
 from celery import current_app
 from pydantic import BaseModel, ValidationError
 
-from relaybus.tasks.base import AgentContext, AgentTask, agent
 from relaybus.tasks.errors import InvalidInput, PermanentError
+from relaybus.tasks.runtime.task import AgentContext, AgentTask, agent
 from relaybus.tasks.saga.calls import CompensationCall, StepCall, Undone
 from relaybus.tasks.saga.registry import repository
 

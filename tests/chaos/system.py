@@ -30,10 +30,10 @@ from relaybus.eventstore import EventStore, open_store
 from relaybus.settings import Settings
 from relaybus.tasks.agents.content_store import engine_for, live_items, saga_runs, set_fault
 from relaybus.tasks.agents.pipeline_models import ResearchRequest, ReviewPolicy
-from relaybus.tasks.base import AgentTask
-from relaybus.tasks.bus import declare_subscriptions, event_queue_name, subscribers
-from relaybus.tasks.client import start
-from relaybus.tasks.context import new_id
+from relaybus.tasks.bus.bus import declare_subscriptions, event_queue_name, subscribers
+from relaybus.tasks.pipelines.client import start
+from relaybus.tasks.runtime.context import new_id
+from relaybus.tasks.runtime.task import AgentTask
 from relaybus.tasks.saga import saga_status, start_saga
 from tests.chaos.audit import Findings, audit
 from tests.chaos.figures import Figures

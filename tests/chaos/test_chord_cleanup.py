@@ -24,7 +24,7 @@ import pytest
 from celery import signals, signature, states
 from celery.app.task import Context
 
-from relaybus.tasks.chords import RedisBackend
+from relaybus.tasks.runtime.chords import RedisBackend
 from tests.chaos.services import PrivateRabbitMQ, PrivateRedis
 from tests.harness import delete_namespace, make_app, make_settings
 

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 
 from relaybus.settings import Settings
-from relaybus.tasks.bus import declare_subscriptions, event_queue_name, subscribers
+from relaybus.tasks.bus.bus import declare_subscriptions, event_queue_name, subscribers
 from tests.harness import TEST_AGENTS, Worker, consumer_count, delete_namespace, make_app, make_settings, wait_for
 from tests.subscribers import SUBSCRIBER_AGENTS
 

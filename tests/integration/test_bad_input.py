@@ -24,9 +24,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from relaybus.settings import Settings
-from relaybus.tasks.bus import event_queue_name, send_envelope
+from relaybus.tasks.bus.bus import event_queue_name, send_envelope
+from relaybus.tasks.bus.events import EventEnvelope
 from relaybus.tasks.errors import InvalidInput
-from relaybus.tasks.events import EventEnvelope
 from tests.agents import ProbeInput
 from tests.harness import celery_headers, make_settings, queue_depth, raw_publish, read_queue, redis_list, wait_for
 from tests.integration.system import System, running_system, system_settings

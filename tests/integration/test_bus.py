@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from relaybus.tasks.bus import event_queue_name, publish, send_envelope
-from relaybus.tasks.bus_records import EVENT_DELIVERED, EVENT_PUBLISHED
-from relaybus.tasks.context import workflow_context
-from relaybus.tasks.events import EventEnvelope
+from relaybus.tasks.bus.bus import event_queue_name, publish, send_envelope
+from relaybus.tasks.bus.events import EventEnvelope
+from relaybus.tasks.bus.records import EVENT_DELIVERED, EVENT_PUBLISHED
+from relaybus.tasks.runtime.context import workflow_context
 from tests.harness import Worker, queue_depth, read_queue, redis_list, wait_for
 from tests.integration.system import System, running_system, system_settings
 from tests.services import require_rabbitmq, require_redis

@@ -13,7 +13,7 @@ from celery import chain, chord
 from sqlalchemy import create_engine, text
 
 from relaybus.eventstore import migrations, open_store
-from relaybus.tasks.context import workflow_context
+from relaybus.tasks.runtime.context import workflow_context
 from tests.harness import make_settings, redis_list, wait_for
 from tests.services import require_postgres
 

@@ -9,8 +9,8 @@ import uuid
 import pytest
 from celery import chain, chord
 
-from relaybus.tasks.context import CORRELATION_HEADER, workflow_context
 from relaybus.tasks.errors import InvalidInput
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, workflow_context
 from tests.harness import celery_headers, queue_depth, raw_publish, read_queue, redis_list, wait_for
 
 pytestmark = pytest.mark.integration

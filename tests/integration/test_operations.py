@@ -10,7 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
-from relaybus.tasks.context import workflow_context
+from relaybus.tasks.runtime.context import workflow_context
 from tests.harness import ROOT, queue_depth, redis_list, wait_for
 
 pytestmark = pytest.mark.integration

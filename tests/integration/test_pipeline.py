@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from relaybus.tasks.agents.pipeline_models import ResearchRequest, ReviewPolicy
-from relaybus.tasks.client import PipelineHandle, start
 from relaybus.tasks.errors import InvalidInput, PipelineFailure
+from relaybus.tasks.pipelines.client import PipelineHandle, start
 from tests.harness import redis_list, wait_for
 from tests.integration.system import System, running_system, system_settings
 from tests.services import require_rabbitmq, require_redis

@@ -10,7 +10,7 @@ import pytest
 from relaybus.eventstore import open_store
 from relaybus.replay import RedriveError, redrive
 from relaybus.tasks.agents.pipeline_models import ResearchRequest
-from relaybus.tasks.client import PipelineHandle, start
+from relaybus.tasks.pipelines.client import PipelineHandle, start
 from tests.integration.system import System, running_system, system_settings
 from tests.services import require_rabbitmq, require_redis
 

@@ -6,8 +6,8 @@ import pytest
 
 from relaybus.celery import create_app
 from relaybus.settings import Settings
-from relaybus.tasks.base import AgentContext, AgentModel, AgentSpec
 from relaybus.tasks.errors import InvalidInput, PermanentError, ProviderUnavailable, TransientError, is_transient
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, AgentSpec
 
 
 class In(AgentModel):

@@ -6,7 +6,7 @@ import pytest
 
 from relaybus.celery import create_app
 from relaybus.settings import Settings
-from relaybus.tasks.bus import (
+from relaybus.tasks.bus.bus import (
     Subscription,
     event_queue_name,
     handler_task_name,
@@ -14,10 +14,10 @@ from relaybus.tasks.bus import (
     subscriber_of,
     subscriptions,
 )
-from relaybus.tasks.bus_consumer import served_subscribers
-from relaybus.tasks.client import start
+from relaybus.tasks.bus.consumer import served_subscribers
+from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.errors import InvalidInput, UnknownPipeline
-from relaybus.tasks.events import derived_id
+from relaybus.tasks.pipelines.client import start
 
 
 def test_handler_tasks_are_named_after_their_subscriber_and_route_to_its_queue():

@@ -4,8 +4,8 @@ import pytest
 from celery import Celery
 from celery.canvas import _chain, _chord
 
-from relaybus.tasks.canvas import fan_in, sequence, settled
-from relaybus.tasks.canvas_results import SETTLE_HEADER, MemberFailure, member_failure, results_of, split_results
+from relaybus.tasks.pipelines.canvas import fan_in, sequence, settled
+from relaybus.tasks.runtime.settle import SETTLE_HEADER, MemberFailure, member_failure, results_of, split_results
 
 app = Celery(set_as_current=False)
 

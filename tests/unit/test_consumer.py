@@ -11,16 +11,16 @@ from celery.worker.consumer.consumer import Consumer
 from pydantic import ValidationError
 
 from relaybus.celery import create_app
-from relaybus.consumer import (
+from relaybus.settings import DEFAULT_MAX_MESSAGE_BYTES, Settings
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.consumer import (
     DeadLetteringConsumer,
     MalformedTaskMessage,
     MessageTooLarge,
     body_problem,
     header_problem,
 )
-from relaybus.settings import DEFAULT_MAX_MESSAGE_BYTES, Settings
-from relaybus.tasks.deadletter import body_size
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.runtime.deadletter import body_size
 
 
 @dataclass
@@ -122,7 +122,7 @@ def test_the_message_limit_must_be_above_the_payload_limit() -> None:
 def test_the_app_hands_the_limit_to_its_workers() -> None:
     app = create_app(Settings(broker_url="memory://", max_payload_bytes=10, max_message_bytes=12345))
     assert runtime_config(app).max_message_bytes == 12345
-    assert app.conf.worker_consumer == "relaybus.consumer:DeadLetteringConsumer"
+    assert app.conf.worker_consumer == "relaybus.tasks.runtime.consumer:DeadLetteringConsumer"
 
 
 GOOD_HEADERS: dict[str, Any] = {"task": "agents.probe", "id": "t1", "retries": 0, "timelimit": [None, None],

@@ -4,8 +4,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from relaybus.tasks.bus.events import Event, EventEnvelope, EventRegistry, envelope_for, parse_envelope, topic_matches
 from relaybus.tasks.errors import InvalidEvent, UnknownEventType, UnsupportedEventVersion
-from relaybus.tasks.events import Event, EventEnvelope, EventRegistry, envelope_for, parse_envelope, topic_matches
 
 
 def make_registry() -> tuple[EventRegistry, type[Event]]:

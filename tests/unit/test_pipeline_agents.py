@@ -16,9 +16,9 @@ from relaybus.tasks.agents.pipeline_models import (
     ReviewPolicy,
     WriteInput,
 )
-from relaybus.tasks.canvas_results import member_failure
 from relaybus.tasks.errors import PermanentError
 from relaybus.tasks.llm import OfflineProvider
+from relaybus.tasks.runtime.settle import member_failure
 from relaybus.tasks.tools import SearchTool
 
 LLM = OfflineProvider()

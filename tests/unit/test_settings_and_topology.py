@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from relaybus.celery import AgentRouter, create_app, runtime_from, topology_from
 from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings
-from relaybus.tasks.deadletter import dlq_for
+from relaybus.tasks.runtime.deadletter import dlq_for
 from relaybus.topology import Topology
 
 

@@ -19,7 +19,7 @@ from django.dispatch import receiver
 from relaybus.celery import create_app
 from relaybus.eventstore import EventStore, fold, open_store
 from relaybus.settings import PriorityClass, Settings
-from relaybus.tasks.context import workflow_context
+from relaybus.tasks.runtime.context import workflow_context
 
 #: The first step of the reference pipeline. Its input is ``{"request": ...}``.
 FIRST_TASK = "agents.intake"
@@ -54,7 +54,7 @@ def _rebuild_on_new_settings(*, setting: str, **_: Any) -> None:
 
 def start_workflow(request: str, correlation_id: str, priority: PriorityClass = "normal") -> None:
     """Publish a workflow. Call it from ``transaction.on_commit``, never inside the transaction."""
-    # With the pipeline client (tasks.client) this one line becomes:
+    # With the pipeline client (tasks.pipelines.client) this one line becomes:
     #   client.start("research", {"request": request}, priority=priority, correlation_id=correlation_id,
     #                app=celery_app())
     _send_first_task(request, correlation_id, priority)

@@ -5,14 +5,14 @@ message came from, so an event cannot be a task message itself. Instead each sub
 queue of plain event messages (``<namespace>.<subscriber>.events``), and this step, running in the
 main process of every worker that serves the subscriber's agent queue, does for each message:
 
-1. decode the envelope, upcast it to the current version and validate it (:mod:`tasks.events`);
+1. decode the envelope, upcast it to the current version and validate it (:mod:`tasks.bus.events`);
 2. publish one handler task per matching handler to the subscriber's priority queue, with the
    event's correlation id, the event id as causation id, the event's priority, and a task id
    derived from the event id (a redelivered event makes the same task, which de-duplicates);
 3. acknowledge the event only after the broker confirmed those publishes (publisher confirms).
 
 An event it cannot deliver (unknown type, unsupported version, invalid data, no matching handler)
-goes to ``<namespace>.<subscriber>.events.dlq`` with the reason in its headers (tasks.deadletter),
+goes to ``<namespace>.<subscriber>.events.dlq`` with the reason in its headers (tasks.runtime.deadletter),
 and is recorded as ``event.dead_lettered``.
 """
 
@@ -25,19 +25,19 @@ from celery import Celery, bootsteps
 from celery.utils.log import get_logger
 from kombu import Consumer
 
-from relaybus.tasks.bus import (
+from relaybus.tasks.bus.bus import (
     EVENT_TYPE_HEADER,
     declare_subscriptions,
     event_queue_name,
     subscribers,
     subscriptions,
 )
-from relaybus.tasks.bus_records import record_dead_letter
-from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
-from relaybus.tasks.deadletter import body_size, publish_dead_letter, reason_headers
+from relaybus.tasks.bus.events import EventEnvelope, derived_id, parse_envelope, registry
+from relaybus.tasks.bus.records import record_dead_letter
 from relaybus.tasks.errors import EventRejected, EventTooLarge, InvalidEvent, NoHandler
-from relaybus.tasks.events import EventEnvelope, derived_id, parse_envelope, registry
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER
+from relaybus.tasks.runtime.deadletter import body_size, publish_dead_letter, reason_headers
 
 logger = get_logger(__name__)
 

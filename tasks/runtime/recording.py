@@ -19,7 +19,7 @@ The database may be away for a while (a restart, a failover): every append waits
 with backoff for up to :data:`STORE_WAIT_S` seconds before ``StoreUnavailable`` is raised. Waiting
 is what keeps the log whole: ``task.sent`` is written from a Celery signal, whose errors Celery logs
 and swallows, and a terminal event written after the work must not be dropped. When even the wait
-runs out, the task base gives the message back to the broker (tasks.base).
+runs out, the task base gives the message back to the broker (tasks.runtime.task).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any
 
 from celery import Celery
 
-from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER, current_task_id
-from relaybus.tasks.runtime import RuntimeConfig, resources, runtime_config
+from relaybus.tasks.runtime.config import RuntimeConfig, resources, runtime_config
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER, current_task_id
 
 logger = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")

@@ -25,10 +25,10 @@ from typing import Any, Literal
 from celery import Celery, current_app, signature, states
 from pydantic import BaseModel, ValidationError
 
-from relaybus.tasks.context import CORRELATION_HEADER, new_id
 from relaybus.tasks.errors import InvalidInput, PipelineFailure, PipelineNotFinished
-from relaybus.tasks.pipelines import FAIL_TASK, PipelineOutcome, PipelineRef, pipeline_ref, start_task_id
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.pipelines.registry import FAIL_TASK, PipelineOutcome, PipelineRef, pipeline_ref, start_task_id
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, new_id
 
 Status = Literal["pending", "running", "completed", "failed"]
 

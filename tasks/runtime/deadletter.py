@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.runtime.config import runtime_config
 
 REASON_HEADER = "x_dead_letter_reason"
 ERROR_TYPE_HEADER = "x_error_type"

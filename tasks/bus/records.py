@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery
 
-from relaybus.tasks import recording
-from relaybus.tasks.events import EventEnvelope, derived_id
+from relaybus.tasks.bus.events import EventEnvelope, derived_id
+from relaybus.tasks.runtime import recording
 
 EVENT_PUBLISHED = "event.published"
 EVENT_DELIVERED = "event.delivered"

@@ -7,7 +7,7 @@
           v
     exchange <ns>.events (topic) --research.*--> queue <ns>.auditor.events   (one per subscriber)
                                  --#.completed-> queue <ns>.archive.events
-          |  a worker bootstep (tasks.bus_consumer) reads each subscriber queue, upcasts and checks
+          |  a worker bootstep (tasks.bus.consumer) reads each subscriber queue, upcasts and checks
           |  the event, publishes the handler task, and acks the event once the broker confirmed it
           v
     task events.auditor.on_research  on queue <ns>.auditor (the subscriber's priority queue)
@@ -36,13 +36,13 @@ from celery._state import get_current_task
 from kombu import Exchange, Queue, binding
 from pydantic import Field
 
-from relaybus.tasks.base import AgentContext, AgentModel, agent
-from relaybus.tasks.bus_records import delivery_records, record_publication
-from relaybus.tasks.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
+from relaybus.tasks.bus.events import Event, EventEnvelope, derived_id, envelope_for, registry, topic_matches
+from relaybus.tasks.bus.records import delivery_records, record_publication
 from relaybus.tasks.errors import InvalidEvent, PublishFailed
-from relaybus.tasks.events import Event, EventEnvelope, derived_id, envelope_for, registry, topic_matches
-from relaybus.tasks.idempotency import already_done, mark_done
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
+from relaybus.tasks.runtime.idempotency import already_done, mark_done
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
 
 EVENT_TASK_PREFIX = "events."
 #: AMQP headers every event carries, so a person reading a queue sees what it is without decoding it.
@@ -282,7 +282,7 @@ def send_envelope(app: Celery, envelope: EventEnvelope, body: str | None = None)
 
 
 def envelope_headers(envelope: EventEnvelope) -> dict[str, Any]:
-    from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
+    from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER
 
     headers: dict[str, Any] = {
         EVENT_ID_HEADER: envelope.event_id,

@@ -19,13 +19,10 @@ from celery.canvas import Signature
 from celery.utils.log import get_task_logger
 
 from relaybus.eventstore import StoreUnavailable
-from relaybus.tasks import recording
-from relaybus.tasks.base import AgentContext
-from relaybus.tasks.bus import publish, subscribe
-from relaybus.tasks.context import current_correlation_id
+from relaybus.tasks.bus.bus import publish, subscribe
+from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.errors import TransientError
-from relaybus.tasks.events import derived_id
-from relaybus.tasks.pipelines import (
+from relaybus.tasks.pipelines.registry import (
     FAIL_TASK,
     PIPELINE_COMPLETED,
     PIPELINE_FAILED,
@@ -33,6 +30,9 @@ from relaybus.tasks.pipelines import (
     PipelineFailed,
     PipelineOutcome,
 )
+from relaybus.tasks.runtime import recording
+from relaybus.tasks.runtime.context import current_correlation_id
+from relaybus.tasks.runtime.task import AgentContext
 
 logger = get_task_logger(__name__)
 

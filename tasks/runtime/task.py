@@ -33,14 +33,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relaybus.eventstore import StoreUnavailable
 from relaybus.eventstore.redaction import Redactor
-from relaybus.tasks import recording
-from relaybus.tasks.canvas_results import SETTLE_HEADER, member_failure
-from relaybus.tasks.chords import fail_lost_chord, finish_claimed_chord
-from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
-from relaybus.tasks.deadletter import dead_letter_task
 from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
-from relaybus.tasks.runtime import llm_provider, runtime_config
+from relaybus.tasks.runtime import recording
+from relaybus.tasks.runtime.chords import fail_lost_chord, finish_claimed_chord
+from relaybus.tasks.runtime.config import llm_provider, runtime_config
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
+from relaybus.tasks.runtime.deadletter import dead_letter_task
+from relaybus.tasks.runtime.settle import SETTLE_HEADER, member_failure
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -130,7 +130,7 @@ class AgentTask(Task):  # type: ignore[misc]
     typing = False  # validation is ours, with field names in the error
     acks_late = True  # ack after the work, so a crashed worker's message is redelivered
     # A failure is acked only after the task has put the message, with its reason, in the
-    # dead-letter queue (tasks.deadletter); rejecting as well would dead-letter it twice.
+    # dead-letter queue (tasks.runtime.deadletter); rejecting as well would dead-letter it twice.
     acks_on_failure = True
     # A hard time limit is terminal: requeueing would loop forever on the same input.
     acks_on_timeout = True
@@ -236,7 +236,7 @@ class AgentTask(Task):  # type: ignore[misc]
     @staticmethod
     def _record(write: Callable[[], None]) -> None:
         """Write a transition; if the event store stays away longer than the recorder waits for it
-        (tasks.recording), give the message back to the broker: the task runs again later instead
+        (tasks.runtime.recording), give the message back to the broker: the task runs again later instead
         of ending without its record."""
         try:
             write()
@@ -244,7 +244,7 @@ class AgentTask(Task):  # type: ignore[misc]
             raise Reject(f"event store unavailable, message requeued: {exc}", requeue=True) from exc
 
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # The result is stored. A chord member makes sure its chord cannot hang (tasks.chords): one a
+        # The result is stored. A chord member makes sure its chord cannot hang (tasks.runtime.chords): one a
         # dead worker claimed is finished here, one whose state the result backend lost is failed.
         request = self.request
         if request.called_directly or not getattr(request, "chord", None):

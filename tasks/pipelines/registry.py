@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from relaybus.tasks.bus.events import Event, derived_id
 from relaybus.tasks.errors import UnknownPipeline
-from relaybus.tasks.events import Event, derived_id
 
 #: Log records (``stream = pipeline id``) that open and close a pipeline, next to the bus events.
 PIPELINE_STARTED = "pipeline.started"

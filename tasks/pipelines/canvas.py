@@ -20,7 +20,7 @@ be idempotent.
 
 **Task ids are derived, not drawn**, when a flow is built inside a running task: from the task's id
 and how many flows this execution has built so far (or from ``ids_from``). A step that launches a
-flow and is killed before its done-marker is written (``tasks.idempotency``) runs again and launches
+flow and is killed before its done-marker is written (``tasks.runtime.idempotency``) runs again and launches
 the same flow *under the same ids*: the copies are de-duplicated downstream (the chord counts a
 member once per id, the event log stores an event id once) instead of running a second pipeline
 beside the first. The kill loop in ``tests/chaos`` found the random ids doing exactly that.
@@ -35,8 +35,8 @@ from celery import chain, chord, group
 from celery._state import get_current_task
 from celery.canvas import Signature, _chain, _chord
 
-from relaybus.tasks.canvas_results import SETTLE_HEADER, MemberFailure, is_failure, results_of, split_results
-from relaybus.tasks.events import derived_id
+from relaybus.tasks.bus.events import derived_id
+from relaybus.tasks.runtime.settle import SETTLE_HEADER, MemberFailure, is_failure, results_of, split_results
 
 __all__ = [
     "MemberFailure",

@@ -25,9 +25,9 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from relaybus.tasks.context import CAUSATION_HEADER, CORRELATION_HEADER
-from relaybus.tasks.deadletter import body_size, publish_dead_letter, reason_headers
-from relaybus.tasks.runtime import runtime_config
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER
+from relaybus.tasks.runtime.deadletter import body_size, publish_dead_letter, reason_headers
 
 logger = get_logger(__name__)
 

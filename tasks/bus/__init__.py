@@ -1,0 +1,1 @@
+"""The event bus: typed events, publishing, subscriptions and the worker-side delivery of events."""
