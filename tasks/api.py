@@ -28,12 +28,11 @@ from relaybus.tasks.pipelines.canvas import (
     split_results,
 )
 from relaybus.tasks.pipelines.client import PipelineHandle, start
+from relaybus.tasks.pipelines.definition import Pipeline, StepInput
 from relaybus.tasks.pipelines.registry import (
     PipelineCompleted,
     PipelineFailed,
     PipelineOutcome,
-    PipelineRef,
-    register_pipeline,
 )
 from relaybus.tasks.runtime.context import workflow_context
 from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
@@ -44,8 +43,8 @@ __all__ = [  # noqa: RUF022
     "start",
     "PipelineHandle",
     "PipelineOutcome",
-    "PipelineRef",
-    "register_pipeline",
+    "Pipeline",
+    "StepInput",
     # Agents
     "agent",
     "AgentContext",

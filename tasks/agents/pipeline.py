@@ -1,106 +1,79 @@
-"""The reference pipeline, wired: which step follows which, and how.
+"""The reference pipeline, declared: which step follows which, and how.
 
 ::
 
     pipelines.research (start)                        system queue; records pipeline.started
-      -> agents.intake -> agents.planner              a chain: each step's output is the next input
-      -> pipelines.research.fan_out                   system queue; builds the fan-in below
-      -> agents.researcher x N  ==chord==>  agents.writer
+      -> agents.intake -> agents.planner              steps: each step's output is the next input
+      -> agents.researcher x N  ==fan-in==>  agents.writer
                                    (researchers also publish research.completed, for any observer)
-      -> draft.written  --> reviewer (events.reviewer.review)
-           -> draft.approved --> publisher (events.publisher.publish) -> pipeline.completed
+      -> draft.written  --> reviewer (events.reviewer.review)          a bounded review loop
            -> draft.rejected --> writer (events.writer.revise) -> draft.written ...
-           -> pipeline.failed, when the K-th draft is rejected
+           -> pipeline.failed, when the last allowed draft is rejected
+           -> draft.approved --> publisher (events.publisher.publish) -> pipeline.completed
       pipeline.completed / pipeline.failed --> system (events.system.record_outcome)
 
-A chain where a step needs exactly its predecessor's output; the chord where N results must meet
-(fan-in: only the chord counts them); events after the draft, where steps react to facts and must
-not know each other (the guardrail loop is a conversation between writer and reviewer, and anyone
-else may listen). Every step links ``pipelines.fail`` as its error callback, so a failure anywhere
-ends the pipeline with ``pipeline.failed`` instead of leaving it hanging.
+Steps where a step needs exactly its predecessor's output (intake -> planner); a fan-out where N
+results must meet (only the chord counts them); events after the draft, where steps react to facts and
+must not know each other (the guardrail loop is a conversation between writer and reviewer, and anyone
+else may listen). Every task and subscription links the pipeline's failure path, so a failure anywhere
+ends the pipeline with ``pipeline.failed`` naming the step, instead of leaving it hanging.
 
-The agents live in their own modules (pure ``run`` functions plus their task or subscription);
-this module only imports them so a worker that loads it registers them all.
+The agents live in their own modules (pure ``run`` functions plus their task); this module declares
+the pipeline over them, so a worker that loads it registers them all.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import current_app
-
 from relaybus.tasks.agents import intake, planner, publisher, researcher, reviewer, writer
-from relaybus.tasks.agents.pipeline_models import PipelineOptions, PlanOutput, ResearchRequest
-from relaybus.tasks.pipelines.canvas import fan_in, sequence
-from relaybus.tasks.pipelines.outcomes import fail_on_error, record_pipeline_event
-from relaybus.tasks.pipelines.registry import PIPELINE_STARTED
-from relaybus.tasks.runtime.idempotency import already_done, mark_done
-from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
+from relaybus.tasks.agents.pipeline_models import (
+    DraftApproved,
+    DraftRejected,
+    DraftWritten,
+    PipelineOptions,
+    ResearchRequest,
+)
+from relaybus.tasks.pipelines.definition import Pipeline, StepInput
 
-__all__ = ["fan_out", "intake", "planner", "publisher", "researcher", "reviewer", "start", "writer"]
-
-PIPELINE = "research"
-
-
-class Started(AgentModel):
-    pipeline_id: str
+__all__ = ["intake", "planner", "publisher", "research", "researcher", "reviewer", "writer"]
 
 
-class FanOutInput(AgentModel):
-    plan: PlanOutput
-    options: PipelineOptions
-
-    @classmethod
-    def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> FanOutInput:
-        return cls.model_validate({**kwargs, "plan": upstream})
-
-
-class Launched(AgentModel):
-    researchers: int
-
-
-@agent("system", input=ResearchRequest, output=Started, task_name="pipelines.research")
-def start(inp: ResearchRequest, ctx: AgentContext) -> Started:
-    app = current_app
-    if already_done(app, ctx.task_id):  # a redelivered start must not launch a second run
-        return Started(pipeline_id=ctx.correlation_id)
-    record_pipeline_event(
-        app, PIPELINE_STARTED, ctx.correlation_id,
-        {"pipeline": PIPELINE, "input": inp.model_dump(mode="json")}, task_id=ctx.task_id,
-    )
-    options = PipelineOptions(
-        review=inp.review, on_research_failure=inp.on_research_failure, fail_researchers=inp.fail_researchers
-    )
-    flow = sequence(
-        app.signature("agents.intake", kwargs={"request": inp.request, "max_topics": inp.max_topics}),
-        app.signature("agents.planner"),
-        app.signature("pipelines.research.fan_out", kwargs={"options": options.model_dump(mode="json")}),
-        on_error=fail_on_error(PIPELINE),
-    )
-    flow.apply_async()
-    mark_done(app, ctx.task_id)
-    return Started(pipeline_id=ctx.correlation_id)
-
-
-@agent("system", input=FanOutInput, output=Launched, task_name="pipelines.research.fan_out")
-def fan_out(inp: FanOutInput, ctx: AgentContext) -> Launched:
-    app = current_app
-    plan, options = inp.plan, inp.options
-    if already_done(app, ctx.task_id):  # a redelivered fan-out must not start a second chord (two writers)
-        return Launched(researchers=len(plan.topics))
-    members = [
-        app.signature(
-            "agents.researcher",
-            kwargs={"request": plan.request, "topic": topic, "index": i, "fail": i in options.fail_researchers},
-        )
-        for i, topic in enumerate(plan.topics)
+def _topics(s: StepInput[ResearchRequest]) -> list[dict[str, Any]]:
+    plan = s.prev or {}
+    return [
+        {"request": plan["request"], "topic": topic, "index": i, "fail": i in s.run.fail_researchers}
+        for i, topic in enumerate(plan.get("topics", []))
     ]
-    callback = app.signature(
-        "agents.writer", kwargs={"request": plan.request, "options": options.model_dump(mode="json")}
+
+
+def _options(run: ResearchRequest) -> dict[str, Any]:
+    options = PipelineOptions(
+        review=run.review, on_research_failure=run.on_research_failure, fail_researchers=run.fail_researchers
     )
-    flow = fan_in(
-        members, callback, on_error=fail_on_error(PIPELINE), settle=options.on_research_failure == "partial"
-    )
-    flow.apply_async()
-    mark_done(app, ctx.task_id)
-    return Launched(researchers=len(members))
+    return options.model_dump(mode="json")
+
+
+research: Pipeline[ResearchRequest] = Pipeline(
+    "research", input=ResearchRequest, description="Research a question and publish a reviewed article"
+)
+research.step(intake.intake, input=lambda s: {"request": s.run.request, "max_topics": s.run.max_topics})
+research.step(planner.planner)
+research.fan_out(
+    researcher.researcher,
+    each=_topics,
+    into=writer.writer,
+    into_input=lambda s: {"request": (s.prev or {})["request"], "options": _options(s.run)},
+    results="findings",
+    failures="failed_topics",
+    partial=lambda run: run.on_research_failure == "partial",
+)
+research.review(
+    DraftWritten,
+    DraftRejected,
+    reviewer=("reviewer", reviewer.review),
+    reviser=("writer", writer.revise),
+    round=lambda candidate: candidate.draft.round,
+    max_rounds=lambda candidate: candidate.draft.options.review.max_rounds,
+)
+research.finish(DraftApproved, agent="publisher", name="publish")(publisher.publish_article)

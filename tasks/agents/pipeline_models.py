@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from relaybus.tasks.bus.events import Event
-from relaybus.tasks.runtime.settle import MemberFailure, split_results
+from relaybus.tasks.runtime.settle import MemberFailure
 from relaybus.tasks.runtime.task import AgentModel
 
 Category = Literal["howto", "comparison", "explainer"]
@@ -108,7 +108,7 @@ class Findings(AgentModel):
 
 
 class WriteInput(AgentModel):
-    """The writer's input: the chord's results (findings and marked failures), or a rejected draft."""
+    """The writer's input: the fan-out's results (findings, and the researchers that failed), or a rejected draft."""
 
     request: str
     findings: list[Findings]
@@ -117,13 +117,13 @@ class WriteInput(AgentModel):
     round: int = Field(default=1, ge=1)
     feedback: list[str] = Field(default_factory=list)
 
+    @field_validator("failed_topics", mode="before")
     @classmethod
-    def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> WriteInput:
-        ok, failed = split_results(upstream)
-        findings = sorted((Findings.model_validate(v) for v in ok), key=lambda f: f.index)
-        return cls.model_validate(
-            {**kwargs, "findings": findings, "failed_topics": [_failed_topic(f) for f in failed]}
-        )
+    def _describe_failures(cls, value: Any) -> Any:
+        """The fan-out hands failed researchers over as ``MemberFailure``s; a draft lists them as text."""
+        if not isinstance(value, list):
+            return value
+        return [_failed_topic(MemberFailure.model_validate(v)) if isinstance(v, dict) else v for v in value]
 
 
 def _failed_topic(failure: MemberFailure) -> str:

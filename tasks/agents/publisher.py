@@ -7,10 +7,7 @@ import re
 
 from relaybus.tasks.agents.pipeline_models import Article, Draft, DraftApproved
 from relaybus.tasks.agents.planner import search_tool
-from relaybus.tasks.bus.bus import subscribe
 from relaybus.tasks.errors import PermanentError
-from relaybus.tasks.pipelines.outcomes import fail_on_error
-from relaybus.tasks.pipelines.registry import PipelineCompleted
 from relaybus.tasks.runtime.task import AgentContext
 from relaybus.tasks.tools import SearchTool
 
@@ -41,7 +38,6 @@ def verify(article: Article, search: SearchTool) -> None:
         raise PermanentError(f"article {article.slug!r} cites unknown sources: {', '.join(missing)}")
 
 
-@subscribe("publisher", DraftApproved, name="publish", on_error=fail_on_error("research"))
-def publish_article(event: DraftApproved, ctx: AgentContext) -> PipelineCompleted:
-    article = run(event.draft, search_tool())
-    return PipelineCompleted(pipeline="research", output=article.model_dump(mode="json"))
+def publish_article(event: DraftApproved, ctx: AgentContext) -> Article:
+    """The pipeline's end (tasks.agents.pipeline subscribes it to ``draft.approved``): the article is its output."""
+    return run(event.draft, search_tool())

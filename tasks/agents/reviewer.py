@@ -1,7 +1,8 @@
 """Reviewer: the guardrail. Checks each draft against the policy; a rejected draft goes back to the writer.
 
-At most ``review.max_rounds`` drafts are written: rejecting the last one fails the pipeline, with
-the reviewer's feedback as the reason.
+``review`` is the review loop's judge: the pipeline (tasks.agents.pipeline) subscribes it to
+``draft.written`` and bounds the loop: at most ``review.max_rounds`` drafts are written, and rejecting
+the last one fails the pipeline with the reviewer's feedback as the reason.
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ from relaybus.tasks.agents.pipeline_models import (
     ReviewPolicy,
     Verdict,
 )
-from relaybus.tasks.bus.bus import subscribe
-from relaybus.tasks.bus.events import Event
 from relaybus.tasks.llm import LLMProvider, complete
-from relaybus.tasks.pipelines.outcomes import fail_on_error
-from relaybus.tasks.pipelines.registry import PipelineFailed
 from relaybus.tasks.runtime.task import AgentContext
 
 
@@ -40,18 +37,9 @@ def run(draft: Draft, policy: ReviewPolicy, llm: LLMProvider) -> Verdict:
     return Verdict(approved=not feedback, feedback=feedback)
 
 
-@subscribe("reviewer", DraftWritten, name="review", on_error=fail_on_error("research"))
-def review(event: DraftWritten, ctx: AgentContext) -> Event:
+def review(event: DraftWritten, ctx: AgentContext) -> DraftApproved | DraftRejected:
     draft = event.draft
-    policy = draft.options.review
-    verdict = run(draft, policy, ctx.llm)
+    verdict = run(draft, draft.options.review, ctx.llm)
     if verdict.approved:
         return DraftApproved(draft=draft)
-    if draft.round >= policy.max_rounds:
-        return PipelineFailed(
-            pipeline="research",
-            stage="reviewer",
-            reason=f"review rejected {draft.round} of {policy.max_rounds} allowed drafts: "
-            + "; ".join(verdict.feedback),
-        )
     return DraftRejected(draft=draft, feedback=verdict.feedback)

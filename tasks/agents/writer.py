@@ -1,13 +1,15 @@
-"""Writer: turn the research into a draft (the chord's callback), and revise a draft the reviewer rejected."""
+"""Writer: turn the research into a draft (the fan-out's callback), and revise a draft the reviewer rejected.
+
+``revise`` is the review loop's reviser: the pipeline (tasks.agents.pipeline) subscribes it to ``draft.rejected``.
+"""
 
 from __future__ import annotations
 
 import re
 
 from relaybus.tasks.agents.pipeline_models import Draft, DraftRejected, DraftWritten, WriteInput
-from relaybus.tasks.bus.bus import publish, subscribe
+from relaybus.tasks.bus.bus import publish
 from relaybus.tasks.llm import LLMProvider, complete
-from relaybus.tasks.pipelines.outcomes import fail_on_error
 from relaybus.tasks.runtime.task import AgentContext, agent
 
 _REMOVE = re.compile(r"remove the banned term '([^']+)'")
@@ -45,7 +47,6 @@ def writer(inp: WriteInput, ctx: AgentContext) -> Draft:
     return draft
 
 
-@subscribe("writer", DraftRejected, name="revise", on_error=fail_on_error("research"))
 def revise(event: DraftRejected, ctx: AgentContext) -> DraftWritten:
     old = event.draft
     again = WriteInput(

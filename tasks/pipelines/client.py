@@ -9,8 +9,9 @@
     outcome = handle.wait(timeout=60)          # PipelineOutcome(status="completed", output={...})
     handle.events()                            # the pipeline's timeline, from the event log
 
-Works from any Python process with the broker and result backend in reach: the input is validated
-with the pipeline's input model, then the entry task is sent by name. The agents' code is not imported.
+Works from any Python process with the broker and result backend in reach: the modules that declare
+pipelines are loaded as a worker loads them (``RELAYBUS_EXTRA_MODULES``), the input is validated with
+the pipeline's input model, then the entry task is sent by name.
 The pipeline id is its correlation id: every task, event and log record of the run carries it.
 """
 
@@ -26,7 +27,7 @@ from celery import Celery, current_app, signature, states
 from pydantic import BaseModel, ValidationError
 
 from relaybus.tasks.errors import InvalidInput, PipelineFailure, PipelineNotFinished
-from relaybus.tasks.pipelines.registry import FAIL_TASK, PipelineOutcome, PipelineRef, pipeline_ref, start_task_id
+from relaybus.tasks.pipelines.registry import FAIL_TASK, Declared, PipelineOutcome, pipeline_named, start_task_id
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, new_id
 
@@ -92,7 +93,7 @@ class PipelineHandle:
 
 
 def start(
-    pipeline: str | PipelineRef,
+    pipeline: str | Declared,
     input: BaseModel | Mapping[str, Any],
     *,
     priority: str | int | None = None,
@@ -106,8 +107,8 @@ def start(
     Raises :class:`~tasks.errors.InvalidInput` before anything is sent if the input does not validate.
     """
     app = app or current_app
-    ref = pipeline if isinstance(pipeline, PipelineRef) else pipeline_ref(pipeline)
-    model = ref.load_input_model()
+    ref = pipeline_named(pipeline, app) if isinstance(pipeline, str) else pipeline
+    model = ref.input_model
     try:
         data = input.model_dump(mode="json") if isinstance(input, BaseModel) else dict(input)
         validated = model.model_validate(data)

@@ -29,9 +29,11 @@ from relaybus.tasks.pipelines.registry import (
     PipelineCompleted,
     PipelineFailed,
     PipelineOutcome,
+    stage_of,
 )
 from relaybus.tasks.runtime import recording
 from relaybus.tasks.runtime.context import current_correlation_id
+from relaybus.tasks.runtime.recording import agent_for_task
 from relaybus.tasks.runtime.task import AgentContext
 
 logger = get_task_logger(__name__)
@@ -94,22 +96,33 @@ def record_outcome(event: PipelineCompleted | PipelineFailed, ctx: AgentContext)
     retry_backoff=True, retry_jitter=True,
 )
 def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = "") -> str:
-    """Error callback: publish ``pipeline.failed`` with why ``failed_task_id`` failed."""
-    meta = self.app.backend.get_task_meta(failed_task_id) if failed_task_id else {}
-    error = meta.get("result")
-    name = meta.get("name") or "a step"
-    if isinstance(error, BaseException):
-        reason = f"{name} failed: {type(error).__name__}: {error}"
-    else:
-        # A chord calls its error callback for the body too, whose id never ran (PENDING): the
-        # reason is the member's failure, which the event log recorded before the member raised.
-        reason = _first_failure(self.app, current_correlation_id()) or f"{name} failed ({meta.get('status')}): {error}"
+    """Error callback: publish ``pipeline.failed`` naming the step that failed, its agent and its error.
+
+    The reason is the pipeline's first failure in the event log when there is one, whichever error
+    callback runs first (a chord calls it for the failed member and again for its body, with a
+    ``ChordError``), so the same failing input always gives the same reason.
+    """
+    failure = _first_failure(self.app, current_correlation_id())
+    if failure is None:
+        meta = self.app.backend.get_task_meta(failed_task_id) if failed_task_id else {}
+        error = meta.get("result")
+        task = str(meta.get("name") or "")
+        if isinstance(error, BaseException):
+            failure = (task, type(error).__name__, str(error))
+        else:
+            failure = (task, str(meta.get("status") or "FAILURE"), str(error))
+    task, error_type, message = failure
+    stage = stage_of(pipeline, task) if task else None
+    agent = agent_for_task(task) if task else None
+    where = f"step {stage or agent or 'unknown'!r}" + (f" (agent {agent})" if agent else "")
+    reason = f"{where} failed: {error_type}: {message}"
     logger.warning("pipeline %s: %s", pipeline, reason)
-    envelope = publish(PipelineFailed(pipeline=pipeline, reason=reason, stage=name), app=self.app)
+    envelope = publish(PipelineFailed(pipeline=pipeline, reason=reason, stage=stage or agent), app=self.app)
     return envelope.event_id
 
 
-def _first_failure(app: Celery, pipeline_id: str | None) -> str | None:
+def _first_failure(app: Celery, pipeline_id: str | None) -> tuple[str, str, str] | None:
+    """``(task name, error type, error message)`` of the first task that failed for good in the pipeline."""
     recorder = recording.recorder_for(app)
     if not isinstance(recorder, recording.EventRecorder) or not pipeline_id:
         return None
@@ -117,5 +130,8 @@ def _first_failure(app: Celery, pipeline_id: str | None) -> str | None:
     if not failed:
         return None
     event = failed[0]
-    name = f"agents.{event.agent}" if event.agent else "a step"
-    return f"{name} failed: {event.payload.get('error_type')}: {event.payload.get('error_message')}"
+    # The failed record names the agent; the task's name is in its task.sent record.
+    sent = recorder.store.find(type="task.sent", task_id=event.task_id, limit=1) if event.task_id else []
+    task = str(sent[0].payload.get("task") or "") if sent else ""
+    task = task or (f"agents.{event.agent}" if event.agent else "")
+    return task, str(event.payload.get("error_type")), str(event.payload.get("error_message"))

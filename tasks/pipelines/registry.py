@@ -1,20 +1,18 @@
 """Pipelines by name, and the outcome every pipeline ends with.
 
-A client starts a pipeline by name (:func:`tasks.client.start`); all it needs is the
-:class:`PipelineRef`: the entry task's name and the import path of the input model. The agents'
-code is never imported by the client. Every pipeline ends with exactly one outcome event,
+Declaring a :class:`~tasks.pipelines.definition.Pipeline` registers it here under its name. Workers,
+clients, the CLI and Django find the pipelines the same way: they import the modules named by the
+one setting ``RELAYBUS_EXTRA_MODULES`` (the app's ``include`` list, :func:`load_modules`), so a
+pipeline a worker runs is one a client can start. Every pipeline ends with exactly one outcome event,
 :class:`PipelineCompleted` or :class:`PipelineFailed`: they share one event id per pipeline, so the
 first one published wins.
-
-No Celery here: clients import this module.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
+from celery import Celery
 from pydantic import BaseModel, ConfigDict
 
 from relaybus.tasks.bus.events import Event, derived_id
@@ -29,42 +27,67 @@ OUTCOME_KEY = "pipeline.outcome"
 FAIL_TASK = "pipelines.fail"
 
 
-@dataclass(frozen=True)
-class PipelineRef:
-    """How to start a pipeline: its entry task and its input model (``"module:Class"``)."""
+class Declared(Protocol):
+    """What the registry, the client and the CLI need of a declared pipeline."""
 
     name: str
     task: str
-    input_model: str
+    description: str
 
-    def load_input_model(self) -> type[BaseModel]:
-        module, _, attr = self.input_model.partition(":")
-        model = getattr(importlib.import_module(module), attr)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise TypeError(f"{self.input_model} is not a pydantic model")
-        return model
+    @property
+    def input_model(self) -> type[BaseModel]: ...
 
+    @property
+    def agents(self) -> list[str]: ...
 
-_PIPELINES: dict[str, PipelineRef] = {
-    "research": PipelineRef(
-        name="research",
-        task="pipelines.research",
-        input_model="relaybus.tasks.agents.pipeline_models:ResearchRequest",
-    ),
-}
+    def stage_of(self, task_name: str) -> str | None: ...
+
+    def describe(self) -> list[str]: ...
 
 
-def register_pipeline(ref: PipelineRef) -> PipelineRef:
-    _PIPELINES[ref.name] = ref
-    return ref
+_PIPELINES: dict[str, Declared] = {}
 
 
-def pipeline_ref(name: str) -> PipelineRef:
+def register(pipeline: Declared) -> Declared:
+    """Called by ``Pipeline(...)``. Declaring a second, different pipeline under a taken name is an error."""
+    known = _PIPELINES.get(pipeline.name)
+    if known is not None and known is not pipeline and known.task != pipeline.task:
+        raise ValueError(f"a pipeline named {pipeline.name!r} is already declared")
+    _PIPELINES[pipeline.name] = pipeline
+    return pipeline
+
+
+def load_modules(app: Celery) -> None:
+    """Import the modules that declare agents and pipelines (the app's ``include``: relaybus's own and
+    ``RELAYBUS_EXTRA_MODULES``), as a worker does when it starts. Idempotent."""
+    app.loader.import_default_modules()
+
+
+def declared(app: Celery | None = None) -> list[Declared]:
+    """Every pipeline declared by the modules ``app`` loads, by name."""
+    if app is not None:
+        load_modules(app)
+    return [_PIPELINES[name] for name in sorted(_PIPELINES)]
+
+
+def pipeline_named(name: str, app: Celery | None = None) -> Declared:
+    """The pipeline ``name``; the app's modules are loaded first if it is not declared yet."""
+    if name not in _PIPELINES and app is not None:
+        load_modules(app)
     try:
         return _PIPELINES[name]
     except KeyError:
         known = ", ".join(sorted(_PIPELINES)) or "none"
-        raise UnknownPipeline(f"unknown pipeline {name!r}; known pipelines: {known}") from None
+        raise UnknownPipeline(
+            f"unknown pipeline {name!r}; known pipelines: {known} (a pipeline is found when its module is "
+            "in RELAYBUS_EXTRA_MODULES)"
+        ) from None
+
+
+def stage_of(pipeline: str, task_name: str) -> str | None:
+    """The step of ``pipeline`` that ``task_name`` runs, if the pipeline is declared in this process."""
+    known = _PIPELINES.get(pipeline)
+    return known.stage_of(task_name) if known is not None else None
 
 
 def start_task_id(pipeline_id: str) -> str:

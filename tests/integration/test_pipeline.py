@@ -90,13 +90,13 @@ def test_a_rejected_draft_goes_back_to_the_writer_with_feedback_and_the_next_dra
 def test_after_k_rejected_drafts_the_pipeline_fails_with_the_reason_in_its_timeline(system):
     handle = run(system, request=FIVE_TOPICS, max_topics=1, review=ReviewPolicy(max_rounds=2, reject_drafts=5))
     assert handle.status() == "failed"
-    with pytest.raises(PipelineFailure, match="review rejected 2 of 2 allowed drafts"):
+    with pytest.raises(PipelineFailure, match=r"reviewer rejected 2 of 2 allowed rounds \(draft.written\)"):
         handle.result()
     events = settled_events(handle)
     assert count(events, "event.published", event_type="draft.written") == 2
     assert count(events, "event.published", event_type="draft.approved") == 0
     (failed,) = [e for e in events if e.type == "pipeline.failed"]
-    assert failed.payload["stage"] == "reviewer"
+    assert failed.payload["stage"] == "review"
     assert "rejected by policy" in failed.payload["reason"]
 
 
@@ -116,10 +116,24 @@ def test_a_failing_researcher_takes_the_chords_error_path_and_the_pipeline_ends_
     with pytest.raises(PipelineFailure, match="injected failure: researcher 1"):
         handle.result()
     events = settled_events(handle)
+    (failed,) = [e for e in events if e.type == "pipeline.failed"]
+    assert failed.payload["stage"] == "researcher"
+    assert failed.payload["reason"].startswith(
+        "step 'researcher' (agent researcher) failed: PermanentError: injected failure: researcher 1"
+    )
     assert count(events, "task.failed", agent="researcher") == 1
     assert count(events, "task.dead_lettered", agent="researcher") == 1
     assert count(events, "task.started", agent="writer") == 0
     assert count(events, "pipeline.failed") == 1
+
+
+def test_the_same_failing_input_fails_with_the_same_reason_every_time(system):
+    reasons = set()
+    for _ in range(3):
+        handle = run(system, request=FIVE_TOPICS, max_topics=3, fail_researchers=(0, 2))
+        (failed,) = [e for e in settled_events(handle) if e.type == "pipeline.failed"]
+        reasons.add((failed.payload["stage"], failed.payload["reason"].split(": injected")[0]))
+    assert reasons == {("researcher", "step 'researcher' (agent researcher) failed: PermanentError")}
 
 
 def test_in_partial_mode_the_writer_gets_the_findings_that_arrived_with_the_failure_marked(system):

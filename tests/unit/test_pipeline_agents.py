@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relaybus.tasks.agents import intake, planner, publisher, researcher, reviewer, writer
+from relaybus.tasks.agents.pipeline import research
 from relaybus.tasks.agents.pipeline_models import (
     Draft,
     Findings,
@@ -18,6 +19,7 @@ from relaybus.tasks.agents.pipeline_models import (
 )
 from relaybus.tasks.errors import PermanentError
 from relaybus.tasks.llm import OfflineProvider
+from relaybus.tasks.pipelines.definition import FanOut, StepInput
 from relaybus.tasks.runtime.settle import member_failure
 from relaybus.tasks.tools import SearchTool
 
@@ -58,14 +60,18 @@ def test_a_researcher_cites_the_corpus_and_an_injected_failure_is_permanent():
         researcher.run(ResearchTask(request=REQUEST, topic="x", index=3, fail=True), LLM, SEARCH)
 
 
-def test_the_writer_takes_chord_results_with_failures_marked():
+def test_the_writer_takes_the_fan_outs_results_with_failures_listed():
     ok = researcher.run(ResearchTask(request=REQUEST, topic="sagas", index=1), LLM, SEARCH).model_dump()
     failed = member_failure("agents.researcher", "t0", PermanentError("down"))
-    inp = WriteInput.from_upstream([failed, ok], {"request": REQUEST})
+    run = ResearchRequest(request=REQUEST)
+    plan = {"request": REQUEST, "topics": ["a", "sagas"], "tools": []}
+    fan_out = next(i for i, s in enumerate(research.stages) if isinstance(s, FanOut))
+    inp = WriteInput.model_validate(research.fan_in_input(fan_out, [failed, ok], StepInput(run, plan, "p1")))
     assert [f.index for f in inp.findings] == [1]
     assert inp.failed_topics == ["agents.researcher (PermanentError: down)"]
     assert "## Not covered" in writer.run(inp, LLM).body
-    assert WriteInput.from_upstream(ok, {"request": REQUEST}).findings == [Findings.model_validate(ok)]
+    alone = research.fan_in_input(fan_out, ok, StepInput(run, plan, "p1"))  # a fan-out of one: a bare value
+    assert WriteInput.model_validate(alone).findings == [Findings.model_validate(ok)]
 
 
 def test_the_reviewer_rejects_the_first_m_drafts_then_approves():
