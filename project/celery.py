@@ -194,7 +194,15 @@ def create_app(settings: Settings | None = None) -> Celery:
         app.conf.update(_embedded_broker_options(settings))
     # Event bus: each worker delivers the events of the subscribers whose queues it consumes.
     app.steps["consumer"].add(EventDelivery)
+    # Clients (an app, the CLI, Django) load the same modules as workers, once the app is finalized
+    # (its first ``app.tasks``, send or start): ``app.tasks["agents.mine"]`` and ``start("mine", ...)``
+    # find what RELAYBUS_EXTRA_MODULES declares, not only what a worker would.
+    app.on_after_finalize.connect(_load_modules, weak=False)
     return app
+
+
+def _load_modules(sender: Celery, **_: Any) -> None:
+    sender.loader.import_default_modules()
 
 
 def _embedded_broker_options(settings: Settings) -> dict[str, Any]:
