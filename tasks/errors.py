@@ -44,19 +44,21 @@ class PermanentError(AgentError):
 class InvalidInput(PermanentError):
     """Raised when a payload does not validate against an agent's input model.
 
-    ``agent`` names the agent, ``errors`` holds pydantic's error list (location, message, type).
+    ``agent`` names the agent (or, with ``kind="pipeline"``, the pipeline), ``errors`` holds pydantic's
+    error list (location, message, type).
     """
 
-    def __init__(self, agent: str, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, agent: str, errors: list[dict[str, Any]], kind: str = "agent") -> None:
         self.agent = agent
         self.errors = errors
+        self.kind = kind
         fields = ", ".join(
             ".".join(str(p) for p in e.get("loc", ())) + f" ({e.get('msg', 'invalid')})" for e in errors
         )
-        super().__init__(f"invalid input for agent {agent!r}: {fields or 'payload rejected'}")
+        super().__init__(f"invalid input for {kind} {agent!r}: {fields or 'payload rejected'}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (self.agent, self.errors))
+        return (self.__class__, (self.agent, self.errors, self.kind))
 
 
 class InvalidMessage(PermanentError):

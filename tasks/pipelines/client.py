@@ -26,7 +26,7 @@ from typing import Any, Literal
 from celery import Celery, current_app, signature, states
 from pydantic import BaseModel, ValidationError
 
-from relaybus.tasks.errors import InvalidInput, PipelineFailure, PipelineNotFinished
+from relaybus.tasks.errors import InvalidInput, PipelineError, PipelineFailure, PipelineNotFinished
 from relaybus.tasks.pipelines.registry import FAIL_TASK, Declared, PipelineOutcome, pipeline_named, start_task_id
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, new_id
@@ -108,19 +108,20 @@ def start(
     """
     app = app or current_app
     ref = pipeline_named(pipeline, app) if isinstance(pipeline, str) else pipeline
+    _check_queues(app, ref)
     model = ref.input_model
     try:
         data = input.model_dump(mode="json") if isinstance(input, BaseModel) else dict(input)
         validated = model.model_validate(data)
     except ValidationError as exc:
         errors = [{"loc": tuple(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise InvalidInput(ref.name, errors) from None
+        raise InvalidInput(ref.name, errors, kind="pipeline") from None
     config = runtime_config(app)
     kwargs = validated.model_dump(mode="json")
     size = len(json.dumps(kwargs).encode())
     if size > config.max_payload_bytes:
         raise InvalidInput(ref.name, [{"loc": ("input",), "msg": f"{size} bytes is over the limit of "
-                                                                f"{config.max_payload_bytes}"}])
+                                                                f"{config.max_payload_bytes}"}], kind="pipeline")
     pipeline_id = correlation_id or new_id()
     app.send_task(
         ref.task,
@@ -132,3 +133,18 @@ def start(
         link_error=signature(FAIL_TASK, kwargs={"pipeline": ref.name}),
     )
     return PipelineHandle(pipeline_id, app, ref.name)
+
+
+def _check_queues(app: Celery, pipeline: Declared) -> None:
+    """Every agent of the pipeline has a queue in the app's topology, or nothing is sent: a task for an
+    agent without one would sit on the system queue, where no worker of that agent looks."""
+    topology = app.conf.get("relaybus_topology")
+    known = getattr(topology, "agents", None)
+    if known is None:
+        return
+    missing = [a for a in pipeline.agents if a not in known]
+    if missing:
+        raise PipelineError(
+            f"pipeline {pipeline.name!r} uses agent(s) {', '.join(missing)} with no queue: add them to "
+            "RELAYBUS_EXTRA_AGENTS (workers and clients alike)"
+        )
