@@ -28,7 +28,7 @@ def record_publication(app: Celery, envelope: EventEnvelope, running: Any) -> No
     from relaybus.eventstore import NewEvent
 
     recorder = recording.recorder_for(app)
-    if isinstance(recorder, recording.EventRecorder):
+    if recorder.enabled:
         spec = getattr(running, "spec", None)
         recorder.append(
             [
@@ -98,7 +98,7 @@ def record_dead_letter(app: Celery, envelope: EventEnvelope | None, queue: str, 
     from relaybus.eventstore import NewEvent
 
     recorder = recording.recorder_for(app)
-    if envelope is None or not isinstance(recorder, recording.EventRecorder):
+    if envelope is None or not recorder.enabled:
         return
     recorder.append(
         [

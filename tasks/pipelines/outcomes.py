@@ -54,7 +54,7 @@ def record_pipeline_event(
     from relaybus.eventstore import NewEvent
 
     recorder = recording.recorder_for(app)
-    if not isinstance(recorder, recording.EventRecorder):
+    if not recorder.enabled:
         return
     recorder.append(
         [
@@ -123,15 +123,5 @@ def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = 
 
 def _first_failure(app: Celery, pipeline_id: str | None) -> tuple[str, str, str] | None:
     """``(task name, error type, error message)`` of the first task that failed for good in the pipeline."""
-    recorder = recording.recorder_for(app)
-    if not isinstance(recorder, recording.EventRecorder) or not pipeline_id:
-        return None
-    failed = recorder.store.find(type="task.failed", correlation_id=pipeline_id, limit=1)
-    if not failed:
-        return None
-    event = failed[0]
-    # The failed record names the agent; the task's name is in its task.sent record.
-    sent = recorder.store.find(type="task.sent", task_id=event.task_id, limit=1) if event.task_id else []
-    task = str(sent[0].payload.get("task") or "") if sent else ""
-    task = task or (f"agents.{event.agent}" if event.agent else "")
-    return task, str(event.payload.get("error_type")), str(event.payload.get("error_message"))
+    failure = recording.recorder_for(app).first_failure(pipeline_id) if pipeline_id else None
+    return (failure.task, failure.error_type, failure.error_message) if failure is not None else None

@@ -1,0 +1,125 @@
+"""The recorder that writes to the event log, waiting for the database when it is away.
+
+The database may be away for a while (a restart, a failover): every append waits for it, retrying with
+backoff for up to :data:`STORE_WAIT_S` seconds before ``StoreUnavailable`` is raised. Waiting is what keeps
+the log whole: ``task.sent`` is written from a Celery signal, whose errors Celery logs and swallows, and a
+terminal event written after the work must not be dropped. When even the wait runs out, the task base gives
+the message back to the broker (tasks.runtime.task).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from typing import Any
+
+from relaybus.eventstore import NewEvent, StoreConfig, StoreUnavailable, open_store
+from relaybus.eventstore.types import LLM_COMPLETED, TASK_FAILED, TASK_SENT
+from relaybus.tasks.runtime.config import RuntimeConfig
+from relaybus.tasks.runtime.context import current_task_id
+from relaybus.tasks.runtime.recording import records
+from relaybus.tasks.runtime.recording.held import HeldStarts
+from relaybus.tasks.runtime.recording.protocol import Failure
+
+logger = logging.getLogger(__name__)
+
+#: How long an append waits for an unavailable event store before it raises (seconds).
+STORE_WAIT_S = 120.0
+#: Backoff between attempts: doubling from the first to the last value, with jitter.
+STORE_RETRY_FIRST_S = 0.2
+STORE_RETRY_MAX_S = 5.0
+
+
+class EventRecorder:
+    """A :class:`~.protocol.Recorder` on the event store at ``config.eventstore_url``."""
+
+    enabled = True
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.store = open_store(
+            config.eventstore_url,
+            config=StoreConfig(
+                redact_keys=frozenset(config.redact_keys),
+                max_payload_bytes=config.max_event_payload_bytes,
+            ),
+        )
+        self.host = socket.gethostname()
+        self.held = HeldStarts(self.store.append)
+
+    def append(self, events: list[NewEvent], task_id: str | None = None) -> None:
+        """Append ``events``, preceded by the held-back start records of the running task.
+
+        Waits for an unavailable store (module docstring); if it gives up, the start records go back
+        to be held, and ``StoreUnavailable`` is raised.
+        """
+        task_id = task_id or current_task_id()
+        with self.held.io_lock:
+            held = self.held.take(task_id)
+            deadline = time.monotonic() + STORE_WAIT_S
+            delay = STORE_RETRY_FIRST_S
+            while True:
+                try:
+                    self.store.append([*held, *events])
+                    return
+                except StoreUnavailable as exc:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.held.give_back(task_id, held)
+                        raise
+                    logger.warning("event store unavailable (%s); retrying for up to %.0f s more", exc, left)
+                    time.sleep(min(left, delay / 2 + random.uniform(0, delay / 2)))  # a database to wait for: no event
+                    delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+    def flush(self, older_than_s: float = 0.0) -> int:
+        """Write the start records of tasks that have run longer than ``older_than_s``."""
+        return self.held.flush(older_than_s)
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def task_started(self, task: Any, request: Any, args: Any, kwargs: Any) -> None:
+        self.held.hold(request.id, records.started(task, request, args, kwargs, self.host))
+
+    def task_retried(self, task: Any, request: Any, error: BaseException, countdown: float) -> None:
+        self.append([records.retried(task, request, error, countdown, self.host)], task_id=request.id)
+
+    def task_succeeded(self, task: Any, request: Any, result: Any, duration_s: float) -> None:
+        self.append([records.succeeded(task, request, result, duration_s, self.host)], task_id=request.id)
+
+    def task_failed(
+        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str
+    ) -> None:
+        self.append(records.failed(task, request, error, duration_s, dead_letter_reason, self.host), task_id=request.id)
+
+    def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
+        self.append([records.llm_completed(task, request, llm_request, completion, self.host)], task_id=request.id)
+
+    def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
+        event = records.sent(headers, body, routing_key, priority, self.host)
+        if event is not None:
+            self.append([event])
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def recorded_completions(self, correlation_id: str) -> dict[str, Any]:
+        from relaybus.tasks.llm import Completion
+
+        found: dict[str, Any] = {}
+        for event in self.store.by_correlation(correlation_id):
+            if event.type == LLM_COMPLETED:
+                completion = Completion.model_validate(event.payload["completion"])
+                found[completion.request_fingerprint] = completion
+        return found
+
+    def first_failure(self, correlation_id: str) -> Failure | None:
+        failed = self.store.find(type=TASK_FAILED, correlation_id=correlation_id, limit=1)
+        if not failed:
+            return None
+        event = failed[0]
+        # The failed record names the agent; the task's name is in its task.sent record.
+        sent = self.store.find(type=TASK_SENT, task_id=event.task_id, limit=1) if event.task_id else []
+        task = str(sent[0].payload.get("task") or "") if sent else ""
+        task = task or (f"agents.{event.agent}" if event.agent else "")
+        return Failure(task, str(event.payload.get("error_type")), str(event.payload.get("error_message")))

@@ -1,0 +1,188 @@
+"""Every record of a task's life, built here and nowhere else: pure functions from a Celery request to
+:class:`~eventstore.NewEvent` objects. Writing them is the recorder's business (:mod:`.eventlog`).
+
+Event ids are derived from the task id, the delivery and the transition, so a redelivered message
+records nothing twice (the store ignores an event id it already holds).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from relaybus.eventstore import NewEvent
+from relaybus.eventstore.types import (
+    LLM_COMPLETED,
+    TASK_DEAD_LETTERED,
+    TASK_FAILED,
+    TASK_RECEIVED,
+    TASK_RETRIED,
+    TASK_SENT,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+)
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER
+
+_NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")
+
+
+def event_id(*parts: object) -> str:
+    """A deterministic event id: the same transition of the same delivery always gets the same id."""
+    return str(uuid.uuid5(_NAMESPACE, ":".join(str(p) for p in parts)))
+
+
+def agent_for_task(task_name: str) -> str | None:
+    """Which agent a task's transitions belong to; None for Celery's own tasks (not recorded)."""
+    head, _, rest = task_name.partition(".")
+    if head in ("agents", "events") and rest:
+        return rest.split(".", 1)[0]
+    if head == "celery" or not task_name:
+        return None
+    return "system"  # pipelines.*, relaybus.* orchestration tasks run on the system queue
+
+
+# -- in the pool child, around the task's body --------------------------------------------------------
+
+
+def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[NewEvent]:
+    """``task.received`` and ``task.started``, and what the agent asks to record with its start."""
+    delivery = _delivery(request)
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
+    now = datetime.now(UTC)
+    extra = getattr(getattr(task, "spec", None), "start_records", None)
+    return [
+        _event(request, task, host, TASK_RECEIVED, event_id(request.id, "received", delivery),
+               {"redelivered": redelivered}, occurred_at=now),
+        _event(request, task, host, TASK_STARTED, event_id(request.id, "started", delivery),
+               {"redelivered": redelivered}, occurred_at=now),
+        *(extra(request, tuple(args), dict(kwargs)) if extra is not None else ()),
+    ]
+
+
+def retried(task: Any, request: Any, error: BaseException, countdown: float, host: str) -> NewEvent:
+    payload = {**_error_payload(error), "countdown_s": round(countdown, 3)}
+    return _event(request, task, host, TASK_RETRIED, event_id(request.id, "retried", request.retries or 0), payload)
+
+
+def succeeded(task: Any, request: Any, result: Any, duration_s: float, host: str) -> NewEvent:
+    payload = {"output": result, "duration_s": round(duration_s, 6)}
+    return _event(request, task, host, TASK_SUCCEEDED, event_id(request.id, "terminal", _redrive(request)), payload)
+
+
+def failed(
+    task: Any, request: Any, error: BaseException, duration_s: float, dead_letter_reason: str, host: str
+) -> list[NewEvent]:
+    """``task.failed`` and the ``task.dead_lettered`` it caused."""
+    redrive = _redrive(request)
+    failure = _event(
+        request, task, host, TASK_FAILED, event_id(request.id, "terminal", redrive),
+        {**_error_payload(error), "duration_s": round(duration_s, 6)},
+    )
+    dead = _event(
+        request, task, host, TASK_DEAD_LETTERED, event_id(request.id, "dead_lettered", redrive),
+        {**_error_payload(error), "reason": dead_letter_reason, "attempts": (request.retries or 0) + 1},
+        causation_id=failure.event_id,
+    )
+    return [failure, dead]
+
+
+def llm_completed(task: Any, request: Any, llm_request: Any, completion: Any, host: str) -> NewEvent:
+    fingerprint = completion.request_fingerprint
+    return _event(
+        request, task, host, LLM_COMPLETED, event_id(request.id, "llm", _delivery(request), fingerprint),
+        {
+            "fingerprint": fingerprint,
+            "request": llm_request.model_dump(mode="json"),
+            "completion": completion.model_dump(mode="json"),
+        },
+    )
+
+
+# -- in the publishing process ------------------------------------------------------------------------
+
+
+def sent(
+    headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None, host: str
+) -> NewEvent | None:
+    """``task.sent`` from a message about to be published; None for a task that is not recorded."""
+    task_name = str(headers.get("task", ""))
+    agent = agent_for_task(task_name)
+    if agent is None:
+        return None
+    task_id = str(headers.get("id"))
+    correlation = str(headers.get(CORRELATION_HEADER) or task_id)
+    args, kwargs = ([], {})
+    if isinstance(body, (list, tuple)) and len(body) >= 2:
+        args, kwargs = body[0], body[1]
+    retries = headers.get("retries") or 0
+    redrive = headers.get(REDRIVE_HEADER) or 0
+    return NewEvent(
+        event_id=event_id(task_id, "sent", retries, redrive),
+        stream_id=correlation,
+        correlation_id=correlation,
+        causation_id=headers.get(CAUSATION_HEADER),
+        type=TASK_SENT,
+        task_id=task_id,
+        agent=agent,
+        queue=routing_key,
+        priority=priority,
+        attempt=int(retries) + 1,
+        worker_host=host,
+        payload={
+            "task": task_name,
+            "input": {"args": list(args), "kwargs": kwargs},
+            # What runs after it (chain, callbacks, error callbacks), so a re-drive from
+            # this step continues the workflow the way the original did.
+            "links": _links(body),
+            "parent_id": headers.get("parent_id"),
+            "root_id": headers.get("root_id"),
+            "group_id": headers.get("group"),
+            "eta": headers.get("eta"),
+        },
+    )
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _event(
+    request: Any, task: Any, host: str, type_: str, eid: str, payload: dict[str, Any], **extra: Any
+) -> NewEvent:
+    headers = dict(request.headers or {})
+    correlation = getattr(request, CORRELATION_HEADER, None) or headers.get(CORRELATION_HEADER) or request.id
+    causation = getattr(request, CAUSATION_HEADER, None) or headers.get(CAUSATION_HEADER)
+    info = request.delivery_info or {}
+    return NewEvent(
+        event_id=eid,
+        stream_id=str(correlation),
+        correlation_id=str(correlation),
+        # A transition caused by another record (task.dead_lettered by task.failed) names it instead.
+        causation_id=extra.pop("causation_id", causation),
+        type=type_,
+        task_id=request.id,
+        agent=task.spec.name,
+        queue=info.get("routing_key"),
+        priority=info.get("priority"),
+        attempt=(request.retries or 0) + 1,
+        worker_host=request.hostname or host,
+        payload=payload,
+        **extra,
+    )
+
+
+def _delivery(request: Any) -> str:
+    return f"{request.retries or 0}:{_redrive(request)}:{int(bool((request.delivery_info or {}).get('redelivered')))}"
+
+
+def _redrive(request: Any) -> Any:
+    return getattr(request, REDRIVE_HEADER, None) or dict(request.headers or {}).get(REDRIVE_HEADER) or 0
+
+
+def _error_payload(error: BaseException) -> dict[str, Any]:
+    return {"error_type": type(error).__name__, "error_message": str(error)[:2000]}
+
+
+def _links(body: Any) -> dict[str, Any]:
+    embed = body[2] if isinstance(body, (list, tuple)) and len(body) >= 3 and isinstance(body[2], dict) else {}
+    return {k: embed.get(k) for k in ("chain", "callbacks", "errbacks", "chord") if embed.get(k)}
