@@ -1,2 +1,2 @@
-"""The agent runtime: the task base and what every agent task does around its code (context, recording,
-dead-lettering, chords, the worker's consumer)."""
+"""The agent runtime: the task base and what every agent task does around its code, as its ordered hooks
+(recording, dead-lettering, chords; :mod:`.hooks`), with the context it runs in and the worker's consumer."""

@@ -32,6 +32,16 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def request_headers(request: Any) -> dict[str, Any]:
+    """A running task's headers, with relaybus's ids that Celery moved onto the request put back."""
+    headers: dict[str, Any] = dict(request.headers or {})
+    for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, "root_id", "parent_id"):
+        value = getattr(request, key, None)
+        if value is not None and key not in headers:
+            headers[key] = value
+    return headers
+
+
 @contextmanager
 def workflow_context(
     correlation_id: str | None = None,

@@ -1,4 +1,4 @@
-"""The agent task base: validation, retries, dead-lettering, correlation and recording.
+"""The agent task base: validation, retries, correlation, priority, and the hooks around every call.
 
 An agent is a plain function over typed models::
 
@@ -13,7 +13,9 @@ An agent is a plain function over typed models::
         ...
 
 It becomes the Celery task ``agents.researcher``, routed to the queue ``<namespace>.researcher``.
-Everything that is not the agent's business lives here, once.
+Everything that is not the agent's business lives here, once: what the task base decides itself
+(validation, the retry decision, priorities) in :class:`AgentTask`, and the concerns around each call
+(recording, dead-lettering, settling and repairing chords) as its ordered ``hooks`` (tasks.runtime.hooks).
 """
 
 from __future__ import annotations
@@ -24,23 +26,20 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from celery import Task, shared_task
 from celery._state import get_current_task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from relaybus.eventstore import StoreUnavailable
 from relaybus.eventstore.redaction import Redactor
 from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
 from relaybus.tasks.runtime import recording
-from relaybus.tasks.runtime.chords import fail_lost_chord, finish_claimed_chord
 from relaybus.tasks.runtime.config import llm_provider, runtime_config
-from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, REDRIVE_HEADER
-from relaybus.tasks.runtime.deadletter import dead_letter_task
-from relaybus.tasks.runtime.settle import SETTLE_HEADER, member_failure
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, request_headers
+from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Points, points
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -136,6 +135,14 @@ class AgentTask(Task):  # type: ignore[misc]
     acks_on_timeout = True
     reject_on_worker_lost = True  # a SIGKILLed child's message goes back to the queue
 
+    #: The concerns around every call, in order (tasks.runtime.hooks). A subclass may give its own tuple.
+    hooks: ClassVar[tuple[Hook, ...]] = DEFAULT_HOOKS
+    _points: ClassVar[Points] = points(DEFAULT_HOOKS)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._points = points(cls.hooks)  # once per task class, so a call pays only for the hooks it runs
+
     # -- client side -------------------------------------------------------------------------
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
@@ -187,15 +194,16 @@ class AgentTask(Task):  # type: ignore[misc]
         request = self.request
         if request.called_directly:
             inp = self.spec.build_input(args, kwargs)
-            return self._output(self.spec.fn(inp, self._context(request)))
+            return self._output(self.spec.fn(inp, self._context(request, None)))
 
         config = runtime_config(self.app)
-        started = time.monotonic()
-        recorder = recording.recorder_for(self.app)
-        recorder.task_started(self, request, args, kwargs)
+        hooks = self._points
+        call = Call(self, request, args, kwargs, time.monotonic(), recording.recorder_for(self.app))
+        for before_call in hooks.before_call:
+            before_call(call)
         try:
             inp = self.spec.build_input(args, kwargs)
-            result = self._output(self.spec.fn(inp, self._context(request)))
+            result = self._output(self.spec.fn(inp, self._context(request, call.recorder)))
         except Retry:
             raise
         except BaseException as exc:
@@ -205,52 +213,28 @@ class AgentTask(Task):  # type: ignore[misc]
             max_retries = self.spec.max_retries if self.spec.max_retries is not None else config.max_retries
             if is_transient(error) and request.retries < max_retries:
                 countdown = config.backoff(request.retries)
-                self._record(lambda: recorder.task_retried(self, request, error, countdown))
+                for on_retry in hooks.on_retry:
+                    on_retry(call, error, countdown)
                 raise self.retry(exc=error, countdown=countdown, max_retries=max_retries) from None
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
-            queue = self._queue(request)
-            dead_letter_task(
-                self.app,
-                task_name=self.name,
-                task_id=request.id,
-                args=list(args),
-                kwargs=kwargs,
-                request_headers=self._request_headers(request),
-                original_queue=queue,
-                reason=reason,
-                error=error,
-                attempts=request.retries + 1,
-                priority=(request.delivery_info or {}).get("priority"),
-            )
-            duration = time.monotonic() - started
-            self._record(lambda: recorder.task_failed(self, request, error, duration, dead_letter_reason=reason))
-            if self._request_headers(request).get(SETTLE_HEADER):
-                # A settled chord member: the failure is recorded and dead-lettered like any other,
-                # and the callback receives it as a marked result instead of the chord failing.
-                return member_failure(self.name, request.id, error)
-            raise
-        duration = time.monotonic() - started
-        self._record(lambda: recorder.task_succeeded(self, request, result, duration))
+            replacement = NO_RESULT
+            for on_failure in hooks.on_failure:
+                supplied = on_failure(call, error, reason)
+                if replacement is NO_RESULT:
+                    replacement = supplied
+            if replacement is NO_RESULT:
+                raise
+            return replacement
+        for on_success in hooks.on_success:
+            on_success(call, result)
         return result
 
-    @staticmethod
-    def _record(write: Callable[[], None]) -> None:
-        """Write a transition; if the event store stays away longer than the recorder waits for it
-        (tasks.runtime.recording), give the message back to the broker: the task runs again later instead
-        of ending without its record."""
-        try:
-            write()
-        except StoreUnavailable as exc:
-            raise Reject(f"event store unavailable, message requeued: {exc}", requeue=True) from exc
-
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        # The result is stored. A chord member makes sure its chord cannot hang (tasks.runtime.chords): one a
-        # dead worker claimed is finished here, one whose state the result backend lost is failed.
         request = self.request
-        if request.called_directly or not getattr(request, "chord", None):
+        if request.called_directly:
             return
-        if not finish_claimed_chord(self.app, request, status, retval):
-            fail_lost_chord(self.app, request, status)
+        for after_return in self._points.after_return:
+            after_return(self, request, status, retval)
 
     def _output(self, value: Any) -> Any:
         if isinstance(value, BaseModel):
@@ -262,10 +246,9 @@ class AgentTask(Task):  # type: ignore[misc]
             return value.model_dump(mode="json")
         return self.spec.output_model.model_validate(value).model_dump(mode="json")
 
-    def _llm(self, request: Any, headers: dict[str, Any]) -> LLMProvider:
+    def _llm(self, request: Any, headers: dict[str, Any], recorder: recording.Recorder) -> LLMProvider:
         """The provider, wrapped so every completion is recorded; on a deterministic replay, the
         completions recorded by the original run are served instead and the provider is not called."""
-        recorder = recording.recorder_for(self.app)
         provider: LLMProvider = llm_provider(self.app)
         replay_of = headers.get(LLM_REPLAY_HEADER)
         if replay_of:
@@ -276,8 +259,8 @@ class AgentTask(Task):  # type: ignore[misc]
 
         return RecordingProvider(provider, record)
 
-    def _context(self, request: Any) -> AgentContext:
-        headers = self._request_headers(request)
+    def _context(self, request: Any, recorder: recording.Recorder | None) -> AgentContext:
+        headers = request_headers(request)
         return AgentContext(
             agent=self.spec.name,
             task_id=request.id or "direct",
@@ -285,21 +268,8 @@ class AgentTask(Task):  # type: ignore[misc]
             causation_id=headers.get(CAUSATION_HEADER),
             attempt=(request.retries or 0) + 1,
             priority=(request.delivery_info or {}).get("priority"),
-            llm=self._llm(request, headers) if not request.called_directly else llm_provider(self.app),
+            llm=self._llm(request, headers, recorder) if recorder is not None else llm_provider(self.app),
         )
-
-    @staticmethod
-    def _request_headers(request: Any) -> dict[str, Any]:
-        headers: dict[str, Any] = dict(request.headers or {})
-        for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, "root_id", "parent_id"):
-            value = getattr(request, key, None)
-            if value is not None and key not in headers:
-                headers[key] = value
-        return headers
-
-    def _queue(self, request: Any) -> str:
-        info = request.delivery_info or {}
-        return str(info.get("routing_key") or f"{runtime_config(self.app).namespace}.{self.spec.name}")
 
 
 def agent(

@@ -4,7 +4,7 @@ The database may be away for a while (a restart, a failover): every append waits
 backoff for up to :data:`STORE_WAIT_S` seconds before ``StoreUnavailable`` is raised. Waiting is what keeps
 the log whole: ``task.sent`` is written from a Celery signal, whose errors Celery logs and swallows, and a
 terminal event written after the work must not be dropped. When even the wait runs out, the task base gives
-the message back to the broker (tasks.runtime.task).
+the message back to the broker (tasks.runtime.hooks).
 """
 
 from __future__ import annotations

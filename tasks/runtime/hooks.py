@@ -1,0 +1,187 @@
+"""What every agent task does around its body, one concern per hook, in the order of ``AgentTask.hooks``.
+
+In the spirit of dramatiq's middleware: a :class:`Hook` has a no-op method for each point of a task's
+life, and a concern overrides the points it needs. Not Celery signals: Celery logs and swallows a signal
+handler's error, and a terminal record or a dead letter must never be dropped silently. A hook's error
+propagates like the task's own (``Reject`` from :class:`Recording` gives the message back).
+
+The points, for one delivery of a task (every hook that overrides a point runs, in list order)::
+
+    before_call(call)                   the task begins
+    on_retry(call, error, countdown)    a transient error, retries left: before ``task.retry``
+    on_failure(call, error, reason)     a failure for good; may return a result to use instead of raising
+    on_success(call, result)            the body returned
+    after_return(task, request, ...)    Celery stored the result (``Task.after_return``)
+
+The default order, and why: :class:`DeadLetters` before :class:`Recording` (a ``task.dead_lettered``
+record names a dead letter that already exists), then :class:`SettleChordMembers` (a settled member is
+recorded and dead-lettered like any other before it hands back its marked failure), and
+:class:`RepairChords` after the result is stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from celery.exceptions import Reject
+
+from relaybus.eventstore import StoreUnavailable
+from relaybus.tasks.runtime.chords import fail_lost_chord, finish_claimed_chord
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import request_headers
+from relaybus.tasks.runtime.deadletter import dead_letter_task
+from relaybus.tasks.runtime.settle import SETTLE_HEADER, member_failure
+
+if TYPE_CHECKING:
+    from relaybus.tasks.runtime.recording import Recorder
+    from relaybus.tasks.runtime.task import AgentTask
+
+#: What :meth:`Hook.on_failure` returns to let the failure raise.
+NO_RESULT: Final[Any] = object()
+
+
+@dataclass(slots=True)
+class Call:
+    """One delivery of an agent task, as its hooks see it (one per call, made by the task base)."""
+
+    task: AgentTask
+    request: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    started: float  # time.monotonic()
+    recorder: Recorder
+
+
+class Hook:
+    """Base of every hook: each point is a no-op, and a hook that does not override a point costs nothing
+    there (:func:`points` leaves it out)."""
+
+    def before_call(self, call: Call) -> None:
+        """The task begins, before its input is validated."""
+
+    def on_retry(self, call: Call, error: BaseException, countdown: float) -> None:
+        """The task will be retried in ``countdown`` seconds (called before ``task.retry``)."""
+
+    def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        """The task failed for good (``reason``: ``permanent-error`` or ``retries-exhausted``). Return a
+        result to end with instead of raising, or :data:`NO_RESULT`; the first result returned is used."""
+        return NO_RESULT
+
+    def on_success(self, call: Call, result: Any) -> None:
+        """The body returned ``result`` (its output as JSON)."""
+
+    def after_return(self, task: AgentTask, request: Any, status: str, retval: Any) -> None:
+        """Celery stored the task's result in state ``status``."""
+
+
+class Points(NamedTuple):
+    """The bound methods each point of a task's life calls, in order."""
+
+    before_call: tuple[Callable[[Call], None], ...]
+    on_retry: tuple[Callable[[Call, BaseException, float], None], ...]
+    on_failure: tuple[Callable[[Call, BaseException, str], Any], ...]
+    on_success: tuple[Callable[[Call, Any], None], ...]
+    after_return: tuple[Callable[[AgentTask, Any, str, Any], None], ...]
+
+
+def points(hooks: tuple[Hook, ...]) -> Points:
+    """Index ``hooks`` once per task class: each point keeps only the hooks that override it."""
+    return Points(
+        *(
+            tuple(getattr(hook, name) for hook in hooks if getattr(type(hook), name) is not getattr(Hook, name))
+            for name in Points._fields
+        )
+    )
+
+
+class _RequeueWhenStoreAway:
+    """Around a write that must not be lost: if the event store stays away longer than the recorder waits
+    for it (tasks.runtime.recording.eventlog), give the message back to the broker, so the task runs again
+    later instead of ending without its record. One shared instance: no allocation per call."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, StoreUnavailable):
+            raise Reject(f"event store unavailable, message requeued: {exc}", requeue=True) from exc
+
+
+_durably = _RequeueWhenStoreAway()
+
+
+class Recording(Hook):
+    """Records the task's transitions in the event log (tasks.runtime.recording)."""
+
+    def before_call(self, call: Call) -> None:
+        call.recorder.task_started(call.task, call.request, call.args, call.kwargs)
+
+    def on_retry(self, call: Call, error: BaseException, countdown: float) -> None:
+        with _durably:
+            call.recorder.task_retried(call.task, call.request, error, countdown)
+
+    def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        duration = time.monotonic() - call.started
+        with _durably:
+            call.recorder.task_failed(call.task, call.request, error, duration, dead_letter_reason=reason)
+        return NO_RESULT
+
+    def on_success(self, call: Call, result: Any) -> None:
+        duration = time.monotonic() - call.started
+        with _durably:
+            call.recorder.task_succeeded(call.task, call.request, result, duration)
+
+
+class DeadLetters(Hook):
+    """Puts a task that failed for good, with its reason, in the dead-letter queue (tasks.runtime.deadletter)."""
+
+    def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        task, request = call.task, call.request
+        info = request.delivery_info or {}
+        dead_letter_task(
+            task.app,
+            task_name=task.name,
+            task_id=request.id,
+            args=list(call.args),
+            kwargs=call.kwargs,
+            request_headers=request_headers(request),
+            original_queue=str(info.get("routing_key") or f"{runtime_config(task.app).namespace}.{task.spec.name}"),
+            reason=reason,
+            error=error,
+            attempts=request.retries + 1,
+            priority=info.get("priority"),
+        )
+        return NO_RESULT
+
+
+class SettleChordMembers(Hook):
+    """A chord member sent with the ``header`` set (tasks.pipelines.canvas) that failed for good returns a
+    marked failure (tasks.runtime.settle), so the callback receives it instead of the chord failing."""
+
+    def __init__(self, header: str = SETTLE_HEADER) -> None:
+        self.header = header
+
+    def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        if request_headers(call.request).get(self.header):
+            return member_failure(call.task.name, call.request.id, error)
+        return NO_RESULT
+
+
+class RepairChords(Hook):
+    """Once a chord member's result is stored, makes sure its chord cannot hang (tasks.runtime.chords): one a
+    dead worker claimed is finished here, one whose state the result backend lost is failed."""
+
+    def after_return(self, task: AgentTask, request: Any, status: str, retval: Any) -> None:
+        if not getattr(request, "chord", None):
+            return
+        if not finish_claimed_chord(task.app, request, status, retval):
+            fail_lost_chord(task.app, request, status)
+
+
+DEFAULT_HOOKS: Final[tuple[Hook, ...]] = (DeadLetters(), Recording(), SettleChordMembers(), RepairChords())
