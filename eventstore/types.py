@@ -6,7 +6,7 @@ event's ``schema_version`` instead (upcast on read, never rewrite history).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 # -- task lifecycle (recorded by the task base) ---------------------------------------------------
 TASK_SENT: Final = "task.sent"
@@ -22,6 +22,7 @@ TASK_REJECTED: Final = "task.rejected"
 # -- domain events between agents -------------------------------------------------------------------
 EVENT_PUBLISHED: Final = "event.published"
 EVENT_DELIVERED: Final = "event.delivered"
+EVENT_DEAD_LETTERED: Final = "event.dead_lettered"
 
 # -- model calls ------------------------------------------------------------------------------------
 LLM_COMPLETED: Final = "llm.completed"
@@ -30,6 +31,7 @@ LLM_COMPLETED: Final = "llm.completed"
 WORKFLOW_STARTED: Final = "workflow.started"
 WORKFLOW_COMPLETED: Final = "workflow.completed"
 WORKFLOW_FAILED: Final = "workflow.failed"
+PIPELINE_STARTED: Final = "pipeline.started"
 PIPELINE_COMPLETED: Final = "pipeline.completed"
 PIPELINE_FAILED: Final = "pipeline.failed"
 
@@ -69,14 +71,19 @@ TERMINAL_TASK_TYPES: Final = frozenset({TASK_SUCCEEDED, TASK_FAILED, TASK_DEAD_L
 FAILED_TASK_TYPES: Final = frozenset({TASK_FAILED, TASK_DEAD_LETTERED, TASK_REJECTED})
 """Terminal types that count as a failure in statistics (a revoked task was cancelled, not failed)."""
 
+TERMINAL_SAGA_STATUS: Final[dict[str, Literal["completed", "compensated", "compensation_failed"]]] = {
+    SAGA_COMPLETED: "completed",
+    SAGA_COMPENSATED: "compensated",
+    SAGA_COMPENSATION_FAILED_TERMINAL: "compensation_failed",
+}
+"""The status each terminal saga type ends its saga in."""
+
 WORKFLOW_TERMINAL_STATUS: Final = {
     WORKFLOW_COMPLETED: "completed",
     PIPELINE_COMPLETED: "completed",
-    SAGA_COMPLETED: "completed",
     WORKFLOW_FAILED: "failed",
     PIPELINE_FAILED: "failed",
-    SAGA_COMPENSATED: "compensated",
-    SAGA_COMPENSATION_FAILED_TERMINAL: "compensation_failed",
+    **TERMINAL_SAGA_STATUS,
 }
 """The workflow status each terminal workflow-level type leads to."""
 

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
+from relaybus.eventstore import types as t
 from relaybus.sagas.errors import UnknownEvent
 
 EVENT_SCHEMA_VERSION = 1
@@ -130,18 +131,18 @@ SagaEvent = Annotated[
 ]
 
 EVENT_TYPES: tuple[str, ...] = (
-    "saga.started",
-    "saga.step.started",
-    "saga.step.succeeded",
-    "saga.step.failed",
-    "saga.step.timed_out",
-    "saga.compensation.started",
-    "saga.compensation.succeeded",
-    "saga.compensation.failed",
-    "saga.completed",
-    "saga.compensated",
-    "saga.compensation_failed",
-    "saga.resumed",
+    t.SAGA_STARTED,
+    t.SAGA_STEP_STARTED,
+    t.SAGA_STEP_SUCCEEDED,
+    t.SAGA_STEP_FAILED,
+    t.SAGA_STEP_TIMED_OUT,
+    t.SAGA_COMPENSATION_STARTED,
+    t.SAGA_COMPENSATION_SUCCEEDED,
+    t.SAGA_COMPENSATION_FAILED,
+    t.SAGA_COMPLETED,
+    t.SAGA_COMPENSATED,
+    t.SAGA_COMPENSATION_FAILED_TERMINAL,
+    t.SAGA_RESUMED,
 )
 
 _ADAPTER: TypeAdapter[SagaEvent] = TypeAdapter(SagaEvent)

@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
+from relaybus.eventstore.types import SAGA_RESUMED, SAGA_STARTED, TERMINAL_SAGA_STATUS
 from relaybus.sagas.commands import RunCompensation, RunStep
 from relaybus.sagas.decide import decide
 from relaybus.sagas.decide import resume as resume_event
@@ -50,13 +51,8 @@ from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, fr
 from relaybus.sagas.state import SagaState, SagaStatus, evolve, fold
 
 STREAM_PREFIX = "saga:"
-OPEN_TYPES = frozenset({"saga.started", "saga.resumed"})
-_ENDS_AS: dict[str, SagaStatus] = {
-    "saga.completed": "completed",
-    "saga.compensated": "compensated",
-    "saga.compensation_failed": "compensation_failed",
-}
-_LIFECYCLE_TYPES = (*sorted(OPEN_TYPES), *_ENDS_AS)
+OPEN_TYPES = frozenset({SAGA_STARTED, SAGA_RESUMED})
+_LIFECYCLE_TYPES = (*sorted(OPEN_TYPES), *TERMINAL_SAGA_STATUS)
 _SAGA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _MAX_DECISION_ROUNDS = 32  # decide -> fold -> decide converges in a few rounds; this only stops a bug looping
 _PAGE = 1000
@@ -331,4 +327,4 @@ def _may_be(status: SagaStatus | None, last_type: str) -> bool:
         return True
     if last_type in OPEN_TYPES:
         return status in ("running", "compensating")
-    return _ENDS_AS.get(last_type) == status
+    return TERMINAL_SAGA_STATUS.get(last_type) == status

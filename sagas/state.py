@@ -40,6 +40,7 @@ from typing import Literal
 
 from pydantic import JsonValue
 
+from relaybus.eventstore.types import TERMINAL_SAGA_STATUS
 from relaybus.sagas.definition import SagaDefinition, members_of
 from relaybus.sagas.errors import InvalidTransition
 from relaybus.sagas.events import (
@@ -370,17 +371,10 @@ def _saga_event(state: SagaState, event: _SagaLevel) -> SagaState:
     return replace(state, status="compensation_failed")
 
 
-_ENDS_AS: dict[str, SagaStatus] = {
-    "saga.completed": "completed",
-    "saga.compensated": "compensated",
-    "saga.compensation_failed": "compensation_failed",
-}
-
-
 def _already(state: SagaState, event: _SagaLevel) -> bool:
     if isinstance(event, SagaResumed):
         return state.resumes > 0  # the round it opens is already the current one
-    return state.status == _ENDS_AS[event.type]
+    return state.status == TERMINAL_SAGA_STATUS[event.type]
 
 
 def _resume(state: SagaState, resumes: int) -> SagaState:

@@ -11,13 +11,23 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from relaybus.eventstore.types import (
+    SAGA_COMPENSATION_FAILED,
+    SAGA_COMPENSATION_STARTED,
+    SAGA_COMPENSATION_SUCCEEDED,
+    SAGA_RESUMED,
+    SAGA_STEP_FAILED,
+    SAGA_STEP_STARTED,
+    SAGA_STEP_SUCCEEDED,
+    SAGA_STEP_TIMED_OUT,
+    TERMINAL_SAGA_STATUS,
+)
 from relaybus.sagas.events import from_record
 from relaybus.sagas.repository import LoadedSaga
 from relaybus.sagas.state import CompensationStatus, Outcome, SagaStatus
 
-_TERMINAL_TYPES = frozenset({"saga.completed", "saga.compensated", "saga.compensation_failed"})
-_STEP_ENDS = frozenset({"saga.step.succeeded", "saga.step.failed", "saga.step.timed_out"})
-_COMPENSATION_ENDS = frozenset({"saga.compensation.succeeded", "saga.compensation.failed"})
+_STEP_ENDS = frozenset({SAGA_STEP_SUCCEEDED, SAGA_STEP_FAILED, SAGA_STEP_TIMED_OUT})
+_COMPENSATION_ENDS = frozenset({SAGA_COMPENSATION_SUCCEEDED, SAGA_COMPENSATION_FAILED})
 
 
 class _View(BaseModel):
@@ -95,15 +105,15 @@ def view_of(loaded: LoadedSaga) -> SagaView:
                 attempt=attempt,
             )
         )
-        if record.type in _TERMINAL_TYPES:
+        if record.type in TERMINAL_SAGA_STATUS:
             ended_at = record.occurred_at
-        elif record.type == "saga.resumed":
+        elif record.type == SAGA_RESUMED:
             ended_at = None
         if step is None or member is None or not isinstance(attempt, int):
             continue
         times = step_times if record.type.startswith("saga.step.") else undo_times
         slot = times.setdefault((step, member), {}).setdefault(attempt, [None, None])
-        if record.type in ("saga.step.started", "saga.compensation.started"):
+        if record.type in (SAGA_STEP_STARTED, SAGA_COMPENSATION_STARTED):
             slot[0] = slot[0] or record.occurred_at
         elif record.type in _STEP_ENDS | _COMPENSATION_ENDS:
             slot[1] = slot[1] or record.occurred_at

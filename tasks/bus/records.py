@@ -13,13 +13,11 @@ from typing import Any
 
 from celery import Celery
 
+from relaybus.eventstore.types import EVENT_DEAD_LETTERED as EVENT_DEAD_LETTERED
+from relaybus.eventstore.types import EVENT_DELIVERED as EVENT_DELIVERED
+from relaybus.eventstore.types import EVENT_PUBLISHED as EVENT_PUBLISHED
 from relaybus.tasks.bus.events import EventEnvelope, derived_id
 from relaybus.tasks.runtime import recording
-
-EVENT_PUBLISHED = "event.published"
-EVENT_DELIVERED = "event.delivered"
-EVENT_DEAD_LETTERED = "event.dead_lettered"
-
 
 # -- recording -------------------------------------------------------------------------------------
 

@@ -15,13 +15,13 @@ from typing import Any, ClassVar, Literal, Protocol
 from celery import Celery
 from pydantic import BaseModel, ConfigDict
 
+# Log records (``stream = pipeline id``) that open and close a pipeline, next to the bus events.
+from relaybus.eventstore.types import PIPELINE_COMPLETED as PIPELINE_COMPLETED
+from relaybus.eventstore.types import PIPELINE_FAILED as PIPELINE_FAILED
+from relaybus.eventstore.types import PIPELINE_STARTED as PIPELINE_STARTED
 from relaybus.tasks.bus.events import Event, derived_id
 from relaybus.tasks.errors import UnknownPipeline
 
-#: Log records (``stream = pipeline id``) that open and close a pipeline, next to the bus events.
-PIPELINE_STARTED = "pipeline.started"
-PIPELINE_COMPLETED = "pipeline.completed"
-PIPELINE_FAILED = "pipeline.failed"
 OUTCOME_KEY = "pipeline.outcome"
 #: The error callback every step of a pipeline links (``tasks.outcomes.fail_pipeline``).
 FAIL_TASK = "pipelines.fail"
