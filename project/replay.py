@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from relaybus.eventstore import EventStore, NewEvent
 from relaybus.eventstore.replay import run_steps
+from relaybus.eventstore.types import TASK_SENT, WORKFLOW_REPLAYED
 from relaybus.tasks.runtime.context import new_id, workflow_context
 
 
@@ -72,7 +73,7 @@ def redrive(app: Celery, store: EventStore, original: str, from_step: str, *, de
         raise RedriveError(f"no events for correlation id {original!r}")
     steps = run_steps(events)
     step = _choose(steps, from_step)
-    sent = next((e for e in events if e.type == "task.sent" and e.task_id == step.task_id), None)
+    sent = next((e for e in events if e.type == TASK_SENT and e.task_id == step.task_id), None)
     if sent is None or "task" not in sent.payload:
         raise RedriveError(f"step {from_step!r} has no recorded task.sent with its task name and input")
     if sent.payload.get("group_id") or sent.payload.get("links", {}).get("chord"):
@@ -84,7 +85,7 @@ def redrive(app: Celery, store: EventStore, original: str, from_step: str, *, de
     recorded = sent.payload.get("input", {})
     links = fresh_ids(sent.payload.get("links", {}))
     new = correlation_id or new_id()
-    store.append([NewEvent(stream_id=new, type="workflow.replayed", causation_id=sent.event_id,
+    store.append([NewEvent(stream_id=new, type=WORKFLOW_REPLAYED, causation_id=sent.event_id,
                            payload={"replay_of": original, "from_step": from_step, "task": task_name,
                                     "deterministic": deterministic})])
     with workflow_context(new, replay_of=original, llm_replay_of=original if deterministic else None):
