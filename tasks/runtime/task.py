@@ -26,11 +26,11 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from celery import Task, shared_task
 from celery._state import get_current_task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relaybus.eventstore.redaction import Redactor
@@ -45,6 +45,8 @@ InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
 
 AGENT_TASK_PREFIX = "agents."
+#: The longest a task waits before giving its message back when its retry could not be published.
+RETRY_REQUEUE_PAUSE_S = 2.0
 
 
 class AgentModel(BaseModel):
@@ -215,7 +217,7 @@ class AgentTask(Task):  # type: ignore[misc]
                 countdown = config.backoff(request.retries)
                 for on_retry in hooks.on_retry:
                     on_retry(call, error, countdown)
-                raise self.retry(exc=error, countdown=countdown, max_retries=max_retries) from None
+                self._retry(error, countdown, max_retries)
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
             replacement = NO_RESULT
             for on_failure in hooks.on_failure:
@@ -228,6 +230,20 @@ class AgentTask(Task):  # type: ignore[misc]
         for on_success in hooks.on_success:
             on_success(call, result)
         return result
+
+    def _retry(self, error: BaseException, countdown: float, max_retries: int) -> NoReturn:
+        """``self.retry``, except that a retry the broker does not take (it is restarting, blocked, or
+        refuses the message) gives the original message back instead of dropping it: Celery raises
+        ``Reject(requeue=False)`` then, which fails the task and its chord while its message is gone."""
+        try:
+            raise self.retry(exc=error, countdown=countdown, max_retries=max_retries) from None
+        except Reject as refused:
+            if refused.requeue:
+                raise
+            # Not at once: a broker that refuses publishes would otherwise meet the same task again and again.
+            time.sleep(min(countdown, RETRY_REQUEUE_PAUSE_S))
+            raise Reject(f"the retry could not be published, message requeued: {refused.reason!r}",
+                         requeue=True) from error
 
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         request = self.request
