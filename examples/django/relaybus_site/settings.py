@@ -49,7 +49,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 
-#: relaybus settings for this site, as keyword arguments of ``project.settings.Settings`` (for example
+#: relaybus settings for this site, as keyword arguments of ``relaybus.Settings`` (for example
 #: ``{"namespace": "agents", "broker_url": "amqp://..."}``). Whatever is not given here is read from the
 #: ``RELAYBUS_*`` environment variables, as the workers read it: the site and the workers must agree on
 #: the broker, the namespace and the event store.

@@ -7,4 +7,4 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         # Connects the setting_changed receiver that rebuilds the Celery app when RELAYBUS changes.
-        from workflows import relaybus  # noqa: F401
+        from workflows import pipelines  # noqa: F401

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from relaybus.settings import PRIORITY_LEVELS
 from workflows.models import WorkflowRequest
-from workflows.relaybus import start_workflow, workflow_status
+from workflows.pipelines import start_workflow, workflow_status
 
 
 class StartForm(forms.Form):
