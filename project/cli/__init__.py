@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from relaybus.saga_cli import saga as saga_group
+from relaybus.cli.saga import saga as saga_group
 from relaybus.settings import get_settings
 
 console = Console()
@@ -249,13 +249,10 @@ def dlq_purge(agents: str | None, task_id: str | None, yes: bool) -> None:
 
 
 def _register() -> None:
-    from relaybus.cli_log import COMMANDS
+    from relaybus.cli.log import COMMANDS
 
     for command in COMMANDS:
         main.add_command(command)
 
 
 _register()
-
-if __name__ == "__main__":
-    main()

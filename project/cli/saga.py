@@ -1,4 +1,4 @@
-"""``relaybus saga ...``: start, list, show, resume and sweep sagas (registered on the CLI by ``project.cli``).
+"""``relaybus saga ...``: start, list, show, resume and sweep sagas (registered on the CLI by ``relaybus.cli``).
 
 Exit codes as for the rest of the CLI: 0 done, 1 the saga was not found (or cannot be resumed),
 2 bad usage (the message names the argument), 3 a service could not be reached.
