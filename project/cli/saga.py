@@ -1,4 +1,4 @@
-"""``relaybus saga ...``: start, list, show, resume and sweep sagas (registered on the CLI by ``relaybus.cli``).
+"""``relaybus saga ...``: start, list, show, resume and sweep sagas.
 
 Exit codes as for the rest of the CLI: 0 done, 1 the saga was not found (or cannot be resumed),
 2 bad usage (the message names the argument), 3 a service could not be reached.
@@ -7,40 +7,14 @@ Exit codes as for the rest of the CLI: 0 done, 1 the saga was not found (or cann
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-EXIT_PROBLEM = 1
-EXIT_UNREACHABLE = 3
+from relaybus.cli.output import EXIT_UNREACHABLE, console, emit_json, fail, table
+from relaybus.cli.services import celery_app, service_errors
+
 STATUSES = ("running", "compensating", "completed", "compensated", "compensation_failed")
-console = Console()
-
-
-def _unreachable() -> tuple[type[BaseException], ...]:
-    from kombu.exceptions import OperationalError
-
-    from relaybus.eventstore import StoreUnavailable
-
-    return (OSError, OperationalError, StoreUnavailable)
-
-
-def _app() -> Any:
-    from relaybus.celery import app
-
-    return app
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def _fail(message: str, code: int = EXIT_PROBLEM) -> None:
-    console.print(f"[red]{message}[/red]")
-    sys.exit(code)
 
 
 def _print_view(view: Any) -> None:
@@ -50,24 +24,22 @@ def _print_view(view: Any) -> None:
     )
     duration = f"{view.duration_s:.3f}s" if view.duration_s is not None else "-"
     console.print(f"started {view.started_at.isoformat()}   ended {view.ended_at or '-'}   took {duration}")
-    table = Table(title="steps")
-    for column in ("step", "outcome", "attempt", "started", "took s", "compensation", "undo attempt", "error"):
-        table.add_column(column)
+    rows = []
     for s in view.steps:
         name = s.step if s.member == s.step else f"{s.step}/{s.member}"
         c = s.compensation
         error = (c.error if c is not None and c.error else None) or s.error
-        table.add_row(
+        rows.append([
             name,
             s.outcome,
-            str(s.attempt),
+            s.attempt,
             s.started_at.strftime("%H:%M:%S.%f")[:-3] if s.started_at else "",
             f"{s.duration_s:.3f}" if s.duration_s is not None else "",
             c.status if c is not None else "n/a",
-            str(c.attempt) if c is not None else "",
+            c.attempt if c is not None else "",
             _short(error),
-        )
-    console.print(table)
+        ])
+    table("steps", ["step", "outcome", "attempt", "started", "took s", "compensation", "undo attempt", "error"], rows)
 
 
 def _short(error: Any) -> str:
@@ -96,7 +68,7 @@ def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: 
         data = json.loads(input_text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
-    app = _app()
+    app = celery_app()
     try:
         started = start_saga(name, data, saga_id=saga_id, correlation_id=correlation_id, app=app)
     except UnknownSaga:
@@ -105,10 +77,10 @@ def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: 
     except ValueError as exc:
         hint = "--id" if "saga id" in str(exc) else "--input"
         raise click.BadParameter(str(exc), param_hint=hint) from None
-    except _unreachable() as exc:
-        _fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+    except service_errors() as exc:
+        fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
     if as_json:
-        _echo_json({"saga_id": started, "saga": name})
+        emit_json({"saga_id": started, "saga": name})
     else:
         click.echo(started)
 
@@ -121,24 +93,13 @@ def saga_list(status: str | None, limit: int, as_json: bool) -> None:
     """The newest sagas first."""
     from relaybus.tasks.saga import list_sagas
 
-    views = list_sagas(status, limit, app=_app())  # type: ignore[arg-type]
+    views = list_sagas(status, limit, app=celery_app())  # type: ignore[arg-type]
     if as_json:
-        _echo_json([v.model_dump(mode="json", exclude={"history", "input", "output"}) for v in views])
+        emit_json([v.model_dump(mode="json", exclude={"history", "input", "output"}) for v in views])
         return
-    table = Table(title="sagas")
-    for column in ("saga id", "saga", "status", "round", "started", "took s", "correlation id"):
-        table.add_column(column)
-    for v in views:
-        table.add_row(
-            v.saga_id,
-            v.saga,
-            v.status,
-            str(v.round),
-            v.started_at.isoformat(timespec="seconds"),
-            f"{v.duration_s:.3f}" if v.duration_s is not None else "",
-            v.correlation_id,
-        )
-    console.print(table)
+    table("sagas", ["saga id", "saga", "status", "round", "started", "took s", "correlation id"],
+          [[v.saga_id, v.saga, v.status, v.round, v.started_at.isoformat(timespec="seconds"),
+            f"{v.duration_s:.3f}" if v.duration_s is not None else "", v.correlation_id] for v in views])
 
 
 @saga.command("show")
@@ -150,12 +111,11 @@ def saga_show(saga_id: str, as_json: bool) -> None:
     from relaybus.tasks.saga import saga_status
 
     try:
-        view = saga_status(saga_id, app=_app())
+        view = saga_status(saga_id, app=celery_app())
     except SagaNotFound:
-        _fail(f"no saga {saga_id!r}")
-        return
+        fail(f"no saga {saga_id!r}")
     if as_json:
-        _echo_json(view.model_dump(mode="json"))
+        emit_json(view)
     else:
         _print_view(view)
 
@@ -169,18 +129,15 @@ def saga_resume(saga_id: str, as_json: bool) -> None:
     from relaybus.tasks.saga import resume_saga
 
     try:
-        view = resume_saga(saga_id, app=_app())
+        view = resume_saga(saga_id, app=celery_app())
     except SagaNotFound:
-        _fail(f"no saga {saga_id!r}")
-        return
+        fail(f"no saga {saga_id!r}")
     except InvalidTransition as exc:
-        _fail(f"saga {saga_id!r} cannot be resumed: {exc.reason}")
-        return
-    except _unreachable() as exc:
-        _fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
-        return
+        fail(f"saga {saga_id!r} cannot be resumed: {exc.reason}")
+    except service_errors() as exc:
+        fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
     if as_json:
-        _echo_json(view.model_dump(mode="json"))
+        emit_json(view)
     else:
         console.print(f"resumed saga {saga_id}: compensation round {view.round}, status {view.status}")
 
@@ -204,12 +161,11 @@ def saga_sweep(horizon_days: float, stuck_after: float, as_json: bool) -> None:
     from relaybus.tasks.saga import sweep_sagas
 
     try:
-        report = sweep_sagas(_app(), horizon_s=horizon_days * 86400, stuck_compensation_after_s=stuck_after)
-    except _unreachable() as exc:
-        _fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
-        return
+        report = sweep_sagas(celery_app(), horizon_s=horizon_days * 86400, stuck_compensation_after_s=stuck_after)
+    except service_errors() as exc:
+        fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
     if as_json:
-        _echo_json(report.model_dump(mode="json"))
+        emit_json(report)
         return
     console.print(
         f"open sagas: {report.open_sagas}   timed out: {len(report.timed_out)}   "
@@ -220,3 +176,6 @@ def saga_sweep(horizon_days: float, stuck_after: float, as_json: bool) -> None:
         console.print(f"  timed out: {line}")
     for saga_id, error in report.errors.items():
         console.print(f"  [red]{saga_id}: {error}[/red]")
+
+
+COMMANDS = (saga,)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from relaybus.celery import BUILTIN_AGENTS
-from relaybus.cli import worker as worker_command
+from relaybus.cli.ops import worker as worker_command
 from relaybus.settings import Settings
 from relaybus.topology import Topology
 from relaybus.workers import UnknownAgent, worker_argv

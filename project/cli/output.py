@@ -1,0 +1,56 @@
+"""How every command prints: the console, tables, JSON, and leaving with an exit code.
+
+Exit codes: 0 done; 1 the operation found a problem (a broken chain, a failed workflow, nothing by that
+id); 2 bad usage (click); 3 a service could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+EXIT_PROBLEM = 1
+EXIT_UNREACHABLE = 3
+
+console = Console()
+
+
+def emit_json(data: Any) -> None:
+    """``data`` (a model, a list of models, or plain JSON values) as indented JSON on stdout."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A titled table; ``None`` cells are left empty."""
+    shown = Table(title=title)
+    for column in columns:
+        shown.add_column(column)
+    for row in rows:
+        shown.add_row(*["" if v is None else str(v) for v in row])
+    console.print(shown)
+
+
+def fail(message: str, code: int = EXIT_PROBLEM, *, stderr: bool = False) -> NoReturn:
+    """Say what went wrong and exit with ``code``: in red on stdout, or plain on stderr."""
+    if stderr:
+        click.echo(message, err=True)
+    else:
+        console.print(f"[red]{message}[/red]")
+    sys.exit(code)
+
+
+def milliseconds(value: float | None, *, from_seconds: bool = False) -> str:
+    """A duration in milliseconds, ``""`` when unknown."""
+    if value is None:
+        return ""
+    return f"{value * 1000 if from_seconds else value:.1f} ms"

@@ -1,0 +1,52 @@
+"""Pipelines from the command line: ``relaybus run``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from relaybus.cli.output import EXIT_PROBLEM, console, emit_json
+from relaybus.cli.services import celery_app
+
+
+@click.command()
+@click.argument("pipeline")
+@click.option("--input", "input_json", required=True, help="The pipeline's input as JSON.")
+@click.option("--priority", type=click.Choice(["urgent", "high", "normal", "low"]), default=None)
+@click.option("--correlation-id", default=None)
+@click.option("--wait/--no-wait", default=True, help="Wait for the outcome (default) or return at once.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=120.0)
+@click.option("--json", "as_json", is_flag=True)
+def run(pipeline: str, input_json: str, priority: str | None, correlation_id: str | None, wait: bool,
+        timeout: float, as_json: bool) -> None:
+    """Start a pipeline (e.g. research) with a JSON input; exit 1 if it fails."""
+    from relaybus.tasks.errors import InvalidInput, UnknownPipeline
+    from relaybus.tasks.pipelines.client import start
+
+    try:
+        data = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from None
+    try:
+        handle = start(pipeline, data, priority=priority, correlation_id=correlation_id, app=celery_app())
+    except UnknownPipeline as exc:
+        raise click.BadParameter(str(exc), param_hint="PIPELINE") from None
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--input") from None
+    if not wait:
+        emit_json({"id": handle.id, "status": handle.status()}) if as_json else click.echo(handle.id)
+        return
+    outcome = handle.wait(timeout)
+    if as_json:
+        emit_json(outcome)
+    else:
+        console.print(f"pipeline {handle.id}: {outcome.status}")
+        if outcome.reason:
+            console.print(f"reason: {outcome.reason}")
+    if outcome.status != "completed":
+        sys.exit(EXIT_PROBLEM)
+
+
+COMMANDS = (run,)
