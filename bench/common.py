@@ -96,11 +96,5 @@ def median(values: list[float]) -> float:
 
 
 def delete_namespace(app: Celery) -> None:
-    topology = topology_of(app)
     with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for queue in [*topology.all_queues()]:
-            try:
-                channel.queue_delete(queue.name)
-            except Exception:
-                channel = conn.default_channel
+        topology_of(app).delete(conn)

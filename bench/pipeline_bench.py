@@ -28,6 +28,7 @@ from typing import Any
 
 from celery import Celery
 
+from bench.common import delete_namespace
 from bench.subscribers import BENCH_AGENT, BenchPing
 from relaybus.celery import create_app, topology_of
 from relaybus.settings import Settings, get_settings
@@ -162,26 +163,7 @@ def run(settings: Settings, n_pipelines: int, *, n_hops: int = 300, topics: int 
     finally:
         for worker in workers:
             worker.stop()
-        _delete_namespace(app)
-
-
-def _delete_namespace(app: Celery) -> None:
-    topology = topology_of(app)
-    names = [q.name for q in topology.all_queues()]
-    for s in subscribers():
-        names += [event_queue_name(topology.namespace, s), event_queue_name(topology.namespace, s) + ".dlq"]
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for name in names:
-            try:
-                channel.queue_delete(name)
-            except Exception:
-                channel = conn.default_channel
-        for exchange in (topology.exchange, topology.dead_letter_exchange, topology.event_exchange):
-            try:
-                channel.exchange_delete(exchange.name)
-            except Exception:
-                channel = conn.default_channel
+        delete_namespace(app)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from celery import Celery
 from pydantic import JsonValue
 from sqlalchemy import create_engine, text
 
+from bench.common import delete_namespace
 from relaybus.celery import create_app, topology_of
 from relaybus.eventstore import open_store
 from relaybus.sagas import SagaView
@@ -183,18 +184,7 @@ def run(
     finally:
         for worker in workers:
             worker.stop()
-        with app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for name in [q.name for q in topology.all_queues()]:
-                try:
-                    channel.queue_delete(name)
-                except Exception:
-                    channel = conn.default_channel
-            for exchange in (topology.exchange, topology.dead_letter_exchange, topology.event_exchange):
-                try:
-                    channel.exchange_delete(exchange.name)
-                except Exception:
-                    channel = conn.default_channel
+        delete_namespace(app)
         engine.dispose()
         if postgres and schema:
             with admin.begin() as conn:

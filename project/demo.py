@@ -86,8 +86,9 @@ def run_demo(settings: Settings, request: str = DEFAULT_REQUEST, *, force_embedd
         saga = _compensating_saga(app, settings, request, timeout)
     finally:
         worker.stop()
-        if mode != "embedded":
-            _delete_queues(app)
+        if mode != "embedded":  # the embedded broker's folder is the user's to keep or remove
+            with app.connection_for_write() as conn:
+                topology.delete(conn)
     return DemoResult(mode=mode, correlation_id=handle.id, status=outcome.status, output=output, seconds=seconds,
                       timeline=timeline, saga=saga)
 
@@ -128,14 +129,3 @@ def _timeline(settings: Settings, correlation_id: str) -> list[dict[str, Any]]:
         ]
     finally:
         store.close()
-
-
-def _delete_queues(app: Any) -> None:
-    topology = topology_of(app)
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for queue in topology.all_queues():
-            try:
-                channel.queue_delete(queue.name)
-            except Exception:
-                channel = conn.default_channel

@@ -6,9 +6,12 @@ Names, for namespace ``agents`` and agent ``researcher``::
                                         agents.researcher.urgent -> queue agents.researcher.urgent (optional)
     exchange agents.dlx        direct   agents.researcher.dlq    -> queue agents.researcher.dlq
     exchange agents.events     topic    (the event bus; subscribers bind their own queues)
+                                        research.* -> queue agents.auditor.events (tasks.bus)
+    exchange agents.dlx        direct   agents.auditor.events.dlq -> queue agents.auditor.events.dlq
 
 Workers declare only the queues they consume, and RabbitMQ silently drops a dead-lettered message
-whose dead-letter exchange or queue does not exist, so :func:`declare` creates everything up front.
+whose dead-letter exchange or queue does not exist, so :meth:`Topology.declare` creates everything up
+front (and the bus declares its subscribers' queues). :meth:`Topology.delete` removes all of it.
 """
 
 from __future__ import annotations
@@ -104,3 +107,32 @@ class Topology:
             exchange(channel).declare()
         for queue in self.queues_for(wanted) + [self.dead_letter_queue(a) for a in wanted]:
             queue(channel).declare()
+
+    def delete(self, connection: Connection) -> None:
+        """Delete every queue and exchange of the namespace, with the messages they hold.
+
+        That is each agent's queue, urgent queue and dead-letter queue, the event queue and its
+        dead-letter queue the bus declares for an agent that subscribes (a subscriber is an agent), and
+        the three exchanges. Ones that do not exist are skipped: urgent queues need not be switched on,
+        nor every agent subscribe.
+        """
+        from relaybus.tasks.bus.bus import event_queue_name  # the bus names them; a late import keeps this module light
+
+        queues = []
+        for agent in self.agents:
+            events = event_queue_name(self.namespace, agent)
+            queues += [self.queue_name(agent), self.queue_name(agent, urgent=True), self.dlq_name(agent),
+                       events, f"{events}.dlq"]
+        exchanges = [self.exchange.name, self.dead_letter_exchange.name, self.event_exchange.name]
+        channel = connection.channel()
+        try:
+            for delete, names in (("queue_delete", queues), ("exchange_delete", exchanges)):
+                for name in names:
+                    try:
+                        getattr(channel, delete)(name)
+                    except connection.channel_errors:
+                        # A refused delete (a queue another connection holds exclusively; a missing one on
+                        # an older RabbitMQ) closes the channel.
+                        channel = connection.channel()
+        finally:
+            channel.close()

@@ -143,19 +143,9 @@ def read_queue(app: Celery, queue: str, limit: int = 1000) -> list[Any]:
 
 
 def delete_namespace(app: Celery) -> None:
-    topology = topology_of(app)
+    """Delete the test's queues and exchanges, its subscribers' event queues among them."""
     with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for queue in topology.all_queues():
-            try:
-                channel.queue_delete(queue.name)
-            except Exception:
-                channel = conn.default_channel
-        for exchange in (topology.exchange, topology.dead_letter_exchange, topology.event_exchange):
-            try:
-                channel.exchange_delete(exchange.name)
-            except Exception:
-                channel = conn.default_channel
+        topology_of(app).delete(conn)
 
 
 def redis_list(redis_client: Any, key: str) -> list[dict[str, Any]]:

@@ -38,7 +38,6 @@ from relaybus.tasks.saga import saga_status, start_saga
 from tests.chaos.audit import Findings, audit
 from tests.chaos.figures import Figures
 from tests.harness import Worker, consumer_count, delete_namespace, make_app, make_settings, queue_depth, wait_for
-from tests.integration.system import delete_subscriptions
 
 AGENTS = ("system", "intake", "planner", "researcher", "writer", "reviewer", "publisher")
 SAGA_ENDS = ("completed", "compensated", "compensation_failed")
@@ -163,7 +162,6 @@ def chaos_system(settings: Settings, tmp: Path, *, workers: int = 3, concurrency
         for worker in [*system.workers, *system.retired]:
             worker.stop()
         with contextlib.suppress(Exception):
-            delete_subscriptions(app)
             delete_namespace(app)
         app.close()
         store.close()

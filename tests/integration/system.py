@@ -69,7 +69,6 @@ def running_system(
     finally:
         for worker in system.workers:
             worker.stop()
-        delete_subscriptions(app)
         delete_namespace(app)
         app.close()
 
@@ -77,14 +76,3 @@ def running_system(
 def _consumed(app: Celery, queue: str) -> bool:
     return consumer_count(app, queue) > 0
 
-
-def delete_subscriptions(app: Celery) -> None:
-    namespace = app.conf.relaybus_runtime.namespace
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for s in subscribers():
-            for name in (event_queue_name(namespace, s), event_queue_name(namespace, s) + ".dlq"):
-                try:
-                    channel.queue_delete(name)
-                except Exception:
-                    channel = conn.default_channel

@@ -19,7 +19,6 @@ from celery import Celery
 from relaybus.settings import Settings
 from relaybus.tasks.bus.bus import declare_subscriptions
 from tests.harness import ROOT, make_settings, queue_depth, wait_for
-from tests.integration.system import delete_subscriptions
 
 pytestmark = pytest.mark.integration
 
@@ -76,10 +75,10 @@ def client(django_site: None, settings: Settings) -> Iterator[Any]:
 
 @pytest.fixture
 def subscriptions(app: Celery) -> Iterator[None]:
-    """The pipeline's event queues, bound before anything runs: its review loop travels on events."""
+    """The pipeline's event queues, bound before anything runs: its review loop travels on events (the app
+    fixture deletes them with the namespace)."""
     declare_subscriptions(app)
     yield
-    delete_subscriptions(app)
 
 
 def first_queue(settings: Settings) -> str:

@@ -62,11 +62,6 @@ def app(settings: Settings) -> Iterator[Celery]:
     with app.connection_for_write() as conn:
         topology_of(app).declare(conn)
     yield app
-    with app.connection_for_write() as conn:
-        for subscriber in SUBSCRIBERS:
-            queue = event_queue_name(settings.namespace, subscriber)
-            for name in (queue, f"{queue}.dlq"):
-                conn.default_channel.queue_delete(name)
     delete_namespace(app)
     app.close()
 
