@@ -37,7 +37,7 @@ from relaybus.tasks.bus.records import record_dead_letter
 from relaybus.tasks.errors import EventRejected, EventTooLarge, InvalidEvent, NoHandler
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER
-from relaybus.tasks.runtime.deadletter import body_size, publish_dead_letter, reason_headers
+from relaybus.tasks.runtime.deadletter import dead_letter_message, oversize
 
 logger = get_logger(__name__)
 
@@ -60,10 +60,9 @@ def served_subscribers(app: Celery) -> list[str]:
 
 def forward(app: Celery, subscriber: str, body: bytes | str, content_type: str | None) -> list[str]:
     """Validate one event and publish its handler tasks; returns their task ids. Raises EventRejected."""
-    limit = runtime_config(app).max_message_bytes
-    size = body_size(body)
-    if size > limit:  # checked before decoding, as for task messages (project.consumer)
-        raise EventTooLarge(f"the event message is {size} bytes, over the limit of {limit} bytes")
+    too_large = oversize(app, body, "the event message")
+    if too_large is not None:  # checked before decoding, as for task messages (tasks.runtime.consumer)
+        raise EventTooLarge(too_large)
     if content_type not in (None, "application/json"):
         raise InvalidEvent(f"content type {content_type!r} is not accepted; events are application/json")
     envelope = registry.upcast(parse_envelope(body))
@@ -122,24 +121,10 @@ class EventDelivery(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def _dead_letter(self, subscriber: str, message: Any, error: EventRejected) -> None:
         queue = event_queue_name(runtime_config(self.app).namespace, subscriber)
-        headers = dict(message.headers or {})
-        headers.update(reason_headers(reason=error.reason, error=error, attempts=1, original_queue=queue))
-        try:
-            publish_dead_letter(
-                self.app,
-                body=message.body,
-                content_type=message.content_type or "application/octet-stream",
-                content_encoding=message.content_encoding or "binary",
-                headers=headers,
-                original_queue=queue,
-                priority=message.properties.get("priority"),
-                correlation_id=headers.get(CORRELATION_HEADER),
-            )
-        except Exception:
-            logger.exception("relaybus: could not dead-letter an event with reason %s; rejecting it", error.reason)
-            message.reject(requeue=False)  # the queue's dead-letter exchange keeps it, without the reason
+        headers = message.headers or {}
+        if not dead_letter_message(self.app, message, original_queue=queue, reason=error.reason, error=error,
+                                   attempts=1, correlation_id=headers.get(CORRELATION_HEADER)):
             return
-        message.ack()
         logger.error("relaybus: dead-lettered %s event from %s: %s: %s",
                      headers.get(EVENT_TYPE_HEADER, "?"), queue, error.reason, error)
         try:

@@ -25,9 +25,8 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER
-from relaybus.tasks.runtime.deadletter import body_size, publish_dead_letter, reason_headers
+from relaybus.tasks.runtime.deadletter import dead_letter_message, oversize
 
 logger = get_logger(__name__)
 
@@ -113,15 +112,13 @@ def task_message_problem(message: Any, known_tasks: Container[str]) -> str | Non
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         on_task_received: Callable[[Any], Any] = super().create_task_handler(*args, **kwargs)
-        limit = runtime_config(self.app).max_message_bytes
         connection_errors = tuple(self.connection_errors or ())
 
         def guarded(message: Any) -> Any:
-            size = body_size(message.body)
-            if size > limit:
+            too_large = oversize(self.app, message.body, "the message body")
+            if too_large is not None:
                 # Checked before Celery reads the body: an oversize message is never decoded or run.
-                error = MessageTooLarge(f"the message body is {size} bytes, over the limit of {limit} bytes")
-                self._dead_letter(message, "message-too-large", error)
+                self._dead_letter(message, "message-too-large", MessageTooLarge(too_large))
                 return None
             problem = task_message_problem(message, self.strategies)
             if problem is not None:
@@ -142,29 +139,10 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         return guarded
 
     def _dead_letter(self, message: Any, reason: str, error: BaseException | None) -> None:
-        info = message.delivery_info or {}
-        queue = str(info.get("routing_key") or "unknown")
-        headers = dict(message.headers or {})
-        headers.update(reason_headers(reason=reason, error=error, attempts=0, original_queue=queue))
-        try:
-            publish_dead_letter(
-                self.app,
-                body=message.body,
-                content_type=message.content_type or "application/octet-stream",
-                content_encoding=message.content_encoding or "binary",
-                headers=headers,
-                original_queue=queue,
-                priority=message.properties.get("priority"),
-                correlation_id=message.properties.get("correlation_id"),
-            )
-        except Exception:
-            # Could not publish the annotated copy: reject without requeue instead, and the
-            # queue's dead-letter exchange keeps the message (without our reason headers).
-            logger.exception("could not dead-letter message with reason %s; rejecting it to the DLX", reason)
-            message.reject(requeue=False)
-            return
-        message.ack()
-        logger.error("dead-lettered a message from %s: %s: %s", queue, reason, error)
+        queue = str((message.delivery_info or {}).get("routing_key") or "unknown")
+        if dead_letter_message(self.app, message, original_queue=queue, reason=reason, error=error, attempts=0,
+                               correlation_id=message.properties.get("correlation_id")):
+            logger.error("dead-lettered a message from %s: %s: %s", queue, reason, error)
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         error = ValueError(f"cannot decode the {message.content_type or 'untyped'} body: {exc}")

@@ -7,6 +7,10 @@ crash between the two leaves a duplicate in the dead-letter queue, never a loss.
 
 The queue arguments still name the dead-letter exchange, as a safety net for anything rejected
 some other way.
+
+Two kinds of dead letter: a task call the task base gave up on (:func:`dead_letter_task`, rebuilt so that
+``dlq requeue`` can run it again), and a raw message a consumer refused before anything ran
+(:func:`dead_letter_message`, kept as it came: task messages in the worker's consumer, events in the bus's).
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
+from celery.utils.log import get_logger
 
 from relaybus.tasks.runtime.config import runtime_config
+
+logger = get_logger(__name__)
 
 REASON_HEADER = "x_dead_letter_reason"
 ERROR_TYPE_HEADER = "x_error_type"
@@ -153,6 +160,43 @@ def dead_letter_task(
     )
 
 
+def dead_letter_message(
+    app: Celery,
+    message: Any,
+    *,
+    original_queue: str,
+    reason: str,
+    error: BaseException | None,
+    attempts: int,
+    correlation_id: str | None,
+) -> bool:
+    """Dead-letter a raw broker message as it came, its headers plus the reason, then acknowledge it.
+
+    If that copy cannot be published the message is rejected without requeue instead, and the queue's
+    dead-letter exchange keeps it (without the reason headers). Returns whether the copy was published.
+    """
+    headers = dict(message.headers or {})
+    headers.update(reason_headers(reason=reason, error=error, attempts=attempts, original_queue=original_queue))
+    try:
+        publish_dead_letter(
+            app,
+            body=message.body,
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding=message.content_encoding or "binary",
+            headers=headers,
+            original_queue=original_queue,
+            priority=message.properties.get("priority"),
+            correlation_id=correlation_id,
+        )
+    except Exception:
+        logger.exception("could not dead-letter a message from %s with reason %s; rejecting it to the DLX",
+                         original_queue, reason)
+        message.reject(requeue=False)
+        return False
+    message.ack()
+    return True
+
+
 def body_size(body: Any) -> int:
     """The size in bytes of a raw message body, as the broker carried it (checked before decoding)."""
     if isinstance(body, bytes | bytearray | memoryview):
@@ -160,3 +204,12 @@ def body_size(body: Any) -> int:
     if isinstance(body, str):
         return len(body.encode("utf-8", errors="surrogatepass"))
     return 0  # already decoded by the transport (never the case for AMQP)
+
+
+def oversize(app: Celery, body: Any, what: str) -> str | None:
+    """``"<what> is N bytes, over the limit of L bytes"`` for a raw body over ``max_message_bytes``, else None.
+
+    Both consumers check this before decoding anything, and refuse the message unread."""
+    limit = runtime_config(app).max_message_bytes
+    size = body_size(body)
+    return f"{what} is {size} bytes, over the limit of {limit} bytes" if size > limit else None

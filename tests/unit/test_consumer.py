@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from relaybus.celery import create_app
 from relaybus.settings import DEFAULT_MAX_MESSAGE_BYTES, Settings
+from relaybus.tasks.runtime import deadletter
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.consumer import (
     DeadLetteringConsumer,
@@ -171,3 +172,54 @@ def test_a_malformed_message_is_dead_lettered_before_celery_takes_it(guarded: Ca
                                                         (wrong_shape, "invalid-task-message")]
     assert all(isinstance(error, MalformedTaskMessage) for _, _, error in g.dead)
     assert g.received == [unknown, good], "an unknown task is left to Celery's own unknown-task handling"
+
+
+@dataclass
+class RawMessage:
+    """What both consumers hand to dead_letter_message: a kombu message's parts and its settlement."""
+
+    body: bytes = b"\x80garbage"
+    headers: dict[str, Any] = field(default_factory=lambda: {"task": "agents.probe", "x_keep": "me"})
+    content_type: str | None = None
+    content_encoding: str | None = None
+    properties: dict[str, Any] = field(default_factory=lambda: {"priority": 3})
+    settled: list[str] = field(default_factory=list)
+
+    def ack(self) -> None:
+        self.settled.append("ack")
+
+    def reject(self, requeue: bool) -> None:
+        self.settled.append(f"reject(requeue={requeue})")
+
+
+def test_a_raw_message_is_dead_lettered_as_it_came_with_the_reason_added_then_acked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(deadletter, "publish_dead_letter", lambda app, **kw: published.append(kw))
+    message = RawMessage()
+    app = create_app(Settings(broker_url="memory://"))
+    assert deadletter.dead_letter_message(app, message, original_queue="agents.probe.urgent", reason="unknown-task",
+                                          error=KeyError("x"), attempts=0, correlation_id="c-1")
+    (sent,) = published
+    assert sent["body"] == message.body and sent["original_queue"] == "agents.probe.urgent"
+    assert (sent["content_type"], sent["content_encoding"]) == ("application/octet-stream", "binary")
+    assert (sent["priority"], sent["correlation_id"]) == (3, "c-1")
+    assert sent["headers"]["x_keep"] == "me" and sent["headers"]["x_dead_letter_reason"] == "unknown-task"
+    assert sent["headers"]["x_error_type"] == "KeyError" and sent["headers"]["x_attempts"] == 0
+    assert message.headers == {"task": "agents.probe", "x_keep": "me"}, "the message's own headers are not touched"
+    assert message.settled == ["ack"]
+
+
+def test_a_dead_letter_the_broker_does_not_take_rejects_the_message_to_the_queues_dlx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(app: Any, **kw: Any) -> None:
+        raise ConnectionResetError("broker gone")
+
+    monkeypatch.setattr(deadletter, "publish_dead_letter", refuse)
+    message = RawMessage()
+    app = create_app(Settings(broker_url="memory://"))
+    assert not deadletter.dead_letter_message(app, message, original_queue="agents.probe", reason="unknown-task",
+                                              error=None, attempts=0, correlation_id=None)
+    assert message.settled == ["reject(requeue=False)"]
