@@ -56,6 +56,10 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         record_events=settings.record_events,
         redact_keys=settings.redact_keys,
         max_event_payload_bytes=settings.max_event_payload_bytes,
+        pipeline_deadline_s=settings.pipeline_deadline_s,
+        consumer_timeout_s=settings.consumer_timeout_s,
+        publish_timeout_s=settings.publish_timeout_s,
+        max_redeliveries=settings.max_redeliveries,
         llm=ProviderConfig(
             kind=settings.llm_provider,
             base_url=settings.llm_base_url,
@@ -188,7 +192,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         relaybus_runtime=runtime_from(settings),
         relaybus_topology=topology,
         # `celery -A relaybus beat`: the saga sweep times out steps whose worker went silent.
-        beat_schedule={"relaybus.saga.sweep": {"task": "relaybus.saga.sweep", "schedule": 30.0}},
+        # `celery -A relaybus beat`: the workflow sweep ends pipelines past their deadline as timed_out.
+        beat_schedule={
+            "relaybus.saga.sweep": {"task": "relaybus.saga.sweep", "schedule": 30.0},
+            "relaybus.workflows.sweep": {"task": "relaybus.workflows.sweep", "schedule": 60.0},
+        },
     )
     if settings.broker_url.startswith("filesystem://"):
         app.conf.update(_embedded_broker_options(settings))

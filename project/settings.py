@@ -73,6 +73,18 @@ class Settings(BaseSettings):
 
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
 
+    #: A pipeline that makes no progress (no new record) for this long is ended ``timed_out`` by the
+    #: sweep (``relaybus sweep``, beat); a pipeline may set its own (``Pipeline(deadline_s=...)``).
+    pipeline_deadline_s: float = Field(default=3600.0, gt=0)
+    #: RabbitMQ's ``consumer_timeout`` (ms in rabbitmq.conf, seconds here): a delivery held unacked longer
+    #: closes the worker's channel. Retry backoff, time limits and countdowns must stay below it.
+    consumer_timeout_s: float = Field(default=1800.0, gt=0)
+    #: The longest a publish waits for the broker's confirm (a blocked or stopped broker) before raising.
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+    #: A message delivered more than this many times (crash loops, requeues) is dead-lettered with
+    #: reason ``redelivery-limit`` instead of running its agent again.
+    max_redeliveries: int = Field(default=10, ge=1)
+
     llm_provider: Literal["offline", "openai"] = "offline"
     llm_base_url: str = "http://127.0.0.1:8000/v1"
     llm_model: str = "gpt-4o-mini"

@@ -37,6 +37,10 @@ class RuntimeConfig(BaseModel):
     record_events: bool = True
     redact_keys: tuple[str, ...] = ()
     max_event_payload_bytes: int = 64 * 1024
+    pipeline_deadline_s: float = 3600.0
+    consumer_timeout_s: float = 1800.0
+    publish_timeout_s: float = 10.0
+    max_redeliveries: int = 10
     llm: ProviderConfig = Field(default_factory=lambda: ProviderConfig(kind="offline"))
 
     @property
