@@ -18,6 +18,9 @@ TASK_FAILED: Final = "task.failed"
 TASK_DEAD_LETTERED: Final = "task.dead_lettered"
 TASK_REVOKED: Final = "task.revoked"
 TASK_REJECTED: Final = "task.rejected"
+#: A message delivered again (the worker's consumer counts them, to stop a crash or requeue loop).
+#: Not a lifecycle step: it leaves the task's status as it was.
+TASK_REDELIVERED: Final = "task.redelivered"
 
 # -- domain events between agents -------------------------------------------------------------------
 EVENT_PUBLISHED: Final = "event.published"
