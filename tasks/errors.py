@@ -12,6 +12,7 @@ The retry policy is declared here, by class, in one place: the task base retries
      ├── PermanentError                never retried; dead-lettered at once
      │    ├── InvalidInput             a payload failed its agent's input model
      │    ├── InvalidMessage           a broker message we cannot decode (not JSON, wrong shape)
+     │    ├── RecordFailed             the event log refused a transition's record as it is (reason record-failed)
      │    ├── ProviderRejected         an LLM provider answered 4xx (bad request, auth, unknown model)
      │    └── EventRejected            an event the bus cannot deliver; ``reason`` is the dead-letter reason
      │         ├── UnknownEventType         no event class has this ``type``
@@ -39,6 +40,13 @@ class TransientError(AgentError):
 
 class PermanentError(AgentError):
     """Raised when retrying cannot help; the message is dead-lettered without retries."""
+
+
+class RecordFailed(PermanentError):
+    """Raised when the event log cannot store a transition's record as it is (an id the database refuses,
+    a full disk): the task is dead-lettered with reason ``record-failed`` and its workflow fails, rather
+    than its message being acknowledged with no record. The event store being away is not this: the
+    message is requeued then."""
 
 
 class InvalidInput(PermanentError):
