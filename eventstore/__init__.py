@@ -20,7 +20,9 @@ from relaybus.eventstore.errors import (
     ConcurrencyError,
     EventStoreError,
     SchemaError,
+    StoreFull,
     StoreUnavailable,
+    UnstorableEvent,
 )
 from relaybus.eventstore.integrity import BrokenLink, VerifyReport
 from relaybus.eventstore.models import DEFAULT_REDACT_KEYS, NewEvent, RecordedEvent, StoreConfig
@@ -43,7 +45,9 @@ __all__ = [  # noqa: RUF022
     "ConcurrencyError",
     "EventStoreError",
     "SchemaError",
+    "StoreFull",
     "StoreUnavailable",
+    "UnstorableEvent",
     # Audit results
     "AgentStats",
     "BrokenLink",

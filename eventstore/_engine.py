@@ -27,7 +27,14 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from relaybus.eventstore.errors import AppendOnlyViolation, EventStoreError, SchemaError, StoreUnavailable
+from relaybus.eventstore.errors import (
+    AppendOnlyViolation,
+    EventStoreError,
+    SchemaError,
+    StoreFull,
+    StoreUnavailable,
+    UnstorableEvent,
+)
 from relaybus.eventstore.models import StoreConfig
 from relaybus.eventstore.schema import APPEND_ONLY_MESSAGE
 
@@ -158,6 +165,8 @@ class ProcessLocalEngine:
 _PG_SCHEMA_STATES = {"42P01", "42703", "3F000", "42883"}  # undefined table / column / schema / function
 _PG_TRANSIENT_STATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"}
 _SQLITE_SCHEMA_MESSAGES = ("no such table", "no such column")
+_PG_FULL_STATES = {"53100"}  # disk_full
+_SQLITE_FULL_MESSAGES = ("database or disk is full",)
 
 
 def translate(error: sa_exc.SQLAlchemyError) -> EventStoreError:
@@ -168,6 +177,10 @@ def translate(error: sa_exc.SQLAlchemyError) -> EventStoreError:
     sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
     if sqlstate in _PG_SCHEMA_STATES or any(m in message for m in _SQLITE_SCHEMA_MESSAGES):
         return SchemaError(f"{message.strip()} (run `relaybus db upgrade`)")
+    if sqlstate in _PG_FULL_STATES or any(m in message for m in _SQLITE_FULL_MESSAGES):
+        return StoreFull(message.strip())
+    if sqlstate.startswith("22") or isinstance(error, sa_exc.DataError):
+        return UnstorableEvent(message.strip())
     if (
         (
             isinstance(error, sa_exc.DBAPIError)

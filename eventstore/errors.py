@@ -9,10 +9,14 @@ at the store's boundary (:func:`eventstore._engine.translate_errors`), with ``ra
      ├── ConcurrencyError        expected_version did not match the stream's version
      ├── StoreUnavailable        the database cannot be reached, is locked or timed out (transient)
      ├── AppendOnlyViolation     something tried to change or delete a recorded event
-     └── SchemaError             the tables are missing or older than this code (run the migrations)
+     ├── SchemaError             the tables are missing or older than this code (run the migrations)
+     ├── StoreFull               the database's disk is full
+     └── UnstorableEvent         the database refuses a value of the record (an id it cannot hold)
 
 Retry policy: callers retry :class:`StoreUnavailable` with backoff; a :class:`ConcurrencyError`
-means "reload the stream and decide again"; the others are permanent.
+means "reload the stream and decide again"; the others are permanent. A full disk is permanent for
+the caller too: retrying would only re-run the work that wants its record written, again and again;
+an operator frees space and re-drives what was dead-lettered meanwhile.
 """
 
 from __future__ import annotations
@@ -53,3 +57,12 @@ class AppendOnlyViolation(EventStoreError):
 
 class SchemaError(EventStoreError):
     """Raised when the store's tables are missing or not at the migration head."""
+
+
+class StoreFull(EventStoreError):
+    """Raised when the database has no space left (SQLite ``database or disk is full``, PostgreSQL 53100)."""
+
+
+class UnstorableEvent(EventStoreError):
+    """Raised when the database refuses a value of the record as it is (PostgreSQL class 22 data
+    exceptions: a NUL in an id, a number out of range, ...). Retrying the same record cannot help."""

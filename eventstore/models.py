@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import to_jsonable_python
 
+from relaybus.eventstore.storable import storable
+
 DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(
     {
         "api_key",
@@ -73,7 +75,10 @@ class _EventFields(BaseModel):
     def _json_compatible(cls, value: dict[str, Any]) -> dict[str, Any]:
         # Datetimes, UUIDs, tuples, models... become what they will be after a JSON round trip, so
         # the hash computed before writing is the hash of what is read back.
-        plain: dict[str, Any] = to_jsonable_python(value)
+        try:
+            plain: dict[str, Any] = to_jsonable_python(value)
+        except ValueError:  # a key or value UTF-8 cannot encode: store its escaped form (eventstore.storable)
+            plain = to_jsonable_python(storable(value))
         return plain
 
 

@@ -51,6 +51,7 @@ from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
 from relaybus.eventstore.projections import WorkflowStatusProjection
 from relaybus.eventstore.redaction import Redactor, fit
 from relaybus.eventstore.schema import events
+from relaybus.eventstore.storable import needs_escaping, storable
 
 
 class _LookUpStored(Exception):
@@ -126,7 +127,12 @@ class EventStore:
         limit, preview = self.config.max_payload_bytes, self.config.preview_chars
         texts = []
         for name in ("payload", "metadata"):
-            value, text = self._redactor.redact_to_json(fields[name])
+            try:
+                value, text = self._redactor.redact_to_json(fields[name])
+            except ValueError:  # NaN or Infinity, which canonical JSON refuses
+                value, text = self._redactor.redact_to_json(storable(fields[name]))
+            if needs_escaping(text):  # a lone surrogate, which UTF-8 cannot encode
+                value, text = self._redactor.redact_to_json(storable(value))
             fields[name], text = fit(value, text, limit, preview)
             texts.append(text)
         return _Prepared(fields, texts[0], texts[1])

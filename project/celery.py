@@ -253,14 +253,16 @@ def _declare_topology(sender: Any = None, **_: Any) -> None:
 def _connect_signals() -> None:
     from relaybus.tasks.runtime.chords import register_chord_member
     from relaybus.tasks.runtime.context import propagate_ids
-    from relaybus.tasks.runtime.recording import on_before_task_publish
+    from relaybus.tasks.runtime.recording import on_after_task_publish, on_before_task_publish
 
-    def record_sent(**kwargs: Any) -> None:
+    def build_sent(**kwargs: Any) -> None:
         on_before_task_publish(publishing_app(), **kwargs)
 
-    # Order matters: ids are stamped before the "sent" event reads them.
+    # Order matters: ids are stamped before the "sent" record reads them. The record is written once the
+    # broker confirmed the publish (after_task_publish), never for a message that was not sent.
     signals.before_task_publish.connect(propagate_ids, weak=False, dispatch_uid="relaybus.propagate_ids")
-    signals.before_task_publish.connect(record_sent, weak=False, dispatch_uid="relaybus.record_sent")
+    signals.before_task_publish.connect(build_sent, weak=False, dispatch_uid="relaybus.record_sent")
+    signals.after_task_publish.connect(on_after_task_publish, weak=False, dispatch_uid="relaybus.record_sent")
 
     def register_chords(body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
         register_chord_member(publishing_app(), body, headers)

@@ -11,22 +11,37 @@ Before Celery sees a task message, the consumer also dead-letters, with their re
   would fail on them later, in places that drop the message without a dead letter (the task fails
   before the agent's own validation), or that leak the pool slot it took (a bad ``timelimit``
   leaves a one-process worker receiving but never running anything);
-* a message on which Celery's handler raises anyway (``invalid-task-message``).
+* a message on which Celery's handler raises anyway (``invalid-task-message``);
+* a message the broker delivered again more than ``max_redeliveries`` times (``redelivery-limit``): each
+  redelivery is recorded (``task.redelivered``) before the task may run again, so a message that kills its
+  worker, or is requeued over and over, stops after a bounded number of runs. Its workflow takes its failure
+  path (the task is marked failed, which runs its error callbacks).
+
+Every dead letter of this consumer is recorded (``task.dead_lettered``, with the reason) before the message
+is acknowledged; while the event store is away the message is given back to the broker instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import socket
+import time
 from collections.abc import Callable, Container
 from typing import Any
 
+from celery.app.task import Context
 from celery.exceptions import NotRegistered
 from celery.utils.log import get_logger
 from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER
+from relaybus.eventstore import StoreUnavailable
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, id_problem
 from relaybus.tasks.runtime.deadletter import dead_letter_message, oversize
+from relaybus.tasks.runtime.recording import recorder_for, records
+from relaybus.tasks.runtime.recording.eventlog import waiting_until
 
 logger = get_logger(__name__)
 
@@ -37,6 +52,16 @@ class MessageTooLarge(ValueError):
 
 class MalformedTaskMessage(ValueError):
     """A task message whose headers or body Celery would fail on after taking it."""
+
+
+class RedeliveryLimitExceeded(RuntimeError):
+    """A message the broker delivered again more often than ``max_redeliveries``."""
+
+
+#: How long the consumer (the worker's main process) waits for an unavailable event store.
+CONSUMER_STORE_WAIT_S = 5.0
+#: Retries beyond this are not a count Celery or the event log can hold (PostgreSQL's integer).
+MAX_RETRIES_HEADER = 1_000_000
 
 
 _OPTIONAL_STR_HEADERS = ("root_id", "parent_id", "group", "shadow", CORRELATION_HEADER, CAUSATION_HEADER)
@@ -56,9 +81,14 @@ def header_problem(headers: dict[str, Any]) -> str | None:
     task_id = headers.get("id")
     if not isinstance(task_id, str) or not task_id:
         return f"header 'id' must be a non-empty string, got {task_id!r:.80}"
+    problem = id_problem(task_id)
+    if problem is not None:
+        return f"header 'id' {problem}"
     retries = headers.get("retries")
-    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
-        return f"header 'retries' must be a non-negative integer, got {retries!r:.80}"
+    if retries is not None and (
+        not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= MAX_RETRIES_HEADER
+    ):
+        return f"header 'retries' must be an integer from 0 to {MAX_RETRIES_HEADER}, got {retries!r:.80}"
     limits = headers.get("timelimit")
     if limits is not None and not (
         isinstance(limits, list | tuple) and len(limits) == 2 and all(_is_limit(v) for v in limits)
@@ -67,6 +97,9 @@ def header_problem(headers: dict[str, Any]) -> str | None:
     for name in _OPTIONAL_STR_HEADERS:
         if headers.get(name) is not None and not isinstance(headers[name], str):
             return f"header {name!r} must be a string, got {type(headers[name]).__name__}"
+    for name in (CORRELATION_HEADER, CAUSATION_HEADER):
+        if headers.get(name) is not None and (problem := id_problem(headers[name])) is not None:
+            return f"header {name!r} {problem}"
     return None
 
 
@@ -124,6 +157,9 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             if problem is not None:
                 self._dead_letter(message, "invalid-task-message", MalformedTaskMessage(problem))
                 return None
+            redelivered = (getattr(message, "delivery_info", None) or {}).get("redelivered")
+            if redelivered and self._over_redelivery_limit(message):
+                return None
             try:
                 return on_task_received(message)
             except connection_errors:
@@ -140,9 +176,67 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
 
     def _dead_letter(self, message: Any, reason: str, error: BaseException | None) -> None:
         queue = str((message.delivery_info or {}).get("routing_key") or "unknown")
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        try:
+            self._record([records.refused(headers, queue, reason, error, socket.gethostname(),
+                                          body_digest=_digest(message.body))])
+        except StoreUnavailable as exc:
+            # No ack without the record: the message comes back once the store does.
+            logger.error("not dead-lettering a message from %s (%s) while the event store is away (%s); requeued",
+                         queue, reason, exc)
+            message.reject(requeue=True)
+            return
+        except Exception:
+            logger.exception("the event log refused the record of a dead letter from %s (%s)", queue, reason)
         if dead_letter_message(self.app, message, original_queue=queue, reason=reason, error=error, attempts=0,
                                correlation_id=message.properties.get("correlation_id")):
             logger.error("dead-lettered a message from %s: %s: %s", queue, reason, error)
+
+    def _record(self, events: list[Any]) -> None:
+        recorder = recorder_for(self.app)
+        if recorder.enabled:
+            with waiting_until(time.monotonic() + CONSUMER_STORE_WAIT_S):
+                recorder.append(events, task_id="")
+
+    def _over_redelivery_limit(self, message: Any) -> bool:
+        """Record this redelivery; past the limit, dead-letter the message and fail its task (its error
+        callbacks run: the workflow takes its failure path). True when the message was dead-lettered."""
+        headers = message.headers
+        if not isinstance(headers, dict) or headers.get("task") not in self.strategies:
+            return False
+        recorder = recorder_for(self.app)
+        if not recorder.enabled:
+            return False
+        task_id = str(headers["id"])
+        queue = str((message.delivery_info or {}).get("routing_key") or "unknown")
+        limit = runtime_config(self.app).max_redeliveries
+        try:
+            with waiting_until(time.monotonic() + CONSUMER_STORE_WAIT_S):
+                count = recorder.redeliveries(task_id) + 1
+                recorder.append([records.redelivered(headers, queue, count, socket.gethostname())], task_id="")
+        except Exception as exc:  # cannot count now: let it run; the next redelivery counts again
+            logger.warning("could not count a redelivery of %s: %s", task_id, exc)
+            return False
+        if count <= limit:
+            return False
+        error = RedeliveryLimitExceeded(f"delivered again {count} times, over the limit of {limit} "
+                                        "(RELAYBUS_MAX_REDELIVERIES)")
+        self._dead_letter(message, "redelivery-limit", error)
+        if message.acknowledged:
+            self._fail_task(message, error)
+        return True
+
+    def _fail_task(self, message: Any, error: BaseException) -> None:
+        """Mark the task of a dead-lettered message failed, with its error callbacks and chord, as Celery
+        would had it run and failed."""
+        try:
+            body = message.payload
+            embed = body[2] if isinstance(body, list | tuple) and len(body) == 3 and isinstance(body[2], dict) else {}
+            request = Context({**message.headers, **embed, "delivery_info": dict(message.delivery_info or {})})
+            self.app.tasks[message.headers["task"]].backend.mark_as_failure(message.headers["id"], error,
+                                                                            request=request)
+        except Exception:
+            logger.exception("could not mark the dead-lettered task %s failed", message.headers.get("id"))
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         error = ValueError(f"cannot decode the {message.content_type or 'untyped'} body: {exc}")
@@ -161,3 +255,8 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
         reason = "disallowed-content-type" if isinstance(exc, ContentDisallowed) else "invalid-task-message"
         self._dead_letter(message, reason, exc)
+
+
+def _digest(body: Any) -> str:
+    raw = body if isinstance(body, bytes | bytearray) else str(body).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:32]

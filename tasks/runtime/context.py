@@ -32,6 +32,38 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: The longest id the event log stores (its id columns are 255 characters).
+MAX_ID_LENGTH = 255
+
+
+def id_problem(value: Any) -> str | None:
+    """What makes ``value`` unusable as a task, correlation or causation id, if anything: the event log
+    must be able to store every id a message carries, or the message's transitions could not be recorded."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters, over the limit of {MAX_ID_LENGTH}"
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        return f"holds the control character {bad!r}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a character UTF-8 cannot encode (a lone surrogate)"
+    return None
+
+
+def id_problems(**ids: Any) -> list[dict[str, Any]]:
+    """``InvalidInput``-style errors for every given id (None = not given) that :func:`id_problem` refuses."""
+    return [
+        {"loc": (name,), "msg": f"{name} {problem}", "type": "invalid_id"}
+        for name, value in ids.items()
+        if value is not None and (problem := id_problem(value)) is not None
+    ]
+
+
 def request_headers(request: Any) -> dict[str, Any]:
     """A running task's headers, with relaybus's ids that Celery moved onto the request put back."""
     headers: dict[str, Any] = dict(request.headers or {})
@@ -55,6 +87,11 @@ def workflow_context(
     ``replay_of`` marks a re-driven workflow; ``llm_replay_of`` makes its agents serve the LLM
     completions recorded under that correlation id instead of calling the provider.
     """
+    problems = id_problems(correlation_id=correlation_id, causation_id=causation_id)
+    if problems:
+        from relaybus.tasks.errors import InvalidInput
+
+        raise InvalidInput("workflow_context", problems, kind="call of")
     corr = correlation_id or new_id()
     replay = {k: v for k, v in ((REPLAY_OF_HEADER, replay_of), (LLM_REPLAY_HEADER, llm_replay_of)) if v}
     t1 = _correlation.set(corr)

@@ -27,18 +27,23 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.utils.log import get_logger
 
 from relaybus.eventstore import StoreUnavailable
+from relaybus.tasks.errors import RecordFailed
 from relaybus.tasks.runtime.chords import fail_lost_chord, finish_claimed_chord
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import request_headers
 from relaybus.tasks.runtime.deadletter import dead_letter_task
+from relaybus.tasks.runtime.recording.eventlog import STORE_WAIT_UNTIL
 from relaybus.tasks.runtime.settle import SETTLE_HEADER, member_failure
 
 if TYPE_CHECKING:
     from relaybus.tasks.runtime.recording import Recorder
     from relaybus.tasks.runtime.task import AgentTask
+
+logger = get_logger(__name__)
 
 #: What :meth:`Hook.on_failure` returns to let the failure raise.
 NO_RESULT: Final[Any] = object()
@@ -98,10 +103,16 @@ def points(hooks: tuple[Hook, ...]) -> Points:
     )
 
 
-class _RequeueWhenStoreAway:
-    """Around a write that must not be lost: if the event store stays away longer than the recorder waits
-    for it (tasks.runtime.recording.eventlog), give the message back to the broker, so the task runs again
-    later instead of ending without its record. One shared instance: no allocation per call."""
+class _RecordOrRequeue:
+    """Around a write that must not be lost. What can go wrong while recording, and what it becomes:
+
+    * the event store stays away longer than the recorder may wait for it (tasks.runtime.recording.eventlog),
+      or the task's soft time limit fires inside the write: ``Reject(requeue=True)``, the message goes back
+      to the broker and the task runs again later instead of ending without its record;
+    * anything else (the database refuses the record as it is, its disk is full):
+      :class:`~tasks.errors.RecordFailed`, which the task base dead-letters with reason ``record-failed``.
+
+    One shared instance: no allocation per call."""
 
     def __enter__(self) -> None:
         return None
@@ -109,18 +120,43 @@ class _RequeueWhenStoreAway:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if exc is None or isinstance(exc, Reject | Retry | RecordFailed):
+            return
         if isinstance(exc, StoreUnavailable):
             raise Reject(f"event store unavailable, message requeued: {exc}", requeue=True) from exc
+        if isinstance(exc, SoftTimeLimitExceeded):
+            raise Reject("the soft time limit fired while recording, message requeued", requeue=True) from exc
+        if isinstance(exc, Exception):
+            raise RecordFailed(f"the event log refused the record: {type(exc).__name__}: {exc}") from exc
 
 
-_durably = _RequeueWhenStoreAway()
+_durably = _RecordOrRequeue()
+#: The guard, for task bases other than the agents' (tasks.runtime.system).
+recording_guard = _durably
+
+#: Waiting for the store ends this long before a task's soft time limit (at most; 10 % of a short limit).
+SOFT_LIMIT_MARGIN_S = 5.0
+
+
+def store_wait_deadline(call: Call) -> float | None:
+    """When waiting for the event store must end for this call: before its soft time limit, if it has one."""
+    limits = getattr(call.request, "timelimit", None) or (None, None)
+    soft = (limits[1] if len(limits) > 1 else None) or call.task.soft_time_limit
+    soft = soft or call.task.app.conf.task_soft_time_limit
+    if not soft:
+        return None
+    return call.started + float(soft) - min(SOFT_LIMIT_MARGIN_S, 0.1 * float(soft))
 
 
 class Recording(Hook):
-    """Records the task's transitions in the event log (tasks.runtime.recording)."""
+    """Records the task's transitions in the event log (tasks.runtime.recording).
+
+    Every write waits for the store at most until shortly before the task's soft time limit
+    (:func:`store_wait_deadline`), so the limit never fires inside the wait."""
 
     def before_call(self, call: Call) -> None:
         call.recorder.task_started(call.task, call.request, call.args, call.kwargs)
+        STORE_WAIT_UNTIL.set(store_wait_deadline(call))
 
     def on_retry(self, call: Call, error: BaseException, countdown: float) -> None:
         with _durably:
@@ -128,14 +164,28 @@ class Recording(Hook):
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
         duration = time.monotonic() - call.started
-        with _durably:
-            call.recorder.task_failed(call.task, call.request, error, duration, dead_letter_reason=reason)
+        try:
+            with _durably:
+                call.recorder.task_failed(call.task, call.request, error, duration, dead_letter_reason=reason)
+        except RecordFailed as refused:
+            # The record as it is cannot be stored (its error message, say): record the failure without
+            # it. If even that is refused (the ids themselves, a full disk), the dead letter keeps the task.
+            plain = RecordFailed(f"{type(error).__name__} (its record was refused: {refused})")
+            try:
+                with _durably:
+                    call.recorder.task_failed(call.task, call.request, plain, duration, dead_letter_reason=reason)
+            except RecordFailed:
+                logger.exception("task %s[%s] failed and no record of it could be written; its dead letter "
+                                 "(reason %s) is all that is left", call.task.name, call.request.id, reason)
         return NO_RESULT
 
     def on_success(self, call: Call, result: Any) -> None:
         duration = time.monotonic() - call.started
         with _durably:
             call.recorder.task_succeeded(call.task, call.request, result, duration)
+
+    def after_return(self, task: AgentTask, request: Any, status: str, retval: Any) -> None:
+        STORE_WAIT_UNTIL.set(None)  # Celery has published what follows the task (chain, callbacks)
 
 
 class DeadLetters(Hook):

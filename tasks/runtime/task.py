@@ -34,11 +34,17 @@ from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relaybus.eventstore.redaction import Redactor
-from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, is_transient
+from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, RecordFailed, is_transient
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
 from relaybus.tasks.runtime import recording
 from relaybus.tasks.runtime.config import llm_provider, runtime_config
-from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, LLM_REPLAY_HEADER, request_headers
+from relaybus.tasks.runtime.context import (
+    CAUSATION_HEADER,
+    CORRELATION_HEADER,
+    LLM_REPLAY_HEADER,
+    id_problems,
+    request_headers,
+)
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Points, points
 
 InputT = TypeVar("InputT", bound=BaseModel)
@@ -136,6 +142,9 @@ class AgentTask(Task):  # type: ignore[misc]
     # A hard time limit is terminal: requeueing would loop forever on the same input.
     acks_on_timeout = True
     reject_on_worker_lost = True  # a SIGKILLed child's message goes back to the queue
+    #: The worker's main process records what ends outside the pool child: a hard time limit, a revoke,
+    #: a rejection (tasks.runtime.request).
+    Request = "relaybus.tasks.runtime.request:AgentRequest"
 
     #: The concerns around every call, in order (tasks.runtime.hooks). A subclass may give its own tuple.
     hooks: ClassVar[tuple[Hook, ...]] = DEFAULT_HOOKS
@@ -157,6 +166,12 @@ class AgentTask(Task):  # type: ignore[misc]
             )
             if value is not None and not isinstance(value, want)
         ]
+        headers = options.get("headers") or {}
+        shape += id_problems(
+            task_id=options.get("task_id"),
+            correlation_id=headers.get(CORRELATION_HEADER) if isinstance(headers, Mapping) else None,
+            causation_id=headers.get(CAUSATION_HEADER) if isinstance(headers, Mapping) else None,
+        )
         if shape:
             raise InvalidInput(self.spec.name, shape)
         if "priority" in options and isinstance(options["priority"], str):
@@ -215,21 +230,34 @@ class AgentTask(Task):  # type: ignore[misc]
             max_retries = self.spec.max_retries if self.spec.max_retries is not None else config.max_retries
             if is_transient(error) and request.retries < max_retries:
                 countdown = config.backoff(request.retries)
-                for on_retry in hooks.on_retry:
-                    on_retry(call, error, countdown)
+                try:
+                    for on_retry in hooks.on_retry:
+                        on_retry(call, error, countdown)
+                except RecordFailed as refused:
+                    return self._give_up(call, refused, "record-failed")
                 self._retry(error, countdown, max_retries)
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
-            replacement = NO_RESULT
-            for on_failure in hooks.on_failure:
-                supplied = on_failure(call, error, reason)
-                if replacement is NO_RESULT:
-                    replacement = supplied
-            if replacement is NO_RESULT:
-                raise
-            return replacement
-        for on_success in hooks.on_success:
-            on_success(call, result)
+            return self._give_up(call, error, reason)
+        try:
+            for on_success in hooks.on_success:
+                on_success(call, result)
+        except RecordFailed as refused:
+            # The work is done but its record cannot be stored as it is: no ack without a record, so the
+            # task is dead-lettered (record-failed) and its workflow takes its failure path.
+            return self._give_up(call, refused, "record-failed")
         return result
+
+    def _give_up(self, call: Call, error: BaseException, reason: str) -> Any:
+        """The task failed for good: run the failure hooks, then raise ``error`` (or end with the result a
+        hook supplied instead, a settled chord member's marked failure)."""
+        replacement = NO_RESULT
+        for on_failure in self._points.on_failure:
+            supplied = on_failure(call, error, reason)
+            if replacement is NO_RESULT:
+                replacement = supplied
+        if replacement is NO_RESULT:
+            raise error
+        return replacement
 
     def _retry(self, error: BaseException, countdown: float, max_retries: int) -> NoReturn:
         """``self.retry``, except that a retry the broker does not take (it is restarting, blocked, or

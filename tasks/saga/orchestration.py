@@ -27,6 +27,7 @@ from relaybus.eventstore import ConcurrencyError, StoreUnavailable
 from relaybus.sagas import InvalidTransition, SagaNotFound, UnknownEvent, UnknownSaga, dispatch_id
 from relaybus.tasks.errors import TransientError
 from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.system import SystemTask
 from relaybus.tasks.saga.calls import CallRef
 from relaybus.tasks.saga.dispatch import (
     COMPENSATION_DONE,
@@ -44,7 +45,10 @@ logger = get_task_logger(__name__)
 _RETRYABLE = (StoreUnavailable, ConcurrencyError, TransientError, BrokerUnavailable, ConnectionError, TimeoutError)
 _DROPPED = (InvalidTransition, SagaNotFound, UnknownSaga, UnknownEvent)
 _MAX_RETRIES = 12
-_OPTIONS: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+_OPTIONS: dict[str, Any] = {
+    "bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True,
+    "base": SystemTask,  # their transitions are recorded, so a saga's timeline shows them ended
+}
 
 
 def report(task: Task, ref: dict[str, Any], ok: bool, data: JsonValue) -> dict[str, Any] | None:
@@ -114,7 +118,7 @@ def compensation_failed(self: Task, failed_task_id: str, *, ref: dict[str, Any])
     return report(self, ref, False, failure_of(self, failed_task_id))
 
 
-@shared_task(name=SWEEP, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+@shared_task(name=SWEEP, bind=True, acks_late=True, base=SystemTask)  # type: ignore[untyped-decorator]
 def sweep(
     self: Task,
     horizon_s: float | None = DEFAULT_HORIZON_S,

@@ -2,12 +2,14 @@
 
 Where each transition is written:
 
-* ``task.sent`` — in the publishing process (``before_task_publish``, :mod:`.wiring`), client or worker;
+* ``task.sent`` — in the publishing process once the broker confirmed the message (:mod:`.wiring`), client
+  or worker;
 * ``task.received`` and ``task.started`` — in the pool child when the task begins, held back and
   written with the task's next record or by a background flush (:mod:`.held`);
 * ``task.retried``, ``task.succeeded``, ``task.failed`` (+ ``task.dead_lettered``) — in the child,
   before the task returns, so the terminal event is durable before the message is acknowledged;
-* ``task.revoked``, ``task.rejected`` and unknown tasks — in the worker's main process.
+* ``task.failed`` for a hard time limit, ``task.revoked``, ``task.rejected``, dead letters of the worker's
+  consumer and ``task.redelivered`` — in the worker's main process (tasks.runtime.request, .consumer).
 
 The modules:
 
@@ -15,7 +17,7 @@ The modules:
 * :mod:`.eventlog` — :class:`EventRecorder`, which writes to the event store and waits for it when it is away;
 * :mod:`.records` — every record of a task's life, built from its request (deterministic event ids);
 * :mod:`.held` — the start records held back, and the thread that flushes them;
-* :mod:`.wiring` — :func:`recorder_for` an app, and the ``before_task_publish`` handler.
+* :mod:`.wiring` — :func:`recorder_for` an app, and the publish handlers that record ``task.sent``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 from relaybus.tasks.runtime.recording.eventlog import EventRecorder
 from relaybus.tasks.runtime.recording.protocol import Failure, NullRecorder, Recorder
 from relaybus.tasks.runtime.recording.records import agent_for_task, event_id
-from relaybus.tasks.runtime.recording.wiring import on_before_task_publish, recorder_for
+from relaybus.tasks.runtime.recording.wiring import on_after_task_publish, on_before_task_publish, recorder_for
 
 __all__ = [
     "EventRecorder",
@@ -32,6 +34,7 @@ __all__ = [
     "Recorder",
     "agent_for_task",
     "event_id",
+    "on_after_task_publish",
     "on_before_task_publish",
     "recorder_for",
 ]

@@ -13,10 +13,13 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from relaybus.eventstore import NewEvent, StoreConfig, StoreUnavailable, open_store
-from relaybus.eventstore.types import LLM_COMPLETED, TASK_FAILED, TASK_SENT
+from relaybus.eventstore.types import LLM_COMPLETED, TASK_FAILED, TASK_REDELIVERED, TASK_SENT
 from relaybus.tasks.runtime.config import RuntimeConfig
 from relaybus.tasks.runtime.context import current_task_id
 from relaybus.tasks.runtime.recording import records
@@ -30,6 +33,23 @@ STORE_WAIT_S = 120.0
 #: Backoff between attempts: doubling from the first to the last value, with jitter.
 STORE_RETRY_FIRST_S = 0.2
 STORE_RETRY_MAX_S = 5.0
+
+#: The monotonic time by which waiting for the store must end in this context: the task base sets it
+#: below a running task's soft time limit, so the limit never fires inside the wait (the message is
+#: requeued instead), and clears it when the task returns.
+STORE_WAIT_UNTIL: ContextVar[float | None] = ContextVar("relaybus_store_wait_until", default=None)
+
+
+@contextmanager
+def waiting_until(deadline: float | None) -> Iterator[None]:
+    """Inside the block, an append gives up waiting for an unavailable store by ``deadline``
+    (``time.monotonic()``), even before :data:`STORE_WAIT_S`: the task base sets it below the task's
+    soft time limit, so the limit never fires inside the wait (the message is requeued instead)."""
+    token = STORE_WAIT_UNTIL.set(deadline)
+    try:
+        yield
+    finally:
+        STORE_WAIT_UNTIL.reset(token)
 
 
 class EventRecorder:
@@ -59,6 +79,9 @@ class EventRecorder:
         with self.held.io_lock:
             held = self.held.take(task_id)
             deadline = time.monotonic() + STORE_WAIT_S
+            bound = STORE_WAIT_UNTIL.get()
+            if bound is not None:
+                deadline = min(deadline, bound)
             delay = STORE_RETRY_FIRST_S
             while True:
                 try:
@@ -89,17 +112,12 @@ class EventRecorder:
         self.append([records.succeeded(task, request, result, duration_s, self.host)], task_id=request.id)
 
     def task_failed(
-        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str
+        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str | None
     ) -> None:
         self.append(records.failed(task, request, error, duration_s, dead_letter_reason, self.host), task_id=request.id)
 
     def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
         self.append([records.llm_completed(task, request, llm_request, completion, self.host)], task_id=request.id)
-
-    def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
-        event = records.sent(headers, body, routing_key, priority, self.host)
-        if event is not None:
-            self.append([event])
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -112,6 +130,9 @@ class EventRecorder:
                 completion = Completion.model_validate(event.payload["completion"])
                 found[completion.request_fingerprint] = completion
         return found
+
+    def redeliveries(self, task_id: str) -> int:
+        return len(self.store.find(type=TASK_REDELIVERED, task_id=task_id, limit=10_000))
 
     def first_failure(self, correlation_id: str) -> Failure | None:
         failed = self.store.find(type=TASK_FAILED, correlation_id=correlation_id, limit=1)

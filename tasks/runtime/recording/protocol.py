@@ -39,11 +39,7 @@ class Recorder(Protocol):
     def task_succeeded(self, task: Any, request: Any, result: Any, duration_s: float) -> None: ...
 
     def task_failed(
-        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str
-    ) -> None: ...
-
-    def task_sent(
-        self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None
+        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str | None
     ) -> None: ...
 
     def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None: ...
@@ -53,6 +49,9 @@ class Recorder(Protocol):
 
     def first_failure(self, correlation_id: str) -> Failure | None:
         """The first task of the workflow ``correlation_id`` that failed for good; None if none did."""
+
+    def redeliveries(self, task_id: str) -> int:
+        """How many ``task.redelivered`` records the task ``task_id`` has."""
 
 
 class NullRecorder:
@@ -73,11 +72,8 @@ class NullRecorder:
         return None
 
     def task_failed(
-        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str
+        self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str | None
     ) -> None:
-        return None
-
-    def task_sent(self, headers: dict[str, Any], body: Any, routing_key: str | None, priority: int | None) -> None:
         return None
 
     def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
@@ -88,3 +84,6 @@ class NullRecorder:
 
     def first_failure(self, correlation_id: str) -> Failure | None:
         return None
+
+    def redeliveries(self, task_id: str) -> int:
+        return 0

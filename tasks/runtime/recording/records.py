@@ -17,12 +17,13 @@ from relaybus.eventstore.types import (
     TASK_DEAD_LETTERED,
     TASK_FAILED,
     TASK_RECEIVED,
+    TASK_REDELIVERED,
     TASK_RETRIED,
     TASK_SENT,
     TASK_STARTED,
     TASK_SUCCEEDED,
 )
-from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER
+from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER, id_problem
 
 _NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")
 
@@ -71,20 +72,29 @@ def succeeded(task: Any, request: Any, result: Any, duration_s: float, host: str
 
 
 def failed(
-    task: Any, request: Any, error: BaseException, duration_s: float, dead_letter_reason: str, host: str
+    task: Any, request: Any, error: BaseException, duration_s: float, dead_letter_reason: str | None, host: str
 ) -> list[NewEvent]:
-    """``task.failed`` and the ``task.dead_lettered`` it caused."""
+    """``task.failed`` and the ``task.dead_lettered`` it caused (none without a reason: a system task)."""
     redrive = _redrive(request)
     failure = _event(
         request, task, host, TASK_FAILED, event_id(request.id, "terminal", redrive),
-        {**_error_payload(error), "duration_s": round(duration_s, 6)},
+        {**_error_payload(error), "duration_s": round(duration_s, 6),
+         **({"reason": dead_letter_reason} if dead_letter_reason else {})},
     )
+    if dead_letter_reason is None:
+        return [failure]
     dead = _event(
         request, task, host, TASK_DEAD_LETTERED, event_id(request.id, "dead_lettered", redrive),
         {**_error_payload(error), "reason": dead_letter_reason, "attempts": (request.retries or 0) + 1},
         causation_id=failure.event_id,
     )
     return [failure, dead]
+
+
+def ended(task: Any, request: Any, type_: str, host: str, payload: dict[str, Any]) -> NewEvent:
+    """A terminal record written outside the task's body (``task.revoked``, ``task.rejected``): it shares
+    the terminal event id of the delivery, so a task records one end, whichever comes first."""
+    return _event(request, task, host, type_, event_id(request.id, "terminal", _redrive(request)), payload)
 
 
 def llm_completed(task: Any, request: Any, llm_request: Any, completion: Any, host: str) -> NewEvent:
@@ -143,6 +153,58 @@ def sent(
     )
 
 
+# -- in the worker's consumer, from a raw message ---------------------------------------------------------
+
+
+def redelivered(headers: dict[str, Any], queue: str, count: int, host: str) -> NewEvent:
+    """``task.redelivered``: the ``count``-th time the broker delivered this message again."""
+    return _raw(headers, queue, host, TASK_REDELIVERED, event_id(headers.get("id"), "redelivered", count),
+                {"count": count})
+
+
+def refused(
+    headers: dict[str, Any], queue: str, reason: str, error: BaseException | None, host: str, *, body_digest: str
+) -> NewEvent:
+    """``task.dead_lettered`` for a message the worker's consumer refused before anything ran (undecodable,
+    too large, unknown task, redelivered too often...). A message without usable ids is recorded in the
+    stream ``dead-letters.<queue>``, identified by its body's digest."""
+    key = headers.get("id") if _usable_id(headers.get("id")) else body_digest
+    payload = {"reason": reason, "error_type": type(error).__name__ if error is not None else reason,
+               "error_message": str(error)[:2000] if error is not None else reason,
+               "task": str(headers.get("task") or "")[:255], "refused_by": "consumer"}
+    return _raw(headers, queue, host, TASK_DEAD_LETTERED, event_id(key, "dead_lettered", "consumer", reason), payload,
+                fallback_stream=f"dead-letters.{queue}"[:255])
+
+
+def _usable_id(value: Any) -> bool:
+    return isinstance(value, str) and id_problem(value) is None
+
+
+def _raw(
+    headers: dict[str, Any], queue: str, host: str, type_: str, eid: str, payload: dict[str, Any],
+    *, fallback_stream: str | None = None,
+) -> NewEvent:
+    task_id = headers.get("id") if _usable_id(headers.get("id")) else None
+    correlation = headers.get(CORRELATION_HEADER)
+    correlation = correlation if _usable_id(correlation) else (task_id or fallback_stream or "unknown")
+    causation = headers.get(CAUSATION_HEADER)
+    task_name = headers.get("task")
+    retries = headers.get("retries")
+    return NewEvent(
+        event_id=eid,
+        stream_id=correlation,
+        correlation_id=correlation,
+        causation_id=causation if _usable_id(causation) else None,
+        type=type_,
+        task_id=task_id,
+        agent=agent_for_task(task_name) if isinstance(task_name, str) else None,
+        queue=queue[:255],
+        attempt=retries + 1 if isinstance(retries, int) and 0 <= retries < 2**31 - 1 else None,
+        worker_host=host,
+        payload=payload,
+    )
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 
@@ -161,7 +223,7 @@ def _event(
         causation_id=extra.pop("causation_id", causation),
         type=type_,
         task_id=request.id,
-        agent=task.spec.name,
+        agent=_agent_of(task),
         queue=info.get("routing_key"),
         priority=info.get("priority"),
         attempt=(request.retries or 0) + 1,
@@ -169,6 +231,11 @@ def _event(
         payload=payload,
         **extra,
     )
+
+
+def _agent_of(task: Any) -> str | None:
+    spec = getattr(task, "spec", None)
+    return spec.name if spec is not None else agent_for_task(task.name)
 
 
 def _delivery(request: Any) -> str:

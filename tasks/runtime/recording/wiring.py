@@ -1,16 +1,27 @@
-"""Which recorder an app uses, and the ``before_task_publish`` handler that records ``task.sent``."""
+"""Which recorder an app uses, and the publish handlers that record ``task.sent``.
+
+``task.sent`` is written only once the broker has confirmed the message (publisher confirms): built in
+``before_task_publish``, where the message's properties are known, and appended in
+``after_task_publish``, which Celery sends only when the publish returned. A publish that fails raises to
+its caller and leaves no record of a task that was never sent.
+"""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from celery import Celery
 
+from relaybus.eventstore import NewEvent
 from relaybus.tasks.runtime.config import resources, runtime_config
 from relaybus.tasks.runtime.recording.eventlog import EventRecorder
 from relaybus.tasks.runtime.recording.protocol import NullRecorder, Recorder
 
 _OFF = NullRecorder()
+
+#: The ``task.sent`` record of the message being published in this context: (app, task id, record).
+_PENDING_SENT: ContextVar[tuple[Celery, str, NewEvent] | None] = ContextVar("relaybus_pending_sent", default=None)
 
 
 def recorder_for(app: Celery) -> Recorder:
@@ -30,8 +41,28 @@ def on_before_task_publish(
     routing_key: str | None = None,
     **_: Any,
 ) -> None:
-    """``before_task_publish`` handler recording ``task.sent`` in the publishing process."""
+    """``before_task_publish`` handler: build the ``task.sent`` record of the message about to go out."""
+    _PENDING_SENT.set(None)
     if headers is None:
         return
+    recorder = recorder_for(app)
+    if not recorder.enabled:
+        return
+    from relaybus.tasks.runtime.recording import records
+
     priority = (properties or {}).get("priority")
-    recorder_for(app).task_sent(headers, body, routing_key, priority)
+    event = records.sent(headers, body, routing_key, priority, getattr(recorder, "host", ""))
+    if event is not None:
+        _PENDING_SENT.set((app, str(headers.get("id")), event))
+
+
+def on_after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """``after_task_publish`` handler: the broker confirmed the message; write its ``task.sent``."""
+    pending = _PENDING_SENT.get()
+    if pending is None:
+        return
+    _PENDING_SENT.set(None)
+    app, task_id, event = pending
+    if headers is not None and str(headers.get("id")) != task_id:
+        return  # not the message this record was built for
+    recorder_for(app).append([event])

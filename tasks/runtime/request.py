@@ -1,0 +1,142 @@
+"""What the worker's main process records and does for an agent task that ends outside its pool child.
+
+The pool child records every transition it sees (tasks.runtime.hooks). Some ends happen where the child
+cannot record them, and Celery's ``Request`` handles them in the main process:
+
+* a **hard time limit**: the child is killed. Recorded as ``task.failed`` (error ``TimeLimitExceeded``) and
+  ``task.dead_lettered`` with reason ``time-limit``, and the call is dead-lettered, before Celery marks the
+  failure (which runs the task's error callbacks: its workflow takes its failure path) and acks;
+* a **revoke** (of a queued task, or a running one with ``terminate``): recorded as ``task.revoked``; Celery
+  marks it revoked, and here its error callbacks run too (Celery runs them only for failures), so a
+  revoked step ends its pipeline or compensates its saga instead of leaving it running;
+* a **rejection** without requeue (``Reject(requeue=False)`` from the task): recorded as ``task.rejected``.
+
+The main process serves every pool child: it waits for an unavailable event store only briefly
+(:data:`MAIN_PROCESS_STORE_WAIT_S`). If the time-limit record cannot be written, the message is requeued
+instead of acked (the redelivery limit ends a loop, tasks.runtime.consumer).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from celery.exceptions import Reject, TaskRevokedError, TimeLimitExceeded
+from celery.utils.log import get_logger
+from celery.worker.request import Request
+from celery.worker.state import task_ready
+
+from relaybus.eventstore import NewEvent, StoreUnavailable
+from relaybus.eventstore.types import TASK_REJECTED, TASK_REVOKED
+from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import request_headers
+from relaybus.tasks.runtime.deadletter import dead_letter_task
+from relaybus.tasks.runtime.recording import recorder_for, records
+from relaybus.tasks.runtime.recording.eventlog import waiting_until
+
+logger = get_logger(__name__)
+
+#: How long the main process waits for an unavailable event store before it gives up on a record.
+MAIN_PROCESS_STORE_WAIT_S = 5.0
+TIME_LIMIT_REASON = "time-limit"
+
+
+class AgentRequest(Request):  # type: ignore[misc]
+    """The Celery request class of agent tasks (``AgentTask.Request``). See the module docstring."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if soft or self.task is None:
+            super().on_timeout(soft, timeout)
+            return
+        error = TimeLimitExceeded(timeout)
+        context = self._context
+        try:
+            self._record(records.failed(self.task, context, error, float(timeout), TIME_LIMIT_REASON, _host()))
+        except StoreUnavailable as exc:
+            # No ack without the record: give the message back (the redelivery limit ends a loop).
+            logger.error("hard time limit of %s[%s]: the event store is away (%s); message requeued",
+                         self.task.name, self.id, exc)
+            task_ready(self)
+            self.reject(requeue=True)
+            return
+        except Exception:
+            logger.exception("hard time limit of %s[%s]: its record was refused; dead-lettering it anyway",
+                             self.task.name, self.id)
+        self._dead_letter(TIME_LIMIT_REASON, error)
+        super().on_timeout(soft, timeout)
+
+    def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
+        if self.task is not None and not self._already_revoked:
+            context = self._context
+            try:
+                self._record([
+                    records.ended(self.task, context, TASK_REVOKED, _host(), {
+                        "reason": reason, "terminated": terminated,
+                        "signum": str(signum) if signum is not None else None, "expired": expired,
+                    })
+                ])
+            except Exception:
+                logger.exception("could not record the revoke of %s[%s]", self.task.name, self.id)
+        super()._announce_revoked(reason, terminated, signum, expired)
+        if self.task is not None:
+            _call_errbacks(self, TaskRevokedError(f"{reason}: {self.task.name}[{self.id}]"))
+
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        if isinstance(exc, Reject) and not exc.requeue and self.task is not None:
+            try:
+                self._record([
+                    records.ended(self.task, self._context, TASK_REJECTED, _host(),
+                                  {"error_type": "Reject", "error_message": str(exc.reason)[:2000]})
+                ])
+            except Exception:
+                logger.exception("could not record the rejection of %s[%s]", self.task.name, self.id)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _record(self, events: list[NewEvent]) -> None:
+        recorder = recorder_for(self.task.app)
+        if not recorder.enabled:
+            return
+        with waiting_until(time.monotonic() + MAIN_PROCESS_STORE_WAIT_S):
+            recorder.append(events, task_id=self.id)
+
+    def _dead_letter(self, reason: str, error: BaseException) -> None:
+        task = self.task
+        info = self.delivery_info or {}
+        try:
+            dead_letter_task(
+                task.app,
+                task_name=task.name,
+                task_id=self.id,
+                args=list(self.args or ()),
+                kwargs=dict(self.kwargs or {}),
+                request_headers=request_headers(self._context),
+                original_queue=str(info.get("routing_key") or f"{runtime_config(task.app).namespace}.{task.spec.name}"),
+                reason=reason,
+                error=error,
+                attempts=(self._context.retries or 0) + 1,
+                priority=info.get("priority"),
+            )
+        except Exception:
+            logger.exception("could not dead-letter %s[%s] (%s)", task.name, self.id, reason)
+
+
+def _call_errbacks(request: AgentRequest, error: BaseException) -> None:
+    """Run the error callbacks of a request Celery ended without failing it (a revoke): its workflow's
+    failure path. A chord member's chord is failed by Celery itself (``mark_as_revoked``)."""
+    context = request._context
+    if not context.errbacks:
+        return
+    try:
+        request.task.backend._call_task_errbacks(context, error, None)
+    except Exception:
+        logger.exception("error callbacks of the revoked %s[%s] failed", request.task.name, request.id)
+
+
+def _host() -> str:
+    return socket.gethostname()

@@ -1,0 +1,49 @@
+"""The base of relaybus's own tasks that are not agents (pipeline error callbacks, saga orchestration).
+
+They are plain Celery tasks (their own retry options, no dead-letter queue), but their transitions are
+recorded like an agent's: ``task.started`` and ``task.succeeded`` or ``task.failed``, so that a workflow's
+timeline shows them ended rather than ``sent`` forever. Recording is as strict as for agents: while the
+event store is away the message is requeued (tasks.runtime.hooks).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
+
+from relaybus.tasks.errors import RecordFailed
+from relaybus.tasks.runtime import recording
+from relaybus.tasks.runtime.hooks import recording_guard
+
+
+class SystemTask(Task):  # type: ignore[misc]
+    """Records the transitions of a relaybus system task (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:
+            return super().__call__(*args, **kwargs)
+        recorder = recording.recorder_for(self.app)
+        if not recorder.enabled:
+            return super().__call__(*args, **kwargs)
+        started = time.monotonic()
+        recorder.task_started(self, request, args, kwargs)
+        try:
+            result = super().__call__(*args, **kwargs)
+        except (Retry, Reject, Ignore):
+            raise  # not an end: the task runs again, or Celery ends it (and the start is flushed)
+        except Exception as error:
+            with recording_guard:
+                recorder.task_failed(self, request, error, time.monotonic() - started, dead_letter_reason=None)
+            raise
+        try:
+            with recording_guard:
+                recorder.task_succeeded(self, request, result, time.monotonic() - started)
+        except RecordFailed:
+            # The result cannot be recorded as it is (an output the store refuses): record that it ended.
+            with recording_guard:
+                recorder.task_succeeded(self, request, {"unrecorded": True}, time.monotonic() - started)
+        return result
