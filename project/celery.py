@@ -8,12 +8,15 @@ from typing import Any
 
 from celery import Celery, signals
 from celery.app.amqp import AMQP
+from kombu.exceptions import OperationalError as BrokerOperationalError
 
+from relaybus.broker import publish_deadline, transport_for
 from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
 from relaybus.tasks.bus.bus import subscriber_of
 from relaybus.tasks.bus.consumer import EventDelivery
+from relaybus.tasks.errors import BrokerUnreachable, PublishFailed
 from relaybus.tasks.llm import ProviderConfig
-from relaybus.tasks.runtime.config import RuntimeConfig
+from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
 from relaybus.topology import Topology, agent_of
 
 #: The result backend class for redis:// and rediss:// URLs.
@@ -99,11 +102,16 @@ _PUBLISHING_APP: ContextVar[Celery | None] = ContextVar("relaybus_publishing_app
 
 
 class PublishingAMQP(AMQP):  # type: ignore[misc]
-    """Celery's AMQP with the publishing app made known to the ``before_task_publish`` handlers.
+    """Celery's AMQP with the publishing app made known to the ``before_task_publish`` handlers, and a
+    bounded wait for the broker.
 
     Celery's ``current_app`` is per thread: in a thread that did not create the app (a Django
     request thread, a thread pool) it is Celery's unconfigured fallback app, and the handlers
     would record ``task.sent`` for the wrong app, or not at all.
+
+    Each task message, its reconnections included, waits ``publish_timeout_s`` at most for the broker
+    (``relaybus.broker``), then raises :class:`~tasks.errors.PublishTimeout` (blocked or silent broker)
+    or :class:`~tasks.errors.BrokerUnreachable` (no connection), to ``apply_async`` and ``start`` alike.
     """
 
     def _create_task_sender(self) -> Callable[..., Any]:
@@ -113,7 +121,17 @@ class PublishingAMQP(AMQP):  # type: ignore[misc]
         def send_task_message(*args: Any, **kwargs: Any) -> Any:
             token = _PUBLISHING_APP.set(app)
             try:
-                return send(*args, **kwargs)
+                with publish_deadline(runtime_config(app).publish_timeout_s):
+                    return send(*args, **kwargs)
+            except BrokerOperationalError as exc:
+                if isinstance(exc, PublishFailed):
+                    raise
+                producer = args[0] if args else kwargs.get("producer")
+                address = getattr(getattr(producer, "connection", None), "host", None) or "the broker"
+                cause = str(exc)
+                if isinstance(exc.__cause__, TimeoutError):  # connected, but no answer to the handshake
+                    cause = f"no answer within the connect timeout ({cause}): is it stopped or overloaded?"
+                raise BrokerUnreachable(str(address), cause) from exc
             finally:
                 _PUBLISHING_APP.reset(token)
 
@@ -156,8 +174,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         # Persistent messages on durable queues survive a broker restart.
         task_default_delivery_mode="persistent",
-        # Publisher confirms: a publish returns only once the broker has the message.
-        broker_transport_options={"confirm_publish": True},
+        # Publisher confirms: a publish returns only once the broker has the message, and waits for it
+        # publish_timeout_s at most (a blocked or stopped broker never confirms; relaybus.broker).
+        broker_transport=transport_for(settings.broker_url),
+        broker_transport_options={"confirm_publish": True, "publish_timeout": settings.publish_timeout_s},
         broker_connection_retry_on_startup=True,
         # Dead-letter queues are declared (project.topology.declare) but never consumed by default.
         task_queues=topology.queues_for(topology.agents),

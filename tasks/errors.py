@@ -8,7 +8,9 @@ The retry policy is declared here, by class, in one place: the task base retries
     AgentError
      ├── TransientError                retried with backoff, then dead-lettered
      │    ├── ProviderUnavailable      an LLM provider timed out, refused, or answered 5xx / 429
-     │    └── PublishFailed            the broker did not confirm an event
+     │    └── PublishFailed            the broker did not confirm an event or a task message
+     │         ├── PublishTimeout      no confirm within ``publish_timeout_s``: broker blocked or stopped
+     │         └── BrokerUnreachable   no connection to the broker (refused, timed out); a kombu error too
      ├── PermanentError                never retried; dead-lettered at once
      │    ├── InvalidInput             a payload failed its agent's input model
      │    ├── InvalidMessage           a broker message we cannot decode (not JSON, wrong shape)
@@ -28,6 +30,8 @@ The retry policy is declared here, by class, in one place: the task base retries
 from __future__ import annotations
 
 from typing import Any
+
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 
 class AgentError(Exception):
@@ -91,6 +95,44 @@ class ProviderRejected(PermanentError):
 
 class PublishFailed(TransientError):
     """Raised when the broker does not take an event (connection lost, no confirm)."""
+
+
+class PublishTimeout(PublishFailed):
+    """Raised when the broker does not confirm a publish within ``publish_timeout_s``.
+
+    ``blocked`` is RabbitMQ's reason when it had blocked the connection's publishers (a memory or disk
+    alarm), None when it did not answer at all (a stopped or overloaded node). The message may still
+    reach the queue later: consumers de-duplicate, as for any redelivery.
+    """
+
+    def __init__(self, timeout_s: float, blocked: str | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.blocked = blocked
+        if blocked:
+            text = f"broker blocked publishers (memory/disk alarm): {blocked}; no confirm within {timeout_s:g} s"
+        else:
+            text = f"no confirm from the broker within {timeout_s:g} s: is it stopped or overloaded?"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.timeout_s, self.blocked))
+
+
+class BrokerUnreachable(PublishFailed, KombuOperationalError):
+    """Raised when a publish finds no connection to the broker (refused, reset, connect timed out).
+
+    Also a kombu ``OperationalError``, the driver's error it replaces, so code that caught that still does.
+    """
+
+    def __init__(self, address: str, cause: str, timeout_s: float | None = None) -> None:
+        self.address = address
+        self.cause = cause
+        self.timeout_s = timeout_s
+        within = f" within {timeout_s:g} s" if timeout_s is not None else ""
+        super().__init__(f"cannot reach the broker at {address}{within}: {cause}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.address, self.cause, self.timeout_s))
 
 
 class EventRejected(PermanentError):
