@@ -52,13 +52,13 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=3, ge=0)
     retry_backoff_s: float = Field(default=1.0, gt=0)
     #: Retry countdowns are held unacked by the worker; RabbitMQ closes a channel whose delivery stays
-    #: unacked past ``consumer_timeout`` (30 min by default), so the cap stays well below it.
-    retry_backoff_max_s: float = Field(default=600.0, gt=0, le=1500.0)
+    #: unacked past ``consumer_timeout`` (30 min by default): the cap plus ``time_limit_s`` stays below it.
+    retry_backoff_max_s: float = Field(default=600.0, gt=0)
     retry_jitter: bool = True
 
     soft_time_limit_s: float = Field(default=300.0, gt=0)
-    #: Hard limit: also kept below RabbitMQ's consumer_timeout for the same reason.
-    time_limit_s: float = Field(default=360.0, gt=0, le=1700.0)
+    #: Hard limit: a retried delivery is held for its countdown, then for the run (see ``consumer_timeout_s``).
+    time_limit_s: float = Field(default=360.0, gt=0)
 
     #: Largest serialized task input accepted from a client; larger inputs are refused before publishing.
     max_payload_bytes: int = Field(default=256 * 1024, gt=0)
@@ -109,6 +109,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_message_bytes ({self.max_message_bytes}) must be larger than max_payload_bytes "
                 f"({self.max_payload_bytes}): workers would refuse inputs the callers accept"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_delivery_ends_before_the_consumer_timeout(self) -> Settings:
+        # One delivery holds both: a retry's message waits unacked in the worker for its countdown (up to
+        # the cap), then runs (up to the hard limit). Past consumer_timeout RabbitMQ closes the worker's
+        # channel (PreconditionFailed 406) and the worker exits.
+        held = self.retry_backoff_max_s + self.time_limit_s
+        if held >= self.consumer_timeout_s:
+            raise ValueError(
+                f"retry_backoff_max_s ({self.retry_backoff_max_s:g} s, RELAYBUS_RETRY_BACKOFF_MAX_S) + "
+                f"time_limit_s ({self.time_limit_s:g} s, RELAYBUS_TIME_LIMIT_S) = {held:g} s must stay below "
+                f"consumer_timeout_s ({self.consumer_timeout_s:g} s, RELAYBUS_CONSUMER_TIMEOUT_S): a retried "
+                "delivery is held unacked for its countdown and then its run, and RabbitMQ closes the worker's "
+                "channel past its consumer_timeout. Lower one of the first two, or raise RabbitMQ's "
+                "consumer_timeout and RELAYBUS_CONSUMER_TIMEOUT_S with it"
             )
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -73,6 +74,62 @@ class RuntimeConfig(BaseModel):
             return ceiling
         # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def check_time_limit(self, time_limit_s: float | None) -> str | None:
+        """What is wrong with a hard time limit (an agent's own, or None for the app's), or None if nothing.
+
+        A retried delivery is held unacked for its countdown (up to ``retry_backoff_max_s``) and then for
+        its run (up to the limit): both must end before RabbitMQ's ``consumer_timeout_s``.
+        """
+        limit = self.time_limit_s if time_limit_s is None else time_limit_s
+        if self.retry_backoff_max_s + limit < self.consumer_timeout_s:
+            return None
+        return (
+            f"time limit {limit:g} s + retry_backoff_max_s {self.retry_backoff_max_s:g} s reaches "
+            f"consumer_timeout_s {self.consumer_timeout_s:g} s (RELAYBUS_CONSUMER_TIMEOUT_S): RabbitMQ would close "
+            "the worker's channel holding a retried delivery (PreconditionFailed 406)"
+        )
+
+    def check_delay(
+        self,
+        countdown: float | None = None,
+        eta: datetime | str | None = None,
+        *,
+        time_limit_s: float | None = None,
+        now: datetime | None = None,
+    ) -> str | None:
+        """What is wrong with delaying a task message by ``countdown`` seconds or to ``eta``, or None if nothing.
+
+        The worker takes a delayed message at once and holds it unacknowledged until it is due, then for
+        its run: the delay must end before ``consumer_timeout_s`` minus the time limit (``time_limit_s``,
+        the task's own, or the app's), or RabbitMQ closes the worker's channel (PreconditionFailed 406) and
+        the worker exits. ``countdown`` wins over ``eta``, as in Celery; a naive ``eta`` is UTC, a string
+        ISO 8601. Pure: ``now`` defaults to the current time.
+        """
+        if countdown is not None:
+            delay = float(countdown)
+            asked = f"countdown {delay:g} s"
+        elif eta is not None:
+            try:
+                due = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+            except ValueError:
+                return f"eta {eta!r} is not an ISO 8601 date"
+            if due.tzinfo is None:
+                due = due.replace(tzinfo=UTC)
+            delay = (due - (now or datetime.now(UTC))).total_seconds()
+            asked = f"eta {due.isoformat()} ({delay:.0f} s from now)"
+        else:
+            return None
+        limit = self.time_limit_s if time_limit_s is None else time_limit_s
+        allowed = self.consumer_timeout_s - limit
+        if delay < allowed:
+            return None
+        return (
+            f"{asked} is too far: a worker holds a delayed message unacknowledged until it is due, and "
+            f"consumer_timeout_s {self.consumer_timeout_s:g} s (RELAYBUS_CONSUMER_TIMEOUT_S) minus the time limit "
+            f"{limit:g} s leaves {max(allowed, 0):g} s before RabbitMQ closes its channel; schedule it later "
+            "(beat, a sweep) or raise RabbitMQ's consumer_timeout"
+        )
 
 
 def runtime_config(app: Celery) -> RuntimeConfig:
