@@ -10,16 +10,18 @@ process catching up at the same time never applies an event twice or skips one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from relaybus.eventstore import types as t
 from relaybus.eventstore._engine import ProcessLocalEngine, translate_errors
+from relaybus.eventstore._rows import select_events, to_events
+from relaybus.eventstore.models import RecordedEvent
 from relaybus.eventstore.schema import events, projection_tracking, workflow_status
 
 
@@ -121,6 +123,71 @@ def fold(events_: Iterable[FoldEvent], states: dict[str, WorkflowStatus] | None 
     return result
 
 
+# -- open workflows: what a deadline sweep reads ----------------------------------------------------
+
+
+class OpenWorkflow(BaseModel):
+    """A workflow opened by an event of one type and not closed yet, with its last event (its progress)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    correlation_id: str
+    opened_at: datetime
+    #: The position of the opening event (page on with ``after_position=`` the last one seen).
+    opened_position: int
+    #: The payload of the event that opened it (a pipeline's name and deadline: ``pipeline.started``).
+    opened_payload: dict[str, Any]
+    last_position: int
+    last_event_at: datetime
+    last_event_type: str
+    last_event_agent: str | None = None
+
+
+class _Head(Protocol):
+    @property
+    def position(self) -> int: ...
+    @property
+    def correlation_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def agent(self) -> str | None: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+def _open(opener: RecordedEvent, last: _Head) -> OpenWorkflow:
+    return OpenWorkflow(
+        correlation_id=opener.correlation_id,
+        opened_at=opener.occurred_at,
+        opened_position=opener.position,
+        opened_payload=dict(opener.payload),
+        last_position=last.position,
+        last_event_at=last.occurred_at,
+        last_event_type=last.type,
+        last_event_agent=last.agent,
+    )
+
+
+def open_workflows_of(
+    events_: Iterable[RecordedEvent], *, opened_by: str, closed_by: Collection[str]
+) -> list[OpenWorkflow]:
+    """The workflows among ``events_`` (in position order) opened by ``opened_by`` and closed by none of
+    ``closed_by``, in the order they were opened: the fold :meth:`WorkflowStatusProjection.open_workflows`
+    computes in SQL (a test holds the two together)."""
+    opened: dict[str, RecordedEvent] = {}
+    closed: set[str] = set()
+    last: dict[str, RecordedEvent] = {}
+    for event in events_:
+        last[event.correlation_id] = event
+        if event.type == opened_by:
+            opened[event.correlation_id] = event
+        elif event.type in closed_by:
+            closed.add(event.correlation_id)
+    ordered = sorted(opened.values(), key=lambda e: e.position)
+    return [_open(e, last[e.correlation_id]) for e in ordered if e.correlation_id not in closed]
+
+
 # -- the live projection -------------------------------------------------------------------------------
 
 _HEAD_COLUMNS = (events.c.position, events.c.correlation_id, events.c.type, events.c.task_id, events.c.occurred_at)
@@ -152,13 +219,63 @@ class WorkflowStatusProjection:
         with translate_errors(), self._engine.read() as conn:
             return _load(conn, [correlation_id]).get(correlation_id)
 
-    def workflows(self, *, status: str | None = None, limit: int = 100) -> list[WorkflowStatus]:
-        """Workflows, most recently active first."""
+    def workflows(
+        self, *, status: str | None = None, idle_since: datetime | None = None, limit: int = 100
+    ) -> list[WorkflowStatus]:
+        """Workflows, most recently active first; ``idle_since``: only those with no event after it."""
         query = select(workflow_status).order_by(workflow_status.c.last_position.desc()).limit(limit)
         if status is not None:
             query = query.where(workflow_status.c.status == status)
+        if idle_since is not None:
+            query = query.where(workflow_status.c.last_event_at < idle_since)
         with translate_errors(), self._engine.read() as conn:
             return [_to_state(row) for row in conn.execute(query)]
+
+    def open_workflows(
+        self,
+        *,
+        opened_by: str,
+        closed_by: Collection[str],
+        since: datetime | None = None,
+        after_position: int = 0,
+        limit: int = 1000,
+    ) -> list[OpenWorkflow]:
+        """Workflows opened by an event of type ``opened_by`` (at ``since`` or later, after ``after_position``)
+        with no event of a type in ``closed_by``, in the order they were opened, with their last event.
+
+        Read from the log, not from this projection's table, so it is exact whether or not ``catch_up()``
+        ran: two indexed queries (openers by type, then the last event of each by correlation id). Page
+        on with ``after_position`` = the last one's ``opened_position``; a page may hold fewer than
+        ``limit`` when one correlation id was opened twice.
+        """
+        closer = events.alias("closer")
+        where = [events.c.type == opened_by, events.c.position > after_position]
+        if since is not None:
+            where.append(events.c.occurred_at >= since)
+        if closed_by:
+            where.append(
+                ~exists().where(closer.c.correlation_id == events.c.correlation_id, closer.c.type.in_(list(closed_by)))
+            )
+        dialect = self._engine.dialect
+        with translate_errors(), self._engine.read() as conn:
+            openers = to_events(
+                conn.execute(select_events(dialect).where(*where).order_by(events.c.position).limit(limit)), dialect
+            )
+            ids = list({e.correlation_id for e in openers})
+            last: dict[str, Any] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                newest = (
+                    select(func.max(events.c.position))
+                    .where(events.c.correlation_id.in_(chunk))
+                    .group_by(events.c.correlation_id)
+                )
+                heads = select(
+                    events.c.position, events.c.correlation_id, events.c.type, events.c.agent, events.c.occurred_at
+                ).where(events.c.position.in_(newest))
+                last.update((row.correlation_id, row) for row in conn.execute(heads))
+        latest = {e.correlation_id: e for e in openers}  # a correlation id opened twice: its latest opener
+        return [_open(e, last[e.correlation_id]) for e in latest.values() if e.correlation_id in last]
 
     # -- writes
     def catch_up(self) -> int:

@@ -38,6 +38,7 @@ WORKFLOW_REPLAYED: Final = "workflow.replayed"
 PIPELINE_STARTED: Final = "pipeline.started"
 PIPELINE_COMPLETED: Final = "pipeline.completed"
 PIPELINE_FAILED: Final = "pipeline.failed"
+PIPELINE_TIMED_OUT: Final = "pipeline.timed_out"
 
 # -- sagas ----------------------------------------------------------------------------------------------
 SAGA_STARTED: Final = "saga.started"
@@ -87,12 +88,20 @@ WORKFLOW_TERMINAL_STATUS: Final = {
     PIPELINE_COMPLETED: "completed",
     WORKFLOW_FAILED: "failed",
     PIPELINE_FAILED: "failed",
+    PIPELINE_TIMED_OUT: "timed_out",
     **TERMINAL_SAGA_STATUS,
 }
 """The workflow status each terminal workflow-level type leads to."""
 
-WORKFLOW_RESTART_TYPES: Final = frozenset({WORKFLOW_STARTED, SAGA_STARTED, SAGA_RESUMED})
-"""Types that (re)open a workflow: the status goes back to ``running``."""
+PIPELINE_OUTCOME_TYPES: Final = frozenset({PIPELINE_COMPLETED, PIPELINE_FAILED, PIPELINE_TIMED_OUT})
+"""The records that end a pipeline; a pipeline has at most one (they share one event id)."""
+
+WORKFLOW_RESTART_TYPES: Final = frozenset({WORKFLOW_STARTED, PIPELINE_STARTED, SAGA_STARTED, SAGA_RESUMED})
+"""Types that (re)open a workflow: the status goes back to ``running``.
+
+A pipeline is ``running`` from ``pipeline.started`` to its outcome record, even when every task sent so far has
+finished (between two steps, or when the outcome never came): the deadline sweep ends the latter ``timed_out``.
+"""
 
 
 def task_status(event_type: str) -> str:

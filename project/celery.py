@@ -25,6 +25,7 @@ REDIS_BACKEND = "relaybus.tasks.runtime.chords:RedisBackend"
 #: Agent modules loaded by name when the app finalizes; never imported at import time.
 BUILTIN_MODULES = (
     "relaybus.tasks.pipelines.outcomes",
+    "relaybus.tasks.pipelines.deadline",
     "relaybus.tasks.agents.pipeline",
     "relaybus.tasks.saga.orchestration",
     "relaybus.tasks.agents.content_saga",

@@ -1,1 +1,2 @@
-"""Pipelines: their registry, how they are started and followed, how they end, and canvas helpers."""
+"""Pipelines: their registry, how they are started and followed, how they end (outcomes, and the deadline sweep
+that ends the silent ones ``timed_out``), and canvas helpers."""

@@ -18,6 +18,7 @@ The pipeline id is its correlation id: every task, event and log record of the r
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,12 +27,23 @@ from typing import Any, Literal
 from celery import Celery, current_app, signature, states
 from pydantic import BaseModel, ValidationError
 
+from relaybus.eventstore import StoreUnavailable
 from relaybus.tasks.errors import InvalidInput, PipelineError, PipelineFailure, PipelineNotFinished
-from relaybus.tasks.pipelines.registry import FAIL_TASK, Declared, PipelineOutcome, pipeline_named, start_task_id
+from relaybus.tasks.pipelines.outcomes import record_pipeline_event
+from relaybus.tasks.pipelines.registry import (
+    FAIL_TASK,
+    PIPELINE_STARTED,
+    Declared,
+    PipelineOutcome,
+    pipeline_named,
+    start_task_id,
+)
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, new_id
 
-Status = Literal["pending", "running", "completed", "failed"]
+logger = logging.getLogger(__name__)
+
+Status = Literal["pending", "running", "completed", "failed", "timed_out"]
 
 
 @dataclass
@@ -44,7 +56,8 @@ class PipelineHandle:
     _outcome: PipelineOutcome | None = field(default=None, repr=False)
 
     def status(self) -> Status:
-        """``pending`` (not picked up yet), ``running``, ``completed`` or ``failed``."""
+        """``pending`` (not picked up yet), ``running``, ``completed``, ``failed`` or ``timed_out`` (it made
+        no progress within its deadline and the sweep ended it)."""
         outcome = self._poll()
         if outcome is not None:
             return outcome.status
@@ -67,7 +80,7 @@ class PipelineHandle:
         outcome = self._poll()
         if outcome is None:
             raise PipelineNotFinished(f"pipeline {self.id} is {self.status()}")
-        if outcome.status == "failed":
+        if outcome.status != "completed":
             raise PipelineFailure(self.id, outcome.reason or "unknown reason")
         return dict(outcome.output or {})
 
@@ -132,7 +145,19 @@ def start(
         # Even the first step failing ends the pipeline (pipeline.failed) rather than leaving it running.
         link_error=signature(FAIL_TASK, kwargs={"pipeline": ref.name}),
     )
+    _record_started(app, ref, pipeline_id, kwargs, ref.deadline_s or config.pipeline_deadline_s)
     return PipelineHandle(pipeline_id, app, ref.name)
+
+
+def _record_started(app: Celery, ref: Declared, pipeline_id: str, kwargs: dict[str, Any], deadline_s: float) -> None:
+    """Record ``pipeline.started`` once the entry task is sent, so that a pipeline whose entry message is lost
+    still has the record the deadline sweep looks for. The entry task records it too, under the same id
+    (the log keeps one); if the log is away, that one will do."""
+    payload = {"pipeline": ref.name, "input": kwargs, "deadline_s": deadline_s}
+    try:
+        record_pipeline_event(app, PIPELINE_STARTED, pipeline_id, payload, task_id=start_task_id(pipeline_id))
+    except StoreUnavailable as exc:
+        logger.warning("pipeline %s: pipeline.started not recorded by the client (%s)", pipeline_id, exc)
 
 
 def _check_queues(app: Celery, pipeline: Declared) -> None:

@@ -24,6 +24,10 @@ What the definition turns into:
   A pipeline that goes on with events instead ends in its :meth:`Pipeline.finish` subscription.
 * Every task and subscription links the same error callback, ``pipelines.fail``: whatever fails, the
   pipeline ends ``failed`` with a reason that names the step and its agent (``tasks.pipelines.outcomes``).
+* Whatever nobody foresaw (a lost message, a step on a queue no worker consumes, an event that never
+  comes): a pipeline with no new record for ``deadline_s`` (``Pipeline(..., deadline_s=)``, default the
+  setting ``RELAYBUS_PIPELINE_DEADLINE_S``) is ended ``timed_out`` by the sweep (``tasks.pipelines.deadline``).
+  The deadline in force is recorded in ``pipeline.started``, so the sweep needs no definition.
 
 Every process that starts or runs a pipeline imports the module that declares it: workers, clients, the
 CLI and Django all load ``RELAYBUS_EXTRA_MODULES`` (``tasks.pipelines.registry.load_modules``).
@@ -45,6 +49,7 @@ from relaybus.tasks.bus.events import Event
 from relaybus.tasks.pipelines.canvas import fan_in, sequence
 from relaybus.tasks.pipelines.outcomes import fail_on_error, record_pipeline_event
 from relaybus.tasks.pipelines.registry import PIPELINE_STARTED, PipelineCompleted, PipelineFailed, register
+from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
 from relaybus.tasks.runtime.settle import results_of, split_results
 from relaybus.tasks.runtime.task import AGENT_TASK_PREFIX, AgentContext, AgentModel, AgentTask, agent
@@ -154,12 +159,19 @@ def _agent_ref(ref: AgentTask | str) -> tuple[str, str]:
 class Pipeline(Generic[RunT]):
     """A named pipeline over agents. See the module docstring."""
 
-    def __init__(self, name: str, *, input: type[RunT], description: str = "") -> None:
+    def __init__(
+        self, name: str, *, input: type[RunT], description: str = "", deadline_s: float | None = None
+    ) -> None:
+        """``deadline_s``: end the pipeline ``timed_out`` once it has made no progress (no new record in the
+        event log) for this long; None: the setting ``RELAYBUS_PIPELINE_DEADLINE_S`` of the worker that starts it."""
         if not _NAME.match(name):
             raise ValueError(f"invalid pipeline name {name!r}: lower-case letters, digits, '_' and '-'")
+        if deadline_s is not None and not deadline_s > 0:
+            raise ValueError(f"pipeline {name!r}: deadline_s must be positive, got {deadline_s!r}")
         self.name = name
         self.input_model = input
         self.description = description
+        self.deadline_s = deadline_s
         self.stages: list[Stage] = []
         #: Stage names of the subscriptions declared with on/review/finish, by handler task name.
         self.handlers: dict[str, str] = {}
@@ -346,9 +358,11 @@ class Pipeline(Generic[RunT]):
         def begin(inp: RunT, ctx: AgentContext) -> Started:
             app = current_app
             if not already_done(app, ctx.task_id):  # a redelivered start must not launch a second run
+                deadline_s = self.deadline_s or runtime_config(app).pipeline_deadline_s
                 record_pipeline_event(
                     app, PIPELINE_STARTED, ctx.correlation_id,
-                    {"pipeline": self.name, "input": inp.model_dump(mode="json")}, task_id=ctx.task_id,
+                    {"pipeline": self.name, "input": inp.model_dump(mode="json"), "deadline_s": deadline_s},
+                    task_id=ctx.task_id,
                 )
                 self._send(app, 0, None, inp, ctx.correlation_id)
                 mark_done(app, ctx.task_id)

@@ -1,8 +1,11 @@
 """How pipelines end: the outcome subscriber and the error callback that turns a failed step into an outcome.
 
-* ``events.system.record_outcome`` subscribes to ``pipeline.completed`` and ``pipeline.failed``: it
-  records the outcome in the event log (the record a status fold reads) and stores it in the result
-  backend under the pipeline id (so a client can block on it; Redis is the cache, not the record).
+* ``events.system.record_outcome`` subscribes to ``pipeline.completed``, ``pipeline.failed`` and
+  ``pipeline.timed_out``: it records the outcome in the event log (the record a status fold reads) and
+  stores it in the result backend under the pipeline id (so a client can block on it; Redis is the
+  cache, not the record). The outcome records of a pipeline share one event id, so the log keeps the
+  first one recorded; the backend gets *that* one, whichever event this delivery carried, so a late
+  completion racing the deadline sweep (or a failure) cannot leave the log and the client disagreeing.
 * ``pipelines.fail`` is the error callback pipelines link to their steps (chains, chords, event
   handlers): it reads why the step failed and publishes :class:`~tasks.pipelines.PipelineFailed`.
   Chords call it once per failed member and once for the body; the outcome's id is one per
@@ -18,7 +21,7 @@ from celery import Celery, shared_task, signature, states
 from celery.canvas import Signature
 from celery.utils.log import get_task_logger
 
-from relaybus.eventstore import StoreUnavailable
+from relaybus.eventstore import RecordedEvent, StoreUnavailable
 from relaybus.tasks.bus.bus import publish, subscribe
 from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.errors import TransientError
@@ -26,9 +29,11 @@ from relaybus.tasks.pipelines.registry import (
     FAIL_TASK,
     PIPELINE_COMPLETED,
     PIPELINE_FAILED,
+    PIPELINE_TIMED_OUT,
     PipelineCompleted,
     PipelineFailed,
     PipelineOutcome,
+    PipelineTimedOut,
     stage_of,
 )
 from relaybus.tasks.runtime import recording
@@ -38,7 +43,7 @@ from relaybus.tasks.runtime.task import AgentContext
 
 logger = get_task_logger(__name__)
 
-_RECORD_KEYS = {PIPELINE_COMPLETED: "outcome", PIPELINE_FAILED: "outcome"}
+_RECORD_KEYS = {PIPELINE_COMPLETED: "outcome", PIPELINE_FAILED: "outcome", PIPELINE_TIMED_OUT: "outcome"}
 
 
 def fail_on_error(pipeline: str) -> Signature:
@@ -46,21 +51,39 @@ def fail_on_error(pipeline: str) -> Signature:
     return signature(FAIL_TASK, kwargs={"pipeline": pipeline})
 
 
+def record_id(pipeline_id: str, type_: str) -> str:
+    """The event id of a pipeline-level record; the outcome records share one: the log keeps one outcome."""
+    return derived_id(pipeline_id, "pipeline-record", _RECORD_KEYS.get(type_, type_))
+
+
+def log_store(app: Celery) -> Any:
+    """The recorder's event store (an ``EventStore``), or None when recording is off.
+
+    The recorder protocol (``tasks.runtime.recording``) offers two narrow queries; reading a record back
+    by id and the deadline sweep's queries go to its store, opened once per process.
+    """
+    return getattr(recording.recorder_for(app), "store", None)
+
+
 def record_pipeline_event(
     app: Celery, type_: str, pipeline_id: str, payload: dict[str, Any], *, causation_id: str | None = None,
     task_id: str | None = None,
-) -> None:
-    """Append a pipeline-level record (``pipeline.started``, ``pipeline.completed``...) to the event log."""
+) -> RecordedEvent | None:
+    """Append a pipeline-level record (``pipeline.started``, ``pipeline.completed``...) to the event log.
+
+    For an outcome record, returns the record the log holds under its id: the first outcome recorded,
+    which may be another one than ``type_``. None for other records, and when recording is off.
+    """
     from relaybus.eventstore import NewEvent
 
     recorder = recording.recorder_for(app)
     if not recorder.enabled:
-        return
+        return None
+    event_id = record_id(pipeline_id, type_)
     recorder.append(
         [
             NewEvent(
-                # Completed and failed share one id: the log keeps one outcome per pipeline.
-                event_id=derived_id(pipeline_id, "pipeline-record", _RECORD_KEYS.get(type_, type_)),
+                event_id=event_id,
                 stream_id=pipeline_id,
                 correlation_id=pipeline_id,
                 causation_id=causation_id,
@@ -72,10 +95,14 @@ def record_pipeline_event(
             )
         ]
     )
+    if type_ not in _RECORD_KEYS:
+        return None  # only an outcome record can have lost to another one
+    store = log_store(app)
+    return store.get(event_id) if store is not None else None
 
 
-@subscribe("system", PipelineCompleted, PipelineFailed, name="record_outcome")
-def record_outcome(event: PipelineCompleted | PipelineFailed, ctx: AgentContext) -> None:
+@subscribe("system", PipelineCompleted, PipelineFailed, PipelineTimedOut, name="record_outcome")
+def record_outcome(event: PipelineCompleted | PipelineFailed | PipelineTimedOut, ctx: AgentContext) -> None:
     from celery import current_app
 
     app = current_app
@@ -83,11 +110,12 @@ def record_outcome(event: PipelineCompleted | PipelineFailed, ctx: AgentContext)
     if app.backend.get_state(pipeline_id) == states.SUCCESS:
         return  # the first outcome wins; this one lost a race the event log already settled
     outcome = PipelineOutcome.of(pipeline_id, event)
-    type_ = PIPELINE_COMPLETED if outcome.status == "completed" else PIPELINE_FAILED
-    record_pipeline_event(
-        app, type_, pipeline_id, outcome.model_dump(mode="json", exclude={"pipeline_id"}),
-        causation_id=ctx.causation_id, task_id=ctx.task_id,
-    )
+    type_, payload = outcome.record()
+    if isinstance(event, PipelineTimedOut):
+        payload.update(deadline_s=event.deadline_s, last_event_at=event.last_event_at.isoformat())
+    kept = record_pipeline_event(app, type_, pipeline_id, payload, causation_id=ctx.causation_id, task_id=ctx.task_id)
+    if kept is not None and kept.type != type_:
+        outcome = PipelineOutcome.from_record(pipeline_id, kept.type, kept.payload)  # an earlier outcome won
     app.backend.store_result(pipeline_id, outcome.model_dump(mode="json"), states.SUCCESS)
 
 

@@ -4,12 +4,15 @@ Declaring a :class:`~tasks.pipelines.definition.Pipeline` registers it here unde
 clients, the CLI and Django find the pipelines the same way: they import the modules named by the
 one setting ``RELAYBUS_EXTRA_MODULES`` (the app's ``include`` list, :func:`load_modules`), so a
 pipeline a worker runs is one a client can start. Every pipeline ends with exactly one outcome event,
-:class:`PipelineCompleted` or :class:`PipelineFailed`: they share one event id per pipeline, so the
-first one published wins.
+:class:`PipelineCompleted`, :class:`PipelineFailed` or (from the deadline sweep) :class:`PipelineTimedOut`:
+they share one event id per pipeline, and the log keeps one outcome record per pipeline, the first one
+recorded, which is the outcome every reader sees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, ClassVar, Literal, Protocol
 
 from celery import Celery
@@ -19,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from relaybus.eventstore.types import PIPELINE_COMPLETED as PIPELINE_COMPLETED
 from relaybus.eventstore.types import PIPELINE_FAILED as PIPELINE_FAILED
 from relaybus.eventstore.types import PIPELINE_STARTED as PIPELINE_STARTED
+from relaybus.eventstore.types import PIPELINE_TIMED_OUT as PIPELINE_TIMED_OUT
 from relaybus.tasks.bus.events import Event, derived_id
 from relaybus.tasks.errors import UnknownPipeline
 
@@ -33,6 +37,8 @@ class Declared(Protocol):
     name: str
     task: str
     description: str
+    #: No progress for this long ends the pipeline ``timed_out``; None: the setting's default.
+    deadline_s: float | None
 
     @property
     def input_model(self) -> type[BaseModel]: ...
@@ -118,22 +124,63 @@ class PipelineFailed(Event):
     stage: str | None = None
 
 
+class PipelineTimedOut(Event):
+    """A pipeline made no progress within its deadline and was ended by the sweep (``tasks.pipelines.deadline``).
+
+    ``reason`` says how long it had been silent and what its last record was; ``stage`` is the step that
+    record belongs to, when known.
+    """
+
+    type: ClassVar[str] = "pipeline.timed_out"
+    version: ClassVar[int] = 1
+    unique_per_correlation: ClassVar[str | None] = OUTCOME_KEY
+
+    pipeline: str
+    reason: str
+    stage: str | None = None
+    deadline_s: float
+    last_event_at: datetime
+
+
+Ending = PipelineCompleted | PipelineFailed | PipelineTimedOut
+OutcomeStatus = Literal["completed", "failed", "timed_out"]
+_RECORD_STATUS: dict[str, OutcomeStatus] = {
+    PIPELINE_COMPLETED: "completed",
+    PIPELINE_FAILED: "failed",
+    PIPELINE_TIMED_OUT: "timed_out",
+}
+
+
 class PipelineOutcome(BaseModel):
-    """How a pipeline ended, as a client reads it."""
+    """How a pipeline ended, as a client reads it: ``completed`` with its output, or ``failed`` or
+    ``timed_out`` with a reason."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pipeline_id: str
     pipeline: str
-    status: Literal["completed", "failed"]
+    status: OutcomeStatus
     output: dict[str, Any] | None = None
     reason: str | None = None
     stage: str | None = None
 
     @classmethod
-    def of(cls, pipeline_id: str, event: PipelineCompleted | PipelineFailed) -> PipelineOutcome:
+    def of(cls, pipeline_id: str, event: Ending) -> PipelineOutcome:
         if isinstance(event, PipelineCompleted):
             return cls(pipeline_id=pipeline_id, pipeline=event.pipeline, status="completed", output=event.output)
+        status: OutcomeStatus = "timed_out" if isinstance(event, PipelineTimedOut) else "failed"
         return cls(
-            pipeline_id=pipeline_id, pipeline=event.pipeline, status="failed", reason=event.reason, stage=event.stage
+            pipeline_id=pipeline_id, pipeline=event.pipeline, status=status, reason=event.reason, stage=event.stage
         )
+
+    @classmethod
+    def from_record(cls, pipeline_id: str, type_: str, payload: Mapping[str, Any]) -> PipelineOutcome:
+        """The outcome an outcome record of the log (``pipeline.completed``...) holds; its other keys
+        (a timed-out record's deadline and last event) are left out."""
+        fields = {k: payload[k] for k in ("pipeline", "output", "reason", "stage") if k in payload}
+        return cls(pipeline_id=pipeline_id, status=_RECORD_STATUS[type_], **fields)
+
+    def record(self) -> tuple[str, dict[str, Any]]:
+        """``(type, payload)`` of the log record of this outcome."""
+        type_ = next(k for k, v in _RECORD_STATUS.items() if v == self.status)
+        return type_, self.model_dump(mode="json", exclude={"pipeline_id"})
