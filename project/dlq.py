@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -90,24 +91,35 @@ def dlq_names(app: Celery, agents: Iterable[str] | None = None) -> list[str]:
     return [topology.dlq_name(a) for a in (agents or topology.agents)]
 
 
-def _walk(app: Celery, dlq: str, visit: Callable[[Any, Any], str], limit: int) -> None:
-    """Take messages one by one; ``visit`` answers "ack" (consumed) or "keep" (put back untouched).
+#: Stamped by ``requeue`` on each letter it sends back, with an id of its own per call: a letter that fails
+#: again and comes back to the DLQ while the call still runs is recognised, not requeued a second time.
+REQUEUE_RUN_HEADER = "x_requeue_run"
 
-    Kept messages stay unacknowledged until the channel closes, so each is seen once and the walk
-    ends at the queue's current depth: a requeued message that fails again cannot loop.
+
+def _walk(app: Celery, dlq: str, visit: Callable[[Any, Any], str], limit: int) -> None:
+    """Take the messages present when the walk starts, one by one; ``visit`` answers "ack" (consumed),
+    "keep" (put back untouched) or "again" (put back: a letter this walk already handled, back meanwhile).
+
+    Kept messages stay unacknowledged until the channel closes, so each is seen once. The walk takes no
+    more than the queue held at its start (``limit`` at most), not counting "again": while a worker
+    dead-letters requeued letters anew, they join the queue behind the walk and are not taken for new ones.
     """
     with app.connection_for_write() as conn:
         channel = conn.channel()
         try:
-            seen = 0
-            while seen < limit:
+            _, present, _ = channel.queue_declare(queue=dlq, passive=True)
+            budget = min(limit, int(present))
+            taken = 0
+            while taken < budget:
                 raw = channel.basic_get(dlq, no_ack=False)
                 if raw is None:
                     break
-                seen += 1
                 message = channel.message_to_python(raw)
-                if visit(conn, message) == "ack":
+                verdict = visit(conn, message)
+                if verdict == "ack":
                     message.ack()
+                if verdict != "again":
+                    taken += 1
         finally:
             channel.close()  # everything not acked goes back to the queue, in order
 
@@ -131,11 +143,14 @@ def requeue(
     limit: int = 1000,
     progress: Callable[[DeadLetter], None] | None = None,
 ) -> list[DeadLetter]:
-    """Send dead letters back to the queue they came from with a fresh retry budget."""
+    """Send dead letters back to the queue they came from with a fresh retry budget, each once per call."""
     moved: list[DeadLetter] = []
+    run = uuid.uuid4().hex
 
     def visit(conn: Any, message: Any) -> str:
         headers = dict(message.headers or {})
+        if headers.get(REQUEUE_RUN_HEADER) == run:
+            return "again"
         if task_id is not None and headers.get("id") != task_id:
             return "keep"
         letter = _to_model(dlq, message)
@@ -146,6 +161,7 @@ def requeue(
             headers.pop(key, None)
         headers["retries"] = 0
         headers[REDRIVE_HEADER] = letter.redrives + 1
+        headers[REQUEUE_RUN_HEADER] = run
         producer = conn.Producer()
         producer.publish(
             message.body,
