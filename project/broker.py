@@ -44,6 +44,12 @@ class _Deadline:
     def remaining(self) -> float:
         return self.ends - time.monotonic()
 
+    def expired(self, address: str) -> PublishTimeout | BrokerUnreachable:
+        """The error for a publish past its deadline, named after what went wrong meanwhile."""
+        if self.blocked or isinstance(self.last_error, PublishTimeout):
+            return PublishTimeout(self.seconds, blocked=self.blocked)
+        return BrokerUnreachable(address, str(self.last_error or "no connection"), self.seconds)
+
 
 _DEADLINE: ContextVar[_Deadline | None] = ContextVar("relaybus_publish_deadline", default=None)
 
@@ -81,7 +87,8 @@ class Channel(pyamqp.Channel):
         if deadline is not None:
             limit = min(limit, deadline.remaining())
             if limit <= 0:
-                raise PublishTimeout(deadline.seconds, blocked=connection.blocked_reason or deadline.blocked)
+                deadline.blocked = deadline.blocked or connection.blocked_reason
+                raise deadline.expired(_address(connection))
         kwargs["confirm_timeout"] = min(kwargs.get("confirm_timeout") or limit, limit)
         kwargs["timeout"] = min(kwargs.get("timeout") or limit, limit)  # a full socket buffer blocks the write
         try:
@@ -89,7 +96,10 @@ class Channel(pyamqp.Channel):
         except TimeoutError as exc:  # socket.timeout: no confirm came
             blocked = connection.blocked_reason or (deadline.blocked if deadline is not None else None)
             _drop(connection)
-            raise PublishTimeout(deadline.seconds if deadline is not None else limit, blocked=blocked) from exc
+            error = PublishTimeout(deadline.seconds if deadline is not None else limit, blocked=blocked)
+            if deadline is not None:
+                deadline.last_error = error  # a retry's reconnection past the deadline says the same
+            raise error from exc
 
 
 class Connection(pyamqp.Connection):
@@ -127,10 +137,7 @@ class Transport(pyamqp.Transport):
             return super().establish_connection()  # type: ignore[no-untyped-call]
         remaining = deadline.remaining()
         if remaining <= 0:
-            if deadline.blocked:
-                raise PublishTimeout(deadline.seconds, blocked=deadline.blocked)
-            raise BrokerUnreachable(_address(self.client), str(deadline.last_error or "no connection"),
-                                    deadline.seconds)
+            raise deadline.expired(_address(self.client))
         client: Any = self.client
         saved = client.connect_timeout
         client.connect_timeout = min(saved, remaining) if saved else remaining

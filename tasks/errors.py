@@ -10,7 +10,8 @@ The retry policy is declared here, by class, in one place: the task base retries
      │    ├── ProviderUnavailable      an LLM provider timed out, refused, or answered 5xx / 429
      │    └── PublishFailed            the broker did not confirm an event or a task message
      │         ├── PublishTimeout      no confirm within ``publish_timeout_s``: broker blocked or stopped
-     │         └── BrokerUnreachable   no connection to the broker (refused, timed out); a kombu error too
+     │         └── BrokerUnreachable   no connection to the broker (refused, timed out)
+     │              (both also kombu ``OperationalError``s, what callers caught from the driver)
      ├── PermanentError                never retried; dead-lettered at once
      │    ├── InvalidInput             a payload failed its agent's input model
      │    ├── InvalidMessage           a broker message we cannot decode (not JSON, wrong shape)
@@ -97,12 +98,13 @@ class PublishFailed(TransientError):
     """Raised when the broker does not take an event (connection lost, no confirm)."""
 
 
-class PublishTimeout(PublishFailed):
+class PublishTimeout(PublishFailed, KombuOperationalError):
     """Raised when the broker does not confirm a publish within ``publish_timeout_s``.
 
     ``blocked`` is RabbitMQ's reason when it had blocked the connection's publishers (a memory or disk
     alarm), None when it did not answer at all (a stopped or overloaded node). The message may still
-    reach the queue later: consumers de-duplicate, as for any redelivery.
+    reach the queue later: consumers de-duplicate, as for any redelivery. Also a kombu
+    ``OperationalError``, so code that treats the broker's errors as "service unreachable" treats this too.
     """
 
     def __init__(self, timeout_s: float, blocked: str | None = None) -> None:
