@@ -39,7 +39,7 @@ from relaybus.tasks.pipelines.registry import (
     start_task_id,
 )
 from relaybus.tasks.runtime.config import runtime_config
-from relaybus.tasks.runtime.context import CORRELATION_HEADER, new_id
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, id_problems, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ def start(
     if size > config.max_payload_bytes:
         raise InvalidInput(ref.name, [{"loc": ("input",), "msg": f"{size} bytes is over the limit of "
                                                                 f"{config.max_payload_bytes}"}], kind="pipeline")
+    problems = id_problems(correlation_id=correlation_id)
+    if problems:  # the event log could not record the pipeline under this id: nothing is sent
+        raise InvalidInput(ref.name, problems, kind="pipeline")
     pipeline_id = correlation_id or new_id()
     app.send_task(
         ref.task,

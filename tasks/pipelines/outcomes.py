@@ -39,6 +39,7 @@ from relaybus.tasks.pipelines.registry import (
 from relaybus.tasks.runtime import recording
 from relaybus.tasks.runtime.context import current_correlation_id
 from relaybus.tasks.runtime.recording import agent_for_task
+from relaybus.tasks.runtime.system import SystemTask
 from relaybus.tasks.runtime.task import AgentContext
 
 logger = get_task_logger(__name__)
@@ -121,7 +122,7 @@ def record_outcome(event: PipelineCompleted | PipelineFailed | PipelineTimedOut,
 
 @shared_task(  # type: ignore[untyped-decorator]
     name=FAIL_TASK, bind=True, acks_late=True, autoretry_for=(TransientError, StoreUnavailable), max_retries=5,
-    retry_backoff=True, retry_jitter=True,
+    retry_backoff=True, retry_jitter=True, base=SystemTask,  # recorded, so the timeline shows it ended
 )
 def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = "") -> str:
     """Error callback: publish ``pipeline.failed`` naming the step that failed, its agent and its error.
@@ -143,7 +144,8 @@ def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = 
     stage = stage_of(pipeline, task) if task else None
     agent = agent_for_task(task) if task else None
     where = f"step {stage or agent or 'unknown'!r}" + (f" (agent {agent})" if agent else "")
-    reason = f"{where} failed: {error_type}: {message}"
+    # For people and for the event's JSON: text UTF-8 cannot encode is escaped (the log keeps the original).
+    reason = f"{where} failed: {error_type}: {message}".encode("utf-8", "backslashreplace").decode("utf-8")
     logger.warning("pipeline %s: %s", pipeline, reason)
     envelope = publish(PipelineFailed(pipeline=pipeline, reason=reason, stage=stage or agent), app=self.app)
     return envelope.event_id

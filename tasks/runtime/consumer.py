@@ -42,6 +42,7 @@ from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER,
 from relaybus.tasks.runtime.deadletter import dead_letter_message, oversize
 from relaybus.tasks.runtime.recording import recorder_for, records
 from relaybus.tasks.runtime.recording.eventlog import waiting_until
+from relaybus.tasks.runtime.request import in_workflow_of
 
 logger = get_logger(__name__)
 
@@ -233,8 +234,9 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             body = message.payload
             embed = body[2] if isinstance(body, list | tuple) and len(body) == 3 and isinstance(body[2], dict) else {}
             request = Context({**message.headers, **embed, "delivery_info": dict(message.delivery_info or {})})
-            self.app.tasks[message.headers["task"]].backend.mark_as_failure(message.headers["id"], error,
-                                                                            request=request)
+            with in_workflow_of(request, str(message.headers["id"])):  # its error callbacks end its workflow
+                self.app.tasks[message.headers["task"]].backend.mark_as_failure(message.headers["id"], error,
+                                                                                request=request)
         except Exception:
             logger.exception("could not mark the dead-lettered task %s failed", message.headers.get("id"))
 

@@ -45,13 +45,13 @@ def id_problem(value: Any) -> str | None:
         return "must not be empty"
     if len(value) > MAX_ID_LENGTH:
         return f"is {len(value)} characters, over the limit of {MAX_ID_LENGTH}"
-    if not value.isprintable():
-        bad = next(c for c in value if not c.isprintable())
-        return f"holds the control character {bad!r}"
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return "holds a character UTF-8 cannot encode (a lone surrogate)"
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        return f"holds the control character {bad!r}"
     return None
 
 

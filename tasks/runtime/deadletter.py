@@ -61,6 +61,8 @@ def reason_headers(
     *, reason: str, error: BaseException | None, attempts: int, original_queue: str
 ) -> dict[str, Any]:
     message = str(error) if error is not None else reason
+    # AMQP header values are UTF-8: a lone surrogate (an error quoting undecodable bytes) is written escaped.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {
         REASON_HEADER: reason,
         ERROR_TYPE_HEADER: type(error).__name__ if error is not None else reason,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
@@ -31,7 +32,7 @@ from celery.worker.state import task_ready
 from relaybus.eventstore import NewEvent, StoreUnavailable
 from relaybus.eventstore.types import TASK_REJECTED, TASK_REVOKED
 from relaybus.tasks.runtime.config import runtime_config
-from relaybus.tasks.runtime.context import request_headers
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, id_problem, request_headers, workflow_context
 from relaybus.tasks.runtime.deadletter import dead_letter_task
 from relaybus.tasks.runtime.recording import recorder_for, records
 from relaybus.tasks.runtime.recording.eventlog import waiting_until
@@ -44,28 +45,45 @@ TIME_LIMIT_REASON = "time-limit"
 
 
 class AgentRequest(Request):  # type: ignore[misc]
-    """The Celery request class of agent tasks (``AgentTask.Request``). See the module docstring."""
+    """The Celery request class of agent tasks (``AgentTask.Request``). See the module docstring.
+
+    Whatever Celery publishes from here (the error callbacks it runs for a failure) is published in the
+    task's workflow: in the main process no task is running, and the callbacks would otherwise get a new
+    correlation id and end some other, unknown workflow."""
+
+    _time_limit_handled = False
+    _time_limit_requeued = False
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if soft or self.task is None:
             super().on_timeout(soft, timeout)
             return
-        error = TimeLimitExceeded(timeout)
-        context = self._context
-        try:
-            self._record(records.failed(self.task, context, error, float(timeout), TIME_LIMIT_REASON, _host()))
-        except StoreUnavailable as exc:
-            # No ack without the record: give the message back (the redelivery limit ends a loop).
-            logger.error("hard time limit of %s[%s]: the event store is away (%s); message requeued",
-                         self.task.name, self.id, exc)
-            task_ready(self)
-            self.reject(requeue=True)
+        if not self._time_limit_handled:
+            self._handle_time_limit(TimeLimitExceeded(timeout))
+        if self._time_limit_requeued:
             return
-        except Exception:
-            logger.exception("hard time limit of %s[%s]: its record was refused; dead-lettering it anyway",
-                             self.task.name, self.id)
-        self._dead_letter(TIME_LIMIT_REASON, error)
-        super().on_timeout(soft, timeout)
+        with self._in_workflow():
+            super().on_timeout(soft, timeout)
+
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        if self.task is not None:
+            if isinstance(exc, TimeLimitExceeded) and not self._time_limit_handled:
+                # billiard reports a hard time limit here too, before on_timeout: record it first, so the
+                # error callbacks Celery runs next find the failure in the log.
+                if not self._handle_time_limit(exc):
+                    return
+            elif isinstance(exc, Reject) and not exc.requeue:
+                try:
+                    self._record([
+                        records.ended(self.task, self._context, TASK_REJECTED, _host(),
+                                      {"error_type": "Reject", "error_message": str(exc.reason)[:2000]})
+                    ])
+                except Exception:
+                    logger.exception("could not record the rejection of %s[%s]", self.task.name, self.id)
+        with self._in_workflow():
+            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         if self.task is not None and not self._already_revoked:
@@ -79,22 +97,35 @@ class AgentRequest(Request):  # type: ignore[misc]
                 ])
             except Exception:
                 logger.exception("could not record the revoke of %s[%s]", self.task.name, self.id)
-        super()._announce_revoked(reason, terminated, signum, expired)
-        if self.task is not None:
-            _call_errbacks(self, TaskRevokedError(f"{reason}: {self.task.name}[{self.id}]"))
+        with self._in_workflow():
+            super()._announce_revoked(reason, terminated, signum, expired)
+            if self.task is not None:
+                _call_errbacks(self, TaskRevokedError(f"{reason}: {self.task.name}[{self.id}]"))
 
-    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
-        exc = getattr(exc_info, "exception", None)
-        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
-        if isinstance(exc, Reject) and not exc.requeue and self.task is not None:
-            try:
-                self._record([
-                    records.ended(self.task, self._context, TASK_REJECTED, _host(),
-                                  {"error_type": "Reject", "error_message": str(exc.reason)[:2000]})
-                ])
-            except Exception:
-                logger.exception("could not record the rejection of %s[%s]", self.task.name, self.id)
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+    def _handle_time_limit(self, error: TimeLimitExceeded) -> bool:
+        """Record and dead-letter a hard time limit, once. False: the record could not be written and the
+        message was requeued instead (Celery must not ack it)."""
+        self._time_limit_handled = True
+        try:
+            self._record(records.failed(self.task, self._context, error, float(error.args[0] if error.args else 0),
+                                        TIME_LIMIT_REASON, _host()))
+        except StoreUnavailable as exc:
+            # No ack without the record: give the message back (the redelivery limit ends a loop).
+            logger.error("hard time limit of %s[%s]: the event store is away (%s); message requeued",
+                         self.task.name, self.id, exc)
+            self._time_limit_requeued = True
+            task_ready(self)
+            self.reject(requeue=True)
+            return False
+        except Exception:
+            logger.exception("hard time limit of %s[%s]: its record was refused; dead-lettering it anyway",
+                             self.task.name, self.id)
+        self._dead_letter(TIME_LIMIT_REASON, error)
+        return True
+
+    def _in_workflow(self) -> AbstractContextManager[str]:
+        context = self._context
+        return in_workflow_of(context, self.id)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -124,6 +155,14 @@ class AgentRequest(Request):  # type: ignore[misc]
             )
         except Exception:
             logger.exception("could not dead-letter %s[%s] (%s)", task.name, self.id, reason)
+
+
+def in_workflow_of(context: Any, task_id: str) -> AbstractContextManager[str]:
+    """Publish in the workflow of the task ``context`` describes (its correlation id; the task as cause)."""
+    correlation = getattr(context, CORRELATION_HEADER, None) or request_headers(context).get(CORRELATION_HEADER)
+    if not isinstance(correlation, str) or id_problem(correlation) is not None:
+        correlation = task_id
+    return workflow_context(correlation, task_id if id_problem(task_id) is None else None)
 
 
 def _call_errbacks(request: AgentRequest, error: BaseException) -> None:

@@ -126,6 +126,29 @@ def _redactor(keys: tuple[str, ...]) -> Redactor:
     return Redactor(keys)
 
 
+def _unencodable(value: Any, path: str = "") -> str | None:
+    """The path of the first string in ``value`` that UTF-8 cannot encode (a lone surrogate), if any."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "."
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unencodable(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unencodable(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _jsonable_size(value: Any) -> int:
     return len(json.dumps(value, default=str).encode())
 
@@ -172,6 +195,11 @@ class AgentTask(Task):  # type: ignore[misc]
             correlation_id=headers.get(CORRELATION_HEADER) if isinstance(headers, Mapping) else None,
             causation_id=headers.get(CAUSATION_HEADER) if isinstance(headers, Mapping) else None,
         )
+        # A delivery held past RabbitMQ's consumer timeout closes the worker's channel: refused here.
+        delay = config.check_delay(options.get("countdown"), options.get("eta"), time_limit_s=self.time_limit)
+        if delay is not None:
+            shape.append({"loc": ("countdown" if options.get("countdown") is not None else "eta",), "msg": delay,
+                          "type": "delay_too_long"})
         if shape:
             raise InvalidInput(self.spec.name, shape)
         if "priority" in options and isinstance(options["priority"], str):
@@ -287,8 +315,17 @@ class AgentTask(Task):  # type: ignore[misc]
                     f"agent {self.spec.name!r} returned {type(value).__name__}, "
                     f"expected {self.spec.output_model.__name__}"
                 )
-            return value.model_dump(mode="json")
-        return self.spec.output_model.model_validate(value).model_dump(mode="json")
+            output = value.model_dump(mode="json")
+        else:
+            output = self.spec.output_model.model_validate(value).model_dump(mode="json")
+        where = _unencodable(output)
+        if where is not None:
+            # It could not travel as a message or an event (UTF-8 JSON); refused here, naming the field.
+            raise PermanentError(
+                f"agent {self.spec.name!r} returned text UTF-8 cannot encode (a lone surrogate) at "
+                f"output.{where}: decode bytes with errors='replace', or return them as base64"
+            )
+        return output
 
     def _llm(self, request: Any, headers: dict[str, Any], recorder: recording.Recorder) -> LLMProvider:
         """The provider, wrapped so every completion is recorded; on a deterministic replay, the

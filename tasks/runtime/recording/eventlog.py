@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from relaybus.eventstore import NewEvent, StoreConfig, StoreUnavailable, open_store
+from relaybus.eventstore.storable import restore
 from relaybus.eventstore.types import LLM_COMPLETED, TASK_FAILED, TASK_REDELIVERED, TASK_SENT
 from relaybus.tasks.runtime.config import RuntimeConfig
 from relaybus.tasks.runtime.context import current_task_id
@@ -143,4 +144,5 @@ class EventRecorder:
         sent = self.store.find(type=TASK_SENT, task_id=event.task_id, limit=1) if event.task_id else []
         task = str(sent[0].payload.get("task") or "") if sent else ""
         task = task or (f"agents.{event.agent}" if event.agent else "")
-        return Failure(task, str(event.payload.get("error_type")), str(event.payload.get("error_message")))
+        payload = restore(event.payload)  # an error message stored escaped reads as it was raised
+        return Failure(task, str(payload.get("error_type")), str(payload.get("error_message")))

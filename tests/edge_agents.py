@@ -1,0 +1,69 @@
+"""An agent that misbehaves on request, for the edge tests of issue 13 (tests/chaos/test_recording_edges.py).
+
+Workers import this module (``RELAYBUS_EXTRA_MODULES``; its agent ``edgy`` in ``RELAYBUS_EXTRA_AGENTS``).
+Each call notes its start in the test Redis (``tests.agents.note``), so a test counts how often it ran.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal
+
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import Field
+
+from relaybus.tasks.errors import PermanentError
+from relaybus.tasks.pipelines.definition import Pipeline
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
+from tests.agents import note
+
+SURROGATE_TEXT = b"caf\xe9".decode("utf-8", "surrogateescape")
+SOFT_LIMIT_S = 6.0
+HARD_LIMIT_S = 9.0
+
+Mode = Literal["ok", "nan", "surrogate_out", "surrogate_error", "permanent", "swallow_soft_limit", "exit"]
+
+
+class EdgyInput(AgentModel):
+    key: str
+    mode: Mode = "ok"
+    sleep_s: float = Field(default=0.0, ge=0, le=120)
+
+
+class EdgyOutput(AgentModel):
+    value: float
+    text: str
+
+
+@agent("edgy", input=EdgyInput, output=EdgyOutput, soft_time_limit_s=SOFT_LIMIT_S, time_limit_s=HARD_LIMIT_S)
+def edgy(inp: EdgyInput, ctx: AgentContext) -> EdgyOutput:
+    note(inp.key, ctx, event="start", mode=inp.mode)
+    if inp.mode == "swallow_soft_limit":
+        # Agent code that swallows the soft limit: only the hard limit ends it.
+        deadline = time.monotonic() + max(inp.sleep_s, HARD_LIMIT_S * 3)
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.2)
+            except SoftTimeLimitExceeded:
+                note(inp.key, ctx, event="soft-limit-swallowed")
+    elif inp.sleep_s:
+        time.sleep(inp.sleep_s)
+    if inp.mode == "exit":
+        os._exit(1)  # the pool child dies with the message unacknowledged, every time
+    if inp.mode == "permanent":
+        raise PermanentError(f"planned permanent failure of {inp.key}")
+    if inp.mode == "surrogate_error":
+        broken = b"ok-\xff".decode("utf-8", "surrogateescape")  # a lone surrogate in the message
+        raise PermanentError(f"upstream sent bytes that are not UTF-8: {broken}")
+    note(inp.key, ctx, event="done")
+    if inp.mode == "nan":
+        return EdgyOutput(value=float("nan"), text="not a number")
+    if inp.mode == "surrogate_out":
+        return EdgyOutput(value=1.0, text=SURROGATE_TEXT)
+    return EdgyOutput(value=1.0, text="fine")
+
+
+#: One step: the pipeline ends as its one ``edgy`` call does.
+edgy_one: Pipeline[EdgyInput] = Pipeline("edgy-one", input=EdgyInput, description="one edgy call")
+edgy_one.step("edgy")
