@@ -20,7 +20,7 @@ from relaybus.eventstore.errors import (
     ConcurrencyError,
     EventStoreError,
     SchemaError,
-    StoreFull,
+    StoreDiskError,
     StoreUnavailable,
     UnstorableEvent,
 )
@@ -45,7 +45,7 @@ __all__ = [  # noqa: RUF022
     "ConcurrencyError",
     "EventStoreError",
     "SchemaError",
-    "StoreFull",
+    "StoreDiskError",
     "StoreUnavailable",
     "UnstorableEvent",
     # Audit results

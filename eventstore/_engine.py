@@ -31,7 +31,7 @@ from relaybus.eventstore.errors import (
     AppendOnlyViolation,
     EventStoreError,
     SchemaError,
-    StoreFull,
+    StoreDiskError,
     StoreUnavailable,
     UnstorableEvent,
 )
@@ -166,7 +166,7 @@ _PG_SCHEMA_STATES = {"42P01", "42703", "3F000", "42883"}  # undefined table / co
 _PG_TRANSIENT_STATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"}
 _SQLITE_SCHEMA_MESSAGES = ("no such table", "no such column")
 _PG_FULL_STATES = {"53100"}  # disk_full
-_SQLITE_FULL_MESSAGES = ("database or disk is full",)
+_SQLITE_FULL_MESSAGES = ("database or disk is full", "disk I/O error")
 
 
 def translate(error: sa_exc.SQLAlchemyError) -> EventStoreError:
@@ -178,7 +178,7 @@ def translate(error: sa_exc.SQLAlchemyError) -> EventStoreError:
     if sqlstate in _PG_SCHEMA_STATES or any(m in message for m in _SQLITE_SCHEMA_MESSAGES):
         return SchemaError(f"{message.strip()} (run `relaybus db upgrade`)")
     if sqlstate in _PG_FULL_STATES or any(m in message for m in _SQLITE_FULL_MESSAGES):
-        return StoreFull(message.strip())
+        return StoreDiskError(message.strip())
     if sqlstate.startswith("22") or isinstance(error, sa_exc.DataError):
         return UnstorableEvent(message.strip())
     if (

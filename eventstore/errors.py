@@ -10,12 +10,12 @@ at the store's boundary (:func:`eventstore._engine.translate_errors`), with ``ra
      ├── StoreUnavailable        the database cannot be reached, is locked or timed out (transient)
      ├── AppendOnlyViolation     something tried to change or delete a recorded event
      ├── SchemaError             the tables are missing or older than this code (run the migrations)
-     ├── StoreFull               the database's disk is full
+     ├── StoreDiskError          the database cannot write to its disk (full, or failing)
      └── UnstorableEvent         the database refuses a value of the record (an id it cannot hold)
 
 Retry policy: callers retry :class:`StoreUnavailable` with backoff; a :class:`ConcurrencyError`
-means "reload the stream and decide again"; the others are permanent. A full disk is permanent for
-the caller too: retrying would only re-run the work that wants its record written, again and again;
+means "reload the stream and decide again"; the others are permanent. A full or failing disk is
+permanent for the caller too: retrying would only re-run the work that wants its record written, again and again;
 an operator frees space and re-drives what was dead-lettered meanwhile.
 """
 
@@ -59,8 +59,10 @@ class SchemaError(EventStoreError):
     """Raised when the store's tables are missing or not at the migration head."""
 
 
-class StoreFull(EventStoreError):
-    """Raised when the database has no space left (SQLite ``database or disk is full``, PostgreSQL 53100)."""
+class StoreDiskError(EventStoreError):
+    """Raised when the database cannot write to its disk: no space left (SQLite ``database or disk is full``,
+    PostgreSQL 53100 disk_full) or a write that failed (SQLite ``disk I/O error``, which is also what a full
+    disk gives when SQLite cannot grow its WAL index). Permanent for the caller (see the module docstring)."""
 
 
 class UnstorableEvent(EventStoreError):

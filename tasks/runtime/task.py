@@ -33,6 +33,7 @@ from celery._state import get_current_task
 from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from relaybus.eventstore import StoreUnavailable
 from relaybus.eventstore.redaction import Redactor
 from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, RecordFailed, is_transient
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
@@ -243,7 +244,15 @@ class AgentTask(Task):  # type: ignore[misc]
 
         config = runtime_config(self.app)
         hooks = self._points
-        call = Call(self, request, args, kwargs, time.monotonic(), recording.recorder_for(self.app))
+        try:
+            recorder = recording.recorder_for(self.app)
+        except StoreUnavailable as exc:  # the store is away as the process opens it: come back later
+            raise Reject(f"event store unavailable, message requeued: {exc}", requeue=True) from exc
+        except Exception as exc:  # it cannot be opened at all (a full disk): nothing could be recorded
+            call = Call(self, request, args, kwargs, time.monotonic(), recording.NullRecorder())
+            refused = RecordFailed(f"the event log cannot be opened: {type(exc).__name__}: {exc}")
+            return self._give_up(call, refused, "record-failed")
+        call = Call(self, request, args, kwargs, time.monotonic(), recorder)
         for before_call in hooks.before_call:
             before_call(call)
         try:
