@@ -2,13 +2,15 @@
 
 What is checked, per workflow (pipeline or saga; its events share one correlation id):
 
-* **transitions**: every agent task that was sent (``task.sent``) has a terminal event
-  (``task.succeeded`` or ``task.failed``); every ``task.started`` is followed by a terminal event or by
-  a later start (the first run was killed and the message redelivered); a start with neither must come
-  after the task's terminal event: a message redelivered after the task had finished, whose second
-  terminal event has the same id as the first and is therefore not stored twice (counted, not a fault).
-  Orchestration tasks that are not agent tasks (``pipelines.fail``, ``relaybus.saga.*``) record only
-  ``task.sent`` and are left out.
+* **transitions**: every agent task and every relaybus system task that was sent (``task.sent``) has a
+  terminal event (``task.succeeded``, ``task.failed``, ``task.revoked`` or ``task.rejected``, or the
+  ``task.dead_lettered`` of a message the worker's consumer refused); every ``task.started`` is followed
+  by a terminal event or by a later start (the first run was killed and the message redelivered); a start
+  with neither must come after the task's terminal event: a message redelivered after the task had
+  finished, whose second terminal event has the same id as the first and is therefore not stored twice
+  (counted, not a fault).
+  Orchestration tasks (``pipelines.fail``, ``relaybus.saga.*``) record their transitions too since
+  issue 13 (tasks.runtime.system) and are checked like agents.
 * **duplicates**: each logical step ran to success under one task id only. A second task id for the
   same step (a second chain, a second chord, a second writer) means a side effect was applied twice,
   even though each copy recorded itself correctly. Likewise each fact (``draft.written`` for a round,
@@ -27,7 +29,7 @@ from sqlalchemy import text
 
 from relaybus.eventstore import EventStore, RecordedEvent
 
-TERMINAL = ("task.succeeded", "task.failed")
+TERMINAL = ("task.succeeded", "task.failed", "task.revoked", "task.rejected")
 
 #: Steps that run once per pipeline, whatever its input.
 ONCE_PER_PIPELINE = (
@@ -99,7 +101,10 @@ def check_transitions(
         if name not in agent_tasks:
             continue
         findings.tasks_checked += 1
-        terminals = [e.position for e in evs if e.type in TERMINAL]
+        terminals = [
+            e.position for e in evs
+            if e.type in TERMINAL or (e.type == "task.dead_lettered" and e.payload.get("refused_by") == "consumer")
+        ]
         if not terminals:
             findings.missing.append(
                 f"{correlation_id}: {name} {task_id} has no terminal event: {[e.type for e in evs]}"

@@ -39,6 +39,8 @@ class Scale:
     fault_sagas: int
     broker_restarts: int
     deadline_s: float
+    #: Workflows of the mixed edge workload (tests/chaos/test_recording_edges.py).
+    edge_workflows: int
 
 
 SHORT = Scale(
@@ -50,16 +52,18 @@ SHORT = Scale(
     fault_sagas=6,
     broker_restarts=1,
     deadline_s=150,
+    edge_workflows=24,
 )
 LONG_SCALE = Scale(
     "long",
-    kill_pipelines=200,
-    kill_sagas=60,
+    kill_pipelines=300,
+    kill_sagas=100,
     kill_pace_s=0.3,
-    fault_pipelines=80,
-    fault_sagas=20,
+    fault_pipelines=100,
+    fault_sagas=30,
     broker_restarts=3,
-    deadline_s=900,
+    deadline_s=1200,
+    edge_workflows=240,
 )
 
 

@@ -33,6 +33,7 @@ from relaybus.tasks.agents.pipeline_models import ResearchRequest, ReviewPolicy
 from relaybus.tasks.bus.bus import declare_subscriptions, event_queue_name, subscribers
 from relaybus.tasks.pipelines.client import start
 from relaybus.tasks.runtime.context import new_id
+from relaybus.tasks.runtime.system import SystemTask
 from relaybus.tasks.runtime.task import AgentTask
 from relaybus.tasks.saga import saga_status, start_saga
 from tests.chaos.audit import Findings, audit
@@ -120,7 +121,8 @@ class ChaosSystem:
             self.retired.append(worker)
 
     def agent_tasks(self) -> set[str]:
-        return {name for name, task in self.app.tasks.items() if isinstance(task, AgentTask)}
+        """The tasks whose every transition is recorded: agents and relaybus's system tasks."""
+        return {name for name, task in self.app.tasks.items() if isinstance(task, AgentTask | SystemTask)}
 
     def queues(self) -> list[str]:
         ns = self.settings.namespace
