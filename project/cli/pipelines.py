@@ -34,7 +34,8 @@ def run(pipeline: str, input_json: str, priority: str | None, correlation_id: st
     except UnknownPipeline as exc:
         raise click.BadParameter(str(exc), param_hint="PIPELINE") from None
     except InvalidInput as exc:
-        raise click.BadParameter(str(exc), param_hint="--input") from None
+        about_id = any(tuple(e.get("loc", ()))[:1] == ("correlation_id",) for e in exc.errors)
+        raise click.BadParameter(str(exc), param_hint="--correlation-id" if about_id else "--input") from None
     if not wait:
         emit_json({"id": handle.id, "status": handle.status()}) if as_json else click.echo(handle.id)
         return
