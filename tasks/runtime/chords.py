@@ -41,11 +41,17 @@ installs for ``redis://`` URLs, retries the scripts (all idempotent) through the
 ``ensure`` while Redis comes back, and gives a cleanup that still fails up quietly, leaving the keys
 to expire: the callback is out.
 
+**Redis refusing writes** (full with ``noeviction``, read-only): a refused part fails the chord at once
+with the reason ``result-backend-unavailable`` instead of leaving it to wait forever; what else a refused
+write means, and how long finished workflows' keys stay, is in :mod:`tasks.runtime.results`, whose policy
+:class:`RedisBackend` applies.
+
 All of this relies on the Redis backend's key layout (pinned: celery 5.7); a no-op on any other backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from functools import cached_property, partial
@@ -55,8 +61,18 @@ from celery import Celery, states
 from celery.backends.redis import CHORD_CLAIM_EXTEND_LUA, CHORD_CLEANUP_LUA, CHORD_PART_RETURN_LUA
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.canvas import maybe_signature
-from celery.exceptions import ChordError
+from celery.exceptions import BackendStoreError, ChordError
 from celery.utils.log import get_logger
+
+from relaybus.tasks.runtime.results import (
+    PAST_LIMIT_EXPIRES_S,
+    PAST_LIMIT_LUA,
+    TASK_RESULT_EXPIRES_S,
+    expires_for,
+    fail_refused_chord,
+    refused_write,
+    unavailable,
+)
 
 logger = get_logger(__name__)
 
@@ -67,7 +83,8 @@ POLL_S = 0.1
 
 
 class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyped
-    """Celery's Redis result backend, whose chord bookkeeping rides out a Redis restart.
+    """Celery's Redis result backend, whose chord bookkeeping rides out a Redis restart, and which keeps
+    little once a workflow is done and fails workflows instead of hanging them when Redis refuses writes.
 
     Celery runs three Lua scripts per chord member: count the part (and claim the dispatch when it
     is the last), extend the claim before publishing, clean up after publishing. Celery calls each
@@ -75,7 +92,83 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
     here each goes through the backend's own :meth:`ensure` (retried over its connection errors,
     by its retry policy), and a cleanup that still fails is given up quietly: it runs after the
     callback was published, when the chord's outcome is decided.
+
+    Expiries and refused writes follow :mod:`tasks.runtime.results`.
     """
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        # A refused write is an answer, not a lost connection: retrying it for two minutes helps nobody.
+        return not refused_write(exc) and bool(super().exception_safe_to_retry(exc))
+
+    def _store_result(
+        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        # Celery's (5.7), with the expiry chosen by whose state it is and a refused write handled.
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = _text(task_id)
+        if self._get_task_meta_for(task_id)["status"] == states.SUCCESS:
+            return result  # a late duplicate must not overwrite a success
+        own = request is not None
+        key, value = self.get_key_for_task(task_id), self.encode(meta)
+        try:
+            CeleryRedisBackend.set(self, key, value, expires=expires_for(self, state, own=own))
+        except BackendStoreError as ex:
+            raise BackendStoreError(str(ex), state=state, task_id=task_id) from ex
+        except Exception as error:
+            if not refused_write(error):
+                raise
+            if own:
+                logger.warning("task %s: its %s state was not stored, Redis refuses writes: %s", task_id, state, error)
+            else:
+                self._store_past_the_limit(task_id, state, key, value, error)
+        return result
+
+    @cached_property
+    def _past_the_limit_script(self) -> Any:
+        return self.client.register_script(PAST_LIMIT_LUA)
+
+    def _store_past_the_limit(self, task_id: str, state: str, key: Any, value: Any, refused: BaseException) -> None:
+        """A pipeline's outcome or a chord callback's failure, which someone waits on: past the limit."""
+        try:
+            self._past_the_limit_script(keys=[key], args=[value, PAST_LIMIT_EXPIRES_S])
+        except Exception as error:
+            if state == states.SUCCESS:
+                raise unavailable(refused, f"the result of {task_id} (a pipeline's outcome?) was not stored") from error
+            logger.warning("task %s: its %s state was not stored, Redis refuses writes: %s", task_id, state, error)
+            return
+        logger.warning(
+            "task %s: Redis is full; its %s state was stored past the limit for %ss",
+            task_id,
+            state,
+            PAST_LIMIT_EXPIRES_S,
+        )
+
+    def set(self, key: Any, value: Any, expires: int | None = None, **retry_policy: Any) -> Any:
+        try:
+            return super().set(key, value, expires=expires, **retry_policy)
+        except Exception as error:
+            if not refused_write(error):
+                raise
+            # A done-marker or a group's result: a cache whose loss costs a de-duplicated resend at most.
+            logger.warning("%s was not stored, Redis refuses writes: %s", _text(key), error)
+            return None
+
+    def _set_chord_key(self, key: Any, value: Any) -> Any:
+        try:
+            return super()._set_chord_key(key, value)
+        except Exception as error:
+            if not refused_write(error):
+                raise
+            raise unavailable(error, f"a chord cannot start, {_text(key)} was not stored") from error
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, propagate: Any = None, **kwargs: Any) -> Any:
+        try:
+            return super().on_chord_part_return(request, state, result, propagate=propagate, **kwargs)
+        except Exception as error:
+            if not refused_write(error):
+                raise
+            fail_refused_chord(self, request, error)
+            return None
 
     def _ensured(self, lua: str) -> Callable[..., Any]:
         script = self.client.register_script(lua)
@@ -111,12 +204,28 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
             # Celery calls this once the callback is published (a ``finally``), and would turn an
             # exception into a join error: the chord's error path for a callback already sent.
             try:
-                return ensured(keys, args, client)
+                cleaned = ensured(keys, args, client)
             except Exception:
                 logger.warning("chord cleanup of %s failed; its keys are left to expire", keys[0], exc_info=True)
                 return 0
+            if cleaned:
+                # The chord has joined: its registration only guards late copies of its members now.
+                with contextlib.suppress(Exception):
+                    (client or self.client).expire(_sibling(keys[0], ".r"), TASK_RESULT_EXPIRES_S)
+            return cleaned
 
         return cleanup
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _sibling(ckey: Any, suffix: str) -> Any:
+    """The key of the same chord with ``suffix`` instead of ``.c``."""
+    if isinstance(ckey, bytes):
+        return ckey[: -len(b".c")] + suffix.encode()
+    return str(ckey)[: -len(".c")] + suffix
 
 
 def _holds(client: Any, ckey: str, token: Any) -> bool:
