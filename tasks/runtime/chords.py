@@ -106,9 +106,14 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
         # Celery's (5.7), with the expiry chosen by whose state it is and a refused write handled.
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = _text(task_id)
-        if self._get_task_meta_for(task_id)["status"] == states.SUCCESS:
-            return result  # a late duplicate must not overwrite a success
+        if kwargs.get("name"):
+            meta["name"] = kwargs["name"]  # who failed, for the error callbacks (tasks.runtime.results)
         own = request is not None
+        current = self._get_task_meta_for(task_id)["status"]
+        if current == states.SUCCESS:
+            return result  # a late duplicate must not overwrite a success
+        if not own and state == current == states.FAILURE:
+            return result  # a callback failed by id: the first reason stays (Celery stores it again later)
         key, value = self.get_key_for_task(task_id), self.encode(meta)
         try:
             CeleryRedisBackend.set(self, key, value, expires=expires_for(self, state, own=own))

@@ -119,5 +119,6 @@ def fail_refused_chord(backend: Any, request: Any, error: BaseException) -> None
         backend.client.delete(backend.get_key_for_group(gid, ".j"), backend.get_key_for_group(gid, ".d"))
     if callback.id:
         # Stored (past the limit) before the error callbacks are sent, so they read why: Celery stores it after.
-        backend.store_result(callback.id, chord_error, states.FAILURE)
+        # Named after the member, so the reason names the fan-out's step rather than "unknown".
+        backend.store_result(callback.id, chord_error, states.FAILURE, name=getattr(request, "task", None))
     backend.chord_error_from_stack(callback, chord_error)
