@@ -90,13 +90,16 @@ class EventStore:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def append(self, events_: Sequence[NewEvent], *, expected_version: int | None = None) -> list[RecordedEvent]:
+    def append(
+        self, events_: Sequence[NewEvent], *, expected_version: int | None = None, assume_new: bool = True
+    ) -> list[RecordedEvent]:
         """Record ``events_`` in one transaction; returns their records, in the order given.
 
         Events whose ``event_id`` is already stored are not written again: their stored record is
         returned. With ``expected_version`` (all events of one stream), raises
         :class:`ConcurrencyError` unless the stream is at that version; without it, events go to
-        the end of their streams.
+        the end of their streams. ``assume_new=False`` says some of the events are likely stored
+        already: they are looked up first, instead of after a failed insert.
         """
         batch = list(events_)
         if not batch:
@@ -105,10 +108,11 @@ class EventStore:
             raise ValueError("expected_version needs every event to be of one stream")
         prepared = [self._prepare(event) for event in batch]
         with translate_errors():
-            try:
-                return self._append(prepared, expected_version, careful=False)
-            except (sa_exc.IntegrityError, _LookUpStored):
-                pass  # some of these events are stored already (a redelivery): look them up
+            if assume_new:
+                try:
+                    return self._append(prepared, expected_version, careful=False)
+                except (sa_exc.IntegrityError, _LookUpStored):
+                    pass  # some of these events are stored already (a redelivery): look them up
             for attempt in range(self.config.append_retries + 1):
                 try:
                     return self._append(prepared, expected_version, careful=True)

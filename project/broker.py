@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from amqp import spec
+from amqp.exceptions import RecoverableConnectionError
 from kombu.transport import pyamqp
 
 from relaybus.tasks.errors import BrokerUnreachable, PublishTimeout
@@ -82,8 +83,11 @@ def _drop(connection: Any) -> None:
 class Channel(pyamqp.Channel):
     def basic_publish_confirm(self, *args: Any, **kwargs: Any) -> Any:
         connection = self.connection
+        if connection is None:  # the channel was closed under us (the broker restarted): a recoverable error,
+            # which kombu retries on a new connection, as py-amqp's own publish would raise it
+            raise RecoverableConnectionError("connection already closed")
         deadline = _DEADLINE.get()
-        limit = float(connection.publish_timeout)
+        limit = float(getattr(connection, "publish_timeout", DEFAULT_PUBLISH_TIMEOUT_S))
         if deadline is not None:
             limit = min(limit, deadline.remaining())
             if limit <= 0:

@@ -62,7 +62,12 @@ class PipelineHandle:
         if outcome is not None:
             return outcome.status
         started = self.app.backend.get_state(start_task_id(self.id))
-        return "pending" if started == states.PENDING else "running"
+        if started != states.PENDING:
+            return "running"
+        # The start task's state expires from Redis within an hour: the event log knows whether it ran.
+        begun = {"task.started", "task.succeeded"}
+        ran = any(e.type in begun and e.task_id == start_task_id(self.id) for e in self.events())
+        return "running" if ran else "pending"
 
     def wait(self, timeout: float = 60.0, interval: float = 0.05) -> PipelineOutcome:
         """Block until the pipeline ends; raises ``TimeoutError`` after ``timeout`` seconds."""

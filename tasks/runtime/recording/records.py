@@ -23,7 +23,13 @@ from relaybus.eventstore.types import (
     TASK_STARTED,
     TASK_SUCCEEDED,
 )
-from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, REDRIVE_HEADER, id_problem
+from relaybus.tasks.runtime.context import (
+    CAUSATION_HEADER,
+    CORRELATION_HEADER,
+    REDRIVE_HEADER,
+    id_problem,
+    request_headers,
+)
 
 _NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")
 
@@ -47,12 +53,25 @@ def agent_for_task(task_name: str) -> str | None:
 
 
 def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[NewEvent]:
-    """``task.received`` and ``task.started``, and what the agent asks to record with its start."""
+    """``task.received`` and ``task.started``, and what the agent asks to record with its start.
+
+    First comes the task's ``task.sent``, rebuilt from the message under the id its publisher gives it: the
+    publisher writes it once the broker confirmed the message, and a publisher killed in between (a worker
+    publishing the next step of a chain) would leave the task without it. The store keeps whichever copy
+    comes first (the recorder appends these records with ``assume_new=False``)."""
     delivery = _delivery(request)
-    redelivered = bool((request.delivery_info or {}).get("redelivered"))
+    info = request.delivery_info or {}
+    redelivered = bool(info.get("redelivered"))
     now = datetime.now(UTC)
     extra = getattr(getattr(task, "spec", None), "start_records", None)
+    headers = {
+        **request_headers(request), "task": task.name, "id": request.id, "retries": request.retries or 0,
+        "group": getattr(request, "group", None), "eta": getattr(request, "eta", None),
+    }
+    embed = {k: getattr(request, k, None) for k in ("callbacks", "errbacks", "chain", "chord")}
+    sent_again = sent(headers, [list(args), dict(kwargs), embed], info.get("routing_key"), info.get("priority"), host)
     return [
+        *((sent_again,) if sent_again is not None else ()),
         _event(request, task, host, TASK_RECEIVED, event_id(request.id, "received", delivery),
                {"redelivered": redelivered}, occurred_at=now),
         _event(request, task, host, TASK_STARTED, event_id(request.id, "started", delivery),
