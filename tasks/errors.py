@@ -24,7 +24,7 @@ The retry policy is declared here, by class, in one place: the task base retries
      │         └── NoHandler                a subscriber's queue got an event none of its handlers takes
      └── PipelineError                 what a pipeline client sees (tasks.pipelines.client)
           ├── UnknownPipeline          no pipeline has this name
-          ├── PipelineFailure          the pipeline ended failed; ``reason`` says why
+          ├── PipelineFailure          the pipeline ended failed or timed out; ``reason`` says why
           └── PipelineNotFinished      ``result()`` asked of a pipeline still running
 """
 

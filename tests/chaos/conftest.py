@@ -12,7 +12,8 @@ and restarts, a longer timeout, and the ``slow`` marker (``-m "not slow"`` leave
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,10 +125,21 @@ def postgres() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def system(
+def private_system(
     rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path
-) -> Iterator[ChaosSystem]:
-    """Three workers serving every agent, on the private services, with an event log of its own."""
-    settings = chaos_settings(tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url))
-    with chaos_system(settings, tmp_path, workers=3) as running:
-        yield running
+) -> Iterator[Callable[[int], ChaosSystem]]:
+    """Starts ``n`` workers serving every agent on the private services, with an event log of their own;
+    stopped (and their namespace deleted) after the test."""
+    with ExitStack() as stack:
+
+        def start(workers: int) -> ChaosSystem:
+            settings = chaos_settings(tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url))
+            return stack.enter_context(chaos_system(settings, tmp_path, workers=workers))
+
+        yield start
+
+
+@pytest.fixture
+def system(private_system: Callable[[int], ChaosSystem]) -> ChaosSystem:
+    """Three workers serving every agent, on the private services."""
+    return private_system(3)

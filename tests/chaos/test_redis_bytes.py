@@ -13,9 +13,8 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import redis
@@ -24,8 +23,8 @@ from relaybus.tasks.agents.pipeline_models import ResearchRequest
 from relaybus.tasks.pipelines.client import start
 from relaybus.tasks.runtime.context import new_id
 from relaybus.tasks.runtime.results import TASK_RESULT_EXPIRES_S
-from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.chaos.system import ChaosSystem, Workflow, chaos_settings, chaos_system, new_schema, wait_for_ends
+from tests.chaos.services import PrivateRedis
+from tests.chaos.system import ChaosSystem, Workflow, wait_for_ends
 
 PIPELINES = 30
 #: Key kinds by name; chord keys end with their suffix (``.j`` results, ``.s`` size, ``.c`` claim...).
@@ -93,12 +92,8 @@ def usage(client: redis.Redis, n: int, baseline: tuple[int, int], pipeline_ids: 
 
 
 @pytest.fixture
-def one_worker(
-    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path
-) -> Iterator[ChaosSystem]:
-    settings = chaos_settings(tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url))
-    with chaos_system(settings, tmp_path, workers=1) as running:
-        yield running
+def one_worker(private_system: Callable[[int], ChaosSystem]) -> ChaosSystem:
+    return private_system(1)
 
 
 def run_pipelines(system: ChaosSystem, n: int, deadline_s: float = 240) -> list[Workflow]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,8 @@ from relaybus.tasks.agents.pipeline_models import ResearchRequest
 from relaybus.tasks.pipelines.client import start
 from relaybus.tasks.runtime.context import new_id
 from relaybus.tasks.runtime.results import PAST_LIMIT_EXPIRES_S, REFUSED, ResultBackendUnavailable
-from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.chaos.system import ChaosSystem, Workflow, chaos_settings, chaos_system, new_schema, wait_for_ends, why
+from tests.chaos.services import PrivateRedis
+from tests.chaos.system import ChaosSystem, Workflow, wait_for_ends, why
 from tests.harness import make_app, make_settings
 
 #: Room left above what Redis holds once the workers are warm: a few pipelines' worth.
@@ -36,12 +36,8 @@ DEADLINE_S = 150.0
 
 
 @pytest.fixture
-def two_workers(
-    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path
-) -> Iterator[ChaosSystem]:
-    settings = chaos_settings(tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url))
-    with chaos_system(settings, tmp_path, workers=2) as running:
-        yield running
+def two_workers(private_system: Callable[[int], ChaosSystem]) -> ChaosSystem:
+    return private_system(2)
 
 
 @pytest.fixture
