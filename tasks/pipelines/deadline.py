@@ -42,6 +42,7 @@ from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.pipelines.outcomes import log_store
 from relaybus.tasks.pipelines.registry import OUTCOME_KEY, PipelineTimedOut
 from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.system import SystemTask
 
 logger = get_task_logger(__name__)
 
@@ -205,7 +206,7 @@ def _time_out(app: Celery, store: EventStore, item: Overdue, now: datetime) -> b
     return True
 
 
-@shared_task(name=SWEEP_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+@shared_task(name=SWEEP_TASK, bind=True, acks_late=True, base=SystemTask)  # type: ignore[untyped-decorator]
 def sweep(self: Task, horizon_s: float | None = DEFAULT_HORIZON_S) -> dict[str, Any]:
     """Beat's pass (system queue): end the pipelines past their deadline."""
     report = sweep_pipelines(self.app, horizon_s=horizon_s)
