@@ -6,8 +6,10 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
+from amqp.exceptions import ConnectionError as AMQPConnectionError
 from celery import Celery, signals
 from celery.app.amqp import AMQP
+from celery.exceptions import Reject
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from relaybus.broker import publish_deadline, transport_for
@@ -17,6 +19,7 @@ from relaybus.tasks.bus.consumer import EventDelivery
 from relaybus.tasks.errors import BrokerUnreachable, PublishFailed
 from relaybus.tasks.llm import ProviderConfig
 from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
+from relaybus.tasks.runtime.context import continuing
 from relaybus.topology import Topology, agent_of
 
 #: The result backend class for redis:// and rediss:// URLs.
@@ -122,17 +125,25 @@ class PublishingAMQP(AMQP):  # type: ignore[misc]
         def send_task_message(*args: Any, **kwargs: Any) -> Any:
             token = _PUBLISHING_APP.set(app)
             try:
-                with publish_deadline(runtime_config(app).publish_timeout_s):
-                    return send(*args, **kwargs)
-            except BrokerOperationalError as exc:
-                if isinstance(exc, PublishFailed):
-                    raise
-                producer = args[0] if args else kwargs.get("producer")
-                address = getattr(getattr(producer, "connection", None), "host", None) or "the broker"
-                cause = str(exc)
-                if isinstance(exc.__cause__, TimeoutError):  # connected, but no answer to the handshake
-                    cause = f"no answer within the connect timeout ({cause}): is it stopped or overloaded?"
-                raise BrokerUnreachable(str(address), cause) from exc
+                try:
+                    with publish_deadline(runtime_config(app).publish_timeout_s):
+                        return send(*args, **kwargs)
+                except BrokerOperationalError as exc:
+                    if isinstance(exc, PublishFailed):
+                        raise
+                    producer = args[0] if args else kwargs.get("producer")
+                    address = getattr(getattr(producer, "connection", None), "host", None) or "the broker"
+                    cause = str(exc)
+                    if isinstance(exc.__cause__, TimeoutError):  # connected, but no answer to the handshake
+                        cause = f"no answer within the connect timeout ({cause}): is it stopped or overloaded?"
+                    raise BrokerUnreachable(str(address), cause) from exc
+            except (BrokerOperationalError, OSError, AMQPConnectionError) as failed:  # PublishFailed among them
+                if continuing():
+                    # What follows a task that returned (its chain's next step, its callbacks) could not be
+                    # sent: give the task's message back rather than fail a task that did its work.
+                    raise Reject(f"the task's continuation could not be published, message requeued: {failed}",
+                                 requeue=True) from failed
+                raise
             finally:
                 _PUBLISHING_APP.reset(token)
 

@@ -25,7 +25,22 @@ REPLAY_OF_HEADER = "x_replay_of"
 
 _correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
 _causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)
+#: The task (id) whose body returned and whose continuation (chain, callbacks) Celery is publishing.
+_continuing: ContextVar[str | None] = ContextVar("relaybus_continuing", default=None)
 _replay: ContextVar[dict[str, str]] = ContextVar("relaybus_replay", default={})  # noqa: B039 - never mutated
+
+
+def mark_continuing(task_id: str | None) -> None:
+    """The running task's body has returned: what it publishes now is its continuation (see :func:`continuing`)."""
+    _continuing.set(task_id)
+
+
+def continuing() -> bool:
+    """Whether the running task is past its body, its chain's next step or callbacks being published: a
+    publish that fails then gives the task's message back (project.celery) instead of failing a task that
+    did its work (Celery would mark it failed and run its error callbacks)."""
+    marked = _continuing.get()
+    return marked is not None and marked == current_task_id()
 
 
 def new_id() -> str:

@@ -44,6 +44,7 @@ from relaybus.tasks.runtime.context import (
     CORRELATION_HEADER,
     LLM_REPLAY_HEADER,
     id_problems,
+    mark_continuing,
     request_headers,
 )
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Points, points
@@ -282,6 +283,7 @@ class AgentTask(Task):  # type: ignore[misc]
             # The work is done but its record cannot be stored as it is: no ack without a record, so the
             # task is dead-lettered (record-failed) and its workflow takes its failure path.
             return self._give_up(call, refused, "record-failed")
+        mark_continuing(request.id)
         return result
 
     def _give_up(self, call: Call, error: BaseException, reason: str) -> Any:
