@@ -69,7 +69,7 @@ class EventRecorder:
         )
         self.host = socket.gethostname()
         # Start records carry a copy of the task's task.sent, most often stored already: look before writing.
-        self.held = HeldStarts(lambda events: self.store.append(events, assume_new=False))
+        self.held = HeldStarts(self.store.append_new)
 
     def append(self, events: list[NewEvent], task_id: str | None = None) -> None:
         """Append ``events``, preceded by the held-back start records of the running task.
@@ -87,7 +87,10 @@ class EventRecorder:
             delay = STORE_RETRY_FIRST_S
             while True:
                 try:
-                    self.store.append([*held, *events], assume_new=not held)
+                    if held:
+                        self.store.append_new([*held, *events])
+                    else:
+                        self.store.append(events)
                     return
                 except StoreUnavailable as exc:
                     left = deadline - time.monotonic()

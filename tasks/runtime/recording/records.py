@@ -58,7 +58,7 @@ def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[
     First comes the task's ``task.sent``, rebuilt from the message under the id its publisher gives it: the
     publisher writes it once the broker confirmed the message, and a publisher killed in between (a worker
     publishing the next step of a chain) would leave the task without it. The store keeps whichever copy
-    comes first (the recorder appends these records with ``assume_new=False``)."""
+    comes first (the recorder writes these records with ``EventStore.append_new``)."""
     delivery = _delivery(request)
     info = request.delivery_info or {}
     redelivered = bool(info.get("redelivered"))

@@ -237,3 +237,16 @@ def test_a_follower_reading_after_its_last_position_misses_no_event_of_concurren
     everything = [e.position for e in follower.iter_all()]
     assert len(everything) == 4 * 30 * 2
     assert seen == everything  # each once, in order: no event committed below a position already read
+
+
+def test_append_new_writes_only_the_events_not_stored_and_keeps_the_chain(store: EventStore) -> None:
+    stream = f"s-{uuid.uuid4().hex[:8]}"
+    first = store.append([NewEvent(event_id=f"{stream}:sent", stream_id=stream, type="task.sent")])[0]
+    batch = [NewEvent(event_id=f"{stream}:{kind}", stream_id=stream, type=f"task.{kind}")
+             for kind in ("sent", "received", "started", "succeeded")]
+    assert store.append_new(batch) == 3
+    assert store.append_new(batch) == 0  # a second copy of the whole batch writes nothing
+    stored = store.read_stream(stream)
+    assert [e.type for e in stored] == ["task.sent", "task.received", "task.started", "task.succeeded"]
+    assert stored[0] == first and [e.version for e in stored] == [1, 2, 3, 4]
+    assert store.verify().ok
