@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from relaybus.cli.output import EXIT_PROBLEM, console, emit_json
+from relaybus.cli.output import EXIT_PROBLEM, EXIT_UNREACHABLE, console, emit_json, fail
 from relaybus.cli.services import celery_app
 
 
@@ -22,7 +22,7 @@ from relaybus.cli.services import celery_app
 def run(pipeline: str, input_json: str, priority: str | None, correlation_id: str | None, wait: bool,
         timeout: float, as_json: bool) -> None:
     """Start a pipeline (e.g. research) with a JSON input; exit 1 if it fails."""
-    from relaybus.tasks.errors import InvalidInput, UnknownPipeline
+    from relaybus.tasks.errors import InvalidInput, PublishFailed, UnknownPipeline
     from relaybus.tasks.pipelines.client import start
 
     try:
@@ -36,6 +36,8 @@ def run(pipeline: str, input_json: str, priority: str | None, correlation_id: st
     except InvalidInput as exc:
         about_id = any(tuple(e.get("loc", ()))[:1] == ("correlation_id",) for e in exc.errors)
         raise click.BadParameter(str(exc), param_hint="--correlation-id" if about_id else "--input") from None
+    except PublishFailed as exc:  # blocked, stopped or unreachable broker: said after RELAYBUS_PUBLISH_TIMEOUT_S
+        fail(f"the pipeline was not started: {exc}", EXIT_UNREACHABLE, stderr=True)
     if not wait:
         emit_json({"id": handle.id, "status": handle.status()}) if as_json else click.echo(handle.id)
         return

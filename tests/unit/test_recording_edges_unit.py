@@ -107,3 +107,18 @@ def test_a_countdown_past_the_consumer_timeout_is_refused_at_the_caller():
                     shared=False)(_unused)
     with pytest.raises(InvalidInput, match="countdown 80 s is too far"):
         task.apply_async(kwargs={"key": "k"}, countdown=80)
+
+
+def test_relaybus_run_says_the_broker_is_unreachable_and_exits_3(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.chaos.services import free_port
+
+    env = {"RELAYBUS_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}//", "RELAYBUS_PUBLISH_TIMEOUT_S": "2",
+           "RELAYBUS_EVENTSTORE_URL": f"sqlite:///{tmp_path / 'e.sqlite'}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "relaybus.cli", "run", "research", "--input",
+                           '{"request": "How do sagas work?"}'], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "the pipeline was not started: cannot reach the broker" in done.stderr
