@@ -1,9 +1,10 @@
-"""Pipelines from the command line: ``relaybus run``."""
+"""Pipelines from the command line: ``relaybus run`` and ``relaybus pipelines``."""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -52,4 +53,36 @@ def run(pipeline: str, input_json: str, priority: str | None, correlation_id: st
         sys.exit(EXIT_PROBLEM)
 
 
-COMMANDS = (run,)
+@click.command(name="pipelines")
+@click.option("--json", "as_json", is_flag=True)
+def list_pipelines(as_json: bool) -> None:
+    """The pipelines your modules declare (RELAYBUS_EXTRA_MODULES): steps, agents, input and deadline."""
+    from relaybus.tasks.pipelines.registry import declared
+    from relaybus.tasks.runtime.config import runtime_config
+
+    app = celery_app()
+    default_deadline = runtime_config(app).pipeline_deadline_s
+    found: list[dict[str, Any]] = [
+        {
+            "name": p.name,
+            "description": p.description,
+            "input": sorted(p.input_model.model_fields),
+            "agents": p.agents,
+            "steps": p.describe(),
+            "deadline_s": p.deadline_s or default_deadline,
+        }
+        for p in declared(app)
+    ]
+    if as_json:
+        emit_json(found)
+        return
+    for p in found:  # plain lines: a table would cut agent and step names in a narrow terminal
+        click.echo(f"{p['name']}" + (f"  {p['description']}" if p["description"] else ""))
+        click.echo(f"  input: {', '.join(p['input'])}")
+        click.echo(f"  agents: {', '.join(p['agents'])}")
+        click.echo(f"  deadline: {p['deadline_s']:g} s without progress")
+        for line in p["steps"]:
+            click.echo(f"  {line}")
+
+
+COMMANDS = (run, list_pipelines)
