@@ -42,6 +42,7 @@ from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER,
 from relaybus.tasks.runtime.deadletter import dead_letter_message, oversize
 from relaybus.tasks.runtime.recording import recorder_for, records
 from relaybus.tasks.runtime.recording.eventlog import waiting_until
+from relaybus.tasks.runtime.recording.wiring import MAIN_PROCESS_STORE_WAIT_S, record_from_main_process
 from relaybus.tasks.runtime.request import in_workflow_of
 
 logger = get_logger(__name__)
@@ -59,8 +60,6 @@ class RedeliveryLimitExceeded(RuntimeError):
     """A message the broker delivered again more often than ``max_redeliveries``."""
 
 
-#: How long the consumer (the worker's main process) waits for an unavailable event store.
-CONSUMER_STORE_WAIT_S = 5.0
 #: Retries beyond this are not a count Celery or the event log can hold (PostgreSQL's integer).
 MAX_RETRIES_HEADER = 1_000_000
 
@@ -194,10 +193,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             logger.error("dead-lettered a message from %s: %s: %s", queue, reason, error)
 
     def _record(self, events: list[Any]) -> None:
-        recorder = recorder_for(self.app)
-        if recorder.enabled:
-            with waiting_until(time.monotonic() + CONSUMER_STORE_WAIT_S):
-                recorder.append(events, task_id="")
+        record_from_main_process(self.app, events)
 
     def _over_redelivery_limit(self, message: Any) -> bool:
         """Record this redelivery; past the limit, dead-letter the message and fail its task (its error
@@ -212,7 +208,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         queue = str((message.delivery_info or {}).get("routing_key") or "unknown")
         limit = runtime_config(self.app).max_redeliveries
         try:
-            with waiting_until(time.monotonic() + CONSUMER_STORE_WAIT_S):
+            with waiting_until(time.monotonic() + MAIN_PROCESS_STORE_WAIT_S):
                 count = recorder.redeliveries(task_id) + 1
                 recorder.append([records.redelivered(headers, queue, count, socket.gethostname())], task_id="")
         except Exception as exc:  # cannot count now: let it run; the next redelivery counts again

@@ -24,6 +24,7 @@ from celery import Celery
 from celery.utils.log import get_logger
 
 from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import request_headers
 
 logger = get_logger(__name__)
 
@@ -159,6 +160,27 @@ def dead_letter_task(
         original_queue=original_queue,
         priority=priority,
         correlation_id=task_id,  # Celery's convention: the AMQP correlation id is the task id
+    )
+
+
+def dead_letter_call(
+    task: Any, request: Any, args: Any, kwargs: Any, *, reason: str, error: BaseException | None
+) -> str:
+    """:func:`dead_letter_task` for a call of an agent task as its request describes it (the pool child's
+    request, or the worker main process's context of it): its queue, ids, attempts and priority."""
+    info = request.delivery_info or {}
+    return dead_letter_task(
+        task.app,
+        task_name=task.name,
+        task_id=request.id,
+        args=list(args or ()),
+        kwargs=dict(kwargs or {}),
+        request_headers=request_headers(request),
+        original_queue=str(info.get("routing_key") or f"{runtime_config(task.app).namespace}.{task.spec.name}"),
+        reason=reason,
+        error=error,
+        attempts=(request.retries or 0) + 1,
+        priority=info.get("priority"),
     )
 
 

@@ -33,9 +33,8 @@ from celery.utils.log import get_logger
 from relaybus.eventstore import StoreUnavailable
 from relaybus.tasks.errors import RecordFailed
 from relaybus.tasks.runtime.chords import fail_lost_chord, finish_claimed_chord
-from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import request_headers
-from relaybus.tasks.runtime.deadletter import dead_letter_task
+from relaybus.tasks.runtime.deadletter import dead_letter_call
 from relaybus.tasks.runtime.recording.eventlog import STORE_WAIT_UNTIL
 from relaybus.tasks.runtime.settle import SETTLE_HEADER, member_failure
 
@@ -192,21 +191,7 @@ class DeadLetters(Hook):
     """Puts a task that failed for good, with its reason, in the dead-letter queue (tasks.runtime.deadletter)."""
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
-        task, request = call.task, call.request
-        info = request.delivery_info or {}
-        dead_letter_task(
-            task.app,
-            task_name=task.name,
-            task_id=request.id,
-            args=list(call.args),
-            kwargs=call.kwargs,
-            request_headers=request_headers(request),
-            original_queue=str(info.get("routing_key") or f"{runtime_config(task.app).namespace}.{task.spec.name}"),
-            reason=reason,
-            error=error,
-            attempts=request.retries + 1,
-            priority=info.get("priority"),
-        )
+        dead_letter_call(call.task, call.request, call.args, call.kwargs, reason=reason, error=error)
         return NO_RESULT
 
 

@@ -12,14 +12,13 @@ cannot record them, and Celery's ``Request`` handles them in the main process:
 * a **rejection** without requeue (``Reject(requeue=False)`` from the task): recorded as ``task.rejected``.
 
 The main process serves every pool child: it waits for an unavailable event store only briefly
-(:data:`MAIN_PROCESS_STORE_WAIT_S`). If the time-limit record cannot be written, the message is requeued
-instead of acked (the redelivery limit ends a loop, tasks.runtime.consumer).
+(``MAIN_PROCESS_STORE_WAIT_S``, tasks.runtime.recording.wiring). If the time-limit record cannot be
+written, the message is requeued instead of acked (the redelivery limit ends a loop, tasks.runtime.consumer).
 """
 
 from __future__ import annotations
 
 import socket
-import time
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -31,16 +30,13 @@ from celery.worker.state import task_ready
 
 from relaybus.eventstore import NewEvent, StoreUnavailable
 from relaybus.eventstore.types import TASK_REJECTED, TASK_REVOKED
-from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, id_problem, request_headers, workflow_context
-from relaybus.tasks.runtime.deadletter import dead_letter_task
-from relaybus.tasks.runtime.recording import recorder_for, records
-from relaybus.tasks.runtime.recording.eventlog import waiting_until
+from relaybus.tasks.runtime.deadletter import dead_letter_call
+from relaybus.tasks.runtime.recording import records
+from relaybus.tasks.runtime.recording.wiring import record_from_main_process
 
 logger = get_logger(__name__)
 
-#: How long the main process waits for an unavailable event store before it gives up on a record.
-MAIN_PROCESS_STORE_WAIT_S = 5.0
 TIME_LIMIT_REASON = "time-limit"
 
 
@@ -130,31 +126,13 @@ class AgentRequest(Request):  # type: ignore[misc]
     # -- helpers -----------------------------------------------------------------------------------
 
     def _record(self, events: list[NewEvent]) -> None:
-        recorder = recorder_for(self.task.app)
-        if not recorder.enabled:
-            return
-        with waiting_until(time.monotonic() + MAIN_PROCESS_STORE_WAIT_S):
-            recorder.append(events, task_id=self.id)
+        record_from_main_process(self.task.app, events)
 
     def _dead_letter(self, reason: str, error: BaseException) -> None:
-        task = self.task
-        info = self.delivery_info or {}
         try:
-            dead_letter_task(
-                task.app,
-                task_name=task.name,
-                task_id=self.id,
-                args=list(self.args or ()),
-                kwargs=dict(self.kwargs or {}),
-                request_headers=request_headers(self._context),
-                original_queue=str(info.get("routing_key") or f"{runtime_config(task.app).namespace}.{task.spec.name}"),
-                reason=reason,
-                error=error,
-                attempts=(self._context.retries or 0) + 1,
-                priority=info.get("priority"),
-            )
+            dead_letter_call(self.task, self._context, self.args, self.kwargs, reason=reason, error=error)
         except Exception:
-            logger.exception("could not dead-letter %s[%s] (%s)", task.name, self.id, reason)
+            logger.exception("could not dead-letter %s[%s] (%s)", self.task.name, self.id, reason)
 
 
 def in_workflow_of(context: Any, task_id: str) -> AbstractContextManager[str]:

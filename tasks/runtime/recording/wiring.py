@@ -8,6 +8,7 @@ its caller and leaves no record of a task that was never sent.
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -31,6 +32,22 @@ def recorder_for(app: Celery) -> Recorder:
         return _OFF
     recorder: Recorder = resources().get(f"recorder:{config.eventstore_url}", lambda: EventRecorder(config))
     return recorder
+
+
+#: How long the worker's main process (its consumer, its request handlers) waits for an unavailable event
+#: store: it serves every pool process, so briefly.
+MAIN_PROCESS_STORE_WAIT_S = 5.0
+
+
+def record_from_main_process(app: Celery, events: list[NewEvent]) -> None:
+    """Append ``events`` from the worker's main process, waiting for the store at most
+    :data:`MAIN_PROCESS_STORE_WAIT_S` (then ``StoreUnavailable``); nothing when recording is off."""
+    from relaybus.tasks.runtime.recording.eventlog import waiting_until
+
+    recorder = recorder_for(app)
+    if recorder.enabled:
+        with waiting_until(time.monotonic() + MAIN_PROCESS_STORE_WAIT_S):
+            recorder.append(events, task_id="")
 
 
 def on_before_task_publish(
