@@ -1,44 +1,80 @@
-"""Event store throughput: single appends, batched appends, projection rebuild and full replay.
+"""Event store throughput against eventsourcing's recorders, on the same databases, in the same run.
 
-    python -m bench.eventstore_bench [N_EVENTS]
+    python -m bench.eventstore_bench [--quick]
 
-prints events/s on SQLite (a temporary file) and PostgreSQL (a temporary schema in
-``RELAYBUS_TEST_POSTGRES_URL``, default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``).
-Targets (issue #3): >= 20,000 events/s batched, >= 50,000 events/s rebuild / replay, on both.
+Stores measured, each on a fresh database per round (a temporary SQLite file, a throwaway
+PostgreSQL schema in ``RELAYBUS_TEST_POSTGRES_URL``, default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``):
 
-``rebuild`` is the workflow-status projection rebuilt from the log; ``replay`` reads every event in
-full (``iter_all``) and folds it, as a dry run does; ``verify`` recomputes every hash. Each event
-carries a secret to redact, so the append figures include the slow path of redaction.
+- ``relaybus_sqlite`` (``synchronous=NORMAL``, the default) and ``relaybus_sqlite_full``
+  (``synchronous=FULL``, the durability eventsourcing's SQLite recorder runs with);
+- ``eventsourcing_sqlite``: :class:`eventsourcing.sqlite.SQLiteApplicationRecorder`;
+- ``relaybus_postgresql`` and ``eventsourcing_postgresql``
+  (:class:`eventsourcing.postgres.PostgresApplicationRecorder`).
+
+Metrics, in events/s: ``single`` (one event per append), ``batch100`` and ``batch500`` (events of
+several streams per append, as a group commit sends them), ``replay`` (every event read back with
+its payload decoded, in pages). relaybus also gets ``rebuild`` (the workflow-status projection from
+the log) and ``verify`` (every hash recomputed).
+
+Fairness: both sides start from the same Python dicts. eventsourcing is handed each event's payload
+and metadata serialised with ``json.dumps`` inside the timed section (its mapper's least work);
+relaybus redacts (every event carries a secret), bounds, hashes and serialises them. Replay on
+eventsourcing decodes each notification's state with ``json.loads``, as relaybus decodes payloads.
+
+The machine may be shared: rounds are interleaved (round 1 of every store, then round 2...), the
+median of the rounds is kept, and the ratios ``store_vs_eventsourcing_<db>_<metric>`` are what to
+read, not the absolute figures.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
-from relaybus.eventstore import EventStore, NewEvent, fold, open_store
+from relaybus.eventstore import EventStore, NewEvent, StoreConfig, open_store
 
-BATCH = 500
+POSTGRES_URL = os.environ.get("RELAYBUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 AGENTS = ("planner", "researcher", "writer", "critic")
 TYPES = ("task.sent", "task.received", "task.started", "llm.completed", "task.succeeded")
+PER_STREAM = 20
+ROUNDS = 3
+APPEND_METRICS = ("single", "batch100", "batch500")
+METRICS = (*APPEND_METRICS, "replay")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    single: int
+    batch100: int
+    batch500: int
+    replay: int
+
+
+FULL = Sizes(single=1000, batch100=20_000, batch500=50_000, replay=100_000)
+QUICK = Sizes(single=200, batch100=3000, batch500=5000, replay=10_000)
 
 
 def make_events(n: int, *, tag: str) -> list[NewEvent]:
-    """Task-shaped events, 20 per workflow, with a payload of a few hundred bytes."""
+    """Task-shaped events, 20 per stream, with a payload of a few hundred bytes holding a secret."""
     now = datetime.now(UTC)
     events = []
     for i in range(n):
-        workflow = f"{tag}-wf-{i // 20}"
-        task = f"{workflow}-t{(i % 20) // 5}"
+        workflow = f"{tag}-wf-{i // PER_STREAM}"
+        task = f"{workflow}-t{(i % PER_STREAM) // 5}"
         events.append(
             NewEvent(
                 stream_id=workflow,
@@ -61,56 +97,90 @@ def make_events(n: int, *, tag: str) -> list[NewEvent]:
     return events
 
 
-def _rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 1) if seconds > 0 else float("inf")
+def interleave(events: list[NewEvent]) -> list[NewEvent]:
+    """The same events, streams interleaved (each batch spans many streams, in version order per stream)."""
+    streams: dict[str, list[NewEvent]] = {}
+    for event in events:
+        streams.setdefault(event.stream_id, []).append(event)
+    rows = list(streams.values())
+    return [row[i] for i in range(PER_STREAM) for row in rows if i < len(row)]
 
 
-def _timed(action: Callable[[], Any]) -> tuple[Any, float]:
-    result, wall, _ = _timed_cpu(action)
-    return result, wall
+# -- the stores under test ------------------------------------------------------------------------------
 
 
-def _timed_cpu(action: Callable[[], Any]) -> tuple[Any, float, float]:
-    """``(result, wall seconds, CPU seconds of this process)``: on a shared machine the CPU figure
-    shows what the client side costs when the wall figure is inflated by other work."""
-    started, cpu = time.perf_counter(), time.process_time()
-    result = action()
-    return result, time.perf_counter() - started, time.process_time() - cpu
+class Subject(Protocol):
+    """One store on one fresh database."""
+
+    def append(self, batch: list[NewEvent]) -> None: ...
+    def replay(self) -> int: ...
+    def close(self) -> None: ...
 
 
-def measure(store: EventStore, n_events: int, *, tag: str) -> dict[str, float]:
-    n_single = max(1, min(1000, n_events // 10))
-    singles = make_events(n_single, tag=f"{tag}-single")
-    batched = make_events(n_events, tag=f"{tag}-batch")
+class RelaybusSubject:
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
 
-    def append_singles() -> None:
-        for event in singles:
-            store.append([event])
+    def append(self, batch: list[NewEvent]) -> None:
+        self.store.append(batch)
 
-    def append_batches() -> None:
-        for start in range(0, len(batched), BATCH):
-            store.append(batched[start : start + BATCH])
+    def replay(self) -> int:
+        return sum(1 for _ in self.store.iter_all())
 
-    _, single_s = _timed(append_singles)
-    _, batched_s, batched_cpu_s = _timed_cpu(append_batches)
-    total = store.last_position()
-    rebuilt, rebuild_s = _timed(store.projection.rebuild)
-    replayed, replay_s = _timed(lambda: len(fold(store.iter_all())))
-    report, verify_s = _timed(store.verify)
-    assert report.ok and rebuilt >= total and replayed > 0
-    return {
-        "events": float(total),
-        "single_append_eps": _rate(n_single, single_s),
-        "batched_append_eps": _rate(n_events, batched_s),
-        "batched_append_cpu_eps": _rate(n_events, batched_cpu_s),
-        "rebuild_eps": _rate(rebuilt, rebuild_s),
-        "replay_eps": _rate(report.events_checked, replay_s),
-        "verify_eps": _rate(report.events_checked, verify_s),
-    }
+    def rebuild(self) -> int:
+        return int(self.store.projection.rebuild())
+
+    def verify(self) -> int:
+        report = self.store.verify()
+        assert report.ok, report
+        return int(report.events_checked)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class EventsourcingSubject:
+    """An eventsourcing application recorder, fed the same events as ``StoredEvent`` rows."""
+
+    def __init__(self, recorder: Any, close: Callable[[], None]) -> None:
+        from eventsourcing.persistence import StoredEvent
+
+        self.recorder = recorder
+        self._close = close
+        self._stored_event = StoredEvent
+        self._versions: dict[str, int] = {}
+        self._ids: dict[str, uuid.UUID] = {}
+
+    def append(self, batch: list[NewEvent]) -> None:
+        rows = []
+        for event in batch:
+            version = self._versions.get(event.stream_id, 0) + 1
+            self._versions[event.stream_id] = version
+            originator = self._ids.get(event.stream_id)
+            if originator is None:
+                originator = self._ids[event.stream_id] = uuid.uuid5(uuid.NAMESPACE_URL, event.stream_id)
+            state = json.dumps({"payload": event.payload, "metadata": event.metadata}).encode()
+            rows.append(self._stored_event(originator, version, event.type, state))
+        self.recorder.insert_events(rows)
+
+    def replay(self) -> int:
+        count, start = 0, 1
+        while True:
+            page = self.recorder.select_notifications(start, 5000)
+            for notification in page:
+                json.loads(notification.state)
+            count += len(page)
+            if len(page) < 5000:
+                return count
+            start = page[-1].id + 1
+
+    def close(self) -> None:
+        self._close()
 
 
 @contextmanager
-def _temporary_schema(url: str) -> Iterator[str]:
+def temporary_schema(url: str) -> Iterator[str]:
+    """A PostgreSQL schema that exists for the block and is dropped (with everything in it) after."""
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url)
     try:
@@ -123,42 +193,174 @@ def _temporary_schema(url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def run(sqlite_url: str | None, postgres_url: str | None, n_events: int) -> dict[str, dict[str, float]]:
-    """Measure on each database given (use an empty SQLite file; PostgreSQL gets a throwaway schema)."""
-    results: dict[str, dict[str, float]] = {}
-    if sqlite_url:
-        store = open_store(sqlite_url)
-        try:
-            results["sqlite"] = measure(store, n_events, tag=uuid.uuid4().hex[:6])
-        finally:
-            store.close()
-    if postgres_url:
-        with _temporary_schema(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)) as schema:
-            store = open_store(postgres_url, schema=schema, create=True)
-            try:
-                results["postgresql"] = measure(store, n_events, tag=uuid.uuid4().hex[:6])
-            finally:
-                store.close()
-    return results
+def _relaybus_sqlite(synchronous: str) -> Callable[[Path, str | None], Subject]:
+    def build(directory: Path, _schema: str | None) -> Subject:
+        url = f"sqlite:///{directory / f'relaybus-{uuid.uuid4().hex[:6]}.sqlite'}"
+        return RelaybusSubject(open_store(url, config=StoreConfig(sqlite_synchronous=synchronous)))
+
+    return build
+
+
+def _relaybus_postgresql(_directory: Path, schema: str | None) -> Subject:
+    return RelaybusSubject(open_store(POSTGRES_URL, schema=schema, create=True))
+
+
+def _eventsourcing_sqlite(directory: Path, _schema: str | None) -> Subject:
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+    datastore = SQLiteDatastore(str(directory / f"es-{uuid.uuid4().hex[:6]}.sqlite"))
+    recorder = SQLiteApplicationRecorder(datastore)
+    recorder.create_table()
+    return EventsourcingSubject(recorder, datastore.close)
+
+
+def _eventsourcing_postgresql(_directory: Path, schema: str | None) -> Subject:
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+    url = make_url(POSTGRES_URL)
+    datastore = PostgresDatastore(
+        dbname=url.database or "postgres",
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password or "",
+        schema=schema or "",
+    )
+    recorder = PostgresApplicationRecorder(datastore)
+    recorder.create_table()
+    return EventsourcingSubject(recorder, datastore.close)
+
+
+STORES: dict[str, tuple[str, Callable[[Path, str | None], Subject]]] = {
+    # name: (database, factory)
+    "relaybus_sqlite": ("sqlite", _relaybus_sqlite("NORMAL")),
+    "relaybus_sqlite_full": ("sqlite", _relaybus_sqlite("FULL")),
+    "eventsourcing_sqlite": ("sqlite", _eventsourcing_sqlite),
+    "relaybus_postgresql": ("postgresql", _relaybus_postgresql),
+    "eventsourcing_postgresql": ("postgresql", _eventsourcing_postgresql),
+}
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else float("inf")
+
+
+def _timed(action: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = action()
+    return result, time.perf_counter() - started
+
+
+def _append_rate(subject: Subject, events: list[NewEvent], size: int) -> float:
+    batches = [events[i : i + size] for i in range(0, len(events), size)]
+
+    def go() -> None:
+        for batch in batches:
+            subject.append(batch)
+
+    _, seconds = _timed(go)
+    return _rate(len(events), seconds)
+
+
+def one_round(name: str, subject: Subject, sizes: Sizes) -> dict[str, float]:
+    """Every metric of one store on its fresh database; leaves ``sizes.replay`` events in it."""
+    tag = uuid.uuid4().hex[:6]
+    figures = {
+        "single": _append_rate(subject, make_events(sizes.single, tag=f"{tag}s"), 1),
+        "batch100": _append_rate(subject, interleave(make_events(sizes.batch100, tag=f"{tag}h")), 100),
+        "batch500": _append_rate(subject, interleave(make_events(sizes.batch500, tag=f"{tag}f")), 500),
+    }
+    written = sizes.single + sizes.batch100 + sizes.batch500
+    if written < sizes.replay:  # top up, untimed
+        extra = interleave(make_events(sizes.replay - written, tag=f"{tag}r"))
+        for start in range(0, len(extra), 500):
+            subject.append(extra[start : start + 500])
+    count, seconds = _timed(subject.replay)
+    assert count >= sizes.replay, (name, count)
+    figures["replay"] = _rate(count, seconds)
+    if isinstance(subject, RelaybusSubject):
+        for metric, action in (("rebuild", subject.rebuild), ("verify", subject.verify)):
+            done, seconds = _timed(action)
+            figures[metric] = _rate(done, seconds)
+    return figures
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = create_engine(POSTGRES_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:  # no server: the PostgreSQL stores are left out
+        return False
+
+
+def run(quick: bool = False, *, rounds: int = ROUNDS, stores: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every store, ``rounds`` interleaved rounds; medians per store and metric, and the ratios.
+
+    Returns ``{"stores": {store: {metric: events/s}}, "rounds": {store: [per-round figures]},
+    "ratios": {"store_vs_eventsourcing_<db>_<metric>": relaybus / eventsourcing}}``.
+    """
+    sizes = QUICK if quick else FULL
+    chosen = [s for s in (stores or tuple(STORES)) if s in STORES]
+    if not _postgres_available():
+        chosen = [s for s in chosen if STORES[s][0] != "postgresql"]
+    per_round: dict[str, list[dict[str, float]]] = {s: [] for s in chosen}
+    admin_url = POSTGRES_URL
+    with tempfile.TemporaryDirectory(prefix="estore-bench-") as tmp:
+        for _ in range(rounds):
+            for name in chosen:
+                database, factory = STORES[name]
+                with _database(database, admin_url) as schema:
+                    subject = factory(Path(tmp), schema)
+                    try:
+                        per_round[name].append(one_round(name, subject, sizes))
+                    finally:
+                        subject.close()
+    medians = {
+        name: {metric: statistics.median(r[metric] for r in results) for metric in results[0]}
+        for name, results in per_round.items()
+        if results
+    }
+    ratios: dict[str, float] = {}
+    for db in ("sqlite", "postgresql"):
+        ours, theirs = medians.get(f"relaybus_{db}"), medians.get(f"eventsourcing_{db}")
+        if ours and theirs:
+            for metric in METRICS:
+                ratios[f"store_vs_eventsourcing_{db}_{metric}"] = round(ours[metric] / theirs[metric], 3)
+    full, theirs_sqlite = medians.get("relaybus_sqlite_full"), medians.get("eventsourcing_sqlite")
+    if full and theirs_sqlite:
+        for metric in METRICS:
+            ratios[f"store_vs_eventsourcing_sqlite_full_{metric}"] = round(full[metric] / theirs_sqlite[metric], 3)
+    return {"sizes": sizes.__dict__, "rounds": per_round, "stores": medians, "ratios": ratios}
+
+
+@contextmanager
+def _database(database: str, admin_url: str) -> Iterator[str | None]:
+    if database == "postgresql":
+        with temporary_schema(admin_url) as schema:
+            yield schema
+    else:
+        yield None
 
 
 def main(argv: list[str]) -> None:
-    n_events = int(argv[1]) if len(argv) > 1 else 50_000
-    postgres_url = os.environ.get("RELAYBUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    with tempfile.TemporaryDirectory() as directory:
-        results = run(f"sqlite:///{directory}/bench.sqlite", postgres_url, n_events)
-    metrics = [
-        "events",
-        "single_append_eps",
-        "batched_append_eps",
-        "batched_append_cpu_eps",
-        "rebuild_eps",
-        "replay_eps",
-        "verify_eps",
-    ]
-    print(f"{'metric':<22}" + "".join(f"{name:>14}" for name in results))
-    for metric in metrics:
-        print(f"{metric:<22}" + "".join(f"{results[name][metric]:>14,.0f}" for name in results))
+    result = run(quick="--quick" in argv)
+    metrics = sorted({m for figures in result["stores"].values() for m in figures}, key=_metric_order)
+    print(f"{'store':<26}" + "".join(f"{m:>12}" for m in metrics))
+    for name, figures in result["stores"].items():
+        print(f"{name:<26}" + "".join(f"{figures.get(m, 0):>12,.0f}" for m in metrics))
+    for name, ratio in result["ratios"].items():
+        print(f"{name:<48}{ratio:>8.2f}")
+
+
+def _metric_order(metric: str) -> int:
+    order = (*METRICS, "rebuild", "verify")
+    return order.index(metric) if metric in order else len(order)
 
 
 if __name__ == "__main__":

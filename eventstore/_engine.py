@@ -7,6 +7,13 @@ failing when a read transaction tries to upgrade.
 PostgreSQL: ``postgresql://`` means psycopg 3; ``schema=`` puts that schema first on the
 ``search_path`` of every connection.
 
+Stale connections: a pooled PostgreSQL connection is pinged before use only when it sat idle in
+the pool for :data:`PING_AFTER_IDLE_S` or more (a server restart, an idle timeout or a killed
+backend then costs no failed append); a connection handed back a moment ago is used as it is,
+which saves a round trip per append (``pool_pre_ping`` would ping every time). A connection that
+died in that moment fails its statement, which is translated to :class:`StoreUnavailable` (retried
+by callers), and SQLAlchemy then recycles the pool.
+
 Fork safety: a Celery prefork child inherits its parent's pool; sharing those sockets between
 processes corrupts both sides. :class:`ProcessLocalEngine` notices a new pid and drops the inherited
 connections without closing them (closing would also close them for the parent).
@@ -18,6 +25,7 @@ import functools
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,12 +83,32 @@ def make_engine(url: str | URL, *, schema: str | None = None, config: StoreConfi
     # prepare_threshold=None: psycopg would otherwise prepare a statement after five runs, and the
     # generic plan PostgreSQL then settles on for "event_id = ANY($1)" degrades as the table grows.
     connect_args: dict[str, Any] = {"connect_timeout": 10, "options": " ".join(options), "prepare_threshold": None}
-    return create_engine(
-        parsed,
-        connect_args=connect_args,
-        json_serializer=_json_dumps,
-        pool_pre_ping=True,
-    )
+    engine = create_engine(parsed, connect_args=connect_args, json_serializer=_json_dumps)
+    _ping_when_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, for connections idle in the pool for :data:`PING_AFTER_IDLE_S` or more."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return  # new, or handed back a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # any failure means a dead connection
+            raise sa_exc.DisconnectionError(str(error)) from error
+        if not alive:
+            raise sa_exc.DisconnectionError("ping failed")
 
 
 def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:

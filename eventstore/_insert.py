@@ -1,18 +1,25 @@
-"""The append's INSERT, at the driver level: pre-serialised rows, in one driver call.
+"""The append's statements, at the driver level: the lock, heads and positions, then the rows.
 
 Going below SQLAlchemy Core here is deliberate: Core's per-value bind processing and its
 multi-row ``INSERT ... RETURNING`` (which psycopg re-parses for every batch) cost more than the
 database does. Positions are allocated up front instead of returned: the appender holds the write
 lock (``BEGIN IMMEDIATE`` / ``LOCK TABLE``), so nobody else can take positions meanwhile.
+
+On PostgreSQL the lock, the heads the writer does not know and the positions are sent in one
+psycopg pipeline: one round trip, as eventsourcing's recorder pipelines its lock and insert.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
+
+from relaybus.eventstore._heads import PG_HEADS, Head, read_heads
 
 COLUMNS: tuple[str, ...] = (
     "position",
@@ -51,15 +58,56 @@ def insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         assert driver is not None
-        error_class = conn.dialect.loaded_dbapi.Error
-        try:
-            with driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        except error_class as error:  # as SQLAlchemy would have wrapped it (IntegrityError...)
-            raise sa_exc.DBAPIError.instance(_POSTGRES_COPY, None, error, error_class) from error
+        with _wrapped(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
+            for row in rows:
+                copy.write_row(row)
     else:
         conn.exec_driver_sql(_SQLITE_INSERT, rows)
+
+
+@contextmanager
+def _wrapped(conn: Connection, statement: str) -> Iterator[None]:
+    """Driver errors raised as SQLAlchemy would have wrapped them (IntegrityError...), for translate()."""
+    error_class = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except error_class as error:
+        raise sa_exc.DBAPIError.instance(statement, None, error, error_class) from error
+
+
+_PG_LOCK = "LOCK TABLE events IN EXCLUSIVE MODE"
+_PG_POSITIONS = (
+    "SELECT setval(seq, nextval(seq) + %s - 1) FROM (SELECT pg_get_serial_sequence('events', 'position') AS seq) AS s"
+)
+
+
+def start_append(
+    conn: Connection, unknown: set[str], count: int, *, locked: bool = False
+) -> tuple[dict[str, Head], list[int]]:
+    """In the caller's write transaction: take the events lock, read the heads of the ``unknown``
+    streams and draw ``count`` positions. Returns ``(heads read, positions)``.
+
+    PostgreSQL: the events table is locked in EXCLUSIVE mode (reads go on), so positions are
+    handed out in commit order: a follower that has read past position n never sees a later
+    commit appear below n. The three statements go in one pipeline (one round trip); ``locked``:
+    the caller took the lock already. SQLite: the ``BEGIN IMMEDIATE`` of the write transaction is
+    the lock.
+    """
+    if conn.dialect.name != "postgresql":
+        return read_heads(conn, unknown), allocate_positions(conn, count)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with _wrapped(conn, _PG_LOCK):
+        with driver.pipeline():
+            if not locked:
+                driver.execute(_PG_LOCK)
+            heads = driver.execute(PG_HEADS, (sorted(unknown),)) if unknown else None
+            positions = driver.execute(_PG_POSITIONS, (count,))
+        rows = heads.fetchall() if heads is not None else []
+        last_row = positions.fetchone()
+    assert last_row is not None
+    last = int(last_row[0])
+    return {stream: (version, hash_) for stream, version, hash_ in rows}, list(range(last - count + 1, last + 1))
 
 
 def time_binder(dialect: str) -> Any:

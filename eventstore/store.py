@@ -35,7 +35,6 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
-    text,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -43,7 +42,8 @@ from sqlalchemy.engine import URL
 
 from relaybus.eventstore import integrity, queries, replay
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
-from relaybus.eventstore._insert import allocate_positions, insert_rows, time_binder
+from relaybus.eventstore._heads import Head, HeadCache
+from relaybus.eventstore._insert import insert_rows, start_append, time_binder
 from relaybus.eventstore._rows import recorded, select_events, to_events
 from relaybus.eventstore.errors import ConcurrencyError
 from relaybus.eventstore.hashing import event_hash_of_json, format_time
@@ -73,6 +73,7 @@ class EventStore:
         self.config = config or StoreConfig()
         self._engine = ProcessLocalEngine(engine)
         self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask)
+        self._heads = HeadCache()
         self.projection = WorkflowStatusProjection(self._engine)
 
     @property
@@ -126,15 +127,37 @@ class EventStore:
         batch = list(events_)
         if not batch:
             return 0
-        with translate_errors(), self._engine.write(lock_events=True) as conn:
-            taken = _stored_ids(conn, {e.event_id for e in batch})
-            fresh: dict[str, _Prepared] = {}
-            for event in batch:
-                if event.event_id not in taken and event.event_id not in fresh:
-                    fresh[event.event_id] = self._prepare(event)
-            if fresh:
-                heads = _heads(conn, {p.fields["stream_id"] for p in fresh.values()})
-                self._insert(conn, list(fresh.values()), heads)
+        with translate_errors():
+            for attempt in range(self.config.append_retries + 1):
+                try:
+                    return self._append_new(batch, careful=attempt > 0)
+                except sa_exc.IntegrityError:
+                    # A remembered head was stale (another writer appended to the stream): the
+                    # retry reads every head from the log.
+                    if attempt == self.config.append_retries:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _append_new(self, batch: list[NewEvent], *, careful: bool) -> int:
+        streams = {e.stream_id for e in batch}
+        try:
+            with self._engine.write(lock_events=True) as conn:
+                taken = _stored_ids(conn, {e.event_id for e in batch})
+                fresh: dict[str, _Prepared] = {}
+                for event in batch:
+                    if event.event_id not in taken and event.event_id not in fresh:
+                        fresh[event.event_id] = self._prepare(event)
+                if not fresh:
+                    return 0
+                written = {p.fields["stream_id"] for p in fresh.values()}
+                known = {} if careful else self._heads.known(written)
+                read, positions = start_append(conn, written - known.keys(), len(fresh), locked=True)
+                heads = {**known, **read}
+                self._insert(conn, list(fresh.values()), heads, positions)
+        except BaseException:
+            self._heads.forget(streams)
+            raise
+        self._heads.remember({stream: heads[stream] for stream in written})
         return len(fresh)
 
     def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
@@ -157,33 +180,46 @@ class EventStore:
 
     def _append(self, prepared: list[_Prepared], expected_version: int | None, *, careful: bool) -> list[RecordedEvent]:
         """One attempt. ``careful=False`` assumes, as is nearly always true, that none of the events is
-        stored yet and lets the unique constraint on ``event_id`` say otherwise (one query less)."""
-        with self._engine.write(lock_events=True) as conn:
-            stored = _stored(conn, {p.fields["event_id"] for p in prepared}) if careful else {}
-            fresh: dict[str, _Prepared] = {}
-            for p in prepared:
-                if p.fields["event_id"] not in stored:
-                    fresh.setdefault(p.fields["event_id"], p)
-            if fresh:
-                heads = _heads(conn, {p.fields["stream_id"] for p in fresh.values()})
-                if expected_version is not None:
-                    stream = next(iter(fresh.values())).fields["stream_id"]
-                    actual = heads.get(stream, (0, None))[0]
-                    if actual != expected_version:
-                        if not careful:
-                            raise _LookUpStored  # a retry of an append that did happen is no conflict
-                        raise ConcurrencyError(stream, expected_version, actual)
-                stored.update(self._insert(conn, list(fresh.values()), heads))
+        stored yet and that the heads this writer remembers are current, and lets the unique constraints
+        on ``event_id`` and ``(stream_id, version)`` say otherwise (no query but the insert);
+        ``careful=True`` looks the events up and reads every head from the log."""
+        streams = {p.fields["stream_id"] for p in prepared}
+        written: set[str] = set()
+        try:
+            with self._engine.write() as conn:
+                stored = _stored(conn, {p.fields["event_id"] for p in prepared}) if careful else {}
+                fresh: dict[str, _Prepared] = {}
+                for p in prepared:
+                    if p.fields["event_id"] not in stored:
+                        fresh.setdefault(p.fields["event_id"], p)
+                if fresh:
+                    written = {p.fields["stream_id"] for p in fresh.values()}
+                    known = {} if careful else self._heads.known(written)
+                    read, positions = start_append(conn, written - known.keys(), len(fresh))
+                    heads = {**known, **read}
+                    if expected_version is not None:
+                        stream = next(iter(written))
+                        actual = heads.get(stream, (0, None))[0]
+                        if actual != expected_version:
+                            if not careful:
+                                raise _LookUpStored  # a retry of an append that did happen is no conflict
+                            raise ConcurrencyError(stream, expected_version, actual)
+                    stored.update(self._insert(conn, list(fresh.values()), heads, positions))
+        except BaseException:
+            self._heads.forget(streams)  # the commit failed, or may have: the log says
+            raise
+        if written:
+            self._heads.remember({stream: heads[stream] for stream in written})
         return [stored[p.fields["event_id"]] for p in prepared]
 
     def _insert(
-        self, conn: Connection, batch: list[_Prepared], heads: dict[str, tuple[int, str | None]]
+        self, conn: Connection, batch: list[_Prepared], heads: dict[str, Head], positions: list[int]
     ) -> dict[str, RecordedEvent]:
+        """Number, chain and write ``batch``; ``heads`` (updated here) are those of its streams."""
         dialect = conn.dialect.name
         bind_time = time_binder(dialect)
         recorded_at = datetime.now(UTC)
         recorded_at_bound, recorded_at_text = bind_time(recorded_at), format_time(recorded_at)
-        positions = allocate_positions(conn, len(batch))
         params: list[tuple[Any, ...]] = []
         records: dict[str, RecordedEvent] = {}
         for position, p in zip(positions, batch, strict=True):
@@ -356,36 +392,6 @@ def _stored(conn: Connection, event_ids: set[str]) -> dict[str, RecordedEvent]:
     dialect = conn.dialect.name
     query = select_events(dialect).where(_member_of(events.c.event_id, event_ids, dialect))
     return {event.event_id: event for event in to_events(conn.execute(query), dialect)}
-
-
-_PG_HEADS = text(
-    "SELECT s.stream_id, e.version, e.hash FROM unnest(CAST(:streams AS text[])) AS s(stream_id) "
-    "CROSS JOIN LATERAL (SELECT version, hash FROM events WHERE events.stream_id = s.stream_id "
-    "ORDER BY version DESC LIMIT 1) AS e"
-)
-"""One index probe per stream for its last event."""
-
-
-_ONE_HEAD = text("SELECT stream_id, version, hash FROM events WHERE stream_id = :stream ORDER BY version DESC LIMIT 1")
-"""The common case, one stream per append, as one index probe with no SQL to compile."""
-
-
-def _heads(conn: Connection, stream_ids: set[str]) -> dict[str, tuple[int, str | None]]:
-    """Per stream: (current version, hash of the last event); absent streams are left out."""
-    if len(stream_ids) == 1:
-        (stream,) = stream_ids
-        rows = conn.execute(_ONE_HEAD, {"stream": stream})
-    elif conn.dialect.name == "postgresql":
-        rows = conn.execute(_PG_HEADS, {"streams": sorted(stream_ids)})
-    else:
-        # SQLite documents that with max(), the bare columns come from the row holding the max.
-        member = _member_of(events.c.stream_id, stream_ids, "sqlite")
-        rows = conn.execute(
-            select(events.c.stream_id, func.max(events.c.version), events.c.hash)
-            .where(member)
-            .group_by(events.c.stream_id)
-        )
-    return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
 
 
 def open_store(

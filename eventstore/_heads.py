@@ -1,0 +1,86 @@
+"""Stream heads: the (version, hash) of each stream's last event, read from the log or remembered.
+
+An append needs the head of every stream it writes, to number its events and chain their hashes.
+Reading them costs a query per append; :class:`HeadCache` remembers, per writer (one per store
+object, so per process), the heads this writer committed or read, and the database checks them:
+``(stream_id, version)`` is unique, so an append numbered from a stale head (another writer
+appended meanwhile) collides with the event already at that version and is retried with the heads
+read from the log. A head is remembered only after its transaction committed, so the cache is
+never ahead of the log; an older head than the log's is always caught by the constraint.
+
+What the cache assumes: the log is never rewound under a live store (events are append-only; a
+test that drops and recreates the tables must open a new store).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, String, bindparam, func, literal_column, select, text
+from sqlalchemy.sql import Select
+
+from relaybus.eventstore.schema import events
+
+Head = tuple[int, str | None]
+"""(version of the stream's last event, its hash)."""
+
+
+class HeadCache:
+    """The heads this writer knows, bounded (cleared when full: a miss only costs a read)."""
+
+    def __init__(self, max_streams: int = 100_000) -> None:
+        self._heads: dict[str, Head] = {}
+        self._max = max_streams
+        self._lock = threading.Lock()
+
+    def known(self, stream_ids: Iterable[str]) -> dict[str, Head]:
+        heads = self._heads
+        return {s: heads[s] for s in stream_ids if s in heads}
+
+    def remember(self, heads: dict[str, Head]) -> None:
+        """After a commit: ``heads`` are now in the log (or older than what is)."""
+        with self._lock:
+            if len(self._heads) + len(heads) > self._max:
+                self._heads.clear()
+            self._heads.update(heads)
+
+    def forget(self, stream_ids: Iterable[str]) -> None:
+        """After a failed or doubtful commit, or a collision: read these from the log next time."""
+        with self._lock:
+            for stream in stream_ids:
+                self._heads.pop(stream, None)
+
+
+PG_HEADS = (
+    "SELECT s.stream_id, e.version, e.hash FROM unnest(CAST(%s AS text[])) AS s(stream_id) "
+    "CROSS JOIN LATERAL (SELECT version, hash FROM events WHERE events.stream_id = s.stream_id "
+    "ORDER BY version DESC LIMIT 1) AS e"
+)
+"""One index probe per stream for its last event (driver-level SQL, run in the append's pipeline)."""
+
+_ONE_HEAD = text("SELECT stream_id, version, hash FROM events WHERE stream_id = :stream ORDER BY version DESC LIMIT 1")
+"""The common case, one stream per append, as one index probe with no SQL to compile."""
+
+
+def read_heads(conn: Connection, stream_ids: set[str]) -> dict[str, Head]:
+    """Per stream: (current version, hash of the last event) from the log; absent streams are left out."""
+    if not stream_ids:
+        return {}
+    if len(stream_ids) == 1:
+        (stream,) = stream_ids
+        rows = conn.execute(_ONE_HEAD, {"stream": stream})
+    elif conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(PG_HEADS, (sorted(stream_ids),))
+    else:
+        # SQLite documents that with max(), the bare columns come from the row holding the max.
+        members: Select[str] = select(literal_column("value", String())).select_from(
+            func.json_each(bindparam("members", json.dumps(sorted(stream_ids))))
+        )
+        rows = conn.execute(
+            select(events.c.stream_id, func.max(events.c.version), events.c.hash)
+            .where(events.c.stream_id.in_(members))
+            .group_by(events.c.stream_id)
+        )
+    return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
