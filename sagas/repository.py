@@ -11,6 +11,11 @@ Every change goes through one loop (:meth:`SagaRepository._advance`)::
                                                    meanwhile; read it again, decide again
     hand back the RunStep / RunCompensation commands for the caller to dispatch
 
+The first read may be skipped, never the check: a start assumes the stream is empty (a new saga id
+nearly always is) and a step's result may bring the saga its fence read a moment ago. Either guess
+is only the first attempt's version; the append's ``expected_version`` refuses a wrong one, and the
+loop then reads the stream and decides again. One read less per start and per step.
+
 Two deliveries of one result therefore cannot advance a saga twice: the second reads the first's
 events, folds its own result as the duplicate it is, and finds nothing left to decide. A decision
 taken on a stale state is never recorded, so its commands are never dispatched. (Event ids are
@@ -46,7 +51,7 @@ from relaybus.sagas.decide import resume as resume_event
 from relaybus.sagas.decide import start as start_event
 from relaybus.sagas.definition import SagaDefinition, SagaRegistry
 from relaybus.sagas.dispatches import Dispatchable, InFlight, in_flight, still_running, task_id_of
-from relaybus.sagas.errors import SagaNotFound
+from relaybus.sagas.errors import InvalidTransition, SagaNotFound
 from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, from_record, to_record
 from relaybus.sagas.state import SagaState, SagaStatus, evolve, fold
 
@@ -56,6 +61,13 @@ _LIFECYCLE_TYPES = (*sorted(OPEN_TYPES), *TERMINAL_SAGA_STATUS)
 _SAGA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _MAX_DECISION_ROUNDS = 32  # decide -> fold -> decide converges in a few rounds; this only stops a bug looping
 _PAGE = 1000
+
+
+class _Read:
+    """The first attempt of an advance reads the stream (no guess from the caller)."""
+
+
+_READ = _Read()
 
 
 def saga_stream(saga_id: str) -> str:
@@ -189,20 +201,35 @@ class SagaRepository:
             )
         event = start_event(definition, saga_id, input)
         return self._advance(
-            saga_id, lambda _: [event], now=now, definition=definition, correlation_id=correlation_id, redispatch=True
+            saga_id,
+            lambda _: [event],
+            now=now,
+            definition=definition,
+            correlation_id=correlation_id,
+            redispatch=True,
+            first=None,  # assume a new stream: one read less; a taken id is a conflict, then read
         )
 
     def record(
-        self, event: SagaEvent, *, now: datetime, causation_id: str | None = None, redispatch: bool = False
+        self,
+        event: SagaEvent,
+        *,
+        now: datetime,
+        causation_id: str | None = None,
+        redispatch: bool = False,
+        loaded: LoadedSaga | None = None,
     ) -> Decision:
         """Record a task's result (``command.succeeded(...)`` or ``.failed(...)``) and what follows from it.
 
         ``redispatch``: the caller may be a redelivery of a call that crashed after recording and
         before dispatching; if ``event`` is already stored, what it caused and is still running is
         dispatched again (safe: steps and compensations are idempotent under their keys).
+        ``loaded``: the saga as the caller read it moments ago (a step's fence), decided on without
+        reading it again; if it is stale, the append is refused and the loop reads the stream.
         """
+        first = loaded if loaded is not None and loaded.saga_id == event.saga_id else _READ
         return self._advance(
-            event.saga_id, lambda _: [event], now=now, causation_id=causation_id, redispatch=redispatch
+            event.saga_id, lambda _: [event], now=now, causation_id=causation_id, redispatch=redispatch, first=first
         )
 
     def resume(self, saga_id: str, *, now: datetime) -> Decision:
@@ -230,10 +257,16 @@ class SagaRepository:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         redispatch: bool = False,
+        first: LoadedSaga | _Read | None = _READ,
     ) -> Decision:
         conflict: ConcurrencyError | None = None
-        for _ in range(self.max_conflicts):
-            loaded = self.find(saga_id)
+        guess = not isinstance(first, _Read)
+        for attempt in range(self.max_conflicts + guess):
+            # ``first``: the caller's guess at the stream for the first attempt (None: empty). Only an
+            # append checks a guess (its expected_version), so a guess that leads to a refusal, or to
+            # nothing to append, is not trusted: the next attempt reads the stream.
+            guessed = guess and attempt == 0
+            loaded = first if guessed and not isinstance(first, _Read) else self.find(saga_id)
             if loaded is None and definition is None:
                 raise SagaNotFound(saga_id)
             spec = loaded.definition if loaded is not None else definition
@@ -242,10 +275,15 @@ class SagaRepository:
             known = {r.event_id for r in loaded.records} if loaded is not None else set()
             fresh: list[tuple[SagaEvent, str | None]] = []
             observed = list(change(loaded))
-            for event in observed:
-                state = evolve(spec, state, event)  # InvalidTransition: refused, nothing recorded
-                if dedup_key(event) not in known:
-                    fresh.append((event, causation_id))
+            try:
+                for event in observed:
+                    state = evolve(spec, state, event)  # InvalidTransition: refused, nothing recorded
+                    if dedup_key(event) not in known:
+                        fresh.append((event, causation_id))
+            except InvalidTransition:
+                if guessed:
+                    continue
+                raise
             assert state is not None
             trigger = dedup_key(observed[-1]) if observed else None
             commands: list[Dispatchable] = []
@@ -259,6 +297,8 @@ class SagaRepository:
                     if isinstance(command, RunStep | RunCompensation):
                         commands.append(command)
             correlation = loaded.correlation_id if loaded is not None else (correlation_id or saga_id)
+            if guessed and not fresh:
+                continue
             if fresh:
                 try:
                     self._append(fresh, correlation, loaded.version if loaded is not None else 0)

@@ -1,5 +1,9 @@
 """Saga definitions used only by the integration tests. Workers import this module (RELAYBUS_EXTRA_MODULES).
 
+``test_plain_step``: a draft is written, then a step that is a plain agent task (declared with
+``agent``, not ``saga_step``): it does not advance its saga itself, so its dispatch carries the
+orchestration callbacks (``relaybus.saga.step_done`` on the system queue) and the saga moves on through them.
+
 ``test_stalled_step``: a draft is written, then a step on the ``probe`` queue, which no saga test
 worker consumes: its messages are never answered, as if they vanished with a dead worker. Its
 deadline is short and its policy is "retry once, then compensate", so the sweep has work to do.
@@ -8,7 +12,34 @@ deadline is short and its policy is "retry once, then compensate", so the sweep 
 from __future__ import annotations
 
 from relaybus.sagas import SagaDefinition, Step
-from relaybus.tasks.saga import register_saga
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
+from relaybus.tasks.saga import StepCall, register_saga
+
+
+class Echoed(AgentModel):
+    echoed: str
+
+
+@agent("writer", input=StepCall, output=Echoed, task_name="agents.writer.plain_echo")
+def plain_echo(call: StepCall, ctx: AgentContext) -> Echoed:
+    """A saga step as a plain agent task: it receives the saga call and knows nothing of sagas."""
+    return Echoed(echoed=f"{call.saga_id}:{call.step}")
+
+
+PLAIN = register_saga(
+    SagaDefinition(
+        name="test_plain_step",
+        steps=(
+            Step(
+                name="writing",
+                task="agents.writer.saga_draft",
+                compensation="agents.writer.discard_draft",
+                timeout_s=60,
+            ),
+            Step(name="echo", task="agents.writer.plain_echo", timeout_s=60),
+        ),
+    )
+)
 
 STALLED = register_saga(
     SagaDefinition(

@@ -1,20 +1,27 @@
-"""Sending a saga's commands to the agents, each with the callbacks that report its outcome.
+"""Sending a saga's commands to the agents; a task that does not advance the saga itself gets callbacks.
 
 A step ``RunStep(task="agents.writer.saga_draft", ...)`` becomes one message on the writer's queue:
 kwargs = the :class:`~tasks.saga.calls.StepCall`, task id = :func:`sagas.dispatch_id_of` (one per
-command attempt), the saga's correlation id in the headers, and two callbacks on the system queue:
+command attempt), the saga's correlation id in the headers.
+
+A task declared with ``saga_step`` / ``saga_compensation`` advances its saga itself, in the worker that
+ran it, once its own record is written (:mod:`tasks.saga.advance`): its message is the step's only one.
+Any other task a saga names (it is not a saga task in this process's registry) gets two callbacks
+on the system queue, which make the same move one hop later:
 
 * ``link`` -> ``relaybus.saga.step_done(result, ref=...)``, sent by the worker once the step returned;
 * ``link_error`` -> ``relaybus.saga.step_failed(task_id, ref=...)``, sent once the step failed for good
   (after the task base's retries, when it is dead-lettered). A retry is not a failure.
 
-Compensations the same, with ``relaybus.saga.compensation_done`` / ``compensation_failed``. Nothing
-waits on a result: the callback records the outcome and takes the next decision.
+Compensations the same, with ``relaybus.saga.compensation_done`` / ``compensation_failed``. A saga task
+sent by a process that does not know it gets the callbacks too and advances the saga as well: the
+second report of one outcome is recorded as the duplicate it is. Nothing waits on a result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 
@@ -26,7 +33,16 @@ STEP_DONE = "relaybus.saga.step_done"
 STEP_FAILED = "relaybus.saga.step_failed"
 COMPENSATION_DONE = "relaybus.saga.compensation_done"
 COMPENSATION_FAILED = "relaybus.saga.compensation_failed"
+OUTCOME = "relaybus.saga.outcome"
 SWEEP = "relaybus.saga.sweep"
+#: The class attribute of a task that records its own outcome in its saga (tasks.saga.advance.SagaTask).
+ADVANCES_SAGA = "advances_saga"
+
+
+def advances_itself(app: Celery, task_name: str) -> bool:
+    """Whether ``task_name`` is, in this process, a task that advances its saga itself (no callbacks needed)."""
+    task = app.tasks.get(task_name)
+    return bool(getattr(task, ADVANCES_SAGA, False))
 
 
 def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[RunStep | RunCompensation]) -> list[str]:
@@ -38,15 +54,17 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
             call, done, failed = StepCall.of(saga, command), STEP_DONE, STEP_FAILED
         else:
             call, done, failed = CompensationCall.of(saga, command), COMPENSATION_DONE, COMPENSATION_FAILED
-        ref = {"ref": CallRef.of(command).model_dump(mode="json")}
         task_id = dispatch_id_of(command)
+        callbacks: dict[str, Any] = {}
+        if not advances_itself(app, command.task):
+            ref = {"ref": CallRef.of(command).model_dump(mode="json")}
+            callbacks = {"link": app.signature(done, kwargs=ref), "link_error": app.signature(failed, kwargs=ref)}
         app.send_task(
             command.task,
             kwargs=call.model_dump(mode="json"),
             task_id=task_id,
             headers={CORRELATION_HEADER: correlation_id},
-            link=app.signature(done, kwargs=ref),
-            link_error=app.signature(failed, kwargs=ref),
+            **callbacks,
         )
         sent.append(task_id)
     return sent

@@ -1,9 +1,11 @@
 """The saga's orchestration tasks, on the system queue: each records one outcome and takes the next decision.
 
 ``relaybus.saga.step_done`` / ``step_failed`` / ``compensation_done`` / ``compensation_failed`` are the
-callbacks every dispatch links (see :mod:`tasks.saga.dispatch`); ``relaybus.saga.sweep`` is the
-periodic sweep. None of them waits on anything: read the saga, append the outcome and the decision
-under optimistic concurrency, dispatch, return.
+callbacks linked to a dispatch whose task does not advance the saga itself (see :mod:`tasks.saga.dispatch`:
+steps declared with ``saga_step`` do, so they need none); ``relaybus.saga.outcome`` takes the outcome
+such a step could not record itself; ``relaybus.saga.sweep`` is the periodic sweep. None of them waits
+on anything: read the saga, append the outcome and the decision under optimistic concurrency,
+dispatch, return.
 
 Failures: the event store being unreachable, or the saga changing under us more often than the
 repository retries, is retried here with the runtime's backoff. A result that does not fit the saga
@@ -15,35 +17,28 @@ one runs twice and replays its first result.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task, shared_task
 from celery.utils.log import get_task_logger
-from kombu.exceptions import OperationalError as BrokerUnavailable
 from pydantic import JsonValue
 
-from relaybus.eventstore import ConcurrencyError, StoreUnavailable
-from relaybus.sagas import InvalidTransition, SagaNotFound, UnknownEvent, UnknownSaga, dispatch_id
-from relaybus.tasks.errors import TransientError
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.system import SystemTask
 from relaybus.tasks.saga.calls import CallRef
 from relaybus.tasks.saga.dispatch import (
     COMPENSATION_DONE,
     COMPENSATION_FAILED,
+    OUTCOME,
     STEP_DONE,
     STEP_FAILED,
     SWEEP,
-    dispatch_decision,
 )
-from relaybus.tasks.saga.registry import repository
+from relaybus.tasks.saga.outcomes import RETRYABLE, advance_saga
 from relaybus.tasks.saga.sweep import DEFAULT_HORIZON_S, DEFAULT_STUCK_COMPENSATION_S, sweep_sagas
 
 logger = get_task_logger(__name__)
 
-_RETRYABLE = (StoreUnavailable, ConcurrencyError, TransientError, BrokerUnavailable, ConnectionError, TimeoutError)
-_DROPPED = (InvalidTransition, SagaNotFound, UnknownSaga, UnknownEvent)
 _MAX_RETRIES = 12
 _OPTIONS: dict[str, Any] = {
     "bind": True, "acks_late": True, "reject_on_worker_lost": True, "ignore_result": True,
@@ -52,34 +47,14 @@ _OPTIONS: dict[str, Any] = {
 
 
 def report(task: Task, ref: dict[str, Any], ok: bool, data: JsonValue) -> dict[str, Any] | None:
-    """Record a dispatch's outcome, decide, dispatch what follows."""
-    call = CallRef.model_validate(ref)
-    event = call.succeeded(data) if ok else call.failed(data)
+    """Record a dispatch's outcome, decide, dispatch what follows (:func:`~tasks.saga.outcomes.advance_saga`)."""
     request = task.request
     redelivered = bool((request.delivery_info or {}).get("redelivered")) or bool(request.retries)
     try:
-        decision = repository(task.app).record(
-            event,
-            now=datetime.now(UTC),
-            causation_id=dispatch_id(call.saga_id, call.step, call.member, call.kind, call.attempt),
-            redispatch=redelivered,
-        )
-        sent = dispatch_decision(task.app, decision)
-    except _DROPPED as error:
-        logger.error(
-            "saga %s: %s of %s/%s attempt %s dropped: %s",
-            call.saga_id,
-            event.type,
-            call.step,
-            call.member,
-            call.attempt,
-            error,
-        )
-        return None
-    except _RETRYABLE as error:
+        return advance_saga(task.app, CallRef.model_validate(ref), ok, data, redelivered=redelivered)
+    except RETRYABLE as error:
         countdown = runtime_config(task.app).backoff(request.retries)
         raise task.retry(exc=error, countdown=countdown, max_retries=_MAX_RETRIES) from None
-    return {"saga_id": call.saga_id, "status": decision.state.status, "dispatched": sent}
 
 
 def failure_of(task: Task, failed_task_id: str) -> dict[str, Any]:
@@ -116,6 +91,13 @@ def compensation_done(self: Task, result: JsonValue = None, *, ref: dict[str, An
 @shared_task(name=COMPENSATION_FAILED, **_OPTIONS)  # type: ignore[untyped-decorator]
 def compensation_failed(self: Task, failed_task_id: str, *, ref: dict[str, Any]) -> dict[str, Any] | None:
     return report(self, ref, False, failure_of(self, failed_task_id))
+
+
+@shared_task(name=OUTCOME, **_OPTIONS)  # type: ignore[untyped-decorator]
+def outcome(self: Task, *, ref: dict[str, Any], ok: bool, data: JsonValue = None) -> dict[str, Any] | None:
+    """An outcome a self-advancing step could not record itself (the store or broker was away): recorded
+    here, with this task's backoff, instead of running the step again."""
+    return report(self, ref, ok, data)
 
 
 @shared_task(name=SWEEP, bind=True, acks_late=True, base=SystemTask)  # type: ignore[untyped-decorator]

@@ -10,9 +10,10 @@
     def discard_draft(call: CompensationCall, ctx: AgentContext) -> Undone:
         ...  # undo what was written under call.step_idempotency_key, or leave a marker there
 
-Each is an ordinary agent task (``agents.writer.saga_draft``, on the writer's queue), so the task
-base does what it does for every agent: validation, retries of transient errors with backoff,
-dead-lettering with the reason, correlation, recording.
+Each is an agent task (``agents.writer.saga_draft``, on the writer's queue), so the task base does
+what it does for every agent: validation, retries of transient errors with backoff, dead-lettering
+with the reason, correlation, recording. And once its outcome is recorded, it advances its saga
+itself (:mod:`tasks.saga.advance`): records the outcome in the saga, decides, sends the next step.
 
 A step is *fenced*: before it runs, it reads its saga, and if the saga no longer goes forward
 (compensating or ended: the step was redelivered, re-driven from a dead-letter queue, or arrived
@@ -28,8 +29,10 @@ from typing import TypeVar
 from celery import current_app
 from pydantic import BaseModel, ValidationError
 
+from relaybus.sagas import LoadedSaga
 from relaybus.tasks.errors import InvalidInput, PermanentError
-from relaybus.tasks.runtime.task import AgentContext, AgentTask, agent
+from relaybus.tasks.runtime.task import AgentContext, AgentTask
+from relaybus.tasks.saga.advance import remember_fenced, saga_task
 from relaybus.tasks.saga.calls import CompensationCall, StepCall, Undone
 from relaybus.tasks.saga.registry import repository
 
@@ -59,7 +62,7 @@ def saga_step(
     def decorate(fn: Callable[[InputT, StepCall, AgentContext], OutputT]) -> AgentTask:
         def run(call: StepCall, ctx: AgentContext) -> OutputT:
             if fence:
-                check_still_wanted(call)
+                remember_fenced(ctx.task_id, check_still_wanted(call))
             try:
                 data = input.model_validate(call.input)
             except ValidationError as exc:
@@ -68,13 +71,10 @@ def saga_step(
             return fn(data, call, ctx)
 
         run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-        return agent(
-            agent_name,
-            input=StepCall,
-            output=output,
+        return saga_task(
+            agent_name, f"agents.{agent_name}.{action}", "step", input=StepCall, output=output, fn=run,
             max_retries=max_retries,
-            task_name=f"agents.{agent_name}.{action}",
-        )(run)
+        )
 
     return decorate
 
@@ -86,19 +86,16 @@ def saga_compensation(
     and accept that there is nothing to undo (``call.step_outcome == "unknown"``)."""
 
     def decorate(fn: Callable[[CompensationCall, AgentContext], Undone]) -> AgentTask:
-        return agent(
-            agent_name,
-            input=CompensationCall,
-            output=Undone,
-            max_retries=max_retries,
-            task_name=f"agents.{agent_name}.{action}",
-        )(fn)
+        return saga_task(
+            agent_name, f"agents.{agent_name}.{action}", "compensation", input=CompensationCall, output=Undone,
+            fn=fn, max_retries=max_retries,
+        )
 
     return decorate
 
 
-def check_still_wanted(call: StepCall) -> None:
-    """Raise :class:`StaleStep` unless the saga is still running forward."""
+def check_still_wanted(call: StepCall) -> LoadedSaga:
+    """Raise :class:`StaleStep` unless the saga is still running forward; the saga as read."""
     loaded = repository(current_app).find(call.saga_id)
     if loaded is None:
         raise StaleStep(f"no saga {call.saga_id!r}: step {call.step!r} attempt {call.attempt} was not run")
@@ -107,3 +104,4 @@ def check_still_wanted(call: StepCall) -> None:
         raise StaleStep(
             f"saga {call.saga_id!r} is {status}: step {call.step!r} attempt {call.attempt} is stale and was not run"
         )
+    return loaded

@@ -154,6 +154,23 @@ def test_the_content_saga_runs_its_four_steps_and_shows_in_its_workflow_timeline
     assert {"task.sent", "task.started", "task.succeeded"} <= set(types), "the steps' task events share the timeline"
     steps = {e.task_id: e for e in timeline.events if e.type == "saga.step.started"}
     assert set(steps) <= {s.task_id for s in timeline.steps}, "each saga step names the task that ran it"
+    sent = [e.payload["task"] for e in timeline.events if e.type == "task.sent"]
+    assert sorted(set(sent)) == sorted(f"agents.{a}" for a in (
+        "researcher.saga_research", "writer.saga_draft", "reviewer.saga_review", "publisher.saga_publish"
+    )), "one message per step: each step advanced the saga itself, no orchestration callback was sent"
+    assert len(saga_types) == 10, "started, 4 x (step started, step succeeded), completed"
+
+
+def test_a_step_that_is_a_plain_agent_task_advances_the_saga_through_the_orchestration_callbacks(system):
+    saga_id = new_saga_id()
+    notes = {"topic": "Plain steps", "audience": "ops", "notes": ["n"], "sources": []}
+    start_saga("test_plain_step", notes, saga_id=saga_id, app=system.app)
+    view = wait_for_saga(saga_id, 60, app=system.app)
+
+    assert view.status == "completed", view
+    assert view.output == {"echoed": f"{saga_id}:echo"}
+    sent = [e.payload["task"] for e in system.store.by_correlation(view.correlation_id) if e.type == "task.sent"]
+    assert sent == ["agents.writer.saga_draft", "agents.writer.plain_echo", "relaybus.saga.step_done"], sent
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

@@ -1,0 +1,151 @@
+"""Saga steps and compensations that advance their saga themselves: one message per step.
+
+A saga used to move in two hops per step: the step on its agent's queue, then a callback on the system
+queue (``relaybus.saga.step_done``) to record its outcome, decide and send the next step. The second hop
+cost a message, a worker slot, and three records of its own (sent, started, ended) for nothing the
+step's worker could not do: it has the outcome in hand, the saga's stream (its fence read it a moment
+ago) and the broker. So a task declared with ``saga_step`` / ``saga_compensation`` is a
+:class:`SagaTask`, and its :class:`AdvanceSaga` hook makes the saga's move (:func:`~tasks.saga.outcomes.advance_saga`)
+in the worker that ran it:
+
+* after the task's own terminal record (``task.succeeded``, or ``task.failed`` with its dead letter) is
+  written, as the callback came after it: the saga never holds an outcome the task's log lacks;
+* under the same optimistic concurrency on the saga's stream as any move (a guess from the fence is
+  checked by the append's expected version, never trusted);
+* before the message is acknowledged: a worker killed in between gives the message back, the step
+  replays its first result under its key, and the redelivered report sends again what its outcome
+  caused (the saga records nothing twice).
+
+If the move cannot be made now (the event store or the broker away, the saga changing too often), the
+outcome goes to ``relaybus.saga.outcome`` on the system queue, which retries it with backoff, as the
+callback did; if even that cannot be sent, the message goes back to the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, ClassVar, Literal
+
+from celery import shared_task
+from celery.exceptions import Reject
+from celery.utils.log import get_task_logger
+from pydantic import BaseModel, JsonValue
+
+from relaybus.sagas import LoadedSaga
+from relaybus.tasks.errors import AgentError
+from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook
+from relaybus.tasks.runtime.task import AgentContext, AgentSpec, AgentTask
+from relaybus.tasks.saga.calls import CallRef
+from relaybus.tasks.saga.dispatch import OUTCOME
+from relaybus.tasks.saga.outcomes import RETRYABLE, advance_saga
+
+logger = get_task_logger(__name__)
+
+Kind = Literal["step", "compensation"]
+
+#: The saga as the running step's fence read it: (task id, saga), so the move decides on it without a read.
+_FENCED: ContextVar[tuple[str, LoadedSaga] | None] = ContextVar("relaybus_saga_fenced", default=None)
+
+
+def remember_fenced(task_id: str | None, loaded: LoadedSaga) -> None:
+    """Keep what the fence of the running step read, for its move (tasks.saga.steps)."""
+    if task_id:
+        _FENCED.set((task_id, loaded))
+
+
+def _take_fenced(task_id: str | None) -> LoadedSaga | None:
+    fenced = _FENCED.get()
+    _FENCED.set(None)
+    return fenced[1] if fenced is not None and fenced[0] == task_id else None
+
+
+def error_data(task_id: str | None, error: BaseException) -> dict[str, Any]:
+    """What ``saga.step.failed`` / ``saga.compensation.failed`` holds: the failed task and its error."""
+    return {"task_id": task_id, "error_type": type(error).__name__, "error_message": str(error)[:2000]}
+
+
+class AdvanceSaga(Hook):
+    """Makes the saga's move once the task's own terminal record is written (module docstring)."""
+
+    def before_call(self, call: Call) -> None:
+        _FENCED.set(None)
+
+    def on_success(self, call: Call, result: Any) -> None:
+        self._advance(call, True, result)
+
+    def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        self._advance(call, False, error_data(call.request.id, error))
+        return NO_RESULT
+
+    def _advance(self, call: Call, ok: bool, data: JsonValue) -> None:
+        loaded = _take_fenced(call.request.id)
+        ref = _ref_of(call)
+        if ref is None:
+            return  # not called as a saga dispatch (no saga call in its kwargs): nothing to advance
+        request = call.request
+        redelivered = bool((request.delivery_info or {}).get("redelivered")) or bool(request.retries)
+        try:
+            advance_saga(call.task.app, ref, ok, data, redelivered=redelivered, loaded=loaded)
+        except RETRYABLE as error:
+            logger.warning(
+                "saga %s: %s/%s attempt %s could not advance in its worker (%s: %s); handed to %s",
+                ref.saga_id, ref.step, ref.member, ref.attempt, type(error).__name__, error, OUTCOME,
+            )
+            _hand_over(call, ref, ok, data)
+
+
+def _ref_of(call: Call) -> CallRef | None:
+    kwargs = call.kwargs
+    kind: Kind = getattr(call.task, "saga_kind", "step")
+    try:
+        return CallRef(
+            kind=kind,
+            saga_id=kwargs["saga_id"],
+            step=kwargs["step"],
+            member=kwargs["member"],
+            attempt=kwargs["attempt"],
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _hand_over(call: Call, ref: CallRef, ok: bool, data: JsonValue) -> None:
+    """Give the outcome to ``relaybus.saga.outcome`` (retried with backoff on the system queue); if it
+    cannot be sent either, give the message back: the step replays its result and reports again."""
+    app = call.task.app
+    try:
+        app.send_task(OUTCOME, kwargs={"ref": ref.model_dump(mode="json"), "ok": ok, "data": data})
+    except RETRYABLE as error:
+        raise Reject(f"the saga's move could not be made nor handed over, message requeued: {error}",
+                     requeue=True) from error
+
+
+class SagaTask(AgentTask):
+    """An agent task that advances its saga itself (:class:`AdvanceSaga` after the default hooks)."""
+
+    hooks: ClassVar[tuple[Hook, ...]] = (*DEFAULT_HOOKS, AdvanceSaga())
+    advances_saga: ClassVar[bool] = True  # what tasks.saga.dispatch looks for (ADVANCES_SAGA)
+    saga_kind: ClassVar[Kind] = "step"
+
+
+def saga_task(
+    agent_name: str,
+    task_name: str,
+    kind: Kind,
+    *,
+    input: type[BaseModel],
+    output: type[BaseModel],
+    fn: Callable[[Any, AgentContext], Any],
+    max_retries: int | None = None,
+) -> AgentTask:
+    """Register ``fn`` as the :class:`SagaTask` ``task_name`` of the agent ``agent_name``: what
+    :func:`tasks.runtime.task.agent` does, on the saga task base."""
+    spec = AgentSpec(agent_name, input, output, fn, max_retries=max_retries)
+
+    def run(*args: Any, **kwargs: Any) -> Any:  # the body is AgentTask.__call__
+        raise AgentError("AgentTask.__call__ runs agents; run() is never called")
+
+    run.__name__, run.__doc__ = getattr(fn, "__name__", task_name), fn.__doc__
+    task: AgentTask = shared_task(name=task_name, base=SagaTask, spec=spec, bind=False, saga_kind=kind)(run)
+    return task
