@@ -127,6 +127,9 @@ class SagaTask(AgentTask):
     hooks: ClassVar[tuple[Hook, ...]] = (*DEFAULT_HOOKS, AdvanceSaga())
     advances_saga: ClassVar[bool] = True  # what tasks.saga.dispatch looks for (ADVANCES_SAGA)
     saga_kind: ClassVar[Kind] = "step"
+    # Nobody reads a saga task's result from the result backend: its outcome is in the saga's log, and
+    # no callback is linked to it. Storing it (STARTED, then SUCCESS) cost two Redis writes per step.
+    ignore_result = True
 
 
 def saga_task(
