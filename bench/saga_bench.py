@@ -1,49 +1,81 @@
-"""Benchmark: the reference content saga (4 steps) through real workers.
+"""Benchmark: relaybus sagas against celery-saga 0.1.1, the same four no-op steps, interleaved rounds.
 
 ::
 
-    python -m bench.saga_bench [--sagas 50] [--alone 20] [--postgres URL] [--no-record]
+    python -m bench.saga_bench [--sagas 50] [--alone 20] [--rounds 4] [--postgres URL]
 
-needs RabbitMQ and Redis (the ``RELAYBUS_*`` settings), and PostgreSQL with ``--postgres`` (the
-event store and the side-effect tables in a schema of their own; SQLite in a temporary file
-otherwise). It runs in a namespace of its own with two worker processes, the saga agents
-(researcher, writer, reviewer, publisher; concurrency 2) and the system queue (the orchestration
-tasks; concurrency 2), and the offline LLM, so the figures measure relaybus, not a model.
+Four variants, each with one prefork worker of concurrency 4 on the same RabbitMQ, measured round by
+round in a rotating order so that the load of the shared machine falls on all of them alike:
 
-* **alone**: sagas one after another. Success: ``saga.started`` to ``saga.completed``. Compensation
-  (publishing fails, so the review is cancelled and the draft discarded): from the moment the
-  publisher raised (its fault row) to ``saga.compensated``, and the whole saga.
-* **under load**: ``n`` sagas started at once; sagas per second from the first start to the last end.
+* **relaybus, SQLite log** and **relaybus, PostgreSQL log** (a schema of its own): the saga
+  ``bench_noop_saga`` of :mod:`bench.saga_steps`, in a namespace of its own; the worker consumes the
+  steps' queue and the system queue;
+* **celery-saga, defaults** and **celery-saga, matched** (:mod:`bench.saga_peer`): its own queue and
+  Redis prefix; *matched* gives it relaybus's delivery guarantees (late ack, prefetch 1, persistent
+  messages, publisher confirms). Its worker and client run in processes that never import relaybus.
 
-Times come from the event log's ``occurred_at`` and the fault table, all written on this machine.
+Per variant and round: **under load**, ``n`` sagas started back to back (``starts_per_s`` is the
+client's rate) and sagas per second from the first start to the last end; **alone**, sagas one after
+another, p50/p95 of their duration. Both for the success path and for the failure path (the last step
+fails for good; the three before it are compensated, last first), where ``failure_to_compensated`` runs
+from the failed step's end to the saga's compensated end. Times come from each system's own record
+(relaybus: the event log's ``occurred_at``; celery-saga: its state document's timestamps). The figures
+are medians over rounds; ``saga_vs_celery_saga_<metric>`` is relaybus / celery-saga (rates: higher is
+better; times: lower is better), against *matched* and against *defaults*.
+
+relaybus's run also says where a saga's time goes (``breakdown``, from the log of the alone sagas)
+and how many events and messages one saga costs. Everything made (queues, exchanges, Redis keys, the
+PostgreSQL schema) is deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Celery
-from pydantic import JsonValue
+from kombu import Connection, Exchange, Queue
 from sqlalchemy import create_engine, text
 
-from bench.common import delete_namespace
+from bench.saga_steps import AGENT, NAME
 from relaybus.celery import create_app, topology_of
-from relaybus.eventstore import open_store
-from relaybus.sagas import SagaView
+from relaybus.eventstore import EventStore, RecordedEvent, open_store
+from relaybus.sagas import saga_stream
 from relaybus.settings import Settings, get_settings
-from relaybus.tasks.agents.content_store import engine_for, saga_runs, set_fault
-from relaybus.tasks.saga import start_saga, wait_for_saga
+from relaybus.tasks.saga import repository, start_saga
 from relaybus.workers import WorkerProcess, worker_argv
 
 ROOT = Path(__file__).resolve().parents[1]
-AGENTS = ["researcher", "writer", "reviewer", "publisher"]
-BRIEF: dict[str, JsonValue] = {"topic": "How do sagas compensate on Celery?"}
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+VARIANTS = ("relaybus_sqlite", "relaybus_postgresql", "celery_saga_defaults", "celery_saga_matched")
+ENDS = ("saga.completed", "saga.compensated", "saga.compensation_failed")
+#: The figures compared, and whether more is better.
+METRICS: dict[str, bool] = {
+    "success_sagas_per_s": True,
+    "success_p50_ms": False,
+    "success_p95_ms": False,
+    "failure_sagas_per_s": True,
+    "failure_p50_ms": False,
+    "failure_p95_ms": False,
+    "failure_to_compensated_p50_ms": False,
+    "failure_to_compensated_p95_ms": False,
+    "starts_per_s": True,
+}
+CONCURRENCY = 4
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,193 +87,386 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _consumers(app: Celery, queue: str) -> int:
-    with app.connection_for_read() as conn:
+def _ms(start: datetime, end: datetime) -> float:
+    return (end - start).total_seconds() * 1000
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _consumers(broker_url: str, queue: str) -> int:
+    with Connection(broker_url) as conn:
         try:
             return int(conn.default_channel.queue_declare(queue=queue, passive=True)[2])
         except Exception:
             return 0
 
 
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+# -- relaybus ----------------------------------------------------------------------------------------
 
 
-def _start(app: Celery, engine: Any, *, fail: bool) -> str:
-    saga_id = f"b-{uuid.uuid4().hex[:16]}"
-    if fail:
-        set_fault(engine, "step:publishing", saga_id=saga_id, error="permanent")
-    start_saga("content_creation", BRIEF, saga_id=saga_id, app=app)
-    return saga_id
+@dataclass
+class Relaybus:
+    """One relaybus variant: its app (namespace), event store and worker."""
 
+    name: str
+    app: Celery
+    store: EventStore
+    worker: WorkerProcess
 
-def _failed_at(engine: Any, saga_id: str) -> datetime:
-    (row,) = [r for r in saga_runs(engine, saga_id) if r["name"] == "step:publishing" and r["outcome"] == "fault"]
-    at: datetime = row["at"]
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite keeps UTC without the zone
+    def start(self, fail: bool) -> str:
+        return start_saga(NAME, {"n": 1, "fail": fail}, app=self.app)
 
+    def ended(self, ids: list[str], after: int, timeout: float, interval: float) -> None:
+        """Wait until every saga of ``ids`` has ended: two queries per poll, whatever the number of sagas."""
+        want = {saga_stream(i) for i in ids}
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while True:
+            for type_ in ENDS:
+                seen.update(r.stream_id for r in self.store.find(type=type_, after_position=after, limit=10_000))
+            if want <= seen:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(want - seen)} relaybus sagas did not end in {timeout}s ({self.name})")
+            time.sleep(interval)
 
-def _ms(start: datetime, end: datetime | None) -> float:
-    assert end is not None
-    return (end - start).total_seconds() * 1000
+    def records(self, saga_id: str) -> list[RecordedEvent]:
+        return self.store.read_stream(saga_stream(saga_id))
 
-
-def _alone(app: Celery, engine: Any, count: int, *, fail: bool) -> dict[str, float]:
-    totals, recoveries = [], []
-    for _ in range(count):
-        view = wait_for_saga(_start(app, engine, fail=fail), 60, interval=0.005, app=app)
-        assert view.status == ("compensated" if fail else "completed"), view.status
-        totals.append(_ms(view.started_at, view.ended_at))
+    def times(self, saga_id: str, fail: bool) -> tuple[datetime, datetime, float | None]:
+        records = self.records(saga_id)
+        end = records[-1]
+        want = "saga.compensated" if fail else "saga.completed"
+        if end.type != want:
+            raise AssertionError(f"relaybus saga {saga_id} ended {end.type}, expected {want}")
+        recovery = None
         if fail:
-            recoveries.append(_ms(_failed_at(engine, view.saga_id), view.ended_at))
-    figures = {"saga_p50_ms": percentile(totals, 50), "saga_p95_ms": percentile(totals, 95)}
-    if fail:
-        figures |= {
-            "failure_to_compensated_p50_ms": percentile(recoveries, 50),
-            "failure_to_compensated_p95_ms": percentile(recoveries, 95),
+            (failed,) = [r for r in records if r.type == "saga.step.failed"]
+            recovery = _ms(failed.occurred_at, end.occurred_at)
+        return records[0].occurred_at, end.occurred_at, recovery
+
+    def alone(self, count: int, *, fail: bool) -> dict[str, Any]:
+        totals, recoveries, ids = [], [], []
+        for _ in range(count):
+            after = self.store.last_position()
+            saga_id = self.start(fail)
+            self.ended([saga_id], after, 60, 0.002)
+            began, end, recovery = self.times(saga_id, fail)
+            totals.append(_ms(began, end))
+            ids.append(saga_id)
+            if recovery is not None:
+                recoveries.append(recovery)
+        figures: dict[str, Any] = {"p50_ms": percentile(totals, 50), "p95_ms": percentile(totals, 95)}
+        if fail:
+            figures |= {
+                "failure_to_compensated_p50_ms": percentile(recoveries, 50),
+                "failure_to_compensated_p95_ms": percentile(recoveries, 95),
+            }
+        figures["_ids"] = ids
+        return figures
+
+    def loaded(self, n: int, *, fail: bool) -> dict[str, Any]:
+        after = self.store.last_position()
+        began = time.perf_counter()
+        ids = [self.start(fail) for _ in range(n)]
+        starting = time.perf_counter() - began
+        self.ended(ids, after, 300, 0.02)
+        spans = [self.times(i, fail) for i in ids]
+        first = min(s[0] for s in spans)
+        last = max(s[1] for s in spans)
+        return {
+            "sagas": n,
+            "sagas_per_s": n / (last - first).total_seconds(),
+            "starts_per_s": n / starting,
+            "loaded_p50_ms": statistics.median(_ms(s[0], s[1]) for s in spans),
         }
-    return figures
+
+    def round(self, n: int, count: int) -> dict[str, Any]:
+        return {
+            "success": self.loaded(n, fail=False) | self.alone(count, fail=False),
+            "compensation": self.loaded(n, fail=True) | self.alone(count, fail=True),
+        }
+
+    def cost(self, saga_id: str) -> dict[str, int]:
+        """What one saga wrote and sent: events in its correlation (saga and task records), messages."""
+        events = self.store.by_correlation(saga_id)
+        return {
+            "events": len(events),
+            "saga_events": sum(e.type.startswith("saga.") for e in events),
+            "messages": sum(e.type == "task.sent" for e in events),
+        }
+
+    def breakdown(self, saga_ids: list[str]) -> dict[str, float]:
+        """Where a step's time goes, mean ms per step over ``saga_ids``: from ``saga.step.started`` (the
+        decision that sent it) to the step's ``task.started`` (publish, queue, delivery), to its
+        ``task.succeeded`` (fence and run), to the saga's ``saga.step.succeeded`` (recording the outcome,
+        deciding, and before that the callback's hop when there was one)."""
+        to_start, run, advance, whole = [], [], [], []
+        for saga_id in saga_ids:
+            events = self.store.by_correlation(saga_id)
+            by_task: dict[tuple[str | None, str], datetime] = {(e.task_id, e.type): e.occurred_at for e in events}
+            for started in (e for e in events if e.type == "saga.step.started"):
+                done = next(
+                    (e for e in events if e.type == "saga.step.succeeded" and e.task_id == started.task_id), None
+                )
+                task_started = by_task.get((started.task_id, "task.started"))
+                task_done = by_task.get((started.task_id, "task.succeeded"))
+                if done is None or task_started is None or task_done is None:
+                    continue
+                to_start.append(_ms(started.occurred_at, task_started))
+                run.append(_ms(task_started, task_done))
+                advance.append(_ms(task_done, done.occurred_at))
+                whole.append(_ms(started.occurred_at, done.occurred_at))
+        mean = statistics.fmean
+        return {
+            "step_ms": mean(whole),
+            "sent_to_started_ms": mean(to_start),
+            "started_to_succeeded_ms": mean(run),
+            "succeeded_to_saga_advanced_ms": mean(advance),
+            "steps": len(whole),
+        }
 
 
-def _loaded(app: Celery, engine: Any, n: int, *, fail: bool) -> dict[str, float]:
-    ids = [_start(app, engine, fail=fail) for _ in range(n)]
-    views: list[SagaView] = [wait_for_saga(i, 300, interval=0.02, app=app) for i in ids]
-    assert all(v.status == ("compensated" if fail else "completed") for v in views)
-    first = min(v.started_at for v in views)
-    last = max(v.ended_at for v in views if v.ended_at is not None)
-    figures = {
-        "sagas": n,
-        "sagas_per_s": n / (last - first).total_seconds(),
-        "loaded_saga_p50_ms": percentile([_ms(v.started_at, v.ended_at) for v in views], 50),
-        "loaded_saga_p95_ms": percentile([_ms(v.started_at, v.ended_at) for v in views], 95),
+def _relaybus_settings(base: Settings, url: str) -> Settings:
+    return base.model_copy(
+        update={
+            "namespace": f"bsaga{uuid.uuid4().hex[:8]}",
+            "eventstore_url": url,
+            "record_events": True,
+            "llm_provider": "offline",
+            "extra_modules": (*base.extra_modules, "bench.saga_steps"),
+            "extra_agents": (*base.extra_agents, AGENT),
+        }
+    )
+
+
+@contextmanager
+def relaybus_variant(name: str, base: Settings, workdir: Path, postgres: str | None) -> Iterator[Relaybus]:
+    schema = f"bench_saga_{uuid.uuid4().hex[:8]}" if postgres else None
+    admin = create_engine(postgres) if postgres else None
+    with ExitStack() as undo:
+        if postgres and schema and admin is not None:
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+            def drop() -> None:
+                assert admin is not None
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+                admin.dispose()
+
+            undo.callback(drop)
+            open_store(postgres, schema=schema, create=True).close()
+            url = f"{postgres}?options=-csearch_path%3D{schema}"
+        else:
+            url = f"sqlite:///{workdir / f'{name}.sqlite'}"
+        settings = _relaybus_settings(base, url)
+        app = create_app(settings)
+        app.loader.import_default_modules()
+        topology = topology_of(app)
+        with app.connection_for_write() as conn:
+            topology.declare(conn)
+
+        def delete_namespace() -> None:
+            with app.connection_for_write() as conn:
+                topology.delete(conn)
+
+        undo.callback(delete_namespace)
+        argv = worker_argv(topology, [AGENT, "system"], concurrency=CONCURRENCY, hostname=f"{name}@%h",
+                           loglevel="WARNING")
+        worker = WorkerProcess([*argv, "--without-mingle", "--without-gossip"], settings,
+                               workdir / f"{name}.log", cwd=ROOT)
+        undo.callback(worker.stop)
+        for agent in (AGENT, "system"):
+            queue = topology.queue_name(agent)
+            _wait(lambda q=queue: _consumers(settings.broker_url, q) > 0, 60, f"a consumer on {queue}")
+        store = repository(app).store
+        yield Relaybus(name, app, store, worker)
+
+
+# -- celery-saga -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    """One celery-saga variant: its environment (queue, Redis prefix, delivery options) and worker."""
+
+    name: str
+    env: dict[str, str]
+
+    def round(self, n: int, count: int) -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.saga_peer", "drive", "--sagas", str(n), "--alone", str(count)],
+            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=900,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"celery-saga ({self.name}) failed:\n{done.stderr[-4000:]}")
+        figures: dict[str, Any] = json.loads(done.stdout)
+        return figures
+
+
+@contextmanager
+def peer_variant(name: str, matched: bool, settings: Settings, workdir: Path) -> Iterator[Peer]:
+    tag = f"csaga{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CSAGA_QUEUE": tag,
+        "CSAGA_PREFIX": f"{tag}:",
+        "CSAGA_MATCHED": "1" if matched else "0",
+        "CSAGA_BROKER": settings.broker_url,
+        "CSAGA_REDIS": settings.result_backend,
     }
-    if fail:
-        recoveries = [_ms(_failed_at(engine, v.saga_id), v.ended_at) for v in views]
-        figures |= {
-            "loaded_failure_to_compensated_p50_ms": percentile(recoveries, 50),
-            "loaded_failure_to_compensated_p95_ms": percentile(recoveries, 95),
-        }
-    return figures
+    argv = [sys.executable, "-m", "celery", "-A", "bench.saga_peer", "worker", "-Q", tag, "-c", str(CONCURRENCY),
+            "-P", "prefork", "-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat",
+            "-n", f"{tag}@%h"]
+    log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: _consumers(settings.broker_url, tag) > 0, 60, f"a consumer on {tag}")
+        yield Peer(name, env)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(20)
+        log.close()
+        with Connection(settings.broker_url) as conn:
+            channel = conn.default_channel
+            Queue(tag, Exchange(tag), tag, channel=channel).delete()
+            Exchange(tag, channel=channel).delete()
+        client = redis.Redis.from_url(settings.result_backend)
+        keys = list(client.scan_iter(match=f"{tag}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+        client.close()
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def _flat(r: dict[str, Any]) -> dict[str, float]:
+    s, c = r["success"], r["compensation"]
+    return {
+        "success_sagas_per_s": s["sagas_per_s"],
+        "success_p50_ms": s["p50_ms"],
+        "success_p95_ms": s["p95_ms"],
+        "failure_sagas_per_s": c["sagas_per_s"],
+        "failure_p50_ms": c["p50_ms"],
+        "failure_p95_ms": c["p95_ms"],
+        "failure_to_compensated_p50_ms": c["failure_to_compensated_p50_ms"],
+        "failure_to_compensated_p95_ms": c["failure_to_compensated_p95_ms"],
+        "starts_per_s": statistics.fmean([s["starts_per_s"], c["starts_per_s"]]),
+    }
+
+
+def ratios(ours: dict[str, float], peer: dict[str, float]) -> dict[str, float]:
+    """``saga_vs_celery_saga_<metric>``: relaybus / celery-saga."""
+    return {f"saga_vs_celery_saga_{m}": ours[m] / peer[m] for m in METRICS if peer.get(m)}
 
 
 def run(
     n: int = 50,
     *,
     alone: int = 20,
-    postgres: str | None = None,
-    record_events: bool = True,
+    rounds: int = 4,
+    postgres: str | None = PG_URL,
     base: Settings | None = None,
 ) -> dict[str, Any]:
-    """Start workers in a fresh namespace (and schema), measure, stop them; returns the figures."""
+    """Start the four variants, measure ``rounds`` interleaved rounds, stop and clean up; the figures."""
+    base = base or get_settings()
     workdir = Path(tempfile.mkdtemp(prefix="relaybus-saga-bench-"))
-    schema = f"bench_{uuid.uuid4().hex[:8]}" if postgres else None
-    if postgres and schema:
-        admin = create_engine(postgres)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        open_store(postgres, schema=schema, create=True).close()
-        url = f"{postgres}?options=-csearch_path%3D{schema}"
-    else:
-        url = f"sqlite:///{workdir / 'events.sqlite'}"
-    settings = (base or get_settings()).model_copy(
-        update={
-            "namespace": f"bench{uuid.uuid4().hex[:8]}",
-            "eventstore_url": url,
-            "record_events": record_events,
-            "llm_provider": "offline",
+    per_round: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    with ExitStack() as stack:
+        variants: dict[str, Relaybus | Peer] = {
+            "relaybus_sqlite": stack.enter_context(relaybus_variant("relaybus_sqlite", base, workdir, None)),
+            "celery_saga_defaults": stack.enter_context(peer_variant("celery_saga_defaults", False, base, workdir)),
+            "celery_saga_matched": stack.enter_context(peer_variant("celery_saga_matched", True, base, workdir)),
         }
-    )
-    app = create_app(settings)
-    app.loader.import_default_modules()
-    app.set_current()
-    topology = topology_of(app)
-    with app.connection_for_write() as conn:
-        topology.declare(conn)
-    workers = [
-        WorkerProcess(
-            worker_argv(topology, agents, concurrency=2, hostname=f"{name}@%h", loglevel="WARNING"),
-            settings,
-            workdir / f"{name}.log",
-            cwd=ROOT,
-        )
-        for name, agents in (("agents", AGENTS), ("system", ["system"]))
-    ]
-    engine = engine_for(url)
-    try:
-        for agent in [*AGENTS, "system"]:
-            queue = topology.queue_name(agent)
-            _wait(lambda q=queue: _consumers(app, q) > 0, 60, f"a consumer on {queue}")
-        for fail in (False, True):  # warm up: imports, connections, tables
-            _alone(app, engine, 3, fail=fail)
-        figures: dict[str, Any] = {"store": "postgresql" if postgres else "sqlite", "record_events": record_events}
-        figures["success"] = _alone(app, engine, alone, fail=False) | _loaded(app, engine, n, fail=False)
-        figures["compensation"] = _alone(app, engine, alone, fail=True) | _loaded(app, engine, n, fail=True)
-        return figures
-    finally:
-        for worker in workers:
-            worker.stop()
-        delete_namespace(app)
-        engine.dispose()
-        if postgres and schema:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            admin.dispose()
+        if postgres:
+            variants["relaybus_postgresql"] = stack.enter_context(
+                relaybus_variant("relaybus_postgresql", base, workdir, postgres)
+            )
+        names = [v for v in VARIANTS if v in variants]
+        for name in names:  # warm up: imports, connections, tables; not counted
+            variants[name].round(3, 2)
+        last: dict[str, dict[str, Any]] = {}
+        for index in range(rounds):
+            order = names[index % len(names) :] + names[: index % len(names)]
+            for name in order:
+                result = variants[name].round(n, alone)
+                per_round[name].append(_flat(result))
+                last[name] = result
+        extra: dict[str, Any] = {}
+        for name in names:
+            variant = variants[name]
+            if isinstance(variant, Relaybus):
+                ok_ids, fail_ids = last[name]["success"]["_ids"], last[name]["compensation"]["_ids"]
+                extra[name] = {
+                    "success_cost": variant.cost(ok_ids[0]),
+                    "failure_cost": variant.cost(fail_ids[0]),
+                    "breakdown": variant.breakdown(ok_ids),
+                }
+    figures = {
+        name: {m: statistics.median(r[m] for r in rounds_) for m in METRICS}
+        for name, rounds_ in per_round.items()
+        if rounds_
+    }
+    compared: dict[str, dict[str, dict[str, float]]] = {}
+    for ours in ("relaybus_sqlite", "relaybus_postgresql"):
+        if ours in figures:
+            compared[ours] = {
+                "vs_matched": ratios(figures[ours], figures["celery_saga_matched"]),
+                "vs_defaults": ratios(figures[ours], figures["celery_saga_defaults"]),
+            }
+    return {
+        "sagas_under_load": n,
+        "sagas_alone": alone,
+        "rounds": rounds,
+        "concurrency": CONCURRENCY,
+        "figures": figures,
+        "ratios": compared,
+        "relaybus": extra,
+        "per_round": per_round,
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    """The figures as a markdown table, then the ratios."""
+    header = ["variant", *METRICS]
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for name, f in r["figures"].items():
+        lines.append(" | ".join([name, *(f"{f[m]:.1f}" for m in METRICS)]))
+    lines.append("")
+    for ours, against in r["ratios"].items():
+        for peer, values in against.items():
+            lines.append(f"{ours} {peer}: " + ", ".join(f"{k.removeprefix('saga_vs_celery_saga_')} {v:.2f}"
+                                                      for k, v in values.items()))
+    for name, extra in r["relaybus"].items():
+        lines.append(f"{name}: {json.dumps(extra)}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--sagas", type=int, default=50, help="sagas started at once, per path")
-    parser.add_argument("--alone", type=int, default=20, help="sagas run one after another, per path")
-    parser.add_argument("--postgres", default=None, help="a PostgreSQL URL for the event store and side effects")
-    parser.add_argument("--no-record", action="store_true", help="task events off (saga events are always kept)")
+    parser.add_argument("--sagas", type=int, default=50, help="sagas started at once, per path and round")
+    parser.add_argument("--alone", type=int, default=20, help="sagas run one after another, per path and round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--postgres", default=PG_URL, help="PostgreSQL for relaybus's second variant ('' to skip)")
+    parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
-    r = run(args.sagas, alone=args.alone, postgres=args.postgres, record_events=not args.no_record)
-    print(f"store: {r['store']}   task events recorded: {r['record_events']}")
-    header = (
-        "path",
-        "alone p50 ms",
-        "alone p95 ms",
-        "failure→compensated p50 ms",
-        "p95 ms",
-        "sagas at once",
-        "sagas/s",
-        "loaded p50 ms",
-        "loaded p95 ms",
-        "loaded failure→compensated p50 / p95 ms",
-    )
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for path in ("success", "compensation"):
-        f = r[path]
-        recovery = (
-            (f"{f['failure_to_compensated_p50_ms']:.0f}", f"{f['failure_to_compensated_p95_ms']:.0f}")
-            if path == "compensation"
-            else ("-", "-")
-        )
-        loaded_recovery = (
-            (f"{f['loaded_failure_to_compensated_p50_ms']:.0f} / {f['loaded_failure_to_compensated_p95_ms']:.0f}")
-            if path == "compensation"
-            else "-"
-        )
-        print(
-            " | ".join(
-                [
-                    path,
-                    f"{f['saga_p50_ms']:.0f}",
-                    f"{f['saga_p95_ms']:.0f}",
-                    *recovery,
-                    str(f["sagas"]),
-                    f"{f['sagas_per_s']:.1f}",
-                    f"{f['loaded_saga_p50_ms']:.0f}",
-                    f"{f['loaded_saga_p95_ms']:.0f}",
-                    loaded_recovery,
-                ]
-            )
-        )
+    r = run(args.sagas, alone=args.alone, rounds=args.rounds, postgres=args.postgres or None)
+    print(table(r))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2, default=str))
 
 
 if __name__ == "__main__":
