@@ -130,6 +130,9 @@ def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {config.sqlite_synchronous}")
+            # SQLite's default page cache is 2 MiB: once a log's indexes outgrow it, every append
+            # reads their pages back from the OS (a 1 M-event log appended at 0.57x the empty rate).
+            cursor.execute(f"PRAGMA cache_size = -{config.sqlite_cache_mib * 1024}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()

@@ -118,6 +118,8 @@ class StoreConfig(BaseModel):
     ``max_payload_bytes``: payload (or metadata) larger than this, as compact JSON, is stored as
     ``{"_truncated": true, "size": N, "sha256": ..., "preview": ...}``.
     ``sqlite_synchronous``: ``NORMAL`` survives a crash of any process; ``FULL`` also a power cut.
+    ``sqlite_cache_mib``: each SQLite connection's page cache, which keeps appends to a large log
+    as fast as to an empty one (allocated as used, not up front).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -128,5 +130,6 @@ class StoreConfig(BaseModel):
     preview_chars: int = Field(default=512, ge=0)
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
     sqlite_synchronous: str = Field(default="NORMAL", pattern="^(NORMAL|FULL|EXTRA)$")
+    sqlite_cache_mib: int = Field(default=64, ge=1)
     lock_timeout_s: float = Field(default=30.0, gt=0)
     append_retries: int = Field(default=5, ge=0)

@@ -7,7 +7,8 @@ tests use it on events held in memory; the store only selects the rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -211,9 +212,31 @@ def stats_of(steps: Iterable[TaskStep]) -> list[AgentStats]:
     return result
 
 
-def _like_pattern(glob: str) -> str:
-    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%")
+def type_matches(type: str | None, status: str | None) -> Callable[[str], bool] | None:
+    """The type filter of :func:`find_conditions` as a predicate on a type name; ``None`` when there is none.
+
+    ``type``: exact, or a glob where ``*`` matches anything; ``status``: the last word of the type.
+    """
+    if type is None and status is None:
+        return None
+    glob = re.compile(".*".join(re.escape(part) for part in type.split("*")), re.DOTALL) if type else None
+    suffix = "." + status if status is not None else None
+
+    def matches(name: str) -> bool:
+        return (glob is None or glob.fullmatch(name) is not None) and (suffix is None or name.endswith(suffix))
+
+    return matches
+
+
+def needs_type_list(type: str | None, status: str | None) -> bool:
+    """Whether the type filter is a pattern (a glob or a status) rather than one exact type."""
+    return status is not None or (type is not None and "*" in type)
+
+
+def matching_types(type: str | None, status: str | None, known_types: Iterable[str]) -> list[str]:
+    """Those of ``known_types`` (every type in the log) that ``type`` and ``status`` match, sorted."""
+    matches = type_matches(type, status)
+    return sorted(name for name in known_types if matches is None or matches(name))
 
 
 def find_conditions(
@@ -226,21 +249,31 @@ def find_conditions(
     task_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    types: Sequence[str] | None = None,
 ) -> ColumnElement[bool]:
     """The WHERE clause of :meth:`EventStore.find` (all given filters must hold).
 
     ``type``: exact, or a glob where ``*`` matches anything (``task.*``, ``*.failed``).
     ``status``: the last word of the type (``failed`` matches ``task.failed`` and ``saga.step.failed``).
     ``since`` is inclusive, ``until`` exclusive, both on ``occurred_at``.
+
+    ``types``: the types ``type`` and ``status`` match (:func:`matching_types`), which replace them by
+    ``type IN (types)``, which the type index answers; a ``LIKE`` with a leading wildcard, or under a
+    collation other than C, would read the whole log instead.
     """
     clauses: list[ColumnElement[bool]] = []
-    if type is not None:
-        if "*" in type:
+    if types is not None:
+        clauses.append(events.c.type.in_(list(types)))
+        type = status = None
+    if type is not None and "*" not in type:
+        clauses.append(events.c.type == type)
+        type = None
+    matches = type_matches(type, status)
+    if matches is not None:
+        if type is not None:
             clauses.append(events.c.type.like(_like_pattern(type), escape="\\"))
-        else:
-            clauses.append(events.c.type == type)
-    if status is not None:
-        clauses.append(events.c.type.endswith("." + status, autoescape=True))
+        if status is not None:
+            clauses.append(events.c.type.endswith("." + status, autoescape=True))
     exact: dict[str, Any] = {
         "agent": agent,
         "correlation_id": correlation_id,
@@ -253,3 +286,8 @@ def find_conditions(
     if until is not None:
         clauses.append(events.c.occurred_at < until)
     return and_(True, *clauses)
+
+
+def _like_pattern(glob: str) -> str:
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")

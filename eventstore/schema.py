@@ -118,7 +118,9 @@ workflow_status = Table(
     Column("tasks_failed", Integer, nullable=False),
     Column("task_status", JSON, nullable=False),
     Column("last_position", BigInteger, nullable=False),
-    Index("ix_workflow_status_status", "status"),
+    # The list reads the most recently active first, overall or per status (migration 0002).
+    Index("ix_workflow_status_status_position", "status", "last_position"),
+    Index("ix_workflow_status_last_position", "last_position"),
 )
 
 projection_tracking = Table(

@@ -32,9 +32,12 @@ from sqlalchemy import (
     String,
     any_,
     bindparam,
+    false,
     func,
     literal_column,
     select,
+    text,
+    union_all,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -322,23 +325,31 @@ class EventStore:
         Page forwards with ``after_position`` (the last position seen), backwards with
         ``newest_first=True`` and ``before_position``.
         """
-        where = queries.find_conditions(
-            type=type,
-            agent=agent,
-            status=status,
-            correlation_id=correlation_id,
-            stream_id=stream_id,
-            task_id=task_id,
-            since=since,
-            until=until,
-        )
-        if before_position is not None:
-            where = where & (events.c.position < before_position)
-        order = events.c.position.desc() if newest_first else events.c.position
-        query = (
-            select_events(self.dialect).where(where, events.c.position > after_position).order_by(order).limit(limit)
-        )
-        return self._select(query)
+        with translate_errors(), self._engine.read() as conn:
+            types = None
+            if queries.needs_type_list(type, status):
+                types = queries.matching_types(type, status, known_types(conn))
+            where = queries.find_conditions(
+                agent=agent,
+                correlation_id=correlation_id,
+                stream_id=stream_id,
+                task_id=task_id,
+                since=since,
+                until=until,
+                type=None if types is not None else type,
+            )
+            # position > 0 is left out: SQLite would take it as a reason to walk the log in position order.
+            if after_position > 0:
+                where = where & (events.c.position > after_position)
+            if before_position is not None:
+                where = where & (events.c.position < before_position)
+            order = events.c.position.desc() if newest_first else events.c.position
+            if types is not None and len(types) != 1:
+                where = where & _first_of_each_type(where, types, order, limit)
+            elif types is not None:
+                where = where & (events.c.type == types[0])
+            query = select_events(self.dialect).where(where).order_by(order).limit(limit)
+            return to_events(conn.execute(query), conn.dialect.name)
 
     def agent_stats(self, since: datetime | None = None, until: datetime | None = None) -> list[queries.AgentStats]:
         """Per-agent counts, failures and p50/p95 run time and queue wait, over task events in range."""
@@ -351,9 +362,10 @@ class EventStore:
             events.c.attempt,
             events.c.occurred_at,
         )
-        where = queries.find_conditions(type="task.*", since=since, until=until)
-        query = select(*columns).where(where, events.c.task_id.is_not(None)).order_by(events.c.position)
         with translate_errors(), self._engine.read() as conn:
+            types = queries.matching_types("task.*", None, known_types(conn))
+            where = queries.find_conditions(since=since, until=until, types=types)
+            query = select(*columns).where(where, events.c.task_id.is_not(None)).order_by(events.c.position)
             rows = conn.execute(query).all()
         return queries.stats_of(queries.task_steps(rows))
 
@@ -392,6 +404,40 @@ def _stored(conn: Connection, event_ids: set[str]) -> dict[str, RecordedEvent]:
     dialect = conn.dialect.name
     query = select_events(dialect).where(_member_of(events.c.event_id, event_ids, dialect))
     return {event.event_id: event for event in to_events(conn.execute(query), dialect)}
+
+
+def _first_of_each_type(
+    where: ColumnElement[bool], types: Sequence[str], order: ColumnElement[Any], limit: int
+) -> ColumnElement[bool]:
+    """``position IN`` the first ``limit`` matches of each type, each read in order from the type index.
+
+    For several types (a glob, a status): ``type IN (...) ORDER BY position LIMIT n`` would have the
+    planner either read every row of those types and sort them, or walk the log in position order
+    until n match, which is the whole log when they are rare; this reads at most n per type.
+    """
+    if not types:
+        return false()
+    branches = [
+        select(events.c.position).where(where, events.c.type == name).order_by(order).limit(limit).subquery()
+        for name in types
+    ]
+    return events.c.position.in_(union_all(*(select(branch.c.position) for branch in branches)))
+
+
+_KNOWN_TYPES = text(
+    "WITH RECURSIVE t(type) AS ("
+    " SELECT (SELECT min(type) FROM events)"
+    " UNION ALL"
+    " SELECT (SELECT min(e.type) FROM events AS e WHERE e.type > t.type) FROM t WHERE t.type IS NOT NULL"
+    ") SELECT type FROM t WHERE type IS NOT NULL"
+)
+"""Every distinct type, one probe of the type index per type (a loose index scan: a log holds a few dozen
+types however many events, and neither database skips through an index for ``SELECT DISTINCT``)."""
+
+
+def known_types(conn: Connection) -> list[str]:
+    """Every event type in the log (for :func:`queries.find_conditions`)."""
+    return [row[0] for row in conn.execute(_KNOWN_TYPES)]
 
 
 def open_store(

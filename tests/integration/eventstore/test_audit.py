@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from relaybus.eventstore import EventStore, types
+from relaybus.eventstore import EventStore, NewEvent, types
 from tests.unit.eventstore.synthetic import at, quick_workflow, research_workflow
 
 
@@ -82,3 +82,21 @@ def test_agent_stats_only_cover_the_time_range(audited: EventStore) -> None:
     assert list(stats) == ["planner"]
     assert (stats["planner"].count, stats["planner"].run_time_p50_s) == (1, 4.0)
     assert audited.agent_stats(until=at(-1)) == []
+
+
+def test_a_pattern_over_several_types_pages_in_position_order_with_the_limit_across_types(store: EventStore) -> None:
+    kinds = ["task.failed", "saga.step.failed", "pipeline.failed", "task.succeeded", "task_x.failed"]
+    store.append([NewEvent(stream_id=f"s{i % 3}", type=kinds[i % len(kinds)]) for i in range(40)])
+    failed = [e for e in store.read_all() if e.type.endswith(".failed")]
+    assert [e.position for e in store.find(status="failed", limit=7)] == [e.position for e in failed[:7]]
+    newest = store.find(status="failed", newest_first=True, limit=5)
+    assert [e.position for e in newest] == [e.position for e in failed[::-1][:5]]
+    after = failed[10].position
+    assert [e.position for e in store.find(status="failed", after_position=after, limit=3)] == [
+        e.position for e in failed[11:14]
+    ]
+    assert [e.type for e in store.find(type="task*.failed", limit=100)] == [
+        e.type for e in failed if e.type in ("task.failed", "task_x.failed")
+    ]
+    assert store.find(type="nothing.*") == []
+    assert store.find(type="task_.failed") == []  # "_" is no wildcard

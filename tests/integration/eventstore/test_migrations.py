@@ -80,3 +80,20 @@ def test_opening_an_sqlite_store_again_keeps_its_events(db: Database) -> None:
     first.append([NewEvent(stream_id="s", type="t")])
     first.close()
     assert db.open().stream_version("s") == 1
+
+
+def test_a_log_at_revision_0001_upgrades_to_the_head_with_its_events_and_the_new_indexes(db: Database) -> None:
+    from relaybus.eventstore._engine import make_engine
+
+    engine = make_engine(db.url, schema=db.schema)
+    try:
+        migrations.upgrade(engine, schema=db.schema, revision="0001")
+        first = db.open()  # open_store upgrades to the head
+        with first.engine.connect() as conn:
+            indexes = {ix["name"] for ix in inspect(conn).get_indexes("workflow_status")}
+        assert {"ix_workflow_status_status_position", "ix_workflow_status_last_position"} <= indexes
+        assert "ix_workflow_status_status" not in indexes
+        first.append([NewEvent(stream_id="s", type="t")])
+        assert first.projection.catch_up() == 1
+    finally:
+        engine.dispose()

@@ -1,0 +1,313 @@
+"""The event store at scale: append rate and every CLI query's time with 0, 1 M and 5 M events in the log.
+
+    python -m bench.scale [--quick] [--sizes 0,1000000,5000000] [--only sqlite|postgresql]
+
+The log is filled directly (``executemany`` on SQLite, ``COPY`` on PostgreSQL, the store's own
+insert), not through ``append``, with rows shaped like a busy deployment's: pipelines of 60 events
+in one correlation id and stream (``pipeline.started``, eleven tasks' lifecycles with LLM calls,
+published events, an outcome), one in ten with a saga of its own stream, a few failed, retried,
+dead-lettered or still open; times spread over 30 days, hash chains valid.
+
+At each size: the append rate (batches of 100, as a group commit writes, to new and existing
+streams), measured in rounds interleaved with the same appends to an empty reference log on the
+same database, so ``append_vs_empty`` is a same-run ratio; then each query behind the CLI, the
+median of a few runs, in milliseconds. SQLite uses a temporary file, PostgreSQL a schema of its
+own; both are removed after.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.eventstore_bench import POSTGRES_URL, temporary_schema
+from relaybus.eventstore import EventStore, NewEvent, open_store
+from relaybus.eventstore import types as t
+from relaybus.eventstore._insert import insert_rows, time_binder
+from relaybus.eventstore.hashing import event_hash_of_json, format_time
+
+SIZES = (0, 1_000_000, 5_000_000)
+QUICK_SIZES = (0, 20_000, 100_000)
+AGENTS = ("planner", "researcher", "writer", "critic", "editor", "reviewer")
+SPAN = timedelta(days=30)
+CHUNK = 20_000
+PER_PIPELINE = 60
+
+
+# -- filling the log -------------------------------------------------------------------------------------
+
+
+def _pipeline(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    """One pipeline's events (content fields, in order), 60 of them, plus a saga's for one in ten."""
+    cid = f"pl-{n:08d}-{rng.getrandbits(32):08x}"
+    events: list[dict[str, Any]] = [
+        {
+            "type": t.PIPELINE_STARTED,
+            "payload": {"pipeline": "research", "deadline_s": 600, "input": {"topic": f"t{n}"}},
+        }
+    ]
+    failed = rng.random() < 0.02
+    for k in range(11):
+        agent = AGENTS[(n + k) % len(AGENTS)]
+        task = f"{cid}-t{k:02d}"
+        common = {"task_id": task, "agent": agent, "queue": f"agents.{agent}", "attempt": 1}
+        events += [
+            {**common, "type": t.TASK_SENT, "payload": {"args": {"step": k}}},
+            {**common, "type": t.TASK_RECEIVED, "payload": {}},
+            {**common, "type": t.TASK_STARTED, "payload": {}},
+            {**common, "type": t.LLM_COMPLETED, "payload": {"model": "m", "tokens": {"input": 812, "output": 240}}},
+        ]
+        if failed and k == 10:
+            events.append({**common, "type": t.TASK_FAILED, "payload": {"error": "ValueError: bad"}})
+        elif rng.random() < 0.005:
+            events.append({**common, "type": t.TASK_DEAD_LETTERED, "payload": {"error": "Timeout"}})
+        else:
+            events.append({**common, "type": t.TASK_SUCCEEDED, "payload": {"result": {"summary": "lorem ipsum " * 6}}})
+    events += [{"type": t.EVENT_PUBLISHED, "payload": {"topic": "research.done", "n": i}} for i in range(3)]
+    open_ = rng.random() < 0.01
+    if not open_:
+        events.append({"type": t.PIPELINE_FAILED if failed else t.PIPELINE_COMPLETED, "payload": {"ok": not failed}})
+    for e in events:
+        e["correlation_id"] = e["stream_id"] = cid
+    if n % 10 == 0:
+        saga = f"saga:{cid}-s"
+        steps = [{"type": t.SAGA_STARTED, "payload": {"saga": "booking", "saga_id": f"{cid}-s"}}]
+        for step in ("reserve", "charge", "ship"):
+            steps += [
+                {"type": t.SAGA_STEP_STARTED, "payload": {"step": step, "member": step, "attempt": 1}},
+                {"type": t.SAGA_STEP_SUCCEEDED, "payload": {"step": step, "member": step, "attempt": 1}},
+            ]
+        steps.append({"type": t.SAGA_COMPLETED, "payload": {}})
+        events += [{**e, "stream_id": saga, "correlation_id": cid} for e in steps]
+    return events
+
+
+def _rows(start_position: int, count: int, seed: int, dialect: str, start: datetime) -> Iterator[tuple[Any, ...]]:
+    """``count`` rows from ``start_position`` on, in :data:`eventstore._insert.COLUMNS` order, chained."""
+    rng = random.Random(seed)
+    bind = time_binder(dialect)
+    step = SPAN / max(count, 1)
+    position, n = start_position, seed * 10_000_000
+    heads: dict[str, tuple[int, str | None]] = {}
+    while position < start_position + count:
+        for e in _pipeline(rng, n):
+            if position >= start_position + count:
+                break
+            at = start + step * (position - start_position)
+            version, prev = heads.get(e["stream_id"], (0, None))
+            fields = {
+                "event_id": uuid.UUID(int=rng.getrandbits(128)).hex, "stream_id": e["stream_id"],
+                "version": version + 1, "type": e["type"], "schema_version": 1,
+                "correlation_id": e["correlation_id"], "causation_id": None, "occurred_at": at,
+                "recorded_at": at, "task_id": e.get("task_id"), "agent": e.get("agent"),
+                "queue": e.get("queue"), "priority": 5 if e.get("task_id") else None,
+                "attempt": e.get("attempt"), "worker_host": "w1" if e.get("task_id") else None,
+            }  # fmt: skip
+            payload = _json(e["payload"])
+            digest = event_hash_of_json(fields, payload, "{}", prev, format_time(at))
+            heads[e["stream_id"]] = (version + 1, digest)
+            f = fields
+            yield (
+                position, f["event_id"], f["stream_id"], f["version"], f["type"], 1, f["correlation_id"], None,
+                bind(at), bind(at), f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"],
+                f["worker_host"], payload, "{}", digest, prev,
+            )  # fmt: skip
+            position += 1
+        n += 1
+        if len(heads) > 50_000:
+            heads.clear()  # finished pipelines' streams: never written again
+
+
+def _json(value: Any) -> str:
+    from relaybus.eventstore.hashing import canonical_json
+
+    return canonical_json(value)
+
+
+def fill(store: EventStore, count: int, *, seed: int, start: datetime) -> float:
+    """Add ``count`` generated events after the last position; returns the seconds it took."""
+    started = time.perf_counter()
+    first = store.last_position() + 1
+    rows = _rows(first, count, seed, store.dialect, start)
+    engine = store.engine
+    while True:
+        chunk = [row for _, row in zip(range(CHUNK), rows, strict=False)]
+        if not chunk:
+            break
+        with engine.begin() as conn:
+            insert_rows(conn, chunk)
+    with engine.begin() as conn:
+        if store.dialect == "postgresql":
+            conn.execute(
+                text("SELECT setval(pg_get_serial_sequence('events', 'position'), (SELECT max(position) FROM events))")
+            )
+            conn.execute(text("ANALYZE events"))
+        else:
+            conn.execute(text("ANALYZE"))
+    return time.perf_counter() - started
+
+
+# -- measuring -----------------------------------------------------------------------------------------------
+
+
+def _new_events(n: int, streams: list[str]) -> list[NewEvent]:
+    """Half to existing streams (in order), half to new ones, task-shaped."""
+    out = []
+    tag = uuid.uuid4().hex[:8]
+    for i in range(n):
+        stream = streams[i % len(streams)] if (i % 2 and streams) else f"new-{tag}-{i // 20}"
+        out.append(
+            NewEvent(
+                stream_id=stream, type=t.TASK_STARTED, task_id=f"{stream}-x{i}", agent=AGENTS[i % len(AGENTS)],
+                queue="agents.default", attempt=1, payload={"args": {"i": i}, "api_key": "sk-x"},
+            )
+        )  # fmt: skip
+    return out
+
+
+def append_rate(store: EventStore, events: list[NewEvent], size: int = 100) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(events), size):
+        store.append(events[i : i + size])
+    return len(events) / (time.perf_counter() - started)
+
+
+def _timed_ms(action: Callable[[], Any], runs: int = 5) -> float:
+    action()  # warm (plans, caches) once
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def queries(store: EventStore, now: datetime, start: datetime) -> dict[str, Callable[[], Any]]:
+    """Each query behind the CLI, on rows that exist (a pipeline in the middle of the log)."""
+    middle = store.last_position() // 2 or 1
+    sample = store.read_all(middle, 200)
+    pipeline = next((e.correlation_id for e in sample if e.stream_id.startswith("pl-")), "none")
+    task = next((e.task_id for e in sample if e.task_id), "none")
+    saga = next((e.stream_id for e in store.read_all(middle, 2000) if e.stream_id.startswith("saga:")), "saga:none")
+    hour_at = sample[0].occurred_at if sample else now
+    hour = (hour_at, hour_at + timedelta(hours=1))
+    return {
+        "timeline": lambda: store.timeline(pipeline),
+        "events --type task.failed": lambda: store.find(type=t.TASK_FAILED),
+        "events --type 'task.*'": lambda: store.find(type="task.*"),
+        "events --agent researcher": lambda: store.find(agent="researcher"),
+        "events --status dead_lettered": lambda: store.find(status="dead_lettered"),
+        "events --correlation-id": lambda: store.find(correlation_id=pipeline),
+        "events --since/--until (1 h)": lambda: store.find(since=hour[0], until=hour[1]),
+        "events --type task.failed --since (1 h)": lambda: store.find(type=t.TASK_FAILED, since=hour[0]),
+        "stats --since/--until (1 h)": lambda: store.agent_stats(hour[0], hour[1]),
+        "saga show (read_stream)": lambda: store.read_stream(saga),
+        "saga lifecycle page (find type, limit 1000)": lambda: store.find(type=t.SAGA_STARTED, limit=1000),
+        "dlq: redeliveries of a task": lambda: store.find(type=t.TASK_REDELIVERED, task_id=task, limit=10_000),
+        "dlq: first failure of a workflow": lambda: store.find(type=t.TASK_FAILED, correlation_id=pipeline, limit=1),
+        "dlq: task.sent of a task": lambda: store.find(type=t.TASK_SENT, task_id=task, limit=1),
+        "newest event of a workflow": lambda: store.find(correlation_id=pipeline, newest_first=True, limit=1),
+        "workflows list": lambda: store.projection.workflows(limit=50),
+        "workflows list --status failed": lambda: store.projection.workflows(status="failed", limit=50),
+        "workflows idle (running, idle 10 min)": lambda: store.projection.workflows(
+            status="running", idle_since=now - timedelta(minutes=10), limit=50
+        ),
+        "workflows --stuck page (open pipelines, 1 day)": lambda: store.projection.open_workflows(
+            opened_by=t.PIPELINE_STARTED, closed_by=t.PIPELINE_OUTCOME_TYPES, since=now - timedelta(days=1), limit=1000
+        ),
+    }
+
+
+@contextmanager
+def _database(kind: str, directory: Path, name: str) -> Iterator[EventStore]:
+    if kind == "sqlite":
+        store = open_store(f"sqlite:///{directory / f'{name}.sqlite'}")
+        try:
+            yield store
+        finally:
+            store.close()
+    else:
+        with temporary_schema(POSTGRES_URL) as schema:
+            store = open_store(POSTGRES_URL, schema=schema, create=True)
+            try:
+                yield store
+            finally:
+                store.close()
+
+
+def run_one(kind: str, sizes: tuple[int, ...], *, rounds: int = 3, n_append: int = 3000) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    start = now - SPAN - timedelta(hours=1)
+    results: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="estore-scale-") as tmp,
+        _database(kind, Path(tmp), "big") as big,
+        _database(kind, Path(tmp), "empty") as empty,
+    ):
+        filled, seconds_total = 0, 0.0
+        for size in sizes:
+            if size > filled:
+                seconds_total += fill(big, size - filled, seed=len(results) + 1, start=start)
+                filled = size
+            rebuild_started = time.perf_counter()
+            big.projection.rebuild()
+            rebuild_s = time.perf_counter() - rebuild_started
+            existing = [e.stream_id for e in big.read_all(max(big.last_position() - 500, 0), 500)]
+            ours, reference = [], []
+            for _ in range(rounds):  # interleaved with the empty log's
+                ours.append(append_rate(big, _new_events(n_append, existing)))
+                reference.append(append_rate(empty, _new_events(n_append, [])))
+            timed = {name: _timed_ms(q) for name, q in queries(big, now, start).items()}
+            results[str(size)] = {
+                "events": big.last_position(),
+                "fill_s": round(seconds_total, 1),
+                "rebuild_s": round(rebuild_s, 1),
+                "append_eps": round(statistics.median(ours), 1),
+                "append_empty_eps": round(statistics.median(reference), 1),
+                "append_vs_empty": round(statistics.median(ours) / statistics.median(reference), 3),
+                "queries_ms": timed,
+            }
+    return results
+
+
+def run(
+    quick: bool = False, *, sizes: tuple[int, ...] | None = None, kinds: tuple[str, ...] = ("sqlite", "postgresql")
+) -> dict[str, Any]:
+    chosen = sizes or (QUICK_SIZES if quick else SIZES)
+    return {"sizes": list(chosen), "databases": {kind: run_one(kind, chosen) for kind in kinds}}
+
+
+def main(argv: list[str]) -> None:
+    sizes = None
+    kinds: tuple[str, ...] = ("sqlite", "postgresql")
+    for arg in argv[1:]:
+        if arg.startswith("--sizes="):
+            sizes = tuple(int(s) for s in arg.split("=", 1)[1].split(","))
+        elif arg.startswith("--only="):
+            kinds = (arg.split("=", 1)[1],)
+    result = run("--quick" in argv, sizes=sizes, kinds=kinds)
+    for kind, by_size in result["databases"].items():
+        for size, f in by_size.items():
+            print(
+                f"\n{kind} at {int(size):,} events (filled in {f['fill_s']} s, rebuild {f['rebuild_s']} s): "
+                f"append {f['append_eps']:,.0f}/s, empty log {f['append_empty_eps']:,.0f}/s, "
+                f"ratio {f['append_vs_empty']:.2f}"
+            )
+            for name, ms in f["queries_ms"].items():
+                flag = "" if ms < 50 else "   <-- over 50 ms"
+                print(f"  {name:<48}{ms:>10.2f} ms{flag}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
