@@ -58,7 +58,7 @@ def insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         assert driver is not None
-        with _wrapped(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
+        with driver_errors(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
             for row in rows:
                 copy.write_row(row)
     else:
@@ -66,7 +66,7 @@ def insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
 
 
 @contextmanager
-def _wrapped(conn: Connection, statement: str) -> Iterator[None]:
+def driver_errors(conn: Connection, statement: str) -> Iterator[None]:
     """Driver errors raised as SQLAlchemy would have wrapped them (IntegrityError...), for translate()."""
     error_class = conn.dialect.loaded_dbapi.Error
     try:
@@ -97,7 +97,7 @@ def start_append(
         return read_heads(conn, unknown), allocate_positions(conn, count)
     driver = conn.connection.driver_connection
     assert driver is not None
-    with _wrapped(conn, _PG_LOCK):
+    with driver_errors(conn, _PG_LOCK):
         with driver.pipeline():
             if not locked:
                 driver.execute(_PG_LOCK)

@@ -96,6 +96,25 @@ def content_json(
     serialised once for hashing and storage, and the scalars without the general encoder.
     ``recorded_at``: the formatted time, when the caller has it (one per batch).
     """
+    return formatted_content_json(
+        fields,
+        payload_json,
+        metadata_json,
+        prev_hash,
+        format_time(fields["occurred_at"]),
+        recorded_at or format_time(fields["recorded_at"]),
+    )
+
+
+def formatted_content_json(
+    fields: Mapping[str, Any],
+    payload_json: str,
+    metadata_json: str,
+    prev_hash: str | None,
+    occurred_at: str,
+    recorded_at: str,
+) -> str:
+    """:func:`content_json` with both times already formatted (:func:`format_time`)."""
     f = fields
     return _TEMPLATE % (
         _scalar(f["agent"]),
@@ -104,12 +123,12 @@ def content_json(
         _scalar(f["correlation_id"]),
         _scalar(f["event_id"]),
         metadata_json,
-        format_time(f["occurred_at"]),
+        occurred_at,
         payload_json,
         _scalar(prev_hash),
         _scalar(f["priority"]),
         _scalar(f["queue"]),
-        recorded_at or format_time(f["recorded_at"]),
+        recorded_at,
         _scalar(f["schema_version"]),
         _scalar(f["stream_id"]),
         _scalar(f["task_id"]),

@@ -11,7 +11,7 @@ process catching up at the same time never applies an event twice or skips one.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Container, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from relaybus.eventstore import types as t
 from relaybus.eventstore._engine import ProcessLocalEngine, translate_errors
 from relaybus.eventstore._rows import select_events, to_events
+from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.models import RecordedEvent
 from relaybus.eventstore.schema import events, projection_tracking, workflow_status
 
@@ -309,7 +310,8 @@ class WorkflowStatusProjection:
     def rebuild(self, *, progress: Progress | None = None) -> int:
         """Recompute the table from the whole log; returns the number of events folded.
 
-        The fold runs outside any write transaction (appenders are not held up), then one short
+        The fold runs outside any write transaction (appenders are not held up), over one snapshot
+        of the log read through a server-side cursor (:mod:`eventstore._stream`); then one short
         transaction swaps the table's rows and the tracking position; events recorded meanwhile
         are applied by the ``catch_up()`` that follows.
         """
@@ -319,24 +321,18 @@ class WorkflowStatusProjection:
                     conn.execute(select(events.c.position).order_by(events.c.position.desc()).limit(1)).scalar() or 0
                 )
             states: dict[str, WorkflowStatus] = {}
-            done, after = 0, 0
-            while after < head:
-                with self._engine.read() as conn:
-                    rows = conn.execute(
-                        select(*_HEAD_COLUMNS)
-                        .where(events.c.position > after, events.c.position <= head)
-                        .order_by(events.c.position)
-                        .limit(self.batch_size)
-                    ).all()
-                if not rows:
-                    break
-                for row in rows:
-                    event = EventHead(*row)
-                    states[event.correlation_id] = apply(states.get(event.correlation_id), event)
-                done += len(rows)
-                after = rows[-1][0]
-                if progress is not None:
-                    progress(done, head)
+            done = 0
+            with self._engine.read() as conn:
+                to_time = _time_reader(conn.dialect.name)
+                rows = stream_rows(conn, _REBUILD_SQL[conn.dialect.name], (head,), batch_size=self.batch_size)
+                for position, correlation_id, type_, task_id, occurred_at in rows:
+                    event = EventHead(position, correlation_id, type_, task_id, to_time(occurred_at))
+                    states[correlation_id] = apply(states.get(correlation_id), event)
+                    done += 1
+                    if progress is not None and done % self.batch_size == 0:
+                        progress(done, head)
+            if progress is not None and done % self.batch_size:
+                progress(done, head)
             with self._engine.write() as conn:
                 _lock_tracking(conn, self.name)
                 conn.execute(delete(workflow_status))
@@ -344,6 +340,20 @@ class WorkflowStatusProjection:
                 _set_tracking(conn, self.name, head)
         self.catch_up()
         return done
+
+
+_REBUILD_COLUMNS = "position, correlation_id, type, task_id, occurred_at"
+_REBUILD_SQL = {
+    "sqlite": f"SELECT {_REBUILD_COLUMNS} FROM events WHERE position <= ? ORDER BY position",
+    "postgresql": f"SELECT {_REBUILD_COLUMNS} FROM events WHERE position <= %s ORDER BY position",
+}
+
+
+def _time_reader(dialect: str) -> Callable[[Any], datetime]:
+    """Stored ``occurred_at`` (driver value) -> aware UTC datetime, as :class:`UTCDateTime` reads it."""
+    if dialect == "sqlite":
+        return lambda text: datetime.fromisoformat(text).replace(tzinfo=UTC)
+    return lambda value: value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def _to_state(row: Any) -> WorkflowStatus:

@@ -48,6 +48,7 @@ from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normali
 from relaybus.eventstore._heads import Head, HeadCache
 from relaybus.eventstore._insert import insert_rows, start_append, time_binder
 from relaybus.eventstore._rows import recorded, select_events, to_events
+from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.errors import ConcurrencyError
 from relaybus.eventstore.hashing import event_hash_of_json, format_time
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
@@ -370,8 +371,17 @@ class EventStore:
         return queries.stats_of(queries.task_steps(rows))
 
     def verify(self, *, batch_size: int = 5000) -> integrity.VerifyReport:
-        """Check every stream's hash chain; the report names the first broken link, if any."""
-        return integrity.verify_chain(self.iter_all(batch_size=batch_size))
+        """Check every stream's hash chain; the report names the first broken link, if any.
+
+        One snapshot, read through a server-side cursor (:mod:`eventstore._stream`), hashes
+        recomputed over the stored text (:func:`integrity.verify_stored`).
+        """
+        dialect = self.dialect
+        text_of = "{}::text" if dialect == "postgresql" else "{}"
+        columns = ", ".join(text_of.format(c) if c in ("payload", "metadata") else c for c in integrity.STORED_COLUMNS)
+        sql = f"SELECT {columns} FROM events ORDER BY position"
+        with translate_errors(), self._engine.read() as conn:
+            return integrity.verify_stored(stream_rows(conn, sql, batch_size=batch_size), dialect)
 
     def dry_run(self, correlation_id: str) -> replay.DryRun:
         return replay.dry_run(correlation_id, self.by_correlation(correlation_id))

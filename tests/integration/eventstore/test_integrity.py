@@ -126,3 +126,19 @@ def test_an_oversized_payload_is_stored_truncated_with_its_size_and_hash(db: Dat
     assert stored == recorded
     assert len(json.dumps(stored.payload)) < 1024
     assert store.verify().ok
+
+
+def test_a_payload_stored_in_an_equivalent_non_canonical_form_still_verifies(db: Database, store: EventStore) -> None:
+    recorded = store.append([NewEvent(stream_id="s", type="t", payload={"b": [1, 2], "a": "x"}) for _ in range(3)])
+    with store.engine.begin() as conn:
+        db.drop_append_only_triggers(conn)
+        # Same value, other text (spaces, key order): verify hashes the stored text first, then decides
+        # on the canonical form, as it did when it decoded every payload.
+        conn.execute(
+            text("UPDATE events SET payload = :p WHERE event_id = :id"),
+            {"p": '{ "b": [1, 2],  "a": "x" }', "id": recorded[1].event_id},
+        )
+
+    report = store.verify()
+
+    assert report.ok and report.events_checked == 3
