@@ -118,6 +118,60 @@ def test_a_decision_taken_on_a_stale_state_is_refused_and_taken_again_on_the_new
     assert types.count("saga.step.started") == 2 and types.count("saga.step.succeeded") == 1
 
 
+class CountingStore:
+    """Counts the stream reads made through it."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._store, self.reads = store, 0
+
+    def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
+        self.reads += 1
+        return self._store.read_stream(stream_id, from_version)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_start_reads_nothing_and_a_result_decided_on_the_fences_read_reads_nothing_more(repo, store):
+    counting = CountingStore(store)
+    ours = SagaRepository(counting, repo.registry)  # type: ignore[arg-type]
+    step = only_step(ours.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    assert counting.reads == 0, "a new saga id has no stream: the append's expected_version=0 checks it"
+    fenced = ours.load("s-1")
+    decision = ours.record(step.succeeded("out-1"), now=T0, loaded=fenced)
+    assert counting.reads == 1 and only_step(decision.dispatch).step == "s2"
+
+
+def test_a_stale_guess_is_refused_by_the_append_and_the_decision_taken_again_on_the_stream(repo, store):
+    step = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    stale = repo.load("s-1")
+    repo.record(step.succeeded("out-1"), now=T0)  # a rival records the same result first and starts s2
+    decision = repo.record(step.succeeded("out-1"), now=T0, loaded=stale)
+    assert (decision.recorded, decision.dispatch) == ((), ()), "s2 was started once, by the rival"
+    types = [r.type for r in store.read_stream("saga:s-1")]
+    assert types.count("saga.step.started") == 2 and types.count("saga.step.succeeded") == 1
+
+
+
+def test_a_guess_that_leaves_nothing_to_append_is_not_trusted_the_stream_is_read(repo, store):
+    step = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    caused = repo.record(step.succeeded("out-1"), now=T0).dispatch
+    fenced = repo.load("s-1")
+    counting = CountingStore(store)
+    ours = SagaRepository(counting, repo.registry)  # type: ignore[arg-type]
+    again = ours.record(step.succeeded("out-1"), now=T0, loaded=fenced, redispatch=True)
+    assert counting.reads == 1, "no append checked the guess, so the stream was read"
+    assert again.recorded == () and again.dispatch == caused
+
+
+def test_starting_a_taken_saga_id_is_a_conflict_for_the_guess_then_a_read_and_nothing_twice(repo, store):
+    first = repo.start(LINEAR, "s-1", "in", now=T0)
+    repo.record(only_step(first.dispatch).succeeded("out-1"), now=T0)
+    again = repo.start(LINEAR, "s-1", "in", now=T0 + timedelta(seconds=1))
+    assert again.recorded == () and again.dispatch == ()
+    assert [r.type for r in store.read_stream("saga:s-1")].count("saga.started") == 1
+
+
 def test_members_of_a_parallel_step_finishing_at_once_start_the_next_step_exactly_once(repo, store):
     s1 = only_step(repo.start(FAN_OUT, "s-p", "in", now=T0).dispatch)
     members = repo.record(s1.succeeded("s1-out"), now=T0).dispatch
