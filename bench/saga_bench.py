@@ -14,7 +14,8 @@ round in a rotating order so that the load of the shared machine falls on all of
   Redis prefix; *matched* gives it relaybus's delivery guarantees (late ack, prefetch 1, persistent
   messages, publisher confirms). Its worker and client run in processes that never import relaybus.
 
-Per variant and round: **under load**, ``n`` sagas started back to back (``starts_per_s`` is the
+Per variant and round: the worker's CPU time per saga (its main process and pool, from ``/proc``);
+**under load**, ``n`` sagas started back to back (``starts_per_s`` is the
 client's rate) and sagas per second from the first start to the last end; **alone**, sagas one after
 another, p50/p95 of their duration. Both for the success path and for the failure path (the last step
 fails for good; the three before it are compensated, last first), where ``failure_to_compensated`` runs
@@ -74,6 +75,7 @@ METRICS: dict[str, bool] = {
     "failure_to_compensated_p50_ms": False,
     "failure_to_compensated_p95_ms": False,
     "starts_per_s": True,
+    "worker_cpu_ms_per_saga": False,
 }
 CONCURRENCY = 4
 
@@ -97,6 +99,20 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of the process group ``pgid``
+    (a worker started in a session of its own: its main process and its pool)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # pgrp; after the command come state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _consumers(broker_url: str, queue: str) -> int:
@@ -188,10 +204,13 @@ class Relaybus:
         }
 
     def round(self, n: int, count: int) -> dict[str, Any]:
-        return {
+        cpu = group_cpu_s(self.worker.proc.pid)
+        figures = {
             "success": self.loaded(n, fail=False) | self.alone(count, fail=False),
             "compensation": self.loaded(n, fail=True) | self.alone(count, fail=True),
         }
+        figures["worker_cpu_ms_per_saga"] = (group_cpu_s(self.worker.proc.pid) - cpu) * 1000 / (2 * (n + count))
+        return figures
 
     def cost(self, saga_id: str) -> dict[str, int]:
         """What one saga wrote and sent: events in its correlation (saga and task records), messages."""
@@ -299,8 +318,10 @@ class Peer:
 
     name: str
     env: dict[str, str]
+    pid: int
 
     def round(self, n: int, count: int) -> dict[str, Any]:
+        cpu = group_cpu_s(self.pid)
         done = subprocess.run(
             [sys.executable, "-m", "bench.saga_peer", "drive", "--sagas", str(n), "--alone", str(count)],
             env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=900,
@@ -308,6 +329,7 @@ class Peer:
         if done.returncode != 0:
             raise RuntimeError(f"celery-saga ({self.name}) failed:\n{done.stderr[-4000:]}")
         figures: dict[str, Any] = json.loads(done.stdout)
+        figures["worker_cpu_ms_per_saga"] = (group_cpu_s(self.pid) - cpu) * 1000 / (2 * (n + count))
         return figures
 
 
@@ -330,7 +352,7 @@ def peer_variant(name: str, matched: bool, settings: Settings, workdir: Path) ->
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait(lambda: _consumers(settings.broker_url, tag) > 0, 60, f"a consumer on {tag}")
-        yield Peer(name, env)
+        yield Peer(name, env, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -365,6 +387,7 @@ def _flat(r: dict[str, Any]) -> dict[str, float]:
         "failure_to_compensated_p50_ms": c["failure_to_compensated_p50_ms"],
         "failure_to_compensated_p95_ms": c["failure_to_compensated_p95_ms"],
         "starts_per_s": statistics.fmean([s["starts_per_s"], c["starts_per_s"]]),
+        "worker_cpu_ms_per_saga": r["worker_cpu_ms_per_saga"],
     }
 
 
