@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
+from relaybus.eventstore._rows import decode_json
 from relaybus.eventstore.errors import (
     AppendOnlyViolation,
     EventStoreError,
@@ -85,6 +86,15 @@ def make_engine(url: str | URL, *, schema: str | None = None, config: StoreConfi
     connect_args: dict[str, Any] = {"connect_timeout": 10, "options": " ".join(options), "prepare_threshold": None}
     engine = create_engine(parsed, connect_args=connect_args, json_serializer=_json_dumps)
     _ping_when_idle(engine)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # psycopg decodes json columns with json.loads; the stored text is canonical JSON, which
+        # the C scanner alone decodes (see _rows.decode_json).
+        from psycopg.types.json import set_json_loads
+
+        set_json_loads(decode_json, dbapi_connection)
+
     return engine
 
 

@@ -46,11 +46,11 @@ from sqlalchemy.engine import URL
 from relaybus.eventstore import integrity, queries, replay
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
 from relaybus.eventstore._heads import Head, HeadCache
-from relaybus.eventstore._insert import insert_rows, start_append, time_binder
+from relaybus.eventstore._insert import insert_rows, start_append
 from relaybus.eventstore._rows import recorded, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.errors import ConcurrencyError
-from relaybus.eventstore.hashing import event_hash_of_json, format_time
+from relaybus.eventstore.hashing import format_time, formatted_content_json, sha256_hex
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
 from relaybus.eventstore.projections import WorkflowStatusProjection
 from relaybus.eventstore.redaction import Redactor, fit
@@ -157,7 +157,7 @@ class EventStore:
                 known = {} if careful else self._heads.known(written)
                 read, positions = start_append(conn, written - known.keys(), len(fresh), locked=True)
                 heads = {**known, **read}
-                self._insert(conn, list(fresh.values()), heads, positions)
+                self._insert(conn, list(fresh.values()), heads, positions, keep_records=False)
         except BaseException:
             self._heads.forget(streams)
             raise
@@ -217,13 +217,20 @@ class EventStore:
         return [stored[p.fields["event_id"]] for p in prepared]
 
     def _insert(
-        self, conn: Connection, batch: list[_Prepared], heads: dict[str, Head], positions: list[int]
+        self,
+        conn: Connection,
+        batch: list[_Prepared],
+        heads: dict[str, Head],
+        positions: list[int],
+        *,
+        keep_records: bool = True,
     ) -> dict[str, RecordedEvent]:
-        """Number, chain and write ``batch``; ``heads`` (updated here) are those of its streams."""
-        dialect = conn.dialect.name
-        bind_time = time_binder(dialect)
+        """Number, chain and write ``batch``; ``heads`` (updated here) are those of its streams.
+        Returns the records written by event id (none with ``keep_records=False``)."""
+        sqlite = conn.dialect.name == "sqlite"
         recorded_at = datetime.now(UTC)
-        recorded_at_bound, recorded_at_text = bind_time(recorded_at), format_time(recorded_at)
+        recorded_at_text = format_time(recorded_at)
+        recorded_at_bound = _sqlite_time_of(recorded_at_text) if sqlite else recorded_at
         params: list[tuple[Any, ...]] = []
         records: dict[str, RecordedEvent] = {}
         for position, p in zip(positions, batch, strict=True):
@@ -231,15 +238,20 @@ class EventStore:
             version, prev_hash = heads.get(f["stream_id"], (0, None))
             version += 1
             values = {**f, "position": position, "version": version, "recorded_at": recorded_at, "prev_hash": prev_hash}
-            values["hash"] = digest = event_hash_of_json(
-                values, p.payload_json, p.metadata_json, prev_hash, recorded_at_text
+            occurred_at_text = format_time(f["occurred_at"])
+            values["hash"] = digest = sha256_hex(
+                formatted_content_json(
+                    values, p.payload_json, p.metadata_json, prev_hash, occurred_at_text, recorded_at_text
+                )
             )
             heads[f["stream_id"]] = (version, digest)
-            records[f["event_id"]] = recorded(values)
+            if keep_records:
+                records[f["event_id"]] = recorded(values)
             params.append(
                 (
                     position, f["event_id"], f["stream_id"], version, f["type"], f["schema_version"],
-                    f["correlation_id"], f["causation_id"], bind_time(f["occurred_at"]), recorded_at_bound,
+                    f["correlation_id"], f["causation_id"],
+                    _sqlite_time_of(occurred_at_text) if sqlite else f["occurred_at"], recorded_at_bound,
                     f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"], f["worker_host"],
                     p.payload_json, p.metadata_json, digest, prev_hash,
                 )
@@ -390,6 +402,11 @@ class EventStore:
         return replay.diff(
             correlation_a, self.by_correlation(correlation_a), correlation_b, self.by_correlation(correlation_b)
         )
+
+
+def _sqlite_time_of(text: str) -> str:
+    """SQLite's stored form of a time (naive UTC, as ``_insert.time_binder``) from its canonical text."""
+    return f"{text[:10]} {text[11:-1]}"
 
 
 def _member_of(column: ColumnElement[str], values: set[str], dialect: str) -> ColumnElement[bool]:
