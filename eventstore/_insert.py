@@ -47,17 +47,25 @@ COLUMNS: tuple[str, ...] = (
 
 _SQLITE_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 _POSTGRES_COPY = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN"
+_POSTGRES_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('%s' for _ in COLUMNS)})"
+SMALL_BATCH = 8
+"""Up to this many rows, PostgreSQL gets pipelined INSERTs (one round trip) rather than COPY (two)."""
 
 
 def insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Write ``rows`` (values in :data:`COLUMNS` order) in the connection's transaction.
 
     PostgreSQL: ``COPY``, the fastest way in, on the same connection and transaction as the rest
-    of the append. SQLite: the sqlite3 module's ``executemany`` of one prepared statement.
+    of the append; a small batch (:data:`SMALL_BATCH`), pipelined INSERTs, which take one round
+    trip where COPY takes two. SQLite: the sqlite3 module's ``executemany`` of one prepared statement.
     """
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         assert driver is not None
+        if len(rows) <= SMALL_BATCH:
+            with driver_errors(conn, _POSTGRES_INSERT), driver.pipeline(), driver.cursor() as cursor:
+                cursor.executemany(_POSTGRES_INSERT, rows)
+            return
         with driver_errors(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
             for row in rows:
                 copy.write_row(row)
