@@ -18,10 +18,7 @@ import json
 import threading
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, String, bindparam, func, literal_column, select, text
-from sqlalchemy.sql import Select
-
-from relaybus.eventstore.schema import events
+from sqlalchemy import Connection, text
 
 Head = tuple[int, str | None]
 """(version of the stream's last event, its hash)."""
@@ -64,6 +61,14 @@ _ONE_HEAD = text("SELECT stream_id, version, hash FROM events WHERE stream_id = 
 """The common case, one stream per append, as one index probe with no SQL to compile."""
 
 
+_SQLITE_HEADS = (
+    "SELECT e.stream_id, e.version, e.hash FROM json_each(?) AS s JOIN events AS e "
+    "ON e.stream_id = s.value AND e.version = (SELECT max(version) FROM events WHERE stream_id = s.value)"
+)
+"""Per stream, its last version found in the (stream_id, version) index and that one row read: a
+GROUP BY over the streams would read every event of each (a pipeline's stream holds dozens)."""
+
+
 def read_heads(conn: Connection, stream_ids: set[str]) -> dict[str, Head]:
     """Per stream: (current version, hash of the last event) from the log; absent streams are left out."""
     if not stream_ids:
@@ -74,13 +79,5 @@ def read_heads(conn: Connection, stream_ids: set[str]) -> dict[str, Head]:
     elif conn.dialect.name == "postgresql":
         rows = conn.exec_driver_sql(PG_HEADS, (sorted(stream_ids),))
     else:
-        # SQLite documents that with max(), the bare columns come from the row holding the max.
-        members: Select[str] = select(literal_column("value", String())).select_from(
-            func.json_each(bindparam("members", json.dumps(sorted(stream_ids))))
-        )
-        rows = conn.execute(
-            select(events.c.stream_id, func.max(events.c.version), events.c.hash)
-            .where(events.c.stream_id.in_(members))
-            .group_by(events.c.stream_id)
-        )
+        rows = conn.exec_driver_sql(_SQLITE_HEADS, (json.dumps(sorted(stream_ids)),))
     return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
