@@ -81,6 +81,21 @@ def _drop(connection: Any) -> None:
 
 
 class Channel(pyamqp.Channel):
+    def basic_publish(self, *args: Any, **kwargs: Any) -> Any:
+        """An unconfirmed publish (the worker's monitoring events, tasks.runtime.monitoring): no confirm to
+        wait for, but the socket write is bounded as a confirmed one's is (a blocked broker stops reading)."""
+        connection = self.connection
+        if connection is None:
+            raise RecoverableConnectionError("connection already closed")
+        limit = float(getattr(connection, "publish_timeout", DEFAULT_PUBLISH_TIMEOUT_S))
+        kwargs["timeout"] = min(kwargs.get("timeout") or limit, limit)
+        try:
+            return self._basic_publish(*args, **kwargs)
+        except TimeoutError as exc:
+            blocked = connection.blocked_reason
+            _drop(connection)
+            raise PublishTimeout(limit, blocked=blocked) from exc
+
     def basic_publish_confirm(self, *args: Any, **kwargs: Any) -> Any:
         connection = self.connection
         if connection is None:  # the channel was closed under us (the broker restarted): a recoverable error,
