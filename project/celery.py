@@ -61,6 +61,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         max_message_bytes=settings.max_message_bytes,
         eventstore_url=settings.eventstore_url,
         record_events=settings.record_events,
+        group_commit=settings.group_commit,
         redact_keys=settings.redact_keys,
         max_event_payload_bytes=settings.max_event_payload_bytes,
         pipeline_deadline_s=settings.pipeline_deadline_s,
@@ -286,6 +287,7 @@ def _connect_signals() -> None:
     from relaybus.tasks.runtime.chords import register_chord_member
     from relaybus.tasks.runtime.context import propagate_ids
     from relaybus.tasks.runtime.recording import on_after_task_publish, on_before_task_publish
+    from relaybus.tasks.runtime.recording.wiring import start_host_writer, stop_host_writer
 
     def build_sent(**kwargs: Any) -> None:
         on_before_task_publish(publishing_app(), **kwargs)
@@ -301,6 +303,8 @@ def _connect_signals() -> None:
 
     signals.before_task_publish.connect(register_chords, weak=False, dispatch_uid="relaybus.register_chords")
     signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")
+    signals.worker_init.connect(start_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
+    signals.worker_shutdown.connect(stop_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
 
 
 _connect_signals()

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     max_event_payload_bytes: int = Field(default=64 * 1024, gt=0)
     redact_keys: Annotated[tuple[str, ...], NoDecode] = DEFAULT_REDACT_KEYS
     record_events: bool = True
+    #: A prefork worker's pool processes hand their records to one writer process that commits what they
+    #: finish together (tasks.runtime.recording.hostwriter); still durable before the message is acked.
+    group_commit: bool = True
 
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
 

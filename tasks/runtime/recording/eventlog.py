@@ -25,6 +25,7 @@ from relaybus.tasks.runtime.config import RuntimeConfig
 from relaybus.tasks.runtime.context import current_task_id
 from relaybus.tasks.runtime.recording import records
 from relaybus.tasks.runtime.recording.held import HeldStarts
+from relaybus.tasks.runtime.recording.hostwriter import HostWriterClient, WriterGone, client_from_env
 from relaybus.tasks.runtime.recording.protocol import Failure
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class EventRecorder:
         self.host = socket.gethostname()
         # Start records carry a copy of the task's task.sent, most often stored already: look before writing.
         self.held = HeldStarts(self.store.append_new)
+        # In a prefork worker's pool process: the host writer that commits all pool processes' records together.
+        self._writer: HostWriterClient | None = client_from_env()
 
     def append(self, events: list[NewEvent], task_id: str | None = None) -> None:
         """Append ``events``, preceded by the held-back start records of the running task.
@@ -84,10 +87,23 @@ class EventRecorder:
             bound = STORE_WAIT_UNTIL.get()
             if bound is not None:
                 deadline = min(deadline, bound)
+            if self._writer is not None:
+                try:
+                    self._writer.append([*held, *events], max(0.0, deadline - time.monotonic()))
+                    return
+                except WriterGone as gone:
+                    # Whether it committed or not, the records are written here (idempotent by event id).
+                    logger.warning("the host writer did not answer (%s): this process writes its records", gone)
+                    self._writer = None
+                    held = [*held, *events]
+                    events = []
+                except StoreUnavailable:
+                    self.held.give_back(task_id, held)
+                    raise
             delay = STORE_RETRY_FIRST_S
             while True:
                 try:
-                    if held:
+                    if held or not events:
                         self.store.append_new([*held, *events])
                     else:
                         self.store.append(events)

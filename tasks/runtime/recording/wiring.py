@@ -83,3 +83,27 @@ def on_after_task_publish(headers: dict[str, Any] | None = None, **_: Any) -> No
     if headers is not None and str(headers.get("id")) != task_id:
         return  # not the message this record was built for
     recorder_for(app).append([event])
+
+
+_HOST_WRITERS: list[Any] = []
+
+
+def start_host_writer(sender: Any = None, **_: Any) -> None:
+    """``worker_init`` handler: a prefork worker starts its host writer before it forks the pool
+    (tasks.runtime.recording.hostwriter)."""
+    from relaybus.tasks.runtime.recording.hostwriter import start_for_worker
+
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    pool = getattr(sender, "pool_cls", "") or ""
+    prefork = "prefork" in (pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}")
+    writer = start_for_worker(runtime_config(app), prefork)
+    if writer is not None:
+        _HOST_WRITERS.append(writer)
+
+
+def stop_host_writer(**_: Any) -> None:
+    """``worker_shutdown`` handler: the pool has stopped; so does its writer."""
+    while _HOST_WRITERS:
+        _HOST_WRITERS.pop().stop()

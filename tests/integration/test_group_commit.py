@@ -1,0 +1,121 @@
+"""Group commit in a real prefork worker (tasks.runtime.recording.hostwriter), on SQLite and PostgreSQL:
+the pool processes' records share transactions, every transition is still recorded, and a host writer
+SIGKILLed mid-run loses nothing: the pool processes write their records themselves from then on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from relaybus.eventstore import EventStore, migrations, open_store
+from relaybus.tasks.runtime.context import workflow_context
+from tests.harness import Worker, make_settings, wait_for
+from tests.services import require_postgres
+
+pytestmark = pytest.mark.integration
+
+RECORDS = ("task.sent", "task.received", "task.started", "task.succeeded")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def eventstore_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'events.sqlite'}"
+        return
+    url = require_postgres()
+    schema = f"gc_{uuid.uuid4().hex[:12]}"
+    migrations.upgrade(url, schema=schema)
+    yield f"{url}?options=-csearch_path%3D{schema}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path, broker_url, redis_url, eventstore_url):  # overrides conftest's: one per database
+    return make_settings(tmp_path, broker_url, redis_url, eventstore_url=eventstore_url)
+
+
+def host_writers(worker: Worker) -> list[int]:
+    """The worker main process's children that are its host writer."""
+    pid = worker.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    found = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"recording.hostwriter" in f.read():
+                    found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def check_every_transition(store: EventStore, correlation_id: str, task_ids: list[str]) -> list[str]:
+    events = store.by_correlation(correlation_id)
+    by_task: dict[str, Counter[str]] = {t: Counter() for t in task_ids}
+    for e in events:
+        if e.task_id in by_task:
+            by_task[e.task_id][e.type] += 1
+    missing = [f"{t}: {dict(c)}" for t, c in by_task.items() if any(c[r] != 1 for r in RECORDS)]
+    return missing
+
+
+def test_the_pool_processes_records_share_transactions_and_every_transition_is_recorded(app, settings, start_worker):
+    worker = start_worker("probe", concurrency=4)
+    assert len(host_writers(worker)) == 1, "a prefork worker with recording starts one host writer"
+    probe = app.tasks["agents.probe"]
+    with workflow_context() as correlation_id:
+        results = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": 0.02}) for _ in range(80)]
+    assert all(r.get(timeout=120)["value"] == 1 for r in results)
+
+    store = open_store(settings.eventstore_url)
+    try:
+        task_ids = [r.id for r in results]
+        wait_for(lambda: not check_every_transition(store, correlation_id, task_ids), 30, 0.2, "every record")
+        succeeded = [e for e in store.by_correlation(correlation_id) if e.type == "task.succeeded"]
+        # One transaction stamps one recorded_at on all it writes: tasks that finished together share one.
+        transactions = Counter(e.recorded_at for e in succeeded)
+        assert len(transactions) < len(succeeded), "no two pool processes' records ever shared a transaction"
+        assert store.verify().ok
+    finally:
+        store.close()
+
+
+def test_a_host_writer_killed_mid_run_loses_no_record_and_the_worker_goes_on(app, settings, start_worker):
+    worker = start_worker("probe", concurrency=3)
+    [writer] = host_writers(worker)
+    probe = app.tasks["agents.probe"]
+    with workflow_context() as correlation_id:
+        first = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": 0.05}) for _ in range(30)]
+        wait_for(lambda: sum(r.ready() for r in first) >= 5, 60, 0.02, "the first tasks")
+        os.kill(writer, signal.SIGKILL)  # tasks are running and finishing meanwhile
+        rest = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": 0.01}) for _ in range(30)]
+    for r in first + rest:
+        assert r.get(timeout=120)["value"] == 1
+    assert worker.proc.poll() is None, "the worker goes on without its host writer"
+    assert "the host writer did not answer" in worker.log()
+
+    store = open_store(settings.eventstore_url)
+    try:
+        task_ids = [r.id for r in first + rest]
+        wait_for(lambda: not check_every_transition(store, correlation_id, task_ids), 30, 0.2, "every record")
+        assert check_every_transition(store, correlation_id, task_ids) == []
+        assert store.verify().ok
+    finally:
+        store.close()
+
+
+def test_without_group_commit_no_host_writer_starts(app, settings, start_worker):
+    worker = start_worker("probe", concurrency=2, settings=settings.model_copy(update={"group_commit": False}))
+    assert host_writers(worker) == []
+    assert app.tasks["agents.probe"].apply_async(kwargs={"key": "gc:off"}).get(timeout=60)["value"] == 1
