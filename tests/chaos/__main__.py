@@ -32,6 +32,7 @@ def main(argv: list[str]) -> int:
             "workflows",
             "workers_killed",
             "pool_children_killed",
+            "host_writers_killed",
             "service_restarts",
             "events_checked",
             "tasks_checked",

@@ -18,6 +18,7 @@ class Figures:
     sagas: int = 0
     workers_killed: int = 0
     pool_children_killed: int = 0
+    host_writers_killed: int = 0
     service_restarts: int = 0
     events_checked: int = 0
     tasks_checked: int = 0
@@ -35,7 +36,8 @@ class Figures:
         ended = ", ".join(f"{n} {status}" for status, n in sorted(self.ended.items()))
         return (
             f"{self.test}: {self.workflows} workflows ({self.pipelines} pipelines, {self.sagas} sagas; {ended}), "
-            f"{self.workers_killed} workers + {self.pool_children_killed} pool children killed, "
+            f"{self.workers_killed} workers + {self.pool_children_killed} pool children "
+            f"+ {self.host_writers_killed} host writers killed, "
             f"{self.service_restarts} service restarts, {self.events_checked} events / {self.tasks_checked} tasks "
             f"checked, {self.duplicates} duplicates, {self.missing_transitions} missing transitions, "
             f"{self.redeliveries_after_terminal} redeliveries after a terminal event, {self.seconds:.0f} s"
@@ -57,7 +59,8 @@ def totals() -> str:
         f"TOTAL: {n} workflows run ({sum(f.pipelines for f in RECORDED)} pipelines, "
         f"{sum(f.sagas for f in RECORDED)} sagas), "
         f"{sum(f.workers_killed for f in RECORDED)} workers killed "
-        f"(+ {sum(f.pool_children_killed for f in RECORDED)} pool children), "
+        f"(+ {sum(f.pool_children_killed for f in RECORDED)} pool children, "
+        f"{sum(f.host_writers_killed for f in RECORDED)} host writers), "
         f"{sum(f.service_restarts for f in RECORDED)} service restarts, "
         f"{sum(f.events_checked for f in RECORDED)} events checked, "
         f"{sum(f.duplicates for f in RECORDED)} duplicates found, "

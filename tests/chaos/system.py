@@ -180,12 +180,23 @@ def pool_children(pid: int) -> list[int]:
         return []
 
 
+def is_host_writer(pid: int) -> bool:
+    """Whether ``pid`` is a worker's group-commit writer (tasks.runtime.recording.hostwriter)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"recording.hostwriter" in f.read()
+    except OSError:
+        return False
+
+
 class Killer(threading.Thread):
     """SIGKILLs a random worker every ``interval`` seconds and starts a replacement.
 
     Most kills take the whole worker (main process and pool: its connection drops and the broker
     redelivers what it held); ``child_share`` of them kill one pool child only (the main process
-    sees the child die and requeues its task). A kill needs two workers ready, so one always serves.
+    sees the child die and requeues its task), and ``writer_share`` the worker's host writer only (its pool
+    processes write their records themselves from then on); the first kill of a run is a host writer's. A
+    kill needs two workers ready, so one always serves.
     """
 
     def __init__(
@@ -194,12 +205,14 @@ class Killer(threading.Thread):
         *,
         interval: tuple[float, float] = (1.0, 2.0),
         child_share: float = 0.25,
+        writer_share: float = 0.1,
         seed: int | None = None,
     ) -> None:
         super().__init__(name="chaos-killer", daemon=True)
         self.system = system
         self.interval = interval
         self.child_share = child_share
+        self.writer_share = writer_share
         self.random = random.Random(seed)
         self.stopping = threading.Event()
         self.kills: Counter[str] = Counter()
@@ -218,6 +231,13 @@ class Killer(threading.Thread):
             return
         victim = self.random.choice(ready)
         children = pool_children(victim.proc.pid)
+        writers = [c for c in children if is_host_writer(c)]
+        children = [c for c in children if c not in writers]
+        if writers and (not self.kills["host writer"] or self.random.random() < self.writer_share):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(writers[0], signal.SIGKILL)
+            self.kills["host writer"] += 1
+            return
         if children and self.random.random() < self.child_share:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.random.choice(children), signal.SIGKILL)
