@@ -1,7 +1,7 @@
-"""Tasks measured by the throughput benchmark: one relaybus agent and one plain Celery task.
+"""The agent measured by the throughput benchmark (its plain-Celery counterparts are in bench.plain_app).
 
-Both do the same trivial work and the same bookkeeping (a Redis counter and timestamps), so the
-difference between them is what relaybus adds: validation, headers, context and recording.
+Both do the same trivial work and the same bookkeeping (bench.marks), so the difference between them is
+what relaybus adds: validation, headers, context and recording.
 """
 
 from __future__ import annotations
@@ -9,28 +9,8 @@ from __future__ import annotations
 import os
 import time
 
-import redis
-from celery import shared_task
-
+from bench.marks import mark
 from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
-
-_redis: redis.Redis | None = None
-
-
-def _r() -> redis.Redis:
-    global _redis
-    if _redis is None:
-        _redis = redis.Redis.from_url(os.environ.get("RELAYBUS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    return _redis
-
-
-def mark(key: str) -> None:
-    now = repr(time.time())
-    pipe = _r().pipeline(transaction=False)
-    pipe.setnx(f"{key}:first", now)
-    pipe.set(f"{key}:last", now)
-    pipe.incr(f"{key}:count")
-    pipe.execute()
 
 
 class NoopInput(AgentModel):
@@ -51,9 +31,27 @@ def bench_noop(inp: NoopInput, ctx: AgentContext) -> NoopOutput:
     return NoopOutput(n=inp.n)
 
 
-@shared_task(name="bench.plain", acks_late=True)
-def bench_plain(key: str, n: int = 0, work_ms: float = 0.0) -> dict[str, int]:
-    if work_ms:
-        time.sleep(work_ms / 1000)
-    mark(key)
-    return {"n": n}
+# -- profiling (RELAYBUS_BENCH_PROFILE=<dir>): cProfile of every pool process and of the worker's main thread,
+# written when the worker shuts down, for ``python -m bench.profile``.
+_PROFILE_DIR = os.environ.get("RELAYBUS_BENCH_PROFILE")
+if _PROFILE_DIR:
+    import cProfile
+
+    from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
+
+    _profiler = cProfile.Profile()
+
+    def _start(**_: object) -> None:
+        global _profiler
+        _profiler = cProfile.Profile()  # a pool process starts afresh, not with what it inherited
+        _profiler.enable()
+
+    def _dump(role: str) -> None:
+        _profiler.disable()
+        os.makedirs(_PROFILE_DIR, exist_ok=True)
+        _profiler.dump_stats(os.path.join(_PROFILE_DIR, f"{role}-{os.getpid()}.prof"))
+
+    worker_process_init.connect(_start, weak=False)
+    worker_process_shutdown.connect(lambda **_: _dump("child"), weak=False)
+    worker_init.connect(_start, weak=False)
+    worker_shutdown.connect(lambda **_: _dump("main"), weak=False)

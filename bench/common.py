@@ -17,7 +17,7 @@ from relaybus.settings import Settings
 from relaybus.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_AGENTS = ("bench_noop", "bench_plain")
+BENCH_AGENTS = ("bench_noop",)
 
 
 def bench_settings(tmp: Path, **overrides: Any) -> Settings:
@@ -40,7 +40,9 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-def start_worker(settings: Settings, queues: list[str], log: Path, concurrency: int = 2) -> WorkerProcess:
+def start_worker(
+    settings: Settings, queues: list[str], log: Path, concurrency: int = 2, pool: str = "prefork"
+) -> WorkerProcess:
     argv = [
         sys.executable,
         "-m",
@@ -53,7 +55,7 @@ def start_worker(settings: Settings, queues: list[str], log: Path, concurrency: 
         "-c",
         str(concurrency),
         "-P",
-        "prefork",
+        pool,
         "-l",
         "WARNING",
         "--without-mingle",
