@@ -43,3 +43,25 @@ def test_an_unreachable_postgresql_raises_store_unavailable() -> None:
             store.read_all()
     finally:
         store.close()
+
+
+def test_a_pooled_postgresql_connection_that_died_while_idle_is_replaced_before_use(
+    pg_schema: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relaybus.eventstore import _engine
+
+    url, schema = pg_schema
+    store = open_store(url, schema=schema, create=True)
+    try:
+        store.append([NewEvent(stream_id="s", type="t")])
+        with store.engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        killer = open_store(url, schema=schema)
+        with killer.engine.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        killer.close()
+        monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 0.0)  # as if it had sat idle past the threshold
+
+        assert store.append([NewEvent(stream_id="s", type="t")])[0].version == 2
+    finally:
+        store.close()
