@@ -34,6 +34,7 @@ from pydantic import BaseModel, JsonValue
 
 from relaybus.sagas import LoadedSaga
 from relaybus.tasks.errors import AgentError
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, request_headers
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook
 from relaybus.tasks.runtime.task import AgentContext, AgentSpec, AgentTask
 from relaybus.tasks.saga.calls import CallRef
@@ -114,8 +115,13 @@ def _hand_over(call: Call, ref: CallRef, ok: bool, data: JsonValue) -> None:
     """Give the outcome to ``relaybus.saga.outcome`` (retried with backoff on the system queue); if it
     cannot be sent either, give the message back: the step replays its result and reports again."""
     app = call.task.app
+    correlation = request_headers(call.request).get(CORRELATION_HEADER)
     try:
-        app.send_task(OUTCOME, kwargs={"ref": ref.model_dump(mode="json"), "ok": ok, "data": data})
+        app.send_task(
+            OUTCOME,
+            kwargs={"ref": ref.model_dump(mode="json"), "ok": ok, "data": data},
+            headers={CORRELATION_HEADER: correlation} if correlation else None,  # in the saga's timeline
+        )
     except RETRYABLE as error:
         raise Reject(f"the saga's move could not be made nor handed over, message requeued: {error}",
                      requeue=True) from error

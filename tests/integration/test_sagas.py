@@ -12,22 +12,28 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
+from relaybus.celery import create_app
 from relaybus.eventstore import EventStore, open_store
 from relaybus.sagas import SagaView
 from relaybus.settings import Settings
 from relaybus.tasks.agents.content_store import clear_fault, engine_for, live_items, saga_items, saga_runs, set_fault
+from relaybus.tasks.runtime.hooks import Call
+from relaybus.tasks.runtime.recording import NullRecorder
 from relaybus.tasks.saga import dispatch, repository, saga_status, start_saga, sweep_sagas, wait_for_saga
+from relaybus.tasks.saga.advance import AdvanceSaga
 from tests.harness import ROOT, Worker, delete_namespace, make_app, make_settings, queue_depth, read_queue, wait_for
 from tests.services import require_postgres, require_rabbitmq, require_redis
 
@@ -345,3 +351,40 @@ def test_the_cli_starts_lists_and_shows_sagas_and_names_what_is_wrong(system):
     assert bad_json.returncode == 2 and "--input" in bad_json.stderr
     bad_id = cli(system.settings, "start", "content_creation", "--id", "has spaces")
     assert bad_id.returncode == 2 and "--id" in bad_id.stderr
+
+
+def test_a_step_that_cannot_advance_its_saga_in_its_worker_hands_its_outcome_to_the_system_queue(system):
+    saga_id = new_saga_id()
+    notes = {"topic": "Hand over", "audience": "ops", "notes": ["n"], "sources": []}
+    start_saga("test_stalled_step", notes, saga_id=saga_id, app=system.app)
+    probe = f"{system.settings.namespace}.probe"
+    (message,) = wait_for(
+        lambda: [m for m in read_queue(system.app, probe) if json.loads(m.body)[1]["saga_id"] == saga_id],
+        30,
+        what="the second step's message",
+    )
+    kwargs = json.loads(message.body)[1]
+
+    # The step ran in a worker whose event store is away (nothing listens on port 1): its move fails
+    # there, so its hook sends the outcome to relaybus.saga.outcome, which the system worker records.
+    away = make_settings(
+        system.tmp, system.settings.broker_url, system.settings.result_backend,
+        namespace=system.settings.namespace, record_events=False,
+        eventstore_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        extra_modules=system.settings.extra_modules,
+    )
+    request = SimpleNamespace(id=message.headers["id"], headers=message.headers, delivery_info={}, retries=0)
+    task = SimpleNamespace(app=create_app(away), saga_kind="step")
+    call = Call(task, request, (), kwargs, time.monotonic(), NullRecorder())  # type: ignore[arg-type]
+    AdvanceSaga().on_success(call, {"answered": "late, through the system queue"})
+
+    view = wait_for_saga(saga_id, 60, app=system.app)
+    assert view.status == "completed", view
+    assert view.output == {"answered": "late, through the system queue"}
+    assert history(view, "saga.step.succeeded") == ["writing", "stalled"]
+
+    def outcome_task_ended() -> bool:
+        events = system.store.by_correlation(view.correlation_id)
+        return any(e.type == "task.succeeded" and e.agent == "system" for e in events)
+
+    wait_for(outcome_task_ended, 30, what="relaybus.saga.outcome's end, recorded in the saga's timeline")
