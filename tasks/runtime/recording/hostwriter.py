@@ -50,8 +50,10 @@ ADDRESS_ENV = "RELAYBUS_RECORDER_SOCKET"
 _HEADER = struct.Struct("!I")
 #: What the writer is told of the runtime configuration (not the LLM provider's settings and keys).
 WRITER_CONFIG = {"eventstore_url", "record_events", "redact_keys", "max_event_payload_bytes"}
-#: How long a pool process waits for an answer beyond its own store deadline before it writes itself.
-ANSWER_MARGIN_S = 10.0
+#: How long a pool process waits for an answer beyond its own store deadline (the writer answers
+#: ``StoreUnavailable`` at that deadline; the margin covers a transaction still committing) before it writes
+#: the records itself. Small: the deadline is set below the task's soft time limit.
+ANSWER_MARGIN_S = 2.0
 
 
 class WriterGone(Exception):
@@ -112,6 +114,11 @@ class HostWriterClient:
         except OSError as error:
             self._close()
             raise WriterGone(str(error)) from error
+        except BaseException:
+            # Interrupted mid-exchange (a soft time limit): its answer may still come and would be read as
+            # the next request's, so this connection is done.
+            self._close()
+            raise
         if answer is None:
             self._close()
             raise WriterGone("the writer closed the connection")
