@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy import exc as sa_exc
 
 from relaybus.eventstore._heads import PG_HEADS, Head, read_heads
+from relaybus.eventstore.schema import events
 
 COLUMNS: tuple[str, ...] = (
     "position",
@@ -89,33 +90,49 @@ _PG_POSITIONS = (
 )
 
 
-def start_append(
-    conn: Connection, unknown: set[str], count: int, *, locked: bool = False
-) -> tuple[dict[str, Head], list[int]]:
+class Start(NamedTuple):
+    """What an append learns once it holds the lock."""
+
+    heads: dict[str, Head]
+    """The heads of the streams asked for (absent streams left out)."""
+    positions: list[int]
+    """The positions drawn, increasing."""
+    taken: set[str]
+    """Of the event ids asked about, those already stored."""
+
+
+_PG_TAKEN = "SELECT event_id FROM events WHERE event_id = ANY(%s)"
+_SQLITE_TAKEN = select(events.c.event_id).where(events.c.event_id.in_(bindparam("ids", expanding=True)))
+
+
+def start_append(conn: Connection, unknown: set[str], count: int, *, look_up: set[str] | None = None) -> Start:
     """In the caller's write transaction: take the events lock, read the heads of the ``unknown``
-    streams and draw ``count`` positions. Returns ``(heads read, positions)``.
+    streams, look up which of the ``look_up`` event ids are stored, and draw ``count`` positions.
 
     PostgreSQL: the events table is locked in EXCLUSIVE mode (reads go on), so positions are
     handed out in commit order: a follower that has read past position n never sees a later
-    commit appear below n. The three statements go in one pipeline (one round trip); ``locked``:
-    the caller took the lock already. SQLite: the ``BEGIN IMMEDIATE`` of the write transaction is
-    the lock.
+    commit appear below n. The statements go in one pipeline (one round trip). SQLite: the
+    ``BEGIN IMMEDIATE`` of the write transaction is the lock. Positions drawn and not used (ids
+    found stored) are gaps in the order, which followers do not mind (a rollback leaves them too).
     """
     if conn.dialect.name != "postgresql":
-        return read_heads(conn, unknown), allocate_positions(conn, count)
+        taken = {row[0] for row in conn.execute(_SQLITE_TAKEN, {"ids": sorted(look_up)})} if look_up else set()
+        return Start(read_heads(conn, unknown), allocate_positions(conn, count), taken)
     driver = conn.connection.driver_connection
     assert driver is not None
     with driver_errors(conn, _PG_LOCK):
         with driver.pipeline():
-            if not locked:
-                driver.execute(_PG_LOCK)
+            driver.execute(_PG_LOCK)
+            found = driver.execute(_PG_TAKEN, (sorted(look_up),)) if look_up else None
             heads = driver.execute(PG_HEADS, (sorted(unknown),)) if unknown else None
             positions = driver.execute(_PG_POSITIONS, (count,))
+        taken = {row[0] for row in found.fetchall()} if found is not None else set()
         rows = heads.fetchall() if heads is not None else []
         last_row = positions.fetchone()
     assert last_row is not None
     last = int(last_row[0])
-    return {stream: (version, hash_) for stream, version, hash_ in rows}, list(range(last - count + 1, last + 1))
+    heads_read = {stream: (version, hash_) for stream, version, hash_ in rows}
+    return Start(heads_read, list(range(last - count + 1, last + 1)), taken)
 
 
 def time_binder(dialect: str) -> Any:

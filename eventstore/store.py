@@ -143,25 +143,25 @@ class EventStore:
         raise AssertionError("unreachable")
 
     def _append_new(self, batch: list[NewEvent], *, careful: bool) -> int:
-        streams = {e.stream_id for e in batch}
+        # Prepared before the transaction (redaction, serialisation): the lock is held for less.
+        prepared: dict[str, _Prepared] = {}
+        for event in batch:
+            if event.event_id not in prepared:
+                prepared[event.event_id] = self._prepare(event)
+        streams = {p.fields["stream_id"] for p in prepared.values()}
         try:
-            with self._engine.write(lock_events=True) as conn:
-                taken = _stored_ids(conn, {e.event_id for e in batch})
-                fresh: dict[str, _Prepared] = {}
-                for event in batch:
-                    if event.event_id not in taken and event.event_id not in fresh:
-                        fresh[event.event_id] = self._prepare(event)
+            with self._engine.write() as conn:
+                known = {} if careful else self._heads.known(streams)
+                start = start_append(conn, streams - known.keys(), len(prepared), look_up=set(prepared))
+                fresh = [p for event_id, p in prepared.items() if event_id not in start.taken]
                 if not fresh:
                     return 0
-                written = {p.fields["stream_id"] for p in fresh.values()}
-                known = {} if careful else self._heads.known(written)
-                read, positions = start_append(conn, written - known.keys(), len(fresh), locked=True)
-                heads = {**known, **read}
-                self._insert(conn, list(fresh.values()), heads, positions, keep_records=False)
+                heads = {**known, **start.heads}
+                self._insert(conn, fresh, heads, start.positions[: len(fresh)], keep_records=False)
         except BaseException:
             self._heads.forget(streams)
             raise
-        self._heads.remember({stream: heads[stream] for stream in written})
+        self._heads.remember({p.fields["stream_id"]: heads[p.fields["stream_id"]] for p in fresh})
         return len(fresh)
 
     def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
@@ -199,8 +199,8 @@ class EventStore:
                 if fresh:
                     written = {p.fields["stream_id"] for p in fresh.values()}
                     known = {} if careful else self._heads.known(written)
-                    read, positions = start_append(conn, written - known.keys(), len(fresh))
-                    heads = {**known, **read}
+                    start = start_append(conn, written - known.keys(), len(fresh))
+                    heads = {**known, **start.heads}
                     if expected_version is not None:
                         stream = next(iter(written))
                         actual = heads.get(stream, (0, None))[0]
@@ -208,7 +208,7 @@ class EventStore:
                             if not careful:
                                 raise _LookUpStored  # a retry of an append that did happen is no conflict
                             raise ConcurrencyError(stream, expected_version, actual)
-                    stored.update(self._insert(conn, list(fresh.values()), heads, positions))
+                    stored.update(self._insert(conn, list(fresh.values()), heads, start.positions))
         except BaseException:
             self._heads.forget(streams)  # the commit failed, or may have: the log says
             raise
@@ -417,14 +417,6 @@ def _member_of(column: ColumnElement[str], values: set[str], dialect: str) -> Co
         func.json_each(bindparam("members", json.dumps(sorted(values))))
     )
     return column.in_(members)
-
-
-_STORED_IDS = select(events.c.event_id).where(events.c.event_id.in_(bindparam("ids", expanding=True)))
-"""A handful of ids (a task's start batch): a plain indexed IN, cheaper than the array/JSON forms here."""
-
-
-def _stored_ids(conn: Connection, event_ids: set[str]) -> set[str]:
-    return {row[0] for row in conn.execute(_STORED_IDS, {"ids": sorted(event_ids)})}
 
 
 def _stored(conn: Connection, event_ids: set[str]) -> dict[str, RecordedEvent]:
