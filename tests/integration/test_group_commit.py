@@ -119,3 +119,26 @@ def test_without_group_commit_no_host_writer_starts(app, settings, start_worker)
     worker = start_worker("probe", concurrency=2, settings=settings.model_copy(update={"group_commit": False}))
     assert host_writers(worker) == []
     assert app.tasks["agents.probe"].apply_async(kwargs={"key": "gc:off"}).get(timeout=60)["value"] == 1
+
+
+def test_a_threads_pool_groups_its_tasks_records_in_its_own_process(app, settings, start_worker):
+    worker = start_worker("probe", concurrency=8, pool="threads")
+    assert host_writers(worker) == [], "threads share the worker's own process: no host writer"
+    probe = app.tasks["agents.probe"]
+    with workflow_context() as correlation_id:
+        results = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": 0.05}) for _ in range(80)]
+    assert all(r.get(timeout=120)["value"] == 1 for r in results)
+
+    store = open_store(settings.eventstore_url)
+    try:
+        task_ids = [r.id for r in results]
+        wait_for(lambda: not check_every_transition(store, correlation_id, task_ids), 30, 0.2, "every record")
+        succeeded = [e for e in store.by_correlation(correlation_id) if e.type == "task.succeeded"]
+        transactions = Counter(e.recorded_at for e in succeeded)
+        assert len(transactions) < len(succeeded), "no two threads' records ever shared a transaction"
+        for task in task_ids:  # a task's start is never committed after its end
+            mine = [e for e in store.by_correlation(correlation_id) if e.task_id == task and e.type != "task.sent"]
+            assert [e.type for e in mine] == ["task.received", "task.started", "task.succeeded"], mine
+        assert store.verify().ok
+    finally:
+        store.close()

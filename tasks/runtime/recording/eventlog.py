@@ -24,8 +24,9 @@ from relaybus.eventstore.types import LLM_COMPLETED, TASK_FAILED, TASK_REDELIVER
 from relaybus.tasks.runtime.config import RuntimeConfig
 from relaybus.tasks.runtime.context import current_task_id
 from relaybus.tasks.runtime.recording import records
+from relaybus.tasks.runtime.recording.group import GroupCommitter
 from relaybus.tasks.runtime.recording.held import HeldStarts
-from relaybus.tasks.runtime.recording.hostwriter import HostWriterClient, WriterGone, client_from_env
+from relaybus.tasks.runtime.recording.hostwriter import HostWriterClient, WriterGone, client_from_env, groups_in_process
 from relaybus.tasks.runtime.recording.protocol import Failure
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ def waiting_until(deadline: float | None) -> Iterator[None]:
         STORE_WAIT_UNTIL.reset(token)
 
 
+def _deadline() -> float:
+    """When waiting for an unavailable store must end in this context (:data:`STORE_WAIT_UNTIL`)."""
+    deadline = time.monotonic() + STORE_WAIT_S
+    bound = STORE_WAIT_UNTIL.get()
+    return deadline if bound is None else min(deadline, bound)
+
+
 class EventRecorder:
     """A :class:`~.protocol.Recorder` on the event store at ``config.eventstore_url``."""
 
@@ -69,8 +77,10 @@ class EventRecorder:
             ),
         )
         self.host = socket.gethostname()
+        # Tasks running on threads of this process (a threads or gevent pool) share transactions.
+        self._group: GroupCommitter | None = GroupCommitter(self.store) if groups_in_process() else None
         # Start records carry a copy of the task's task.sent, most often stored already: look before writing.
-        self.held = HeldStarts(self.store.append_new)
+        self.held = HeldStarts(self.store.append_new if self._group is None else self._commit_in_group)
         # In a prefork worker's pool process: the host writer that commits all pool processes' records together.
         self._writer: HostWriterClient | None = client_from_env()
 
@@ -81,12 +91,12 @@ class EventRecorder:
         to be held, and ``StoreUnavailable`` is raised.
         """
         task_id = task_id or current_task_id()
+        if self._group is not None:
+            self._append_in_group(events, task_id)
+            return
         with self.held.io_lock:
             held = self.held.take(task_id)
-            deadline = time.monotonic() + STORE_WAIT_S
-            bound = STORE_WAIT_UNTIL.get()
-            if bound is not None:
-                deadline = min(deadline, bound)
+            deadline = _deadline()
             if self._writer is not None:
                 try:
                     self._writer.append([*held, *events], max(0.0, deadline - time.monotonic()))
@@ -116,6 +126,23 @@ class EventRecorder:
                     logger.warning("event store unavailable (%s); retrying for up to %.0f s more", exc, left)
                     time.sleep(min(left, delay / 2 + random.uniform(0, delay / 2)))  # a database to wait for: no event
                     delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+    def _append_in_group(self, events: list[NewEvent], task_id: str | None) -> None:
+        assert self._group is not None
+        with self.held.io_lock:  # taken and queued together: the flusher cannot queue these starts after them
+            held = self.held.take(task_id)
+            request = self._group.submit([*held, *events], _deadline())
+        try:
+            self._group.wait(request)  # outside the lock: other threads' records join the transaction
+        except StoreUnavailable:
+            self.held.give_back(task_id, held)
+            raise
+
+    def _commit_in_group(self, events: list[NewEvent]) -> int:
+        """The start-record flusher's write (under ``io_lock``), through the same queue."""
+        assert self._group is not None
+        self._group.commit(events, time.monotonic() + STORE_WAIT_S)
+        return len(events)
 
     def flush(self, older_than_s: float = 0.0) -> int:
         """Write the start records of tasks that have run longer than ``older_than_s``."""

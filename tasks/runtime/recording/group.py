@@ -99,6 +99,12 @@ class GroupCommitter:
     def commit(self, events: list[NewEvent], deadline: float) -> None:
         """Append ``events`` durably, sharing the transaction with whoever commits meanwhile; raises the
         store's error for these events (``StoreUnavailable`` once ``deadline`` has passed)."""
+        self.wait(self.submit(events, deadline))
+
+    def submit(self, events: list[NewEvent], deadline: float) -> Request:
+        """Queue ``events`` for the next transaction; :meth:`wait` for it. Requests are written in the order
+        they were submitted (one transaction keeps its events in order), so a caller that must not see its
+        records overtaken submits under its own lock and waits outside it."""
         request = Request(events, deadline)
         with self._cond:
             self._queue.append(request)
@@ -106,8 +112,12 @@ class GroupCommitter:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="relaybus-group-commit", daemon=True)
                 self._thread.start()
+        return request
+
+    def wait(self, request: Request) -> None:
+        """Wait until ``request`` is written; raise its error."""
         # The writer honours the deadline; the margin covers a transaction still running at it.
-        if not request.done.wait(max(0.0, deadline - time.monotonic()) + 60.0):
+        if not request.done.wait(max(0.0, request.deadline - time.monotonic()) + 60.0):
             raise StoreUnavailable("the group-commit writer did not answer")
         if request.error is not None:
             raise request.error

@@ -151,6 +151,15 @@ class HostWriterClient:
                 sock.close()
 
 
+#: Set in a worker whose pool runs tasks on threads of its own process (threads, gevent, eventlet): its
+#: recorder groups their records with a :class:`~.group.GroupCommitter` instead.
+_GROUP_IN_PROCESS = False
+
+
+def groups_in_process() -> bool:
+    return _GROUP_IN_PROCESS
+
+
 def client_from_env() -> HostWriterClient | None:
     """The host writer of this worker, if its main process started one."""
     address = os.environ.get(ADDRESS_ENV)
@@ -199,11 +208,17 @@ class HostWriter:
                 self.proc.kill()
 
 
-def start_for_worker(config: RuntimeConfig, prefork: bool) -> HostWriter | None:
+def start_for_worker(config: RuntimeConfig, pool: str) -> HostWriter | None:
     """Start the host writer for a worker about to fork its pool, and tell the pool processes where it is.
-    Nothing when recording is off, group commit is off, or the pool does not fork (solo, threads: their
-    tasks share the process's own :class:`~.group.GroupCommitter`)."""
-    if not (config.record_events and config.group_commit and prefork):
+    Nothing when recording or group commit is off; a pool of threads (threads, gevent, eventlet) groups in
+    its own process instead (:func:`groups_in_process`), and ``solo`` runs one task at a time."""
+    global _GROUP_IN_PROCESS
+    if not (config.record_events and config.group_commit):
+        return None
+    if pool in ("threads", "thread", "gevent", "eventlet"):
+        _GROUP_IN_PROCESS = True
+        return None
+    if pool != "prefork":
         return None
     try:
         writer = HostWriter(config)

@@ -97,8 +97,8 @@ def start_host_writer(sender: Any = None, **_: Any) -> None:
     if app is None:
         return
     pool = getattr(sender, "pool_cls", "") or ""
-    prefork = "prefork" in (pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}")
-    writer = start_for_worker(runtime_config(app), prefork)
+    name = pool if isinstance(pool, str) else str(getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
+    writer = start_for_worker(runtime_config(app), name.rsplit(":", 1)[-1].rsplit(".", 1)[-1])
     if writer is not None:
         _HOST_WRITERS.append(writer)
 
