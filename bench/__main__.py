@@ -32,9 +32,14 @@ def _throughput(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     }
     targets = {"agent+sqlite": 0.9, "agent+postgres": 0.8}
     rows = []
-    for part, title, target_20 in (("noop", "no-op tasks", None), ("work_20ms", "tasks with 20 ms of work", 0.97)):
+    parts = (
+        ("noop", "no-op tasks", None),
+        ("work_20ms", "tasks with 20 ms of work", 0.97),
+        ("threads_20ms", "20 ms of work, -P threads -c 8", None),
+    )
+    for part, title, target_20 in parts:
         for variant in (*VARIANTS, *DIRECT):
-            f = r[part].get(variant)
+            f = r.get(part, {}).get(variant)
             if f is None:
                 continue
             target = target_20 if target_20 and variant.startswith("agent+") and "/" not in variant else None

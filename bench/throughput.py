@@ -145,9 +145,7 @@ def _one(
             for i in range(n):
                 task.apply_async(kwargs={"key": key, "n": i, "work_ms": work_ms}, queue=queue)
             publish_s = time.perf_counter() - started
-            worker = _plain_worker(
-                variant.removeprefix("celery-"), settings, queue, log, concurrency, pool
-            )
+            worker = _plain_worker(variant.removeprefix("celery-"), settings, queue, log, concurrency, pool)
         else:
             task = app.tasks["agents.bench_noop"]
             started = time.perf_counter()
@@ -230,6 +228,17 @@ def run(
         result["noop"] = _rounds((*VARIANTS, *DIRECT), rounds, tmp, redis_url, n=n)
         # Tasks with 20 ms of work, closer to an agent's (an LLM call takes longer still).
         result["work_20ms"] = _rounds(VARIANTS, max(1, rounds - 1), tmp, redis_url, n=max(200, n // 5), work_ms=20.0)
+        # I/O-bound agents (an LLM call waits on the network) on a pool of threads: group commit in-process.
+        result["threads_20ms"] = _rounds(
+            (*VARIANTS, *DIRECT),
+            max(1, rounds - 1),
+            tmp,
+            redis_url,
+            n=max(400, n // 2),
+            work_ms=20.0,
+            concurrency=8,
+            pool="threads",
+        )
         # Concurrency: the recording path against plain Celery with the same guarantees.
         result["concurrency"] = {
             str(c): _rounds(
