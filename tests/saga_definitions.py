@@ -1,5 +1,8 @@
 """Saga definitions used only by the integration tests. Workers import this module (RELAYBUS_EXTRA_MODULES).
 
+``test_handed_over``: a step on the ``probe`` queue (never answered), then a plain step; the test
+records the first step's outcome itself, as a worker that died before sending the next step would.
+
 ``test_plain_step``: a draft is written, then a step that is a plain agent task (declared with
 ``agent``, not ``saga_step``): it does not advance its saga itself, so its dispatch carries the
 orchestration callbacks (``relaybus.saga.step_done`` on the system queue) and the saga moves on through them.
@@ -58,6 +61,16 @@ STALLED = register_saga(
                 on_timeout="retry",
                 max_attempts=2,
             ),
+        ),
+    )
+)
+
+HANDED_OVER = register_saga(
+    SagaDefinition(
+        name="test_handed_over",
+        steps=(
+            Step(name="stalled", task="agents.probe.saga_never_answers", timeout_s=60),
+            Step(name="echo", task="agents.writer.plain_echo", timeout_s=60),
         ),
     )
 )

@@ -46,10 +46,15 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
-def report(task: Task, ref: dict[str, Any], ok: bool, data: JsonValue) -> dict[str, Any] | None:
-    """Record a dispatch's outcome, decide, dispatch what follows (:func:`~tasks.saga.outcomes.advance_saga`)."""
+def report(
+    task: Task, ref: dict[str, Any], ok: bool, data: JsonValue, *, again: bool = False
+) -> dict[str, Any] | None:
+    """Record a dispatch's outcome, decide, dispatch what follows (:func:`~tasks.saga.outcomes.advance_saga`).
+
+    ``again``: the outcome may have been recorded already by a reporter that died or failed before
+    sending what it caused (as on a redelivery or a retry of this task): send that again if it still runs."""
     request = task.request
-    redelivered = bool((request.delivery_info or {}).get("redelivered")) or bool(request.retries)
+    redelivered = again or bool((request.delivery_info or {}).get("redelivered")) or bool(request.retries)
     try:
         return advance_saga(task.app, CallRef.model_validate(ref), ok, data, redelivered=redelivered)
     except RETRYABLE as error:
@@ -96,8 +101,9 @@ def compensation_failed(self: Task, failed_task_id: str, *, ref: dict[str, Any])
 @shared_task(name=OUTCOME, **_OPTIONS)  # type: ignore[untyped-decorator]
 def outcome(self: Task, *, ref: dict[str, Any], ok: bool, data: JsonValue = None) -> dict[str, Any] | None:
     """An outcome a self-advancing step could not record itself (the store or broker was away): recorded
-    here, with this task's backoff, instead of running the step again."""
-    return report(self, ref, ok, data)
+    here, with this task's backoff, instead of running the step again. The step may have recorded it
+    and failed to send the next step: what it caused and still runs is sent again."""
+    return report(self, ref, ok, data, again=True)
 
 
 @shared_task(name=SWEEP, bind=True, acks_late=True, base=SystemTask)  # type: ignore[untyped-decorator]

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -388,3 +389,20 @@ def test_a_step_that_cannot_advance_its_saga_in_its_worker_hands_its_outcome_to_
         return any(e.type == "task.succeeded" and e.agent == "system" for e in events)
 
     wait_for(outcome_task_ended, 30, what="relaybus.saga.outcome's end, recorded in the saga's timeline")
+
+
+def test_an_outcome_handed_over_after_it_was_recorded_sends_again_the_step_it_caused(system):
+    saga_id = new_saga_id()
+    start_saga("test_handed_over", {"topic": "Recorded, not sent"}, saga_id=saga_id, app=system.app)
+    repo = repository(system.app)
+    (stalled,) = [f.command for f in repo.in_flight(repo.load(saga_id))]
+    ref = {"kind": "step", "saga_id": saga_id, "step": "stalled", "member": "stalled", "attempt": 1}
+    # The step's worker recorded its outcome, and with it the start of "echo", then could not send "echo".
+    recorded = repo.record(stalled.succeeded({"topic": "Recorded, not sent"}), now=datetime.now(UTC))
+    assert [c.step for c in recorded.dispatch] == ["echo"]
+    system.app.send_task("relaybus.saga.outcome", kwargs={"ref": ref, "ok": True, "data": {"topic": "x"}})
+
+    view = wait_for_saga(saga_id, 60, app=system.app)
+    assert view.status == "completed", view
+    assert view.output == {"echoed": f"{saga_id}:echo"}
+    assert history(view, "saga.step.started") == ["stalled", "echo"], "echo was started once and sent again"
