@@ -184,7 +184,7 @@ def is_host_writer(pid: int) -> bool:
     """Whether ``pid`` is a worker's group-commit writer (tasks.runtime.recording.hostwriter)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"recording.hostwriter" in f.read()
+            return b"recording.writer_process" in f.read()
     except OSError:
         return False
 

@@ -53,7 +53,7 @@ def host_writers(worker: Worker) -> list[int]:
     for child in children:
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"recording.hostwriter" in f.read():
+                if b"recording.writer_process" in f.read():
                     found.append(child)
         except OSError:
             continue

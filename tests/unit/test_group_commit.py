@@ -136,3 +136,42 @@ def test_an_unavailable_store_is_waited_for_until_each_callers_own_deadline() ->
     assert 0.5 <= ended["short"] < 2.0, ended
     assert 2.5 <= ended["long"] < 6.0, ended
     store.close()
+
+
+def test_the_host_writer_refuses_a_connection_from_another_user(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from relaybus.tasks.runtime.config import RuntimeConfig
+    from relaybus.tasks.runtime.recording.hostwriter import HostWriter, HostWriterClient, WriterGone
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another user")  # CI runs as root here
+    config = RuntimeConfig(eventstore_url=f"sqlite:///{tmp_path / 'events.sqlite'}")
+    open_store(config.eventstore_url, create=True).close()
+    writer = HostWriter(config)
+    try:
+        # As nobody (uid 65534): connected, then closed without an answer, and nothing written.
+        probe = (
+            "import socket,sys\n"
+            "try:\n"
+            " s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM);s.connect('\\0'+sys.argv[1])\n"
+            " s.sendall(b'\\0\\0\\0\\2{}');print('answered' if s.recv(10) else 'closed')\n"
+            "except OSError: print('closed')"
+        )
+        out = subprocess.run(  # the system's Python: nobody may not run the venv's
+            ["/usr/bin/python3", "-c", probe, writer.address], user=65534, capture_output=True, text=True, timeout=20
+        )
+        assert out.stdout.strip() == "closed", out
+        # As this user: answered.
+        client = HostWriterClient(writer.address)
+        client.append(_records("mine"), 5.0)
+        store = open_store(config.eventstore_url)
+        assert len(store.find(task_id="mine", limit=10)) == 3
+        store.close()
+        writer.proc.kill()
+        writer.proc.wait(10)
+        with pytest.raises(WriterGone):
+            client.append(_records("after"), 1.0)
+    finally:
+        writer.stop()

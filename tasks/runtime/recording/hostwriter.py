@@ -176,7 +176,7 @@ class HostWriter:
         # A name in Linux's abstract namespace: no file to clean up, nothing left behind by a SIGKILL.
         self.address = f"relaybus-recorder-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relaybus.tasks.runtime.recording.hostwriter", self.address],
+            [sys.executable, "-m", "relaybus.tasks.runtime.recording.writer_process", self.address],
             stdin=subprocess.PIPE,
         )
         assert self.proc.stdin is not None
@@ -251,6 +251,21 @@ def _request(message: dict[str, Any]) -> Request:
     return Request(events, time.monotonic() + float(message["wait_s"]))
 
 
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """Whether the peer runs as this process's user: nobody else may write to the audit log through us."""
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError:
+        return False
+    if uid != os.getuid():
+        logger.warning("refused a connection from uid %d to the host writer", uid)
+        return False
+    return True
+
+
 def serve(server: socket.socket, store: AppendsNew, parent: int) -> None:
     """The writer's loop, on one thread (no lock handoffs between threads to wait for): take the requests of
     every pool process that sent one, write them in one transaction, answer each."""
@@ -265,6 +280,9 @@ def serve(server: socket.socket, store: AppendsNew, parent: int) -> None:
                 assert isinstance(sock, socket.socket)
                 if sock is server:
                     conn, _ = server.accept()
+                    if not _same_user(conn):  # an abstract socket has no file permissions: check who it is
+                        conn.close()
+                        continue
                     conn.settimeout(5.0)  # a pool process that died mid-message cannot hold the loop
                     selector.register(conn, selectors.EVENT_READ)
                     continue
@@ -301,8 +319,3 @@ def main(address: str) -> None:
     server.bind("\0" + address)
     server.listen(128)
     serve(server, store, parent)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s: %(levelname)s/host-writer] %(message)s")
-    main(sys.argv[1])
