@@ -3,10 +3,12 @@
 ::
 
     start_saga("content_creation", {"topic": "..."})          # record, decide, dispatch the first step
-      -> agents.researcher.saga_research     (researcher queue)
+      -> agents.researcher.saga_research     (researcher queue): runs, records its end, then records its
+                                             outcome in the saga, decides, dispatches the next step
+      -> agents.writer.saga_draft ...        one message per step (tasks.saga.advance)
+    a task a saga names that is not a saga task (a plain agent):
            link       -> relaybus.saga.step_done    (system queue): record, decide, dispatch the next
            link_error -> relaybus.saga.step_failed  (system queue): record, decide, dispatch compensations
-      -> ...
     relaybus.saga.sweep  (beat)                                 time out silent steps, per policy
 
 Declaring steps: :func:`saga_step`, :func:`saga_compensation` and :func:`register_saga`. Following
