@@ -250,7 +250,9 @@ class WorkflowStatusProjection:
         ``limit`` when one correlation id was opened twice.
         """
         closer = events.alias("closer")
-        where = [events.c.type == opened_by, events.c.position > after_position]
+        where = [events.c.type == opened_by]
+        if after_position > 0:  # a bare "position > 0" has SQLite walk the log in position order
+            where.append(events.c.position > after_position)
         if since is not None:
             where.append(events.c.occurred_at >= since)
         if closed_by:

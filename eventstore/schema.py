@@ -98,8 +98,11 @@ events = Table(
     Column("prev_hash", String(64), nullable=True),
     UniqueConstraint("event_id", name="uq_events_event_id"),
     UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
-    Index("ix_events_correlation_position", "correlation_id", "position"),
-    Index("ix_events_type_position", "type", "position"),
+    # (migration 0003) "has this correlation an event of this type" is one probe; a timeline sorts
+    # its few dozen events. The type index carries the time, so a type from a time on is read
+    # without visiting rows.
+    Index("ix_events_correlation_type_position", "correlation_id", "type", "position"),
+    Index("ix_events_type_position_time", "type", "position", "occurred_at"),
     Index("ix_events_agent_occurred_at", "agent", "occurred_at"),
     Index("ix_events_task_id", "task_id"),
     Index("ix_events_occurred_at", "occurred_at"),

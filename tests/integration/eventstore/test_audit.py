@@ -100,3 +100,19 @@ def test_a_pattern_over_several_types_pages_in_position_order_with_the_limit_acr
     ]
     assert store.find(type="nothing.*") == []
     assert store.find(type="task_.failed") == []  # "_" is no wildcard
+
+
+def test_a_time_range_pages_in_position_order_whether_read_from_the_time_index_or_not(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relaybus.eventstore import store as store_module
+
+    # Times out of position order (clocks of several hosts): the range's matches are not a run of positions.
+    store.append([NewEvent(stream_id=f"s{i % 4}", type="t", occurred_at=at((i * 7) % 30)) for i in range(60)])
+    expected = [e.position for e in store.read_all() if at(5) <= e.occurred_at < at(20)]
+    for narrow in (0, 10_000):  # never, always "narrow" (PostgreSQL reads the range from the time index)
+        monkeypatch.setattr(store_module, "NARROW_TIME_RANGE", narrow)
+        assert [e.position for e in store.find(since=at(5), until=at(20), limit=10)] == expected[:10]
+        newest = store.find(since=at(5), until=at(20), limit=4, newest_first=True)
+        assert [e.position for e in newest] == expected[::-1][:4]
+        assert [e.position for e in store.find(since=at(5), until=at(20), type="t", limit=100)] == expected
