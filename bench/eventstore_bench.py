@@ -37,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,7 +113,7 @@ class Subject(Protocol):
     """One store on one fresh database."""
 
     def append(self, batch: list[NewEvent]) -> None: ...
-    def replay(self) -> int: ...
+    def iterate(self) -> Iterator[Any]: ...
     def close(self) -> None: ...
 
 
@@ -124,8 +124,9 @@ class RelaybusSubject:
     def append(self, batch: list[NewEvent]) -> None:
         self.store.append(batch)
 
-    def replay(self) -> int:
-        return sum(1 for _ in self.store.iter_all())
+    def iterate(self) -> Iterator[Any]:
+        """Every event, read back in full (payload decoded), in position order."""
+        return self.store.iter_all()
 
     def rebuild(self) -> int:
         return int(self.store.projection.rebuild())
@@ -163,15 +164,15 @@ class EventsourcingSubject:
             rows.append(self._stored_event(originator, version, event.type, state))
         self.recorder.insert_events(rows)
 
-    def replay(self) -> int:
-        count, start = 0, 1
+    def iterate(self) -> Iterator[Any]:
+        """Every notification, in pages of 5,000 as ``iter_all``, its state decoded."""
+        start = 1
         while True:
             page = self.recorder.select_notifications(start, 5000)
             for notification in page:
-                json.loads(notification.state)
-            count += len(page)
+                yield notification, json.loads(notification.state)
             if len(page) < 5000:
-                return count
+                return
             start = page[-1].id + 1
 
     def close(self) -> None:
@@ -254,37 +255,81 @@ def _timed(action: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def _append_rate(subject: Subject, events: list[NewEvent], size: int) -> float:
+BLOCKS = 10
+"""Each metric is measured in this many blocks per round, the stores taking turns block by block, so a
+burst of load from elsewhere on the machine falls on every store alike."""
+
+
+def _timed_blocks(actions: dict[str, list[Callable[[], Any]]]) -> dict[str, float]:
+    """Run the stores' blocks in turns (block i of every store, then block i + 1...); seconds per store."""
+    seconds = dict.fromkeys(actions, 0.0)
+    for i in range(max(len(blocks) for blocks in actions.values())):
+        for name, blocks in actions.items():
+            if i < len(blocks):
+                _, took = _timed(blocks[i])
+                seconds[name] += took
+    return seconds
+
+
+def _append_blocks(subject: Subject, events: list[NewEvent], size: int) -> list[Callable[[], Any]]:
     batches = [events[i : i + size] for i in range(0, len(events), size)]
+    per_block = max(1, len(batches) // BLOCKS)
 
-    def go() -> None:
-        for batch in batches:
-            subject.append(batch)
+    def block(chunk: list[list[NewEvent]]) -> Callable[[], None]:
+        def go() -> None:
+            for batch in chunk:
+                subject.append(batch)
 
-    _, seconds = _timed(go)
-    return _rate(len(events), seconds)
+        return go
+
+    return [block(batches[i : i + per_block]) for i in range(0, len(batches), per_block)]
 
 
-def one_round(name: str, subject: Subject, sizes: Sizes) -> dict[str, float]:
-    """Every metric of one store on its fresh database; leaves ``sizes.replay`` events in it."""
-    tag = uuid.uuid4().hex[:6]
-    figures = {
-        "single": _append_rate(subject, make_events(sizes.single, tag=f"{tag}s"), 1),
-        "batch100": _append_rate(subject, interleave(make_events(sizes.batch100, tag=f"{tag}h")), 100),
-        "batch500": _append_rate(subject, interleave(make_events(sizes.batch500, tag=f"{tag}f")), 500),
-    }
+def _replay_blocks(subject: Subject, expected: int) -> tuple[list[Callable[[], Any]], list[int]]:
+    """The replay in ``BLOCKS`` parts: each part reads the next tenth of the log from the one iterator."""
+    events = subject.iterate()
+    counted = [0]
+    step = max(1, expected // BLOCKS)
+
+    def part() -> None:
+        for _ in range(step):
+            if next(events, None) is None:
+                return
+            counted[0] += 1
+
+    return [part for _ in range(BLOCKS + 1)], counted
+
+
+def one_round(subjects: dict[str, Subject], sizes: Sizes) -> dict[str, dict[str, float]]:
+    """Every metric of every store, each on its fresh database, the stores taking turns block by block."""
+    figures: dict[str, dict[str, float]] = {name: {} for name in subjects}
+    for metric, count, size in (
+        ("single", sizes.single, 1),
+        ("batch100", sizes.batch100, 100),
+        ("batch500", sizes.batch500, 500),
+    ):
+        actions = {}
+        for name, subject in subjects.items():
+            events = make_events(count, tag=f"{uuid.uuid4().hex[:6]}{metric}")
+            actions[name] = _append_blocks(subject, events if size == 1 else interleave(events), size)
+        for name, seconds in _timed_blocks(actions).items():
+            figures[name][metric] = _rate(count, seconds)
     written = sizes.single + sizes.batch100 + sizes.batch500
-    if written < sizes.replay:  # top up, untimed
-        extra = interleave(make_events(sizes.replay - written, tag=f"{tag}r"))
-        for start in range(0, len(extra), 500):
-            subject.append(extra[start : start + 500])
-    count, seconds = _timed(subject.replay)
-    assert count >= sizes.replay, (name, count)
-    figures["replay"] = _rate(count, seconds)
-    if isinstance(subject, RelaybusSubject):
-        for metric, action in (("rebuild", subject.rebuild), ("verify", subject.verify)):
-            done, seconds = _timed(action)
-            figures[metric] = _rate(done, seconds)
+    for subject in subjects.values():
+        if written < sizes.replay:  # top up, untimed
+            extra = interleave(make_events(sizes.replay - written, tag=f"{uuid.uuid4().hex[:6]}r"))
+            for start in range(0, len(extra), 500):
+                subject.append(extra[start : start + 500])
+    replays = {name: _replay_blocks(subject, max(written, sizes.replay)) for name, subject in subjects.items()}
+    for name, seconds in _timed_blocks({name: blocks for name, (blocks, _) in replays.items()}).items():
+        count = replays[name][1][0]
+        assert count >= sizes.replay, (name, count)
+        figures[name]["replay"] = _rate(count, seconds)
+    for name, subject in subjects.items():
+        if isinstance(subject, RelaybusSubject):
+            for metric, action in (("rebuild", subject.rebuild), ("verify", subject.verify)):
+                done, seconds = _timed(action)
+                figures[name][metric] = _rate(done, seconds)
     return figures
 
 
@@ -310,17 +355,17 @@ def run(quick: bool = False, *, rounds: int = ROUNDS, stores: tuple[str, ...] | 
     if not _postgres_available():
         chosen = [s for s in chosen if STORES[s][0] != "postgresql"]
     per_round: dict[str, list[dict[str, float]]] = {s: [] for s in chosen}
-    admin_url = POSTGRES_URL
     with tempfile.TemporaryDirectory(prefix="estore-bench-") as tmp:
         for _ in range(rounds):
-            for name in chosen:
-                database, factory = STORES[name]
-                with _database(database, admin_url) as schema:
-                    subject = factory(Path(tmp), schema)
-                    try:
-                        per_round[name].append(one_round(name, subject, sizes))
-                    finally:
-                        subject.close()
+            with ExitStack() as stack:
+                subjects: dict[str, Subject] = {}
+                for name in chosen:
+                    database, factory = STORES[name]
+                    schema = stack.enter_context(_database(database, POSTGRES_URL))
+                    subjects[name] = factory(Path(tmp), schema)
+                    stack.callback(subjects[name].close)
+                for name, figures in one_round(subjects, sizes).items():
+                    per_round[name].append(figures)
     medians = {
         name: {metric: statistics.median(r[metric] for r in results) for metric in results[0]}
         for name, results in per_round.items()
