@@ -132,6 +132,12 @@ class _Step:
         elif event.type in t.TASK_TYPES:
             self.finished = None  # sent again after finishing (a redrive): running once more
 
+    def queue_wait_s(self) -> float | None:
+        return _seconds(self.sent, self.first_start)
+
+    def run_time_s(self) -> float | None:
+        return _seconds(self.last_start, self.finished)
+
     def freeze(self) -> TaskStep:
         return TaskStep(
             task_id=self.task_id,
@@ -142,8 +148,8 @@ class _Step:
             started_at=self.first_start,
             last_started_at=self.last_start,
             finished_at=self.finished,
-            queue_wait_s=_seconds(self.sent, self.first_start),
-            run_time_s=_seconds(self.last_start, self.finished),
+            queue_wait_s=self.queue_wait_s(),
+            run_time_s=self.run_time_s(),
             attempts=max(self.attempts, self.starts),
         )
 
@@ -154,8 +160,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return max((end - start).total_seconds(), 0.0)
 
 
-def task_steps(events_: Iterable[TaskEvent]) -> list[TaskStep]:
-    """One step per task id that has lifecycle events, in order of each task's first event."""
+def _steps(events_: Iterable[TaskEvent]) -> list[_Step]:
     steps: dict[str, _Step] = {}
     for event in events_:
         if event.task_id is None or event.type not in t.TASK_TYPES:
@@ -164,7 +169,12 @@ def task_steps(events_: Iterable[TaskEvent]) -> list[TaskStep]:
         if step is None:
             step = steps[event.task_id] = _Step(event.task_id)
         step.add(event)
-    return [step.freeze() for step in steps.values()]
+    return list(steps.values())
+
+
+def task_steps(events_: Iterable[TaskEvent]) -> list[TaskStep]:
+    """One step per task id that has lifecycle events, in order of each task's first event."""
+    return [step.freeze() for step in _steps(events_)]
 
 
 def timeline_of(correlation_id: str, events_: Sequence[RecordedEvent]) -> Timeline:
@@ -189,20 +199,30 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def stats_of(steps: Iterable[TaskStep]) -> list[AgentStats]:
     """Per-agent statistics over task steps, sorted by agent."""
-    by_agent: dict[str, list[TaskStep]] = {}
+    return _stats([(s.agent, s.status, s.run_time_s, s.queue_wait_s) for s in steps])
+
+
+def stats_of_events(events_: Iterable[TaskEvent]) -> list[AgentStats]:
+    """:func:`stats_of` over the steps of ``events_``, without building a :class:`TaskStep` for each
+    (``relaybus stats`` over a busy hour folds thousands of tasks)."""
+    return _stats([(s.agent, s.status or "unknown", s.run_time_s(), s.queue_wait_s()) for s in _steps(events_)])
+
+
+def _stats(steps: list[tuple[str | None, str, float | None, float | None]]) -> list[AgentStats]:
+    by_agent: dict[str, list[tuple[str | None, str, float | None, float | None]]] = {}
     for step in steps:
-        if step.agent is not None:
-            by_agent.setdefault(step.agent, []).append(step)
+        if step[0] is not None:
+            by_agent.setdefault(step[0], []).append(step)
     result = []
     for agent, group in sorted(by_agent.items()):
-        runs = [s.run_time_s for s in group if s.run_time_s is not None]
-        waits = [s.queue_wait_s for s in group if s.queue_wait_s is not None]
+        runs = [run for _, _, run, _ in group if run is not None]
+        waits = [wait for _, _, _, wait in group if wait is not None]
         result.append(
             AgentStats(
                 agent=agent,
                 count=len(group),
-                succeeded=sum(s.status == "succeeded" for s in group),
-                failures=sum(s.status in t.FAILED_TASK_STATUSES for s in group),
+                succeeded=sum(status == "succeeded" for _, status, _, _ in group),
+                failures=sum(status in t.FAILED_TASK_STATUSES for _, status, _, _ in group),
                 run_time_p50_s=percentile(runs, 50),
                 run_time_p95_s=percentile(runs, 95),
                 queue_wait_p50_s=percentile(waits, 50),

@@ -116,3 +116,11 @@ def test_a_time_range_pages_in_position_order_whether_read_from_the_time_index_o
         newest = store.find(since=at(5), until=at(20), limit=4, newest_first=True)
         assert [e.position for e in newest] == expected[::-1][:4]
         assert [e.position for e in store.find(since=at(5), until=at(20), type="t", limit=100)] == expected
+
+
+def test_agent_stats_agree_with_the_steps_built_from_the_same_events(audited: EventStore) -> None:
+    from relaybus.eventstore.queries import stats_of, task_steps
+
+    task_events = [e for e in audited.read_all() if e.task_id is not None and e.type.startswith("task.")]
+    assert audited.agent_stats() == stats_of(task_steps(task_events))
+    assert audited.agent_stats(since=at(50)) == stats_of(task_steps(e for e in task_events if e.occurred_at >= at(50)))
