@@ -44,12 +44,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from sqlalchemy import create_engine, text
 
 from bench.saga_steps import AGENT, NAME
@@ -115,8 +116,17 @@ def group_cpu_s(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _broker(broker_url: str) -> Any:
+    """A connection to the broker (kombu's classes are only partly typed)."""
+    return Connection(broker_url)  # type: ignore[no-untyped-call]
+
+
+def _has_consumer(broker_url: str, queue: str) -> bool:
+    return _consumers(broker_url, queue) > 0
+
+
 def _consumers(broker_url: str, queue: str) -> int:
-    with Connection(broker_url) as conn:
+    with _broker(broker_url) as conn:
         try:
             return int(conn.default_channel.queue_declare(queue=queue, passive=True)[2])
         except Exception:
@@ -205,7 +215,7 @@ class Relaybus:
 
     def round(self, n: int, count: int) -> dict[str, Any]:
         cpu = group_cpu_s(self.worker.proc.pid)
-        figures = {
+        figures: dict[str, Any] = {
             "success": self.loaded(n, fail=False) | self.alone(count, fail=False),
             "compensation": self.loaded(n, fail=True) | self.alone(count, fail=True),
         }
@@ -304,7 +314,7 @@ def relaybus_variant(name: str, base: Settings, workdir: Path, postgres: str | N
         undo.callback(worker.stop)
         for agent in (AGENT, "system"):
             queue = topology.queue_name(agent)
-            _wait(lambda q=queue: _consumers(settings.broker_url, q) > 0, 60, f"a consumer on {queue}")
+            _wait(partial(_has_consumer, settings.broker_url, queue), 60, f"a consumer on {queue}")
         store = repository(app).store
         yield Relaybus(name, app, store, worker)
 
@@ -351,7 +361,7 @@ def peer_variant(name: str, matched: bool, settings: Settings, workdir: Path) ->
     log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(lambda: _consumers(settings.broker_url, tag) > 0, 60, f"a consumer on {tag}")
+        _wait(partial(_has_consumer, settings.broker_url, tag), 60, f"a consumer on {tag}")
         yield Peer(name, env, proc.pid)
     finally:
         proc.terminate()
@@ -361,10 +371,9 @@ def peer_variant(name: str, matched: bool, settings: Settings, workdir: Path) ->
             proc.kill()
             proc.wait(20)
         log.close()
-        with Connection(settings.broker_url) as conn:
-            channel = conn.default_channel
-            Queue(tag, Exchange(tag), tag, channel=channel).delete()
-            Exchange(tag, channel=channel).delete()
+        with _broker(settings.broker_url) as conn:
+            conn.default_channel.queue_delete(tag)
+            conn.default_channel.exchange_delete(tag)
         client = redis.Redis.from_url(settings.result_backend)
         keys = list(client.scan_iter(match=f"{tag}:*", count=1000))
         for i in range(0, len(keys), 500):

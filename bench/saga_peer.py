@@ -57,7 +57,7 @@ if MATCHED:
     )
 
 
-class _Backend(RedisSagaBackend):
+class _Backend(RedisSagaBackend):  # type: ignore[misc]
     PREFIX = PREFIX
 
 
