@@ -55,16 +55,21 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
         else:
             call, done, failed = CompensationCall.of(saga, command), COMPENSATION_DONE, COMPENSATION_FAILED
         task_id = dispatch_id_of(command)
-        callbacks: dict[str, Any] = {}
-        if not advances_itself(app, command.task):
+        options: dict[str, Any]
+        if advances_itself(app, command.task):
+            # Its result is not stored (SagaTask.ignore_result), so no result subscription either: outside a
+            # worker (start_saga) Celery would SUBSCRIBE to the task's Redis channel on every send, and
+            # UNSUBSCRIBE as the unused AsyncResult is collected: two Redis round trips per start for nothing.
+            options = {"ignore_result": True}
+        else:
             ref = {"ref": CallRef.of(command).model_dump(mode="json")}
-            callbacks = {"link": app.signature(done, kwargs=ref), "link_error": app.signature(failed, kwargs=ref)}
+            options = {"link": app.signature(done, kwargs=ref), "link_error": app.signature(failed, kwargs=ref)}
         app.send_task(
             command.task,
             kwargs=call.model_dump(mode="json"),
             task_id=task_id,
             headers={CORRELATION_HEADER: correlation_id},
-            **callbacks,
+            **options,
         )
         sent.append(task_id)
     return sent
