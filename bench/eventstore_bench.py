@@ -126,7 +126,7 @@ class RelaybusSubject:
 
     def iterate(self) -> Iterator[Any]:
         """Every event, read back in full (payload decoded), in position order."""
-        return self.store.iter_all()
+        yield from self.store.iter_all()
 
     def rebuild(self) -> int:
         return int(self.store.projection.rebuild())

@@ -210,6 +210,7 @@ def queries(store: EventStore, now: datetime, start: datetime) -> dict[str, Call
         "events --status dead_lettered": lambda: store.find(status="dead_lettered"),
         "events --correlation-id": lambda: store.find(correlation_id=pipeline),
         "events --since/--until (1 h)": lambda: store.find(since=hour[0], until=hour[1]),
+        "events --since (10 days back, no --until)": lambda: store.find(since=now - timedelta(days=10)),
         "events --type task.failed --since (1 h)": lambda: store.find(type=t.TASK_FAILED, since=hour[0]),
         "stats --since/--until (1 h)": lambda: store.agent_stats(hour[0], hour[1]),
         "saga show (read_stream)": lambda: store.read_stream(saga),
