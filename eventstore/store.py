@@ -469,8 +469,9 @@ def _first_of_each_type(
     return events.c.position.in_(union_all(*(select(branch.c.position) for branch in branches)))
 
 
-NARROW_TIME_RANGE = 5000
-"""A time range with at most this many events is read whole and sorted by position (PostgreSQL)."""
+NARROW_TIME_RANGE = 20_000
+"""A time range with at most this many events is read whole and sorted by position (PostgreSQL): an
+hour of a busy log (7,000 events in the scale bench at 5 M) is read in a few milliseconds."""
 
 
 def _narrow_time_range(conn: Connection, since: datetime | None, until: datetime | None) -> bool:
