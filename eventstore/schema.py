@@ -105,7 +105,8 @@ events = Table(
     Index("ix_events_type_position_time", "type", "position", "occurred_at"),
     Index("ix_events_agent_occurred_at", "agent", "occurred_at"),
     Index("ix_events_task_id", "task_id"),
-    Index("ix_events_occurred_at", "occurred_at"),
+    # (migration 0004) a type from a time on is found in the index, not by visiting every row in range.
+    Index("ix_events_occurred_at_type", "occurred_at", "type"),
     sqlite_autoincrement=True,
 )
 
