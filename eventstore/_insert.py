@@ -11,6 +11,7 @@ psycopg pipeline: one round trip, as eventsourcing's recorder pipelines its lock
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -83,6 +84,18 @@ def driver_errors(conn: Connection, statement: str) -> Iterator[None]:
     except error_class as error:
         raise sa_exc.DBAPIError.instance(statement, None, error, error_class) from error
 
+
+class _QuietAbortedPipeline(logging.Filter):
+    """psycopg logs a warning when a pipeline ends while the error raised inside it propagates ("error ignored
+    terminating ...: pipeline aborted"). Here that error is a stale head meeting the unique (stream, version)
+    key, which the append retries from the log: expected, handled, and no reason for a warning in every
+    worker's log. Anything else psycopg says is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "error ignored terminating %r: %s" and "pipeline aborted" in record.getMessage())
+
+
+logging.getLogger("psycopg").addFilter(_QuietAbortedPipeline())
 
 _PG_LOCK = "LOCK TABLE events IN EXCLUSIVE MODE"
 _PG_POSITIONS = (
