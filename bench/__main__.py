@@ -215,12 +215,30 @@ BENCHMARKS = {
 }
 
 
+#: The peers measured side by side (pyproject's ``bench`` group), by import name.
+PEERS = {"celery_saga": "celery-saga==0.1.1", "eventsourcing": "eventsourcing[postgres]==9.5.6"}
+
+
+def ensure_peers() -> None:
+    """Install the ``bench`` dependency group's peers into this interpreter if one is missing."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    missing = [spec for module, spec in PEERS.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        print(f"installing the benchmark's peers: {', '.join(missing)}")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the benchmarks)")
     parser.add_argument("--only", default="", help="comma-separated benchmark names: " + ", ".join(BENCHMARKS))
     args = parser.parse_args()
     chosen = [b.strip() for b in args.only.split(",") if b.strip()] or list(BENCHMARKS)
+    if {"eventstore", "sagas"} & set(chosen):
+        ensure_peers()
     console = Console(width=200)
     table = Table(title="relaybus benchmarks")
     # ratio: against plain Celery with relaybus's guarantees / with its defaults, where not said otherwise.
