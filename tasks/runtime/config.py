@@ -36,7 +36,7 @@ class RuntimeConfig(BaseModel):
     max_message_bytes: int = 4 * 1024 * 1024
     eventstore_url: str = "sqlite:///.relaybus/events.sqlite"
     record_events: bool = True
-    group_commit: bool = True
+    group_commit: bool = False
     redact_keys: tuple[str, ...] = ()
     max_event_payload_bytes: int = 64 * 1024
     pipeline_deadline_s: float = 3600.0

@@ -132,8 +132,8 @@ def private_system(
     stopped (and their namespace deleted) after the test."""
     with ExitStack() as stack:
 
-        def start(workers: int) -> ChaosSystem:
-            settings = chaos_settings(tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url))
+        def start(workers: int, **overrides: Any) -> ChaosSystem:
+            settings = chaos_settings(tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url), **overrides)
             return stack.enter_context(chaos_system(settings, tmp_path, workers=workers))
 
         yield start

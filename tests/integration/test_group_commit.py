@@ -41,7 +41,7 @@ def eventstore_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
 
 @pytest.fixture
 def settings(tmp_path, broker_url, redis_url, eventstore_url):  # overrides conftest's: one per database
-    return make_settings(tmp_path, broker_url, redis_url, eventstore_url=eventstore_url)
+    return make_settings(tmp_path, broker_url, redis_url, eventstore_url=eventstore_url, group_commit=True)
 
 
 def host_writers(worker: Worker) -> list[int]:
