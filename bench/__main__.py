@@ -18,7 +18,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _throughput(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
-    from bench.throughput import DIRECT, VARIANTS, run
+    from bench.throughput import GROUPED, VARIANTS, run
 
     r = run(n=500 if quick else 2000, rounds=1 if quick else 3, concurrencies=(2,) if quick else (1, 2, 4))
     labels = {
@@ -27,8 +27,8 @@ def _throughput(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
         "agent": "agent task, recording off",
         "agent+sqlite": "agent task, full recording, SQLite",
         "agent+postgres": "agent task, full recording, PostgreSQL",
-        "agent+sqlite/direct": "  same, SQLite, without group commit",
-        "agent+postgres/direct": "  same, PostgreSQL, without group commit",
+        "agent+sqlite/group": "  same, SQLite, with group commit",
+        "agent+postgres/group": "  same, PostgreSQL, with group commit",
     }
     targets = {"agent+sqlite": 0.9, "agent+postgres": 0.8}
     rows = []
@@ -38,7 +38,7 @@ def _throughput(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
         ("threads_20ms", "20 ms of work, -P threads -c 8", None),
     )
     for part, title, target_20 in parts:
-        for variant in (*VARIANTS, *DIRECT):
+        for variant in (*VARIANTS, *GROUPED):
             f = r.get(part, {}).get(variant)
             if f is None:
                 continue

@@ -8,7 +8,7 @@ Variants (``VARIANTS``):
   confirms, persistent, results in Redis, task events for Flower);
 * ``agent``: a relaybus agent task, event log off;
 * ``agent+sqlite`` / ``agent+postgres``: the same with every transition recorded in the event log;
-* ``.../direct``: recording without group commit (each pool process commits its own records).
+* ``.../group``: recording with group commit (a host writer for prefork, a writer thread for threads).
 
 Each variant fills its queue with ``n`` tasks, then a worker starts and drains it; the consume rate runs from
 the first task's mark to the last one's. Variants run in a rotating order over several rounds (the machine
@@ -32,8 +32,8 @@ from relaybus.eventstore import open_store
 from relaybus.workers import WorkerProcess
 
 VARIANTS = ("celery-defaults", "celery-guarantees", "agent", "agent+sqlite", "agent+postgres")
-#: The recording variants without group commit (each pool process commits its own records), to show its effect.
-DIRECT = ("agent+sqlite/direct", "agent+postgres/direct")
+#: The recording variants with group commit (RELAYBUS_GROUP_COMMIT, off by default), to show its effect.
+GROUPED = ("agent+sqlite/group", "agent+postgres/group")
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -115,11 +115,11 @@ def _one(
     pool: str = "prefork",
 ) -> dict[str, float]:
     schema = None
-    direct = variant.endswith("/direct")
-    variant_ = variant.removesuffix("/direct")
+    grouped = variant.endswith("/group")
+    variant_ = variant.removesuffix("/group")
     overrides: dict[str, Any] = {
         "record_events": variant_ in ("agent+sqlite", "agent+postgres"),
-        "group_commit": not direct,
+        "group_commit": grouped,
     }
     if variant_ == "agent+postgres":
         schema, overrides["eventstore_url"] = _postgres_schema()
@@ -225,12 +225,12 @@ def run(
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         result: dict[str, Any] = {"n": n, "rounds": rounds, "pool": "prefork"}
-        result["noop"] = _rounds((*VARIANTS, *DIRECT), rounds, tmp, redis_url, n=n)
+        result["noop"] = _rounds((*VARIANTS, *GROUPED), rounds, tmp, redis_url, n=n)
         # Tasks with 20 ms of work, closer to an agent's (an LLM call takes longer still).
         result["work_20ms"] = _rounds(VARIANTS, max(1, rounds - 1), tmp, redis_url, n=max(200, n // 5), work_ms=20.0)
         # I/O-bound agents (an LLM call waits on the network) on a pool of threads: group commit in-process.
         result["threads_20ms"] = _rounds(
-            (*VARIANTS, *DIRECT),
+            (*VARIANTS, *GROUPED),
             max(1, rounds - 1),
             tmp,
             redis_url,
