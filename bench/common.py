@@ -41,14 +41,21 @@ def make_app(settings: Settings) -> Celery:
 
 
 def start_worker(
-    settings: Settings, queues: list[str], log: Path, concurrency: int = 2, pool: str = "prefork"
+    settings: Settings,
+    queues: list[str],
+    log: Path,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    app_module: str = "relaybus",
+    extra: tuple[str, ...] = (),
 ) -> WorkerProcess:
+    """``celery -A app_module worker`` on ``queues`` (relaybus's app, or a baseline's: bench.plain_app)."""
     argv = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "relaybus",
+        app_module,
         "worker",
         "-Q",
         ",".join(queues),
@@ -62,6 +69,7 @@ def start_worker(
         "--without-gossip",
         "-n",
         f"bench{uuid.uuid4().hex[:6]}@%h",
+        *extra,
     ]
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     worker = WorkerProcess(argv, settings, log, cwd=ROOT)

@@ -17,7 +17,6 @@ is shared: only ratios from one run mean anything); the median is reported.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 import uuid
@@ -27,7 +26,7 @@ from typing import Any
 import redis
 from sqlalchemy import create_engine, text
 
-from bench.common import ROOT, bench_settings, delete_namespace, make_app, median, start_worker, wait_consuming
+from bench.common import bench_settings, delete_namespace, make_app, median, start_worker, wait_consuming
 from relaybus.eventstore import open_store
 from relaybus.workers import WorkerProcess
 
@@ -54,34 +53,13 @@ def _drop_schema(schema: str) -> None:
 
 
 def _plain_worker(mode: str, settings: Any, queue: str, log: Path, concurrency: int, pool: str) -> WorkerProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "bench.plain_app",
-        "worker",
-        "-Q",
-        queue,
-        "-c",
-        str(concurrency),
-        "-P",
-        pool,
-        "-l",
-        "WARNING",
-        "--without-mingle",
-        "--without-gossip",
-        "-n",
-        f"plain{uuid.uuid4().hex[:6]}@%h",
-    ]
-    if mode == "guarantees":
-        argv.append("-E")
+    """A worker of the plain-Celery baseline in ``mode`` (bench.plain_app reads it from the environment)."""
     import os
 
     os.environ["RELAYBUS_BENCH_PLAIN"] = mode
-    os.environ.setdefault("PYTHONPATH", str(ROOT))
     try:
-        return WorkerProcess(argv, settings, log, cwd=ROOT)
+        extra = ("-E",) if mode == "guarantees" else ()
+        return start_worker(settings, [queue], log, concurrency, pool, app_module="bench.plain_app", extra=extra)
     finally:
         os.environ.pop("RELAYBUS_BENCH_PLAIN", None)
 

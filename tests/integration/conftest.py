@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -7,11 +8,13 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from celery import Celery
+from sqlalchemy import create_engine, text
 
 from relaybus.celery import topology_of
+from relaybus.eventstore import migrations
 from relaybus.settings import Settings
 from tests.harness import Worker, delete_namespace, make_app, make_settings
-from tests.services import require_rabbitmq, require_redis
+from tests.services import require_postgres, require_rabbitmq, require_redis
 
 
 @pytest.fixture
@@ -60,3 +63,19 @@ def start_worker(settings: Settings, app: Celery, tmp_path: Path) -> Iterator[Ca
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def eventstore_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An event log on each database: a SQLite file, then a PostgreSQL schema of its own (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'events.sqlite'}"
+        return
+    url = require_postgres()
+    schema = f"e2e_{uuid.uuid4().hex[:12]}"
+    migrations.upgrade(url, schema=schema)
+    yield f"{url}?options=-csearch_path%3D{schema}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()

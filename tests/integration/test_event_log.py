@@ -4,37 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import chain, chord
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from relaybus.eventstore import migrations, open_store
+from relaybus.eventstore import open_store
 from relaybus.tasks.runtime.context import workflow_context
 from tests.harness import make_settings, redis_list, wait_for
-from tests.services import require_postgres
 
 pytestmark = pytest.mark.integration
 
 TERMINAL = {"task.succeeded", "task.failed", "task.dead_lettered", "task.revoked", "task.rejected"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def eventstore_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'events.sqlite'}"
-        return
-    url = require_postgres()
-    schema = f"e2e_{uuid.uuid4().hex[:12]}"
-    migrations.upgrade(url, schema=schema)
-    yield f"{url}?options=-csearch_path%3D{schema}"
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 @pytest.fixture

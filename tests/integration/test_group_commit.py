@@ -8,35 +8,16 @@ import os
 import signal
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from relaybus.eventstore import EventStore, migrations, open_store
+from relaybus.eventstore import EventStore, open_store
 from relaybus.tasks.runtime.context import workflow_context
 from tests.harness import Worker, make_settings, wait_for
-from tests.services import require_postgres
 
 pytestmark = pytest.mark.integration
 
 RECORDS = ("task.sent", "task.received", "task.started", "task.succeeded")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def eventstore_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'events.sqlite'}"
-        return
-    url = require_postgres()
-    schema = f"gc_{uuid.uuid4().hex[:12]}"
-    migrations.upgrade(url, schema=schema)
-    yield f"{url}?options=-csearch_path%3D{schema}"
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 @pytest.fixture
@@ -70,25 +51,38 @@ def check_every_transition(store: EventStore, correlation_id: str, task_ids: lis
     return missing
 
 
-def test_the_pool_processes_records_share_transactions_and_every_transition_is_recorded(app, settings, start_worker):
-    worker = start_worker("probe", concurrency=4)
-    assert len(host_writers(worker)) == 1, "a prefork worker with recording starts one host writer"
+def run_probes(app, n: int, sleep_s: float) -> tuple[str, list[str]]:
+    """``n`` probe tasks of one workflow, run to their end: (its correlation id, their task ids)."""
     probe = app.tasks["agents.probe"]
     with workflow_context() as correlation_id:
-        results = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": 0.02}) for _ in range(80)]
+        results = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": sleep_s}) for _ in range(n)]
     assert all(r.get(timeout=120)["value"] == 1 for r in results)
+    return correlation_id, [r.id for r in results]
 
-    store = open_store(settings.eventstore_url)
+
+def check_grouped_and_whole(url: str, correlation_id: str, task_ids: list[str], who: str) -> None:
+    """Every task has its records, in order, some transactions carried several tasks' records, the chain holds."""
+    store = open_store(url)
     try:
-        task_ids = [r.id for r in results]
         wait_for(lambda: not check_every_transition(store, correlation_id, task_ids), 30, 0.2, "every record")
-        succeeded = [e for e in store.by_correlation(correlation_id) if e.type == "task.succeeded"]
+        events = store.by_correlation(correlation_id)
+        succeeded = [e for e in events if e.type == "task.succeeded"]
         # One transaction stamps one recorded_at on all it writes: tasks that finished together share one.
         transactions = Counter(e.recorded_at for e in succeeded)
-        assert len(transactions) < len(succeeded), "no two pool processes' records ever shared a transaction"
+        assert len(transactions) < len(succeeded), f"no two {who}' records ever shared a transaction"
+        for task in task_ids:  # a task's start is never committed after its end
+            mine = [e.type for e in events if e.task_id == task and e.type != "task.sent"]
+            assert mine == ["task.received", "task.started", "task.succeeded"], mine
         assert store.verify().ok
     finally:
         store.close()
+
+
+def test_the_pool_processes_records_share_transactions_and_every_transition_is_recorded(app, settings, start_worker):
+    worker = start_worker("probe", concurrency=4)
+    assert len(host_writers(worker)) == 1, "a prefork worker with recording starts one host writer"
+    correlation_id, task_ids = run_probes(app, 80, 0.02)
+    check_grouped_and_whole(settings.eventstore_url, correlation_id, task_ids, "pool processes")
 
 
 def test_a_host_writer_killed_mid_run_loses_no_record_and_the_worker_goes_on(app, settings, start_worker):
@@ -124,21 +118,5 @@ def test_without_group_commit_no_host_writer_starts(app, settings, start_worker)
 def test_a_threads_pool_groups_its_tasks_records_in_its_own_process(app, settings, start_worker):
     worker = start_worker("probe", concurrency=8, pool="threads")
     assert host_writers(worker) == [], "threads share the worker's own process: no host writer"
-    probe = app.tasks["agents.probe"]
-    with workflow_context() as correlation_id:
-        results = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": 0.05}) for _ in range(80)]
-    assert all(r.get(timeout=120)["value"] == 1 for r in results)
-
-    store = open_store(settings.eventstore_url)
-    try:
-        task_ids = [r.id for r in results]
-        wait_for(lambda: not check_every_transition(store, correlation_id, task_ids), 30, 0.2, "every record")
-        succeeded = [e for e in store.by_correlation(correlation_id) if e.type == "task.succeeded"]
-        transactions = Counter(e.recorded_at for e in succeeded)
-        assert len(transactions) < len(succeeded), "no two threads' records ever shared a transaction"
-        for task in task_ids:  # a task's start is never committed after its end
-            mine = [e for e in store.by_correlation(correlation_id) if e.task_id == task and e.type != "task.sent"]
-            assert [e.type for e in mine] == ["task.received", "task.started", "task.succeeded"], mine
-        assert store.verify().ok
-    finally:
-        store.close()
+    correlation_id, task_ids = run_probes(app, 80, 0.05)
+    check_grouped_and_whole(settings.eventstore_url, correlation_id, task_ids, "threads")
