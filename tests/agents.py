@@ -49,6 +49,8 @@ class ProbeInput(AgentModel):
     key: str
     label: str = ""
     sleep_s: float = Field(default=0.0, ge=0, le=60)
+    #: A wall-clock instant (``time.time()``) to wait for, so that the tasks running then finish together.
+    until: float = 0.0
     fail_first: int = Field(default=0, ge=0)
     value: int = 0
     api_key: str | None = None  # a secret that must never reach the event log
@@ -70,6 +72,8 @@ def probe(inp: ProbeInput, ctx: AgentContext) -> ProbeOutput:
     note(inp.key, ctx, label=inp.label, event="start")
     if inp.sleep_s:
         time.sleep(inp.sleep_s)
+    if inp.until:
+        time.sleep(min(60.0, max(0.0, inp.until - time.time())))
     if inp.fail_first and ctx.attempt <= inp.fail_first:
         raise TransientError(f"planned transient failure on attempt {ctx.attempt}")
     note(inp.key, ctx, label=inp.label, event="done")

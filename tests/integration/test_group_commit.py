@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from collections import Counter
 
@@ -52,10 +53,18 @@ def check_every_transition(store: EventStore, correlation_id: str, task_ids: lis
 
 
 def run_probes(app, n: int, sleep_s: float) -> tuple[str, list[str]]:
-    """``n`` probe tasks of one workflow, run to their end: (its correlation id, their task ids)."""
+    """``n`` probe tasks of one workflow, run to their end: (its correlation id, their task ids).
+
+    The tasks a worker holds in the first seconds all wait for one instant and finish together, so their
+    records reach the writer at once (without it, tasks finishing one at a time on a busy machine may each
+    find the writer idle and never share a transaction); the rest run after it, ``sleep_s`` each."""
     probe = app.tasks["agents.probe"]
+    together = time.time() + 3.0
     with workflow_context() as correlation_id:
-        results = [probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": sleep_s}) for _ in range(n)]
+        results = [
+            probe.apply_async(kwargs={"key": f"gc:{uuid.uuid4().hex}", "sleep_s": sleep_s, "until": together})
+            for _ in range(n)
+        ]
     assert all(r.get(timeout=120)["value"] == 1 for r in results)
     return correlation_id, [r.id for r in results]
 
