@@ -217,6 +217,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_backend_max_retries=30,
         # A chord's error callback must also see its header tasks' failures.
         task_allow_error_cb_on_chord_header=True,
+        # Celery's event and remote-control exchanges are the namespace's own (project.topology): on a shared
+        # broker Flower, inspect, mingle and gossip see only this namespace's workers and tasks.
+        event_exchange=topology.celery_event_exchange,
+        event_queue_prefix=topology.celery_event_exchange,
+        control_exchange=topology.control_exchange,
         # Flower and `celery events` need these.
         worker_send_task_events=True,
         task_send_sent_event=True,

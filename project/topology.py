@@ -9,6 +9,13 @@ Names, for namespace ``agents`` and agent ``researcher``::
                                         research.* -> queue agents.auditor.events (tasks.bus)
     exchange agents.dlx        direct   agents.auditor.events.dlq -> queue agents.auditor.events.dlq
 
+Celery's own exchanges are per namespace too, so deployments sharing a broker (and vhost) do not see each
+other in Flower, ``celery inspect``/``control``, mingle or gossip::
+
+    exchange agents.celeryev       topic    task and worker events (Flower, ``celery events``, gossip)
+    exchange agents.pidbox         fanout   remote control (inspect, ping, revoke; mingle at start-up)
+    exchange reply.agents.pidbox   direct   the replies to remote control
+
 Workers declare only the queues they consume, and RabbitMQ silently drops a dead-lettered message
 whose dead-letter exchange or queue does not exist, so :meth:`Topology.declare` creates everything up
 front (and the bus declares its subscribers' queues). :meth:`Topology.delete` removes all of it.
@@ -51,6 +58,21 @@ class Topology:
     @property
     def event_exchange(self) -> Exchange:
         return Exchange(f"{self.namespace}.events", type="topic", durable=True)
+
+    @property
+    def celery_event_exchange(self) -> str:
+        """Celery's ``event_exchange`` (and ``event_queue_prefix``): task and worker events."""
+        return f"{self.namespace}.celeryev"
+
+    @property
+    def control_exchange(self) -> str:
+        """Celery's ``control_exchange``: kombu names its exchanges ``<it>.pidbox`` and ``reply.<it>.pidbox``."""
+        return self.namespace
+
+    @property
+    def celery_exchanges(self) -> tuple[str, ...]:
+        """The exchanges Celery declares for this namespace (events, remote control and its replies)."""
+        return (self.celery_event_exchange, f"{self.control_exchange}.pidbox", f"reply.{self.control_exchange}.pidbox")
 
     def queue_name(self, agent: str, *, urgent: bool = False) -> str:
         return f"{self.namespace}.{agent}.urgent" if urgent else f"{self.namespace}.{agent}"
@@ -112,18 +134,24 @@ class Topology:
         """Delete every queue and exchange of the namespace, with the messages they hold.
 
         That is each agent's queue, urgent queue and dead-letter queue, the event queue and its
-        dead-letter queue the bus declares for an agent that subscribes (a subscriber is an agent), and
-        the three exchanges. Ones that do not exist are skipped: urgent queues need not be switched on,
-        nor every agent subscribe.
+        dead-letter queue the bus declares for an agent or a subscriber registered in this process, the
+        three exchanges, and Celery's event and remote-control exchanges of the namespace (call it once the
+        namespace's workers have stopped). Ones that do not exist are skipped: urgent queues need not be
+        switched on, nor every agent subscribe.
         """
-        from relaybus.tasks.bus.bus import event_queue_name  # the bus names them; a late import keeps this module light
+        # The bus names them; a late import keeps this module light.
+        from relaybus.tasks.bus.bus import event_queue_name, subscribers
 
         queues = []
         for agent in self.agents:
-            events = event_queue_name(self.namespace, agent)
-            queues += [self.queue_name(agent), self.queue_name(agent, urgent=True), self.dlq_name(agent),
-                       events, f"{events}.dlq"]
-        exchanges = [self.exchange.name, self.dead_letter_exchange.name, self.event_exchange.name]
+            queues += [self.queue_name(agent), self.queue_name(agent, urgent=True), self.dlq_name(agent)]
+        # Subscribers registered in this process too: the bus declares their queues whether or not they are
+        # among the topology's agents (``declare_subscriptions`` takes the registry).
+        for subscriber in dict.fromkeys((*self.agents, *subscribers())):
+            events = event_queue_name(self.namespace, subscriber)
+            queues += [events, f"{events}.dlq"]
+        exchanges = [self.exchange.name, self.dead_letter_exchange.name, self.event_exchange.name,
+                     *self.celery_exchanges]
         channel = connection.channel()
         try:
             for delete, names in (("queue_delete", queues), ("exchange_delete", exchanges)):

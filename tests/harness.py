@@ -65,7 +65,7 @@ class Worker:
 
     def __init__(self, settings: Settings, agents: tuple[str, ...], log_dir: Path, *,
                  concurrency: int = 1, name: str | None = None, pool: str = "prefork",
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, mingle_and_gossip: bool = False) -> None:
         self.settings = settings
         self.agents = agents
         self.name = name or f"w{uuid.uuid4().hex[:6]}"
@@ -73,8 +73,9 @@ class Worker:
         self.log_path = log_dir / f"{self.name}.log"
         env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT), **(extra_env or {})}
         cmd = [sys.executable, "-m", "celery", "-A", "relaybus", "worker", "-Q", ",".join(self.queues),
-               "-c", str(concurrency), "-P", pool, "-n", f"{self.name}@%h", "-l", "INFO", "--without-mingle",
-               "--without-gossip"]
+               "-c", str(concurrency), "-P", pool, "-n", f"{self.name}@%h", "-l", "INFO"]
+        if not mingle_and_gossip:
+            cmd += ["--without-mingle", "--without-gossip"]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
