@@ -2,12 +2,17 @@
 
 Django is configured in this process from the example's settings module, with its database in a
 temporary SQLite file; relaybus's settings reach the site through ``override_settings(RELAYBUS=...)``,
-as a deployment would set them, so no environment variable is written. The view starts the reference
-pipeline (``relaybus.start("research", ...)``), whose entry task waits on the system queue until a worker runs it.
+as a deployment would set them, so no environment variable is written. The view writes the request and
+its outbox message in one transaction and publishes the reference pipeline's start after the commit
+(``relaybus.start("research", ...)``), whose entry task waits on the system queue until a worker runs it.
+With the broker down (a closed port), the request is queued and ``manage.py relaybus_outbox`` starts it
+once the site points at the real broker again.
 """
 
 from __future__ import annotations
 
+import io
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +23,7 @@ from celery import Celery
 
 from relaybus.settings import Settings
 from relaybus.tasks.bus.bus import declare_subscriptions
+from tests.chaos.services import free_port
 from tests.harness import ROOT, make_settings, queue_depth, wait_for
 
 pytestmark = pytest.mark.integration
@@ -86,11 +92,51 @@ def first_queue(settings: Settings) -> str:
     return f"{settings.namespace}.system"
 
 
-def test_the_view_starts_the_pipeline_only_after_commit_and_the_status_view_shows_it_complete(
+def finished(client: Any, status_json_url: str) -> dict[str, Any] | None:
+    body: dict[str, Any] = client.get(status_json_url).json()
+    return body if body["status"] not in {"queued", "pending", "running"} else None
+
+
+def assert_status_page_shows_the_completed_pipeline(client: Any, status_url: str, steps: list[dict[str, Any]]) -> str:
+    """The HTML page: the final status, one row per step of the timeline with its agent, status, queue wait
+    and run time, and the article."""
+    page = client.get(status_url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="status" data-status="completed"' in html, html
+    assert 'http-equiv="refresh"' not in html, "a finished workflow's page keeps refreshing"
+    rows = re.findall(r'<tr data-agent="([^"]+)" data-status="([^"]+)">(.*?)</tr>', html, re.DOTALL)
+    assert [(agent, status) for agent, status, _ in rows] == [(s["agent"], s["status"]) for s in steps]
+    assert {agent for agent, _, _ in rows} >= set(PIPELINE_AGENTS)
+    for _, _, cells in rows:
+        assert len(re.findall(r"\d+ ms", cells)) == 2, cells  # queue wait and run time
+    assert '<article id="output">' in html
+    return html
+
+
+def run_outbox() -> tuple[int, str]:
+    """``python manage.py relaybus_outbox``, once: its exit code and what it printed."""
+    from django.core.management import CommandError, call_command
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("relaybus_outbox", stdout=out, stderr=err)
+    except CommandError as exc:
+        return exc.returncode, out.getvalue() + err.getvalue() + str(exc)
+    return 0, out.getvalue() + err.getvalue()
+
+
+def run_outbox_until(printed: str) -> tuple[int, str] | None:
+    """One pass of the outbox command if it printed ``printed`` (the message was due), else ``None``."""
+    result = run_outbox()
+    return result if printed in result[1] else None
+
+
+def test_the_view_starts_the_pipeline_only_after_commit_and_the_status_page_shows_it_complete(
     app, settings, client, subscriptions, start_worker
 ):
     from django.db import transaction
-    from workflows.models import WorkflowRequest
+    from workflows.models import OutboxMessage, WorkflowRequest
 
     queue = first_queue(settings)
     assert queue_depth(app, queue) == 0
@@ -99,18 +145,20 @@ def test_the_view_starts_the_pipeline_only_after_commit_and_the_status_view_show
         response = client.post("/workflows/", {"request": "How do durable queues survive a broker restart?"})
         assert response.status_code == 202, response.content
         started = response.json()
+        assert started["status"] == "queued"  # published when the transaction commits
         assert WorkflowRequest.objects.filter(pk=started["id"]).exists()
+        assert OutboxMessage.objects.filter(pk=started["id"], published_at=None).exists()
         assert queue_depth(app, queue) == 0, "published before the transaction committed"
     wait_for(lambda: queue_depth(app, queue) == 1, 10, what="the pipeline's entry task to be sent after the commit")
-    assert client.get(started["status_url"]).json()["status"] in {"pending", "running"}
+    assert OutboxMessage.objects.get(pk=started["id"]).published_at is not None
+    assert client.get(started["status_json_url"]).json()["status"] in {"pending", "running"}
+    waiting = client.get(started["status_url"]).content.decode()
+    assert 'http-equiv="refresh"' in waiting  # the page follows the workflow until it ends
 
     start_worker(*PIPELINE_AGENTS, concurrency=2)
 
-    def finished() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(started["status_url"]).json()
-        return body if body["status"] not in {"pending", "running"} else None
-
-    status = wait_for(finished, 60, 0.2, "the status view to show the pipeline finished")
+    status = wait_for(lambda: finished(client, started["status_json_url"]), 60, 0.2,
+                      "the status view to show the pipeline finished")
     assert status["id"] == started["id"]
     assert status["status"] == "completed", status
     assert status["reason"] is None
@@ -120,12 +168,86 @@ def test_the_view_starts_the_pipeline_only_after_commit_and_the_status_view_show
     assert types.index("pipeline.started") < types.index("pipeline.completed"), types
     ran = {e["agent"] for e in status["events"] if e["type"] == "task.succeeded"}
     assert set(PIPELINE_AGENTS) <= ran, ran
+    # The steps are the timeline's (relaybus timeline <id>): every one succeeded, with its queue wait and run time.
+    assert {s["agent"] for s in status["steps"]} >= set(PIPELINE_AGENTS)
+    assert all(s["status"] == "succeeded" for s in status["steps"]), status["steps"]
+    assert all(s["queue_wait_s"] is not None and s["run_time_s"] is not None for s in status["steps"])
+    assert_status_page_shows_the_completed_pipeline(client, started["status_url"], status["steps"])
     assert queue_depth(app, queue) == 0
+
+
+def test_with_the_broker_down_the_request_is_queued_and_the_outbox_command_starts_it_once_the_broker_is_back(
+    app, settings, client, subscriptions, start_worker
+):
+    from django.test import override_settings
+    from django.utils import timezone
+    from workflows.models import OutboxMessage
+
+    queue = first_queue(settings)
+    fast_backoff = {"backoff_s": 0.2, "backoff_max_s": 0.5}
+    # Nothing listens on this port: every publish is refused at once (BrokerUnreachable).
+    broker_down = {**settings.model_dump(), "broker_url": f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+                   "publish_timeout_s": 2.0}
+    with override_settings(RELAYBUS=broker_down, RELAYBUS_OUTBOX=fast_backoff):
+        response = client.post("/workflows/", {"request": "What does a transactional outbox guarantee?"})
+        assert response.status_code == 202, response.content
+        queued = response.json()
+        assert queued["status"] == "queued", queued
+        assert "broker" in queued["message"] and "BrokerUnreachable" in queued["error"], queued
+        message = OutboxMessage.objects.get(pk=queued["id"])
+        assert (message.published_at, message.attempts) == (None, 1)
+        assert message.next_attempt_at > message.created_at  # backoff before the next attempt
+
+        status = client.get(queued["status_json_url"]).json()
+        assert status["status"] == "queued" and "BrokerUnreachable" in status["outbox"]["last_error"], status
+        assert 'data-status="queued"' in client.get(queued["status_url"]).content.decode()
+
+        # Still down: the command tries once the backoff is over, fails with the CLI's exit code 3, keeps the row.
+        code, output = wait_for(lambda: run_outbox_until("not published"), 10, 0.1,
+                                "the outbox command to retry the due message")
+        assert code == 3, output
+        assert OutboxMessage.objects.get(pk=queued["id"]).attempts == 2
+    assert queue_depth(app, queue) == 0, "nothing reached the real broker"
+
+    # The broker is back (the site's settings point at the real one again): the next pass publishes it.
+    with override_settings(RELAYBUS_OUTBOX=fast_backoff):
+        code, output = wait_for(lambda: run_outbox_until(f"published {queued['id']}"), 10, 0.1,
+                                "the outbox command to publish the message once the broker is back")
+        assert code == 0, output
+        assert "0 still unpublished" in output, output
+        message = OutboxMessage.objects.get(pk=queued["id"])
+        assert message.published_at is not None and message.attempts == 3 and message.last_error == ""
+        assert run_outbox() == (0, "outbox: 0 published, 0 failed, 0 refused, 0 still unpublished\n")
+
+        # An ambiguous publish: the broker took it, but the site never saved that it did (a crash, a lost
+        # confirm). The outbox publishes it again under the same pipeline id, and relaybus runs it once.
+        OutboxMessage.objects.filter(pk=queued["id"]).update(published_at=None, next_attempt_at=timezone.now())
+        code, output = run_outbox()
+        assert code == 0 and f"published {queued['id']}" in output, output
+    assert queue_depth(app, queue) == 2, "the same start twice on the system queue"
+
+    # One process: the second copy of the entry task arrives after the first ran, as a late duplicate does.
+    worker = start_worker(*PIPELINE_AGENTS, concurrency=1)
+    status = wait_for(lambda: finished(client, queued["status_json_url"]), 60, 0.2,
+                      "the status view to show the pipeline finished")
+    assert status["status"] == "completed", status
+    assert_status_page_shows_the_completed_pipeline(client, queued["status_url"], status["steps"])
+    types = [e["type"] for e in status["events"]]
+    assert types.count("pipeline.started") == 1 and types.count("pipeline.completed") == 1, types
+    wait_for(lambda: queue_depth(app, queue) == 0, 10, what="the duplicate entry task to be consumed")
+    # The event log keeps one record per task id whatever runs twice, so the worker's log tells: both copies of
+    # the entry task were delivered, and only one of them started the pipeline's first agent.
+    def both_copies_received() -> list[str] | None:
+        names = re.findall(r"Task (\S+)\[[^\]]+\] received", worker.log())
+        return names if names.count("pipelines.research") == 2 else None
+
+    received = wait_for(both_copies_received, 10, what="the worker to log both copies of the entry task")
+    assert received.count("agents.intake") == 1, received
 
 
 def test_a_rolled_back_request_never_starts_a_workflow(app, settings, client):
     from django.db import transaction
-    from workflows.models import WorkflowRequest
+    from workflows.models import OutboxMessage, WorkflowRequest
 
     queue = first_queue(settings)
     with pytest.raises(Rollback), transaction.atomic():
@@ -136,7 +258,9 @@ def test_a_rolled_back_request_never_starts_a_workflow(app, settings, client):
     # on_commit callbacks of a rolled-back transaction are dropped then and there: nothing to wait for.
     assert queue_depth(app, queue) == 0
     assert not WorkflowRequest.objects.filter(pk=started["id"]).exists()
+    assert not OutboxMessage.objects.filter(pk=started["id"]).exists()
     assert client.get(started["status_url"]).status_code == 404
+    assert client.get(started["status_json_url"]).status_code == 404
 
 
 def test_an_invalid_request_is_refused_and_publishes_nothing(app, settings, client):
@@ -147,7 +271,9 @@ def test_an_invalid_request_is_refused_and_publishes_nothing(app, settings, clie
 
 
 def test_the_index_page_offers_the_form_and_links_each_recent_request_to_its_status(app, settings, client):
-    started = client.post("/workflows/", {"request": "Compare classic and quorum queues", "priority": "high"}).json()
+    response = client.post("/workflows/", {"request": "Compare classic and quorum queues", "priority": "high"})
+    started = response.json()
+    assert (response.status_code, started["status"]) == (202, "started"), started  # committed and published
     wait_for(lambda: queue_depth(app, first_queue(settings)) == 1, 10, what="the committed request's first task")
 
     page = client.get("/")
@@ -156,3 +282,11 @@ def test_the_index_page_offers_the_form_and_links_each_recent_request_to_its_sta
     assert 'name="csrfmiddlewaretoken"' in html
     assert 'name="request"' in html
     assert f'href="{started["status_url"]}"' in html
+
+
+def test_a_browser_form_post_is_redirected_to_the_status_page(app, settings, client):
+    response = client.post("/workflows/", {"request": "Where do dead letters go?"}, HTTP_ACCEPT="text/html")
+    assert response.status_code == 303
+    page = client.get(response["Location"])
+    assert page.status_code == 200
+    assert "Where do dead letters go?" in page.content.decode()

@@ -21,12 +21,11 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 import relaybus
-from relaybus.eventstore import EventStore, fold, open_store
+from relaybus.eventstore import EventStore, open_store
+from relaybus.eventstore.types import PIPELINE_OUTCOME_TYPES
 
 #: The pipeline the site starts: relaybus's reference pipeline. Its input is ``{"request": ...}``.
 PIPELINE = "research"
-#: The records that end a pipeline in the event log; their payload is the outcome.
-OUTCOMES = ("pipeline.completed", "pipeline.failed")
 
 
 @functools.cache
@@ -56,29 +55,55 @@ def _rebuild_on_new_settings(*, setting: str, **_: Any) -> None:
         cached.cache_clear()
 
 
-def start_workflow(request: str, correlation_id: str, priority: str = "normal") -> relaybus.PipelineHandle:
+def start_workflow(
+    request: str, correlation_id: str, priority: str = "normal", *, pipeline: str = PIPELINE
+) -> relaybus.PipelineHandle:
     """Start the pipeline under ``correlation_id`` (its pipeline id; ``priority``: urgent, high, normal, low).
-    Call it from ``transaction.on_commit``, never inside the transaction."""
+
+    Called by the outbox (``workflows.outbox``) after the request's transaction committed, never inside it.
+    Starting again under the same id runs the pipeline once: relaybus derives the entry task's id from
+    the pipeline id, and a copy of an entry task that already ran does nothing.
+    """
     return relaybus.start(
-        PIPELINE, {"request": request}, priority=priority, correlation_id=correlation_id, app=celery_app()
+        pipeline, {"request": request}, priority=priority, correlation_id=correlation_id, app=celery_app()
     )
 
 
-def workflow_status(correlation_id: str) -> dict[str, Any]:
-    """The pipeline's status, its outcome once it ended, and its events, from the event log (never Redis).
+#: The statuses after which nothing more happens to a workflow (relaybus's words; ``succeeded`` is a
+#: workflow of plain tasks without an outcome record, ``compensated`` a saga's).
+FINISHED = frozenset({"completed", "failed", "timed_out", "compensated", "compensation_failed", "succeeded"})
 
-    ``pending`` until the first event is recorded, then ``running``, then ``completed`` (with ``output``)
-    or ``failed`` (with ``reason``, which names the step that failed).
+
+def workflow_status(correlation_id: str) -> dict[str, Any]:
+    """The pipeline's status, its outcome once it ended, and its steps and events, from the event log.
+
+    The status is the one ``relaybus timeline`` and ``relaybus workflows list`` show: ``pending`` until the
+    first record, then ``running``, then ``completed`` (with ``output``), ``failed`` (with ``reason``, which
+    names the step that failed) or ``timed_out`` (no progress within its deadline; ``reason`` says since when).
+    ``steps`` are the timeline's: each task's agent, status, attempts, queue wait and run time.
     """
-    events = event_store().by_correlation(correlation_id)
-    state = fold(events).get(correlation_id)
-    outcome = next((e.payload for e in reversed(events) if e.type in OUTCOMES), {})
+    timeline = event_store().timeline(correlation_id)
+    outcome: dict[str, Any] = next(
+        (dict(e.payload) for e in reversed(timeline.events) if e.type in PIPELINE_OUTCOME_TYPES), {}
+    )
     return {
-        "status": state.status if state is not None else "pending",
+        "status": timeline.workflow.status if timeline.workflow is not None else "pending",
         "output": outcome.get("output"),
         "reason": outcome.get("reason"),
+        "steps": [
+            {
+                "task_id": step.task_id,
+                "agent": step.agent,
+                "status": step.status,
+                "attempts": step.attempts,
+                "queue_wait_s": step.queue_wait_s,
+                "run_time_s": step.run_time_s,
+                "started_at": step.started_at.isoformat() if step.started_at else None,
+            }
+            for step in timeline.steps
+        ],
         "events": [
             {"type": e.type, "agent": e.agent, "task_id": e.task_id, "occurred_at": e.occurred_at.isoformat()}
-            for e in events
+            for e in timeline.events
         ],
     }
