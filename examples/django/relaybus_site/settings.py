@@ -54,3 +54,7 @@ TIME_ZONE = "UTC"
 #: ``RELAYBUS_*`` environment variables, as the workers read it: the site and the workers must agree on
 #: the broker, the namespace and the event store.
 RELAYBUS: dict[str, Any] = {}
+
+#: The outbox of pipeline starts (``workflows.outbox``): after a failed publish, the next attempt waits
+#: ``backoff_s`` doubled per attempt up to ``backoff_max_s`` (each jittered to 50-100 %).
+RELAYBUS_OUTBOX: dict[str, float] = {"backoff_s": 2.0, "backoff_max_s": 300.0}
