@@ -14,9 +14,11 @@ if __name__ != "relaybus.eventstore":  # imported by its folder name from the re
         " (a second copy of its modules would bring a second registry and app)"
     )
 
-from relaybus.eventstore import migrations, types
+from relaybus.eventstore import checkpoints, migrations, types
 from relaybus.eventstore.errors import (
     AppendOnlyViolation,
+    ChainKeyError,
+    CheckpointError,
     ConcurrencyError,
     EventStoreError,
     SchemaError,
@@ -24,7 +26,8 @@ from relaybus.eventstore.errors import (
     StoreUnavailable,
     UnstorableEvent,
 )
-from relaybus.eventstore.integrity import BrokenLink, VerifyReport
+from relaybus.eventstore.integrity import BrokenLink, CheckpointFinding, LogState, VerifyReport
+from relaybus.eventstore.keys import ChainKeys
 from relaybus.eventstore.models import DEFAULT_REDACT_KEYS, NewEvent, RecordedEvent, StoreConfig
 from relaybus.eventstore.projections import WorkflowStatus, WorkflowStatusProjection, apply, fold
 from relaybus.eventstore.queries import AgentStats, TaskStep, Timeline
@@ -35,6 +38,7 @@ from relaybus.eventstore.store import EventStore, open_store
 __all__ = [  # noqa: RUF022
     # Opening and writing
     "DEFAULT_REDACT_KEYS",
+    "ChainKeys",
     "EventStore",
     "NewEvent",
     "RecordedEvent",
@@ -42,6 +46,8 @@ __all__ = [  # noqa: RUF022
     "open_store",
     # Errors
     "AppendOnlyViolation",
+    "ChainKeyError",
+    "CheckpointError",
     "ConcurrencyError",
     "EventStoreError",
     "SchemaError",
@@ -51,6 +57,8 @@ __all__ = [  # noqa: RUF022
     # Audit results
     "AgentStats",
     "BrokenLink",
+    "CheckpointFinding",
+    "LogState",
     "TaskStep",
     "Timeline",
     "VerifyReport",
@@ -66,6 +74,7 @@ __all__ = [  # noqa: RUF022
     "dry_run",
     "fold",
     # Modules
+    "checkpoints",
     "migrations",
     "types",
 ]

@@ -3,7 +3,8 @@
 Going below SQLAlchemy Core here is deliberate: Core's per-value bind processing and its
 multi-row ``INSERT ... RETURNING`` (which psycopg re-parses for every batch) cost more than the
 database does. Positions are allocated up front instead of returned: the appender holds the write
-lock (``BEGIN IMMEDIATE`` / ``LOCK TABLE``), so nobody else can take positions meanwhile.
+lock (``BEGIN IMMEDIATE`` / ``LOCK TABLE``), so nobody else can take positions meanwhile, and they
+follow the last stored one, without gaps.
 
 On PostgreSQL the lock, the heads the writer does not know and the positions are sent in one
 psycopg pipeline: one round trip, as eventsourcing's recorder pipelines its lock and insert.
@@ -44,6 +45,7 @@ COLUMNS: tuple[str, ...] = (
     "metadata",
     "hash",
     "prev_hash",
+    "key_id",
 )
 
 
@@ -99,8 +101,11 @@ logging.getLogger("psycopg").addFilter(_QuietAbortedPipeline())
 
 _PG_LOCK = "LOCK TABLE events IN EXCLUSIVE MODE"
 _PG_POSITIONS = (
-    "SELECT setval(seq, nextval(seq) + %s - 1) FROM (SELECT pg_get_serial_sequence('events', 'position') AS seq) AS s"
+    "SELECT setval(pg_get_serial_sequence('events', 'position'), coalesce((SELECT max(position) FROM events), 0) + %s)"
 )
+"""The positions after the last one stored, counted from the log, not drawn from the sequence: a rolled-back
+append draws from a sequence for good, and would leave a gap that verify could not tell from a deleted event.
+The sequence is set along, for anything inserting without a position."""
 
 
 class Start(NamedTuple):
@@ -125,8 +130,10 @@ def start_append(conn: Connection, unknown: set[str], count: int, *, look_up: se
     PostgreSQL: the events table is locked in EXCLUSIVE mode (reads go on), so positions are
     handed out in commit order: a follower that has read past position n never sees a later
     commit appear below n. The statements go in one pipeline (one round trip). SQLite: the
-    ``BEGIN IMMEDIATE`` of the write transaction is the lock. Positions drawn and not used (ids
-    found stored) are gaps in the order, which followers do not mind (a rollback leaves them too).
+    ``BEGIN IMMEDIATE`` of the write transaction is the lock. Positions follow the last one stored
+    (counted under the lock, so a rollback leaves no gap): the log's positions have no gaps, which
+    is what lets verify report one (:mod:`eventstore.integrity`). Positions drawn and not used (ids
+    found stored) are simply not written.
     """
     if conn.dialect.name != "postgresql":
         taken = {row[0] for row in conn.execute(_SQLITE_TAKEN, {"ids": sorted(look_up)})} if look_up else set()
@@ -169,15 +176,9 @@ def _sqlite_time(value: datetime) -> str:
 def allocate_positions(conn: Connection, count: int) -> list[int]:
     """``count`` new, increasing positions (the caller holds the events write lock)."""
     if conn.dialect.name == "postgresql":
-        # One statement, whatever the count: nobody else draws from the sequence while we hold
-        # the lock, so nextval() .. nextval() + count - 1 are ours.
-        last = conn.execute(
-            text(
-                "SELECT setval(seq, nextval(seq) + :n - 1) "
-                "FROM (SELECT pg_get_serial_sequence('events', 'position') AS seq) AS s"
-            ),
-            {"n": count},
-        ).scalar_one()
+        # One statement, whatever the count: nobody else appends while we hold the lock, so the
+        # positions after the largest stored are ours (see _PG_POSITIONS).
+        last = conn.exec_driver_sql(_PG_POSITIONS, (count,)).scalar_one()
         return list(range(int(last) - count + 1, int(last) + 1))
     # AUTOINCREMENT: sqlite_sequence holds the largest position ever used, deleted rows included.
     last = conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'events'")).scalar()

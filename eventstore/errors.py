@@ -11,7 +11,9 @@ at the store's boundary (:func:`eventstore._engine.translate_errors`), with ``ra
      ├── AppendOnlyViolation     something tried to change or delete a recorded event
      ├── SchemaError             the tables are missing or older than this code (run the migrations)
      ├── StoreDiskError          the database cannot write to its disk (full, or failing)
-     └── UnstorableEvent         the database refuses a value of the record (an id it cannot hold)
+     ├── UnstorableEvent         the database refuses a value of the record (an id it cannot hold)
+     ├── ChainKeyError           a chain key file is missing or malformed (never names a secret)
+     └── CheckpointError         a checkpoint cannot be read, or no key to sign or check it
 
 Retry policy: callers retry :class:`StoreUnavailable` with backoff; a :class:`ConcurrencyError`
 means "reload the stream and decide again"; the others are permanent. A full or failing disk is
@@ -68,3 +70,14 @@ class StoreDiskError(EventStoreError):
 class UnstorableEvent(EventStoreError):
     """Raised when the database refuses a value of the record as it is (PostgreSQL class 22 data
     exceptions: a NUL in an id, a number out of range, ...). Retrying the same record cannot help."""
+
+
+class ChainKeyError(EventStoreError):
+    """Raised when the chain keys cannot be read or are malformed. The message never holds a secret."""
+
+
+class CheckpointError(EventStoreError):
+    """Raised when a checkpoint file cannot be read or parsed, or a key to sign or check it is missing or bad.
+
+    A checkpoint that reads fine but does not match the log is no error: :class:`~.integrity.VerifyReport` says so.
+    """

@@ -1,15 +1,22 @@
 """Tamper evidence: each event's hash covers its content and the hash of the previous event of its stream.
 
-``hash = sha256(canonical_json({...content fields..., "prev_hash": prev}))``
+Three kinds of link, told apart by the event's ``key_id`` column (migration 0005):
 
-Canonical JSON: keys sorted, no whitespace, UTF-8, no NaN/Infinity; datetimes as UTC ISO 8601 with
-microseconds (``2024-05-01T12:00:00.000001Z``). The global position is not hashed: it belongs to
-the log, not to the event (chains are per stream).
+- ``key_id`` NULL, a *legacy* link (written before 0005): ``sha256(content)``;
+- ``key_id = "sha256"``, an *unkeyed* link: ``sha256(link_message("sha256", position, content))``;
+- any other ``key_id``, a *keyed* link: ``HMAC-SHA256(secret of key_id, link_message(key_id, position, content))``.
+
+``content`` is ``canonical_json({...content fields..., "prev_hash": prev})``. Canonical JSON: keys
+sorted, no whitespace, UTF-8, no NaN/Infinity; datetimes as UTC ISO 8601 with microseconds
+(``2024-05-01T12:00:00.000001Z``). Since 0005 the link also covers the global position and the key
+id, so events cannot be renumbered to close a gap, nor their key id changed, without the key. Only a
+keyed link resists someone who can write the database: they can recompute any SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -151,3 +158,19 @@ def event_hash_of_json(
 def event_hash(fields: Mapping[str, Any], prev_hash: str | None) -> str:
     """The hash of one event, from its content ``fields`` (a mapping holding :data:`HASHED_FIELDS`)."""
     return event_hash_of_json(fields, canonical_json(fields["payload"]), canonical_json(fields["metadata"]), prev_hash)
+
+
+LINK_TAG = "relaybus.link.v2"
+
+
+def link_message(key_id: str, position: int, content: str) -> bytes:
+    """What a link hashes: unambiguous, as a key id holds no space (:func:`keys.check_key_id`)."""
+    return f"{LINK_TAG} {key_id} {position} {content}".encode()
+
+
+def link_hash(secret: bytes | None, key_id: str, position: int, content: str) -> str:
+    """The hash of a link (keyed when ``secret`` is given), over :func:`link_message`."""
+    message = link_message(key_id, position, content)
+    if secret is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.digest(secret, message, "sha256").hex()

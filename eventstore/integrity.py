@@ -1,15 +1,30 @@
-"""Verifying the hash chains: every event's hash, and every link to its stream's previous event.
+"""Verifying the log: every event's link, every stream's chain, the global positions, and a checkpoint.
 
-Two ways in, with the same verdicts: :func:`verify_chain` over :class:`RecordedEvent` objects, and
-:func:`verify_stored` over the stored rows as the database holds them, which the store uses: the
-hash is recomputed over the payload and metadata text as stored (which is the canonical JSON the
-append hashed), without decoding and re-encoding them, and only a row whose stored text does not
-give its hash is decoded and re-encoded canonically to decide (so an equivalent re-serialisation is
-not reported, exactly as before).
+:func:`verify_stored` reads the rows as the database holds them (the store streams them in position
+order) and checks, per row:
+
+- its stream's chain: versions 1, 2, 3… and ``prev_hash`` = the previous event's hash;
+- its link (:mod:`eventstore.hashing`): a keyed link with the key its ``key_id`` names, an
+  unkeyed or legacy link with SHA-256. The hash is recomputed over the payload and metadata text as
+  stored (the canonical JSON the append hashed); only a row whose stored text does not give its hash
+  is decoded and re-encoded canonically to decide, so an equivalent re-serialisation is not reported;
+- no downgrade: once a link was written since 0005 (``key_id`` set), no legacy link follows it,
+  and once a link was keyed, no unkeyed one follows (a rewrite without the key has to drop it);
+- the global positions: strictly increasing and, since appends count them from the log
+  (:mod:`eventstore._insert`), without gaps: 1, 2, 3… A gap is a deleted event. Legacy links on
+  PostgreSQL are exempt: before 0005 positions came from a sequence, which rollbacks leave gaps in.
+
+Then, given a checkpoint's :class:`LogState`, the log as it stood at the checkpoint's last position
+(event count, stream count, the digest of every stream's head) must be exactly what was signed: a
+truncated tail, a deleted stream or a rewritten history below the checkpoint do not match it.
+
+What no check here can find: a rewrite by someone holding a chain key, and the removal of the newest
+events written since the last checkpoint (the log's tail: nothing after it shows it missing).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -17,19 +32,43 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from relaybus.eventstore.hashing import event_hash, format_time, formatted_content_json, sha256_hex
+from relaybus.eventstore.hashing import (
+    canonical_json,
+    format_time,
+    formatted_content_json,
+    link_hash,
+    sha256_hex,
+)
+from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import RecordedEvent
 
-BreakReason = Literal["hash_mismatch", "prev_hash_mismatch", "version_gap"]
+BreakReason = Literal[
+    "hash_mismatch",
+    "prev_hash_mismatch",
+    "version_gap",
+    "unknown_key",
+    "downgraded",
+    "position_gap",
+    "position_duplicate",
+]
+
+_SAYS: dict[str, str] = {
+    "hash_mismatch": "its content no longer gives its hash (changed, or re-hashed without the chain key)",
+    "prev_hash_mismatch": "it does not point at its predecessor's hash (an earlier event was changed or removed)",
+    "version_gap": "a version is missing before it (an event of its stream was deleted)",
+    "unknown_key": "it names a chain key that is not configured",
+    "downgraded": "an older kind of link follows a newer one (re-chained without the key, or a writer lost its key)",
+    "position_gap": "a position is missing before it (an event was deleted)",
+    "position_duplicate": "its position is taken twice",
+}
+
+
+_Problem = tuple[BreakReason, str | None, str | None]
+"""(reason, expected, actual)"""
 
 
 class BrokenLink(BaseModel):
-    """The first event whose chain does not hold.
-
-    ``hash_mismatch``: its content no longer produces its stored hash (edited in place);
-    ``prev_hash_mismatch``: it does not point at its predecessor's hash (an event before it was
-    edited and re-hashed, removed, or inserted); ``version_gap``: a version is missing before it.
-    """
+    """The first event (in position order) at which the log does not hold; ``reason`` says how."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -41,6 +80,47 @@ class BrokenLink(BaseModel):
     expected: str | None
     actual: str | None
 
+    def describe(self) -> str:
+        expected = f" (expected {self.expected}, found {self.actual})" if self.reason.endswith(("gap", "key")) else ""
+        return (
+            f"position {self.position}, stream {self.stream_id!r} version {self.version} (event {self.event_id}): "
+            f"{_SAYS[self.reason]}{expected}"
+        )
+
+
+class LogState(BaseModel):
+    """What a checkpoint commits to: the log up to ``last_position``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    last_position: int
+    event_count: int
+    stream_count: int
+    heads_sha256: str
+    """SHA-256 over each stream's head ``[stream_id, version, hash]`` as canonical JSON, a line each, sorted."""
+
+
+CheckpointReason = Literal["streams_missing", "events_missing", "events_added", "heads_mismatch"]
+
+
+class CheckpointFinding(BaseModel):
+    """How the log differs from a checkpoint (the first difference found, most telling first)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: CheckpointReason
+    expected: str
+    actual: str
+
+    def describe(self) -> str:
+        says = {
+            "streams_missing": "streams were deleted",
+            "events_missing": "events were deleted (a truncated tail?)",
+            "events_added": "events were inserted below its last position",
+            "heads_mismatch": "the heads of the streams differ (history rewritten and re-chained)",
+        }[self.reason]
+        return f"the log does not match the checkpoint: {says}: checkpoint {self.expected}, log {self.actual}"
+
 
 class VerifyReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,58 +130,40 @@ class VerifyReport(BaseModel):
     streams_checked: int
     broken_links: int = 0
     first_broken: BrokenLink | None = None
+    keyed_links: int = 0
+    """Links checked with their HMAC key."""
+    unkeyed_links: int = 0
+    """Links written since 0005 without a key (``key_id = "sha256"``)."""
+    legacy_links: int = 0
+    """Links written before 0005 (``key_id`` NULL): plain SHA-256."""
+    unauthenticated_links: int = 0
+    """Keyed links that could not be checked: no chain key is configured (chain and positions were checked)."""
+    key_ids: list[str] = []
+    """The chain keys configured for this verification (ids only)."""
+    state: LogState | None = None
+    """The log as verified (what a checkpoint of it signs)."""
+    checkpoint: CheckpointFinding | None = None
+    """Set when a checkpoint was given and the log does not match it."""
+
+    @property
+    def keyed(self) -> bool:
+        """Whether every link was checked with a key (the only check that holds against a database writer)."""
+        return self.events_checked == self.keyed_links
 
 
-def _check(event: RecordedEvent, previous: tuple[int, str] | None) -> BrokenLink | None:
-    expected_version, expected_prev = (previous[0] + 1, previous[1]) if previous else (1, None)
-
-    def broken(reason: BreakReason, expected: str | None, actual: str | None) -> BrokenLink:
-        return BrokenLink(
-            position=event.position,
-            event_id=event.event_id,
-            stream_id=event.stream_id,
-            version=event.version,
-            reason=reason,
-            expected=expected,
-            actual=actual,
-        )
-
-    if event.version != expected_version:
-        return broken("version_gap", str(expected_version), str(event.version))
-    if event.prev_hash != expected_prev:
-        return broken("prev_hash_mismatch", expected_prev, event.prev_hash)
-    recomputed = event_hash(event.__dict__, event.prev_hash)
-    if recomputed != event.hash:
-        return broken("hash_mismatch", recomputed, event.hash)
-    return None
-
-
-def verify_chain(events_in_order: Iterable[RecordedEvent]) -> VerifyReport:
-    """Check events given in position order; report the first broken link in that order."""
-    heads: dict[str, tuple[int, str]] = {}
-    checked = broken_links = 0
-    first: BrokenLink | None = None
-    for event in events_in_order:
-        checked += 1
-        problem = _check(event, heads.get(event.stream_id))
-        if problem is not None:
-            broken_links += 1
-            first = first or problem
-        # Continue from what is stored, so one edit is reported once, not for the whole stream.
-        heads[event.stream_id] = (event.version, event.hash)
-    return VerifyReport(
-        ok=first is None,
-        events_checked=checked,
-        streams_checked=len(heads),
-        broken_links=broken_links,
-        first_broken=first,
-    )
+def heads_digest(heads: dict[str, tuple[int, str]]) -> str:
+    digest = hashlib.sha256()
+    for stream in sorted(heads):
+        version, hash_ = heads[stream]
+        digest.update(canonical_json([stream, version, hash_]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 STORED_COLUMNS: tuple[str, ...] = (
     "position", "event_id", "stream_id", "version", "type", "schema_version", "correlation_id", "causation_id",
     "occurred_at", "recorded_at", "task_id", "agent", "queue", "priority", "attempt", "worker_host",
-    "payload", "metadata", "hash", "prev_hash",
+    "payload", "metadata", "hash", "prev_hash", "key_id",
 )  # fmt: skip
 """The columns :func:`verify_stored` reads, in this order (payload and metadata as text)."""
 
@@ -124,14 +186,6 @@ def time_text_of(dialect: str) -> Callable[[Any], str]:
     return _sqlite_time_text if dialect == "sqlite" else lambda value: format_time(_as_time(value))
 
 
-def _stored_hash(f: dict[str, Any], time_text: Callable[[Any], str]) -> str:
-    return sha256_hex(
-        formatted_content_json(
-            f, f["payload"], f["metadata"], f["prev_hash"], time_text(f["occurred_at"]), time_text(f["recorded_at"])
-        )
-    )
-
-
 def _decoded(f: dict[str, Any]) -> RecordedEvent:
     from relaybus.eventstore._rows import recorded
 
@@ -143,33 +197,176 @@ def _decoded(f: dict[str, Any]) -> RecordedEvent:
     return recorded(values)
 
 
-def verify_stored(rows: Iterable[Sequence[Any]], dialect: str) -> VerifyReport:
-    """:func:`verify_chain` over rows of :data:`STORED_COLUMNS`, in position order."""
-    time_text = time_text_of(dialect)
-    names = STORED_COLUMNS
-    heads: dict[str, tuple[int, str]] = {}
-    checked = broken_links = 0
-    first: BrokenLink | None = None
-    for row in rows:
-        checked += 1
-        f = dict(zip(names, row, strict=True))
-        stream = f["stream_id"]
-        previous = heads.get(stream)
+def expected_hash(key_id: str | None, secret: bytes | None, position: int, content: str) -> str:
+    """The hash a link of this kind must have (:mod:`eventstore.hashing`)."""
+    if key_id is None:
+        return sha256_hex(content)
+    return link_hash(secret, key_id, position, content)
+
+
+class _Verifier:
+    """One pass over the rows, in position order."""
+
+    def __init__(self, dialect: str, keys: ChainKeys | None, expected: LogState | None) -> None:
+        self.time_text = time_text_of(dialect)
+        self.legacy_gaps_allowed = dialect != "sqlite"
+        self.keys = keys
+        self.expected = expected
+        self.snapshot_at = expected.last_position if expected is not None else None
+        self.snapshot: LogState | None = None
+        self.heads: dict[str, tuple[int, str]] = {}
+        self.checked = self.broken = 0
+        self.first: BrokenLink | None = None
+        self.counts = {"keyed": 0, "unkeyed": 0, "legacy": 0, "unauthenticated": 0}
+        self.last_position = 0
+        self.seen_new = self.seen_keyed = False
+
+    def _secret(self, key_id: str | None) -> tuple[bytes | None, bool]:
+        """(secret, checkable) for a link of ``key_id``; counts its kind."""
+        counts = self.counts
+        if key_id is None:
+            counts["legacy"] += 1
+            return None, True
+        if key_id == UNKEYED:
+            counts["unkeyed"] += 1
+            return None, True
+        if self.keys is None:
+            counts["unauthenticated"] += 1
+            return None, False
+        counts["keyed"] += 1
+        secret = self.keys.secret(key_id)
+        return secret, secret is not None
+
+    def row(self, f: dict[str, Any]) -> None:
+        position: int = f["position"]
+        if self.snapshot_at is not None and position > self.snapshot_at and self.snapshot is None:
+            self.snapshot = self.state()
+        self.checked += 1
+        stream: str = f["stream_id"]
+        key_id: str | None = f["key_id"]
+        previous = self.heads.get(stream)
         expected_version, expected_prev = (previous[0] + 1, previous[1]) if previous else (1, None)
-        if (
-            f["version"] != expected_version
-            or f["prev_hash"] != expected_prev
-            or _stored_hash(f, time_text) != f["hash"]
-        ):
-            problem = _check(_decoded(f), previous)  # the slow, exact verdict, and what to report
-            if problem is not None:
-                broken_links += 1
-                first = first or problem
-        heads[stream] = (f["version"], f["hash"])
-    return VerifyReport(
-        ok=first is None,
-        events_checked=checked,
-        streams_checked=len(heads),
-        broken_links=broken_links,
-        first_broken=first,
-    )
+        secret, checkable = self._secret(key_id)
+        problem: _Problem | None = None
+        if f["version"] != expected_version:
+            problem = ("version_gap", str(expected_version), str(f["version"]))
+        elif f["prev_hash"] != expected_prev:
+            problem = ("prev_hash_mismatch", expected_prev, f["prev_hash"])
+        elif key_id is not None and key_id != UNKEYED and self.keys is not None and secret is None:
+            problem = ("unknown_key", ", ".join(self.keys.ids), key_id)
+        elif checkable:
+            content = formatted_content_json(
+                f, f["payload"], f["metadata"], f["prev_hash"], self.time_text(f["occurred_at"]),
+                self.time_text(f["recorded_at"]),
+            )  # fmt: skip
+            if expected_hash(key_id, secret, position, content) != f["hash"]:
+                problem = self._exact_verdict(f, key_id, secret)
+        if problem is None:
+            problem = self._kind_and_position(position, key_id)
+        if problem is not None:
+            self.broken += 1
+            if self.first is None:
+                reason, expected, actual = problem
+                self.first = BrokenLink(
+                    position=position, event_id=f["event_id"], stream_id=stream, version=f["version"],
+                    reason=reason, expected=expected, actual=actual,
+                )  # fmt: skip
+        if key_id is not None:
+            self.seen_new = True
+            if key_id != UNKEYED:
+                self.seen_keyed = True
+        # Continue from what is stored, so one edit is reported once, not for the whole stream.
+        self.heads[stream] = (f["version"], f["hash"])
+        self.last_position = position
+
+    def _exact_verdict(self, f: dict[str, Any], key_id: str | None, secret: bytes | None) -> _Problem | None:
+        """The stored text does not give the hash: decide on the canonical form (the slow path)."""
+        event = _decoded(f)
+        content = formatted_content_json(
+            event.__dict__, canonical_json(event.payload), canonical_json(event.metadata), event.prev_hash,
+            format_time(event.occurred_at), format_time(event.recorded_at),
+        )  # fmt: skip
+        recomputed = expected_hash(key_id, secret, event.position, content)
+        return None if recomputed == event.hash else ("hash_mismatch", recomputed, event.hash)
+
+    def _kind_and_position(self, position: int, key_id: str | None) -> _Problem | None:
+        if key_id is None and self.seen_new:
+            return ("downgraded", "a link with a key id", "a legacy link")
+        if key_id == UNKEYED and self.seen_keyed:
+            return ("downgraded", "a keyed link", "an unkeyed link")
+        last = self.last_position
+        if position == last:
+            return ("position_duplicate", str(last + 1), str(position))
+        if position != last + 1 and not (key_id is None and self.legacy_gaps_allowed):
+            return ("position_gap", str(last + 1), str(position))
+        return None
+
+    def state(self) -> LogState:
+        """The log as read so far."""
+        return LogState(
+            last_position=self.last_position,
+            event_count=self.checked,
+            stream_count=len(self.heads),
+            heads_sha256=heads_digest(self.heads),
+        )
+
+    def report(self) -> VerifyReport:
+        final = self.state()
+        finding = None
+        if self.expected is not None:
+            finding = compare(self.expected, self.snapshot or final)
+        return VerifyReport(
+            ok=self.first is None and finding is None,
+            events_checked=self.checked,
+            streams_checked=len(self.heads),
+            broken_links=self.broken,
+            first_broken=self.first,
+            keyed_links=self.counts["keyed"],
+            unkeyed_links=self.counts["unkeyed"],
+            legacy_links=self.counts["legacy"],
+            unauthenticated_links=self.counts["unauthenticated"],
+            key_ids=list(self.keys.ids) if self.keys is not None else [],
+            state=final,
+            checkpoint=finding,
+        )
+
+
+def compare(expected: LogState, actual: LogState) -> CheckpointFinding | None:
+    """How the log up to the checkpoint's last position (``actual``) differs from what it signed."""
+    if actual.stream_count < expected.stream_count:
+        return CheckpointFinding(
+            reason="streams_missing", expected=f"{expected.stream_count} streams", actual=f"{actual.stream_count}"
+        )
+    if actual.event_count < expected.event_count or actual.last_position < expected.last_position:
+        return CheckpointFinding(
+            reason="events_missing",
+            expected=f"{expected.event_count} events up to position {expected.last_position}",
+            actual=f"{actual.event_count} up to position {actual.last_position}",
+        )
+    if actual.event_count > expected.event_count or actual.stream_count > expected.stream_count:
+        return CheckpointFinding(
+            reason="events_added",
+            expected=f"{expected.event_count} events in {expected.stream_count} streams",
+            actual=f"{actual.event_count} in {actual.stream_count}",
+        )
+    if actual.heads_sha256 != expected.heads_sha256:
+        return CheckpointFinding(
+            reason="heads_mismatch", expected=expected.heads_sha256[:16], actual=actual.heads_sha256[:16]
+        )
+    return None
+
+
+def verify_stored(
+    rows: Iterable[Sequence[Any]],
+    dialect: str,
+    *,
+    keys: ChainKeys | None = None,
+    expected: LogState | None = None,
+) -> VerifyReport:
+    """Verify rows of :data:`STORED_COLUMNS`, in position order; ``expected``: a checkpoint's state."""
+    verifier = _Verifier(dialect, keys, expected)
+    names = STORED_COLUMNS
+    row_of = verifier.row
+    for row in rows:
+        row_of(dict(zip(names, row, strict=True)))
+    return verifier.report()

@@ -104,6 +104,8 @@ class RecordedEvent(_EventFields):
     recorded_at: datetime
     hash: str
     prev_hash: str | None = None
+    key_id: str | None = None
+    """The chain key that linked it (``"sha256"``: no key; ``None``: written before keyed chains)."""
 
     @field_validator("recorded_at")
     @classmethod
@@ -120,6 +122,8 @@ class StoreConfig(BaseModel):
     ``sqlite_synchronous``: ``NORMAL`` survives a crash of any process; ``FULL`` also a power cut.
     ``sqlite_cache_mib``: each SQLite connection's page cache, which keeps appends to a large log
     as fast as to an empty one (allocated as used, not up front).
+    ``chain_key_file``: the chain keys (:mod:`eventstore.keys`): new events are linked with the last
+    one, and verified with any. ``None``: unkeyed links (plain SHA-256).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -133,3 +137,4 @@ class StoreConfig(BaseModel):
     sqlite_cache_mib: int = Field(default=64, ge=1)
     lock_timeout_s: float = Field(default=30.0, gt=0)
     append_retries: int = Field(default=5, ge=0)
+    chain_key_file: str | None = None

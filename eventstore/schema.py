@@ -5,7 +5,8 @@ The migrations in :mod:`eventstore.migrations` create exactly this (a test compa
 append-only triggers.
 
 ``events``: one row per event. ``position`` is the global order (followers read
-``position > n``); ``(stream_id, version)`` is unique, which is the optimistic-concurrency
+``position > n``), without gaps since 0005 (:mod:`eventstore._insert`);
+``(stream_id, version)`` is unique, which is the optimistic-concurrency
 guarantee; ``event_id`` is unique, which makes recording idempotent.
 """
 
@@ -96,6 +97,8 @@ events = Table(
     Column("metadata", JSON, nullable=False),
     Column("hash", String(64), nullable=False),
     Column("prev_hash", String(64), nullable=True),
+    # (migration 0005) which chain key linked this event: NULL before 0005, "sha256" for an unkeyed link.
+    Column("key_id", String(32), nullable=True),
     UniqueConstraint("event_id", name="uq_events_event_id"),
     UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
     # (migration 0003) "has this correlation an event of this type" is one probe; a timeline sorts

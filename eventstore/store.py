@@ -19,8 +19,10 @@ without missing late commits, tracking written with the projection it tracks
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -51,7 +53,8 @@ from relaybus.eventstore._insert import insert_rows, start_append
 from relaybus.eventstore._rows import recorded, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.errors import ConcurrencyError
-from relaybus.eventstore.hashing import format_time, formatted_content_json, sha256_hex
+from relaybus.eventstore.hashing import LINK_TAG, format_time, formatted_content_json
+from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
 from relaybus.eventstore.projections import WorkflowStatusProjection
 from relaybus.eventstore.redaction import Redactor, fit
@@ -74,8 +77,15 @@ class _Prepared(NamedTuple):
 class EventStore:
     """An append-only event log on SQLite or PostgreSQL. Build it with :func:`open_store`."""
 
-    def __init__(self, engine: Engine, config: StoreConfig | None = None) -> None:
+    def __init__(
+        self, engine: Engine, config: StoreConfig | None = None, *, chain_keys: ChainKeys | None = None
+    ) -> None:
         self.config = config or StoreConfig()
+        if chain_keys is None and self.config.chain_key_file is not None:
+            chain_keys = ChainKeys.from_file(self.config.chain_key_file)
+        self.chain_keys = chain_keys
+        """The keys new links are made with (the last one) and verified with; ``None``: unkeyed links."""
+        self._link = _linker(chain_keys)
         self._engine = ProcessLocalEngine(engine)
         self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask)
         self._heads = HeadCache()
@@ -234,16 +244,21 @@ class EventStore:
         recorded_at_bound = _sqlite_time_of(recorded_at_text) if sqlite else recorded_at
         params: list[tuple[Any, ...]] = []
         records: dict[str, RecordedEvent] = {}
+        key_id, link = self._link
         for position, p in zip(positions, batch, strict=True):
             f = p.fields
             version, prev_hash = heads.get(f["stream_id"], (0, None))
             version += 1
-            values = {**f, "position": position, "version": version, "recorded_at": recorded_at, "prev_hash": prev_hash}
+            values = {
+                **f, "position": position, "version": version, "recorded_at": recorded_at, "prev_hash": prev_hash,
+                "key_id": key_id,
+            }  # fmt: skip
             occurred_at_text = format_time(f["occurred_at"])
-            values["hash"] = digest = sha256_hex(
+            values["hash"] = digest = link(
+                position,
                 formatted_content_json(
                     values, p.payload_json, p.metadata_json, prev_hash, occurred_at_text, recorded_at_text
-                )
+                ),
             )
             heads[f["stream_id"]] = (version, digest)
             if keep_records:
@@ -254,7 +269,7 @@ class EventStore:
                     f["correlation_id"], f["causation_id"],
                     _sqlite_time_of(occurred_at_text) if sqlite else f["occurred_at"], recorded_at_bound,
                     f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"], f["worker_host"],
-                    p.payload_json, p.metadata_json, digest, prev_hash,
+                    p.payload_json, p.metadata_json, digest, prev_hash, key_id,
                 )
             )  # fmt: skip
         insert_rows(conn, params)
@@ -388,18 +403,20 @@ class EventStore:
         parse = _sqlite_parsed_time if self.dialect == "sqlite" else _utc
         return queries.stats_of_events(_TaskRow(*row[:6], parse(row[6])) for row in rows)
 
-    def verify(self, *, batch_size: int = 5000) -> integrity.VerifyReport:
-        """Check every stream's hash chain; the report names the first broken link, if any.
+    def verify(self, *, expected: integrity.LogState | None = None, batch_size: int = 5000) -> integrity.VerifyReport:
+        """Check every link, chain and position, and the log against ``expected`` (a checkpoint's signed
+        state, :mod:`eventstore.checkpoints`); the report names the first broken link, if any.
 
         One snapshot, read through a server-side cursor (:mod:`eventstore._stream`), hashes
-        recomputed over the stored text (:func:`integrity.verify_stored`).
+        recomputed over the stored text (:func:`integrity.verify_stored`) with :attr:`chain_keys`.
         """
         dialect = self.dialect
         text_of = "{}::text" if dialect == "postgresql" else "{}"
         columns = ", ".join(text_of.format(c) if c in ("payload", "metadata") else c for c in integrity.STORED_COLUMNS)
         sql = f"SELECT {columns} FROM events ORDER BY position"
         with translate_errors(), self._engine.read() as conn:
-            return integrity.verify_stored(stream_rows(conn, sql, batch_size=batch_size), dialect)
+            rows = stream_rows(conn, sql, batch_size=batch_size)
+            return integrity.verify_stored(rows, dialect, keys=self.chain_keys, expected=expected)
 
     def dry_run(self, correlation_id: str) -> replay.DryRun:
         return replay.dry_run(correlation_id, self.by_correlation(correlation_id))
@@ -408,6 +425,25 @@ class EventStore:
         return replay.diff(
             correlation_a, self.by_correlation(correlation_a), correlation_b, self.by_correlation(correlation_b)
         )
+
+
+def _linker(keys: ChainKeys | None) -> tuple[str, Callable[[int, str], str]]:
+    """(key id, the link's hash from its position and content) for new events (:mod:`eventstore.hashing`)."""
+    key_id = keys.signing_id if keys is not None else UNKEYED
+    prefix = f"{LINK_TAG} {key_id} "
+    if keys is None:
+        sha256 = hashlib.sha256
+
+        def unkeyed(position: int, content: str) -> str:
+            return sha256(f"{prefix}{position} {content}".encode()).hexdigest()
+
+        return key_id, unkeyed
+    secret, digest = keys.signing_secret, hmac.digest
+
+    def keyed(position: int, content: str) -> str:
+        return digest(secret, f"{prefix}{position} {content}".encode(), "sha256").hex()
+
+    return key_id, keyed
 
 
 class _TaskRow(NamedTuple):
@@ -520,8 +556,11 @@ def open_store(
     config: StoreConfig | None = None,
     schema: str | None = None,
     create: bool | None = None,
+    chain_keys: ChainKeys | None = None,
 ) -> EventStore:
     """Open the event store at ``url`` (``sqlite:///path`` or ``postgresql://...``).
+
+    ``chain_keys``: the keys to link and verify with, instead of those of ``config.chain_key_file``.
 
     ``create``: bring the schema up to date first (runs the migrations; a no-op when current).
     Defaults to on for SQLite, the embedded default, and off for PostgreSQL, whose schema is
@@ -536,4 +575,4 @@ def open_store(
         create = parsed.get_backend_name() == "sqlite"
     if create:
         migrations.upgrade(engine, schema=schema)
-    return EventStore(engine, config)
+    return EventStore(engine, config, chain_keys=chain_keys)

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     extra_modules: Annotated[tuple[str, ...], NoDecode] = ()
     extra_agents: Annotated[tuple[str, ...], NoDecode] = ()
 
+    #: The event log's chain keys (``<key id>=<secret>`` a line, the last one links new events; docs/integrity.md).
+    #: A file, never a value: the path may be shown anywhere, the keys nowhere. Unset: unkeyed links.
+    chain_key_file: str | None = None
+    #: The Ed25519 key (PEM) ``relaybus checkpoint`` signs with; its public key also checks checkpoints.
+    checkpoint_key_file: str | None = None
+    #: Public keys (base64, comma separated) whose checkpoints ``relaybus verify --since-checkpoint`` trusts.
+    checkpoint_public_keys: Annotated[tuple[str, ...], NoDecode] = ()
+
     @field_validator("namespace")
     @classmethod
     def _namespace_is_a_queue_prefix(cls, value: str) -> str:
@@ -133,7 +141,7 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("redact_keys", "extra_modules", "extra_agents", mode="before")
+    @field_validator("redact_keys", "extra_modules", "extra_agents", "checkpoint_public_keys", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

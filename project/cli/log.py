@@ -1,4 +1,4 @@
-"""Reading the event log: ``timeline``, ``events``, ``stats``, ``verify``, ``projections`` and ``replay``.
+"""Reading the event log: ``timeline``, ``events``, ``stats``, ``projections``, ``replay`` (verify: integrity.py).
 
 Problems are reported plain on stderr, so that stdout holds only what was asked for.
 """
@@ -75,22 +75,6 @@ def stats(since: datetime | None, until: datetime | None, as_json: bool) -> None
           [[r.agent, r.count, r.failures,
             *(milliseconds(v, from_seconds=True)
               for v in (r.run_time_p50_s, r.run_time_p95_s, r.queue_wait_p50_s, r.queue_wait_p95_s))] for r in rows])
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True)
-def verify(as_json: bool) -> None:
-    """Check every stream's hash chain; exit 1 and name the first broken link if one is broken."""
-    with event_store() as store:
-        report = store.verify()
-    if as_json:
-        emit_json(report)
-    elif report.ok:
-        click.echo(f"all chains hold: {report.events_checked} events in {report.streams_checked} streams")
-    else:
-        click.echo(f"BROKEN: {report.first_broken}", err=True)
-    if not report.ok:
-        sys.exit(EXIT_PROBLEM)
 
 
 @click.group()
@@ -170,4 +154,4 @@ def replay_redrive(correlation_id: str, from_step: str, deterministic: bool, as_
         click.echo(f"re-driven from {result.step} as {result.correlation_id} (replay of {result.original})")
 
 
-COMMANDS = (timeline, events, stats, verify, projections, replay)
+COMMANDS = (timeline, events, stats, projections, replay)

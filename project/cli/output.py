@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 EXIT_PROBLEM = 1
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 console = Console()

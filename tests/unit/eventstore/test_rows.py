@@ -12,7 +12,7 @@ def test_a_fast_built_record_equals_a_validated_one() -> None:
         "correlation_id": "c", "causation_id": None, "occurred_at": datetime(2025, 1, 1, tzinfo=UTC),
         "recorded_at": datetime(2025, 1, 2, tzinfo=UTC), "task_id": None, "agent": "a", "queue": None,
         "priority": 1, "attempt": None, "worker_host": None, "payload": {"x": [1]}, "metadata": {},
-        "hash": "h", "prev_hash": None,
+        "hash": "h", "prev_hash": None, "key_id": None,
     }  # fmt: skip
     fast = recorded(dict(values))
     validated = RecordedEvent(**values)
