@@ -64,6 +64,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         group_commit=settings.group_commit,
         redact_keys=settings.redact_keys,
         max_event_payload_bytes=settings.max_event_payload_bytes,
+        chain_key_file=settings.chain_key_file,
         pipeline_deadline_s=settings.pipeline_deadline_s,
         consumer_timeout_s=settings.consumer_timeout_s,
         publish_timeout_s=settings.publish_timeout_s,

@@ -39,6 +39,8 @@ class RuntimeConfig(BaseModel):
     group_commit: bool = False
     redact_keys: tuple[str, ...] = ()
     max_event_payload_bytes: int = 64 * 1024
+    #: The event log's chain key file (a path: the keys themselves never enter a config or a message).
+    chain_key_file: str | None = None
     pipeline_deadline_s: float = 3600.0
     consumer_timeout_s: float = 1800.0
     publish_timeout_s: float = 10.0

@@ -46,7 +46,9 @@ def repository(app: Celery) -> SagaRepository:
         store = open_store(
             config.eventstore_url,
             config=StoreConfig(
-                redact_keys=frozenset(config.redact_keys), max_payload_bytes=config.max_event_payload_bytes
+                redact_keys=frozenset(config.redact_keys),
+                max_payload_bytes=config.max_event_payload_bytes,
+                chain_key_file=config.chain_key_file,
             ),
         )
         return SagaRepository(store, SAGAS)

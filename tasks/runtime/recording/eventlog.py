@@ -74,6 +74,7 @@ class EventRecorder:
             config=StoreConfig(
                 redact_keys=frozenset(config.redact_keys),
                 max_payload_bytes=config.max_event_payload_bytes,
+                chain_key_file=config.chain_key_file,
             ),
         )
         self.host = socket.gethostname()

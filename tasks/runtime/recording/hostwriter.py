@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 ADDRESS_ENV = "RELAYBUS_RECORDER_SOCKET"
 _HEADER = struct.Struct("!I")
 #: What the writer is told of the runtime configuration (not the LLM provider's settings and keys).
-WRITER_CONFIG = {"eventstore_url", "record_events", "redact_keys", "max_event_payload_bytes"}
+WRITER_CONFIG = {"eventstore_url", "record_events", "redact_keys", "max_event_payload_bytes", "chain_key_file"}
 #: How long a pool process waits for an answer beyond its own store deadline (the writer answers
 #: ``StoreUnavailable`` at that deadline; the margin covers a transaction still committing) before it writes
 #: the records itself. Small: the deadline is set below the task's soft time limit.
@@ -313,7 +313,11 @@ def main(address: str) -> None:
     parent = os.getppid()
     store = open_store(
         config.eventstore_url,
-        config=StoreConfig(redact_keys=frozenset(config.redact_keys), max_payload_bytes=config.max_event_payload_bytes),
+        config=StoreConfig(
+            redact_keys=frozenset(config.redact_keys),
+            max_payload_bytes=config.max_event_payload_bytes,
+            chain_key_file=config.chain_key_file,
+        ),
     )
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind("\0" + address)
