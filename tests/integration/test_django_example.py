@@ -245,6 +245,36 @@ def test_with_the_broker_down_the_request_is_queued_and_the_outbox_command_start
     assert received.count("agents.intake") == 1, received
 
 
+def test_a_pipeline_that_makes_no_progress_shows_timed_out_with_the_sweeps_reason(
+    app, settings, client, subscriptions, start_worker
+):
+    from django.test import override_settings
+
+    from relaybus.tasks.pipelines.deadline import sweep_pipelines
+
+    # Only the system agent runs: the pipeline starts and its intake step waits on a queue nobody consumes.
+    short = Settings(**{**settings.model_dump(), "pipeline_deadline_s": 1.0})
+    start_worker("system", settings=short)
+    with override_settings(RELAYBUS=short.model_dump()):
+        started = client.post("/workflows/", {"request": "Who consumes the intake queue?"}).json()
+        assert started["status"] == "started", started
+
+        def intake_waiting() -> bool:
+            steps = client.get(started["status_json_url"]).json()["steps"]
+            return any(s["agent"] == "intake" and s["status"] == "sent" for s in steps)
+
+        wait_for(intake_waiting, 10, 0.1, "the pipeline to send its intake step")
+        swept = wait_for(lambda: sweep_pipelines(app).timed_out, 15, 0.2, "the sweep to end the idle pipeline")
+        assert list(swept) == [started["id"]], swept
+        status = wait_for(lambda: finished(client, started["status_json_url"]), 10, 0.1,
+                          "the status view to show the pipeline ended")
+    assert status["status"] == "timed_out", status
+    assert status["reason"] == swept[started["id"]] and status["output"] is None, status
+    html = client.get(started["status_url"]).content.decode()
+    assert 'id="status" data-status="timed_out">timed out</strong>' in html, html
+    assert '<tr data-agent="intake" data-status="sent">' in html and 'id="reason"' in html, html
+
+
 def test_a_rolled_back_request_never_starts_a_workflow(app, settings, client):
     from django.db import transaction
     from workflows.models import OutboxMessage, WorkflowRequest
