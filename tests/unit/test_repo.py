@@ -56,7 +56,8 @@ def test_dependencies_point_one_way_toward_eventstore(tmp_path):
 
 def test_the_packages_pass_ruff_and_strict_mypy(tmp_path):
     bin_dir = Path(sys.executable).parent
-    lint = subprocess.run([str(bin_dir / "ruff"), "check", "project", "tasks", "sagas", "eventstore", "bench", "tests"],
+    lint = subprocess.run([str(bin_dir / "ruff"), "check", "project", "tasks", "sagas", "eventstore", "bench", "tests",
+                           "examples"],
                           cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     tree = installed_tree(tmp_path)
