@@ -97,6 +97,12 @@ def finished(client: Any, status_json_url: str) -> dict[str, Any] | None:
     return body if body["status"] not in {"queued", "pending", "running"} else None
 
 
+def every_step_timed(client: Any, status_json_url: str) -> dict[str, Any] | None:
+    body: dict[str, Any] = client.get(status_json_url).json()
+    timed = all(s["queue_wait_s"] is not None and s["run_time_s"] is not None for s in body["steps"])
+    return body if timed else None
+
+
 def assert_status_page_shows_the_completed_pipeline(client: Any, status_url: str, steps: list[dict[str, Any]]) -> str:
     """The HTML page: the final status, one row per step of the timeline with its agent, status, queue wait
     and run time, and the article."""
@@ -171,7 +177,10 @@ def test_the_view_starts_the_pipeline_only_after_commit_and_the_status_page_show
     # The steps are the timeline's (relaybus timeline <id>): every one succeeded, with its queue wait and run time.
     assert {s["agent"] for s in status["steps"]} >= set(PIPELINE_AGENTS)
     assert all(s["status"] == "succeeded" for s in status["steps"]), status["steps"]
-    assert all(s["queue_wait_s"] is not None and s["run_time_s"] is not None for s in status["steps"])
+    # A step's records come from two processes (the sender writes task.sent once the broker confirmed, the
+    # worker the rest), so the last steps' sends may land just after the outcome: wait for every step's times.
+    status = wait_for(lambda: every_step_timed(client, started["status_json_url"]), 10, 0.1,
+                      "every step of the timeline to have its queue wait and run time")
     assert_status_page_shows_the_completed_pipeline(client, started["status_url"], status["steps"])
     assert queue_depth(app, queue) == 0
 
@@ -231,6 +240,8 @@ def test_with_the_broker_down_the_request_is_queued_and_the_outbox_command_start
     status = wait_for(lambda: finished(client, queued["status_json_url"]), 60, 0.2,
                       "the status view to show the pipeline finished")
     assert status["status"] == "completed", status
+    status = wait_for(lambda: every_step_timed(client, queued["status_json_url"]), 10, 0.1,
+                      "every step of the timeline to have its queue wait and run time")
     assert_status_page_shows_the_completed_pipeline(client, queued["status_url"], status["steps"])
     types = [e["type"] for e in status["events"]]
     assert types.count("pipeline.started") == 1 and types.count("pipeline.completed") == 1, types
