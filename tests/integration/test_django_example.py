@@ -286,6 +286,26 @@ def test_a_pipeline_that_makes_no_progress_shows_timed_out_with_the_sweeps_reaso
     assert '<tr data-agent="intake" data-status="sent">' in html and 'id="reason"' in html, html
 
 
+def test_a_start_relaybus_refuses_is_failed_at_once_and_never_retried(app, settings, client):
+    import uuid
+
+    from django.db import transaction
+    from workflows.models import OutboxMessage, WorkflowRequest
+
+    with transaction.atomic():  # as the view writes them, for a pipeline no module declares
+        row = WorkflowRequest.objects.create(correlation_id=uuid.uuid4(), request="Route this nowhere")
+        OutboxMessage.objects.create(workflow=row, pipeline="no-such-pipeline", input={"request": row.request})
+
+    code, output = run_outbox()
+    assert code == 0 and f"refused {row.pk}" in output and "1 refused, 0 still unpublished" in output, output
+    status = client.get(f"/workflows/{row.pk}/status.json").json()
+    assert status["status"] == "failed", status
+    assert status["reason"].startswith("not started: UnknownPipeline"), status
+    assert run_outbox() == (0, "outbox: 0 published, 0 failed, 0 refused, 0 still unpublished\n")
+    assert OutboxMessage.objects.get(pk=row.pk).attempts == 1
+    assert queue_depth(app, first_queue(settings)) == 0
+
+
 def test_a_rolled_back_request_never_starts_a_workflow(app, settings, client):
     from django.db import transaction
     from workflows.models import OutboxMessage, WorkflowRequest

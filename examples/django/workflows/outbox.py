@@ -78,7 +78,7 @@ def _attempt(message: OutboxMessage) -> Attempt:
     workflow_id = str(message.pk)
     message.attempts += 1
     try:
-        start_workflow(message.input["request"], workflow_id, message.priority, pipeline=message.pipeline)
+        start_workflow(message.input, workflow_id, message.priority, pipeline=message.pipeline)
     except (relaybus.TransientError, BrokerError, OSError) as exc:
         # The broker (or the event log) is away or did not confirm: try again later, with the same id.
         message.last_error = f"{type(exc).__name__}: {exc}"

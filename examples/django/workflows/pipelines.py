@@ -13,6 +13,7 @@ same answer from the result backend, for code that wants to block on it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
@@ -56,17 +57,17 @@ def _rebuild_on_new_settings(*, setting: str, **_: Any) -> None:
 
 
 def start_workflow(
-    request: str, correlation_id: str, priority: str = "normal", *, pipeline: str = PIPELINE
+    input: Mapping[str, Any], correlation_id: str, priority: str = "normal", *, pipeline: str = PIPELINE
 ) -> relaybus.PipelineHandle:
-    """Start the pipeline under ``correlation_id`` (its pipeline id; ``priority``: urgent, high, normal, low).
+    """Start ``pipeline`` with ``input`` under ``correlation_id`` (its pipeline id; ``priority``: urgent,
+    high, normal, low). Raises ``relaybus.InvalidInput`` before anything is sent if the input does not
+    validate, ``relaybus.TransientError`` (``BrokerUnreachable``, ``PublishTimeout``) if the broker did not take it.
 
     Called by the outbox (``workflows.outbox``) after the request's transaction committed, never inside it.
     Starting again under the same id runs the pipeline once: relaybus derives the entry task's id from
     the pipeline id, and a copy of an entry task that already ran does nothing.
     """
-    return relaybus.start(
-        pipeline, {"request": request}, priority=priority, correlation_id=correlation_id, app=celery_app()
-    )
+    return relaybus.start(pipeline, input, priority=priority, correlation_id=correlation_id, app=celery_app())
 
 
 #: The statuses after which nothing more happens to a workflow (relaybus's words; ``succeeded`` is a
