@@ -14,7 +14,7 @@ if __name__ != "relaybus.eventstore":  # imported by its folder name from the re
         " (a second copy of its modules would bring a second registry and app)"
     )
 
-from relaybus.eventstore import checkpoints, migrations, types
+from relaybus.eventstore import checkpoints, migrations, roles, types
 from relaybus.eventstore.errors import (
     AppendOnlyViolation,
     ChainKeyError,
@@ -24,6 +24,7 @@ from relaybus.eventstore.errors import (
     SchemaError,
     StoreDiskError,
     StoreUnavailable,
+    UnsafeAppRole,
     UnstorableEvent,
 )
 from relaybus.eventstore.integrity import BrokenLink, CheckpointFinding, LogState, VerifyReport
@@ -53,6 +54,7 @@ __all__ = [  # noqa: RUF022
     "SchemaError",
     "StoreDiskError",
     "StoreUnavailable",
+    "UnsafeAppRole",
     "UnstorableEvent",
     # Audit results
     "AgentStats",
@@ -76,5 +78,6 @@ __all__ = [  # noqa: RUF022
     # Modules
     "checkpoints",
     "migrations",
+    "roles",
     "types",
 ]

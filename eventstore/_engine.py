@@ -194,7 +194,7 @@ class ProcessLocalEngine:
             connection.execution_options(**{_WRITE: True})
             with connection.begin():
                 if lock_events and connection.dialect.name == "postgresql":
-                    connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+                    connection.exec_driver_sql("SELECT eventstore_lock_events()")  # migration 0006
                 yield connection
 
     def dispose(self) -> None:

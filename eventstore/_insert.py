@@ -99,13 +99,14 @@ class _QuietAbortedPipeline(logging.Filter):
 
 logging.getLogger("psycopg").addFilter(_QuietAbortedPipeline())
 
-_PG_LOCK = "LOCK TABLE events IN EXCLUSIVE MODE"
-_PG_POSITIONS = (
-    "SELECT setval(pg_get_serial_sequence('events', 'position'), coalesce((SELECT max(position) FROM events), 0) + %s)"
-)
-"""The positions after the last one stored, counted from the log, not drawn from the sequence: a rolled-back
-append draws from a sequence for good, and would leave a gap that verify could not tell from a deleted event.
-The sequence is set along, for anything inserting without a position."""
+# LOCK TABLE events IN EXCLUSIVE MODE and the setval below, through functions owned by the table owner
+# (migration 0006): the app role holds INSERT and SELECT only, which allow neither (eventstore.roles).
+_PG_LOCK = "SELECT eventstore_lock_events()"
+_PG_POSITIONS = "SELECT eventstore_next_positions(%s)"
+"""``setval(<the events sequence>, coalesce(max(position), 0) + n)``: the positions after the last one stored,
+counted from the log, not drawn from the sequence: a rolled-back append draws from a sequence for good, and
+would leave a gap that verify could not tell from a deleted event. The sequence is set along, for anything
+inserting without a position."""
 
 
 class Start(NamedTuple):

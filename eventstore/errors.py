@@ -13,7 +13,8 @@ at the store's boundary (:func:`eventstore._engine.translate_errors`), with ``ra
      ├── StoreDiskError          the database cannot write to its disk (full, or failing)
      ├── UnstorableEvent         the database refuses a value of the record (an id it cannot hold)
      ├── ChainKeyError           a chain key file is missing or malformed (never names a secret)
-     └── CheckpointError         a checkpoint cannot be read, or no key to sign or check it
+     ├── CheckpointError         a checkpoint cannot be read, or no key to sign or check it
+     └── UnsafeAppRole           the role asked to be the app role would hold more than the app needs
 
 Retry policy: callers retry :class:`StoreUnavailable` with backoff; a :class:`ConcurrencyError`
 means "reload the stream and decide again"; the others are permanent. A full or failing disk is
@@ -81,3 +82,15 @@ class CheckpointError(EventStoreError):
 
     A checkpoint that reads fine but does not match the log is no error: :class:`~.integrity.VerifyReport` says so.
     """
+
+
+class UnsafeAppRole(EventStoreError):
+    """Raised when the role named as the app role is a superuser or owns the log (:mod:`eventstore.roles`).
+
+    ``role`` names it, ``reason`` says what it holds that the app role must not.
+    """
+
+    def __init__(self, role: str, reason: str) -> None:
+        self.role = role
+        self.reason = reason
+        super().__init__(f"role {role!r} cannot be the app role: {reason}")

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from relaybus.cli.output import EXIT_UNREACHABLE, console, emit_json, fail, table
+from relaybus.cli.output import EXIT_UNREACHABLE, EXIT_USAGE, console, emit_json, fail, table
 from relaybus.cli.services import celery_app
 from relaybus.settings import get_settings
 
@@ -131,15 +131,46 @@ def db() -> None:
 
 
 @db.command("upgrade")
-def db_upgrade() -> None:
-    """Create or migrate the event-store schema (alembic) at RELAYBUS_EVENTSTORE_URL."""
-    from relaybus.eventstore import StoreUnavailable, migrations
+@click.option("--app-role", envvar="RELAYBUS_DB_APP_ROLE", default=None,
+              help="Also create this role if missing and grant it what workers, clients and the CLI need "
+                   "(INSERT and SELECT on the log, never UPDATE/DELETE/TRUNCATE). PostgreSQL only. "
+                   "[env RELAYBUS_DB_APP_ROLE]")
+@click.option("--app-password-file", envvar="RELAYBUS_DB_APP_PASSWORD_FILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Set the app role's password from this file (first line; never printed). "
+                   "[env RELAYBUS_DB_APP_PASSWORD_FILE]")
+def db_upgrade(app_role: str | None, app_password_file: str | None) -> None:
+    """Create or migrate the event-store schema (alembic) at RELAYBUS_EVENTSTORE_URL, as the tables' owner."""
+    from relaybus.eventstore import EventStoreError, StoreUnavailable, migrations, roles
 
+    url = get_settings().eventstore_url
     try:
-        migrations.upgrade(get_settings().eventstore_url)
+        migrations.upgrade(url)
     except StoreUnavailable as exc:
         fail(f"cannot reach the event store: {exc}", EXIT_UNREACHABLE, stderr=True)
     click.echo("event store schema is up to date")
+    if app_password_file is not None and app_role is None:
+        fail("--app-password-file needs --app-role", EXIT_USAGE, stderr=True)
+    if app_role is None:
+        return
+    password = None
+    if app_password_file is not None:
+        with open(app_password_file, encoding="utf-8") as file:
+            password = file.readline().rstrip("\r\n")
+    try:
+        granted = roles.grant_app_role(url, app_role, password=password)
+    except StoreUnavailable as exc:
+        fail(f"cannot reach the event store: {exc}", EXIT_UNREACHABLE, stderr=True)
+    except (EventStoreError, ValueError) as exc:
+        fail(str(exc), stderr=True)
+    if url.startswith("postgres"):  # the reference saga's stand-in tables (its workers cannot create them)
+        from relaybus.tasks.agents import content_store
+
+        content_store.grant_app_role(url, granted.role)
+    click.echo(f"app role {granted.role} {'created' if granted.created else 'exists'}"
+               f"{', password set' if granted.password_set else ''}; granted on schema {granted.schema}: "
+               + "; ".join(f"{t} {', '.join(p)}" for t, p in roles.APP_PRIVILEGES.items())
+               + "; EXECUTE on the append's lock functions")
 
 
 COMMANDS = (worker, status, dlq, db)

@@ -136,6 +136,27 @@ def _build(url: str) -> Engine:
     return engine
 
 
+APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
+    "saga_content_items": ("SELECT", "INSERT", "UPDATE"),  # a compensation marks its row undone
+    "saga_content_runs": ("SELECT", "INSERT"),
+    "saga_content_faults": ("SELECT", "INSERT", "UPDATE", "DELETE"),  # test and demo fault injection
+}
+"""What a least-privileged app role (``relaybus db upgrade --app-role``) needs here; it cannot create tables."""
+
+
+def grant_app_role(url: str, role: str) -> None:
+    """Create the tables as the caller (the owner, PostgreSQL) and give ``role`` :data:`APP_PRIVILEGES`."""
+    engine = _build(url)
+    try:
+        with engine.begin() as conn:
+            for table, privileges in APP_PRIVILEGES.items():
+                conn.exec_driver_sql(f'GRANT {", ".join(privileges)} ON {table} TO "{role}"')
+            sequence = conn.exec_driver_sql("SELECT pg_get_serial_sequence('saga_content_runs', 'id')").scalar_one()
+            conn.exec_driver_sql(f'GRANT USAGE ON SEQUENCE {sequence} TO "{role}"')
+    finally:
+        engine.dispose()
+
+
 # -- faults ----------------------------------------------------------------------------------------
 
 
