@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,11 +34,18 @@ DEFAULT_REDACT_KEYS = (
 class Settings(BaseSettings):
     """Everything relaybus reads from its environment. The README's configuration table mirrors it."""
 
-    model_config = SettingsConfigDict(env_prefix="RELAYBUS_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a refused setting is named, its value (a URL with a password) never shown.
+    model_config = SettingsConfigDict(env_prefix="RELAYBUS_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     result_backend: str = "redis://127.0.0.1:6379/0"
     eventstore_url: str = "sqlite:///.relaybus/events.sqlite"
+    #: Files holding the passwords of the three URLs above (compose or Kubernetes secrets), so that no
+    #: password sits in the environment: the URL names the user, the file's first line is put in as its
+    #: password (URL-quoted) when the settings are read. A URL that already holds another password is refused.
+    broker_password_file: str | None = None
+    result_backend_password_file: str | None = None
+    eventstore_password_file: str | None = None
 
     #: Where the embedded mode (no RabbitMQ, no Redis) keeps its broker folder and SQLite files.
     embedded_dir: str = ".relaybus"
@@ -115,6 +123,18 @@ class Settings(BaseSettings):
             raise ValueError("namespace must be non-empty and use only letters, digits, '-' and '_'")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _passwords_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for url_field, file_field in _PASSWORD_FILES.items():
+            path = data.get(file_field)
+            if path:
+                url = data.get(url_field) or cls.model_fields[url_field].default
+                data = {**data, url_field: _with_password(url, _read_password(path, file_field), url_field)}
+        return data
+
     @model_validator(mode="after")
     def _a_message_holds_a_payload(self) -> Settings:
         if self.max_message_bytes <= self.max_payload_bytes:
@@ -179,6 +199,34 @@ class Settings(BaseSettings):
         if self.llm_api_key is not None:
             env["RELAYBUS_LLM_API_KEY"] = self.llm_api_key.get_secret_value()
         return env
+
+
+_PASSWORD_FILES = {
+    "broker_url": "broker_password_file",
+    "result_backend": "result_backend_password_file",
+    "eventstore_url": "eventstore_password_file",
+}
+
+
+def _read_password(path: str, field: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            password = file.readline().rstrip("\r\n")
+    except OSError as exc:  # the path and the reason; never the file's content
+        raise ValueError(f"cannot read RELAYBUS_{field.upper()} ({path}): {exc.strerror}") from None
+    if not password:
+        raise ValueError(f"RELAYBUS_{field.upper()} ({path}) is empty")
+    return password
+
+
+def _with_password(url: str, password: str, field: str) -> str:
+    """``url`` with ``password`` as its password; the messages never hold either."""
+    parts = urlsplit(url)
+    if parts.password is not None and unquote(parts.password) != password:
+        raise ValueError(f"RELAYBUS_{field.upper()} holds a password and its password file another: keep one")
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 @lru_cache(maxsize=1)
