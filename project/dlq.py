@@ -66,13 +66,22 @@ def _count(value: Any) -> int | None:
         return None
 
 
+def _event_id(body: Any) -> str | None:
+    """An event-bus letter has no task id: its envelope's ``event_id`` names it instead."""
+    try:
+        envelope = json.loads(body) if isinstance(body, (bytes, str)) else body
+    except ValueError:
+        return None
+    return _text(envelope.get("event_id")) if isinstance(envelope, dict) else None
+
+
 def _to_model(dlq: str, message: Any) -> DeadLetter:
     headers = dict(message.headers or {})
     death = headers.get("x-death")
     first = death[0] if isinstance(death, list) and death and isinstance(death[0], dict) else {}
     return DeadLetter(
         dlq=dlq,
-        task_id=_text(headers.get("id")),
+        task_id=_text(headers.get("id") or headers.get("x_event_id")) or _event_id(message.body),
         task=_text(headers.get("task")),
         reason=_text(headers.get(REASON_HEADER) or first.get("reason")),
         error_type=_text(headers.get(ERROR_TYPE_HEADER)),
@@ -87,8 +96,16 @@ def _to_model(dlq: str, message: Any) -> DeadLetter:
 
 
 def dlq_names(app: Celery, agents: Iterable[str] | None = None) -> list[str]:
+    """Every dead-letter queue of the namespace: each agent's, then each event subscriber's
+    (``<namespace>.<subscriber>.events.dlq``); ``agents`` keeps those of some agents or subscribers."""
+    from relaybus.tasks.bus.bus import event_queue_name, subscribers
+
     topology = topology_of(app)
-    return [topology.dlq_name(a) for a in (agents or topology.agents)]
+    app.finalize(auto=True)  # imports the modules that register subscribers (RELAYBUS_EXTRA_MODULES)
+    wanted = list(agents) if agents else None
+    names = [topology.dlq_name(a) for a in (wanted or topology.agents)]
+    names += [f"{event_queue_name(topology.namespace, s)}.dlq" for s in subscribers() if wanted is None or s in wanted]
+    return names
 
 
 #: Stamped by ``requeue`` on each letter it sends back, with an id of its own per call: a letter that fails
@@ -107,7 +124,10 @@ def _walk(app: Celery, dlq: str, visit: Callable[[Any, Any], str], limit: int) -
     with app.connection_for_write() as conn:
         channel = conn.channel()
         try:
-            _, present, _ = channel.queue_declare(queue=dlq, passive=True)
+            try:
+                _, present, _ = channel.queue_declare(queue=dlq, passive=True)
+            except conn.channel_errors:
+                return  # not declared (yet): no dead letters there; the broker closed the channel
             budget = min(limit, int(present))
             taken = 0
             while taken < budget:
@@ -151,9 +171,9 @@ def requeue(
         headers = dict(message.headers or {})
         if headers.get(REQUEUE_RUN_HEADER) == run:
             return "again"
-        if task_id is not None and headers.get("id") != task_id:
-            return "keep"
         letter = _to_model(dlq, message)
+        if task_id is not None and letter.task_id != task_id:
+            return "keep"
         if not letter.original_queue:
             return "keep"
         for key in (*RELAYBUS_DLQ_HEADERS, "x-death", "x-first-death-queue", "x-first-death-reason",
@@ -165,7 +185,8 @@ def requeue(
         producer = conn.Producer()
         producer.publish(
             message.body,
-            exchange=topology_of(app).namespace,
+            # The default exchange routes by queue name: agent queues and event-bus queues alike.
+            exchange="",
             routing_key=letter.original_queue,
             headers=headers,
             content_type=message.content_type,
@@ -190,7 +211,7 @@ def purge(app: Celery, agents: Iterable[str] | None = None, task_id: str | None 
 
     def visit(_conn: Any, message: Any) -> str:
         nonlocal dropped
-        if task_id is not None and (message.headers or {}).get("id") != task_id:
+        if task_id is not None and _to_model(dlq, message).task_id != task_id:
             return "keep"
         dropped += 1
         return "ack"

@@ -1,4 +1,4 @@
-"""Queue depths and consumers per agent, read over AMQP with passive declares."""
+"""Queue depths and consumers per agent and per event subscriber, read over AMQP with passive declares."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from relaybus.celery import topology_of
 class QueueStatus(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    #: "agent": an agent's task queue; "events": an event subscriber's queue on the bus.
+    kind: str = "agent"
     agent: str
     queue: str
     depth: int | None
@@ -48,6 +50,24 @@ def queue_status(app: Celery) -> list[QueueStatus]:
                 depth=main[0] if main else None,
                 consumers=main[1] if main else None,
                 urgent_depth=urgent[0] if urgent else None,
+                dead_letter_depth=dead[0] if dead else None,
+            )
+        )
+    from relaybus.tasks.bus.bus import event_queue_name, subscribers
+
+    app.finalize(auto=True)  # imports the modules that register subscribers (RELAYBUS_EXTRA_MODULES)
+    for subscriber in subscribers():
+        name = event_queue_name(topology.namespace, subscriber)
+        events = _declare_passive(app, name)
+        dead = _declare_passive(app, f"{name}.dlq")
+        rows.append(
+            QueueStatus(
+                kind="events",
+                agent=subscriber,
+                queue=name,
+                depth=events[0] if events else None,
+                consumers=events[1] if events else None,
+                urgent_depth=None,
                 dead_letter_depth=dead[0] if dead else None,
             )
         )

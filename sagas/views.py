@@ -8,6 +8,7 @@ so the CLI prints them as JSON and a client gets them from :func:`tasks.saga.sag
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -34,9 +35,14 @@ class _View(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: ``not_needed``: the saga ended or is compensating and this compensation will never run: its step had no
+#: effects to undo (it failed or never ran), or the saga completed.
+CompensationViewStatus = CompensationStatus | Literal["not_needed"]
+
+
 class CompensationView(_View):
     task: str
-    status: CompensationStatus
+    status: CompensationViewStatus
     attempt: int
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -127,9 +133,10 @@ def view_of(loaded: LoadedSaga) -> SagaView:
         if m.compensation is not None:
             c = m.compensation
             c_started, c_ended = undo_times.get((m.step, m.member), {}).get(c.attempt, [None, None])
+            settled = state.status != "running" and (state.status == "completed" or not m.may_have_effects)
             compensation = CompensationView(
                 task=c.task,
-                status=c.status,
+                status="not_needed" if c.status == "pending" and settled else c.status,
                 attempt=c.attempt,
                 started_at=c_started,
                 ended_at=c_ended if c.ended else None,

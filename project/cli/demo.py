@@ -27,7 +27,7 @@ def demo(request_text: str | None, embedded: bool, as_json: bool) -> None:
     console.print(f"[{colour}]pipeline {result.status}[/{colour}] in {result.seconds:.2f}s")
     console.print_json(json.dumps(result.output))
     table(f"timeline of {result.correlation_id}", ["agent", "task", "status", "attempts", "queue wait", "run time"],
-          [[s["agent"], s["task_id"][:8], s["status"], s["attempts"], milliseconds(s["queue_wait_ms"]),
+          [[s["agent"], s["task_id"], s["status"], s["attempts"], milliseconds(s["queue_wait_ms"]),
             milliseconds(s["run_ms"])] for s in result.timeline])
 
     if result.saga:

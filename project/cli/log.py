@@ -11,13 +11,13 @@ from datetime import datetime
 import click
 from rich.progress import Progress
 
-from relaybus.cli.output import EXIT_PROBLEM, emit_json, fail, milliseconds, table
+from relaybus.cli.output import EXIT_PROBLEM, emit_json, fail, json_option, milliseconds, table
 from relaybus.cli.services import celery_app, event_store
 
 
 @click.command()
 @click.argument("correlation_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def timeline(correlation_id: str, as_json: bool) -> None:
     """The ordered timeline of one workflow, with each step's queue wait and run time."""
     with event_store() as store:
@@ -30,22 +30,22 @@ def timeline(correlation_id: str, as_json: bool) -> None:
     status = result.workflow.status if result.workflow else "?"
     click.echo(f"workflow {correlation_id}: {status}")
     table("steps", ["task", "agent", "status", "attempts", "queue wait", "run time"],
-          [[s.task_id[:8], s.agent, s.status, s.attempts, milliseconds(s.queue_wait_s, from_seconds=True),
+          [[s.task_id, s.agent, s.status, s.attempts, milliseconds(s.queue_wait_s, from_seconds=True),
             milliseconds(s.run_time_s, from_seconds=True)] for s in result.steps])
     table("events", ["#", "at", "type", "agent", "task"],
-          [[e.position, e.occurred_at.isoformat(timespec="milliseconds"), e.type, e.agent, (e.task_id or "")[:8]]
+          [[e.position, e.occurred_at.isoformat(timespec="milliseconds"), e.type, e.agent, e.task_id]
            for e in result.events])
 
 
 @click.command()
 @click.option("--type", "type_", default=None, help="Exact type, or a prefix glob such as 'task.*'.")
-@click.option("--agent", default=None)
+@click.option("--agent", default=None, help="Only this agent's events.")
 @click.option("--status", default=None, help="succeeded, failed, dead_lettered, …")
-@click.option("--correlation-id", default=None)
-@click.option("--since", type=click.DateTime(), default=None)
-@click.option("--until", type=click.DateTime(), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=100)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--correlation-id", default=None, help="Only this workflow's events.")
+@click.option("--since", type=click.DateTime(), default=None, help="From this time on (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Before this time (UTC).")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@json_option
 def events(type_: str | None, agent: str | None, status: str | None, correlation_id: str | None,
            since: datetime | None, until: datetime | None, limit: int, as_json: bool) -> None:
     """Events filtered by type, agent, status and time range."""
@@ -61,9 +61,9 @@ def events(type_: str | None, agent: str | None, status: str | None, correlation
 
 
 @click.command()
-@click.option("--since", type=click.DateTime(), default=None)
-@click.option("--until", type=click.DateTime(), default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--since", type=click.DateTime(), default=None, help="From this time on (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Before this time (UTC).")
+@json_option
 def stats(since: datetime | None, until: datetime | None, as_json: bool) -> None:
     """Per-agent counts, failures, p50/p95 run time and queue wait: which agent is the bottleneck?"""
     with event_store() as store:
@@ -102,11 +102,13 @@ def replay() -> None:
 
 @replay.command("dry-run")
 @click.argument("correlation_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def replay_dry_run(correlation_id: str, as_json: bool) -> None:
     """Rebuild a workflow's state and timeline from its events alone; runs nothing."""
     with event_store() as store:
         result = store.dry_run(correlation_id)
+    if result.events_replayed == 0:
+        fail(f"no events for correlation id {correlation_id!r}")
     if as_json:
         emit_json(result)
         return
@@ -116,7 +118,7 @@ def replay_dry_run(correlation_id: str, as_json: bool) -> None:
 @replay.command("diff")
 @click.argument("correlation_a")
 @click.argument("correlation_b")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def replay_diff(correlation_a: str, correlation_b: str, as_json: bool) -> None:
     """Compare two runs; report the first step whose input or output differs (exit 1 if any)."""
     with event_store() as store:
@@ -138,7 +140,7 @@ def replay_diff(correlation_a: str, correlation_b: str, as_json: bool) -> None:
 @click.option("--from-step", required=True,
               help="A step number (1-based), an agent name (its first call) or agent#n.")
 @click.option("--deterministic", is_flag=True, help="Serve the recorded LLM completions; call no provider.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def replay_redrive(correlation_id: str, from_step: str, deterministic: bool, as_json: bool) -> None:
     """Run a recorded workflow again from a step, under a new correlation id (replay_of the original)."""
     from relaybus.replay import RedriveError, redrive

@@ -6,8 +6,9 @@ import os
 
 import click
 
-from relaybus.cli.output import EXIT_UNREACHABLE, EXIT_USAGE, console, emit_json, fail, table
-from relaybus.cli.services import celery_app
+from relaybus.cli.errors import unreachable
+from relaybus.cli.output import EXIT_USAGE, console, emit_json, fail, json_option, table
+from relaybus.cli.services import celery_app, service_errors
 from relaybus.settings import get_settings
 
 
@@ -17,10 +18,12 @@ def _agents_option(value: str | None) -> list[str] | None:
 
 @click.command()
 @click.option("--agents", default=None, help="Comma-separated agent names (default: all).")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None)
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
+              help="Pool processes or threads (default: Celery's, the number of CPUs).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True,
+              help="Celery's execution pool.")
 @click.option("--urgent", is_flag=True, help="Consume only the agents' urgent queues (a dedicated urgent worker).")
-@click.option("--hostname", "-n", default=None)
+@click.option("--hostname", "-n", default=None, help="The worker's node name (Celery's -n, e.g. writer@%h).")
 @click.option("--dry-run", is_flag=True, help="Print the celery command instead of running it.")
 def worker(agents: str | None, concurrency: int | None, pool: str, urgent: bool, hostname: str | None,
            dry_run: bool) -> None:
@@ -40,20 +43,20 @@ def worker(agents: str | None, concurrency: int | None, pool: str, urgent: bool,
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def status(as_json: bool) -> None:
-    """Queue depth, consumers, urgent and dead-letter depth per agent (over AMQP)."""
+    """Queue depth, consumers, urgent and dead-letter depth per agent and event subscriber (over AMQP)."""
     from relaybus.status import queue_status
 
     try:
         rows = queue_status(celery_app())
-    except OSError as exc:
-        fail(f"cannot reach the broker: {exc}", EXIT_UNREACHABLE)
+    except service_errors() as exc:
+        unreachable(exc)
     if as_json:
         emit_json(rows)
         return
-    table("agent queues", ["agent", "queue", "depth", "consumers", "urgent", "dead letters"],
-          [[r.agent, r.queue, r.depth, r.consumers, r.urgent_depth, r.dead_letter_depth] for r in rows])
+    table("queues", ["kind", "agent", "queue", "depth", "consumers", "urgent", "dead letters"],
+          [[r.kind, r.agent, r.queue, r.depth, r.consumers, r.urgent_depth, r.dead_letter_depth] for r in rows])
 
 
 @click.group()
@@ -61,11 +64,16 @@ def dlq() -> None:
     """Dead-letter queues: list, show, requeue, purge."""
 
 
+AGENTS_HELP = "Comma-separated agents or event subscribers (default: every dead-letter queue)."
+
+
 @dlq.command("list")
-@click.option("--agents", default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=100)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--agents", default=None, help=AGENTS_HELP)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many letters per queue.")
+@json_option
 def dlq_list(agents: str | None, limit: int, as_json: bool) -> None:
+    """The dead letters of every agent's and event subscriber's dead-letter queue, left in place."""
     from relaybus.dlq import peek
 
     letters = peek(celery_app(), _agents_option(agents), limit)
@@ -79,8 +87,9 @@ def dlq_list(agents: str | None, limit: int, as_json: bool) -> None:
 
 @dlq.command("show")
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def dlq_show(task_id: str, as_json: bool) -> None:
+    """One dead letter, by task id (or event id for an event subscriber's): its reason, error and body."""
     from relaybus.dlq import peek
 
     matches = [d for d in peek(celery_app(), None, 100_000) if d.task_id == task_id]
@@ -94,9 +103,9 @@ def dlq_show(task_id: str, as_json: bool) -> None:
 
 
 @dlq.command("requeue")
-@click.option("--agents", default=None)
+@click.option("--agents", default=None, help=AGENTS_HELP)
 @click.option("--id", "task_id", default=None, help="Only this task id.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def dlq_requeue(agents: str | None, task_id: str | None, as_json: bool) -> None:
     """Send dead letters back to their queue with a fresh retry budget."""
     from rich.progress import Progress
@@ -114,10 +123,11 @@ def dlq_requeue(agents: str | None, task_id: str | None, as_json: bool) -> None:
 
 
 @dlq.command("purge")
-@click.option("--agents", default=None)
+@click.option("--agents", default=None, help=AGENTS_HELP)
 @click.option("--id", "task_id", default=None, help="Only this task id.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(agents: str | None, task_id: str | None, yes: bool) -> None:
+    """Drop dead letters for good (asks first, unless --yes)."""
     from relaybus.dlq import purge
 
     if not yes:
@@ -147,7 +157,7 @@ def db_upgrade(app_role: str | None, app_password_file: str | None) -> None:
     try:
         migrations.upgrade(url)
     except StoreUnavailable as exc:
-        fail(f"cannot reach the event store: {exc}", EXIT_UNREACHABLE, stderr=True)
+        unreachable(exc)
     click.echo("event store schema is up to date")
     if app_password_file is not None and app_role is None:
         fail("--app-password-file needs --app-role", EXIT_USAGE, stderr=True)
@@ -160,7 +170,7 @@ def db_upgrade(app_role: str | None, app_password_file: str | None) -> None:
     try:
         granted = roles.grant_app_role(url, app_role, password=password)
     except StoreUnavailable as exc:
-        fail(f"cannot reach the event store: {exc}", EXIT_UNREACHABLE, stderr=True)
+        unreachable(exc)
     except (EventStoreError, ValueError) as exc:
         fail(str(exc), stderr=True)
     if url.startswith("postgres"):  # the reference saga's stand-in tables (its workers cannot create them)

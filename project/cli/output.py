@@ -20,6 +20,14 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 console = Console()
+#: The width a table may take when stdout is not a terminal: wide enough never to shorten a cell.
+WIDTH_WHEN_PIPED = 100_000
+
+
+#: ``--json`` on every command that prints: the same data, for scripts.
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (every field, ids in full) instead of a table."
+)
 
 
 def emit_json(data: Any) -> None:
@@ -38,12 +46,15 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         shown.add_column(column)
     for row in rows:
         shown.add_row(*["" if v is None else str(v) for v in row])
-    console.print(shown)
+    # Piped or redirected, a table keeps every cell whole (ids included) rather than fitting 80 columns.
+    # (Console.print's width cannot exceed the console's, so a wide console of its own.)
+    (console if console.is_terminal else Console(width=WIDTH_WHEN_PIPED)).print(shown, crop=False)
 
 
 def fail(message: str, code: int = EXIT_PROBLEM, *, stderr: bool = False) -> NoReturn:
-    """Say what went wrong and exit with ``code``: in red on stdout, or plain on stderr."""
-    if stderr:
+    """Say what went wrong and exit with ``code``: in red on stdout, or plain on stderr (always so for an
+    unreachable service, which a script's ``2>`` should catch)."""
+    if stderr or code == EXIT_UNREACHABLE:
         click.echo(message, err=True)
     else:
         console.print(f"[red]{message}[/red]")

@@ -8,18 +8,20 @@ from typing import Any
 
 import click
 
-from relaybus.cli.output import EXIT_PROBLEM, EXIT_UNREACHABLE, console, emit_json, fail
+from relaybus.cli.output import EXIT_PROBLEM, EXIT_UNREACHABLE, console, emit_json, fail, json_option
 from relaybus.cli.services import celery_app
 
 
 @click.command()
 @click.argument("pipeline")
 @click.option("--input", "input_json", required=True, help="The pipeline's input as JSON.")
-@click.option("--priority", type=click.Choice(["urgent", "high", "normal", "low"]), default=None)
-@click.option("--correlation-id", default=None)
+@click.option("--priority", type=click.Choice(["urgent", "high", "normal", "low"]), default=None,
+              help="Priority class of the whole workflow (default: RELAYBUS_DEFAULT_PRIORITY).")
+@click.option("--correlation-id", default=None, help="The workflow's id (default: a new UUID).")
 @click.option("--wait/--no-wait", default=True, help="Wait for the outcome (default) or return at once.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=120.0)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds to wait for the outcome; past it exit 1, the workflow goes on.")
+@json_option
 def run(pipeline: str, input_json: str, priority: str | None, correlation_id: str | None, wait: bool,
         timeout: float, as_json: bool) -> None:
     """Start a pipeline (e.g. research) with a JSON input; exit 1 if it fails."""
@@ -42,7 +44,10 @@ def run(pipeline: str, input_json: str, priority: str | None, correlation_id: st
     if not wait:
         emit_json({"id": handle.id, "status": handle.status()}) if as_json else click.echo(handle.id)
         return
-    outcome = handle.wait(timeout)
+    try:
+        outcome = handle.wait(timeout)
+    except TimeoutError as exc:
+        fail(f"{exc}; it goes on: follow it with `relaybus timeline {handle.id}`", EXIT_PROBLEM, stderr=True)
     if as_json:
         emit_json(outcome)
     else:
@@ -54,7 +59,7 @@ def run(pipeline: str, input_json: str, priority: str | None, correlation_id: st
 
 
 @click.command(name="pipelines")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def list_pipelines(as_json: bool) -> None:
     """The pipelines your modules declare (RELAYBUS_EXTRA_MODULES): steps, agents, input and deadline."""
     from relaybus.tasks.pipelines.registry import declared

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from relaybus.cli.output import EXIT_UNREACHABLE, console, emit_json, fail, table
+from relaybus.cli.errors import unreachable
+from relaybus.cli.output import console, emit_json, fail, json_option, table
 from relaybus.cli.services import celery_app, service_errors
 
 STATUSES = ("running", "compensating", "completed", "compensated", "compensation_failed")
@@ -58,10 +59,11 @@ def saga() -> None:
 @click.option("--input", "input_text", default="null", help="The saga's input, as JSON.")
 @click.option("--id", "saga_id", default=None, help="The saga id (default: a new UUID); starting one twice is a no-op.")
 @click.option("--correlation-id", default=None, help="Tie the saga into a wider workflow's timeline.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: str | None, as_json: bool) -> None:
     """Start the saga NAME; prints its id."""
     from relaybus.sagas import UnknownSaga
+    from relaybus.tasks.errors import InvalidInput
     from relaybus.tasks.saga import known_sagas, start_saga
 
     try:
@@ -71,6 +73,8 @@ def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: 
     app = celery_app()
     try:
         started = start_saga(name, data, saga_id=saga_id, correlation_id=correlation_id, app=app)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--input") from None
     except UnknownSaga:
         known = ", ".join(known_sagas(app)) or "none"
         raise click.BadParameter(f"no saga named {name!r}; known sagas: {known}", param_hint="NAME") from None
@@ -78,7 +82,7 @@ def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: 
         hint = "--id" if "saga id" in str(exc) else "--input"
         raise click.BadParameter(str(exc), param_hint=hint) from None
     except service_errors() as exc:
-        fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+        unreachable(exc)
     if as_json:
         emit_json({"saga_id": started, "saga": name})
     else:
@@ -86,9 +90,9 @@ def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: 
 
 
 @saga.command("list")
-@click.option("--status", type=click.Choice(STATUSES), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=50)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only sagas in this status.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@json_option
 def saga_list(status: str | None, limit: int, as_json: bool) -> None:
     """The newest sagas first."""
     from relaybus.tasks.saga import list_sagas
@@ -104,7 +108,7 @@ def saga_list(status: str | None, limit: int, as_json: bool) -> None:
 
 @saga.command("show")
 @click.argument("saga_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def saga_show(saga_id: str, as_json: bool) -> None:
     """A saga's steps, their outcomes and timings, and its compensations."""
     from relaybus.sagas import SagaNotFound
@@ -122,7 +126,7 @@ def saga_show(saga_id: str, as_json: bool) -> None:
 
 @saga.command("resume")
 @click.argument("saga_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def saga_resume(saga_id: str, as_json: bool) -> None:
     """Retry the failed compensations of a compensation_failed saga, once its cause is fixed."""
     from relaybus.sagas import InvalidTransition, SagaNotFound
@@ -135,7 +139,7 @@ def saga_resume(saga_id: str, as_json: bool) -> None:
     except InvalidTransition as exc:
         fail(f"saga {saga_id!r} cannot be resumed: {exc.reason}")
     except service_errors() as exc:
-        fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+        unreachable(exc)
     if as_json:
         emit_json(view)
     else:
@@ -155,7 +159,7 @@ def saga_resume(saga_id: str, as_json: bool) -> None:
     default=600.0,
     help="Send again a compensation running longer than this many seconds.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def saga_sweep(horizon_days: float, stuck_after: float, as_json: bool) -> None:
     """Time out steps past their deadline and act as each saga's policy says (what beat runs every 30 s)."""
     from relaybus.tasks.saga import sweep_sagas
@@ -163,7 +167,7 @@ def saga_sweep(horizon_days: float, stuck_after: float, as_json: bool) -> None:
     try:
         report = sweep_sagas(celery_app(), horizon_s=horizon_days * 86400, stuck_compensation_after_s=stuck_after)
     except service_errors() as exc:
-        fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+        unreachable(exc)
     if as_json:
         emit_json(report)
         return

@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 
-from relaybus.cli.output import EXIT_UNREACHABLE, console, emit_json, fail, table
+from relaybus.cli.errors import unreachable
+from relaybus.cli.output import console, emit_json, json_option, table
 from relaybus.cli.services import celery_app, event_store, service_errors
 from relaybus.settings import get_settings
 
@@ -62,8 +63,8 @@ def _stuck(store: Any, now: datetime, horizon_s: float, limit: int) -> list[dict
 @click.option("--stuck", is_flag=True, help="Only running workflows past their deadline (what the sweep would end).")
 @click.option("--horizon-days", type=click.FloatRange(min=0, min_open=True), default=30.0,
               help="--stuck: only pipelines started in the last N days.")
-@click.option("--limit", type=click.IntRange(min=1), default=50)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
+@json_option
 def workflows_list(status: str | None, stuck: bool, horizon_days: float, limit: int, as_json: bool) -> None:
     """The most recently active workflows first, with their status; --stuck: those past their deadline."""
     if stuck and status not in (None, "running"):
@@ -84,7 +85,7 @@ def workflows_list(status: str | None, stuck: bool, horizon_days: float, limit: 
                     for w in store.projection.workflows(status=status, limit=limit)
                 ]
         except service_errors() as exc:
-            fail(f"cannot read the event store: {exc}", EXIT_UNREACHABLE)
+            unreachable(exc)
     if as_json:
         emit_json(rows)
     elif stuck:
@@ -101,7 +102,7 @@ def workflows_list(status: str | None, stuck: bool, horizon_days: float, limit: 
 @click.command()
 @click.option("--horizon-days", type=click.FloatRange(min=0, min_open=True), default=30.0,
               help="Only pipelines and sagas started in the last N days.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def sweep(horizon_days: float, as_json: bool) -> None:
     """End the pipelines past their deadline (timed_out) and time out saga steps past theirs, as beat does."""
     from relaybus.tasks.pipelines.deadline import sweep_pipelines
@@ -112,7 +113,7 @@ def sweep(horizon_days: float, as_json: bool) -> None:
         pipelines = sweep_pipelines(app, horizon_s=horizon_days * 86400)
         sagas = sweep_sagas(app, horizon_s=horizon_days * 86400)
     except service_errors() as exc:
-        fail(f"cannot reach a service: {exc}", EXIT_UNREACHABLE)
+        unreachable(exc)
     if as_json:
         emit_json({"pipelines": pipelines.model_dump(mode="json"), "sagas": sagas.model_dump(mode="json")})
         return

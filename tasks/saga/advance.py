@@ -133,6 +133,8 @@ class SagaTask(AgentTask):
     hooks: ClassVar[tuple[Hook, ...]] = (*DEFAULT_HOOKS, AdvanceSaga())
     advances_saga: ClassVar[bool] = True  # what tasks.saga.dispatch looks for (ADVANCES_SAGA)
     saga_kind: ClassVar[Kind] = "step"
+    #: A step's own input model (``saga_step(input=...)``); ``None`` for a compensation.
+    step_input_model: ClassVar[type[BaseModel] | None] = None
     # Nobody reads a saga task's result from the result backend: its outcome is in the saga's log, and
     # no callback is linked to it. Storing it (STARTED, then SUCCESS) cost two Redis writes per step.
     ignore_result = True
@@ -147,14 +149,18 @@ def saga_task(
     output: type[BaseModel],
     fn: Callable[[Any, AgentContext], Any],
     max_retries: int | None = None,
+    step_input: type[BaseModel] | None = None,
 ) -> AgentTask:
     """Register ``fn`` as the :class:`SagaTask` ``task_name`` of the agent ``agent_name``: what
-    :func:`tasks.runtime.task.agent` does, on the saga task base."""
+    :func:`tasks.runtime.task.agent` does, on the saga task base. ``step_input``: a step's own input model,
+    which :func:`~tasks.saga.client.start_saga` checks a saga's input against in the caller."""
     spec = AgentSpec(agent_name, input, output, fn, max_retries=max_retries)
 
     def run(*args: Any, **kwargs: Any) -> Any:  # the body is AgentTask.__call__
         raise AgentError("AgentTask.__call__ runs agents; run() is never called")
 
     run.__name__, run.__doc__ = getattr(fn, "__name__", task_name), fn.__doc__
-    task: AgentTask = shared_task(name=task_name, base=SagaTask, spec=spec, bind=False, saga_kind=kind)(run)
+    task: AgentTask = shared_task(
+        name=task_name, base=SagaTask, spec=spec, bind=False, saga_kind=kind, step_input_model=step_input
+    )(run)
     return task

@@ -16,9 +16,10 @@ import time
 from datetime import UTC, datetime
 
 from celery import Celery, current_app
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
-from relaybus.sagas import SagaStatus, SagaView, view_of
+from relaybus.sagas import ParallelStep, SagaDefinition, SagaStatus, SagaView, check_saga_id, view_of
+from relaybus.tasks.errors import InvalidInput
 from relaybus.tasks.runtime.context import new_id
 from relaybus.tasks.saga.dispatch import dispatch_decision
 from relaybus.tasks.saga.registry import repository, saga_definition
@@ -36,16 +37,36 @@ def start_saga(
     ``saga_id`` makes the call idempotent: starting the same id again starts nothing new (and sends
     the first step again if it is still running). ``correlation_id`` ties the saga into a wider
     workflow's timeline (default: the saga id). Raises :class:`~sagas.UnknownSaga` for an unknown
-    name, ``ValueError`` for a malformed id or an input too large for the event log.
+    name, :class:`~tasks.errors.InvalidInput` for an input the first step's model refuses, ``ValueError``
+    for a malformed id or an input too large for the event log.
     """
     app = app or current_app
     definition = saga_definition(name, app)
+    if saga_id is not None:
+        check_saga_id(saga_id)
+    _check_first_input(app, definition, input)
     saga_id = saga_id or new_id()
     decision = repository(app).start(
         definition, saga_id, input, now=datetime.now(UTC), correlation_id=correlation_id or saga_id
     )
     dispatch_decision(app, decision)
     return saga_id
+
+
+def _check_first_input(app: Celery, definition: SagaDefinition, input: JsonValue) -> None:
+    """Refuse, before anything is recorded or sent, an input the saga's first step would refuse in the worker
+    (:class:`~tasks.errors.InvalidInput` naming the field), as every agent call does in its caller."""
+    first = definition.steps[0]
+    members = first.members if isinstance(first, ParallelStep) else (first,)
+    for member in members:
+        model = getattr(app.tasks.get(member.task), "step_input_model", None)
+        if model is None:
+            continue  # not a saga_step of this process (another app's task): its worker checks it
+        try:
+            model.model_validate(input)
+        except ValidationError as exc:
+            errors = [{"loc": ("input", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            raise InvalidInput(definition.name, errors, kind="saga") from None
 
 
 def saga_status(saga_id: str, app: Celery | None = None) -> SagaView:

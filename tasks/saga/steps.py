@@ -73,7 +73,7 @@ def saga_step(
         run.__name__, run.__doc__ = fn.__name__, fn.__doc__
         return saga_task(
             agent_name, f"agents.{agent_name}.{action}", "step", input=StepCall, output=output, fn=run,
-            max_retries=max_retries,
+            max_retries=max_retries, step_input=input,
         )
 
     return decorate

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from relaybus.tasks.bus.bus import event_queue_name, publish, send_envelope
 from relaybus.tasks.bus.events import EventEnvelope
 from relaybus.tasks.bus.records import EVENT_DELIVERED, EVENT_PUBLISHED
 from relaybus.tasks.runtime.context import workflow_context
-from tests.harness import Worker, queue_depth, read_queue, redis_list, wait_for
+from tests.harness import ROOT, Worker, queue_depth, read_queue, redis_list, wait_for
 from tests.integration.system import System, running_system, system_settings
 from tests.services import require_rabbitmq, require_redis
 from tests.subscribers import ProbeObserved
@@ -108,6 +111,18 @@ def test_unknown_types_unsupported_versions_and_invalid_events_are_dead_lettered
     wait_for(lambda: any(n["data"]["name"] == "after" for n in redis_list(redis_client, k)), 30,
              what="the good event after the bad ones")
     wait_for(lambda: queue_depth(system.app, dlq) == 4, 30, what="four dead-lettered events")
+    # The operator sees them where they see every dead letter, named by event id, and left in place.
+    env = {**os.environ, **system.settings.to_env(), "PYTHONPATH": str(ROOT)}
+    shown = subprocess.run([sys.executable, "-m", "relaybus.cli", "dlq", "list", "--agents", "auditor", "--json"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    listed = {d["task_id"]: d for d in json.loads(shown.stdout) if d["dlq"] == dlq}
+    assert {unknown.event_id, too_new.event_id, invalid.event_id} <= set(listed), listed
+    assert listed[unknown.event_id]["reason"] == "unknown-event-type"
+    status = subprocess.run([sys.executable, "-m", "relaybus.cli", "status", "--json"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    [row] = [r for r in json.loads(status.stdout) if r["kind"] == "events" and r["agent"] == "auditor"]
+    assert row["dead_letter_depth"] == 4, row
     letters = read_queue(system.app, dlq)
     by_id = {m.headers.get("x_event_id", "garbled"): m.headers for m in letters}
     assert by_id[unknown.event_id]["x_dead_letter_reason"] == "unknown-event-type"

@@ -147,7 +147,8 @@ def test_the_content_saga_runs_its_four_steps_and_shows_in_its_workflow_timeline
     assert view.status == "completed", view
     assert [(s.step, s.outcome, s.attempt) for s in view.steps] == [(s, "succeeded", 1) for s in STEPS]
     assert all(s.started_at is not None and s.duration_s is not None for s in view.steps)
-    assert [s.compensation.status if s.compensation else None for s in view.steps] == [None, *["pending"] * 3]
+    # The saga completed: its compensations will never run.
+    assert [s.compensation.status if s.compensation else None for s in view.steps] == [None, *["not_needed"] * 3]
     assert isinstance(view.output, dict) and view.output["url"].startswith("/articles/")
     assert sorted(i["kind"] for i in live_items(system.content, saga_id)) == ["draft", "publication", "review"]
 
@@ -196,6 +197,9 @@ def test_a_failure_at_step_k_compensates_exactly_the_steps_before_it_in_reverse_
         s: "succeeded" if i < k - 1 else "failed" if i == k - 1 else "pending" for i, s in enumerate(STEPS)
     }
     assert view.steps[k - 1].error["error_type"] == "InjectedFailure"
+    # The failed step and those that never ran had nothing to undo: their compensations are not needed.
+    undo = {s.step: s.compensation.status for s in view.steps if s.compensation is not None}
+    assert undo == {s: "succeeded" if s in expected else "not_needed" for s in STEPS if s in KIND}
     assert live_items(system.content, saga_id) == [], "the side-effect store is back where it started"
     done = saga_items(system.content, saga_id)
     assert sorted(i["kind"] for i in done) == sorted(KIND[s] for s in expected)
@@ -352,6 +356,11 @@ def test_the_cli_starts_lists_and_shows_sagas_and_names_what_is_wrong(system):
     assert bad_json.returncode == 2 and "--input" in bad_json.stderr
     bad_id = cli(system.settings, "start", "content_creation", "--id", "has spaces")
     assert bad_id.returncode == 2 and "--id" in bad_id.stderr
+    # The first step's input model refuses it in the caller, naming the field; nothing is started.
+    extra_id = new_saga_id()
+    extra = cli(system.settings, "start", "content_creation", "--input", '{"topic": "x", "extra": 1}', "--id", extra_id)
+    assert extra.returncode == 2 and "--input" in extra.stderr and "input.extra" in extra.stderr, extra.stderr
+    assert cli(system.settings, "show", extra_id).returncode == 1
 
 
 def test_a_step_that_cannot_advance_its_saga_in_its_worker_hands_its_outcome_to_the_system_queue(system):
