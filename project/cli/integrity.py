@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from relaybus.cli.output import EXIT_PROBLEM, EXIT_USAGE, emit_json, fail
+from relaybus.cli.output import EXIT_PROBLEM, EXIT_USAGE, emit_json, fail, json_option
 from relaybus.cli.services import event_store
 from relaybus.settings import Settings, get_settings
 
@@ -69,7 +69,7 @@ def summary(report: VerifyReport) -> str:
     default=None,
     help="Also check the log against this signed checkpoint (relaybus checkpoint).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def verify(checkpoint_file: str | None, as_json: bool) -> None:
     """Check every link, chain and position (and a checkpoint); exit 1 naming the first problem."""
     from relaybus.eventstore import CheckpointError, checkpoints
