@@ -140,6 +140,20 @@ def db() -> None:
     """The event-store database."""
 
 
+def _show_migrations() -> None:
+    """Progress: each migration alembic runs, one line on stderr ("Running upgrade 0004 -> 0005, ...")."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: record.getMessage().startswith("Running "))
+    migration_log = logging.getLogger("alembic.runtime.migration")
+    migration_log.addHandler(handler)
+    migration_log.setLevel(logging.INFO)
+    migration_log.propagate = False
+
+
 @db.command("upgrade")
 @click.option("--app-role", envvar="RELAYBUS_DB_APP_ROLE", default=None,
               help="Also create this role if missing and grant it what workers, clients and the CLI need "
@@ -154,6 +168,7 @@ def db_upgrade(app_role: str | None, app_password_file: str | None) -> None:
     from relaybus.eventstore import EventStoreError, StoreUnavailable, migrations, roles
 
     url = get_settings().eventstore_url
+    _show_migrations()
     try:
         migrations.upgrade(url)
     except StoreUnavailable as exc:
