@@ -13,6 +13,7 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from relaybus.broker import publish_deadline, transport_for
+from relaybus.logs import connect as connect_json_logs
 from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_settings
 from relaybus.tasks.bus.bus import subscriber_of
 from relaybus.tasks.bus.consumer import EventDelivery
@@ -314,4 +315,5 @@ def _connect_signals() -> None:
 
 
 _connect_signals()
+connect_json_logs()
 app = create_app()

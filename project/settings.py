@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     #: Where the embedded mode (no RabbitMQ, no Redis) keeps its broker folder and SQLite files.
     embedded_dir: str = ".relaybus"
+    #: Worker log lines as JSON objects with the running task's ids (relaybus.logs); Celery's text when off.
+    log_json: bool = False
 
     #: Prefix of every exchange and queue: ``<namespace>.<agent>``. Lets tests and several deployments
     #: share one broker without touching each other's queues.
