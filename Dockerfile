@@ -1,6 +1,8 @@
 # The relaybus image: the `relaybus` command (workers, migrations, CLI) and `celery ... flower`.
 # docker-compose.yml builds it once and runs every relaybus service from it.
-FROM python:3.11-slim
+# An exact release, so a rebuild gets the same base (pin its digest too where you can pull:
+# `FROM python:3.11.13-slim-bookworm@sha256:…`).
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,8 +18,9 @@ COPY tasks ./tasks
 COPY sagas ./sagas
 COPY eventstore ./eventstore
 
-# A regular install: the four folders become the one import package `relaybus` (pyproject's
-# package-dir), and the alembic revisions travel as package data.
+# A regular (non-editable) install: the four folders become the one import package `relaybus` (pyproject's
+# package-dir). The alembic revisions, which are not a package of their own, are installed as package data
+# (pyproject's [tool.setuptools.package-data]); the check below fails the build if they ever go missing.
 RUN pip install . \
     && relaybus --help > /dev/null \
     && python -c "import relaybus.eventstore.migrations as m, pathlib; \

@@ -1,11 +1,14 @@
 """docker-compose.yml, .env.example and the Dockerfile, checked by parsing: no Docker engine runs here.
 
 Each rule is a function returning the problems it finds. The tests assert the real files have none,
-and feed the same functions deliberately broken copies to show that every rule can fail.
+and feed the same functions deliberately broken copies to show that every rule can fail. The file is
+also validated against the compose specification's JSON schema (``compose_spec/``, vendored: see its
+README), as ``docker compose config`` would.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import yaml
 
@@ -27,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
+GITIGNORE = ROOT / ".gitignore"
+COMPOSE_SCHEMA = Path(__file__).parent / "compose_spec" / "compose-spec.json"
 
 BACKING_SERVICES = ("rabbitmq", "redis", "postgres")
 DEFAULT_NAMESPACE = Settings.model_fields["namespace"].default
@@ -38,9 +44,20 @@ _REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])
 _SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|API_KEY|AUTH", re.IGNORECASE)
 # A secret is acceptable only as a reference without a default: compose's ``${VAR}`` / ``${VAR:?...}``
 # (``{{VAR}}`` after :func:`secret_view`), or the container's own variable, ``$$VAR``, read at run time.
-_PURE_REFERENCE = re.compile(r'"?(\{\{[A-Za-z_][A-Za-z0-9_]*\}\}|\$\$[A-Za-z_][A-Za-z0-9_]*)"?')
-_URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://(?P<user>[^:/@\s]*):(?P<password>[^@\s]*)@", re.IGNORECASE)
-_SECRET_FLAGS = re.compile(r"(?:--requirepass|--basic-auth|--basic_auth|--password)[=\s]+(?P<value>\S+)")
+# ``$$(cat /run/secrets/<name>)``: the container's shell reads a compose secret at start.
+_PURE_REFERENCE = re.compile(
+    r'"?(\{\{[A-Za-z_][A-Za-z0-9_]*\}\}|\$\$[A-Za-z_][A-Za-z0-9_]*|\$\$\(cat /run/secrets/[a-z0-9_]+\))"?'
+)
+_SECRET_PATH = re.compile(r"/run/secrets/(?P<name>[a-z0-9_]+)")
+# An exact release: ``name:1.2.3`` (a suffix allowed: ``-management``, ``-slim-bookworm``), a digest optional;
+# PostgreSQL numbers its releases ``major.minor`` since 10 (``postgres:16.10``).
+_PINNED_IMAGE = re.compile(
+    r"^(?:[a-z0-9][a-z0-9._/-]*:\d+\.\d+\.\d+|postgres:\d{2,}\.\d+)(-[a-z0-9.-]+)?(@sha256:[0-9a-f]{64})?$"
+)
+_URL_WITH_PASSWORD = re.compile(
+    r"[a-z][a-z0-9+.-]*://(?P<user>[^:/@\s]*):(?P<password>\$\$\(cat [^)]*\)|[^@\s]*)@", re.IGNORECASE
+)
+_SECRET_FLAGS = re.compile(r'(?:--requirepass|--basic-auth|--basic_auth|--password)[=\s]+(?P<value>"[^"]*"|\S+)')
 
 
 # -- reading the files --------------------------------------------------------------------------------
@@ -143,7 +160,7 @@ def migration_services(doc: Doc) -> dict[str, Doc]:
     return {
         name: s
         for name, s in services(doc).items()
-        if [interpolate(a) for a in command(s)] == ["relaybus", "db", "upgrade"]
+        if [interpolate(a) for a in command(s)][:3] == ["relaybus", "db", "upgrade"]
     }
 
 
@@ -251,8 +268,16 @@ def password_problems(doc: Doc) -> list[str]:
     problems = []
     for name, service in services(doc).items():
         for key, value in environment(service).items():
-            if _SECRET_NAME.search(key) and value is not None and not _PURE_REFERENCE.fullmatch(secret_view(value)):
-                problems.append(f"{name}: {key} is not a reference to a variable without default: {value!r}")
+            if value is None:  # passed through from the shell or .env when set there
+                continue
+            if key.endswith("_FILE"):
+                if _SECRET_NAME.search(key) and not _SECRET_PATH.fullmatch(value):
+                    problems.append(f"{name}: {key} is not a compose secret (/run/secrets/…): {value!r}")
+            elif _SECRET_NAME.search(key):
+                problems.append(f"{name}: {key} puts a secret in the environment (docker inspect shows it)")
+            # Not even a reference: the resolved password would sit in the container's environment.
+            if _URL_WITH_PASSWORD.search(secret_view(value)):
+                problems.append(f"{name}: {key} is a URL with a password in the environment: {value!r}")
     # Command lines as a whole too: a list form puts a flag and its value in separate items.
     command_lines = [" ".join(command(s)) for s in services(doc).values()]
     for text in [*strings(doc), *command_lines]:
@@ -298,26 +323,25 @@ def env_example_problems(doc: Doc, env_example: str) -> list[str]:
 
 
 def flower_problems(doc: Doc) -> list[str]:
-    flowers = {name: s for name, s in services(doc).items() if "flower" in [interpolate(a) for a in command(s)]}
+    flowers = {name: s for name, s in services(doc).items() if "flower" in shlex.split(" ".join(command(s)))}
     if not flowers:
         return ["no service runs Flower"]
     problems = []
     for name, service in flowers.items():
         env = environment(service)
         argv = " ".join(command(service))
-        auth = env.get("FLOWER_BASIC_AUTH")
-        if not (auth and _PURE_REFERENCE.fullmatch(secret_view(auth))) and "--basic-auth=${" not in argv:
-            problems.append(f"{name}: no basic auth taken from the environment")
+        auth = re.search(r'FLOWER_BASIC_AUTH="(?P<value>[^"]*)"', argv)
+        if not (auth and _SECRET_PATH.search(auth["value"])) and "--basic-auth=$$(cat /run/secrets/" not in argv:
+            problems.append(f"{name}: no basic auth read from a secret file")
         if (service_env(service, "FLOWER_UNAUTHENTICATED_API") or "").lower() in {"1", "true", "yes"} or (
             "--unauthenticated" in argv
         ):
             problems.append(f"{name}: the API is open without authentication")
-        api = service_env(service, "FLOWER_BROKER_API")
-        parts = urlsplit(api or "")
+        api = re.search(r'FLOWER_BROKER_API="(?P<value>[^"]*)"', argv)
+        url = re.sub(r"\$\$\(cat [^)]*\)", "secret", api["value"]) if api else env.get("FLOWER_BROKER_API")
+        parts = urlsplit(url or "")
         if parts.hostname != "rabbitmq" or parts.port != 15672 or parts.path != "/api/":
-            problems.append(
-                f"{name}: FLOWER_BROKER_API is not the management API (http://…@rabbitmq:15672/api/): {api!r}"
-            )
+            problems.append(f"{name}: FLOWER_BROKER_API is not the management API (http://…@rabbitmq:15672/api/)")
     rabbitmq = services(doc).get("rabbitmq", {})
     if "management" not in str(rabbitmq.get("image", "")):
         problems.append(f"the RabbitMQ image has no management plugin: {rabbitmq.get('image')!r}")
@@ -330,6 +354,12 @@ def healthcheck_problems(doc: Doc) -> list[str]:
         check = (services(doc).get(name) or {}).get("healthcheck") or {}
         if check.get("disable") or not check.get("test"):
             problems.append(f"{name} has no healthcheck")
+    # A worker is healthy when its own Celery node answers over the broker, not merely when a process lives.
+    for name, service in worker_services(doc).items():
+        check = service.get("healthcheck") or {}
+        test = " ".join(check.get("test") or []) if isinstance(check.get("test"), list) else str(check.get("test"))
+        if check.get("disable") or "inspect ping" not in test or "celery@$$HOSTNAME" not in test:
+            problems.append(f"{name} has no healthcheck that pings its own node: {test!r}")
     return problems
 
 
@@ -394,6 +424,108 @@ def anchor_problems(text: str) -> list[str]:
     if len({id(node) for node in merged.values() if node is not None}) > 1:
         problems.append("worker services merge different definitions")
     return problems
+
+
+def image_problems(doc: Doc, dockerfile: str) -> list[str]:
+    """Every image an exact release (or a digest): a floating tag changes under a running deployment."""
+    images = {name: str(s["image"]) for name, s in services(doc).items() if "image" in s and "build" not in s}
+    froms = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM")]
+    images |= {f"the Dockerfile's FROM {image}": image for image in froms}
+    return [f"{where}: {image!r} is not pinned to an exact release" for where, image in images.items()
+            if not _PINNED_IMAGE.fullmatch(interpolate(image))]
+
+
+def rabbitmq_problems(doc: Doc) -> list[str]:
+    """A supported release (3.13 or 4.x: classic queues keep x-max-priority) with its Prometheus port published."""
+    rabbitmq = services(doc).get("rabbitmq") or {}
+    version = re.search(r":(\d+)\.(\d+)\.", str(rabbitmq.get("image", "")))
+    problems = []
+    if not version or (int(version[1]), int(version[2])) < (3, 13):
+        problems.append(f"RabbitMQ {rabbitmq.get('image')!r} is past its end of life (3.13 or 4.x)")
+    if not any(str(p).endswith(":15692") for p in rabbitmq.get("ports") or []):
+        problems.append("RabbitMQ's Prometheus endpoint (15692) is not published")
+    return problems
+
+
+def beat_problems(doc: Doc) -> list[str]:
+    """Saga step deadlines and pipeline deadlines fire only if something sends the sweeps: beat."""
+    beats = {
+        name: s for name, s in services(doc).items()
+        if [interpolate(a) for a in command(s)][:4] == ["celery", "-A", "relaybus", "beat"]
+    }
+    if len(beats) != 1:
+        return [f"{len(beats)} services run `celery -A relaybus beat`, expected exactly one"]
+    name, beat = next(iter(beats.items()))
+    problems = []
+    if depends_on(beat).get("rabbitmq") != "service_healthy":
+        problems.append(f"{name} does not wait for rabbitmq to be healthy")
+    if topology_of_service(beat).namespace != topology_of_service(services(doc)["worker-system"]).namespace:
+        problems.append(f"{name} sends the sweeps to another namespace than worker-system's")
+    return problems
+
+
+def url_user(service: Doc, key: str) -> str | None:
+    value = service_env(service, key)
+    return urlsplit(value).username if value else None
+
+
+def role_problems(doc: Doc) -> list[str]:
+    """The migration runs as the tables' owner and creates the app role; everything else connects as that role."""
+    migrations = migration_services(doc)
+    owner = service_env(services(doc)["postgres"], "POSTGRES_USER")
+    problems = []
+    app_roles = set()
+    for name, service in migrations.items():
+        argv = [interpolate(a) for a in command(service)]
+        if "--app-role" not in argv:
+            problems.append(f"{name} does not create the app role (relaybus db upgrade --app-role …)")
+        else:
+            app_roles.add(argv[argv.index("--app-role") + 1])
+        if url_user(service, "RELAYBUS_EVENTSTORE_URL") != owner:
+            problems.append(f"{name} does not migrate as the owner {owner!r}")
+    for name, service in services(doc).items():
+        user = url_user(service, "RELAYBUS_EVENTSTORE_URL")
+        if name in migrations or user is None:
+            continue
+        if user == owner or user not in app_roles:
+            problems.append(f"{name} connects to the event log as {user!r}, not as the app role {sorted(app_roles)}")
+    return problems
+
+
+def secret_problems(doc: Doc, gitignore: str) -> list[str]:
+    """Each secret a service reads is granted to it and declared as a file under ./secrets, which git ignores."""
+    declared = doc.get("secrets") or {}
+    problems = []
+    for name, service in services(doc).items():
+        granted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
+        used = {m["name"] for text in strings(service) for m in _SECRET_PATH.finditer(text)}
+        problems += [f"{name} reads the secret {s} it is not given" for s in sorted(used - granted)]
+        problems += [f"{name} is given the undeclared secret {s}" for s in sorted(granted - set(declared))]
+    for secret, spec in declared.items():
+        if not str((spec or {}).get("file", "")).startswith("./secrets/"):
+            problems.append(f"the secret {secret} is not a file under ./secrets/")
+    if "secrets/*" not in gitignore.splitlines():
+        problems.append(".gitignore does not keep secrets/* out of git")
+    return problems
+
+
+def interpolated(node: Any) -> Any:
+    """The document as compose sees it once variables are filled in with their defaults."""
+    if isinstance(node, str):
+        return interpolate(node)
+    if isinstance(node, dict):
+        return {key: interpolated(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolated(item) for item in node]
+    return node
+
+
+def schema_problems(doc: Doc) -> list[str]:
+    validator = jsonschema.Draft202012Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in validator.iter_errors(interpolated(doc))
+    ]
 
 
 def dockerfile_problems(dockerfile: str) -> list[str]:
@@ -471,6 +603,30 @@ def test_the_dockerfile_copies_and_installs_the_package():
     assert dockerfile_problems(DOCKERFILE.read_text()) == []
 
 
+def test_the_compose_file_is_valid_by_the_compose_specification_schema(compose):
+    assert schema_problems(compose) == []
+
+
+def test_every_image_is_pinned_to_an_exact_release(compose):
+    assert image_problems(compose, DOCKERFILE.read_text()) == []
+
+
+def test_rabbitmq_is_a_supported_release_with_its_prometheus_endpoint_published(compose):
+    assert rabbitmq_problems(compose) == []
+
+
+def test_one_beat_sends_the_sweeps_so_deadlines_fire(compose):
+    assert beat_problems(compose) == []
+
+
+def test_the_migration_runs_as_the_owner_and_everything_else_as_the_app_role(compose):
+    assert role_problems(compose) == []
+
+
+def test_every_secret_comes_from_a_compose_secret_file_that_git_ignores(compose):
+    assert secret_problems(compose, GITIGNORE.read_text()) == []
+
+
 # -- each rule catches what it is for ---------------------------------------------------------------------
 
 
@@ -496,6 +652,14 @@ def _set(path: str, value: Any) -> Callable[[Doc], None]:
         node[last] = value
 
     return mutate
+
+
+def image_problems_of_compose(doc: Doc) -> list[str]:
+    return image_problems(doc, DOCKERFILE.read_text())
+
+
+def secret_problems_of_compose(doc: Doc) -> list[str]:
+    return secret_problems(doc, GITIGNORE.read_text())
 
 
 BROKEN: dict[str, tuple[Callable[[Doc], None], Callable[[Doc], list[str]]]] = {
@@ -532,6 +696,69 @@ BROKEN: dict[str, tuple[Callable[[Doc], None], Callable[[Doc], list[str]]]] = {
         _set("services/rabbitmq/environment/RABBITMQ_DEFAULT_PASS", "s3cret"),
         password_problems,
     ),
+    "a password in an environment URL, even as a reference": (
+        _set(
+            "services/worker-intake/environment/RELAYBUS_BROKER_URL",
+            "amqp://relaybus:${RABBITMQ_PASSWORD:?set it}@rabbitmq:5672/relaybus",
+        ),
+        password_problems,
+    ),
+    "a password file outside the compose secrets": (
+        _set("services/migrate/environment/RELAYBUS_DB_APP_PASSWORD_FILE", "/app/app_password"),
+        password_problems,
+    ),
+    "a worker without healthcheck": (_drop("services/worker-researcher/healthcheck"), healthcheck_problems),
+    "a worker healthcheck that only checks a process": (
+        _set("services/worker-writer/healthcheck", {"test": ["CMD", "pgrep", "celery"]}),
+        healthcheck_problems,
+    ),
+    "a floating redis tag": (_set("services/redis/image", "redis:7"), image_problems_of_compose),
+    "postgres latest": (_set("services/postgres/image", "postgres:latest"), image_problems_of_compose),
+    "an image without tag": (_set("services/rabbitmq/image", "rabbitmq"), image_problems_of_compose),
+    "an end-of-life RabbitMQ": (_set("services/rabbitmq/image", "rabbitmq:3.10.25-management"), rabbitmq_problems),
+    "no Prometheus port": (
+        _set("services/rabbitmq/ports", ["127.0.0.1:5672:5672", "127.0.0.1:15672:15672"]),
+        rabbitmq_problems,
+    ),
+    "no beat": (_drop("services/beat"), beat_problems),
+    "two beats": (lambda doc: doc["services"].update({"beat-2": doc["services"]["beat"]}), beat_problems),
+    "workers connect as the owner": (
+        lambda doc: [
+            s["environment"].update(
+                RELAYBUS_EVENTSTORE_URL="postgresql+psycopg://${POSTGRES_USER:-relaybus}@postgres:5432/relaybus"
+            )
+            for s in worker_services(doc).values()
+        ],
+        role_problems,
+    ),
+    "the migration creates no app role": (
+        _set("services/migrate/command", ["relaybus", "db", "upgrade"]),
+        role_problems,
+    ),
+    "the migration runs as the app role": (
+        _set(
+            "services/migrate/environment/RELAYBUS_EVENTSTORE_URL",
+            "postgresql+psycopg://relaybus_app@postgres:5432/relaybus",
+        ),
+        role_problems,
+    ),
+    "a worker reads a secret it is not given": (
+        _set("services/worker-intake/secrets", ["rabbitmq_password"]),
+        secret_problems_of_compose,
+    ),
+    "a secret outside ./secrets": (
+        _set("secrets/redis_password", {"file": "/etc/redis_password"}),
+        secret_problems_of_compose,
+    ),
+    "a healthcheck option misspelt (schema)": (
+        _set("services/postgres/healthcheck/intervall", "5s"),
+        schema_problems,
+    ),
+    "an unknown depends_on condition (schema)": (
+        _set("services/migrate/depends_on/postgres/condition", "service_ready"),
+        schema_problems,
+    ),
+    "a service key compose does not know (schema)": (_set("services/redis/restrat", "always"), schema_problems),
     "a guest broker URL": (
         _set("services/worker-intake/environment/RELAYBUS_BROKER_URL", "amqp://guest:guest@rabbitmq:5672//"),
         password_problems,
@@ -545,10 +772,18 @@ BROKEN: dict[str, tuple[Callable[[Doc], None], Callable[[Doc], list[str]]]] = {
         password_problems,
     ),
     "a literal Flower login": (_set("services/flower/environment/FLOWER_BASIC_AUTH", "admin:admin"), password_problems),
-    "Flower without auth": (_drop("services/flower/environment/FLOWER_BASIC_AUTH"), flower_problems),
+    "Flower without auth": (
+        _set("services/flower/command", ["celery", "-A", "relaybus", "flower", "--port=5555"]),
+        flower_problems,
+    ),
     "Flower's API opened": (_set("services/flower/environment/FLOWER_UNAUTHENTICATED_API", "true"), flower_problems),
-    "Flower without the management API": (_drop("services/flower/environment/FLOWER_BROKER_API"), flower_problems),
-    "RabbitMQ without the management plugin": (_set("services/rabbitmq/image", "rabbitmq:3.10"), flower_problems),
+    "Flower without the management API": (
+        lambda doc: doc["services"]["flower"]["command"].__setitem__(
+            2, doc["services"]["flower"]["command"][2].replace("FLOWER_BROKER_API", "FLOWER_OTHER")
+        ),
+        flower_problems,
+    ),
+    "RabbitMQ without the management plugin": (_set("services/rabbitmq/image", "rabbitmq:4.1.6"), flower_problems),
     "postgres without healthcheck": (_drop("services/postgres/healthcheck"), healthcheck_problems),
     "workers only wait for rabbitmq to start": (
         lambda doc: [
@@ -583,9 +818,18 @@ def test_each_rule_reports_a_compose_file_broken_in_its_way(case):
 def test_the_env_example_rule_reports_a_filled_in_secret_and_an_undocumented_variable(compose):
     good = ENV_EXAMPLE.read_text()
     assert env_example_problems(compose, good) == []
-    assert env_example_problems(compose, good.replace("REDIS_PASSWORD=\n", "REDIS_PASSWORD=hunter2\n")) != []
-    assert env_example_problems(compose, good.replace("REDIS_PASSWORD=\n", "")) != []
-    assert env_example_problems(compose, good.replace("FLOWER_BASIC_AUTH=\n", "# FLOWER_BASIC_AUTH=\n")) != []
+    assert env_example_problems(compose, good + "REDIS_PASSWORD=hunter2\n") != []
+    assert env_example_problems(compose, good.replace("POSTGRES_APP_USER=relaybus_app\n", "")) != []
+
+
+def test_the_dockerfile_and_image_rules_report_a_floating_base_image(compose):
+    text = DOCKERFILE.read_text()
+    assert image_problems(compose, text) == []
+    assert image_problems(compose, re.sub(r"^FROM \S+", "FROM python:3.11-slim", text, flags=re.MULTILINE)) != []
+
+
+def test_the_secret_rule_reports_secrets_that_git_would_commit(compose):
+    assert secret_problems(compose, GITIGNORE.read_text().replace("secrets/*\n", "")) != []
 
 
 def test_the_guest_rule_reports_a_guest_account():
