@@ -167,6 +167,8 @@ def db_upgrade(app_role: str | None, app_password_file: str | None) -> None:
     """Create or migrate the event-store schema (alembic) at RELAYBUS_EVENTSTORE_URL, as the tables' owner."""
     from relaybus.eventstore import EventStoreError, StoreUnavailable, migrations, roles
 
+    if app_password_file is not None and app_role is None:
+        fail("--app-password-file needs --app-role", EXIT_USAGE, stderr=True)
     url = get_settings().eventstore_url
     _show_migrations()
     try:
@@ -174,8 +176,6 @@ def db_upgrade(app_role: str | None, app_password_file: str | None) -> None:
     except StoreUnavailable as exc:
         unreachable(exc)
     click.echo("event store schema is up to date")
-    if app_password_file is not None and app_role is None:
-        fail("--app-password-file needs --app-role", EXIT_USAGE, stderr=True)
     if app_role is None:
         return
     password = None
