@@ -241,7 +241,10 @@ def publish(
     # The log first, like an outbox: a crash before the broker confirms leaves a recorded event
     # that the retried step publishes again under the same id, never a delivered event the log lacks.
     record_publication(app, envelope, running)
-    send_envelope(app, envelope, body)
+    tree = None
+    if running is not None:  # the handlers' tasks join the publishing task's tree (Flower's root and parent)
+        tree = {ROOT_ID_HEADER: running.request.root_id or running.request.id, PARENT_ID_HEADER: running.request.id}
+    send_envelope(app, envelope, body, tree)
     return envelope
 
 
@@ -255,8 +258,16 @@ def _default_event_id(event: Event, correlation: str, running: Any) -> str:
     return new_id()
 
 
-def send_envelope(app: Celery, envelope: EventEnvelope, body: str | None = None) -> None:
-    """Publish an envelope as it is (publishers use :func:`publish`; tests use this for old versions)."""
+#: Message headers of an event published from a task: the task tree its handlers' tasks join.
+ROOT_ID_HEADER = "x_root_id"
+PARENT_ID_HEADER = "x_parent_task_id"
+
+
+def send_envelope(
+    app: Celery, envelope: EventEnvelope, body: str | None = None, tree: dict[str, str] | None = None
+) -> None:
+    """Publish an envelope as it is (publishers use :func:`publish`; tests use this for old versions).
+    ``tree``: :data:`ROOT_ID_HEADER` and :data:`PARENT_ID_HEADER` of the publishing task."""
     exchange = event_exchange(app)
     try:
         with app.producer_or_acquire() as producer:
@@ -265,7 +276,7 @@ def send_envelope(app: Celery, envelope: EventEnvelope, body: str | None = None)
                 exchange=exchange,
                 routing_key=envelope.type,
                 declare=[exchange],
-                headers=envelope_headers(envelope),
+                headers={**envelope_headers(envelope), **(tree or {})},
                 content_type="application/json",
                 content_encoding="utf-8",
                 serializer=None,

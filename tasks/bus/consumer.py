@@ -27,6 +27,8 @@ from kombu import Consumer
 
 from relaybus.tasks.bus.bus import (
     EVENT_TYPE_HEADER,
+    PARENT_ID_HEADER,
+    ROOT_ID_HEADER,
     declare_subscriptions,
     event_queue_name,
     subscribers,
@@ -58,8 +60,13 @@ def served_subscribers(app: Celery) -> list[str]:
     ]
 
 
-def forward(app: Celery, subscriber: str, body: bytes | str, content_type: str | None) -> list[str]:
-    """Validate one event and publish its handler tasks; returns their task ids. Raises EventRejected."""
+def forward(
+    app: Celery, subscriber: str, body: bytes | str, content_type: str | None, headers: dict[str, Any] | None = None
+) -> list[str]:
+    """Validate one event and publish its handler tasks; returns their task ids. Raises EventRejected.
+
+    The handler tasks join the publishing task's tree (``headers``: :data:`~.bus.ROOT_ID_HEADER`,
+    :data:`~.bus.PARENT_ID_HEADER`), so Flower shows a workflow's event hops under its root."""
     too_large = oversize(app, body, "the event message")
     if too_large is not None:  # checked before decoding, as for task messages (tasks.runtime.consumer)
         raise EventTooLarge(too_large)
@@ -70,6 +77,8 @@ def forward(app: Celery, subscriber: str, body: bytes | str, content_type: str |
     matching = [s for s in subscriptions(subscriber) if s.matches(envelope.type)]
     if not matching:
         raise NoHandler(f"no handler of {subscriber!r} takes {envelope.type}")
+    headers = headers or {}
+    root_id, parent_id = headers.get(ROOT_ID_HEADER), headers.get(PARENT_ID_HEADER)
     ids = []
     for sub in matching:
         task_id = derived_id(envelope.event_id, sub.task_name)
@@ -81,6 +90,8 @@ def forward(app: Celery, subscriber: str, body: bytes | str, content_type: str |
             headers={CORRELATION_HEADER: envelope.correlation_id, CAUSATION_HEADER: envelope.event_id,
                      **envelope.replay},
             link_error=app.signature(sub.on_error) if sub.on_error else None,
+            root_id=root_id if isinstance(root_id, str) else None,
+            parent_id=parent_id if isinstance(parent_id, str) else None,
         )
         ids.append(task_id)
     return ids
@@ -109,7 +120,7 @@ class EventDelivery(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def on_event(self, subscriber: str, message: Any) -> None:
         try:
-            forward(self.app, subscriber, message.body, message.content_type)
+            forward(self.app, subscriber, message.body, message.content_type, message.headers)
         except EventRejected as exc:
             self._dead_letter(subscriber, message, exc)
         except Exception:

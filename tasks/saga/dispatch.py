@@ -25,9 +25,10 @@ from typing import Any
 
 from celery import Celery
 
-from relaybus.sagas import Decision, RunCompensation, RunStep, dispatch_id_of
+from relaybus.sagas import Decision, ParallelStep, RunCompensation, RunStep, UnknownSaga, dispatch_id, dispatch_id_of
 from relaybus.tasks.runtime.context import CORRELATION_HEADER
 from relaybus.tasks.saga.calls import CallRef, CompensationCall, StepCall
+from relaybus.tasks.saga.registry import saga_definition
 
 STEP_DONE = "relaybus.saga.step_done"
 STEP_FAILED = "relaybus.saga.step_failed"
@@ -43,6 +44,16 @@ def advances_itself(app: Celery, task_name: str) -> bool:
     """Whether ``task_name`` is, in this process, a task that advances its saga itself (no callbacks needed)."""
     task = app.tasks.get(task_name)
     return bool(getattr(task, ADVANCES_SAGA, False))
+
+
+def saga_root_id(app: Celery, saga: str, saga_id: str) -> str | None:
+    """The task id of the saga's first step's first dispatch: the root of every task the saga sends."""
+    try:
+        first = saga_definition(saga, app).steps[0]
+    except UnknownSaga:
+        return None
+    member = first.members[0] if isinstance(first, ParallelStep) else first
+    return dispatch_id(saga_id, first.name, member.name, "step", 1)
 
 
 def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[RunStep | RunCompensation]) -> list[str]:
@@ -69,6 +80,8 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
             kwargs=call.model_dump(mode="json"),
             task_id=task_id,
             headers={CORRELATION_HEADER: correlation_id},
+            # One task tree per saga in Flower, whoever sends (a step's worker, the sweep, a resume).
+            root_id=saga_root_id(app, saga, command.saga_id),
             **options,
         )
         sent.append(task_id)
