@@ -17,8 +17,9 @@ an app role that holds exactly :data:`APP_PRIVILEGES`:
 - the schema: USAGE; never CREATE.
 
 :func:`grant_app_role` is idempotent: it revokes whatever else the role held on these tables, then
-grants the above. It refuses a role that is a superuser, may bypass row security or replicate, or is
-(a member of) the tables' owner: such a role would hold every right this module withholds.
+grants the above. It refuses a role that is a superuser, may create roles, bypass row security or
+replicate, or is (a member of) the tables' owner: such a role holds, or can take, every right this
+module withholds.
 
 The password, when given, is turned into a SCRAM-SHA-256 verifier by libpq on this side
 (``PQencryptPasswordConn``): the server, its statement log and ``pg_stat_activity`` never see it in
@@ -94,7 +95,8 @@ def grant_app_role(
 def _grant(conn: Connection, role: str, password: str | None) -> Granted:
     schema = conn.execute(text("SELECT current_schema()")).scalar_one()
     attributes = conn.execute(
-        text("SELECT rolsuper OR rolbypassrls OR rolreplication FROM pg_roles WHERE rolname = :role"),
+        # CREATEROLE too: such a role can make itself a member of the owner's role (a non-superuser owner).
+        text("SELECT rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication FROM pg_roles WHERE rolname = :role"),
         {"role": role},
     ).scalar()
     created = attributes is None
@@ -102,7 +104,7 @@ def _grant(conn: Connection, role: str, password: str | None) -> Granted:
     if created:
         conn.execute(text(f"CREATE ROLE {quoted} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"))
     elif attributes:
-        raise UnsafeAppRole(role, "it is a superuser, or may bypass row security or replicate")
+        raise UnsafeAppRole(role, "it is a superuser, or may create roles, bypass row security or replicate")
     owner = conn.execute(
         text("SELECT tableowner FROM pg_tables WHERE schemaname = :schema AND tablename = :table"),
         {"schema": schema, "table": EVENTS},

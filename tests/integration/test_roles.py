@@ -196,10 +196,21 @@ def test_db_upgrade_grants_exactly_the_documented_privileges_and_never_shows_the
     assert refusal(deployment.app_url, "DELETE FROM events") == "permission denied for table events"
 
 
-def test_a_superuser_or_the_owner_is_refused_as_the_app_role(deployment: Deployment) -> None:
+def test_a_superuser_the_owner_or_a_role_creator_is_refused_as_the_app_role(deployment: Deployment) -> None:
     owner = make_url(require_postgres()).username or "postgres"
     with pytest.raises(UnsafeAppRole, match="superuser"):
         roles.grant_app_role(deployment.owner_url, owner)
+    creator = f"{deployment.role}_cr"
+    admin = create_engine(require_postgres())
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE ROLE "{creator}" LOGIN CREATEROLE'))
+        with pytest.raises(UnsafeAppRole, match="may create roles"):
+            roles.grant_app_role(deployment.owner_url, creator)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP ROLE IF EXISTS "{creator}"'))
+        admin.dispose()
     refused = relaybus(deployment.owner_url, "db", "upgrade", "--app-role", owner)
     assert refused.returncode == 1 and "cannot be the app role" in refused.stderr
     assert "Traceback" not in refused.stderr
