@@ -13,22 +13,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import to_jsonable_python
 
+from relaybus.eventstore import redaction
 from relaybus.eventstore.storable import storable
 
-DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "password",
-        "passwd",
-        "authorization",
-        "token",
-        "secret",
-        "private_key",
-        "credentials",
-        "cookie",
-    }
-)
+DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(redaction.DEFAULT_REDACT_KEYS)
 """Masked wherever they appear as a key (see :mod:`eventstore.redaction` for the matching rule)."""
 
 
@@ -129,6 +117,8 @@ class StoreConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     redact_keys: frozenset[str] = DEFAULT_REDACT_KEYS
+    #: Regular expressions masked wherever they match, besides the built-in value patterns.
+    redact_patterns: tuple[str, ...] = ()
     redaction_mask: str = "[REDACTED]"
     max_payload_bytes: int = Field(default=65536, gt=0)
     preview_chars: int = Field(default=512, ge=0)

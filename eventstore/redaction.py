@@ -1,10 +1,21 @@
-"""Masking secrets and bounding sizes before anything is written.
+"""Masking secrets and bounding sizes: the one redaction every sink of relaybus applies.
 
-A key is sensitive when, split into words (``snake_case``, ``kebab-case``, ``camelCase``), it
-contains a configured key's words in a row, ignoring case: with ``token`` configured,
-``token``, ``github_token``, ``accessToken`` and ``X-Token`` are masked, while ``max_tokens`` and
-``input_tokens`` (usage counts an LLM call reports) are not. The whole value under a sensitive key
-is replaced, whatever its type.
+The event log, dead-letter headers, stored exceptions, task events (Flower), worker logs, the result
+backend and the runtime config's repr all mask with a :class:`Redactor` built from the same settings
+(``RELAYBUS_REDACT_KEYS``, ``RELAYBUS_REDACT_PATTERNS``). It lives here, at the bottom of the package
+graph, so that every layer can use it.
+
+Two rules:
+
+* **Keys.** A key is sensitive when, split into words (``snake_case``, ``kebab-case``, ``camelCase``), it
+  contains a configured key's words in a row, ignoring case: with ``token`` configured, ``token``,
+  ``github_token``, ``accessToken`` and ``X-Token`` are masked, while ``max_tokens`` and ``input_tokens``
+  (usage counts an LLM call reports) are not. The whole value under a sensitive key is replaced, whatever
+  its type. In free text (an exception message, a repr, a log line) ``key=value``, ``key: value``,
+  ``'key': {...}`` and ``"key": "..."`` are found by the same rule.
+* **Values.** Text that looks like a secret wherever it appears: ``Bearer`` tokens, ``sk-…`` API keys,
+  the password of a URL (``scheme://user:pass@host`` keeps its user), AWS access key ids, GitHub and Slack
+  tokens, JSON web tokens, and any pattern configured besides.
 """
 
 from __future__ import annotations
@@ -16,9 +27,45 @@ from typing import Any
 
 from relaybus.eventstore.hashing import canonical_json, sha256_hex
 
+#: The one default list of sensitive keys (settings and the event store both start from it).
+DEFAULT_REDACT_KEYS: tuple[str, ...] = (
+    "api_key",
+    "apikey",
+    "access_key",
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "authorization",
+    "credentials",
+    "cookie",
+    "set-cookie",
+    "private_key",
+)
+DEFAULT_MASK = "[REDACTED]"
+
+#: Values masked wherever they appear, whatever their key: each match is replaced by the mask, except a
+#: URL's password and a bearer token's scheme, which keep what surrounds them.
+VALUE_PATTERNS: tuple[str, ...] = (
+    r"(?<=\b(?i:bearer) )[A-Za-z0-9\-._~+/]+=*",
+    r"\bsk-[A-Za-z0-9_\-]{16,}",
+    r"(?<=://)[^\s:/@'\"]*:[^\s@/'\"]+(?=@)",
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}",
+    r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",
+    r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+",
+)
+_URL_USERINFO = VALUE_PATTERNS[2]
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[^a-z0-9]+")
 _CONTAINERS = (dict, list)
+#: ``key`` then ``=`` or ``:`` in free text (the key may be quoted, as in a repr or JSON).
+_KEY_IN_TEXT = re.compile(r"(?<![A-Za-z0-9_\-])([A-Za-z_][A-Za-z0-9_\-]*)(['\"]?[ \t]*[:=][ \t]*)")
+_OPENERS = {"{": "}", "[": "]", "(": ")"}
+_BARE_END = frozenset(" \t\r\n,;&)]}'\"")
+_SCHEMES = frozenset({"bearer", "basic", "token", "digest"})
 
 
 def words(key: str) -> tuple[str, ...]:
@@ -31,12 +78,56 @@ def _contains_run(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
     return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
 
 
-class Redactor:
-    """Replaces the values of sensitive keys, recursively through dicts and lists."""
+def _quoted_end(text: str, start: int) -> int:
+    """The index of the quote closing the string that opens at ``start`` (or the end of ``text``)."""
+    quote, i = text[start], start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == quote:
+            return i
+        i += 1
+    return len(text)
 
-    def __init__(self, keys: Iterable[str], mask: str = "[REDACTED]") -> None:
+
+def _container_end(text: str, start: int) -> int:
+    """The index just past the bracket closing the one at ``start`` (the end of ``text`` if it is cut)."""
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c in "'\"":
+            i = _quoted_end(text, i)
+        elif c in _OPENERS:
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return len(text)
+
+
+def _bare_end(text: str, start: int, mask: str) -> int:
+    i = start
+    while i < len(text) and text[i] not in _BARE_END:
+        i += 1
+    if text[start:i].lower() in _SCHEMES and i < len(text) and text[i] == " ":  # "Authorization: Bearer x"
+        if text.startswith(mask, i + 1):  # the token itself was masked already
+            return i + 1 + len(mask)
+        return _bare_end(text, i + 1, mask)
+    return i
+
+
+class Redactor:
+    """Masks sensitive keys' values and secret-looking text, recursively through dicts and lists."""
+
+    def __init__(
+        self, keys: Iterable[str] = DEFAULT_REDACT_KEYS, mask: str = DEFAULT_MASK, patterns: Iterable[str] = ()
+    ) -> None:
         self.mask = mask
         self._needles = tuple({words(k) for k in keys if words(k)})
+        self._values = re.compile("|".join(f"(?:{p})" for p in (*VALUE_PATTERNS, *patterns)))
         # Payload keys repeat endlessly (the same few field names); remember the verdicts.
         self.is_sensitive = functools.lru_cache(maxsize=8192)(self._is_sensitive)
 
@@ -64,14 +155,56 @@ class Redactor:
                 return True
         return False
 
-    def redact(self, value: Any) -> Any:
-        """``value`` with every sensitive key's value replaced by the mask.
+    def redact_text(self, text: str) -> str:
+        """``text`` with secret-looking values and the values of sensitive keys masked.
 
-        Containers with nothing to mask are returned as they are (not copied); the input is never
-        modified.
+        For free text: exception messages, reprs (``{'token': 'x'}``), log lines, URLs, prompts. A value is
+        a quoted string, a bracketed container (cut short: to the end of the text) or a bare word.
         """
-        if not self._needles:
-            return value
+        if not text:
+            return text
+        text = self._values.sub(self._value_mask, text)
+        if not self._needles or not self.may_redact(text):
+            return text
+        out: list[str] = []
+        done = 0
+        for match in _KEY_IN_TEXT.finditer(text):
+            start = match.end()
+            if match.start() < done or start >= len(text) or not self.is_sensitive(match.group(1)):
+                continue
+            first = text[start]
+            if first in "'\"":
+                end = _quoted_end(text, start)
+                value_start, value_end = start + 1, end
+            elif first in _OPENERS:
+                value_start, value_end = start, _container_end(text, start)
+            else:
+                value_start, value_end = start, _bare_end(text, start, self.mask)
+            if value_end <= value_start or text[value_start:value_end] == self.mask:
+                continue
+            out.append(text[done:value_start])
+            out.append(self.mask)
+            done = value_end
+        if not out:
+            return text
+        out.append(text[done:])
+        return "".join(out)
+
+    def _value_mask(self, match: re.Match[str]) -> str:
+        found = match.group(0)
+        if "://" not in match.string[max(0, match.start() - 3) : match.start()] or ":" not in found:
+            return self.mask
+        user = found.split(":", 1)[0]  # a URL's userinfo: the user stays, the password goes
+        return f"{user}:{self.mask}"
+
+    def redact(self, value: Any) -> Any:
+        """``value`` with every sensitive key's value and every secret-looking text masked.
+
+        Containers and strings with nothing to mask are returned as they are (not copied); the input is
+        never modified.
+        """
+        if isinstance(value, str):
+            return self.redact_text(value)
         return self._walk(value)
 
     def _walk(self, value: Any) -> Any:
@@ -85,11 +218,18 @@ class Redactor:
                 elif isinstance(item, _CONTAINERS):
                     out[key] = new = self._walk(item)
                     changed = changed or new is not item
+                elif isinstance(item, str):
+                    out[key] = new = self.redact_text(item)
+                    changed = changed or new is not item
                 else:
                     out[key] = item
             return out if changed else value
         if isinstance(value, list):
-            items = [self._walk(item) if isinstance(item, _CONTAINERS) else item for item in value]
+            items = [
+                self._walk(item) if isinstance(item, _CONTAINERS)
+                else self.redact_text(item) if isinstance(item, str) else item
+                for item in value
+            ]
             return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
         return value
 
@@ -98,11 +238,30 @@ class Redactor:
         if not value:
             return value, "{}"
         text = canonical_json(value)
-        if self.may_redact(text):
+        if self.may_redact(text) or self._values.search(text) is not None:
             redacted = self._walk(value)
             if redacted is not value:
                 return redacted, canonical_json(redacted)
         return value, text
+
+
+@functools.lru_cache(maxsize=16)
+def redactor(keys: tuple[str, ...] = DEFAULT_REDACT_KEYS, patterns: tuple[str, ...] = ()) -> Redactor:
+    """The shared :class:`Redactor` of one configuration (built once per process)."""
+    return Redactor(keys, DEFAULT_MASK, patterns)
+
+
+def mask_url_passwords(text: str, mask: str = DEFAULT_MASK) -> str:
+    """``scheme://user:pass@host`` -> ``scheme://user:<mask>@host``, for reprs of configuration."""
+    return re.sub(_URL_USERINFO, lambda m: f"{m.group(0).split(':', 1)[0]}:{mask}", text)
+
+
+def bounded_repr(value: Any, max_chars: int) -> str:
+    """``repr(value)``, cut to ``max_chars`` with ``…(N bytes)`` appended (N: the whole repr's size)."""
+    text = repr(value)
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}…({len(text.encode('utf-8', 'surrogatepass'))} bytes)"
 
 
 def fit(value: dict[str, Any], text: str, max_bytes: int, preview_chars: int) -> tuple[dict[str, Any], str]:

@@ -87,7 +87,7 @@ class EventStore:
         """The keys new links are made with (the last one) and verified with; ``None``: unkeyed links."""
         self._link = _linker(chain_keys)
         self._engine = ProcessLocalEngine(engine)
-        self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask)
+        self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask, self.config.redact_patterns)
         self._heads = HeadCache()
         self.projection = WorkflowStatusProjection(self._engine)
 

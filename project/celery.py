@@ -64,6 +64,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         record_events=settings.record_events,
         group_commit=settings.group_commit,
         redact_keys=settings.redact_keys,
+        redact_patterns=settings.redact_patterns,
         max_event_payload_bytes=settings.max_event_payload_bytes,
         chain_key_file=settings.chain_key_file,
         pipeline_deadline_s=settings.pipeline_deadline_s,

@@ -9,6 +9,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, mask_url_passwords
+
 PriorityClass = Literal["urgent", "high", "normal", "low"]
 
 #: The one place priority classes become numbers. RabbitMQ keeps one sub-queue per level, so few
@@ -17,18 +19,6 @@ PRIORITY_LEVELS: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "urgent": 3
 MAX_PRIORITY = max(PRIORITY_LEVELS.values())
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
-DEFAULT_REDACT_KEYS = (
-    "api_key",
-    "apikey",
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "authorization",
-    "cookie",
-    "private_key",
-)
 
 
 class Settings(BaseSettings):
@@ -78,7 +68,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, gt=0)
     #: Event-log payloads above this are stored truncated, with their size and hash.
     max_event_payload_bytes: int = Field(default=64 * 1024, gt=0)
+    #: Keys whose values every sink masks (relaybus.eventstore.redaction; README, Secrets and redaction).
     redact_keys: Annotated[tuple[str, ...], NoDecode] = DEFAULT_REDACT_KEYS
+    #: Regular expressions masked wherever they match, besides the built-in ones (comma separated).
+    redact_patterns: Annotated[tuple[str, ...], NoDecode] = ()
     record_events: bool = True
     #: A prefork worker's pool processes hand their records to one writer process that commits what they
     #: finish together (tasks.runtime.recording.hostwriter); still durable before the message is acked.
@@ -163,12 +156,19 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("redact_keys", "extra_modules", "extra_agents", "checkpoint_public_keys", mode="before")
+    @field_validator(
+        "redact_keys", "redact_patterns", "extra_modules", "extra_agents", "checkpoint_public_keys", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    def __repr_args__(self) -> Any:
+        # URLs keep their passwords out of reprs (a traceback's locals, a log line).
+        for name, value in super().__repr_args__():
+            yield name, mask_url_passwords(value) if isinstance(value, str) else value
 
     def priority(self, value: PriorityClass | int | None) -> int:
         """Map a priority class (or an explicit number) to the broker's number."""

@@ -77,7 +77,7 @@ def event_store() -> Iterator[EventStore]:
     try:
         store = open_store(
             settings.eventstore_url,
-            config=StoreConfig(redact_keys=frozenset(settings.redact_keys),
+            config=StoreConfig(redact_keys=frozenset(settings.redact_keys), redact_patterns=settings.redact_patterns,
                                max_payload_bytes=settings.max_event_payload_bytes,
                                chain_key_file=settings.chain_key_file),
         )

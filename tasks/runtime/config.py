@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
+from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, Redactor, mask_url_passwords, redactor
 from relaybus.tasks.llm import LLMProvider, ProviderConfig, build_provider
 
 
@@ -37,7 +38,8 @@ class RuntimeConfig(BaseModel):
     eventstore_url: str = "sqlite:///.relaybus/events.sqlite"
     record_events: bool = True
     group_commit: bool = False
-    redact_keys: tuple[str, ...] = ()
+    redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
+    redact_patterns: tuple[str, ...] = ()
     max_event_payload_bytes: int = 64 * 1024
     #: The event log's chain key file (a path: the keys themselves never enter a config or a message).
     chain_key_file: str | None = None
@@ -46,6 +48,16 @@ class RuntimeConfig(BaseModel):
     publish_timeout_s: float = 10.0
     max_redeliveries: int = 10
     llm: ProviderConfig = Field(default_factory=lambda: ProviderConfig(kind="offline"))
+
+    def __repr_args__(self) -> Any:
+        # ``celery inspect conf`` (Flower's worker Config tab) shows this repr: no database password in it.
+        for name, value in super().__repr_args__():
+            yield name, mask_url_passwords(value) if isinstance(value, str) else value
+
+    @property
+    def redactor(self) -> Redactor:
+        """The one redaction of this configuration, shared by every sink (relaybus.eventstore.redaction)."""
+        return redactor(self.redact_keys, self.redact_patterns)
 
     @property
     def dead_letter_exchange(self) -> str:

@@ -85,3 +85,16 @@ def test_backoff_grows_exponentially_with_jitter_and_stays_under_its_cap():
 def test_topology_lists_builtin_and_extra_agents_once():
     topology = topology_from(Settings(extra_agents=("writer", "mine")))
     assert topology.agents.count("writer") == 1 and "mine" in topology.agents
+
+
+def test_settings_and_runtime_config_reprs_mask_url_passwords() -> None:
+    from relaybus.celery import runtime_from
+
+    settings = Settings(eventstore_url="postgresql+psycopg://relay:pgS3cret@db/events",
+                        broker_url="amqp://u:brokerS3cret@h//")
+    runtime = runtime_from(settings)
+    for text in (repr(settings), repr(runtime), str(runtime)):
+        assert "pgS3cret" not in text and "brokerS3cret" not in text
+        assert "relay:[REDACTED]@db" in text
+    assert runtime.eventstore_url.endswith("pgS3cret@db/events")  # the value itself stays usable
+    assert "credentials" in settings.redact_keys and runtime.redact_keys == settings.redact_keys

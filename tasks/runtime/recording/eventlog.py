@@ -73,6 +73,7 @@ class EventRecorder:
             config.eventstore_url,
             config=StoreConfig(
                 redact_keys=frozenset(config.redact_keys),
+                redact_patterns=config.redact_patterns,
                 max_payload_bytes=config.max_event_payload_bytes,
                 chain_key_file=config.chain_key_file,
             ),

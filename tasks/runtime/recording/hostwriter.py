@@ -49,7 +49,9 @@ logger = logging.getLogger(__name__)
 ADDRESS_ENV = "RELAYBUS_RECORDER_SOCKET"
 _HEADER = struct.Struct("!I")
 #: What the writer is told of the runtime configuration (not the LLM provider's settings and keys).
-WRITER_CONFIG = {"eventstore_url", "record_events", "redact_keys", "max_event_payload_bytes", "chain_key_file"}
+WRITER_CONFIG = {
+    "eventstore_url", "record_events", "redact_keys", "redact_patterns", "max_event_payload_bytes", "chain_key_file",
+}
 #: How long a pool process waits for an answer beyond its own store deadline (the writer answers
 #: ``StoreUnavailable`` at that deadline; the margin covers a transaction still committing) before it writes
 #: the records itself. Small: the deadline is set below the task's soft time limit.
@@ -315,6 +317,7 @@ def main(address: str) -> None:
         config.eventstore_url,
         config=StoreConfig(
             redact_keys=frozenset(config.redact_keys),
+            redact_patterns=config.redact_patterns,
             max_payload_bytes=config.max_event_payload_bytes,
             chain_key_file=config.chain_key_file,
         ),
