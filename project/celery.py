@@ -165,7 +165,9 @@ def publishing_app() -> Celery:
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     topology = topology_from(settings)
-    app = Celery("relaybus", include=list(BUILTIN_MODULES + settings.extra_modules), amqp=PublishingAMQP)
+    # Task events (Flower, `celery events`) are redacted and bounded by the app's event dispatcher.
+    app = Celery("relaybus", include=list(BUILTIN_MODULES + settings.extra_modules), amqp=PublishingAMQP,
+                 events="relaybus.tasks.runtime.redacting:RedactingEvents")
     # redis:// results use Celery's backend with one fix: its chord scripts are retried while Redis
     # restarts, so a chord is not failed for a dropped connection (tasks.chords.RedisBackend).
     app.loader.override_backends = {"redis": REDIS_BACKEND, "rediss": REDIS_BACKEND}
@@ -296,6 +298,7 @@ def _connect_signals() -> None:
     from relaybus.tasks.runtime.context import propagate_ids
     from relaybus.tasks.runtime.recording import on_after_task_publish, on_before_task_publish
     from relaybus.tasks.runtime.recording.wiring import start_host_writer, stop_host_writer
+    from relaybus.tasks.runtime.redacting import quiet_success_log, redact_task_headers, redact_worker_logs
 
     def build_sent(**kwargs: Any) -> None:
         on_before_task_publish(publishing_app(), **kwargs)
@@ -310,6 +313,19 @@ def _connect_signals() -> None:
         register_chord_member(publishing_app(), body, headers)
 
     signals.before_task_publish.connect(register_chords, weak=False, dispatch_uid="relaybus.register_chords")
+
+    # One redaction at every sink Celery writes to (tasks.runtime.redacting): the argsrepr/kwargsrepr headers of
+    # every task message (send_task by name included), the worker's log handlers, its success line.
+    def redact_headers(body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        redact_task_headers(publishing_app(), body, headers)
+
+    def redact_logs(logger: Any = None, **_: Any) -> None:
+        redact_worker_logs(publishing_app(), logger)
+
+    signals.before_task_publish.connect(redact_headers, weak=False, dispatch_uid="relaybus.redact_headers")
+    signals.after_setup_logger.connect(redact_logs, weak=False, dispatch_uid="relaybus.redact_logs")
+    signals.after_setup_task_logger.connect(redact_logs, weak=False, dispatch_uid="relaybus.redact_task_logs")
+    quiet_success_log()
     signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")
     signals.worker_init.connect(start_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
     signals.worker_shutdown.connect(stop_host_writer, weak=False, dispatch_uid="relaybus.host_writer")

@@ -64,6 +64,7 @@ from celery.canvas import maybe_signature
 from celery.exceptions import BackendStoreError, ChordError
 from celery.utils.log import get_logger
 
+from relaybus.tasks.runtime.redacting import redact_stored
 from relaybus.tasks.runtime.results import (
     PAST_LIMIT_EXPIRES_S,
     PAST_LIMIT_LUA,
@@ -104,7 +105,10 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
         # Celery's (5.7), with the expiry chosen by whose state it is and a refused write handled.
-        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        # What is kept in Redis is redacted like every other sink; the chord's own lists (.j), which its
+        # callback reads, are not: they are in flight, and deleted at the join (tasks.runtime.redacting).
+        stored, traceback = redact_stored(self.app, result, traceback)
+        meta = self._get_result_meta(result=stored, state=state, traceback=traceback, request=request)
         meta["task_id"] = _text(task_id)
         if kwargs.get("name"):
             meta["name"] = kwargs["name"]  # who failed, for the error callbacks (tasks.runtime.results)

@@ -23,6 +23,8 @@ from typing import Any
 from celery import Celery
 from celery.utils.log import get_logger
 
+from relaybus.eventstore.redaction import Redactor
+from relaybus.eventstore.redaction import redactor as default_redactor
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import request_headers
 
@@ -59,9 +61,12 @@ def dlq_for(queue: str) -> str:
 
 
 def reason_headers(
-    *, reason: str, error: BaseException | None, attempts: int, original_queue: str
+    *, reason: str, error: BaseException | None, attempts: int, original_queue: str,
+    redactor: Redactor | None = None,
 ) -> dict[str, Any]:
+    """The dead letter's reason headers; the error message redacted (by default, with the default keys)."""
     message = str(error) if error is not None else reason
+    message = (redactor or default_redactor()).redact_text(message)
     # AMQP header values are UTF-8: a lone surrogate (an error quoting undecodable bytes) is written escaped.
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {
@@ -144,9 +149,8 @@ def dead_letter_task(
     for key, value in request_headers.items():
         if key.startswith("x_") and key not in RELAYBUS_DLQ_HEADERS:
             headers[key] = value
-    headers.update(
-        reason_headers(reason=reason, error=error, attempts=attempts, original_queue=original_queue)
-    )
+    headers.update(reason_headers(reason=reason, error=error, attempts=attempts, original_queue=original_queue,
+                                  redactor=runtime_config(app).redactor))
     body = json.dumps(
         [list(args), kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
         default=str,
@@ -199,8 +203,13 @@ def dead_letter_message(
     If that copy cannot be published the message is rejected without requeue instead, and the queue's
     dead-letter exchange keeps it (without the reason headers). Returns whether the copy was published.
     """
+    redactor = runtime_config(app).redactor
     headers = dict(message.headers or {})
-    headers.update(reason_headers(reason=reason, error=error, attempts=attempts, original_queue=original_queue))
+    for shown in ("argsrepr", "kwargsrepr"):  # as another publisher made them: redacted before they are kept
+        if isinstance(headers.get(shown), str):
+            headers[shown] = redactor.redact_text(headers[shown])
+    headers.update(reason_headers(reason=reason, error=error, attempts=attempts, original_queue=original_queue,
+                                  redactor=redactor))
     try:
         publish_dead_letter(
             app,

@@ -20,7 +20,6 @@ Everything that is not the agent's business lives here, once: what the task base
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
 import time
@@ -34,7 +33,6 @@ from celery.exceptions import Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relaybus.eventstore import StoreUnavailable
-from relaybus.eventstore.redaction import Redactor
 from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, RecordFailed, is_transient
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
 from relaybus.tasks.runtime import recording
@@ -123,11 +121,6 @@ def _plain_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": tuple(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
-@functools.lru_cache(maxsize=8)
-def _redactor(keys: tuple[str, ...]) -> Redactor:
-    return Redactor(keys)
-
-
 def _unencodable(value: Any, path: str = "") -> str | None:
     """The path of the first string in ``value`` that UTF-8 cannot encode (a lone surrogate), if any."""
     if isinstance(value, str):
@@ -206,10 +199,6 @@ class AgentTask(Task):  # type: ignore[misc]
             raise InvalidInput(self.spec.name, shape)
         if "priority" in options and isinstance(options["priority"], str):
             options["priority"] = config.priority(options["priority"])
-        # Celery shows argsrepr/kwargsrepr in worker logs, task events and Flower: mask secrets there too.
-        redactor = _redactor(config.redact_keys)
-        options.setdefault("argsrepr", repr(redactor.redact(list(args or ()))))
-        options.setdefault("kwargsrepr", repr(redactor.redact(dict(kwargs or {}))))
         running = get_current_task()
         if running is None or running.request.id is None:
             # Outside a worker: refuse bad input before anything reaches the broker.
