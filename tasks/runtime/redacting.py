@@ -71,13 +71,23 @@ class RedactingEventDispatcher(EventDispatcher):  # type: ignore[misc]  # celery
     app: Celery
 
     def send(self, type: str, *args: Any, **fields: Any) -> Any:
-        if type.startswith("task-"):
-            redactor = redactor_of(self.app)
-            for name in EVENT_FIELDS:
-                value = fields.get(name)
-                if value is not None:
-                    fields[name] = shown(redactor, value, None if name == "traceback" else REPR_MAX_CHARS)
-        return super().send(type, *args, **fields)
+        """The worker's events (``task-received``, ``task-succeeded``, ``task-failed``, …)."""
+        return super().send(type, *args, **self._redacted(type, fields))
+
+    def publish(self, type: str, fields: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        """A client's ``task-sent``, whose fields Celery built before ``before_task_publish`` ran."""
+        return super().publish(type, self._redacted(type, fields), *args, **kwargs)
+
+    def _redacted(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        if not type.startswith("task-"):
+            return fields
+        redactor = redactor_of(self.app)
+        out = dict(fields)
+        for name in EVENT_FIELDS:
+            value = out.get(name)
+            if value is not None:
+                out[name] = shown(redactor, value, None if name == "traceback" else REPR_MAX_CHARS)
+        return out
 
 
 class RedactingEvents(Events):  # type: ignore[misc]
