@@ -33,7 +33,9 @@ class JsonFormatter(logging.Formatter):
             "process": record.process,
         }
         line.update(_task_fields())
-        if record.exc_info:
+        if record.exc_text:  # set, redacted, by relaybus's log filter (tasks.runtime.redacting)
+            line["exception"] = record.exc_text
+        elif record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str, ensure_ascii=False)
 

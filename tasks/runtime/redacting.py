@@ -115,6 +115,9 @@ class RedactingLogFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.redactor.redact_text(record.exc_text)
+            # A formatter that formats exc_info itself would print the traceback in clear: formatters print
+            # exc_text when exc_info is gone (logging.Formatter, relaybus.logs.JsonFormatter).
+            record.exc_info = None
         return True
 
 

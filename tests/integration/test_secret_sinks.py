@@ -74,12 +74,17 @@ def eventstore_url(secrets: dict[str, str]) -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture(params=[False, True], ids=["text-logs", "json-logs"])
+def log_json(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, broker_url: str, redis_url: str, eventstore_url: str) -> Settings:
+def settings(tmp_path: Path, broker_url: str, redis_url: str, eventstore_url: str, log_json: bool) -> Settings:
     results = f"{redis_url.rsplit('/', 1)[0]}/{RESULTS_DB}"
     return make_settings(tmp_path, broker_url, results, eventstore_url=eventstore_url,
                          extra_modules=("tests.agents", "tests.secret_agents"),
-                         extra_agents=(*TEST_AGENTS, "vault"))
+                         extra_agents=(*TEST_AGENTS, "vault"), log_json=log_json)
 
 
 @pytest.fixture
@@ -229,6 +234,7 @@ def test_secrets_in_input_output_error_and_prompt_reach_no_sink_in_clear(
     assert found["dlq body"]["input"]  # `dlq requeue` runs the call again with its real input
 
 
+@pytest.mark.parametrize("log_json", [False])  # the logs' format is not what this one is about
 def test_an_input_of_200_kb_is_sent_with_bounded_reprs_and_runs(
     app: Celery, start_worker: Any, published: list[dict[str, Any]]
 ) -> None:
