@@ -506,6 +506,8 @@ def secret_problems(doc: Doc, gitignore: str) -> list[str]:
             problems.append(f"the secret {secret} is not a file under ./secrets/")
     if "secrets/*" not in gitignore.splitlines():
         problems.append(".gitignore does not keep secrets/* out of git")
+    if "secrets/" not in (ROOT / ".dockerignore").read_text().splitlines():
+        problems.append(".dockerignore does not keep secrets/ out of the build context")
     return problems
 
 
