@@ -11,6 +11,9 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict
 
 from relaybus.celery import topology_of
+from relaybus.eventstore.redaction import Redactor
+from relaybus.eventstore.redaction import redactor as default_redactor
+from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, REDRIVE_HEADER
 from relaybus.tasks.runtime.deadletter import (
     ATTEMPTS_HEADER,
@@ -40,13 +43,21 @@ class DeadLetter(BaseModel):
     body_preview: str
 
 
-def _preview(body: Any, limit: int = 300) -> str:
+def _preview(body: Any, redactor: Redactor, limit: int = 300) -> str:
+    """The start of a letter's body, redacted: the letter keeps its real input for a redrive, a person reading
+    ``dlq list``/``dlq show`` sees it masked (docs/secrets.md)."""
     if isinstance(body, bytes):
         try:
             body = body.decode()
         except UnicodeDecodeError:
             return f"<{len(body)} bytes of binary>"
-    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            text = redactor.redact_text(body)
+            return text if len(text) <= limit else text[:limit] + "…"
+    text = json.dumps(redactor.redact(body), default=str)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -75,8 +86,10 @@ def _event_id(body: Any) -> str | None:
     return _text(envelope.get("event_id")) if isinstance(envelope, dict) else None
 
 
-def _to_model(dlq: str, message: Any) -> DeadLetter:
+def _to_model(dlq: str, message: Any, redactor: Redactor | None = None) -> DeadLetter:
+    redactor = redactor or default_redactor()
     headers = dict(message.headers or {})
+    error_message = _text(headers.get(ERROR_MESSAGE_HEADER))
     death = headers.get("x-death")
     first = death[0] if isinstance(death, list) and death and isinstance(death[0], dict) else {}
     return DeadLetter(
@@ -85,13 +98,13 @@ def _to_model(dlq: str, message: Any) -> DeadLetter:
         task=_text(headers.get("task")),
         reason=_text(headers.get(REASON_HEADER) or first.get("reason")),
         error_type=_text(headers.get(ERROR_TYPE_HEADER)),
-        error_message=_text(headers.get(ERROR_MESSAGE_HEADER)),
+        error_message=redactor.redact_text(error_message) if error_message else error_message,
         attempts=_count(headers.get(ATTEMPTS_HEADER)),
         original_queue=_text(headers.get(ORIGINAL_QUEUE_HEADER) or first.get("queue")),
         correlation_id=_text(headers.get(CORRELATION_HEADER)),
         dead_lettered_at=_text(headers.get(DEAD_LETTERED_AT_HEADER)),
         redrives=_count(headers.get(REDRIVE_HEADER)) or 0,
-        body_preview=_preview(message.body),
+        body_preview=_preview(message.body, redactor),
     )
 
 
@@ -149,7 +162,7 @@ def peek(app: Celery, agents: Iterable[str] | None = None, limit: int = 100) -> 
     for dlq in dlq_names(app, agents):
 
         def keep(_conn: Any, message: Any, queue: str = dlq) -> str:
-            found.append(_to_model(queue, message))
+            found.append(_to_model(queue, message, runtime_config(app).redactor))
             return "keep"
 
         _walk(app, dlq, keep, limit)

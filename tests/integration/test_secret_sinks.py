@@ -30,6 +30,7 @@ import redis as redis_lib
 from celery import Celery, signals
 from sqlalchemy import create_engine, text
 
+from relaybus.dlq import peek
 from relaybus.eventstore import migrations
 from relaybus.settings import Settings
 from relaybus.tasks.runtime.redacting import REPR_MAX_CHARS
@@ -181,7 +182,8 @@ def test_secrets_in_input_output_error_and_prompt_reach_no_sink_in_clear(
         assert output["account"] == {"owner": "ops", "credentials": MASK}
         assert output["summary"].startswith("summariser:") and MASK in output["summary"]
     dlq = f"{settings.namespace}.vault.dlq"
-    dead = wait_for(lambda: read_queue(app, dlq), 60, 0.2, f"the failing call in {dlq}")
+    shown = wait_for(lambda: peek(app, ["vault"]), 60, 0.2, f"the failing call in {dlq}")  # relaybus dlq list/show
+    dead = read_queue(app, dlq)
     assert len(dead) == 1 and dead[0].headers["x_dead_letter_reason"] == "permanent-error"
     assert "password=[REDACTED]" in dead[0].headers["x_error_message"]
 
@@ -209,6 +211,7 @@ def test_secrets_in_input_output_error_and_prompt_reach_no_sink_in_clear(
         "event log": event_log_text(settings.eventstore_url),
         "dlq headers": json.dumps(dead[0].headers, default=str),
         "dlq body": dead[0].body.decode() if isinstance(dead[0].body, bytes) else str(dead[0].body),
+        "relaybus dlq show": json.dumps([letter.model_dump() for letter in shown]),
         "redis": redis_text(redis_lib.Redis.from_url(settings.result_backend)),
         "worker log": worker.log(),
         "flower /api/tasks": json.dumps({tid: flower_tasks[tid] for tid in ids}),
