@@ -45,18 +45,19 @@ DEFAULT_REDACT_KEYS: tuple[str, ...] = (
 )
 DEFAULT_MASK = "[REDACTED]"
 
-#: Values masked wherever they appear, whatever their key: each match is replaced by the mask, except a
-#: URL's password and a bearer token's scheme, which keep what surrounds them.
-VALUE_PATTERNS: tuple[str, ...] = (
-    r"(?<=\b(?i:bearer) )[A-Za-z0-9\-._~+/]+=*",
-    r"\bsk-[A-Za-z0-9_\-]{16,}",
-    r"(?<=://)[^\s:/@'\"]*:[^\s@/'\"]+(?=@)",
-    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
-    r"\bgh[pousr]_[A-Za-z0-9]{30,}",
-    r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",
-    r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+",
+#: Values masked wherever they appear, whatever their key, each with the lower-case literals one of which it
+#: must contain (a cheap test first: most text holds none). A ``keep`` group stays: a URL's user, the scheme
+#: of an ``Authorization`` value.
+VALUE_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("bearer",), r"(?P<keep>\b(?i:bearer) )[A-Za-z0-9\-._~+/]+=*"),
+    (("sk-",), r"\bsk-[A-Za-z0-9_\-]{16,}"),
+    (("://",), r"(?P<keep>://[^\s:/@'\"]*:)[^\s@/'\"]+(?=@)"),
+    (("akia", "asia"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
+    (("xox",), r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
+    (("eyj",), r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]+"),
 )
-_URL_USERINFO = VALUE_PATTERNS[2]
+_URL_USERINFO = re.compile(VALUE_PATTERNS[2][1])
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[^a-z0-9]+")
@@ -127,7 +128,9 @@ class Redactor:
     ) -> None:
         self.mask = mask
         self._needles = tuple({words(k) for k in keys if words(k)})
-        self._values = re.compile("|".join(f"(?:{p})" for p in (*VALUE_PATTERNS, *patterns)))
+        self._values = tuple((literals, re.compile(p)) for literals, p in VALUE_PATTERNS) + tuple(
+            ((), re.compile(p)) for p in patterns
+        )
         # Payload keys repeat endlessly (the same few field names); remember the verdicts.
         self.is_sensitive = functools.lru_cache(maxsize=8192)(self._is_sensitive)
 
@@ -142,11 +145,15 @@ class Redactor:
         are: if, lower-cased, the text misses a word of every needle, there is nothing to walk (most
         payloads). Outside ASCII, ``lower()`` may not be what the key's words were made of: walk.
         """
+        return self._keys_in(text, None)
+
+    def _keys_in(self, text: str, lowered: str | None) -> bool:
         if not self._needles:
             return False
         if not text.isascii():
             return True
-        lowered = text.lower()
+        if lowered is None:
+            lowered = text.lower()
         for needle in self._needles:  # plain loops: generator expressions cost more than the search
             for word in needle:
                 if word not in lowered:
@@ -163,7 +170,14 @@ class Redactor:
         """
         if not text:
             return text
-        text = self._values.sub(self._value_mask, text)
+        return self._text(text, values=True)
+
+    def _text(self, text: str, *, values: bool) -> str:
+        if values:
+            lowered = text.lower()
+            for literals, pattern in self._values:
+                if not literals or any(literal in lowered for literal in literals):
+                    text = pattern.sub(self._value_mask, text)
         if not self._needles or not self.may_redact(text):
             return text
         out: list[str] = []
@@ -191,11 +205,19 @@ class Redactor:
         return "".join(out)
 
     def _value_mask(self, match: re.Match[str]) -> str:
-        found = match.group(0)
-        if "://" not in match.string[max(0, match.start() - 3) : match.start()] or ":" not in found:
-            return self.mask
-        user = found.split(":", 1)[0]  # a URL's userinfo: the user stays, the password goes
-        return f"{user}:{self.mask}"
+        return (match.groupdict().get("keep") or "") + self.mask
+
+    def _may_match_values(self, text: str, lowered: str) -> bool:
+        for literals, pattern in self._values:  # plain loops: generator expressions cost more than the search
+            if literals:
+                for literal in literals:
+                    if literal in lowered:
+                        if pattern.search(text) is not None:
+                            return True
+                        break
+            elif pattern.search(text) is not None:
+                return True
+        return False
 
     def redact(self, value: Any) -> Any:
         """``value`` with every sensitive key's value and every secret-looking text masked.
@@ -207,7 +229,8 @@ class Redactor:
             return self.redact_text(value)
         return self._walk(value)
 
-    def _walk(self, value: Any) -> Any:
+    def _walk(self, value: Any, values: bool = True) -> Any:
+        """``values=False``: the value's JSON holds no secret-looking value, only strings' keys are looked for."""
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             changed = False
@@ -216,18 +239,18 @@ class Redactor:
                     out[key] = self.mask
                     changed = True
                 elif isinstance(item, _CONTAINERS):
-                    out[key] = new = self._walk(item)
+                    out[key] = new = self._walk(item, values)
                     changed = changed or new is not item
                 elif isinstance(item, str):
-                    out[key] = new = self.redact_text(item)
+                    out[key] = new = self._text(item, values=values) if item else item
                     changed = changed or new is not item
                 else:
                     out[key] = item
             return out if changed else value
         if isinstance(value, list):
             items = [
-                self._walk(item) if isinstance(item, _CONTAINERS)
-                else self.redact_text(item) if isinstance(item, str) else item
+                self._walk(item, values) if isinstance(item, _CONTAINERS)
+                else self._text(item, values=values) if isinstance(item, str) and item else item
                 for item in value
             ]
             return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
@@ -238,8 +261,10 @@ class Redactor:
         if not value:
             return value, "{}"
         text = canonical_json(value)
-        if self.may_redact(text) or self._values.search(text) is not None:
-            redacted = self._walk(value)
+        lowered = text.lower()
+        values = self._may_match_values(text, lowered)
+        if values or self._keys_in(text, lowered):
+            redacted = self._walk(value, values)
             if redacted is not value:
                 return redacted, canonical_json(redacted)
         return value, text
@@ -253,7 +278,7 @@ def redactor(keys: tuple[str, ...] = DEFAULT_REDACT_KEYS, patterns: tuple[str, .
 
 def mask_url_passwords(text: str, mask: str = DEFAULT_MASK) -> str:
     """``scheme://user:pass@host`` -> ``scheme://user:<mask>@host``, for reprs of configuration."""
-    return re.sub(_URL_USERINFO, lambda m: f"{m.group(0).split(':', 1)[0]}:{mask}", text)
+    return _URL_USERINFO.sub(lambda m: m.group("keep") + mask, text)
 
 
 def bounded_repr(value: Any, max_chars: int) -> str:
