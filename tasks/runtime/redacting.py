@@ -111,6 +111,9 @@ class RedactingLogFilter(logging.Filter):
         redacted = self.redactor.redact_text(message)
         if redacted is not message:
             record.msg, record.args = redacted, ()
+        data = getattr(record, "data", None)  # Celery's trace lines carry their context (result, args) here too
+        if isinstance(data, dict):
+            record.data = self.redactor.redact(data)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

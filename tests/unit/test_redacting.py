@@ -68,7 +68,9 @@ def test_a_log_record_is_written_with_its_message_and_traceback_masked() -> None
     except RuntimeError:
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "Task %s raised: %r", ("x", {"token": "t0k"}),
                                    sys.exc_info())
+    record.data = {"return_value": repr({"token": "t0k"}), "args": repr([SECRET])}  # Celery's extra={"data": ...}
     assert record_filter.filter(record)
+    assert "t0k" not in repr(record.data) and SECRET not in repr(record.data)
     line = logging.Formatter().format(record)
     assert "t0k" not in line and "pgS3cret" not in line and SECRET not in line
     assert "Traceback" in line and "postgresql://u:[REDACTED]@db/x" in line
