@@ -6,7 +6,8 @@ redaction.Redactor` (``RELAYBUS_REDACT_KEYS``, ``RELAYBUS_REDACT_PATTERNS``):
 
 * **task message headers** ``argsrepr``/``kwargsrepr`` (worker logs, ``task-sent``/``task-received`` events,
   Flower): rebuilt from the body, redacted and cut to :data:`REPR_MAX_CHARS` with ``…(N bytes)``, for every
-  task message the app publishes (``apply_async``, ``send_task`` by name, chain steps, callbacks). The body
+  task message the app publishes (``apply_async``, ``send_task`` by name, chain steps, callbacks), led by the
+  workflow's ``x_correlation_id`` so Flower's search finds a workflow's every task. The body
   itself is not touched: the task needs its real input. A whole input's repr in a header made any input
   over ~128 KB fail with AMQP ``FrameError 501``;
 * **task events** (Flower, ``celery events``): ``args``, ``kwargs``, ``result``, ``exception`` and
@@ -20,6 +21,7 @@ redaction.Redactor` (``RELAYBUS_REDACT_KEYS``, ``RELAYBUS_REDACT_PATTERNS``):
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from typing import Any
 
 from celery import Celery
@@ -28,6 +30,7 @@ from celery.events.dispatcher import EventDispatcher
 
 from relaybus.eventstore.redaction import Redactor, bounded_repr
 from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import CORRELATION_HEADER
 
 #: The longest ``argsrepr``/``kwargsrepr`` and event field, in characters, before ``…(N bytes)``.
 REPR_MAX_CHARS = 1024
@@ -61,8 +64,21 @@ def redact_task_headers(app: Celery, body: Any, headers: Any) -> None:
         return
     args, kwargs = body[0], body[1]
     redactor = redactor_of(app)
+    shown_kwargs = dict(kwargs or {})
+    correlation = headers.get(CORRELATION_HEADER)
+    if isinstance(correlation, str) and correlation:
+        # First, so the bound never cuts it: Flower shows and searches kwargsrepr, and a workflow's id there
+        # finds all its tasks (Flower's search box, /api/tasks?search=).
+        shown_kwargs = {CORRELATION_HEADER: correlation, **shown_kwargs}
     headers["argsrepr"] = bounded_repr(redactor.redact(list(args or ())), REPR_MAX_CHARS)
-    headers["kwargsrepr"] = bounded_repr(redactor.redact(dict(kwargs or {})), REPR_MAX_CHARS)
+    headers["kwargsrepr"] = bounded_repr(redactor.redact(shown_kwargs), REPR_MAX_CHARS)
+    _SHOWN.set((headers.get("id"), headers["argsrepr"], headers["kwargsrepr"]))
+
+
+#: The reprs :func:`redact_task_headers` made for the message this thread publishes now: its ``task-sent``
+#: event (built by Celery before ``before_task_publish``, sent just after the publish) shows the same. The
+#: event often reaches Flower after the worker's ``task-received``, and Celery's state lets it overwrite them.
+_SHOWN: ContextVar[tuple[Any, str, str] | None] = ContextVar("relaybus_shown_reprs", default=None)
 
 
 class RedactingEventDispatcher(EventDispatcher):  # type: ignore[misc]  # celery is untyped
@@ -75,7 +91,11 @@ class RedactingEventDispatcher(EventDispatcher):  # type: ignore[misc]  # celery
         return super().send(type, *args, **self._redacted(type, fields))
 
     def publish(self, type: str, fields: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        """A client's ``task-sent``, whose fields Celery built before ``before_task_publish`` ran."""
+        """A client's ``task-sent``, whose fields Celery built before ``before_task_publish`` ran: given the
+        reprs that handler put in the message (:data:`_SHOWN`)."""
+        shown_now = _SHOWN.get()
+        if type == "task-sent" and shown_now is not None and shown_now[0] == fields.get("uuid"):
+            fields = {**fields, "args": shown_now[1], "kwargs": shown_now[2]}
         return super().publish(type, self._redacted(type, fields), *args, **kwargs)
 
     def _redacted(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -190,5 +190,12 @@ def test_flower_shows_a_pipeline_and_a_compensated_saga_each_as_one_task_tree(tm
                 assert len(roots) == 1, f"the {kind}'s tasks fall into {len(roots)} trees: {roots}"
                 (root,) = roots
                 assert root in ids, f"the {kind}'s root {root} is not one of its tasks"
+                # The workflow's id is on every task's page (its kwargs), and Flower's search finds them all.
+                correlation = workflows[kind]
+                missing = {t: (tasks[t].get("name"), tasks[t].get("kwargs")) for t in ids
+                           if correlation not in (tasks[t].get("kwargs") or "")}
+                assert missing == {}, f"{kind}: {missing}"
+                found: dict[str, Any] = flower.get("/api/tasks", search=correlation, limit=10_000)
+                assert ids <= set(found), f"searching Flower for the {kind}'s id misses {ids - set(found)}"
     finally:
         flower.stop()
