@@ -115,6 +115,18 @@ def _eventstore(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
                 "target ≥ 100,000",
             ]
         )
+        keyed = r["stores"].get(f"relaybus_{db}_keyed")
+        if keyed:
+            for metric in ("single", "batch100", "batch500", "verify"):
+                rows.append(
+                    [
+                        "chain key cost (keyed / unkeyed)",
+                        f"{db}, {labels.get(metric, metric)}",
+                        f"{keyed[metric]:,.0f} events/s keyed",
+                        f"unkeyed {ours[metric]:,.0f}/s",
+                        f"{r['ratios'][f'keyed_vs_unkeyed_{db}_{metric}']:.2f} (target ≥ 0.90)",
+                    ]
+                )
     return r, rows
 
 

@@ -1,6 +1,6 @@
 """Event store throughput against eventsourcing's recorders, on the same databases, in the same run.
 
-    python -m bench.eventstore_bench [--quick]
+    python -m bench.eventstore_bench [--quick] [--stores relaybus_sqlite,relaybus_sqlite_keyed,...]
 
 Stores measured, each on a fresh database per round (a temporary SQLite file, a throwaway
 PostgreSQL schema in ``RELAYBUS_TEST_POSTGRES_URL``, default
@@ -10,7 +10,10 @@ PostgreSQL schema in ``RELAYBUS_TEST_POSTGRES_URL``, default
   (``synchronous=FULL``, the durability eventsourcing's SQLite recorder runs with);
 - ``eventsourcing_sqlite``: :class:`eventsourcing.sqlite.SQLiteApplicationRecorder`;
 - ``relaybus_postgresql`` and ``eventsourcing_postgresql``
-  (:class:`eventsourcing.postgres.PostgresApplicationRecorder`).
+  (:class:`eventsourcing.postgres.PostgresApplicationRecorder`);
+- ``relaybus_sqlite_keyed`` and ``relaybus_postgresql_keyed``: the same with a chain key (HMAC links,
+  verified with the key), for the ratios ``keyed_vs_unkeyed_<db>_<metric>`` (issue 15: keying must
+  cost under 10 % of append throughput).
 
 Metrics, in events/s: ``single`` (one event per append), ``batch100`` and ``batch500`` (events of
 several streams per append, as a group commit sends them), ``replay`` (every event read back with
@@ -45,12 +48,13 @@ from typing import Any, Protocol
 
 from sqlalchemy import create_engine, make_url, text
 
-from relaybus.eventstore import EventStore, NewEvent, StoreConfig, open_store
+from relaybus.eventstore import ChainKeys, EventStore, NewEvent, StoreConfig, open_store
 
 POSTGRES_URL = os.environ.get("RELAYBUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 AGENTS = ("planner", "researcher", "writer", "critic")
 TYPES = ("task.sent", "task.received", "task.started", "llm.completed", "task.succeeded")
 PER_STREAM = 20
+BENCH_KEYS = ChainKeys({"bench1": b"a chain key for the benchmark only, 48 bytes...."})
 ROUNDS = 3
 APPEND_METRICS = ("single", "batch100", "batch500")
 METRICS = (*APPEND_METRICS, "replay")
@@ -134,6 +138,7 @@ class RelaybusSubject:
     def verify(self) -> int:
         report = self.store.verify()
         assert report.ok, report
+        assert report.keyed == (self.store.chain_keys is not None), report  # the keyed stores verify with the key
         return int(report.events_checked)
 
     def close(self) -> None:
@@ -194,16 +199,19 @@ def temporary_schema(url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _relaybus_sqlite(synchronous: str) -> Callable[[Path, str | None], Subject]:
+def _relaybus_sqlite(synchronous: str, keys: ChainKeys | None = None) -> Callable[[Path, str | None], Subject]:
     def build(directory: Path, _schema: str | None) -> Subject:
         url = f"sqlite:///{directory / f'relaybus-{uuid.uuid4().hex[:6]}.sqlite'}"
-        return RelaybusSubject(open_store(url, config=StoreConfig(sqlite_synchronous=synchronous)))
+        return RelaybusSubject(open_store(url, config=StoreConfig(sqlite_synchronous=synchronous), chain_keys=keys))
 
     return build
 
 
-def _relaybus_postgresql(_directory: Path, schema: str | None) -> Subject:
-    return RelaybusSubject(open_store(POSTGRES_URL, schema=schema, create=True))
+def _relaybus_postgresql(keys: ChainKeys | None = None) -> Callable[[Path, str | None], Subject]:
+    def build(_directory: Path, schema: str | None) -> Subject:
+        return RelaybusSubject(open_store(POSTGRES_URL, schema=schema, create=True, chain_keys=keys))
+
+    return build
 
 
 def _eventsourcing_sqlite(directory: Path, _schema: str | None) -> Subject:
@@ -235,9 +243,11 @@ def _eventsourcing_postgresql(_directory: Path, schema: str | None) -> Subject:
 STORES: dict[str, tuple[str, Callable[[Path, str | None], Subject]]] = {
     # name: (database, factory)
     "relaybus_sqlite": ("sqlite", _relaybus_sqlite("NORMAL")),
+    "relaybus_sqlite_keyed": ("sqlite", _relaybus_sqlite("NORMAL", BENCH_KEYS)),
     "relaybus_sqlite_full": ("sqlite", _relaybus_sqlite("FULL")),
     "eventsourcing_sqlite": ("sqlite", _eventsourcing_sqlite),
-    "relaybus_postgresql": ("postgresql", _relaybus_postgresql),
+    "relaybus_postgresql": ("postgresql", _relaybus_postgresql()),
+    "relaybus_postgresql_keyed": ("postgresql", _relaybus_postgresql(BENCH_KEYS)),
     "eventsourcing_postgresql": ("postgresql", _eventsourcing_postgresql),
 }
 
@@ -325,11 +335,16 @@ def one_round(subjects: dict[str, Subject], sizes: Sizes) -> dict[str, dict[str,
         count = replays[name][1][0]
         assert count >= sizes.replay, (name, count)
         figures[name]["replay"] = _rate(count, seconds)
-    for name, subject in subjects.items():
-        if isinstance(subject, RelaybusSubject):
-            for metric, action in (("rebuild", subject.rebuild), ("verify", subject.verify)):
-                done, seconds = _timed(action)
-                figures[name][metric] = _rate(done, seconds)
+    ours = {name: subject for name, subject in subjects.items() if isinstance(subject, RelaybusSubject)}
+    for metric in ("rebuild", "verify"):
+        # Three times each, the stores taking turns (keyed and unkeyed verify are compared): the median.
+        rates: dict[str, list[float]] = {name: [] for name in ours}
+        for _ in range(3 if metric == "verify" else 1):
+            for name, subject in ours.items():
+                done, seconds = _timed(subject.rebuild if metric == "rebuild" else subject.verify)
+                rates[name].append(_rate(done, seconds))
+        for name, measured in rates.items():
+            figures[name][metric] = statistics.median(measured)
     return figures
 
 
@@ -377,6 +392,11 @@ def run(quick: bool = False, *, rounds: int = ROUNDS, stores: tuple[str, ...] | 
         if ours and theirs:
             for metric in METRICS:
                 ratios[f"store_vs_eventsourcing_{db}_{metric}"] = round(ours[metric] / theirs[metric], 3)
+    for db in ("sqlite", "postgresql"):
+        unkeyed, keyed = medians.get(f"relaybus_{db}"), medians.get(f"relaybus_{db}_keyed")
+        if unkeyed and keyed:
+            for metric in (*METRICS, "verify"):
+                ratios[f"keyed_vs_unkeyed_{db}_{metric}"] = round(keyed[metric] / unkeyed[metric], 3)
     full, theirs_sqlite = medians.get("relaybus_sqlite_full"), medians.get("eventsourcing_sqlite")
     if full and theirs_sqlite:
         for metric in METRICS:
@@ -394,7 +414,8 @@ def _database(database: str, admin_url: str) -> Iterator[str | None]:
 
 
 def main(argv: list[str]) -> None:
-    result = run(quick="--quick" in argv)
+    stores = tuple(argv[argv.index("--stores") + 1].split(",")) if "--stores" in argv else None
+    result = run(quick="--quick" in argv, stores=stores)
     metrics = sorted({m for figures in result["stores"].values() for m in figures}, key=_metric_order)
     print(f"{'store':<26}" + "".join(f"{m:>12}" for m in metrics))
     for name, figures in result["stores"].items():

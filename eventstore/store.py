@@ -20,7 +20,6 @@ without missing late commits, tracking written with the projection it tracks
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -53,7 +52,7 @@ from relaybus.eventstore._insert import insert_rows, start_append
 from relaybus.eventstore._rows import recorded, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.errors import ConcurrencyError
-from relaybus.eventstore.hashing import LINK_TAG, format_time, formatted_content_json
+from relaybus.eventstore.hashing import LINK_TAG, format_time, formatted_content_json, hmac_pads
 from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
 from relaybus.eventstore.projections import WorkflowStatusProjection
@@ -438,10 +437,14 @@ def _linker(keys: ChainKeys | None) -> tuple[str, Callable[[int, str], str]]:
             return sha256(f"{prefix}{position} {content}".encode()).hexdigest()
 
         return key_id, unkeyed
-    secret, digest = keys.signing_secret, hmac.digest
+    inner_pad, outer_pad = hmac_pads(keys.signing_secret)
 
-    def keyed(position: int, content: str) -> str:
-        return digest(secret, f"{prefix}{position} {content}".encode(), "sha256").hex()
+    def keyed(position: int, content: str) -> str:  # hashing.hmac_sha256_hex, inlined: once per event
+        inner = inner_pad.copy()
+        inner.update(f"{prefix}{position} {content}".encode())
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     return key_id, keyed
 

@@ -295,6 +295,26 @@ def test_an_unkeyed_log_rewritten_and_rechained_verifies_but_not_against_its_che
     assert "the heads of the streams differ (history rewritten and re-chained)" in result.stderr
 
 
+def test_a_checkpoint_holds_while_the_log_grows_past_it(
+    db: Database, keys_file: Path, signing_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_keyed(db, keys_file)
+    write_log(store)
+    settings = settings_for(db, keys_file, signing_key)
+    checkpoint = make_checkpoint(monkeypatch, settings, tmp_path / "cp.json")
+    store.append([NewEvent(stream_id=f"s{i % 4}", type="later") for i in range(8)])  # a new stream, s3, too
+
+    result = relaybus(monkeypatch, settings, "verify", "--since-checkpoint", str(tmp_path / "cp.json"), "--json")
+
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    assert (report["ok"], report["keyed"]) == (True, True)
+    assert (report["checkpoint"], report["checkpoint_signature"]) == (None, None)
+    assert report["state"]["event_count"] == 20 and checkpoint["event_count"] == 12
+    signer = checkpoints.load_private_key(signing_key).public_key()
+    assert checkpoint["public_key"] == checkpoints.public_key_text(signer)
+
+
 @pytest.mark.parametrize("forgery", ["edited", "other_key"])
 def test_a_checkpoint_whose_signature_does_not_hold_is_not_trusted(
     db: Database, keys_file: Path, signing_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgery: str

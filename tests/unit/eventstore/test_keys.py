@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 
 from relaybus.eventstore import ChainKeyError, ChainKeys
-from relaybus.eventstore.hashing import link_hash, link_message
+from relaybus.eventstore.hashing import hmac_sha256_hex, link_hash, link_message
 from relaybus.eventstore.keys import UNKEYED
 from relaybus.eventstore.store import _linker
 
@@ -49,3 +51,9 @@ def test_an_append_links_exactly_as_verify_recomputes(keys: ChainKeys | None) ->
     assert link(7, '{"a":1}') == link_hash(secret, key_id, 7, '{"a":1}')
     assert link(7, '{"a":1}') != link(8, '{"a":1}')  # the position is covered
     assert link_message(key_id, 7, "{}") == f"relaybus.link.v2 {key_id} 7 {{}}".encode()
+
+
+@pytest.mark.parametrize("secret", [b"k" * 32, b"k" * 64, b"k" * 65, bytes(range(200))])
+def test_the_precomputed_hmac_is_hmac_sha256(secret: bytes) -> None:
+    for message in (b"", b"x", "é".encode() * 1000):
+        assert hmac_sha256_hex(secret, message) == hmac.digest(secret, message, "sha256").hex()
