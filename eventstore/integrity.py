@@ -33,9 +33,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from relaybus.eventstore.hashing import (
+    LINK_TAG,
     canonical_json,
     format_time,
     formatted_content_json,
+    hmac_sha256_hex,
     link_hash,
     sha256_hex,
 )
@@ -217,25 +219,30 @@ class _Verifier:
         self.heads: dict[str, tuple[int, str]] = {}
         self.checked = self.broken = 0
         self.first: BrokenLink | None = None
-        self.counts = {"keyed": 0, "unkeyed": 0, "legacy": 0, "unauthenticated": 0}
+        self.links: dict[str | None, int] = {}
+        """Links read, by key id."""
+        self.hashers: dict[str | None, tuple[Callable[[int, str], str] | None, bytes | None, bool]] = {}
         self.last_position = 0
         self.seen_new = self.seen_keyed = False
 
-    def _secret(self, key_id: str | None) -> tuple[bytes | None, bool]:
-        """(secret, checkable) for a link of ``key_id``; counts its kind."""
-        counts = self.counts
+    def _hasher(self, key_id: str | None) -> tuple[Callable[[int, str], str] | None, bytes | None, bool]:
+        """(the link's hash from position and content, secret, known) for links of ``key_id``; ``None``
+        when it cannot be checked (a keyed link with no keys, or with a key id not configured)."""
         if key_id is None:
-            counts["legacy"] += 1
-            return None, True
+            return (lambda _position, content: sha256_hex(content)), None, True
         if key_id == UNKEYED:
-            counts["unkeyed"] += 1
-            return None, True
-        if self.keys is None:
-            counts["unauthenticated"] += 1
-            return None, False
-        counts["keyed"] += 1
-        secret = self.keys.secret(key_id)
-        return secret, secret is not None
+            prefix = f"{LINK_TAG} {UNKEYED} "
+            sha256 = hashlib.sha256
+            return (lambda position, content: sha256(f"{prefix}{position} {content}".encode()).hexdigest()), None, True
+        secret = self.keys.secret(key_id) if self.keys is not None else None
+        if secret is None:
+            return None, None, self.keys is None
+        keyed_prefix = f"{LINK_TAG} {key_id} "
+
+        def keyed(position: int, content: str) -> str:
+            return hmac_sha256_hex(secret, f"{keyed_prefix}{position} {content}".encode())
+
+        return keyed, secret, True
 
     def row(self, f: dict[str, Any]) -> None:
         position: int = f["position"]
@@ -244,24 +251,33 @@ class _Verifier:
         self.checked += 1
         stream: str = f["stream_id"]
         key_id: str | None = f["key_id"]
+        links = self.links
+        links[key_id] = links.get(key_id, 0) + 1
+        hashers = self.hashers
+        if key_id not in hashers:
+            hashers[key_id] = self._hasher(key_id)
+        hasher, secret, known = hashers[key_id]
         previous = self.heads.get(stream)
         expected_version, expected_prev = (previous[0] + 1, previous[1]) if previous else (1, None)
-        secret, checkable = self._secret(key_id)
         problem: _Problem | None = None
         if f["version"] != expected_version:
             problem = ("version_gap", str(expected_version), str(f["version"]))
         elif f["prev_hash"] != expected_prev:
             problem = ("prev_hash_mismatch", expected_prev, f["prev_hash"])
-        elif key_id is not None and key_id != UNKEYED and self.keys is not None and secret is None:
-            problem = ("unknown_key", ", ".join(self.keys.ids), key_id)
-        elif checkable:
+        elif not known:
+            problem = ("unknown_key", ", ".join(self.keys.ids) if self.keys else "", key_id)
+        elif hasher is not None:
+            time_text = self.time_text
             content = formatted_content_json(
-                f, f["payload"], f["metadata"], f["prev_hash"], self.time_text(f["occurred_at"]),
-                self.time_text(f["recorded_at"]),
-            )  # fmt: skip
-            if expected_hash(key_id, secret, position, content) != f["hash"]:
+                f, f["payload"], f["metadata"], expected_prev, time_text(f["occurred_at"]), time_text(f["recorded_at"])
+            )
+            if hasher(position, content) != f["hash"]:
                 problem = self._exact_verdict(f, key_id, secret)
-        if problem is None:
+        if problem is None and (
+            position != self.last_position + 1
+            or (key_id is None and self.seen_new)
+            or (key_id == UNKEYED and self.seen_keyed)
+        ):
             problem = self._kind_and_position(position, key_id)
         if problem is not None:
             self.broken += 1
@@ -271,7 +287,7 @@ class _Verifier:
                     position=position, event_id=f["event_id"], stream_id=stream, version=f["version"],
                     reason=reason, expected=expected, actual=actual,
                 )  # fmt: skip
-        if key_id is not None:
+        if key_id is not None and not self.seen_keyed:
             self.seen_new = True
             if key_id != UNKEYED:
                 self.seen_keyed = True
@@ -312,6 +328,7 @@ class _Verifier:
 
     def report(self) -> VerifyReport:
         final = self.state()
+        keyed = sum(count for key_id, count in self.links.items() if key_id not in (None, UNKEYED))
         finding = None
         if self.expected is not None:
             finding = compare(self.expected, self.snapshot or final)
@@ -321,10 +338,10 @@ class _Verifier:
             streams_checked=len(self.heads),
             broken_links=self.broken,
             first_broken=self.first,
-            keyed_links=self.counts["keyed"],
-            unkeyed_links=self.counts["unkeyed"],
-            legacy_links=self.counts["legacy"],
-            unauthenticated_links=self.counts["unauthenticated"],
+            keyed_links=keyed if self.keys is not None else 0,
+            unkeyed_links=self.links.get(UNKEYED, 0),
+            legacy_links=self.links.get(None, 0),
+            unauthenticated_links=keyed if self.keys is None else 0,
             key_ids=list(self.keys.ids) if self.keys is not None else [],
             state=final,
             checkpoint=finding,
