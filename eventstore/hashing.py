@@ -177,7 +177,7 @@ def link_hash(secret: bytes | None, key_id: str, position: int, content: str) ->
 
 
 @lru_cache(maxsize=64)
-def hmac_pads(secret: bytes) -> tuple[Any, Any]:
+def hmac_pads(secret: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     """SHA-256 states after the inner and outer pads of ``secret`` (RFC 2104), to copy for each message."""
     if len(secret) > 64:
         secret = hashlib.sha256(secret).digest()
