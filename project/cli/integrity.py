@@ -81,11 +81,8 @@ def verify(checkpoint_file: str | None, as_json: bool) -> None:
             checkpoint = checkpoints.read(checkpoint_file)
             signature_problem = checkpoints.signature_problem(checkpoint, _trusted_keys(settings))
         except CheckpointError as exc:
-            fail(
-                f"cannot check the checkpoint: {exc} (RELAYBUS_CHECKPOINT_PUBLIC_KEYS, RELAYBUS_CHECKPOINT_KEY_FILE)",
-                EXIT_USAGE,
-                stderr=True,
-            )
+            hint = " (RELAYBUS_CHECKPOINT_PUBLIC_KEYS, RELAYBUS_CHECKPOINT_KEY_FILE)" if "key" in str(exc) else ""
+            fail(f"cannot check the checkpoint: {exc}{hint}", EXIT_USAGE, stderr=True)
     with event_store() as store:
         # A checkpoint with a bad signature says nothing about the log: the log is checked without it.
         expected = checkpoint.state if checkpoint is not None and signature_problem is None else None
