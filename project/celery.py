@@ -22,6 +22,7 @@ from relaybus.tasks.llm import ProviderConfig
 from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
 from relaybus.tasks.runtime.context import continuing
 from relaybus.topology import Topology, agent_of
+from relaybus.tracing import connect as connect_tracing
 
 #: The result backend class for redis:// and rediss:// URLs.
 REDIS_BACKEND = "relaybus.tasks.runtime.chords:RedisBackend"
@@ -333,4 +334,5 @@ def _connect_signals() -> None:
 
 _connect_signals()
 connect_json_logs()
+connect_tracing()
 app = create_app()

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     embedded_dir: str = ".relaybus"
     #: Worker log lines as JSON objects with the running task's ids (relaybus.logs); Celery's text when off.
     log_json: bool = False
+    #: OpenTelemetry traces, one per workflow (relaybus.tracing; the ``otel`` extra); OTLP to the standard
+    #: ``OTEL_EXPORTER_OTLP_ENDPOINT``, or JSON lines to ``otel_file`` when set.
+    otel: bool = False
+    otel_file: str | None = None
 
     #: Prefix of every exchange and queue: ``<namespace>.<agent>``. Lets tests and several deployments
     #: share one broker without touching each other's queues.

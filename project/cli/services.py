@@ -26,6 +26,9 @@ def celery_app() -> Celery:
     from relaybus.celery import app
 
     if not app.conf.get("relaybus_cli"):
+        from relaybus.tracing import setup as setup_tracing
+
+        setup_tracing()  # RELAYBUS_OTEL: what a command sends starts its workflow's trace
         # Before the backend is first used (it reads these once): reconnecting to Redis (a send subscribes
         # to its result channel) and retrying a read stop after seconds, and the command says why (exit 3).
         app.conf.update(

@@ -39,6 +39,7 @@ from pydantic import Field
 from relaybus.tasks.bus.events import Event, EventEnvelope, derived_id, envelope_for, registry, topic_matches
 from relaybus.tasks.bus.records import delivery_records, record_publication
 from relaybus.tasks.errors import InvalidEvent, PublishFailed
+from relaybus.tasks.runtime import tracecontext
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
@@ -241,9 +242,10 @@ def publish(
     # The log first, like an outbox: a crash before the broker confirms leaves a recorded event
     # that the retried step publishes again under the same id, never a delivered event the log lacks.
     record_publication(app, envelope, running)
-    tree = None
+    tree: dict[str, str] = {}
     if running is not None:  # the handlers' tasks join the publishing task's tree (Flower's root and parent)
         tree = {ROOT_ID_HEADER: running.request.root_id or running.request.id, PARENT_ID_HEADER: running.request.id}
+    tracecontext.inject(tree)  # and its trace (RELAYBUS_OTEL)
     send_envelope(app, envelope, body, tree)
     return envelope
 

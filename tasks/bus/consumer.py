@@ -37,6 +37,7 @@ from relaybus.tasks.bus.bus import (
 from relaybus.tasks.bus.events import EventEnvelope, derived_id, parse_envelope, registry
 from relaybus.tasks.bus.records import record_dead_letter
 from relaybus.tasks.errors import EventRejected, EventTooLarge, InvalidEvent, NoHandler
+from relaybus.tasks.runtime import tracecontext
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER
 from relaybus.tasks.runtime.deadletter import dead_letter_message, oversize
@@ -80,21 +81,29 @@ def forward(
     headers = headers or {}
     root_id, parent_id = headers.get(ROOT_ID_HEADER), headers.get(PARENT_ID_HEADER)
     ids = []
-    for sub in matching:
-        task_id = derived_id(envelope.event_id, sub.task_name)
-        app.send_task(
-            sub.task_name,
-            kwargs={"event": envelope.model_dump(mode="json")},
-            task_id=task_id,
-            priority=envelope.priority,
-            headers={CORRELATION_HEADER: envelope.correlation_id, CAUSATION_HEADER: envelope.event_id,
-                     **envelope.replay},
-            link_error=app.signature(sub.on_error) if sub.on_error else None,
-            root_id=root_id if isinstance(root_id, str) else None,
-            parent_id=parent_id if isinstance(parent_id, str) else None,
-        )
-        ids.append(task_id)
+    attributes = {"relaybus.event.type": envelope.type, "relaybus.correlation_id": envelope.correlation_id,
+                  "relaybus.subscriber": subscriber}
+    with tracecontext.forwarding(headers, f"relaybus.event/{envelope.type}", attributes):
+        for sub in matching:
+            ids.append(_send_handler(app, sub, envelope, root_id, parent_id))
     return ids
+
+
+def _send_handler(app: Celery, sub: Any, envelope: EventEnvelope, root_id: Any, parent_id: Any) -> str:
+    """Send one handler task of ``envelope``; returns its (derived) task id."""
+    task_id = derived_id(envelope.event_id, sub.task_name)
+    app.send_task(
+        sub.task_name,
+        kwargs={"event": envelope.model_dump(mode="json")},
+        task_id=task_id,
+        priority=envelope.priority,
+        headers={CORRELATION_HEADER: envelope.correlation_id, CAUSATION_HEADER: envelope.event_id,
+                 **envelope.replay},
+        link_error=app.signature(sub.on_error) if sub.on_error else None,
+        root_id=root_id if isinstance(root_id, str) else None,
+        parent_id=parent_id if isinstance(parent_id, str) else None,
+    )
+    return task_id
 
 
 class EventDelivery(bootsteps.ConsumerStep):  # type: ignore[misc]
