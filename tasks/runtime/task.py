@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from relaybus.eventstore import StoreUnavailable
 from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, RecordFailed, is_transient
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
-from relaybus.tasks.runtime import recording
+from relaybus.tasks.runtime import recording, tracecontext
 from relaybus.tasks.runtime.config import llm_provider, runtime_config
 from relaybus.tasks.runtime.context import (
     CAUSATION_HEADER,
@@ -337,6 +337,8 @@ class AgentTask(Task):  # type: ignore[misc]
 
         def record(req: CompletionRequest, completion: Completion) -> None:
             recorder.llm_completed(self, request, req, completion)
+            tracecontext.add_llm_usage(completion.provider, completion.model, completion.usage.prompt_tokens,
+                                       completion.usage.completion_tokens)
 
         return RecordingProvider(provider, record)
 

@@ -36,3 +36,21 @@ def forwarding(headers: Any, name: str, attributes: dict[str, str]) -> Iterator[
     tracer = trace.get_tracer("relaybus")
     with tracer.start_as_current_span(name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes):
         yield
+
+
+def add_llm_usage(provider: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """Count one completion's tokens on the current span (a task's run): totals over its LLM calls, with
+    OpenTelemetry's GenAI attribute names, and the provider and model of the last one."""
+    if trace is None:
+        return
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    attributes = getattr(span, "attributes", None) or {}
+    span.set_attributes({
+        "gen_ai.system": provider,
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": int(attributes.get("gen_ai.usage.input_tokens", 0)) + prompt_tokens,
+        "gen_ai.usage.output_tokens": int(attributes.get("gen_ai.usage.output_tokens", 0)) + completion_tokens,
+        "relaybus.llm.calls": int(attributes.get("relaybus.llm.calls", 0)) + 1,
+    })

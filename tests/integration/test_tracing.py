@@ -40,7 +40,8 @@ def tree(spans: list[dict[str, Any]], trace_id: str) -> str:
     def walk(parent: str | None, depth: int) -> None:
         for s in children.get(parent, []):
             a = s.get("attributes", {})
-            extra = " ".join(f"{k.split('.')[-1]}={a[k]}" for k in ("relaybus.agent", "relaybus.outcome") if k in a)
+            keys = ("relaybus.agent", "relaybus.outcome", "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
+            extra = " ".join(f"{k.split('.')[-1]}={a[k]}" for k in keys if k in a)
             lines.append(f"{'  ' * depth}{s['name']} {extra}".rstrip())
             walk(s["context"]["span_id"], depth + 1)
 
@@ -102,5 +103,9 @@ def test_a_pipeline_and_a_compensated_saga_are_each_one_trace(tmp_path, broker_u
     assert agent_runs and all(a.get("relaybus.outcome") == "SUCCESS" and a.get("relaybus.agent") and
                               a.get("relaybus.attempt") == 1 for a in agent_runs
                               if a.get("relaybus.correlation_id") == handle.id), agent_runs
+    # The agents that call the LLM (the offline provider here) count its tokens on their run's span.
+    writers = [s["attributes"] for s in spans if s["name"] == "run/agents.writer"
+               and s["attributes"].get("relaybus.correlation_id") == handle.id]
+    assert writers and writers[0].get("gen_ai.usage.output_tokens", 0) > 0, writers
     print("\npipeline trace:\n" + tree(spans, pipeline_trace))
     print("\nsaga trace:\n" + tree(spans, saga_trace))
