@@ -221,16 +221,33 @@ class WorkflowStatusProjection:
             return _load(conn, [correlation_id]).get(correlation_id)
 
     def workflows(
-        self, *, status: str | None = None, idle_since: datetime | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = None,
+        idle_since: datetime | None = None,
+        before_position: int | None = None,
+        limit: int = 100,
     ) -> list[WorkflowStatus]:
-        """Workflows, most recently active first; ``idle_since``: only those with no event after it."""
+        """Workflows, most recently active first; ``idle_since``: only those with no event after it.
+
+        Page by keyset, not OFFSET: the next page is ``before_position=`` the last row's ``last_position``
+        (an index range on a log of millions, where an offset would count every row it skips).
+        """
         query = select(workflow_status).order_by(workflow_status.c.last_position.desc()).limit(limit)
         if status is not None:
             query = query.where(workflow_status.c.status == status)
+        if before_position is not None:
+            query = query.where(workflow_status.c.last_position < before_position)
         if idle_since is not None:
             query = query.where(workflow_status.c.last_event_at < idle_since)
         with translate_errors(), self._engine.read() as conn:
             return [_to_state(row) for row in conn.execute(query)]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many workflows are in each status (for metrics; one pass over the status index)."""
+        query = select(workflow_status.c.status, func.count()).group_by(workflow_status.c.status)
+        with translate_errors(), self._engine.read() as conn:
+            return {str(status): int(count) for status, count in conn.execute(query)}
 
     def open_workflows(
         self,

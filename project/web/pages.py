@@ -1,0 +1,145 @@
+"""What each page shows, read through the library's query API (no SQL here)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery
+
+from relaybus.eventstore import EventStore, RecordedEvent, TaskStep
+from relaybus.eventstore.redaction import Redactor
+
+PAGE_SIZE = 50
+OPENERS = ("pipeline.started", "saga.started")
+#: Records whose payload says why something failed.
+FAILURE_TYPES = frozenset({
+    "task.failed", "task.dead_lettered", "pipeline.failed", "pipeline.timed_out", "saga.step.failed",
+    "saga.step.timed_out", "saga.compensation.failed",
+})
+SAGA_STREAM_PREFIX = "saga:"
+
+
+@dataclass(frozen=True)
+class WorkflowRow:
+    correlation_id: str
+    kind: str
+    name: str
+    status: str
+    started: datetime
+    last: datetime
+    duration_s: float
+    tasks_succeeded: int
+    tasks_failed: int
+    position: int
+
+
+def _opener(store: EventStore, correlation_id: str) -> RecordedEvent | None:
+    for type_ in OPENERS:
+        found = store.find(type=type_, correlation_id=correlation_id, limit=1)
+        if found:
+            return found[0]
+    return None
+
+
+def _kind_and_name(opener: RecordedEvent | None) -> tuple[str, str]:
+    if opener is None:
+        return "tasks", ""
+    if opener.type == "saga.started":
+        return "saga", str(opener.payload.get("saga", ""))
+    return "pipeline", str(opener.payload.get("pipeline", opener.payload.get("name", "")))
+
+
+def workflow_rows(
+    store: EventStore, *, status: str | None, query: str | None, before: int | None, now: datetime
+) -> tuple[list[WorkflowRow], int | None]:
+    """One page of workflows, newest activity first, and the keyset of the next page (None: last page)."""
+    projection = store.projection
+    projection.catch_up()
+    if query:
+        found = projection.get(query)
+        if found is None:  # a task id or an event id: the workflow it belongs to
+            by_task = store.find(task_id=query, limit=1)
+            event = by_task[0] if by_task else store.get(query)
+            found = projection.get(event.correlation_id) if event is not None else None
+        states = [found] if found is not None and status in (None, found.status) else []
+        more = None
+    else:
+        states = projection.workflows(status=status, before_position=before, limit=PAGE_SIZE + 1)
+        more = states[PAGE_SIZE - 1].last_position if len(states) > PAGE_SIZE else None
+        states = states[:PAGE_SIZE]
+    rows = []
+    for w in states:
+        kind, name = _kind_and_name(_opener(store, w.correlation_id))
+        ended = w.status != "running" and w.status != "compensating"
+        duration = ((w.last_event_at if ended else now) - w.first_event_at).total_seconds()
+        rows.append(WorkflowRow(w.correlation_id, kind, name, w.status, w.first_event_at, w.last_event_at,
+                                duration, w.tasks_succeeded, w.tasks_failed, w.last_position))
+    return rows, more
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One step of the chart, in percent of the workflow's span: where it starts, its wait, its run."""
+
+    step: TaskStep
+    offset: float
+    wait: float
+    run: float
+
+
+def chart(steps: list[TaskStep]) -> tuple[list[Bar], float]:
+    """Horizontal bars for queue wait and run time per step, on one time axis; the span in seconds."""
+    starts = [s.sent_at or s.started_at for s in steps if (s.sent_at or s.started_at) is not None]
+    ends = [s.finished_at or s.last_started_at or s.started_at or s.sent_at for s in steps]
+    ends_known = [e for e in ends if e is not None]
+    if not starts or not ends_known:
+        return [], 0.0
+    t0, t1 = min(starts), max(ends_known)
+    span = max((t1 - t0).total_seconds(), 1e-6)
+    bars = []
+    for s in steps:
+        begin = s.sent_at or s.started_at or t0
+        offset = (begin - t0).total_seconds() / span * 100
+        wait = (s.queue_wait_s or 0.0) / span * 100
+        run = (s.run_time_s or 0.0) / span * 100
+        bars.append(Bar(s, round(offset, 2), round(min(wait, 100 - offset), 2),
+                        round(max(min(run, 100 - offset - wait), 0.3 if s.finished_at else 0.0), 2)))
+    return bars, span
+
+
+def preview(redactor: Redactor, value: Any, limit: int = 400) -> str:
+    """A payload as short JSON, masked again on the way out (whatever the log kept)."""
+    text = json.dumps(redactor.redact(value), default=str, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failure_reasons(events: list[RecordedEvent], redactor: Redactor) -> list[tuple[RecordedEvent, str]]:
+    reasons = []
+    for e in events:
+        if e.type in FAILURE_TYPES:
+            p = e.payload
+            reason = p.get("reason") or p.get("error") or p.get("error_message") or p
+            reasons.append((e, redactor.redact_text(reason if isinstance(reason, str) else json.dumps(reason,
+                                                                                                        default=str))))
+    return reasons
+
+
+def saga_of(app: Celery, events: list[RecordedEvent]) -> Any:
+    """The saga view (steps, compensations) when this workflow is a saga, else None."""
+    from relaybus.tasks.saga import saga_status
+
+    for e in events:
+        if e.type == "saga.started":
+            return saga_status(e.stream_id.removeprefix(SAGA_STREAM_PREFIX), app)
+    return None
+
+
+def stats_window(hours: float, now: datetime) -> datetime:
+    return now - timedelta(hours=hours)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
