@@ -1,0 +1,271 @@
+"""``relaybus web`` in a real browser: Playwright's Python package drives Debian's Chromium
+(``/usr/bin/chromium``; never a browser download) against the console served by the real command,
+over real workers, RabbitMQ, Redis and an event log. It finds a finished pipeline and a compensated
+saga, reads the workflow chart, requeues a dead letter and sees it leave, scrapes ``/metrics``, and
+checks that a request without credentials or a POST without the CSRF token is refused.
+
+Screenshots go to ``tmp_path``, and to ``$RELAYBUS_WEB_SCREENSHOTS`` when set (``docs/console``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+
+from relaybus.settings import Settings
+from relaybus.tasks.agents.content_store import engine_for, set_fault
+from relaybus.tasks.pipelines.client import start
+from relaybus.tasks.saga import start_saga, wait_for_saga
+from tests.harness import ROOT, Worker, celery_headers, queue_depth, raw_publish, wait_for
+from tests.integration.system import running_system, system_settings
+from tests.services import IN_CI
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+AGENTS = ("system", "intake", "planner", "researcher", "writer", "reviewer", "publisher", "auditor")
+TOKEN = "console-test-" + uuid.uuid4().hex
+#: Flags for a root, headless Chromium on a machine without outside network (no background lookups).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def require_chromium() -> Path:
+    if CHROMIUM.exists():
+        return CHROMIUM
+    message = f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: browser tests must not skip)", pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def console(settings: Settings, tmp: Path, *args: str, token: str | None = TOKEN) -> Iterator[str]:
+    """``relaybus web`` as a process of its own, as an operator starts it; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+    env.pop("RELAYBUS_WEB_TOKEN", None)
+    if token is not None:
+        env["RELAYBUS_WEB_TOKEN"] = token
+    log = open(tmp / f"web-{port}.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "relaybus.cli", "web", "--port", str(port), *args], cwd=tmp,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def serving() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"relaybus web exited: {(tmp / f'web-{port}.log').read_text()}")
+        try:
+            return httpx.get(f"{base}/login", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(serving, 30, 0.1, "relaybus web to serve")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.close()
+
+
+def dead_letter_of_bad_input(system_app: Celery, settings: Settings, tmp: Path) -> str:
+    """A probe task whose input cannot validate: its worker dead-letters it (InvalidInput, never retried). The worker
+    is stopped afterwards, so that a requeued letter waits in the probe queue instead of coming straight back."""
+    from relaybus.dlq import peek
+
+    headers = celery_headers("agents.probe")
+    body = json.dumps([[], {"key": 12345}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    probe = Worker(settings, ("probe",), tmp)
+    try:
+        probe.wait_ready(system_app)
+        raw_publish(system_app, f"{settings.namespace}.probe", body, content_type="application/json",
+                    headers=headers)
+        wait_for(lambda: [d for d in peek(system_app, limit=100) if d.task_id == headers["id"]], 30,
+                 what=f"the bad probe task to be dead-lettered\n{probe.log()[-3000:]}")
+    finally:
+        probe.stop()
+    return str(headers["id"])
+
+
+def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_browser(
+    tmp_path: Path, broker_url: str, redis_url: str
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = require_chromium()
+    shots_dirs = [tmp_path]
+    if os.environ.get("RELAYBUS_WEB_SCREENSHOTS"):
+        shots_dirs.append(Path(os.environ["RELAYBUS_WEB_SCREENSHOTS"]))
+    settings = system_settings(tmp_path, broker_url, redis_url, extra_agents=("probe", "flaky", "auditor", "archivist"))
+    with running_system(settings, tmp_path, [(AGENTS, 3)]) as system:
+        handle = start("research", {"request": "what an operations console should show", "max_topics": 2},
+                       app=system.app)
+        saga_id = f"web-{uuid.uuid4().hex[:12]}"
+        set_fault(engine_for(settings.eventstore_url), "step:publishing", saga_id=saga_id, error="permanent")
+        start_saga("content_creation", {"topic": "consoles"}, saga_id=saga_id, app=system.app)
+        assert handle.wait(90).status == "completed", system.logs()
+        assert wait_for_saga(saga_id, 90, app=system.app).status == "compensated"
+        letter_id = dead_letter_of_bad_input(system.app, settings, tmp_path)
+
+        with console(settings, tmp_path) as base:
+            # Refused without credentials: 401 for a client, the login form for a browser.
+            assert httpx.get(f"{base}/workflows").status_code == 401
+            assert httpx.get(f"{base}/metrics").status_code == 401
+            browser_get = httpx.get(f"{base}/workflows", headers={"accept": "text/html"})
+            assert browser_get.status_code == 303 and browser_get.headers["location"].startswith("/login")
+            assert httpx.get(f"{base}/workflows", headers={"authorization": "Bearer wrong"}).status_code == 401
+
+            metrics = httpx.get(f"{base}/metrics", headers={"authorization": f"Bearer {TOKEN}"})
+            assert metrics.status_code == 200
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in text_string_to_metric_families(metrics.text) for s in family.samples}
+            assert samples[("relaybus_workflows", (("status", "completed"),))] >= 1
+            assert samples[("relaybus_workflows", (("status", "compensated"),))] >= 1
+            assert samples[("relaybus_dead_letter_depth", (("agent", "probe"), ("kind", "agent")))] == 1
+            assert samples[("relaybus_queue_consumers", (("agent", "writer"), ("kind", "agent")))] >= 1
+            assert samples[("relaybus_agent_tasks", (("agent", "writer"), ("outcome", "succeeded")))] >= 1
+            assert ("relaybus_agent_run_time_seconds", (("agent", "writer"), ("quantile", "0.95"))) in samples
+            print("\n/metrics (excerpt):\n" + "\n".join(
+                line for line in metrics.text.splitlines()
+                if any(k in line for k in ('agent="writer"', 'agent="probe"', "relaybus_workflows{")))
+            )
+
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1280, "height": 900})
+                    page.set_default_timeout(15_000)
+
+                    def shot(name: str) -> None:
+                        for d in shots_dirs:
+                            d.mkdir(parents=True, exist_ok=True)
+                            page.screenshot(path=str(d / f"{name}.png"), full_page=True)
+
+                    # The login form sets the signed cookie, and leads back to the page asked for.
+                    page.goto(f"{base}/workflows")
+                    expect(page).to_have_url(f"{base}/login?next=/workflows")
+                    page.fill("input[name=token]", "wrong")
+                    page.click("button[type=submit]")
+                    expect(page.locator("text=wrong credentials")).to_be_visible()
+                    page.fill("input[name=token]", TOKEN)
+                    page.click("button[type=submit]")
+                    expect(page).to_have_url(f"{base}/workflows")
+
+                    pipeline_row = page.locator(f"tr[data-correlation-id='{handle.id}']")
+                    expect(pipeline_row).to_have_attribute("data-status", "completed")
+                    expect(pipeline_row).to_have_attribute("data-kind", "pipeline")
+                    saga_row = page.locator(f"tr[data-correlation-id='{saga_id}']")
+                    expect(saga_row).to_have_attribute("data-status", "compensated")
+                    expect(saga_row).to_have_attribute("data-kind", "saga")
+                    rendered = page.locator("text=Rendered from the log in").inner_text()
+                    print(f"workflow list: {rendered}")
+                    shot("workflows")
+                    page.select_option("select[name=status]", "compensated")
+                    page.click("form[action='/workflows'] button")
+                    expect(page.locator(f"tr[data-correlation-id='{saga_id}']")).to_be_visible()
+                    expect(page.locator(f"tr[data-correlation-id='{handle.id}']")).to_have_count(0)
+                    page.fill("input[name=q]", handle.id)
+                    page.select_option("select[name=status]", "")
+                    page.click("form[action='/workflows'] button")
+                    expect(page.locator("#workflows tbody tr")).to_have_count(1)
+
+                    # One pipeline: a bar per step of its timeline, on one axis.
+                    page.click(f"a[href='/workflows/{handle.id}']")
+                    from relaybus.eventstore import open_store
+
+                    store = open_store(settings.eventstore_url)
+                    try:
+                        steps = store.timeline(handle.id).steps
+                    finally:
+                        store.close()
+                    bars = page.locator("#chart .step")
+                    expect(bars).to_have_count(len(steps))
+                    agents = {bars.nth(i).get_attribute("data-agent") for i in range(len(steps))}
+                    assert {"intake", "planner", "researcher", "writer", "reviewer", "publisher"} <= agents, agents
+                    widths = page.eval_on_selector_all("#chart .run", "els => els.map(e => e.style.width)")
+                    assert all(w.endswith("%") for w in widths) and any(float(w[:-1]) > 1 for w in widths), widths
+                    expect(page.locator("#workflow-status")).to_have_text("completed")
+                    shot("workflow-pipeline")
+
+                    # The compensated saga: its steps, the compensations, and why.
+                    page.goto(f"{base}/workflows/{saga_id}")
+                    expect(page.locator("#workflow-status")).to_have_text("compensated")
+                    expect(page.locator("#saga-steps tr[data-step='publishing']")).to_contain_text("failed")
+                    expect(page.locator("#saga-steps .compensation", has_text="succeeded").first).to_be_visible()
+                    expect(page.locator("#saga-history")).to_contain_text("saga.compensated")
+                    expect(page.locator("#failures")).to_be_visible()
+                    shot("workflow-saga")
+
+                    # Dead letters: a POST without the CSRF token is refused (with a valid session cookie) ...
+                    page.goto(f"{base}/dlq")
+                    letter = page.locator(f"tr[data-task-id='{letter_id}']")
+                    expect(letter).to_contain_text("InvalidInput")
+                    forged = page.request.post(f"{base}/dlq/purge", form={"task_id": letter_id})
+                    assert forged.status == 403 and "CSRF" in forged.text()
+                    wrong = page.request.post(f"{base}/dlq/purge", form={"task_id": letter_id, "csrf": "guess"})
+                    assert wrong.status == 403
+                    page.reload()
+                    expect(letter).to_be_visible()
+                    shot("dlq")
+                    # ... and a requeue, confirmed, sends it back to its queue and out of the list.
+                    page.once("dialog", lambda dialog: dialog.accept())
+                    letter.locator("button.requeue").click()
+                    expect(page.locator("#message")).to_have_text("requeued 1")
+                    expect(page.locator(f"tr[data-task-id='{letter_id}']")).to_have_count(0)
+                    assert queue_depth(system.app, f"{settings.namespace}.probe") == 1
+
+                    # Queues: depth and consumers per agent, and the refresh that keeps them live.
+                    page.goto(f"{base}/queues")
+                    expect(page.locator("#queues tr[data-agent='probe'] td").nth(3)).to_have_text("1")
+                    expect(page.locator("#refreshed")).to_contain_text("UTC", timeout=12_000)
+                    shot("queues")
+
+                    page.goto(f"{base}/agents")
+                    expect(page.locator("#agents tr[data-agent='writer']")).to_be_visible()
+                    shot("agents")
+                finally:
+                    browser.close()
+
+        # Read-only: no action buttons, and a POST refused even with the right token and CSRF cookie.
+        with console(settings, tmp_path, "--read-only") as base:
+            client = httpx.Client(base_url=base, headers={"authorization": f"Bearer {TOKEN}"})
+            page_text = client.get("/dlq").text
+            assert "Requeue" not in page_text and "read-only" in page_text
+            csrf = client.cookies["relaybus_csrf"]
+            assert client.post("/dlq/purge", data={"csrf": csrf}).status_code == 403
+            client.close()
+
+
+def test_the_console_refuses_to_start_without_credentials_unless_on_localhost_with_the_flag(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYBUS_WEB_")}
+
+    def web(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "relaybus.cli", "web", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    bare = web("--host", "0.0.0.0")
+    assert bare.returncode == 2 and "RELAYBUS_WEB_TOKEN" in bare.stderr, bare.stderr
+    wide = web("--host", "0.0.0.0", "--insecure-localhost")
+    assert wide.returncode == 2 and "--insecure-localhost" in wide.stderr, wide.stderr
+    local = web("--host", "127.0.0.1")
+    assert local.returncode == 2 and "--insecure-localhost" in local.stderr, local.stderr
