@@ -156,10 +156,10 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     page = browser.new_page(viewport={"width": 1280, "height": 900})
                     page.set_default_timeout(15_000)
 
-                    def shot(name: str) -> None:
+                    def shot(name: str, full_page: bool = True) -> None:
                         for d in shots_dirs:
                             d.mkdir(parents=True, exist_ok=True)
-                            page.screenshot(path=str(d / f"{name}.png"), full_page=True)
+                            page.screenshot(path=str(d / f"{name}.png"), full_page=full_page)
 
                     # The login form sets the signed cookie, and leads back to the page asked for.
                     page.goto(f"{base}/workflows")
@@ -205,7 +205,7 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     widths = page.eval_on_selector_all("#chart .run", "els => els.map(e => e.style.width)")
                     assert all(w.endswith("%") for w in widths) and any(float(w[:-1]) > 1 for w in widths), widths
                     expect(page.locator("#workflow-status")).to_have_text("completed")
-                    shot("workflow-pipeline")
+                    shot("workflow-pipeline", full_page=False)  # its events run on for pages
 
                     # The compensated saga: its steps, the compensations, and why.
                     page.goto(f"{base}/workflows/{saga_id}")
@@ -214,7 +214,7 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     expect(page.locator("#saga-steps .compensation", has_text="succeeded").first).to_be_visible()
                     expect(page.locator("#saga-history")).to_contain_text("saga.compensated")
                     expect(page.locator("#failures")).to_be_visible()
-                    shot("workflow-saga")
+                    shot("workflow-saga", full_page=False)
 
                     # Dead letters: a POST without the CSRF token is refused (with a valid session cookie) ...
                     page.goto(f"{base}/dlq")
