@@ -75,12 +75,12 @@ class _Collector:
             tasks.add_metric([s.agent, "succeeded"], s.succeeded)
             tasks.add_metric([s.agent, "failed"], s.failures)
             tasks.add_metric([s.agent, "other"], max(s.count - s.succeeded - s.failures, 0))
-            for q, r, w in (("0.5", s.run_time_p50_s, s.queue_wait_p50_s), ("0.95", s.run_time_p95_s,
-                                                                              s.queue_wait_p95_s)):
+            for quantile, r, w in (("0.5", s.run_time_p50_s, s.queue_wait_p50_s),
+                                   ("0.95", s.run_time_p95_s, s.queue_wait_p95_s)):
                 if r is not None:
-                    run.add_metric([s.agent, q], r)
+                    run.add_metric([s.agent, quantile], r)
                 if w is not None:
-                    wait.add_metric([s.agent, q], w)
+                    wait.add_metric([s.agent, quantile], w)
         workflows = GaugeMetricFamily("relaybus_workflows", "Workflows in the event log by status", labels=["status"])
         for status, count in sorted(counts.items()):
             workflows.add_metric([status], count)

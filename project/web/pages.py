@@ -92,12 +92,11 @@ class Bar:
 
 def chart(steps: list[TaskStep]) -> tuple[list[Bar], float]:
     """Horizontal bars for queue wait and run time per step, on one time axis; the span in seconds."""
-    starts = [s.sent_at or s.started_at for s in steps if (s.sent_at or s.started_at) is not None]
-    ends = [s.finished_at or s.last_started_at or s.started_at or s.sent_at for s in steps]
-    ends_known = [e for e in ends if e is not None]
-    if not starts or not ends_known:
+    starts = [t for s in steps if (t := s.sent_at or s.started_at) is not None]
+    ends = [t for s in steps if (t := s.finished_at or s.last_started_at or s.started_at or s.sent_at) is not None]
+    if not starts or not ends:
         return [], 0.0
-    t0, t1 = min(starts), max(ends_known)
+    t0, t1 = min(starts), max(ends)
     span = max((t1 - t0).total_seconds(), 1e-6)
     bars = []
     for s in steps:
