@@ -18,14 +18,16 @@ LOCALHOST = "127.0.0.1"
 
 @click.command()
 @click.option("--host", default=LOCALHOST, show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port to listen on.")
 @click.option("--read-only", is_flag=True, help="No actions: the pages show no buttons and every POST is refused.")
 @click.option("--insecure-localhost", is_flag=True,
               help=f"Run without credentials; only with --host {LOCALHOST}.")
-@click.option("--token", envvar="RELAYBUS_WEB_TOKEN", default=None, show_envvar=True, hidden=True)
+@click.option("--token", envvar="RELAYBUS_WEB_TOKEN", default=None, show_envvar=True, hidden=True,
+              help="The token (from the environment: a command line is visible to every user of the machine).")
 @click.option("--token-file", envvar="RELAYBUS_WEB_TOKEN_FILE", show_envvar=True, default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A file holding the token.")
-@click.option("--basic-auth", envvar="RELAYBUS_WEB_BASIC_AUTH", default=None, show_envvar=True, hidden=True)
+@click.option("--basic-auth", envvar="RELAYBUS_WEB_BASIC_AUTH", default=None, show_envvar=True, hidden=True,
+              help="user:password for basic auth (from the environment, as the token).")
 def web(host: str, port: int, read_only: bool, insecure_localhost: bool, token: str | None,
         token_file: Path | None, basic_auth: str | None) -> None:
     """Serve the operations console: workflows, dead letters, queues, agents, and /metrics."""

@@ -166,6 +166,12 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         Route("/agents", agents),
         Route("/metrics", metrics_page),
     ]
-    web = Starlette(routes=routes, middleware=[Middleware(Guard, auth=auth)])
+    def unavailable(request: Request, exc: Exception) -> Response:
+        # A broker or an event log that does not answer is said in one line (password masked), not a traceback.
+        message = mask_url_passwords(console.redactor.redact_text(f"{type(exc).__name__}: {exc}"))
+        return render(request, "missing.html", status_code=503, what=None, error=message)
+
+    web = Starlette(routes=routes, middleware=[Middleware(Guard, auth=auth)],
+                    exception_handlers={Exception: unavailable})
     web.state.console = console
     return web
