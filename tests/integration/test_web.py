@@ -9,6 +9,7 @@ Screenshots go to ``tmp_path``, and to ``$RELAYBUS_WEB_SCREENSHOTS`` when set (`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -83,7 +84,8 @@ def console(settings: Settings, tmp: Path, *args: str, token: str | None = TOKEN
         wait_for(serving, 30, 0.1, "relaybus web to serve")
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
         log.close()
 
@@ -269,3 +271,18 @@ def test_the_console_refuses_to_start_without_credentials_unless_on_localhost_wi
     assert wide.returncode == 2 and "--insecure-localhost" in wide.stderr, wide.stderr
     local = web("--host", "127.0.0.1")
     assert local.returncode == 2 and "--insecure-localhost" in local.stderr, local.stderr
+
+
+def test_a_broker_that_does_not_answer_is_one_masked_line_not_a_traceback(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from relaybus.eventstore import open_store
+
+    settings = system_settings(tmp_path, "amqp://guest:s3cret-pw@127.0.0.1:1//", redis_url)
+    open_store(settings.eventstore_url).close()  # an empty log: `relaybus web` refuses to create one
+    with console(settings, tmp_path) as base:
+        page = httpx.get(f"{base}/queues", headers={"authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert page.status_code == 503, page.text
+        assert "did not answer" in page.text and "s3cret-pw" not in page.text and "Traceback" not in page.text
+        # The event log still answers: the workflow list does not need the broker.
+        assert httpx.get(f"{base}/workflows", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
