@@ -60,9 +60,9 @@ def workflow_rows(
     projection.catch_up()
     if query:
         found = projection.get(query)
-        if found is None:  # a task id or an event id: the workflow it belongs to
-            by_task = store.find(task_id=query, limit=1)
-            event = by_task[0] if by_task else store.get(query)
+        if found is None:  # a saga id, a task id or an event id: the workflow it belongs to
+            hits = store.find(stream_id=SAGA_STREAM_PREFIX + query, limit=1) or store.find(task_id=query, limit=1)
+            event = hits[0] if hits else store.get(query)
             found = projection.get(event.correlation_id) if event is not None else None
         states = [found] if found is not None and status in (None, found.status) else []
         more = None

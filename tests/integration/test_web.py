@@ -129,6 +129,13 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
         assert wait_for_saga(saga_id, 90, app=system.app).status == "compensated"
         letter_id = dead_letter_of_bad_input(system.app, settings, tmp_path)
 
+        from relaybus.eventstore import open_store
+
+        store = open_store(settings.eventstore_url)
+        try:
+            steps = store.timeline(handle.id).steps
+        finally:
+            store.close()
         with console(settings, tmp_path) as base:
             # Refused without credentials: 401 for a client, the login form for a browser.
             assert httpx.get(f"{base}/workflows").status_code == 401
@@ -186,20 +193,20 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     page.click("form[action='/workflows'] button")
                     expect(page.locator(f"tr[data-correlation-id='{saga_id}']")).to_be_visible()
                     expect(page.locator(f"tr[data-correlation-id='{handle.id}']")).to_have_count(0)
-                    page.fill("input[name=q]", handle.id)
+                    # Found by a task id of its own, as by its correlation id below.
+                    page.fill("input[name=q]", next(st.task_id for st in steps if st.agent == "writer"))
                     page.select_option("select[name=status]", "")
                     page.click("form[action='/workflows'] button")
+                    expect(page.locator(f"tr[data-correlation-id='{handle.id}']")).to_be_visible()
+                    expect(page.locator("#workflows tbody tr")).to_have_count(1)
+                    page.fill("input[name=q]", saga_id)  # a saga by its id
+                    page.click("form[action='/workflows'] button")
+                    expect(page.locator(f"tr[data-correlation-id='{saga_id}']")).to_be_visible()
+                    page.goto(f"{base}/workflows?q={handle.id}")
                     expect(page.locator("#workflows tbody tr")).to_have_count(1)
 
                     # One pipeline: a bar per step of its timeline, on one axis.
                     page.click(f"a[href='/workflows/{handle.id}']")
-                    from relaybus.eventstore import open_store
-
-                    store = open_store(settings.eventstore_url)
-                    try:
-                        steps = store.timeline(handle.id).steps
-                    finally:
-                        store.close()
                     bars = page.locator("#chart .step")
                     expect(bars).to_have_count(len(steps))
                     agents = {bars.nth(i).get_attribute("data-agent") for i in range(len(steps))}
