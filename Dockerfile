@@ -21,7 +21,7 @@ COPY eventstore ./eventstore
 # A regular (non-editable) install: the four folders become the one import package `relaybus` (pyproject's
 # package-dir). The alembic revisions, which are not a package of their own, are installed as package data
 # (pyproject's [tool.setuptools.package-data]); the check below fails the build if they ever go missing.
-RUN pip install . \
+RUN pip install '.[web]' \
     && relaybus --help > /dev/null \
     && python -c "import relaybus.eventstore.migrations as m, pathlib; \
 assert any(pathlib.Path(m.__file__).parent.glob('versions/*.py')), 'migrations missing'"

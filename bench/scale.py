@@ -121,7 +121,7 @@ def _rows(start_position: int, count: int, seed: int, dialect: str, start: datet
             yield (
                 position, f["event_id"], f["stream_id"], f["version"], f["type"], 1, f["correlation_id"], None,
                 bind(at), bind(at), f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"],
-                f["worker_host"], payload, "{}", digest, prev,
+                f["worker_host"], payload, "{}", digest, prev, None,  # key_id: a legacy (pre-0005) link
             )  # fmt: skip
             position += 1
         n += 1

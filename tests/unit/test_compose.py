@@ -537,7 +537,7 @@ def dockerfile_problems(dockerfile: str) -> list[str]:
         part.rstrip("/") for line in dockerfile.splitlines() if line.startswith("COPY") for part in line.split()[1:-1]
     }
     problems = [f"the Dockerfile does not copy {p}" for p in ["pyproject.toml", *packages] if p not in copied]
-    if not re.search(r"^RUN\b.*\bpip install\b\s+\.(\s|$)", dockerfile, re.MULTILINE):
+    if not re.search(r"^RUN\b.*\bpip install\b\s+'?\.(\[[a-z,]+\])?'?(\s|$)", dockerfile, re.MULTILINE):
         problems.append("the Dockerfile does not `pip install` the package")
     return problems
 
@@ -848,4 +848,4 @@ def test_the_anchor_rule_reports_a_worker_written_out_in_full():
 def test_the_dockerfile_rule_reports_a_missing_package_and_a_missing_install():
     text = DOCKERFILE.read_text()
     assert dockerfile_problems(text.replace("COPY eventstore ./eventstore\n", "")) != []
-    assert dockerfile_problems(re.sub(r"pip install \.", "pip install celery", text)) != []
+    assert dockerfile_problems(re.sub(r"pip install '?\.(\[[a-z,]+\])?'?", "pip install celery", text)) != []
