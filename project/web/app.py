@@ -91,7 +91,39 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         saga = pages.saga_of(app, timeline.events) if kind == "saga" else None
         events = [(e, pages.preview(console.redactor, e.payload)) for e in timeline.events]
         return render(request, "workflow.html", timeline=timeline, bars=bars, span=span, kind=kind, name=name,
-                      saga=saga, events=events, failures=pages.failure_reasons(timeline.events, console.redactor))
+                      saga=saga, events=events, failures=pages.failure_reasons(timeline.events, console.redactor),
+                      llm=pages.llm_calls(timeline.events), message=request.query_params.get("done"),
+                      redrivable=kind == "pipeline" and bool(timeline.steps))
+
+    async def redrive_action(request: Request) -> Response:
+        """Run a recorded pipeline again from one of its steps, under a new correlation id (``relaybus replay
+        redrive``); the new run's page follows."""
+        from relaybus.replay import RedriveError, redrive
+
+        form = await request.form()
+        original, from_step = str(form.get("correlation_id") or ""), str(form.get("from_step") or "")
+        deterministic = form.get("deterministic") == "on"
+        try:
+            result = await run_in_threadpool(lambda: redrive(app, store, original, from_step,
+                                                             deterministic=deterministic))
+        except RedriveError as error:
+            return PlainTextResponse(str(error), 400)
+        done = f"re-driven from {result.step} (replay of {original})"
+        return RedirectResponse(f"/workflows/{result.correlation_id}?" + urlencode({"done": done}), status_code=303)
+
+    async def resume_action(request: Request) -> Response:
+        """Retry the failed compensations of a ``compensation_failed`` saga (``relaybus saga resume``)."""
+        from relaybus.sagas import InvalidTransition, SagaNotFound
+        from relaybus.tasks.saga import resume_saga
+
+        form = await request.form()
+        saga_id = str(form.get("saga_id") or "")
+        try:
+            view = await run_in_threadpool(lambda: resume_saga(saga_id, app=app))
+        except (SagaNotFound, InvalidTransition) as error:
+            return PlainTextResponse(f"saga {saga_id!r} cannot be resumed: {error}", 409)
+        done = f"resumed: compensation round {view.round}"
+        return RedirectResponse(f"/workflows/{view.correlation_id}?" + urlencode({"done": done}), status_code=303)
 
     def dead_letters(request: Request) -> Response:
         from relaybus.dlq import peek
@@ -162,6 +194,8 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         Route("/workflows/{correlation_id:path}", workflow),
         Route("/dlq", dead_letters),
         Route("/dlq/{action}", dlq_action, methods=["POST"]),
+        Route("/actions/redrive", redrive_action, methods=["POST"]),
+        Route("/actions/resume", resume_action, methods=["POST"]),
         Route("/queues", queues),
         Route("/agents", agents),
         Route("/metrics", metrics_page),

@@ -142,3 +142,17 @@ def stats_window(hours: float, now: datetime) -> datetime:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def llm_calls(events: list[RecordedEvent]) -> list[dict[str, Any]]:
+    """The workflow's LLM completions (``llm.completed``): agent, task, provider, model and tokens."""
+    calls = []
+    for e in events:
+        if e.type != "llm.completed" or not isinstance(e.payload, dict):
+            continue
+        completion = e.payload.get("completion") or {}
+        usage = completion.get("usage") or {}
+        calls.append({"agent": e.agent, "task_id": e.task_id, "provider": completion.get("provider"),
+                      "model": completion.get("model"), "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                      "completion_tokens": int(usage.get("completion_tokens") or 0)})
+    return calls

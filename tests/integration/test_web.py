@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relaybus.settings import Settings
 from relaybus.tasks.agents.content_store import engine_for, set_fault
-from relaybus.tasks.pipelines.client import start
+from relaybus.tasks.pipelines.client import PipelineHandle, start
 from relaybus.tasks.saga import start_saga, wait_for_saga
 from tests.harness import ROOT, Worker, celery_headers, queue_depth, raw_publish, wait_for
 from tests.integration.system import running_system, system_settings
@@ -215,6 +215,21 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     assert all(w.endswith("%") for w in widths) and any(float(w[:-1]) > 1 for w in widths), widths
                     expect(page.locator("#workflow-status")).to_have_text("completed")
                     shot("workflow-pipeline", full_page=False)  # its events run on for pages
+                    # Its LLM calls, with their tokens (the offline provider counts words).
+                    expect(page.locator("#llm tbody tr").first).to_be_visible()
+                    total = page.locator("#llm tr.total td").nth(2).inner_text()
+                    assert int(total) > 0, total
+                    # Re-drive it from the writer, confirmed: a new run, a replay of this one, which completes.
+                    writer = page.locator("#redrive select option", has_text="writer").first.get_attribute("value")
+                    page.select_option("#redrive select[name=from_step]", writer)
+                    page.once("dialog", lambda dialog: dialog.accept())
+                    page.click("#redrive button")
+                    expect(page.locator("#message")).to_contain_text(f"replay of {handle.id}")
+                    rerun = page.url.split("/workflows/", 1)[1].split("?", 1)[0]
+                    assert rerun != handle.id
+                    assert PipelineHandle(rerun, system.app).wait(60).status == "completed"
+                    page.reload()
+                    expect(page.locator("#workflow-status")).to_have_text("completed")
 
                     # The compensated saga: its steps, the compensations, and why.
                     page.goto(f"{base}/workflows/{saga_id}")
@@ -236,6 +251,11 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     page.reload()
                     expect(letter).to_be_visible()
                     shot("dlq")
+                    # Resuming a saga that is not compensation_failed is refused, naming why (a real POST: token,
+                    # cookie and CSRF field as the page's forms send them).
+                    csrf = page.locator("input[name='csrf']").first.get_attribute("value")
+                    refused = page.request.post(f"{base}/actions/resume", form={"saga_id": saga_id, "csrf": csrf})
+                    assert refused.status == 409 and "cannot be resumed" in refused.text(), refused.text()
                     # ... and a requeue, confirmed, sends it back to its queue and out of the list.
                     page.once("dialog", lambda dialog: dialog.accept())
                     letter.locator("button.requeue").click()
