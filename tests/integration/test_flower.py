@@ -197,5 +197,39 @@ def test_flower_shows_a_pipeline_and_a_compensated_saga_each_as_one_task_tree(tm
                 assert missing == {}, f"{kind}: {missing}"
                 found: dict[str, Any] = flower.get("/api/tasks", search=correlation, limit=10_000)
                 assert ids <= set(found), f"searching Flower for the {kind}'s id misses {ids - set(found)}"
+            show_in_browser(flower, handle.id, task_ids["pipeline"], tmp_path)
     finally:
         flower.stop()
+
+
+def show_in_browser(flower: Flower, correlation_id: str, task_ids: set[str], tmp_path: Path) -> None:
+    """Flower's own tasks page in Chromium, searched for the workflow's id: every task of the workflow, and only
+    those (screenshot to ``$RELAYBUS_WEB_SCREENSHOTS`` when set)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_web import require_chromium
+
+    chromium = require_chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
+                                       viewport={"width": 1400, "height": 1000}).new_page()
+            page.goto(f"{flower.url}/tasks")
+            page.wait_for_selector("#tasks-table tbody tr", timeout=30_000)
+            search = page.locator("input[type=search]").first
+            search.fill(correlation_id)
+            search.press("Enter")
+
+            def listed() -> set[str]:
+                texts = page.locator("#tasks-table tbody tr").all_inner_texts()
+                return {t for t in task_ids if any(t in row for row in texts)}
+
+            wait_for(lambda: listed() == task_ids, 30, 0.5, "Flower's tasks page to list the workflow's tasks")
+            rows = page.locator("#tasks-table tbody tr").count()
+            assert rows == len(task_ids), f"{rows} rows for {len(task_ids)} tasks"
+            for folder in [tmp_path, *([Path(os.environ["RELAYBUS_WEB_SCREENSHOTS"])]
+                                       if os.environ.get("RELAYBUS_WEB_SCREENSHOTS") else [])]:
+                page.screenshot(path=str(Path(folder) / "flower-pipeline.png"), full_page=True)
+        finally:
+            browser.close()
