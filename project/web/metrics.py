@@ -3,7 +3,8 @@
 Queue gauges come from AMQP (passive declares, as ``relaybus status``); workflow counts from the status
 projection. Per-agent outcomes and percentiles come from ``EventStore.agent_stats`` over a recent window
 (``relaybus_stats_window_seconds``, 15 minutes by default): gauges over that window, not counters or
-histograms since the process started. That keeps the console stateless and correct across restarts and
+histograms since the process started. LLM calls and tokens per agent and model come from the window's
+``llm.completed`` events. That keeps the console stateless and correct across restarts and
 replicas; a scraper sees recent behaviour, not a running total (a first version: see issue 17, item 4).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -53,8 +55,10 @@ class _Collector:
 
         stats: list[AgentStats] = []
         counts: dict[str, int] = {}
+        llm: dict[tuple[str, str], list[int]] = {}
         try:
             stats = self.store.agent_stats(since=utcnow() - self.window)
+            llm = llm_usage(self.store.find(type="llm.completed", since=utcnow() - self.window, limit=LLM_EVENTS))
             self.store.projection.catch_up()
             counts = self.store.projection.status_counts()
             up.add_metric(["eventstore"], 1)
@@ -84,7 +88,34 @@ class _Collector:
         workflows = GaugeMetricFamily("relaybus_workflows", "Workflows in the event log by status", labels=["status"])
         for status, count in sorted(counts.items()):
             workflows.add_metric([status], count)
-        yield from (tasks, run, wait, workflows)
+        calls = GaugeMetricFamily("relaybus_llm_calls", "LLM completions in the stats window",
+                                  labels=["agent", "model"])
+        tokens = GaugeMetricFamily("relaybus_llm_tokens", "LLM tokens in the stats window (prompt, completion)",
+                                   labels=["agent", "model", "kind"])
+        for (agent, model), (n, prompt, completion) in sorted(llm.items()):
+            calls.add_metric([agent, model], n)
+            tokens.add_metric([agent, model, "prompt"], prompt)
+            tokens.add_metric([agent, model, "completion"], completion)
+        yield from (tasks, run, wait, workflows, calls, tokens)
+
+
+#: The most ``llm.completed`` events one scrape reads (the newest of the window are left out beyond it).
+LLM_EVENTS = 20_000
+
+
+def llm_usage(events: list[Any]) -> dict[tuple[str, str], list[int]]:
+    """Calls, prompt and completion tokens per (agent, model) of ``llm.completed`` events."""
+    usage: dict[tuple[str, str], list[int]] = {}
+    for e in events:
+        completion = e.payload.get("completion") if isinstance(e.payload, dict) else None
+        if not isinstance(completion, dict):
+            continue
+        counts = completion.get("usage") or {}
+        row = usage.setdefault((e.agent or "", str(completion.get("model") or "")), [0, 0, 0])
+        row[0] += 1
+        row[1] += int(counts.get("prompt_tokens") or 0)
+        row[2] += int(counts.get("completion_tokens") or 0)
+    return usage
 
 
 def exposition(queues: Callable[[], list[QueueStatus]], store: EventStore, window: timedelta = STATS_WINDOW) -> bytes:

@@ -154,6 +154,9 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
             assert samples[("relaybus_queue_consumers", (("agent", "writer"), ("kind", "agent")))] >= 1
             assert samples[("relaybus_agent_tasks", (("agent", "writer"), ("outcome", "succeeded")))] >= 1
             assert ("relaybus_agent_run_time_seconds", (("agent", "writer"), ("quantile", "0.95"))) in samples
+            writer_tokens = [v for (name, labels), v in samples.items() if name == "relaybus_llm_tokens"
+                             and ("agent", "writer") in labels and ("kind", "completion") in labels]
+            assert writer_tokens and sum(writer_tokens) > 0, "the writer's LLM tokens, by model"
             print("\n/metrics (excerpt):\n" + "\n".join(
                 line for line in metrics.text.splitlines()
                 if any(k in line for k in ('agent="writer"', 'agent="probe"', "relaybus_workflows{")))
