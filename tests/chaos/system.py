@@ -340,6 +340,21 @@ def end_of(system: ChaosSystem, workflow: Workflow) -> str | None:
         return None
 
 
+def records_of(system: ChaosSystem, workflows: list[Workflow]) -> str:
+    """A hung workflow's records, one line each (what it did last is where it stopped)."""
+    lines = []
+    for w in workflows:
+        try:
+            events = system.store.by_correlation(w.id)
+        except Exception as error:  # noqa: BLE001 - a report of a failure: say why it has no records
+            lines.append(f"--- {w.kind} {w.id}: its records could not be read ({error})")
+            continue
+        lines.append(f"--- {w.kind} {w.id}: {len(events)} records")
+        lines += [f"  {e.position} {e.occurred_at:%H:%M:%S.%f} {e.type} {e.agent or ''} {e.task_id or ''}"
+                  for e in events]
+    return "\n".join(lines)
+
+
 def wait_for_ends(system: ChaosSystem, workflows: list[Workflow], deadline_s: float) -> dict[str, str]:
     """Every workflow's end, within one deadline for all; AssertionError naming those that hung."""
     deadline = time.monotonic() + deadline_s
@@ -359,7 +374,8 @@ def wait_for_ends(system: ChaosSystem, workflows: list[Workflow], deadline_s: fl
         if time.monotonic() >= deadline:
             hung = [f"{w.kind} {w.id}" for w in pending]
             raise AssertionError(
-                f"{len(pending)} workflows did not end within {deadline_s}s: {hung[:10]}\n{system.logs()}"
+                f"{len(pending)} workflows did not end within {deadline_s}s: {hung[:10]}\n"
+                f"{records_of(system, pending[:3])}\n{system.logs()}"
             )
         time.sleep(0.25)
     return ended

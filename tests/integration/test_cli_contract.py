@@ -178,7 +178,8 @@ def test_every_command_and_option_has_help_and_h_works():
     def walk(command: click.Command, path: str) -> None:
         if not command.help:
             missing.append(path)
-        missing.extend(f"{path} {p.opts[0]}" for p in command.params if isinstance(p, click.Option) and not p.help)
+        missing.extend(f"{path} {p.opts[0]}" for p in command.params
+                       if isinstance(p, click.Option) and not p.help and not p.hidden)  # hidden: not in --help
         if isinstance(command, click.Group):
             for name, sub in command.commands.items():
                 walk(sub, f"{path} {name}")
