@@ -346,7 +346,7 @@ def records_of(system: ChaosSystem, workflows: list[Workflow]) -> str:
     for w in workflows:
         try:
             events = system.store.by_correlation(w.id)
-        except Exception as error:  # noqa: BLE001 - a report of a failure: say why it has no records
+        except Exception as error:  # a report of a failure: say why it has no records
             lines.append(f"--- {w.kind} {w.id}: its records could not be read ({error})")
             continue
         lines.append(f"--- {w.kind} {w.id}: {len(events)} records")
