@@ -6,6 +6,7 @@ Starting workers costs seconds, so modules whose tests do not disturb each other
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,3 +77,36 @@ def running_system(
 def _consumed(app: Celery, queue: str) -> bool:
     return consumer_count(app, queue) > 0
 
+
+
+#: The agents that run the reference pipeline, its event subscribers and the content saga's steps.
+REFERENCE_AGENTS = ("system", "intake", "planner", "researcher", "writer", "reviewer", "publisher", "auditor")
+
+
+def completed_pipeline_and_compensated_saga(system: System, label: str) -> tuple[str, str]:
+    """Run a research pipeline to ``completed`` and the content saga, its publishing step made to fail, to
+    ``compensated``; their ids (the pipeline's correlation id, the saga's id)."""
+    from relaybus.tasks.agents.content_store import engine_for, set_fault
+    from relaybus.tasks.pipelines.client import start
+    from relaybus.tasks.saga import start_saga, wait_for_saga
+
+    handle = start("research", {"request": f"what {label} should show of a workflow", "max_topics": 2},
+                   app=system.app)
+    saga_id = f"{label}-{uuid.uuid4().hex[:12]}"
+    set_fault(engine_for(system.settings.eventstore_url), "step:publishing", saga_id=saga_id, error="permanent")
+    start_saga("content_creation", {"topic": label}, saga_id=saga_id, app=system.app)
+    assert handle.wait(90).status == "completed", system.logs()
+    assert wait_for_saga(saga_id, 90, app=system.app).status == "compensated", system.logs()
+    return handle.id, saga_id
+
+
+def task_ids_of(system: System, correlation_ids: list[str], record: str = "task.succeeded") -> dict[str, set[str]]:
+    """Per workflow, the ids of its tasks that have a ``record`` in the event log."""
+    from relaybus.eventstore import open_store
+
+    store = open_store(system.settings.eventstore_url)
+    try:
+        return {c: {e.task_id for e in store.by_correlation(c) if e.task_id and e.type == record}
+                for c in correlation_ids}
+    finally:
+        store.close()

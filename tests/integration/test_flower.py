@@ -148,35 +148,24 @@ def test_flower_lists_our_worker_and_agent_tasks_through_its_api_and_refuses_req
 def test_flower_shows_a_pipeline_and_a_compensated_saga_each_as_one_task_tree(tmp_path, broker_url, redis_url):
     """Event hops (the bus re-sends an event as a new task) and a saga's steps and compensations, whoever sends
     them, join their workflow's tree: in Flower every task of the workflow has the same root, one of them."""
-    from relaybus.eventstore import open_store
-    from relaybus.tasks.agents.content_store import engine_for, set_fault
-    from relaybus.tasks.pipelines.client import start
-    from relaybus.tasks.saga import start_saga, wait_for_saga
-    from tests.integration.system import running_system, system_settings
+    from tests.integration.system import (
+        REFERENCE_AGENTS,
+        completed_pipeline_and_compensated_saga,
+        running_system,
+        system_settings,
+        task_ids_of,
+    )
 
     settings = system_settings(tmp_path, broker_url, redis_url)
     flower = Flower(settings, tmp_path).wait_ready()
-    agents = ("system", "intake", "planner", "researcher", "writer", "reviewer", "publisher", "auditor")
     try:
-        with running_system(settings, tmp_path, [(agents, 3)]) as system:
+        with running_system(settings, tmp_path, [(REFERENCE_AGENTS, 3)]) as system:
             node = f"{system.workers[0].name}@{socket.gethostname()}"
             wait_for(lambda: flower.get("/api/workers", status=1).get(node), 60, 0.5, "Flower to hear the worker")
-            handle = start("research", {"request": "how do event hops keep one tree", "max_topics": 2},
-                           app=system.app)
-            assert handle.wait(90).status == "completed"
-            saga_id = f"tree-{uuid.uuid4().hex[:12]}"
-            set_fault(engine_for(settings.eventstore_url), "step:publishing", saga_id=saga_id, error="permanent")
-            start_saga("content_creation", {"topic": "trees"}, saga_id=saga_id, app=system.app)
-            assert wait_for_saga(saga_id, 90, app=system.app).status == "compensated"
-
-            store = open_store(settings.eventstore_url)
-            try:
-                workflows = {"pipeline": handle.id, "saga": saga_id}
-                task_ids = {kind: {e.task_id for e in store.by_correlation(correlation) if e.task_id
-                                   and e.type.startswith("task.")}
-                            for kind, correlation in workflows.items()}
-            finally:
-                store.close()
+            pipeline_id, saga_id = completed_pipeline_and_compensated_saga(system, "trees")
+            workflows = {"pipeline": pipeline_id, "saga": saga_id}
+            by_id = task_ids_of(system, [pipeline_id, saga_id], record="task.received")  # the failed step too
+            task_ids = {kind: by_id[correlation] for kind, correlation in workflows.items()}
             assert len(task_ids["pipeline"]) >= 8 and len(task_ids["saga"]) >= 6, task_ids
 
             def all_seen() -> dict[str, Any] | None:
@@ -197,7 +186,7 @@ def test_flower_shows_a_pipeline_and_a_compensated_saga_each_as_one_task_tree(tm
                 assert missing == {}, f"{kind}: {missing}"
                 found: dict[str, Any] = flower.get("/api/tasks", search=correlation, limit=10_000)
                 assert ids <= set(found), f"searching Flower for the {kind}'s id misses {ids - set(found)}"
-            show_in_browser(flower, handle.id, task_ids["pipeline"], tmp_path)
+            show_in_browser(flower, pipeline_id, task_ids["pipeline"], tmp_path)
     finally:
         flower.stop()
 

@@ -5,23 +5,22 @@ one trace, every span's parent in it, across real worker processes. Spans are wr
 from __future__ import annotations
 
 import json
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relaybus.tasks.agents.content_store import engine_for, set_fault
-from relaybus.tasks.pipelines.client import start
-from relaybus.tasks.saga import start_saga, wait_for_saga
 from tests.harness import wait_for
-from tests.integration.system import running_system, system_settings
+from tests.integration.system import (
+    REFERENCE_AGENTS,
+    completed_pipeline_and_compensated_saga,
+    running_system,
+    system_settings,
+    task_ids_of,
+)
 
 pytestmark = pytest.mark.integration
-
-AGENTS = ("system", "intake", "planner", "researcher", "writer", "reviewer", "publisher", "auditor")
-
 
 def spans_of(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
@@ -67,25 +66,11 @@ def check_one_trace(spans: list[dict[str, Any]], correlation_id: str, task_ids: 
 
 
 def test_a_pipeline_and_a_compensated_saga_are_each_one_trace(tmp_path, broker_url, redis_url):
-    from relaybus.eventstore import open_store
-
     spans_file = tmp_path / "spans.jsonl"
     settings = system_settings(tmp_path, broker_url, redis_url, otel=True, otel_file=str(spans_file))
-    with running_system(settings, tmp_path, [(AGENTS, 3)]) as system:
-        handle = start("research", {"request": "how does a trace cross an event hop", "max_topics": 2},
-                       app=system.app)
-        assert handle.wait(90).status == "completed"
-        saga_id = f"trace-{uuid.uuid4().hex[:12]}"
-        set_fault(engine_for(settings.eventstore_url), "step:publishing", saga_id=saga_id, error="permanent")
-        start_saga("content_creation", {"topic": "traces"}, saga_id=saga_id, app=system.app)
-        assert wait_for_saga(saga_id, 90, app=system.app).status == "compensated"
-
-        store = open_store(settings.eventstore_url)
-        try:
-            task_ids = {c: {e.task_id for e in store.by_correlation(c) if e.task_id and e.type == "task.succeeded"}
-                        for c in (handle.id, saga_id)}
-        finally:
-            store.close()
+    with running_system(settings, tmp_path, [(REFERENCE_AGENTS, 3)]) as system:
+        pipeline_id, saga_id = completed_pipeline_and_compensated_saga(system, "traces")
+        task_ids = task_ids_of(system, [pipeline_id, saga_id])
 
         def all_ended() -> list[dict[str, Any]] | None:
             spans = spans_of(spans_file)
@@ -94,7 +79,7 @@ def test_a_pipeline_and_a_compensated_saga_are_each_one_trace(tmp_path, broker_u
             return spans if set().union(*task_ids.values()) <= ran else None
 
         spans = wait_for(all_ended, 30, 0.2, "every task's run span")
-    pipeline_trace = check_one_trace(spans, handle.id, task_ids[handle.id], "the pipeline")
+    pipeline_trace = check_one_trace(spans, pipeline_id, task_ids[pipeline_id], "the pipeline")
     saga_trace = check_one_trace(spans, saga_id, task_ids[saga_id], "the saga")
     assert pipeline_trace != saga_trace
     hops = [s for s in spans if s["name"].startswith("relaybus.event/") and s["context"]["trace_id"] == pipeline_trace]
@@ -102,10 +87,10 @@ def test_a_pipeline_and_a_compensated_saga_are_each_one_trace(tmp_path, broker_u
     agent_runs = [s["attributes"] for s in spans if s["name"].startswith("run/agents.")]
     assert agent_runs and all(a.get("relaybus.outcome") == "SUCCESS" and a.get("relaybus.agent") and
                               a.get("relaybus.attempt") == 1 for a in agent_runs
-                              if a.get("relaybus.correlation_id") == handle.id), agent_runs
+                              if a.get("relaybus.correlation_id") == pipeline_id), agent_runs
     # The agents that call the LLM (the offline provider here) count its tokens on their run's span.
     writers = [s["attributes"] for s in spans if s["name"] == "run/agents.writer"
-               and s["attributes"].get("relaybus.correlation_id") == handle.id]
+               and s["attributes"].get("relaybus.correlation_id") == pipeline_id]
     assert writers and writers[0].get("gen_ai.usage.output_tokens", 0) > 0, writers
     print("\npipeline trace:\n" + tree(spans, pipeline_trace))
     print("\nsaga trace:\n" + tree(spans, saga_trace))

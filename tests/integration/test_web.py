@@ -27,11 +27,9 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from relaybus.settings import Settings
-from relaybus.tasks.agents.content_store import engine_for, set_fault
-from relaybus.tasks.pipelines.client import PipelineHandle, start
-from relaybus.tasks.saga import start_saga, wait_for_saga
+from relaybus.tasks.pipelines.client import PipelineHandle
 from tests.harness import ROOT, Worker, celery_headers, queue_depth, raw_publish, wait_for
-from tests.integration.system import running_system, system_settings
+from tests.integration.system import completed_pipeline_and_compensated_saga, running_system, system_settings
 from tests.services import IN_CI
 
 pytestmark = pytest.mark.integration
@@ -120,13 +118,8 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
         shots_dirs.append(Path(os.environ["RELAYBUS_WEB_SCREENSHOTS"]))
     settings = system_settings(tmp_path, broker_url, redis_url, extra_agents=("probe", "flaky", "auditor", "archivist"))
     with running_system(settings, tmp_path, [(AGENTS, 3)]) as system:
-        handle = start("research", {"request": "what an operations console should show", "max_topics": 2},
-                       app=system.app)
-        saga_id = f"web-{uuid.uuid4().hex[:12]}"
-        set_fault(engine_for(settings.eventstore_url), "step:publishing", saga_id=saga_id, error="permanent")
-        start_saga("content_creation", {"topic": "consoles"}, saga_id=saga_id, app=system.app)
-        assert handle.wait(90).status == "completed", system.logs()
-        assert wait_for_saga(saga_id, 90, app=system.app).status == "compensated"
+        pipeline_id, saga_id = completed_pipeline_and_compensated_saga(system, "consoles")
+        handle = PipelineHandle(pipeline_id, system.app)
         letter_id = dead_letter_of_bad_input(system.app, settings, tmp_path)
 
         from relaybus.eventstore import open_store
