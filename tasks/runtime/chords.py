@@ -71,6 +71,7 @@ from relaybus.tasks.runtime.results import (
     TASK_RESULT_EXPIRES_S,
     expires_for,
     fail_refused_chord,
+    refused_chord_error,
     refused_write,
     unavailable,
 )
@@ -169,6 +170,9 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
             if not refused_write(error):
                 raise
             raise unavailable(error, f"a chord cannot start, {_text(key)} was not stored") from error
+
+    def chord_error_from_stack(self, callback: Any, exc: Any = None) -> Any:
+        return super().chord_error_from_stack(callback, refused_chord_error(exc) if exc is not None else exc)
 
     def on_chord_part_return(self, request: Any, state: str, result: Any, propagate: Any = None, **kwargs: Any) -> Any:
         try:

@@ -71,7 +71,7 @@ REFUSED: Final = "result-backend-unavailable"
 #: How Redis words a refused write where redis-py does not map it to a class: a transaction discarded at
 #: ``EXEC`` (``ExecAbortError: Transaction discarded because of: OOM command not allowed...``), a
 #: snapshot that failed with ``stop-writes-on-bgsave-error``, a replica.
-_REFUSALS: Final = re.compile(r"\b(OOM|MISCONF|READONLY)\b|used memory > 'maxmemory'")
+_REFUSALS: Final = re.compile(r"\b(OOM|MISCONF|READONLY|OutOfMemoryError|ReadOnlyError)\b|used memory > 'maxmemory'")
 
 #: Celery's result write (set with an expiry, then publish for waiting clients), allowed when Redis is
 #: full: ``allow-oom`` (Redis 7) lets a script write past ``maxmemory``.
@@ -93,6 +93,19 @@ def refused_write(error: BaseException) -> bool:
     if isinstance(error, (ResultBackendUnavailable, OutOfMemoryError, ReadOnlyError)):
         return True
     return isinstance(error, ResponseError) and _REFUSALS.search(str(error)) is not None
+
+
+def refused_chord_error(error: BaseException) -> BaseException:
+    """A chord's error as Celery made it, reworded as a refused write when that is what it was.
+
+    Celery's own join catches what goes wrong inside it (its claim script refused by a full Redis, say) and
+    fails the chord with ``ChordError("Join error: server:OutOfMemoryError")``: the workflow's reason must
+    still say that the result backend refused writes (:data:`REFUSED`), as for the refusals relaybus sees."""
+    text = str(error)
+    if isinstance(error, ChordError) and not text.startswith(REFUSED) and _REFUSALS.search(text):
+        reworded: BaseException = ChordError(f"{REFUSED}: a chord cannot join, Redis refused a write ({text})")
+        return reworded
+    return error
 
 
 def unavailable(error: BaseException, what: str) -> ResultBackendUnavailable:
