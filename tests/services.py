@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -34,10 +36,24 @@ def require(name: str, url: str, default_port: int) -> str:
     """Return ``url`` if the service answers; otherwise skip, or fail under CI."""
     if _reachable(url, default_port):
         return url
-    message = f"{name} is not reachable at {urlsplit(url).hostname}:{urlsplit(url).port or default_port}"
+    unavailable(f"{name} is not reachable at {urlsplit(url).hostname}:{urlsplit(url).port or default_port}")
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test for want of ``message``'s service or tool; fail it under CI, where nothing may skip."""
     if IN_CI:
         pytest.fail(f"{message} (CI=true: integration tests must not skip)", pytrace=False)
     pytest.skip(message)
+
+
+#: The browser the console's and Flower's browser tests drive: Debian's (.ci/run installs it), never a download.
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def require_chromium() -> Path:
+    if not CHROMIUM.exists():
+        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
+    return CHROMIUM
 
 
 def require_rabbitmq() -> str:

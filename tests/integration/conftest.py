@@ -14,6 +14,7 @@ from relaybus.celery import topology_of
 from relaybus.eventstore import migrations
 from relaybus.settings import Settings
 from tests.harness import Worker, delete_namespace, make_app, make_settings
+from tests.integration.flower import Flower
 from tests.services import require_postgres, require_rabbitmq, require_redis
 
 
@@ -79,3 +80,13 @@ def eventstore_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     with engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     engine.dispose()
+
+
+@pytest.fixture
+def flower(settings: Settings, tmp_path: Path) -> Iterator[Flower]:
+    """Flower on the test's settings (its module's ``settings`` fixture), stopped afterwards."""
+    process = Flower(settings, tmp_path)
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()

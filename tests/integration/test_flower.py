@@ -8,102 +8,18 @@ queue-length API (``/api/queues/length``) is not tested here.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from relaybus.settings import Settings
-from tests.harness import ROOT, wait_for
+from tests.harness import wait_for
+from tests.integration.flower import PASSWORD, USER, Flower
 
 pytestmark = pytest.mark.integration
-
-USER, PASSWORD = "relaybus", uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Flower:
-    """``celery -A relaybus flower`` as a subprocess, on a free local port, behind basic auth."""
-
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / "flower.log"
-        # Flower reads every FLOWER_* variable as an option: keep the caller's out of it.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-        env.update(settings.to_env(), PYTHONPATH=str(ROOT))
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "relaybus",
-            "flower",
-            f"--port={self.port}",
-            "--address=127.0.0.1",
-            f"--basic-auth={USER}:{PASSWORD}",
-        ]
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.client = httpx.Client(base_url=self.url, auth=(USER, PASSWORD), timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path: str, **params: Any) -> Any:
-        response = self.client.get(path, params=params)
-        response.raise_for_status()
-        return response.json()
-
-    def wait_ready(self, timeout: float = 60.0) -> Flower:
-        def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"Flower exited early:\n{self.log()[-4000:]}")
-            try:
-                # The one page served without authentication.
-                return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(healthy, timeout, 0.2, "Flower to answer /healthcheck")
-        return self
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=20)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-
-
-@pytest.fixture
-def flower(settings: Settings, tmp_path: Path) -> Iterator[Flower]:
-    process = Flower(settings, tmp_path)
-    try:
-        yield process.wait_ready()
-    finally:
-        process.stop()
-
 
 def test_flower_lists_our_worker_and_agent_tasks_through_its_api_and_refuses_requests_without_credentials(
     app, start_worker, flower
@@ -196,7 +112,7 @@ def show_in_browser(flower: Flower, correlation_id: str, task_ids: set[str], tmp
     those (screenshot to ``$RELAYBUS_WEB_SCREENSHOTS`` when set)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.integration.test_web import require_chromium
+    from tests.services import require_chromium
 
     chromium = require_chromium()
     with sync_playwright() as p:

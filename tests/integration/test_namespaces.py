@@ -16,7 +16,7 @@ import pytest
 from relaybus.celery import topology_of
 from relaybus.demo import run_demo
 from tests.harness import Worker, make_app, make_settings, wait_for, workers
-from tests.integration.test_flower import Flower
+from tests.integration.flower import Flower
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from relaybus.eventstore import migrations
 from relaybus.settings import Settings
 from relaybus.tasks.runtime.redacting import REPR_MAX_CHARS
 from tests.harness import TEST_AGENTS, make_settings, read_queue, wait_for
-from tests.integration.test_flower import Flower
+from tests.integration.flower import Flower
 from tests.services import require_postgres
 
 pytestmark = pytest.mark.integration
@@ -86,15 +86,6 @@ def settings(tmp_path: Path, broker_url: str, redis_url: str, eventstore_url: st
     return make_settings(tmp_path, broker_url, results, eventstore_url=eventstore_url,
                          extra_modules=("tests.agents", "tests.secret_agents"),
                          extra_agents=(*TEST_AGENTS, "vault"), log_json=log_json)
-
-
-@pytest.fixture
-def flower(settings: Settings, tmp_path: Path) -> Iterator[Flower]:
-    process = Flower(settings, tmp_path)
-    try:
-        yield process.wait_ready()
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -30,25 +30,15 @@ from relaybus.settings import Settings
 from relaybus.tasks.pipelines.client import PipelineHandle
 from tests.harness import ROOT, Worker, celery_headers, queue_depth, raw_publish, wait_for
 from tests.integration.system import completed_pipeline_and_compensated_saga, running_system, system_settings
-from tests.services import IN_CI
+from tests.services import require_chromium
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
 AGENTS = ("system", "intake", "planner", "researcher", "writer", "reviewer", "publisher", "auditor")
 TOKEN = "console-test-" + uuid.uuid4().hex
 #: Flags for a root, headless Chromium on a machine without outside network (no background lookups).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-
-
-def require_chromium() -> Path:
-    if CHROMIUM.exists():
-        return CHROMIUM
-    message = f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"
-    if IN_CI:
-        pytest.fail(f"{message} (CI=true: browser tests must not skip)", pytrace=False)
-    pytest.skip(message)
 
 
 def free_port() -> int:
