@@ -39,11 +39,14 @@ if TYPE_CHECKING:
     from relaybus.tasks.bus.events import Event, upcaster
     from relaybus.tasks.errors import (
         AgentError,
+        BrokerUnreachable,
         EventRejected,
         InvalidInput,
         PermanentError,
         PipelineFailure,
         PipelineNotFinished,
+        PublishFailed,
+        PublishTimeout,
         TransientError,
         UnknownPipeline,
     )
@@ -114,6 +117,10 @@ _EXPORTS = {
     "PipelineFailure": "relaybus.tasks.errors",
     "PipelineNotFinished": "relaybus.tasks.errors",
     "UnknownPipeline": "relaybus.tasks.errors",
+    # what start()/publish() raise when the broker does not take a message (a TransientError: retry later)
+    "PublishFailed": "relaybus.tasks.errors",
+    "PublishTimeout": "relaybus.tasks.errors",
+    "BrokerUnreachable": "relaybus.tasks.errors",
 }
 
 __all__ = list(_EXPORTS)

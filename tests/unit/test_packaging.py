@@ -98,3 +98,16 @@ def test_importing_a_folder_by_its_own_name_from_the_repository_root_fails_and_n
     assert report["after_refusal"] == [], "a refused import left modules behind"
     assert report["after_relaybus"] == [], "importing relaybus loaded modules under a folder's own name"
     assert Path(report["loaded_from"]) == ROOT / "tasks" / "runtime" / "task.py"
+
+
+def test_every_public_name_resolves_and_the_publish_errors_are_public() -> None:
+    """``relaybus.__all__`` is the public API: each name imports, and what ``start``/``publish`` raise when the
+    broker does not take a message is catchable without reaching into ``relaybus.tasks.errors``."""
+    import relaybus
+    from relaybus.tasks import errors
+
+    missing = [name for name in relaybus.__all__ if getattr(relaybus, name, None) is None]
+    assert not missing
+    assert relaybus.PublishFailed is errors.PublishFailed
+    assert issubclass(relaybus.PublishTimeout, relaybus.PublishFailed)
+    assert issubclass(relaybus.BrokerUnreachable, relaybus.PublishFailed)
