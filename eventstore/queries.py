@@ -120,6 +120,13 @@ class _Step:
         self.queue = self.queue or event.queue
         self.attempts = max(self.attempts, event.attempt or 0)
         at = event.occurred_at
+        if event.type == t.TASK_SENT and self.last_start is not None and at < self.last_start:
+            # The send of a run that has already started, recorded after it: the sender records
+            # ``task.sent`` once the broker confirmed, and a worker can start (even finish) the task
+            # before that commit lands. It dates the step; it is not a re-drive (those are sent after
+            # the run they repeat started), so status and finish stay.
+            self.sent = at if self.sent is None else min(self.sent, at)
+            return
         if event.type == t.TASK_SENT and (self.sent is None or at < self.sent):
             self.sent = at
         elif event.type == t.TASK_STARTED:

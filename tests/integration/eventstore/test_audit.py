@@ -124,3 +124,22 @@ def test_agent_stats_agree_with_the_steps_built_from_the_same_events(audited: Ev
     task_events = [e for e in audited.read_all() if e.task_id is not None and e.type.startswith("task.")]
     assert audited.agent_stats() == stats_of(task_steps(task_events))
     assert audited.agent_stats(since=at(50)) == stats_of(task_steps(e for e in task_events if e.occurred_at >= at(50)))
+
+
+def test_a_send_recorded_after_its_run_finished_dates_the_step_and_is_not_a_redrive(store: EventStore) -> None:
+    """The sender records ``task.sent`` after the broker's confirm; a fast worker's records can land first.
+    Appended in that order, the step is still succeeded with its times, and a later re-drive is still one."""
+
+    def event(type_: str, seconds: float, key: str) -> NewEvent:
+        return NewEvent(event_id=f"late:{key}", stream_id="wf-late", type=type_, task_id="t-late", agent="planner",
+                        queue="agents.planner", attempt=1, occurred_at=at(seconds))
+
+    store.append([event(types.TASK_STARTED, 1, "started"), event(types.TASK_SUCCEEDED, 3, "succeeded")])
+    store.append([event(types.TASK_SENT, 0, "sent")])
+    (step,) = store.timeline("wf-late").steps
+    assert (step.status, step.sent_at, step.started_at, step.finished_at) == ("succeeded", at(0), at(1), at(3))
+    assert (step.queue_wait_s, step.run_time_s) == (1.0, 2.0)
+
+    store.append([event(types.TASK_SENT, 10, "redrive-sent")])  # a re-drive: sent after the run started
+    (step,) = store.timeline("wf-late").steps
+    assert (step.status, step.finished_at) == ("sent", None)
