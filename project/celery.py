@@ -18,7 +18,6 @@ from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_setti
 from relaybus.tasks.bus.bus import subscriber_of
 from relaybus.tasks.bus.consumer import EventDelivery
 from relaybus.tasks.errors import BrokerUnreachable, PublishFailed
-from relaybus.tasks.llm import ProviderConfig
 from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
 from relaybus.tasks.runtime.context import continuing
 from relaybus.topology import Topology, agent_of
@@ -72,13 +71,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         consumer_timeout_s=settings.consumer_timeout_s,
         publish_timeout_s=settings.publish_timeout_s,
         max_redeliveries=settings.max_redeliveries,
-        llm=ProviderConfig(
-            kind=settings.llm_provider,
-            base_url=settings.llm_base_url,
-            model=settings.llm_model,
-            api_key=settings.llm_api_key,
-            timeout_s=settings.llm_timeout_s,
-        ),
+        llm=settings.llm_config(),
     )
 
 

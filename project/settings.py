@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -10,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, mask_url_passwords
+from relaybus.tasks.llm import LLMConfig, ProviderConfig
 
 PriorityClass = Literal["urgent", "high", "normal", "low"]
 
@@ -96,11 +98,21 @@ class Settings(BaseSettings):
     #: reason ``redelivery-limit`` instead of running its agent again.
     max_redeliveries: int = Field(default=10, ge=1)
 
+    #: The single provider of the simple set-up, named after its kind (``offline`` or ``openai``); with
+    #: ``llm_providers`` it is one provider among the others.
     llm_provider: Literal["offline", "openai"] = "offline"
     llm_base_url: str = "http://127.0.0.1:8000/v1"
     llm_model: str = "gpt-4o-mini"
     llm_api_key: SecretStr | None = None
     llm_timeout_s: float = Field(default=30.0, gt=0)
+    #: Named providers, JSON in the environment: ``{"fast": {"kind": "openai", "model": "gpt-4o-mini",
+    #: "base_url": "...", "api_key": "..."}}`` (fields of tasks.llm.ProviderConfig). A name here wins over
+    #: the ``llm_provider`` one of the same name; ``offline`` is always there.
+    llm_providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    #: The provider of every agent that names none; unset: the ``llm_provider`` one.
+    llm_default_provider: str | None = None
+    #: Agent → provider name (``researcher=careful,intake=fast`` or JSON); wins over ``@agent(llm=...)``.
+    llm_agent_providers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     #: Your own agent modules, which workers import, and the agent names they register
     #: (each gets its queues), both comma separated in the environment.
@@ -114,6 +126,42 @@ class Settings(BaseSettings):
     checkpoint_key_file: str | None = None
     #: Public keys (base64, comma separated) whose checkpoints ``relaybus verify --since-checkpoint`` trusts.
     checkpoint_public_keys: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("llm_agent_providers", mode="before")
+    @classmethod
+    def _agent_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("{"):
+            return json.loads(value)
+        pairs: dict[str, str] = {}
+        for item in (part.strip() for part in value.split(",")):
+            agent, sep, provider = item.partition("=")
+            if item and (not sep or not agent.strip() or not provider.strip()):
+                raise ValueError(f"{item!r} is not agent=provider")
+            if item:
+                pairs[agent.strip()] = provider.strip()
+        return pairs
+
+    @model_validator(mode="after")
+    def _llm_names_are_known(self) -> Settings:
+        self.llm_config()  # raises naming the unknown provider
+        return self
+
+    def llm_config(self) -> LLMConfig:
+        """The named LLM providers these settings describe, their default and the choice per agent."""
+        simple = ProviderConfig(
+            kind=self.llm_provider,
+            base_url=self.llm_base_url,
+            model=self.llm_model,
+            api_key=self.llm_api_key,
+            timeout_s=self.llm_timeout_s,
+        )
+        return LLMConfig(
+            providers={self.llm_provider: simple, **self.llm_providers},
+            default=self.llm_default_provider or self.llm_provider,
+            agents=self.llm_agent_providers,
+        )
 
     @field_validator("namespace")
     @classmethod
@@ -199,12 +247,20 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             if isinstance(value, tuple):
                 value = ",".join(value)
+            if isinstance(value, dict):
+                value = json.dumps(value, default=_secret_value)
             if isinstance(value, bool):
                 value = "true" if value else "false"
             env[f"RELAYBUS_{name.upper()}"] = str(value)
         if self.llm_api_key is not None:
             env["RELAYBUS_LLM_API_KEY"] = self.llm_api_key.get_secret_value()
         return env
+
+
+def _secret_value(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 _PASSWORD_FILES = {

@@ -4,12 +4,17 @@ No Celery here: agents receive an :class:`LLMProvider` and call it like a functi
 provider is the default, so every test and demo is reproducible without a network.
 """
 
-from relaybus.tasks.llm._config import ProviderConfig, build_provider
-from relaybus.tasks.llm._errors import CompletionNotRecorded, MalformedCompletion, ProviderOverloaded
+from relaybus.tasks.llm._config import OFFLINE, LLMConfig, ProviderConfig, build_provider
+from relaybus.tasks.llm._errors import (
+    CompletionNotRecorded,
+    MalformedCompletion,
+    ProviderOverloaded,
+    UnknownProvider,
+)
 from relaybus.tasks.llm._http import OpenAICompatibleProvider
 from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest, Usage
 from relaybus.tasks.llm._offline import OfflineProvider
-from relaybus.tasks.llm._provider import LLMProvider, complete
+from relaybus.tasks.llm._provider import LLMProvider, complete, model_for
 from relaybus.tasks.llm._replay import RecordingProvider, ReplayProvider
 
 # Grouped by purpose, as the house style asks, rather than sorted.
@@ -22,16 +27,20 @@ __all__ = [  # noqa: RUF022
     # The interface
     "LLMProvider",
     "complete",
+    "model_for",
     # Providers
     "OfflineProvider",
     "OpenAICompatibleProvider",
     "RecordingProvider",
     "ReplayProvider",
     # Configuration
+    "LLMConfig",
+    "OFFLINE",
     "ProviderConfig",
     "build_provider",
     # Errors (the rest of the tree is in tasks.errors)
     "CompletionNotRecorded",
     "MalformedCompletion",
     "ProviderOverloaded",
+    "UnknownProvider",
 ]

@@ -9,7 +9,8 @@
      └── PermanentError
           ├── ProviderRejected             (tasks.errors) answered 4xx other than 429
           ├── MalformedCompletion          answered 2xx with a body that is not a chat completion
-          └── CompletionNotRecorded        replay found no recorded completion for a request
+          ├── CompletionNotRecorded        replay found no recorded completion for a request
+          └── UnknownProvider              an agent asked for a provider name that is not configured
 
 Each class pickles with its attributes (``__reduce__``), so it survives a trip through the
 result backend.
@@ -68,3 +69,24 @@ class CompletionNotRecorded(PermanentError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.fingerprint,))
+
+
+class UnknownProvider(PermanentError):
+    """Raised when an agent asks for a provider name that is not configured.
+
+    Permanent: the configuration will not change under a running worker. ``agent`` and ``name`` say
+    who asked for what; ``configured`` lists the names there are.
+    """
+
+    def __init__(self, name: str, agent: str | None, configured: tuple[str, ...]) -> None:
+        self.name = name
+        self.agent = agent
+        self.configured = configured
+        who = f"agent {agent!r} asks for" if agent else "asked for"
+        super().__init__(
+            f"{who} LLM provider {name!r}, which is not configured (configured: {', '.join(configured)}); "
+            "add it to RELAYBUS_LLM_PROVIDERS or change the agent's choice"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.name, self.agent, self.configured))

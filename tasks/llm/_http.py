@@ -76,8 +76,6 @@ class OpenAICompatibleProvider:
     is never closed here, and ``timeout_s`` is applied to every request either way.
     """
 
-    name: str = "openai"
-
     def __init__(
         self,
         base_url: str,
@@ -87,8 +85,10 @@ class OpenAICompatibleProvider:
         max_retries_in_process: int = 0,
         client: httpx.Client | None = None,
         *,
+        name: str = "openai",
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.name = name
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if httpx.URL(base_url).scheme not in ("http", "https"):

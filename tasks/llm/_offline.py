@@ -54,13 +54,12 @@ _STOP_WORDS = _word_set(
 class OfflineProvider:
     """Answers every request locally and deterministically; see the module docstring for the format."""
 
-    name: str = "offline"
-
-    def __init__(self, model: str = "offline-echo") -> None:
+    def __init__(self, model: str = "offline-echo", *, name: str = "offline") -> None:
+        self.name = name
         self.model = model
 
     def __repr__(self) -> str:
-        return f"OfflineProvider(model={self.model!r})"
+        return f"OfflineProvider(name={self.name!r}, model={self.model!r})"
 
     def complete(self, request: CompletionRequest) -> Completion:
         fingerprint = request.fingerprint()

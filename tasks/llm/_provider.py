@@ -14,9 +14,16 @@ class LLMProvider(Protocol):
     Implementations raise :class:`~tasks.errors.ProviderUnavailable` (or a subclass) for failures
     that may pass and a :class:`~tasks.errors.PermanentError` for those that will not, so the task
     base's retry policy applies without knowing which provider is in use.
+
+    ``name`` is the configured provider's name (``offline``, ``openai``, or a name from
+    ``RELAYBUS_LLM_PROVIDERS``) and ``model`` the model it asks for when a request names none: both
+    are known before any call, so a wrapper can key limits and prices on them
+    (:func:`model_for` gives the model one request will use). A wrapper takes an ``inner`` provider
+    and copies both (see :class:`~tasks.llm.RecordingProvider`).
     """
 
     name: str
+    model: str
 
     def complete(self, request: CompletionRequest) -> Completion: ...
 
@@ -39,3 +46,8 @@ def complete(
         messages=tuple(messages), model=model, temperature=temperature, max_tokens=max_tokens
     )
     return provider.complete(request)
+
+
+def model_for(provider: LLMProvider, request: CompletionRequest) -> str:
+    """The model ``request`` will be served by: its own when it names one, else the provider's."""
+    return request.model or provider.model

@@ -28,6 +28,7 @@ class RecordingProvider:
     ) -> None:
         self.inner = inner
         self.name = inner.name
+        self.model = inner.model
         self._on_completion = on_completion
 
     def __repr__(self) -> str:
@@ -43,12 +44,20 @@ class ReplayProvider:
     """Serves recorded completions by request fingerprint.
 
     A request that was not recorded goes to ``fallback`` when there is one, and otherwise raises
-    :class:`CompletionNotRecorded` (permanent) naming the fingerprint.
+    :class:`CompletionNotRecorded` (permanent) naming the fingerprint. ``name`` and ``model`` are
+    those of the provider it stands in for, so wrappers see the same keys in a replay as in the run.
     """
 
-    name: str = "replay"
-
-    def __init__(self, recorded: Mapping[str, Completion], fallback: LLMProvider | None = None) -> None:
+    def __init__(
+        self,
+        recorded: Mapping[str, Completion],
+        fallback: LLMProvider | None = None,
+        *,
+        name: str = "replay",
+        model: str = "recorded",
+    ) -> None:
+        self.name = fallback.name if fallback is not None else name
+        self.model = fallback.model if fallback is not None else model
         for fingerprint, completion in recorded.items():
             if completion.request_fingerprint != fingerprint:
                 raise ValueError(
@@ -64,6 +73,11 @@ class ReplayProvider:
     ) -> ReplayProvider:
         """Index completions by the fingerprint they carry; a later one for the same request wins."""
         return cls({c.request_fingerprint: c for c in completions}, fallback=fallback)
+
+    @classmethod
+    def standing_in_for(cls, provider: LLMProvider, recorded: Mapping[str, Completion]) -> ReplayProvider:
+        """A replay without fallback that answers to ``provider``'s name and model."""
+        return cls(recorded, name=provider.name, model=provider.model)
 
     def __repr__(self) -> str:
         return f"ReplayProvider(recorded={len(self._recorded)}, fallback={self.fallback!r})"

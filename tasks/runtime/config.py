@@ -17,7 +17,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, Redactor, mask_url_passwords, redactor
-from relaybus.tasks.llm import LLMProvider, ProviderConfig, build_provider
+from relaybus.tasks.llm import LLMConfig, LLMProvider, build_provider
 
 
 class RuntimeConfig(BaseModel):
@@ -47,7 +47,8 @@ class RuntimeConfig(BaseModel):
     consumer_timeout_s: float = 1800.0
     publish_timeout_s: float = 10.0
     max_redeliveries: int = 10
-    llm: ProviderConfig = Field(default_factory=lambda: ProviderConfig(kind="offline"))
+    #: The named LLM providers, the default, and the choice per agent (a single ProviderConfig is accepted too).
+    llm: LLMConfig = Field(default_factory=LLMConfig)
 
     def __repr_args__(self) -> Any:
         # ``celery inspect conf`` (Flower's worker Config tab) shows this repr: no database password in it.
@@ -177,9 +178,15 @@ class _PerProcess:
 _resources = _PerProcess()
 
 
-def llm_provider(app: Celery) -> LLMProvider:
-    config = runtime_config(app)
-    provider: LLMProvider = _resources.get(f"llm:{id(app)}", lambda: build_provider(config.llm))
+def llm_provider(app: Celery, agent: str | None = None, declared: str | None = None) -> LLMProvider:
+    """The provider ``agent`` uses (``declared`` is its own choice, ``@agent(llm=...)``), one per name and process.
+
+    The choice is :meth:`LLMConfig.choose`'s: the operator's per-agent setting, else the agent's, else the
+    default. Raises :class:`~tasks.llm.UnknownProvider` (permanent) for a name that is not configured.
+    """
+    llm = runtime_config(app).llm
+    name = llm.choose(agent, declared)
+    provider: LLMProvider = _resources.get(f"llm:{id(app)}:{name}", lambda: build_provider(llm.providers[name], name))
     return provider
 
 

@@ -87,6 +87,9 @@ class AgentSpec(Generic[InputT, OutputT]):
     #: Extra event-log records written in the same append as ``task.started`` (an event handler's
     #: ``event.delivered``), given the request and the raw call.
     start_records: Callable[[Any, tuple[Any, ...], dict[str, Any]], list[Any]] | None = None
+    #: The LLM provider this agent asks for by name (``RELAYBUS_LLM_PROVIDERS``); None: the default.
+    #: The operator's ``RELAYBUS_LLM_AGENT_PROVIDERS`` wins over it.
+    llm: str | None = None
 
     @property
     def task_name(self) -> str:
@@ -328,12 +331,18 @@ class AgentTask(Task):  # type: ignore[misc]
         return output
 
     def _llm(self, request: Any, headers: dict[str, Any], recorder: recording.Recorder) -> LLMProvider:
-        """The provider, wrapped so every completion is recorded; on a deterministic replay, the
-        completions recorded by the original run are served instead and the provider is not called."""
-        provider: LLMProvider = llm_provider(self.app)
+        """The provider chain ``ctx.llm`` is: the provider this agent uses, then the wrappers, innermost first.
+
+        selected provider → [replay, on a deterministic replay] → recording. Each stage is an
+        :class:`LLMProvider` holding the previous one (``inner``) and keeping its ``name`` and ``model``,
+        so a stage added here (a rate limit, a budget guard) keys on the provider and model the call will
+        use before it is made; ``request`` and ``headers`` carry the call's ids and priority.
+        """
+        provider: LLMProvider = llm_provider(self.app, self.spec.name, self.spec.llm)
+        # -- wrappers around the live provider go here (they are skipped by a replay's recorded answers) --
         replay_of = headers.get(LLM_REPLAY_HEADER)
         if replay_of:
-            provider = ReplayProvider(recorder.recorded_completions(str(replay_of)))
+            provider = ReplayProvider.standing_in_for(provider, recorder.recorded_completions(str(replay_of)))
 
         def record(req: CompletionRequest, completion: Completion) -> None:
             recorder.llm_completed(self, request, req, completion)
@@ -351,7 +360,8 @@ class AgentTask(Task):  # type: ignore[misc]
             causation_id=headers.get(CAUSATION_HEADER),
             attempt=(request.retries or 0) + 1,
             priority=(request.delivery_info or {}).get("priority"),
-            llm=self._llm(request, headers, recorder) if recorder is not None else llm_provider(self.app),
+            llm=(self._llm(request, headers, recorder) if recorder is not None
+                 else llm_provider(self.app, self.spec.name, self.spec.llm)),
         )
 
 
@@ -365,8 +375,13 @@ def agent(
     time_limit_s: float | None = None,
     task_name: str | None = None,
     start_records: Callable[[Any, tuple[Any, ...], dict[str, Any]], list[Any]] | None = None,
+    llm: str | None = None,
 ) -> Callable[[Callable[[InputT, AgentContext], OutputT | dict[str, Any]]], AgentTask]:
     """Register ``fn`` as the agent ``name``: the Celery task ``agents.<name>``.
+
+    ``llm`` names the LLM provider the agent uses (one of ``RELAYBUS_LLM_PROVIDERS``, or ``offline``);
+    without it the agent uses the default provider, and the operator may reassign it either way
+    (``RELAYBUS_LLM_AGENT_PROVIDERS``).
 
     ``task_name`` gives a second task to the same agent (an event handler ``events.<agent>.<handler>``,
     a pipeline step on the system queue); it must be routed explicitly, as only ``agents.<name>`` is
@@ -374,7 +389,7 @@ def agent(
     """
 
     def decorate(fn: Callable[[InputT, AgentContext], OutputT | dict[str, Any]]) -> AgentTask:
-        spec = AgentSpec(name, input, output, fn, max_retries, soft_time_limit_s, time_limit_s, start_records)
+        spec = AgentSpec(name, input, output, fn, max_retries, soft_time_limit_s, time_limit_s, start_records, llm)
         options: dict[str, Any] = {
             "name": task_name or spec.task_name, "base": AgentTask, "spec": spec, "bind": False,
         }

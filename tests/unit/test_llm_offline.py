@@ -41,6 +41,7 @@ class ScriptedProvider:
     """Captures the request and answers a fixed text: a fake injected, not patched."""
 
     name = "scripted"
+    model = "m"
 
     def __init__(self) -> None:
         self.requests: list[CompletionRequest] = []

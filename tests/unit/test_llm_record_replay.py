@@ -30,6 +30,7 @@ class SwitchedOff:
     """A provider that fails the test if anything reaches it."""
 
     name = "switched-off"
+    model = "none"
 
     def __init__(self) -> None:
         self.calls = 0
@@ -41,6 +42,7 @@ class SwitchedOff:
 
 class Failing:
     name = "failing"
+    model = "none"
 
     def complete(self, request: CompletionRequest) -> Completion:
         raise PermanentError("boom")
