@@ -11,9 +11,9 @@ from relaybus.tasks.llm._errors import (
     ProviderOverloaded,
     UnknownProvider,
 )
-from relaybus.tasks.llm._http import OpenAICompatibleProvider
-from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest, Usage
+from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest, Tool, ToolCall, Usage
 from relaybus.tasks.llm._offline import OfflineProvider
+from relaybus.tasks.llm._openai import OpenAICompatibleProvider
 from relaybus.tasks.llm._provider import LLMProvider, complete, model_for
 from relaybus.tasks.llm._replay import RecordingProvider, ReplayProvider
 
@@ -23,6 +23,8 @@ __all__ = [  # noqa: RUF022
     "ChatMessage",
     "Completion",
     "CompletionRequest",
+    "Tool",
+    "ToolCall",
     "Usage",
     # The interface
     "LLMProvider",

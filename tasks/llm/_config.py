@@ -30,6 +30,11 @@ class ProviderConfig(BaseModel):
     model: str | None = None
     api_key: SecretStr | None = None
     timeout_s: float = Field(default=30.0, gt=0)
+    #: The SDK's in-process retries of transport errors, 429 and 5xx. 0: the task base retries instead
+    #: (recorded, backed off, no sleeping worker; see OpenAICompatibleProvider).
+    max_retries: int = Field(default=0, ge=0, le=10)
+    #: Consume the answer as a stream (server-sent events); the completion recorded is the same.
+    stream: bool = False
 
     @model_validator(mode="after")
     def _openai_names_a_model(self) -> ProviderConfig:
@@ -93,8 +98,8 @@ def build_provider(config: ProviderConfig, name: str | None = None) -> LLMProvid
     key on together with the model: two configurations of the same kind are two providers.
     """
     # Imported here: the settings import this module, and the OpenAI SDK is not needed to read them.
-    from relaybus.tasks.llm._http import OpenAICompatibleProvider
     from relaybus.tasks.llm._offline import OfflineProvider
+    from relaybus.tasks.llm._openai import OpenAICompatibleProvider
 
     if config.kind == "offline":
         # ``model`` names the remote model (settings always carry one); completions labelled
@@ -103,5 +108,5 @@ def build_provider(config: ProviderConfig, name: str | None = None) -> LLMProvid
     assert config.model is not None  # checked by ProviderConfig
     return OpenAICompatibleProvider(
         base_url=config.base_url, model=config.model, api_key=config.api_key, timeout_s=config.timeout_s,
-        name=name or config.kind,
+        max_retries=config.max_retries, stream=config.stream, name=name or config.kind,
     )

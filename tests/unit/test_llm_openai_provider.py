@@ -1,26 +1,22 @@
-"""The OpenAI-compatible provider against a real HTTP server on 127.0.0.1, scripted per test.
+"""The OpenAI-compatible provider (on the openai SDK) against a real HTTP server on 127.0.0.1, scripted per test.
 
-The server is the stdlib's ``ThreadingHTTPServer`` playing an OpenAI-compatible
-``/v1/chat/completions``. A reply scripted to hang waits on an Event that teardown sets, so a
-timeout test costs the client's timeout (a fraction of a second), never the server's wait.
+The server is tests.fake_openai: the stdlib's ``ThreadingHTTPServer`` playing ``/v1/chat/completions``,
+streaming server-sent events when asked. Most tests run both ways, one body and streamed (``stream``):
+the completion must not depend on it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
+import openai
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -35,108 +31,11 @@ from relaybus.tasks.llm import (
     build_provider,
     complete,
 )
+from tests.fake_openai import COMPLETION_PATH, FakeOpenAI, Reply, chat_completion, openai_error
 
 pytestmark = pytest.mark.timeout(30)
 
 API_KEY = "sk-relaybus-test-9f8e7d6c5b4a"
-COMPLETION_PATH = "/v1/chat/completions"
-
-
-def chat_completion(text: str = "Hello from the fake.", model: str = "fake-model-0613") -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
-    }
-
-
-def openai_error(message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "invalid_request_error", "code": None}}
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: dict[str, Any] | str = field(default_factory=chat_completion)
-    headers: dict[str, str] = field(default_factory=dict)
-    hang: bool = False
-    #: Put the request's Authorization header into the error message, as a careless server might.
-    echo_auth: bool = False
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class FakeOpenAI:
-    def __init__(self) -> None:
-        self.replies: list[Reply] = []
-        self.received: list[Received] = []
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    body: Any = json.loads(raw)
-                except ValueError:
-                    body = raw
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                with fake._lock:
-                    fake.received.append(Received(self.path, headers, body))
-                    reply = fake.replies.pop(0) if fake.replies else Reply()
-                if self.path != COMPLETION_PATH:
-                    reply = Reply(404, openai_error(f"no route {self.path}"))
-                if reply.hang:
-                    fake.release.wait(timeout=10)
-                payload = reply.body
-                if reply.echo_auth:
-                    payload = openai_error(f"Incorrect API key provided: {headers.get('authorization')}")
-                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass  # the client gave up (a timeout test); nothing to answer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        # A short poll interval makes shutdown() quick (it waits for the loop's next poll).
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-
-    def script(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -149,10 +48,15 @@ def fake() -> Iterator[FakeOpenAI]:
         server.stop()
 
 
+@pytest.fixture(params=[False, True], ids=["body", "streamed"])
+def stream(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
-def provider(fake: FakeOpenAI) -> Iterator[OpenAICompatibleProvider]:
+def provider(fake: FakeOpenAI, stream: bool) -> Iterator[OpenAICompatibleProvider]:
     with OpenAICompatibleProvider(
-        fake.base_url, model="fake-model", api_key=SecretStr(API_KEY), timeout_s=5.0
+        fake.base_url, model="fake-model", api_key=SecretStr(API_KEY), timeout_s=5.0, stream=stream
     ) as provider:
         yield provider
 
@@ -168,7 +72,7 @@ def ask(text: str = "Summarise sagas.", **kwargs: Any) -> CompletionRequest:
 
 
 def test_a_200_gives_a_completion_from_the_openai_request_it_sent(
-    fake: FakeOpenAI, provider: OpenAICompatibleProvider
+    fake: FakeOpenAI, provider: OpenAICompatibleProvider, stream: bool
 ) -> None:
     request = ask(temperature=0.2, max_tokens=64)
     completion = provider.complete(request)
@@ -178,11 +82,13 @@ def test_a_200_gives_a_completion_from_the_openai_request_it_sent(
     assert completion.provider == "openai"
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (11, 5)
     assert completion.request_fingerprint == request.fingerprint()
+    assert (completion.finish_reason, completion.tool_calls) == ("stop", ())
 
     [received] = fake.received
     assert received.path == COMPLETION_PATH
     assert received.headers["authorization"] == f"Bearer {API_KEY}"
     assert received.headers["content-type"] == "application/json"
+    streaming = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
     assert received.body == {
         "model": "fake-model",
         "messages": [
@@ -191,14 +97,19 @@ def test_a_200_gives_a_completion_from_the_openai_request_it_sent(
         ],
         "temperature": 0.2,
         "max_tokens": 64,
+        **streaming,
     }
 
 
-def test_without_a_key_no_authorization_header_is_sent_and_the_request_model_wins(fake: FakeOpenAI) -> None:
-    body = chat_completion()
-    del body["usage"], body["model"]
+def test_without_a_key_no_authorization_header_is_sent_and_the_request_model_wins(
+    fake: FakeOpenAI, stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK would take a key from the environment: none reaches a server we gave no key for.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    body = chat_completion(usage=None)
+    del body["model"]
     fake.script(Reply(body=body))
-    with OpenAICompatibleProvider(fake.base_url + "/", model="fake-model", timeout_s=5.0) as provider:
+    with OpenAICompatibleProvider(fake.base_url + "/", model="fake-model", timeout_s=5.0, stream=stream) as provider:
         completion = complete(provider, user="Hi", model="other-model")
     [received] = fake.received
     assert received.path == COMPLETION_PATH
@@ -209,11 +120,11 @@ def test_without_a_key_no_authorization_header_is_sent_and_the_request_model_win
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (0, 0)
 
 
-def test_a_request_past_the_timeout_is_transient(fake: FakeOpenAI) -> None:
+def test_a_request_past_the_timeout_is_transient(fake: FakeOpenAI, stream: bool) -> None:
     fake.script(Reply(hang=True))
     started = time.monotonic()
     with (
-        OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=0.2) as provider,
+        OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=0.2, stream=stream) as provider,
         pytest.raises(ProviderUnavailable, match=r"timed out after 0\.2s") as caught,
     ):
         provider.complete(ask())
@@ -232,7 +143,7 @@ def test_an_unreachable_server_is_transient() -> None:
     ):
         provider.complete(ask())
     assert is_transient(caught.value)
-    assert isinstance(caught.value.__cause__, httpx.TransportError)
+    assert isinstance(caught.value.__cause__, openai.APIConnectionError)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
@@ -303,13 +214,17 @@ def test_a_4xx_without_an_openai_error_body_reports_the_body_text(
         ("<html>Sign in to the proxy</html>", "Invalid JSON"),
         ({"object": "list", "data": []}, "choices"),
         ({"choices": []}, "choices"),
-        ({"choices": [{"message": {"role": "assistant", "content": None}}]}, "choices.0.message.content"),
+        (
+            {"choices": [{"message": {"role": "assistant", "content": None}}]},
+            "choices.0.message: Value error, content is null and there are no tool calls",
+        ),
     ],
 )
 def test_a_2xx_that_is_not_a_chat_completion_is_a_permanent_error(
-    fake: FakeOpenAI, provider: OpenAICompatibleProvider, body: dict[str, Any] | str, problem: str
+    fake: FakeOpenAI, body: dict[str, Any] | str, problem: str
 ) -> None:
     fake.script(Reply(200, body))
+    provider = OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=5.0)
     with pytest.raises(MalformedCompletion) as caught:
         provider.complete(ask())
     assert isinstance(caught.value, PermanentError)
@@ -319,42 +234,37 @@ def test_a_2xx_that_is_not_a_chat_completion_is_a_permanent_error(
     assert problem in str(caught.value)
 
 
-def test_in_process_retries_wait_retry_after_then_succeed(fake: FakeOpenAI) -> None:
-    fake.script(Reply(503, "busy", headers={"Retry-After": "2"}), Reply())
-    waits: list[float] = []
-    with OpenAICompatibleProvider(
-        fake.base_url, model="m", timeout_s=5.0, max_retries_in_process=1, sleep=waits.append
-    ) as provider:
+def test_the_sdk_retries_in_process_only_when_asked_and_waits_what_the_server_says(fake: FakeOpenAI) -> None:
+    fake.script(Reply(503, "busy", headers={"Retry-After-Ms": "30"}))
+    with OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=5.0) as provider:
+        with pytest.raises(ProviderOverloaded) as caught:  # max_retries=0: the task base retries instead
+            provider.complete(ask())
+        assert caught.value.retry_after == pytest.approx(0.03)
+        assert len(fake.received) == 1
+    fake.script(Reply(503, "busy", headers={"Retry-After-Ms": "30"}), Reply())
+    with OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=5.0, max_retries=1) as provider:
         assert provider.complete(ask()).text == "Hello from the fake."
-    assert waits == [2.0]
-    assert len(fake.received) == 2
+    assert len(fake.received) == 3
 
 
 def test_in_process_retries_give_up_with_the_last_error(fake: FakeOpenAI) -> None:
-    fake.script(Reply(500, "one"), Reply(502, "two"), Reply(503, "three"))
-    waits: list[float] = []
+    quick = {"Retry-After-Ms": "10"}
+    fake.script(Reply(500, "one", quick), Reply(502, "two", quick), Reply(503, "three", quick))
     with (
-        OpenAICompatibleProvider(
-            fake.base_url, model="m", timeout_s=5.0, max_retries_in_process=2, sleep=waits.append
-        ) as provider,
+        OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=5.0, max_retries=2) as provider,
         pytest.raises(ProviderOverloaded, match="HTTP 503: three"),
     ):
         provider.complete(ask())
-    assert waits == [0.5, 1.0]
     assert len(fake.received) == 3
 
 
 def test_permanent_errors_are_not_retried_in_process(fake: FakeOpenAI) -> None:
     fake.script(Reply(400, openai_error("bad")), Reply())
-    waits: list[float] = []
     with (
-        OpenAICompatibleProvider(
-            fake.base_url, model="m", timeout_s=5.0, max_retries_in_process=3, sleep=waits.append
-        ) as provider,
+        OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=5.0, max_retries=3) as provider,
         pytest.raises(ProviderRejected),
     ):
         provider.complete(ask())
-    assert waits == []
     assert len(fake.received) == 1
 
 
@@ -362,20 +272,16 @@ def test_the_api_key_never_appears_in_errors_reprs_or_logs(
     fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    quick = {"Retry-After-Ms": "1"}
     fake.script(
         Reply(401, echo_auth=True),
-        Reply(500, echo_auth=True),
-        Reply(500, echo_auth=True),
+        Reply(500, echo_auth=True, headers=quick),
+        Reply(500, echo_auth=True, headers=quick),
         Reply(),
     )
     errors: list[BaseException] = []
     with OpenAICompatibleProvider(
-        fake.base_url,
-        model="m",
-        api_key=SecretStr(API_KEY),
-        timeout_s=5.0,
-        max_retries_in_process=1,
-        sleep=lambda _: None,
+        fake.base_url, model="m", api_key=SecretStr(API_KEY), timeout_s=5.0, max_retries=1
     ) as provider:
         for _ in range(2):
             with pytest.raises((ProviderRejected, ProviderOverloaded)) as caught:
@@ -389,9 +295,11 @@ def test_the_api_key_never_appears_in_errors_reprs_or_logs(
     # The server did receive the key, and did echo it back: the checks below are not vacuous.
     assert fake.received[0].headers["authorization"] == f"Bearer {API_KEY}"
     assert "**********" in str(errors[0])
-    assert "LLM provider unavailable" in caplog.text  # the in-process retry was logged
-    assert "HTTP Request: POST" in caplog.text  # and so was httpx
+    assert "Retrying request in" in caplog.text  # the SDK's in-process retry was logged
+    assert "LLM completion from" in caplog.text  # and so was the completion
     for error in errors:
+        # A worker logs the whole chain: an answer's SDK error (holding the echoed key) is not in it.
+        assert error.__cause__ is None
         shown += [str(error), repr(error), *map(str, error.args)]
     for text in [*shown, caplog.text]:
         assert API_KEY not in text
@@ -405,20 +313,25 @@ def test_overloaded_and_malformed_errors_survive_pickling() -> None:
     assert (str(malformed), malformed.status_code) == ("not json", 200)
 
 
-def test_an_injected_client_is_used_and_left_open(fake: FakeOpenAI) -> None:
-    seen: list[str] = []
-    with httpx.Client(event_hooks={"request": [lambda r: seen.append(str(r.url))]}) as client:
-        provider = OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=5.0, client=client)
+def test_an_injected_sdk_client_is_used_and_left_open(fake: FakeOpenAI) -> None:
+    client = openai.OpenAI(api_key="sk-shared", base_url="http://127.0.0.1:9/v1", max_retries=5)
+    provider = OpenAICompatibleProvider(fake.base_url, model="m", timeout_s=5.0, client=client)
+    fake.script(Reply(503, "busy"))
+    with pytest.raises(ProviderOverloaded):  # the provider's base_url and max_retries=0 apply, not the client's
         provider.complete(ask())
-        provider.close()
-        assert not client.is_closed
-    assert seen == [fake.base_url + "/chat/completions"]
+    assert provider.complete(ask()).text == "Hello from the fake."
+    provider.close()
+    assert not client.is_closed()
+    assert [r.headers["authorization"] for r in fake.received] == ["Bearer sk-shared"] * 2
+    client.close()
 
 
 def test_build_provider_makes_an_http_provider_from_config(fake: FakeOpenAI) -> None:
-    config = ProviderConfig(kind="openai", base_url=fake.base_url, model="cfg-model", timeout_s=3.0)
-    provider = build_provider(config)
+    config = ProviderConfig(kind="openai", base_url=fake.base_url, model="cfg-model", timeout_s=3.0, stream=True,
+                            max_retries=2)
+    provider = build_provider(config, "fast")
     assert isinstance(provider, OpenAICompatibleProvider)
+    assert (provider.name, provider.model, provider.stream, provider.max_retries) == ("fast", "cfg-model", True, 2)
     assert provider.complete(ask()).text == "Hello from the fake."
     assert fake.received[0].body["model"] == "cfg-model"
     provider.close()
@@ -435,3 +348,7 @@ def test_config_and_constructor_refuse_what_cannot_work() -> None:
         OpenAICompatibleProvider("localhost:8000/v1", model="m")
     with pytest.raises(ValueError, match="timeout_s"):
         OpenAICompatibleProvider("http://127.0.0.1/v1", model="m", timeout_s=0)
+    with pytest.raises(ValueError, match="max_retries"):
+        OpenAICompatibleProvider("http://127.0.0.1/v1", model="m", max_retries=-1)
+    with pytest.raises(ValidationError):
+        ProviderConfig(kind="openai", model="m", max_retries=11)
