@@ -31,7 +31,7 @@ from relaybus.eventstore.integrity import BrokenLink, CheckpointFinding, LogStat
 from relaybus.eventstore.keys import ChainKeys
 from relaybus.eventstore.models import DEFAULT_REDACT_KEYS, NewEvent, RecordedEvent, StoreConfig
 from relaybus.eventstore.projections import WorkflowStatus, WorkflowStatusProjection, apply, fold
-from relaybus.eventstore.queries import AgentStats, TaskStep, Timeline
+from relaybus.eventstore.queries import AgentStats, RateLimitWaits, TaskStep, Timeline
 from relaybus.eventstore.replay import DryRun, RunDiff, RunStep, StepDifference, diff, dry_run
 from relaybus.eventstore.store import EventStore, open_store
 
@@ -61,6 +61,7 @@ __all__ = [  # noqa: RUF022
     "BrokenLink",
     "CheckpointFinding",
     "LogState",
+    "RateLimitWaits",
     "TaskStep",
     "Timeline",
     "VerifyReport",

@@ -89,6 +89,36 @@ class AgentStats(BaseModel):
     queue_wait_p95_s: float | None
 
 
+class RateLimitWaits(BaseModel):
+    """Per agent, provider and model: how often tasks were deferred over a rate limit, and for how long."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str
+    provider: str
+    model: str
+    count: int
+    total_wait_s: float
+    max_wait_s: float
+
+
+def rate_limit_waits(deferrals: Iterable[RecordedEvent]) -> list[RateLimitWaits]:
+    """Fold ``task.deferred`` events into waits per agent, provider and model (sorted by them)."""
+    waits: dict[tuple[str, str, str], list[float]] = {}
+    for event in deferrals:
+        if event.type != t.TASK_DEFERRED:
+            continue
+        payload = event.payload if isinstance(event.payload, dict) else {}
+        key = (event.agent or "?", str(payload.get("provider", "?")), str(payload.get("model", "?")))
+        wait = payload.get("wait_s")
+        waits.setdefault(key, []).append(float(wait) if isinstance(wait, int | float) else 0.0)
+    return [
+        RateLimitWaits(agent=agent, provider=provider, model=model, count=len(values),
+                       total_wait_s=round(sum(values), 3), max_wait_s=max(values))
+        for (agent, provider, model), values in sorted(waits.items())
+    ]
+
+
 class _Step:
     __slots__ = (
         "agent",

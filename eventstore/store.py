@@ -59,7 +59,10 @@ from relaybus.eventstore.projections import WorkflowStatusProjection
 from relaybus.eventstore.redaction import Redactor, fit
 from relaybus.eventstore.schema import events
 from relaybus.eventstore.storable import needs_escaping, storable
+from relaybus.eventstore.types import TASK_DEFERRED
 
+#: The most ``task.deferred`` events ``rate_limit_waits`` folds (the newest of a range are left out beyond it).
+RATE_LIMIT_EVENTS = 100_000
 
 class _LookUpStored(Exception):
     """Internal: an optimistic append must check for stored events before it can decide."""
@@ -401,6 +404,13 @@ class EventStore:
             rows = conn.execute(query).all()
         parse = _sqlite_parsed_time if self.dialect == "sqlite" else _utc
         return queries.stats_of_events(_TaskRow(*row[:6], parse(row[6])) for row in rows)
+
+    def rate_limit_waits(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[queries.RateLimitWaits]:
+        """How often and how long tasks waited for a rate limit, per agent, provider and model (``task.deferred``)."""
+        deferred = self.find(type=TASK_DEFERRED, since=since, until=until, limit=RATE_LIMIT_EVENTS)
+        return queries.rate_limit_waits(deferred)
 
     def verify(self, *, expected: integrity.LogState | None = None, batch_size: int = 5000) -> integrity.VerifyReport:
         """Check every link, chain and position, and the log against ``expected`` (a checkpoint's signed

@@ -13,6 +13,8 @@ TASK_SENT: Final = "task.sent"
 TASK_RECEIVED: Final = "task.received"
 TASK_STARTED: Final = "task.started"
 TASK_RETRIED: Final = "task.retried"
+#: Given back to its queue with a countdown without using a retry: over a global LLM rate limit.
+TASK_DEFERRED: Final = "task.deferred"
 TASK_SUCCEEDED: Final = "task.succeeded"
 TASK_FAILED: Final = "task.failed"
 TASK_DEAD_LETTERED: Final = "task.dead_lettered"
@@ -61,6 +63,7 @@ TASK_TYPES: Final = frozenset(
         TASK_RECEIVED,
         TASK_STARTED,
         TASK_RETRIED,
+        TASK_DEFERRED,
         TASK_SUCCEEDED,
         TASK_FAILED,
         TASK_DEAD_LETTERED,

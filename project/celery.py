@@ -18,6 +18,7 @@ from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_setti
 from relaybus.tasks.bus.bus import subscriber_of
 from relaybus.tasks.bus.consumer import EventDelivery
 from relaybus.tasks.errors import BrokerUnreachable, PublishFailed
+from relaybus.tasks.llm import RateLimits
 from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
 from relaybus.tasks.runtime.context import continuing
 from relaybus.topology import Topology, agent_of
@@ -72,6 +73,15 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         publish_timeout_s=settings.publish_timeout_s,
         max_redeliveries=settings.max_redeliveries,
         llm=settings.llm_config(),
+        rate_limits=RateLimits(
+            limits=dict(settings.llm_rate_limits),
+            redis_url=settings.rate_limit_redis_url,
+            namespace=settings.namespace,
+            urgent_priority=PRIORITY_LEVELS[settings.llm_rate_limit_urgent_priority],
+            urgent_reserve=settings.llm_rate_limit_urgent_reserve,
+            completion_tokens=settings.llm_rate_limit_completion_tokens,
+            fail_open=settings.llm_rate_limit_fail_open,
+        ),
     )
 
 

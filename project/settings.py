@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, mask_url_passwords
-from relaybus.tasks.llm import LLMConfig, ProviderConfig
+from relaybus.tasks.llm import LLMConfig, ProviderConfig, RateLimit
 
 PriorityClass = Literal["urgent", "high", "normal", "low"]
 
@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     #: Agent → provider name (``researcher=careful,intake=fast`` or JSON); wins over ``@agent(llm=...)``.
     llm_agent_providers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
+    #: Global rate limits per ``"<provider>/<model>"``, shared by every worker through Redis (README, Rate
+    #: limits): JSON in the environment, ``{"openai/gpt-4o-mini": {"requests": 500, "tokens": 200000}}``,
+    #: per minute unless a limit sets ``period_s``. A call over a limit defers its task (``task.deferred``).
+    llm_rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
+    #: The Redis holding the shared windows; the result backend when it is a Redis and this is unset.
+    llm_rate_limit_redis_url: str | None = None
+    #: The share of each limit only urgent work (``llm_rate_limit_urgent_priority`` and above) may use.
+    llm_rate_limit_urgent_reserve: float = Field(default=0.2, ge=0, lt=1)
+    llm_rate_limit_urgent_priority: PriorityClass = "urgent"
+    #: The completion a request without ``max_tokens`` is expected to spend, until its real usage is known.
+    llm_rate_limit_completion_tokens: int = Field(default=512, gt=0)
+    #: When the limiter's Redis is unreachable: defer the call (false) or call the provider unlimited (true).
+    llm_rate_limit_fail_open: bool = False
+
     #: Your own agent modules, which workers import, and the agent names they register
     #: (each gets its queues), both comma separated in the environment.
     extra_modules: Annotated[tuple[str, ...], NoDecode] = ()
@@ -181,6 +195,24 @@ class Settings(BaseSettings):
                 url = data.get(url_field) or cls.model_fields[url_field].default
                 data = {**data, url_field: _with_password(url, _read_password(path, file_field), url_field)}
         return data
+
+    @model_validator(mode="after")
+    def _rate_limits_have_a_redis(self) -> Settings:
+        if self.llm_rate_limits and self.rate_limit_redis_url is None:
+            raise ValueError(
+                "llm_rate_limits need a Redis shared by every worker: set RELAYBUS_LLM_RATE_LIMIT_REDIS_URL "
+                "(the result backend is not a Redis)"
+            )
+        return self
+
+    @property
+    def rate_limit_redis_url(self) -> str | None:
+        """Where the rate limits' windows live: the setting, else the result backend if it is a Redis."""
+        if self.llm_rate_limit_redis_url:
+            return self.llm_rate_limit_redis_url
+        if self.result_backend.startswith(("redis://", "rediss://")):
+            return self.result_backend
+        return None
 
     @model_validator(mode="after")
     def _a_message_holds_a_payload(self) -> Settings:

@@ -65,16 +65,23 @@ def events(type_: str | None, agent: str | None, status: str | None, correlation
 @click.option("--until", type=click.DateTime(), default=None, help="Before this time (UTC).")
 @json_option
 def stats(since: datetime | None, until: datetime | None, as_json: bool) -> None:
-    """Per-agent counts, failures, p50/p95 run time and queue wait: which agent is the bottleneck?"""
+    """Per-agent counts, failures, p50/p95 run time and queue wait: which agent is the bottleneck?
+
+    Below them, when any task waited for an LLM rate limit: how often, and how long, per agent and model."""
     with event_store() as store:
         rows = store.agent_stats(since, until)
+        waits = store.rate_limit_waits(since, until)
     if as_json:
-        emit_json(rows)
+        emit_json(rows)  # the JSON shape stays a list of agents; the waits are ``relaybus events --type task.deferred``
         return
     table("agents", ["agent", "count", "failures", "run p50", "run p95", "wait p50", "wait p95"],
           [[r.agent, r.count, r.failures,
             *(milliseconds(v, from_seconds=True)
               for v in (r.run_time_p50_s, r.run_time_p95_s, r.queue_wait_p50_s, r.queue_wait_p95_s))] for r in rows])
+    if waits:
+        table("rate-limit waits", ["agent", "provider", "model", "deferrals", "total wait", "max wait"],
+              [[w.agent, w.provider, w.model, w.count, milliseconds(w.total_wait_s, from_seconds=True),
+                milliseconds(w.max_wait_s, from_seconds=True)] for w in waits])
 
 
 @click.group()

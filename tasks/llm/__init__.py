@@ -15,6 +15,15 @@ from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionReques
 from relaybus.tasks.llm._offline import OfflineProvider
 from relaybus.tasks.llm._openai import OpenAICompatibleProvider
 from relaybus.tasks.llm._provider import LLMProvider, complete, model_for
+from relaybus.tasks.llm._ratelimit import (
+    RateLimit,
+    RateLimited,
+    RateLimitedProvider,
+    RateLimits,
+    RedisRateLimiter,
+    RequestOverLimit,
+    estimate_tokens,
+)
 from relaybus.tasks.llm._replay import RecordingProvider, ReplayProvider
 
 # Grouped by purpose, as the house style asks, rather than sorted.
@@ -35,6 +44,12 @@ __all__ = [  # noqa: RUF022
     "OpenAICompatibleProvider",
     "RecordingProvider",
     "ReplayProvider",
+    # Global rate limits
+    "RateLimit",
+    "RateLimitedProvider",
+    "RateLimits",
+    "RedisRateLimiter",
+    "estimate_tokens",
     # Configuration
     "LLMConfig",
     "OFFLINE",
@@ -45,4 +60,6 @@ __all__ = [  # noqa: RUF022
     "MalformedCompletion",
     "ProviderOverloaded",
     "UnknownProvider",
+    "RateLimited",
+    "RequestOverLimit",
 ]

@@ -4,13 +4,15 @@
 
     AgentError
      ├── TransientError
-     │    └── ProviderUnavailable          (tasks.errors) timed out, unreachable
-     │         └── ProviderOverloaded      answered 429 or 5xx; ``status_code``, ``retry_after``
+     │    ├── ProviderUnavailable          (tasks.errors) timed out, unreachable
+     │    │    └── ProviderOverloaded      answered 429 or 5xx; ``status_code``, ``retry_after``
+     │    └── RateLimited                  (_ratelimit) over a global rate limit; the task is deferred, not retried
      └── PermanentError
           ├── ProviderRejected             (tasks.errors) answered 4xx other than 429
           ├── MalformedCompletion          answered 2xx with a body that is not a chat completion
           ├── CompletionNotRecorded        replay found no recorded completion for a request
-          └── UnknownProvider              an agent asked for a provider name that is not configured
+          ├── UnknownProvider              an agent asked for a provider name that is not configured
+          └── RequestOverLimit             (_ratelimit) one request is over its token limit per period
 
 Each class pickles with its attributes (``__reduce__``), so it survives a trip through the
 result backend.

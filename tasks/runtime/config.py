@@ -17,7 +17,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, Redactor, mask_url_passwords, redactor
-from relaybus.tasks.llm import LLMConfig, LLMProvider, build_provider
+from relaybus.tasks.llm import LLMConfig, LLMProvider, RateLimits, RedisRateLimiter, build_provider
 
 
 class RuntimeConfig(BaseModel):
@@ -49,6 +49,7 @@ class RuntimeConfig(BaseModel):
     max_redeliveries: int = 10
     #: The named LLM providers, the default, and the choice per agent (a single ProviderConfig is accepted too).
     llm: LLMConfig = Field(default_factory=LLMConfig)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
 
     def __repr_args__(self) -> Any:
         # ``celery inspect conf`` (Flower's worker Config tab) shows this repr: no database password in it.
@@ -188,6 +189,29 @@ def llm_provider(app: Celery, agent: str | None = None, declared: str | None = N
     name = llm.choose(agent, declared)
     provider: LLMProvider = _resources.get(f"llm:{id(app)}:{name}", lambda: build_provider(llm.providers[name], name))
     return provider
+
+
+#: Short Redis timeouts for the limiter: a call waits on it before every completion, and an unreachable Redis
+#: must become a deferral (or, failing open, a call) in about a second, not hang the task.
+LIMITER_REDIS_TIMEOUT_S = 1.0
+
+
+def rate_limiter(app: Celery) -> RedisRateLimiter | None:
+    """This process's limiter, or None when the app has no rate limits."""
+    limits = runtime_config(app).rate_limits
+    if not limits.limits or limits.redis_url is None:  # RateLimits refuses limits without a Redis
+        return None
+    url = limits.redis_url
+
+    def build() -> RedisRateLimiter:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=LIMITER_REDIS_TIMEOUT_S,
+                                      socket_connect_timeout=LIMITER_REDIS_TIMEOUT_S)
+        return RedisRateLimiter(client, limits.namespace)
+
+    limiter: RedisRateLimiter = _resources.get(f"ratelimiter:{id(app)}", build)
+    return limiter
 
 
 def resources() -> _PerProcess:

@@ -22,6 +22,8 @@ REDRIVE_HEADER = "x_redrive"
 LLM_REPLAY_HEADER = "x_llm_replay_of"
 #: Set on every message of a re-driven workflow: the correlation id it replays.
 REPLAY_OF_HEADER = "x_replay_of"
+#: How many times the task was deferred (over a rate limit, tasks.runtime.deferral); absent before the first.
+DEFERRALS_HEADER = "x_deferrals"
 
 _correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
 _causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)
@@ -82,7 +84,8 @@ def id_problems(**ids: Any) -> list[dict[str, Any]]:
 def request_headers(request: Any) -> dict[str, Any]:
     """A running task's headers, with relaybus's ids that Celery moved onto the request put back."""
     headers: dict[str, Any] = dict(request.headers or {})
-    for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, "root_id", "parent_id"):
+    for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, DEFERRALS_HEADER, "root_id",
+                "parent_id"):
         value = getattr(request, key, None)
         if value is not None and key not in headers:
             headers[key] = value

@@ -29,13 +29,13 @@ from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from celery import Task, shared_task
 from celery._state import get_current_task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relaybus.eventstore import StoreUnavailable
 from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, RecordFailed, is_transient
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
-from relaybus.tasks.runtime import recording, tracecontext
+from relaybus.tasks.runtime import deferral, recording, tracecontext
 from relaybus.tasks.runtime.config import llm_provider, runtime_config
 from relaybus.tasks.runtime.context import (
     CAUSATION_HEADER,
@@ -246,6 +246,8 @@ class AgentTask(Task):  # type: ignore[misc]
             refused = RecordFailed(f"the event log cannot be opened: {type(exc).__name__}: {exc}")
             return self._give_up(call, refused, "record-failed")
         call = Call(self, request, args, kwargs, time.monotonic(), recorder)
+        if deferral.already_deferred(call):  # its deferred copy is queued and carries on
+            raise Ignore()
         for before_call in hooks.before_call:
             before_call(call)
         try:
@@ -257,6 +259,7 @@ class AgentTask(Task):  # type: ignore[misc]
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             error: BaseException = exc
+            deferral.defer_if_rate_limited(call, error, config)  # waiting is no failure: no retry is used
             max_retries = self.spec.max_retries if self.spec.max_retries is not None else config.max_retries
             if is_transient(error) and request.retries < max_retries:
                 countdown = config.backoff(request.retries)
@@ -340,6 +343,7 @@ class AgentTask(Task):  # type: ignore[misc]
         """
         provider: LLMProvider = llm_provider(self.app, self.spec.name, self.spec.llm)
         # -- wrappers around the live provider go here (they are skipped by a replay's recorded answers) --
+        provider = deferral.rate_limited(self.app, provider, request)
         replay_of = headers.get(LLM_REPLAY_HEADER)
         if replay_of:
             provider = ReplayProvider.standing_in_for(provider, recorder.recorded_completions(str(replay_of)))

@@ -15,6 +15,7 @@ from relaybus.eventstore import NewEvent
 from relaybus.eventstore.types import (
     LLM_COMPLETED,
     TASK_DEAD_LETTERED,
+    TASK_DEFERRED,
     TASK_FAILED,
     TASK_RECEIVED,
     TASK_REDELIVERED,
@@ -26,6 +27,7 @@ from relaybus.eventstore.types import (
 from relaybus.tasks.runtime.context import (
     CAUSATION_HEADER,
     CORRELATION_HEADER,
+    DEFERRALS_HEADER,
     REDRIVE_HEADER,
     id_problem,
     request_headers,
@@ -83,6 +85,11 @@ def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[
 def retried(task: Any, request: Any, error: BaseException, countdown: float, host: str) -> NewEvent:
     payload = {**_error_payload(error), "countdown_s": round(countdown, 3)}
     return _event(request, task, host, TASK_RETRIED, event_id(request.id, "retried", request.retries or 0), payload)
+
+
+def deferred(task: Any, request: Any, payload: dict[str, Any], host: str) -> NewEvent:
+    """``task.deferred``: this delivery gave its message back with a countdown (tasks.runtime.deferral)."""
+    return _event(request, task, host, TASK_DEFERRED, event_id(request.id, "deferred", _delivery(request)), payload)
 
 
 def succeeded(task: Any, request: Any, result: Any, duration_s: float, host: str) -> NewEvent:
@@ -258,7 +265,17 @@ def _agent_of(task: Any) -> str | None:
 
 
 def _delivery(request: Any) -> str:
-    return f"{request.retries or 0}:{_redrive(request)}:{int(bool((request.delivery_info or {}).get('redelivered')))}"
+    redelivered = int(bool((request.delivery_info or {}).get("redelivered")))
+    delivery = f"{request.retries or 0}:{_redrive(request)}:{redelivered}"
+    # A deferred task runs again with the same retries: its deferrals tell the runs apart (older ids are unchanged).
+    deferrals = deferrals_of(request)
+    return f"{delivery}:d{deferrals}" if deferrals else delivery
+
+
+def deferrals_of(request: Any) -> int:
+    """How many times the task of ``request`` was deferred before this delivery."""
+    value = getattr(request, DEFERRALS_HEADER, None) or dict(request.headers or {}).get(DEFERRALS_HEADER)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _redrive(request: Any) -> Any:

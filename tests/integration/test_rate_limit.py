@@ -1,0 +1,155 @@
+"""Global LLM rate limits across worker processes (issue 18, part 2).
+
+Two workers of two pool processes each (four processes, two main processes as on two hosts) call a local
+OpenAI-compatible server under a limit of 4 requests per second; the server timestamps every request it gets.
+The limit holds in every window the server saw, every task completes on its first attempt (deferrals use no
+retry), urgent work gets the reserved share at once, and ``relaybus stats`` shows the waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from relaybus.eventstore import open_store
+from relaybus.settings import Settings
+from relaybus.tasks.llm import RateLimit
+from tests.harness import ROOT, make_settings, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+LIMIT = 4
+PERIOD_S = 1.0
+NORMAL_TASKS = 12
+
+
+class FakeOpenAI:
+    """A stdlib OpenAI-compatible server that notes when each chat completion arrived (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, str]] = []
+        lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                arrived = time.monotonic()
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                with lock:
+                    fake.arrivals.append((arrived, body["messages"][-1]["content"]))
+                data = json.dumps({
+                    "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def most_in_any_window(times: list[float], period_s: float) -> int:
+    """The most requests in any window ``[t, t + period_s)``: every maximal window starts at a request."""
+    ordered = sorted(times)
+    best, end = 0, 0
+    for start, at in enumerate(ordered):
+        while end < len(ordered) and ordered[end] < at + period_s:
+            end += 1
+        best = max(best, end - start)
+    return best
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, broker_url: str, redis_url: str, fake_openai: FakeOpenAI) -> Settings:
+    return make_settings(
+        tmp_path, broker_url, redis_url,
+        extra_modules=("tests.limited_agents",), extra_agents=("asker",),
+        llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
+        llm_rate_limits={"openai/fake-model": RateLimit(requests=LIMIT, period_s=PERIOD_S)},
+        llm_rate_limit_urgent_reserve=0.25,
+    )
+
+
+def test_four_workers_never_exceed_the_limit_in_any_window_and_stats_show_the_waits(
+    settings: Settings, app: Celery, start_worker: Any, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    first = start_worker("asker", concurrency=2, wait=False)
+    second = start_worker("asker", concurrency=2, wait=False)
+    first.wait_ready(app)
+    second.wait_ready(app)
+    task = app.tasks["agents.asker"]
+
+    normal = [task.apply_async(kwargs={"text": f"normal {i}"}, priority="high") for i in range(NORMAL_TASKS)]
+    store = open_store(settings.eventstore_url)
+    try:
+        # Once normal work is being deferred (it has used its 3 of 4), an urgent call still goes at once.
+        wait_for(lambda: store.find(type="task.deferred", limit=1), 30, 0.05, "a first deferral")
+        urgent = task.apply_async(kwargs={"text": "urgent"}, priority="urgent")
+        results = [r.get(timeout=60) for r in [*normal, urgent]]
+
+        assert all(r["attempt"] == 1 for r in results), "a deferral must not use a retry"
+        arrivals = [at for at, _ in fake_openai.arrivals]
+        assert len(arrivals) == NORMAL_TASKS + 1, "each task called the provider once"
+        observed = most_in_any_window(arrivals, PERIOD_S)
+        print(f"\nlimit {LIMIT} per {PERIOD_S:g} s; observed max {observed} in any {PERIOD_S:g} s window over "
+              f"{len(arrivals)} requests in {max(arrivals) - min(arrivals):.2f} s")
+        assert observed <= LIMIT
+
+        deferred = store.find(type="task.deferred", limit=1000)
+        assert deferred, "12 calls at 3 a second cannot all have gone at once"
+        assert {e.task_id for e in deferred} <= {r.id for r in normal}, "the urgent call waited"
+        for event in deferred:
+            assert event.payload["reason"] == "rate-limited" and event.payload["limit"] == "requests"
+            assert 0 < event.payload["wait_s"] <= PERIOD_S * (NORMAL_TASKS / (LIMIT - 1) + 1)
+            assert event.priority == 2
+        started = store.find(type="task.started", agent="asker", limit=1000)
+        assert len(started) == NORMAL_TASKS + 1 + len(deferred), "each deferral is followed by a run of its own"
+        assert {e.priority for e in started if e.task_id != urgent.id} == {2}, "the deferred copies keep priority"
+        succeeded = store.find(type="task.succeeded", agent="asker", limit=1000)
+        assert sorted(e.task_id for e in succeeded) == sorted(r.id for r in [*normal, urgent])
+    finally:
+        store.close()
+
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+    shown = subprocess.run([sys.executable, "-m", "relaybus.cli", "stats"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    print(shown.stdout)
+    waits = [line for line in shown.stdout.splitlines() if "fake-model" in line]
+    assert len(waits) == 1 and "asker" in waits[0] and "openai" in waits[0]
+    assert f" {len(deferred)} " in waits[0], waits[0]
