@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -297,6 +298,14 @@ def _declare_topology(sender: Any = None, **_: Any) -> None:
         topology_of(app).declare(conn)
 
 
+def _check_llm_choices(sender: Any = None, **_: Any) -> None:
+    from relaybus.tasks.runtime.config import llm_choice_problems
+
+    app = sender.app if sender is not None and hasattr(sender, "app") else None
+    for problem in llm_choice_problems(app) if app is not None else ():
+        logging.getLogger("relaybus.worker").error("LLM provider misconfigured: %s", problem)
+
+
 def _connect_signals() -> None:
     from relaybus.tasks.runtime.chords import register_chord_member
     from relaybus.tasks.runtime.context import propagate_ids
@@ -331,6 +340,7 @@ def _connect_signals() -> None:
     signals.after_setup_task_logger.connect(redact_logs, weak=False, dispatch_uid="relaybus.redact_task_logs")
     quiet_success_log()
     signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")
+    signals.worker_init.connect(_check_llm_choices, weak=False, dispatch_uid="relaybus.check_llm_choices")
     signals.worker_init.connect(start_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
     signals.worker_shutdown.connect(stop_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from relaybus.eventstore.redaction import mask_url_passwords
 from relaybus.tasks.llm._errors import UnknownProvider
 from relaybus.tasks.llm._provider import LLMProvider
 
@@ -35,6 +36,11 @@ class ProviderConfig(BaseModel):
     max_retries: int = Field(default=0, ge=0, le=10)
     #: Consume the answer as a stream (server-sent events); the completion recorded is the same.
     stream: bool = False
+
+    def __repr_args__(self) -> Any:
+        # ``celery inspect conf`` shows the runtime config's repr: the key is a SecretStr, a URL may hold a password.
+        for name, value in super().__repr_args__():
+            yield name, mask_url_passwords(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _openai_names_a_model(self) -> ProviderConfig:

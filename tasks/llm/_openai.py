@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr, ValidationError
 
+from relaybus.eventstore.redaction import mask_url_passwords
 from relaybus.tasks.errors import PermanentError, ProviderRejected, ProviderUnavailable
 from relaybus.tasks.llm._errors import MalformedCompletion, ProviderOverloaded
 from relaybus.tasks.llm._models import Completion, CompletionRequest
@@ -96,6 +97,8 @@ class OpenAICompatibleProvider:
 
         self.name = name
         self.base_url = base_url.rstrip("/")
+        #: The endpoint as messages and logs show it: a password in the URL masked.
+        self._where = mask_url_passwords(f"{self.base_url}/chat/completions")
         self.model = model
         self._api_key = api_key
         self.timeout_s = timeout_s
@@ -117,7 +120,8 @@ class OpenAICompatibleProvider:
     def __repr__(self) -> str:
         key = "None" if self._api_key is None else repr(self._api_key)  # SecretStr('**********')
         return (
-            f"OpenAICompatibleProvider(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r}, "
+            f"OpenAICompatibleProvider(name={self.name!r}, base_url={mask_url_passwords(self.base_url)!r}, "
+            f"model={self.model!r}, "
             f"api_key={key}, timeout_s={self.timeout_s!r}, max_retries={self.max_retries!r}, "
             f"stream={self.stream!r})"
         )
@@ -150,7 +154,7 @@ class OpenAICompatibleProvider:
             raise self._translate(exc) from _cause(exc)
         logger.debug(
             "LLM completion from %s (%s): model=%s prompt_tokens=%d completion_tokens=%d tool_calls=%d",
-            self.url,
+            self._where,
             self.name,
             completion.model,
             completion.usage.prompt_tokens,
@@ -173,14 +177,14 @@ class OpenAICompatibleProvider:
             raise self._malformed(exc, status, "streamed an answer that is not a chat completion") from None
         except ValueError as exc:  # an event that is not JSON
             raise MalformedCompletion(
-                f"LLM provider at {self.url} answered HTTP {status} with a stream that is not chat completion "
+                f"LLM provider at {self._where} answered HTTP {status} with a stream that is not chat completion "
                 f"chunks ({type(exc).__name__})",
                 status_code=status,
             ) from None
         except Exception as exc:
             if type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES:
                 raise ProviderUnavailable(
-                    f"LLM provider at {self.url} broke off its streamed answer: {self._scrub(str(exc))}"
+                    f"LLM provider at {self._where} broke off its streamed answer: {self._scrub(str(exc))}"
                 ) from exc
             raise
 
@@ -195,7 +199,7 @@ class OpenAICompatibleProvider:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
         )
-        return MalformedCompletion(f"LLM provider at {self.url} answered HTTP {status} {what} ({problems})",
+        return MalformedCompletion(f"LLM provider at {self._where} answered HTTP {status} {what} ({problems})",
                                    status_code=status)
 
     def _extra_headers(self) -> dict[str, Any]:
@@ -210,28 +214,30 @@ class OpenAICompatibleProvider:
 
         if isinstance(exc, openai.APITimeoutError):
             return ProviderUnavailable(
-                f"LLM provider at {self.url} timed out after {self.timeout_s}s (APITimeoutError)"
+                f"LLM provider at {self._where} timed out after {self.timeout_s}s (APITimeoutError)"
             )
         if isinstance(exc, openai.APIConnectionError):
             reason = exc.__cause__ or exc
-            return ProviderUnavailable(f"LLM provider at {self.url} could not be reached: {self._scrub(str(reason))}")
+            return ProviderUnavailable(
+                f"LLM provider at {self._where} could not be reached: {self._scrub(str(reason))}"
+            )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             if status == 429 or status >= 500:
                 return ProviderOverloaded(
-                    f"LLM provider at {self.url} answered HTTP {status}: {self._error_message(exc.response)}",
+                    f"LLM provider at {self._where} answered HTTP {status}: {self._error_message(exc.response)}",
                     status_code=status,
                     retry_after=_retry_after(exc.response.headers),
                 )
             if status >= 400:
                 return ProviderRejected(status, self._error_message(exc.response))
             return MalformedCompletion(
-                f"LLM provider at {self.url} answered HTTP {status}, expected a 2xx chat completion",
+                f"LLM provider at {self._where} answered HTTP {status}, expected a 2xx chat completion",
                 status_code=status,
             )
         # An error event inside a stream (an APIError without a status): transient when the server says it
         # is its own trouble (OpenAI's server_error, rate_limit_exceeded...), permanent otherwise.
-        message = f"LLM provider at {self.url} sent an error: {self._scrub(str(exc))[:_MAX_ERROR_CHARS]}"
+        message = f"LLM provider at {self._where} sent an error: {self._scrub(str(exc))[:_MAX_ERROR_CHARS]}"
         kind = f"{getattr(exc, 'type', '')} {getattr(exc, 'code', '')}".lower()
         if any(word in kind for word in _TRANSIENT_KINDS):
             return ProviderUnavailable(message)

@@ -92,6 +92,18 @@ class RuntimeConfig(BaseModel):
         # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
+    def retry_countdown(self, retries: int, error: BaseException) -> float:
+        """The wait before retrying after ``error``: the backoff, or what the error asks when longer (a
+        provider's ``Retry-After``, :class:`~tasks.llm.ProviderOverloaded`), capped at ``retry_backoff_max_s``.
+
+        The LLM SDK does not retry in-process (tasks.llm._openai), so this is where a 429's wait is honoured.
+        """
+        countdown = self.backoff(retries)
+        asked = getattr(error, "retry_after", None)
+        if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > countdown:
+            countdown = min(float(asked), self.retry_backoff_max_s)
+        return countdown
+
     def check_time_limit(self, time_limit_s: float | None) -> str | None:
         """What is wrong with a hard time limit (an agent's own, or None for the app's), or None if nothing.
 
@@ -212,6 +224,26 @@ def rate_limiter(app: Celery) -> RedisRateLimiter | None:
 
     limiter: RedisRateLimiter = _resources.get(f"ratelimiter:{id(app)}", build)
     return limiter
+
+
+def llm_choice_problems(app: Celery) -> list[str]:
+    """What is wrong with the LLM providers the app's agents ask for: one line per agent whose declared
+    provider (``@agent(llm=...)``) is not configured, for a worker to say when it starts rather than at
+    the agent's first call (which fails it, permanently, with the same words)."""
+    from relaybus.tasks.llm import UnknownProvider
+
+    llm = runtime_config(app).llm
+    problems: list[str] = []
+    for task in list(app.tasks.values()):
+        spec = getattr(task, "spec", None)
+        name, declared = getattr(spec, "name", None), getattr(spec, "llm", None)
+        if not isinstance(name, str) or not isinstance(declared, str):
+            continue
+        try:
+            llm.choose(name, declared)
+        except UnknownProvider as exc:
+            problems.append(str(exc))
+    return sorted(set(problems))
 
 
 def resources() -> _PerProcess:

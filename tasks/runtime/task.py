@@ -262,7 +262,7 @@ class AgentTask(Task):  # type: ignore[misc]
             deferral.defer_if_rate_limited(call, error, config)  # waiting is no failure: no retry is used
             max_retries = self.spec.max_retries if self.spec.max_retries is not None else config.max_retries
             if is_transient(error) and request.retries < max_retries:
-                countdown = config.backoff(request.retries)
+                countdown = config.retry_countdown(request.retries, error)
                 try:
                     for on_retry in hooks.on_retry:
                         on_retry(call, error, countdown)

@@ -11,7 +11,7 @@ from celery import Celery
 from pydantic import SecretStr, ValidationError
 
 from relaybus.settings import Settings
-from relaybus.tasks.errors import PermanentError, is_transient
+from relaybus.tasks.errors import PermanentError, ProviderUnavailable, is_transient
 from relaybus.tasks.llm import (
     ChatMessage,
     CompletionRequest,
@@ -20,14 +20,15 @@ from relaybus.tasks.llm import (
     OfflineProvider,
     OpenAICompatibleProvider,
     ProviderConfig,
+    ProviderOverloaded,
     RecordingProvider,
     UnknownProvider,
     build_provider,
     model_for,
 )
-from relaybus.tasks.runtime.config import RuntimeConfig, llm_provider, resources
+from relaybus.tasks.runtime.config import RuntimeConfig, llm_choice_problems, llm_provider, resources
 from relaybus.tasks.runtime.recording import NullRecorder
-from relaybus.tasks.runtime.task import AgentModel, agent
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, AgentSpec, AgentTask, agent
 
 SECRET = "sk-choice-test-0a1b2c3d"
 
@@ -122,6 +123,13 @@ def test_named_providers_come_from_the_environment_as_json_and_go_back_to_it_wit
     assert Settings().llm_config().agents == {"writer": "offline"}
 
 
+def test_a_provider_config_shows_neither_its_key_nor_a_password_in_its_url() -> None:
+    config = fast().model_copy(update={"base_url": "https://user:hunter2pass@llm.internal/v1"})
+    shown = repr(RuntimeConfig(llm=LLMConfig(providers={"fast": config})))
+    assert "hunter2pass" not in shown and SECRET not in shown
+    assert "llm.internal" in shown
+
+
 def test_a_runtime_config_takes_a_single_provider_config_as_before() -> None:
     config = RuntimeConfig(llm=fast())  # type: ignore[arg-type]
     assert config.llm.default == "openai"
@@ -150,17 +158,38 @@ class Answer(AgentModel):
     text: str
 
 
+def answer(inp: Question, ctx: AgentContext) -> Answer:
+    return Answer(text=inp.text)
+
+
+def unused_run() -> None:
+    """The body is AgentTask.__call__."""
+
+
+def agent_task(app: Celery, name: str, llm: str | None) -> AgentTask:
+    """An agent task registered on ``app`` only (not shared with every app the test process makes)."""
+    task: AgentTask = app.task(
+        name=f"agents.{name}", base=AgentTask, spec=AgentSpec(name, Question, Answer, answer, llm=llm), bind=False,
+        shared=False,
+    )(unused_run)
+    return task
+
+
+@agent("choice_test_pinned", input=Question, output=Answer, llm="offline")
+def pinned(inp: Question, ctx: AgentContext) -> Answer:
+    return answer(inp, ctx)
+
+
+def test_the_agent_decorator_keeps_the_declared_provider() -> None:
+    assert pinned.spec.llm == "offline"
+    assert pinned.spec.name == "choice_test_pinned"
+
+
 def test_an_agent_declares_its_provider_and_every_stage_of_its_chain_shows_that_name_and_model() -> None:
     resources().clear()
     # Offline providers under two names: the chain is exercised without a network.
     app = app_with(LLMConfig(providers={"quick": ProviderConfig(), "spare": ProviderConfig()}, default="spare"))
-
-    @agent("choice_test_quick", input=Question, output=Answer, llm="quick")
-    def quick(inp: Question, ctx: object) -> Answer:
-        return Answer(text=inp.text)
-
-    task = app.tasks[quick.name]  # a shared task, bound to this app
-    assert task.spec.llm == "quick"
+    task = agent_task(app, "choice_test_quick", llm="quick")
     recorder = NullRecorder()
     request = SimpleNamespace(id="t-1", retries=0, delivery_info={})
     chain = task._llm(request, {}, recorder)
@@ -175,3 +204,27 @@ def test_an_agent_declares_its_provider_and_every_stage_of_its_chain_shows_that_
     # On a deterministic replay the recorded answers stand in for the provider, under its name and model.
     replayed = task._llm(request, {"x_llm_replay_of": "original"}, recorder)
     assert (replayed.name, replayed.model) == ("quick", "offline-echo")
+
+
+def test_a_worker_names_the_agents_that_ask_for_a_provider_not_configured() -> None:
+    app = app_with(LLMConfig(providers={"quick": ProviderConfig()}))
+    agent_task(app, "choice_test_ok", llm="quick")
+    agent_task(app, "choice_test_default", llm=None)
+    agent_task(app, "choice_test_ghost", llm="ghost")
+    assert llm_choice_problems(app) == [
+        "agent 'choice_test_ghost' asks for LLM provider 'ghost', which is not configured (configured: offline, "
+        "quick); add it to RELAYBUS_LLM_PROVIDERS or change the agent's choice"
+    ]
+    # The operator's choice for that agent repairs it.
+    fixed = app_with(LLMConfig(providers={"quick": ProviderConfig()}, agents={"choice_test_ghost": "quick"}))
+    agent_task(fixed, "choice_test_ghost", llm="ghost")
+    assert llm_choice_problems(fixed) == []
+
+
+def test_a_retry_waits_what_an_overloaded_provider_asks_within_the_backoff_cap() -> None:
+    config = RuntimeConfig(retry_backoff_s=1.0, retry_backoff_max_s=60.0, retry_jitter=False)
+    assert config.retry_countdown(0, ProviderUnavailable("down")) == 1.0
+    assert config.retry_countdown(0, ProviderOverloaded("busy", 429, retry_after=7.0)) == 7.0
+    assert config.retry_countdown(3, ProviderOverloaded("busy", 429, retry_after=2.0)) == 8.0  # backoff is longer
+    assert config.retry_countdown(0, ProviderOverloaded("busy", 429, retry_after=3600.0)) == 60.0
+    assert config.retry_countdown(0, ProviderOverloaded("busy", 503)) == 1.0
