@@ -182,8 +182,9 @@ if wait <= 0 then
 end
 if waiter ~= '' then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - period)
-  local ahead = redis.call('ZCARD', KEYS[3])
-  if redis.call('ZSCORE', KEYS[3], waiter) then ahead = ahead - 1 end
+  -- Who is ahead in line: every waiter for a call new in line, those due before it for one asking again.
+  local mine = redis.call('ZSCORE', KEYS[3], waiter)
+  local ahead = mine and redis.call('ZCOUNT', KEYS[3], '-inf', '(' .. mine) or redis.call('ZCARD', KEYS[3])
   local per_window = req_cap
   if tok_cap > 0 then
     local fit = math.max(1, math.floor(tok_cap / cost))
