@@ -217,6 +217,17 @@ def _sagas(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     return r, rows
 
 
+def _ratelimit(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
+    from bench.ratelimit_bench import run
+
+    r = run(calls=500 if quick else 2000, rounds=1 if quick else 3)
+    rows = [["LLM call, global rate limit", "limiter off (offline provider)", f"{r['off_us']:.0f} µs/call", "", ""]]
+    for window, f in r["on"].items():
+        rows.append(["LLM call, global rate limit", f"limiter on, Redis on localhost, {window} calls in the window",
+                     f"{f['on_us']:.0f} µs/call", f"overhead {f['overhead_us']:.0f} µs/call (2 Lua scripts)", ""])
+    return r, rows
+
+
 BENCHMARKS = {
     "throughput": _throughput,
     "priority": _priority,
@@ -224,6 +235,7 @@ BENCHMARKS = {
     "scale": _scale,
     "pipeline": _pipeline,
     "sagas": _sagas,
+    "ratelimit": _ratelimit,
 }
 
 
