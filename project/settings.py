@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     #: Public keys (base64, comma separated) whose checkpoints ``relaybus verify --since-checkpoint`` trusts.
     checkpoint_public_keys: Annotated[tuple[str, ...], NoDecode] = ()
 
+    @field_validator("llm_providers", "llm_rate_limits", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        # The environment's JSON is decoded by pydantic-settings; the same text given as a value (to_env's
+        # output handed back, a .env read by hand) is decoded here.
+        return json.loads(value) if isinstance(value, str) else value
+
     @field_validator("llm_agent_providers", mode="before")
     @classmethod
     def _agent_pairs(cls, value: object) -> object:
