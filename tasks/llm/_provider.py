@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest
+from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest, Tool
 
 
 @runtime_checkable
@@ -36,14 +37,22 @@ def complete(
     model: str | None = None,
     temperature: float = 0.0,
     max_tokens: int | None = None,
+    tools: Sequence[Tool] = (),
+    tool_choice: str | None = None,
 ) -> Completion:
-    """Ask ``provider`` one question: an optional system prompt and one user message."""
+    """Ask ``provider`` one question: an optional system prompt and one user message, optionally offering
+    ``tools`` (the completion's ``tool_calls`` then say which the model wants called)."""
     messages: list[ChatMessage] = []
     if system is not None:
         messages.append(ChatMessage(role="system", content=system))
     messages.append(ChatMessage(role="user", content=user))
     request = CompletionRequest(
-        messages=tuple(messages), model=model, temperature=temperature, max_tokens=max_tokens
+        messages=tuple(messages),
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        tools=tuple(tools),
+        tool_choice=tool_choice,
     )
     return provider.complete(request)
 

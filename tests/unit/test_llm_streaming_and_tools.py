@@ -21,6 +21,7 @@ from relaybus.tasks.llm import (
     ReplayProvider,
     Tool,
     ToolCall,
+    complete,
 )
 from tests.fake_openai import FakeOpenAI, Reply, chat_completion, sse_chunks, tool_call
 
@@ -143,6 +144,16 @@ def test_tools_and_a_tool_conversation_go_on_the_wire_as_openai_expects(fake: Fa
         {"role": "tool", "content": '{"sky": "clear"}', "tool_call_id": "call_1"},
     ]
     assert "tool_choice" not in followed
+
+
+def test_complete_offers_tools_and_returns_the_calls_the_model_asked_for(fake: FakeOpenAI) -> None:
+    fake.script(Reply(body=chat_completion(None, tool_calls=CALLS)))
+    with provider(fake, stream=True) as live:
+        completion = complete(live, system="You are the forecaster.", user="Lyon, Oslo?", tools=[WEATHER],
+                              tool_choice="required")
+    assert [c.name for c in completion.tool_calls] == ["weather", "weather"]
+    [received] = fake.received
+    assert received.body["tool_choice"] == "required" and len(received.body["tools"]) == 1
 
 
 def test_tool_fields_change_the_fingerprint_only_when_used() -> None:
