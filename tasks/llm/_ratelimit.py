@@ -10,7 +10,11 @@ bucket, then its refill), and the promise here is "never more than N in any wind
 
 Tokens are the prompt's estimate (4 characters a token, a cheap and usual rule of thumb) plus the expected
 completion (``max_tokens``, or ``completion_tokens`` when the request does not say); once the provider
-answered, the call's entry is corrected to the usage it reported, so the window holds what was really spent.
+answered, the call's entry is corrected to the usage it reported, so the window holds what was really spent,
+and moved to the time the call ended: the provider saw the request somewhere between the two, and a request
+slow on its way (a process's first connection) must not let another in less than a period after it arrived.
+So a call counts from when it was let through until a period after it ended; when a limit is saturated, the
+calls' durations are what this costs.
 
 Urgent work gets its tokens first: calls below the urgent priority may use only ``1 - urgent_reserve`` of
 each limit, so the reserved share is there for urgent calls whenever normal work has taken its own. Queue
@@ -197,26 +201,34 @@ end
 return {0, wait, which}
 """
 
-# KEYS: log, tokens. ARGV: the member as recorded, the member with the real token count. A call whose entry
-# has already left the window is not corrected: the window it counted in is over.
+# KEYS: log, tokens. ARGV: the member as recorded, the member with the real token count, period_us. The call's
+# entry moves to now, its end: the provider saw the request somewhere between its admission and now, and a
+# request slow on its way (a first connection) must not let the next one in less than a period after it arrived.
+# A call whose entry already left the window is not corrected: the window it counted in is over.
 _SETTLE = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function tokens_of(m) return tonumber(string.match(m, '|(%d+)$')) end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], score, ARGV[2])
+redis.call('ZADD', KEYS[1], math.max(tonumber(score), now), ARGV[2])
 if redis.call('INCRBY', KEYS[2], tokens_of(ARGV[2]) - tokens_of(ARGV[1])) < 0 then redis.call('SET', KEYS[2], 0) end
+local ttl = math.max(1000, math.floor(2 * tonumber(ARGV[3]) / 1000))
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
 return 1
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A call the limiter let through: its entry in the window, to correct with the real usage."""
+    """A call the limiter let through: its entry in the window, to correct with the real usage and end time."""
 
     key: str
     member: str
     tokens: int
+    period_us: int
 
 
 class RedisRateLimiter:
@@ -246,21 +258,20 @@ class RedisRateLimiter:
         token_cap = max(tokens, int(limit.tokens * share)) if limit.tokens else 0
         member = f"{uuid.uuid4().hex}|{tokens}"
         keys = self._keys(provider, model)
+        period_us = int(limit.period_s * 1_000_000)
         admitted, wait_us, which = self._acquire(
-            keys=keys,
-            args=[int(limit.period_s * 1_000_000), request_cap, token_cap, tokens, member, "" if urgent else waiter],
+            keys=keys, args=[period_us, request_cap, token_cap, tokens, member, "" if urgent else waiter]
         )
         if not admitted:
             which = which.decode() if isinstance(which, bytes) else str(which)
             raise RateLimited(provider, model, which, int(wait_us) / 1_000_000, tokens, urgent)
-        return Grant(keys[0], member, tokens)
+        return Grant(keys[0], member, tokens, period_us)
 
     def settle(self, grant: Grant, tokens: int) -> None:
-        if tokens == grant.tokens:
-            return
+        """The call has ended having spent ``tokens``: its entry counts them, from now on."""
         head = grant.member.rpartition("|")[0]
         self._settle(keys=[grant.key, grant.key.removesuffix(":log") + ":tokens"],
-                     args=[grant.member, f"{head}|{max(tokens, 0)}"])
+                     args=[grant.member, f"{head}|{max(tokens, 0)}", grant.period_us])
 
 
 class RateLimitedProvider:
@@ -299,12 +310,17 @@ class RateLimitedProvider:
                 logger.warning("rate limiter unavailable, %s/%s called unlimited: %s", self.name, model, exc)
                 return self.inner.complete(request)
             raise RateLimited(self.name, model, "unavailable", None, tokens, self._urgent) from exc
-        completion = self.inner.complete(request)  # a failed call keeps its estimate: the provider counted it
+        try:
+            completion = self.inner.complete(request)
+        except BaseException:
+            self._settle(grant, grant.tokens, model)  # a failed call keeps its estimate: the provider may count it
+            raise
         used = completion.usage.prompt_tokens + completion.usage.completion_tokens
-        if used:  # servers that report no usage leave the estimate standing
-            try:
-                self._limiter.settle(grant, used)
-            except redis.RedisError as exc:  # the completion is real; only the correction is lost
-                logger.warning("could not correct the %s/%s window to the real usage: %s", self.name, model, exc)
+        self._settle(grant, used or grant.tokens, model)  # no usage reported: the estimate stands
         return completion
 
+    def _settle(self, grant: Grant, tokens: int, model: str) -> None:
+        try:
+            self._limiter.settle(grant, tokens)
+        except redis.RedisError as exc:  # the call happened; only its correction is lost
+            logger.warning("could not correct the %s/%s window after a call: %s", self.name, model, exc)
