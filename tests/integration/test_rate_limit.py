@@ -3,13 +3,16 @@
 Two workers of two pool processes each (four processes, two main processes as on two hosts) call a local
 OpenAI-compatible server under a limit of 4 requests per second; the server timestamps every request it gets.
 The limit holds in every window the server saw, every task completes on its first attempt (deferrals use no
-retry), urgent work gets the reserved share at once, and ``relaybus stats`` shows the waits.
+retry), urgent work gets the reserved share at once, and ``relaybus stats`` shows the waits. A pipeline whose
+steps are deferred completes; a limiter whose Redis is away defers its calls until it is back, losing nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -18,14 +21,18 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
 
 from relaybus.eventstore import open_store
 from relaybus.settings import Settings
+from relaybus.tasks.agents.pipeline_models import ResearchRequest
 from relaybus.tasks.llm import RateLimit
-from tests.harness import ROOT, make_settings, wait_for
+from relaybus.tasks.pipelines.client import start
+from tests.harness import ROOT, delete_namespace, make_app, make_settings, wait_for
+from tests.integration.system import running_system, system_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,10 +87,10 @@ def most_in_any_window(times: list[float], period_s: float) -> int:
     """The most requests in any window ``[t, t + period_s)``: every maximal window starts at a request."""
     ordered = sorted(times)
     best, end = 0, 0
-    for start, at in enumerate(ordered):
+    for first, at in enumerate(ordered):
         while end < len(ordered) and ordered[end] < at + period_s:
             end += 1
-        best = max(best, end - start)
+        best = max(best, end - first)
     return best
 
 
@@ -161,10 +168,6 @@ def test_four_workers_never_exceed_the_limit_in_any_window_and_stats_show_the_wa
 def test_a_pipeline_whose_agents_are_deferred_completes_with_its_chord_and_chain_intact(
     tmp_path: Path, broker_url: str, redis_url: str
 ) -> None:
-    from relaybus.tasks.agents.pipeline_models import ResearchRequest
-    from relaybus.tasks.pipelines.client import start
-    from tests.integration.system import running_system, system_settings
-
     offline = {"offline/offline-echo": RateLimit(requests=2, period_s=PERIOD_S)}
     settings = system_settings(tmp_path, broker_url, redis_url, llm_rate_limits=offline)
     agents = ("system", "intake", "planner", "writer", "reviewer", "publisher", "auditor")
@@ -184,3 +187,82 @@ def test_a_pipeline_whose_agents_are_deferred_completes_with_its_chord_and_chain
         assert {e.task_id for e in deferred} <= succeeded, "every deferred step ran again and succeeded"
         assert all(e.attempt == 1 for e in events if e.type == "task.succeeded" and e.task_id in
                    {d.task_id for d in deferred})
+
+
+class LateRedis:
+    """A port where Redis is not, until :meth:`open` forwards it to the real one (a Redis that comes back)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()  # nobody listens there: connections are refused
+        self.target = target
+        self.server: Any = None
+
+    def open(self) -> None:
+        target = self.target
+
+        class Forward(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.create_connection(target)
+
+                def pump(source: socket.socket, sink: socket.socket) -> None:
+                    try:
+                        while data := source.recv(65536):
+                            sink.sendall(data)
+                    except OSError:
+                        pass
+                    finally:
+                        sink.close()
+
+                threading.Thread(target=pump, args=(upstream, self.request), daemon=True).start()
+                pump(self.request, upstream)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Forward)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def test_an_unreachable_limiter_defers_without_losing_the_task_or_a_retry_until_it_is_back(
+    tmp_path: Path, broker_url: str, redis_url: str, fake_openai: FakeOpenAI, start_worker: Any
+) -> None:
+    address = urlsplit(redis_url)
+    late = LateRedis((address.hostname or "127.0.0.1", address.port or 6379))
+    settings = make_settings(
+        tmp_path, broker_url, redis_url,
+        extra_modules=("tests.limited_agents",), extra_agents=("asker",),
+        llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
+        llm_rate_limits={"openai/fake-model": RateLimit(requests=LIMIT, period_s=PERIOD_S)},
+        llm_rate_limit_redis_url=f"redis://127.0.0.1:{late.port}/0",
+    )
+    app = make_app(settings)
+    store = open_store(settings.eventstore_url)
+    try:
+        with app.connection_for_write() as conn:
+            app.conf.relaybus_topology.declare(conn)
+        start_worker("asker", settings=settings, wait=False).wait_ready(app)
+        result = app.tasks["agents.asker"].apply_async(kwargs={"text": "while the limiter is away"})
+
+        def unavailable() -> list[Any]:
+            found = store.find(type="task.deferred", task_id=result.id, limit=100)
+            return found if len(found) >= 2 else []
+
+        deferred = wait_for(unavailable, 30, 0.05, "two deferrals while the limiter is away")
+        assert all(e.payload["reason"] == "limiter-unavailable" for e in deferred)
+        assert fake_openai.arrivals == [], "closed: nothing reaches the provider unlimited"
+        late.open()
+        assert result.get(timeout=30)["attempt"] == 1, "waiting for the limiter used no retry"
+        assert len(fake_openai.arrivals) == 1
+        assert store.find(type="task.retried", task_id=result.id, limit=10) == []
+    finally:
+        store.close()
+        late.close()
+        delete_namespace(app)
+        app.close()
