@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from celery.exceptions import Reject, Retry
 from celery.utils.log import get_logger
 
-from relaybus.tasks.llm import LLMProvider, RateLimited, RateLimitedProvider
+from relaybus.tasks.llm import LLMProvider, RateLimited, RateLimitedProvider, ReplayProvider
 from relaybus.tasks.runtime.config import RuntimeConfig, rate_limiter, runtime_config
-from relaybus.tasks.runtime.context import DEFERRALS_HEADER, request_headers
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, DEFERRALS_HEADER, request_headers
 from relaybus.tasks.runtime.hooks import recording_guard
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
 from relaybus.tasks.runtime.recording import records
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from relaybus.tasks.runtime.hooks import Call
+    from relaybus.tasks.runtime.recording import Recorder
 
 logger = get_logger(__name__)
 
@@ -66,6 +67,18 @@ def rate_limited(app: Celery, provider: LLMProvider, request: Any) -> LLMProvide
     priority = (request.delivery_info or {}).get("priority")
     urgent = isinstance(priority, int) and priority >= limits.urgent_priority
     return RateLimitedProvider(provider, limiter, limits, urgent=urgent, waiter=str(request.id))
+
+
+def resumed(provider: LLMProvider, recorder: Recorder, request: Any) -> LLMProvider:
+    """After a deferral, ``provider`` behind the completions this task's earlier runs got (their records), served
+    again by request instead of asked for: an agent making more calls than a window allows would otherwise start
+    over at every deferral, spend its first calls again, and never finish. Served completions are not recorded
+    again (``provider`` is the recording chain), so usage is counted once."""
+    if not records.deferrals_of(request) or not recorder.enabled:
+        return provider
+    correlation = request_headers(request).get(CORRELATION_HEADER) or request.id
+    earlier = recorder.recorded_completions(str(correlation), task_id=str(request.id))
+    return ReplayProvider(earlier, fallback=provider) if earlier else provider
 
 
 def countdown_for(error: RateLimited, deferrals: int, config: RuntimeConfig, time_limit_s: float | None) -> float:

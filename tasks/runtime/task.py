@@ -353,7 +353,7 @@ class AgentTask(Task):  # type: ignore[misc]
             tracecontext.add_llm_usage(completion.provider, completion.model, completion.usage.prompt_tokens,
                                        completion.usage.completion_tokens)
 
-        return RecordingProvider(provider, record)
+        return deferral.resumed(RecordingProvider(provider, record), recorder, request)
 
     def _context(self, request: Any, recorder: recording.Recorder | None) -> AgentContext:
         headers = request_headers(request)

@@ -266,3 +266,31 @@ def test_an_unreachable_limiter_defers_without_losing_the_task_or_a_retry_until_
         late.close()
         delete_namespace(app)
         app.close()
+
+
+def test_an_agent_making_more_calls_than_a_window_allows_finishes_without_asking_twice(
+    tmp_path: Path, broker_url: str, redis_url: str, fake_openai: FakeOpenAI, start_worker: Any
+) -> None:
+    settings = make_settings(
+        tmp_path, broker_url, redis_url,
+        extra_modules=("tests.limited_agents",), extra_agents=("chatty",),
+        llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
+        llm_rate_limits={"openai/fake-model": RateLimit(requests=2, period_s=PERIOD_S)},
+        llm_rate_limit_urgent_reserve=0.0,
+    )
+    app = make_app(settings)
+    store = open_store(settings.eventstore_url)
+    try:
+        with app.connection_for_write() as conn:
+            app.conf.relaybus_topology.declare(conn)
+        start_worker("chatty", settings=settings, wait=False).wait_ready(app)
+        result = app.tasks["agents.chatty"].apply_async(kwargs={"steps": 5})
+        assert len(result.get(timeout=30)["answers"]) == 5
+        asked = sorted(text for _, text in fake_openai.arrivals)
+        assert asked == [f"step {i}" for i in range(5)], "each call reached the provider once"
+        assert len(store.find(type="task.deferred", task_id=result.id, limit=100)) >= 2
+        assert len(store.find(type="llm.completed", task_id=result.id, limit=100)) == 5, "and was recorded once"
+    finally:
+        store.close()
+        delete_namespace(app)
+        app.close()

@@ -171,11 +171,13 @@ class EventRecorder:
 
     # -- queries -----------------------------------------------------------------------------
 
-    def recorded_completions(self, correlation_id: str) -> dict[str, Any]:
+    def recorded_completions(self, correlation_id: str, *, task_id: str | None = None) -> dict[str, Any]:
         from relaybus.tasks.llm import Completion
 
         found: dict[str, Any] = {}
-        for event in self.store.by_correlation(correlation_id):
+        recorded = (self.store.by_correlation(correlation_id) if task_id is None
+                    else self.store.find(type=LLM_COMPLETED, task_id=task_id, limit=10_000))
+        for event in recorded:
             if event.type == LLM_COMPLETED:
                 completion = Completion.model_validate(event.payload["completion"])
                 found[completion.request_fingerprint] = completion

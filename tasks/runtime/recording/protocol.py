@@ -44,8 +44,9 @@ class Recorder(Protocol):
 
     def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None: ...
 
-    def recorded_completions(self, correlation_id: str) -> dict[str, Any]:
-        """The completions recorded in the workflow ``correlation_id``, by request fingerprint."""
+    def recorded_completions(self, correlation_id: str, *, task_id: str | None = None) -> dict[str, Any]:
+        """The completions recorded in the workflow ``correlation_id`` (only the task ``task_id``'s, when
+        given), by request fingerprint."""
 
     def first_failure(self, correlation_id: str) -> Failure | None:
         """The first task of the workflow ``correlation_id`` that failed for good; None if none did."""
@@ -79,7 +80,7 @@ class NullRecorder:
     def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
         return None
 
-    def recorded_completions(self, correlation_id: str) -> dict[str, Any]:
+    def recorded_completions(self, correlation_id: str, *, task_id: str | None = None) -> dict[str, Any]:
         return {}
 
     def first_failure(self, correlation_id: str) -> Failure | None:
