@@ -14,13 +14,16 @@ if __name__ != "relaybus.eventstore":  # imported by its folder name from the re
         " (a second copy of its modules would bring a second registry and app)"
     )
 
-from relaybus.eventstore import checkpoints, migrations, roles, types
+from relaybus.eventstore import checkpoints, migrations, payloads, roles, types
 from relaybus.eventstore.errors import (
     AppendOnlyViolation,
     ChainKeyError,
     CheckpointError,
     ConcurrencyError,
     EventStoreError,
+    PayloadAltered,
+    PayloadError,
+    PayloadMissing,
     SchemaError,
     StoreDiskError,
     StoreUnavailable,
@@ -30,6 +33,7 @@ from relaybus.eventstore.errors import (
 from relaybus.eventstore.integrity import BrokenLink, CheckpointFinding, LogState, VerifyReport
 from relaybus.eventstore.keys import ChainKeys
 from relaybus.eventstore.models import DEFAULT_REDACT_KEYS, NewEvent, RecordedEvent, StoreConfig
+from relaybus.eventstore.payloads import PayloadFinding, PayloadRef
 from relaybus.eventstore.projections import WorkflowStatus, WorkflowStatusProjection, apply, fold
 from relaybus.eventstore.queries import AgentStats, RateLimitWaits, TaskStep, Timeline
 from relaybus.eventstore.replay import DryRun, RunDiff, RunStep, StepDifference, diff, dry_run
@@ -42,6 +46,7 @@ __all__ = [  # noqa: RUF022
     "ChainKeys",
     "EventStore",
     "NewEvent",
+    "PayloadRef",
     "RecordedEvent",
     "StoreConfig",
     "open_store",
@@ -51,6 +56,9 @@ __all__ = [  # noqa: RUF022
     "CheckpointError",
     "ConcurrencyError",
     "EventStoreError",
+    "PayloadAltered",
+    "PayloadError",
+    "PayloadMissing",
     "SchemaError",
     "StoreDiskError",
     "StoreUnavailable",
@@ -60,6 +68,7 @@ __all__ = [  # noqa: RUF022
     "AgentStats",
     "BrokenLink",
     "CheckpointFinding",
+    "PayloadFinding",
     "LogState",
     "RateLimitWaits",
     "TaskStep",
@@ -79,6 +88,7 @@ __all__ = [  # noqa: RUF022
     # Modules
     "checkpoints",
     "migrations",
+    "payloads",
     "roles",
     "types",
 ]

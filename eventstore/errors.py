@@ -14,10 +14,14 @@ at the store's boundary (:func:`eventstore._engine.translate_errors`), with ``ra
      ├── UnstorableEvent         the database refuses a value of the record (an id it cannot hold)
      ├── ChainKeyError           a chain key file is missing or malformed (never names a secret)
      ├── CheckpointError         a checkpoint cannot be read, or no key to sign or check it
-     └── UnsafeAppRole           the role asked to be the app role would hold more than the app needs
+     ├── UnsafeAppRole           the role asked to be the app role would hold more than the app needs
+     └── PayloadError            a payload stored by reference cannot be read back as it was stored
+          ├── PayloadMissing     no payload under the reference's digest
+          └── PayloadAltered     the stored payload no longer gives its digest (changed in the database)
 
 Retry policy: callers retry :class:`StoreUnavailable` with backoff; a :class:`ConcurrencyError`
-means "reload the stream and decide again"; the others are permanent. A full or failing disk is
+means "reload the stream and decide again"; the others are permanent
+(a payload error too: the same reference reads the same row again). A full or failing disk is
 permanent for the caller too: retrying would only re-run the work that wants its record written, again and again;
 an operator frees space and re-drives what was dead-lettered meanwhile.
 """
@@ -94,3 +98,30 @@ class UnsafeAppRole(EventStoreError):
         self.role = role
         self.reason = reason
         super().__init__(f"role {role!r} cannot be the app role: {reason}")
+
+
+class PayloadError(EventStoreError):
+    """Raised when a payload stored by reference (:mod:`eventstore.payloads`) cannot be read back as it was
+    stored. ``ref`` is the reference (``sha256:<digest>``); ``reason`` a short word for dead letters."""
+
+    reason = "payload-error"
+
+    def __init__(self, ref: str, detail: str) -> None:
+        self.ref = ref
+        self.detail = detail
+        super().__init__(f"payload {ref}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.ref, self.detail))
+
+
+class PayloadMissing(PayloadError):
+    """Raised when no payload is stored under a reference's digest (deleted, or never stored)."""
+
+    reason = "payload-missing"
+
+
+class PayloadAltered(PayloadError):
+    """Raised when a stored payload's text no longer gives the digest it is stored under."""
+
+    reason = "payload-altered"

@@ -43,6 +43,7 @@ from relaybus.eventstore.hashing import (
 )
 from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import RecordedEvent
+from relaybus.eventstore.payloads import PayloadFinding
 
 BreakReason = Literal[
     "hash_mismatch",
@@ -146,6 +147,10 @@ class VerifyReport(BaseModel):
     """The log as verified (what a checkpoint of it signs)."""
     checkpoint: CheckpointFinding | None = None
     """Set when a checkpoint was given and the log does not match it."""
+    payloads_checked: int = 0
+    """Payloads stored by reference whose digest was recomputed (:mod:`eventstore.payloads`)."""
+    payload_problems: list[PayloadFinding] = []
+    """Stored payloads changed in the database, and references in the log to payloads that are missing."""
 
     @property
     def keyed(self) -> bool:

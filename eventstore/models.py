@@ -110,6 +110,9 @@ class StoreConfig(BaseModel):
     ``sqlite_synchronous``: ``NORMAL`` survives a crash of any process; ``FULL`` also a power cut.
     ``sqlite_cache_mib``: each SQLite connection's page cache, which keeps appends to a large log
     as fast as to an empty one (allocated as used, not up front).
+    ``payload_inline_max_bytes``: a payload (or metadata) whose JSON is larger is kept in the
+    ``payloads`` table, by reference (:mod:`eventstore.payloads`), instead of being truncated; what is
+    still over ``max_payload_bytes`` after that is truncated as before. ``None``: off.
     ``chain_key_file``: the chain keys (:mod:`eventstore.keys`): new events are linked with the last
     one, and verified with any. ``None``: unkeyed links (plain SHA-256).
     """
@@ -128,3 +131,4 @@ class StoreConfig(BaseModel):
     lock_timeout_s: float = Field(default=30.0, gt=0)
     append_retries: int = Field(default=5, ge=0)
     chain_key_file: str | None = None
+    payload_inline_max_bytes: int | None = Field(default=None, gt=0)

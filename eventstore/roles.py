@@ -13,6 +13,8 @@ an app role that holds exactly :data:`APP_PRIVILEGES`:
   It is derived from the log and rebuilt from it (``relaybus projections rebuild`` empties it and
   refills it; the sweep upserts it), so these rights change nothing that ``verify`` relies on.
 - ``projection_tracking``: SELECT, INSERT, UPDATE (the projection's position; ``SELECT … FOR UPDATE``).
+- ``payloads`` (large values by reference, migration 0007): SELECT and INSERT; a stored payload is never
+  changed, and ``verify`` recomputes its digest.
 - the revision table: SELECT (``open_store`` checks the schema is current).
 - the schema: USAGE; never CREATE.
 
@@ -36,13 +38,14 @@ from sqlalchemy.engine import URL
 
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, translate_errors
 from relaybus.eventstore.errors import UnsafeAppRole
-from relaybus.eventstore.schema import EVENTS, PROJECTION_TRACKING, VERSION_TABLE, WORKFLOW_STATUS
+from relaybus.eventstore.schema import EVENTS, PAYLOADS, PROJECTION_TRACKING, VERSION_TABLE, WORKFLOW_STATUS
 
 APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
     EVENTS: ("SELECT", "INSERT"),
     VERSION_TABLE: ("SELECT",),
     WORKFLOW_STATUS: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     PROJECTION_TRACKING: ("SELECT", "INSERT", "UPDATE"),
+    PAYLOADS: ("SELECT", "INSERT"),
 }
 """Table -> the privileges the app role holds on it; nothing on any other table of the schema."""
 

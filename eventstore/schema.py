@@ -8,6 +8,9 @@ append-only triggers.
 ``position > n``), without gaps since 0005 (:mod:`eventstore._insert`);
 ``(stream_id, version)`` is unique, which is the optimistic-concurrency
 guarantee; ``event_id`` is unique, which makes recording idempotent.
+
+``payloads`` (migration 0007): large values stored once by reference (:mod:`eventstore.payloads`), keyed
+by the SHA-256 of their canonical JSON, which is the text kept in ``body``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
@@ -33,6 +38,7 @@ from sqlalchemy.types import TypeDecorator
 EVENTS = "events"
 WORKFLOW_STATUS = "workflow_status"
 PROJECTION_TRACKING = "projection_tracking"
+PAYLOADS = "payloads"
 VERSION_TABLE = "eventstore_alembic_version"
 
 APPEND_ONLY_MESSAGE = "eventstore: events are append-only"
@@ -135,4 +141,15 @@ projection_tracking = Table(
     metadata,
     Column("name", String(_ID), primary_key=True),
     Column("position", BigInteger, nullable=False),
+)
+
+payloads = Table(
+    PAYLOADS,
+    metadata,
+    # The SHA-256 (hex) of ``body``: a reference names it, and verify recomputes it.
+    Column("digest", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("stored_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("digest", name="pk_payloads"),
 )

@@ -52,9 +52,10 @@ from relaybus.eventstore._insert import insert_rows, start_append
 from relaybus.eventstore._rows import recorded, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.errors import ConcurrencyError
-from relaybus.eventstore.hashing import LINK_TAG, format_time, formatted_content_json, hmac_pads
+from relaybus.eventstore.hashing import LINK_TAG, canonical_json, format_time, formatted_content_json, hmac_pads
 from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
+from relaybus.eventstore.payloads import PayloadFinding, PayloadRef, PayloadTable, offload, refs_in_text
 from relaybus.eventstore.projections import WorkflowStatusProjection
 from relaybus.eventstore.redaction import Redactor, fit
 from relaybus.eventstore.schema import events
@@ -92,6 +93,8 @@ class EventStore:
         self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask, self.config.redact_patterns)
         self._heads = HeadCache()
         self.projection = WorkflowStatusProjection(self._engine)
+        self.payloads = PayloadTable(self._engine, self._redactor)
+        """Large values by reference (:mod:`eventstore.payloads`)."""
 
     @property
     def engine(self) -> Engine:
@@ -191,6 +194,11 @@ class EventStore:
                 value, text = self._redactor.redact_to_json(storable(fields[name]))
             if needs_escaping(text):  # a lone surrogate, which UTF-8 cannot encode
                 value, text = self._redactor.redact_to_json(storable(value))
+            inline = self.config.payload_inline_max_bytes
+            if inline is not None and len(text) > inline:  # large parts by reference, not truncated
+                stored = offload(value, inline, self.payloads.put)
+                if stored is not value:
+                    value, text = stored, canonical_json(stored)
             fields[name], text = fit(value, text, limit, preview)
             texts.append(text)
         return _Prepared(fields, texts[0], texts[1])
@@ -423,9 +431,27 @@ class EventStore:
         text_of = "{}::text" if dialect == "postgresql" else "{}"
         columns = ", ".join(text_of.format(c) if c in ("payload", "metadata") else c for c in integrity.STORED_COLUMNS)
         sql = f"SELECT {columns} FROM events ORDER BY position"
+        referenced: dict[str, str] = {}  # each reference to a stored payload, and the first event carrying it
+
+        def noting_refs(rows: Iterator[Any]) -> Iterator[Any]:
+            for row in rows:
+                for ref in refs_in_text(row[_PAYLOAD_COLUMN]):
+                    referenced.setdefault(ref, row[_EVENT_ID_COLUMN])
+                yield row
+
         with translate_errors(), self._engine.read() as conn:
             rows = stream_rows(conn, sql, batch_size=batch_size)
-            return integrity.verify_stored(rows, dialect, keys=self.chain_keys, expected=expected)
+            report = integrity.verify_stored(noting_refs(rows), dialect, keys=self.chain_keys, expected=expected)
+        checked, findings = self.payloads.verify(referenced)
+        return _with_payloads(report, checked, findings)
+
+    def put_payload(self, value: Any) -> PayloadRef:
+        """Store ``value`` by reference (redacted, once); see :mod:`eventstore.payloads`."""
+        return self.payloads.put(value)
+
+    def get_payload(self, ref: PayloadRef) -> Any:
+        """The value stored under ``ref``; raises ``PayloadMissing`` or ``PayloadAltered`` naming it."""
+        return self.payloads.get(ref)
 
     def dry_run(self, correlation_id: str) -> replay.DryRun:
         return replay.dry_run(correlation_id, self.by_correlation(correlation_id))
@@ -434,6 +460,19 @@ class EventStore:
         return replay.diff(
             correlation_a, self.by_correlation(correlation_a), correlation_b, self.by_correlation(correlation_b)
         )
+
+
+_PAYLOAD_COLUMN = integrity.STORED_COLUMNS.index("payload")
+_EVENT_ID_COLUMN = integrity.STORED_COLUMNS.index("event_id")
+
+
+def _with_payloads(
+    report: integrity.VerifyReport, checked: int, findings: list[PayloadFinding]
+) -> integrity.VerifyReport:
+    """The log's report with the stored payloads' check: a payload that does not hold fails it."""
+    return report.model_copy(update={
+        "ok": report.ok and not findings, "payloads_checked": checked, "payload_problems": findings,
+    })
 
 
 def _linker(keys: ChainKeys | None) -> tuple[str, Callable[[int, str], str]]:

@@ -20,6 +20,7 @@ from relaybus.tasks.bus.bus import subscriber_of
 from relaybus.tasks.bus.consumer import EventDelivery
 from relaybus.tasks.errors import BrokerUnreachable, PublishFailed
 from relaybus.tasks.llm import RateLimits
+from relaybus.tasks.runtime.claimcheck import offload_message
 from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
 from relaybus.tasks.runtime.context import continuing
 from relaybus.topology import Topology, agent_of
@@ -68,6 +69,8 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         redact_keys=settings.redact_keys,
         redact_patterns=settings.redact_patterns,
         max_event_payload_bytes=settings.max_event_payload_bytes,
+        payload_inline_max_bytes=settings.payload_inline_max_bytes,
+        payload_max_bytes=settings.payload_max_bytes,
         chain_key_file=settings.chain_key_file,
         pipeline_deadline_s=settings.pipeline_deadline_s,
         consumer_timeout_s=settings.consumer_timeout_s,
@@ -118,6 +121,8 @@ class PublishingAMQP(AMQP):  # type: ignore[misc]
     """Celery's AMQP with the publishing app made known to the ``before_task_publish`` handlers, and a
     bounded wait for the broker.
 
+    Every task message's large values are stored by reference as it is built (:meth:`as_task_v2`).
+
     Celery's ``current_app`` is per thread: in a thread that did not create the app (a Django
     request thread, a thread pool) it is Celery's unconfigured fallback app, and the handlers
     would record ``task.sent`` for the wrong app, or not at all.
@@ -126,6 +131,16 @@ class PublishingAMQP(AMQP):  # type: ignore[misc]
     (``relaybus.broker``), then raises :class:`~tasks.errors.PublishTimeout` (blocked or silent broker)
     or :class:`~tasks.errors.BrokerUnreachable` (no connection), to ``apply_async`` and ``start`` alike.
     """
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's task message, with its large values stored by reference before anything sees the body
+        (the ``before_task_publish`` handlers record and show what is published; tasks.runtime.claimcheck)."""
+        message = super().as_task_v2(*args, **kwargs)
+        body = message.body
+        offloaded = offload_message(self.app, *body)
+        if any(a is not b for a, b in zip(offloaded, body, strict=True)):
+            message = message._replace(body=offloaded)
+        return message
 
     def _create_task_sender(self) -> Callable[..., Any]:
         send: Callable[..., Any] = super()._create_task_sender()

@@ -72,8 +72,16 @@ class Settings(BaseSettings):
     #: ``message-too-large`` before it is decoded. Above ``max_payload_bytes``: a message also carries
     #: its chain's remaining steps and Celery's own fields.
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, gt=0)
-    #: Event-log payloads above this are stored truncated, with their size and hash.
+    #: Event-log payloads above this are stored truncated, with their size and hash (what is over
+    #: ``payload_inline_max_bytes`` is stored by reference first, whole).
     max_event_payload_bytes: int = Field(default=64 * 1024, gt=0)
+    #: A value larger than this (as JSON) in an agent's input or output, an event's data, a stored result
+    #: or an event-log record is stored once in the event store's ``payloads`` table and travels as
+    #: ``{"$ref": "sha256:…", "bytes": N}`` (README, Large payloads). 0: off.
+    payload_inline_max_bytes: int = Field(default=32 * 1024, ge=0)
+    #: With ``payload_inline_max_bytes`` on: the largest input a client may send (it travels by reference);
+    #: ``max_payload_bytes`` is the limit when it is off.
+    payload_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     #: Keys whose values every sink masks (relaybus.eventstore.redaction; README, Secrets and redaction).
     redact_keys: Annotated[tuple[str, ...], NoDecode] = DEFAULT_REDACT_KEYS
     #: Regular expressions masked wherever they match, besides the built-in ones (comma separated).

@@ -17,6 +17,7 @@ The retry policy is declared here, by class, in one place: the task base retries
      │    ├── InvalidMessage           a broker message we cannot decode (not JSON, wrong shape)
      │    ├── RecordFailed             the event log refused a transition's record as it is (reason record-failed)
      │    ├── ProviderRejected         an LLM provider answered 4xx (bad request, auth, unknown model)
+     │    ├── PayloadUnreadable        a payload passed by reference is missing or altered; ``reason`` says which
      │    └── EventRejected            an event the bus cannot deliver; ``reason`` is the dead-letter reason
      │         ├── UnknownEventType         no event class has this ``type``
      │         ├── UnsupportedEventVersion  newer than this code, or no upcaster from it
@@ -92,6 +93,25 @@ class ProviderRejected(PermanentError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.status_code, self.message))
+
+
+class PayloadUnreadable(PermanentError):
+    """Raised when a task's input holds a reference to a stored payload (tasks.runtime.claimcheck) that cannot
+    be read back: ``reason`` is ``payload-missing`` or ``payload-altered`` (the dead-letter reason), ``ref``
+    names the payload, ``agent`` and ``task_id`` the message that carried it. Retrying reads the same row."""
+
+    def __init__(
+        self, ref: str, reason: str = "payload-missing", detail: str = "", agent: str = "?", task_id: str | None = None
+    ) -> None:
+        self.ref = ref
+        self.reason = reason
+        self.detail = detail
+        self.agent = agent
+        self.task_id = task_id
+        super().__init__(f"{reason}: payload {ref} in the input of agent {agent!r} (task {task_id}): {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.ref, self.reason, self.detail, self.agent, self.task_id))
 
 
 class PublishFailed(TransientError):

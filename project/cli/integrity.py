@@ -105,8 +105,12 @@ def verify(checkpoint_file: str | None, as_json: bool) -> None:
             click.echo(f"CHECKPOINT NOT TRUSTED: {signature_problem}", err=True)
         if report.checkpoint is not None:
             click.echo(f"CHECKPOINT: {report.checkpoint.describe()}", err=True)
+        for problem in report.payload_problems:
+            click.echo(f"PAYLOAD: {problem.describe()}", err=True)
         if ok:
             click.echo(summary(report))
+            if report.payloads_checked:
+                click.echo(f"{report.payloads_checked} payloads stored by reference hold their digests")
             if checkpoint is not None:
                 click.echo(
                     f"the checkpoint of {checkpoint.created_at} holds: {checkpoint.event_count} events in "

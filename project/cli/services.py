@@ -82,7 +82,8 @@ def event_store() -> Iterator[EventStore]:
             settings.eventstore_url,
             config=StoreConfig(redact_keys=frozenset(settings.redact_keys), redact_patterns=settings.redact_patterns,
                                max_payload_bytes=settings.max_event_payload_bytes,
-                               chain_key_file=settings.chain_key_file),
+                               chain_key_file=settings.chain_key_file,
+                               payload_inline_max_bytes=settings.payload_inline_max_bytes or None),
         )
     except StoreUnavailable as exc:
         unreachable(exc)

@@ -40,6 +40,7 @@ from relaybus.tasks.bus.events import Event, EventEnvelope, derived_id, envelope
 from relaybus.tasks.bus.records import delivery_records, record_publication
 from relaybus.tasks.errors import InvalidEvent, PublishFailed
 from relaybus.tasks.runtime import tracecontext
+from relaybus.tasks.runtime.claimcheck import offload_value
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
@@ -236,6 +237,9 @@ def publish(
         source=running.name if running is not None else "client",
         replay=current_replay_marks(),
     )
+    data = offload_value(app, envelope.data)  # large data by reference (tasks.runtime.claimcheck)
+    if data is not envelope.data:
+        envelope = envelope.model_copy(update={"data": data})
     body = envelope.model_dump_json()
     if len(body) > config.max_payload_bytes:
         raise InvalidEvent(f"{event.type} is {len(body)} bytes, over the limit of {config.max_payload_bytes}")

@@ -25,6 +25,7 @@ from celery import Celery, bootsteps
 from celery.utils.log import get_logger
 from kombu import Consumer
 
+from relaybus.eventstore.payloads import refs_in
 from relaybus.tasks.bus.bus import (
     EVENT_TYPE_HEADER,
     PARENT_ID_HEADER,
@@ -74,7 +75,10 @@ def forward(
     if content_type not in (None, "application/json"):
         raise InvalidEvent(f"content type {content_type!r} is not accepted; events are application/json")
     envelope = registry.upcast(parse_envelope(body))
-    registry.load(envelope)  # validates the data against the current class
+    if not refs_in(envelope.data):
+        registry.load(envelope)  # validates the data against the current class
+    # Data by reference (tasks.runtime.claimcheck) is read back and validated by the handler's task base,
+    # not here: this process serves every subscriber, and would read every large payload once more.
     matching = [s for s in subscriptions(subscriber) if s.matches(envelope.type)]
     if not matching:
         raise NoHandler(f"no handler of {subscriber!r} takes {envelope.type}")

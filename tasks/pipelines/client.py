@@ -38,6 +38,7 @@ from relaybus.tasks.pipelines.registry import (
     pipeline_named,
     start_task_id,
 )
+from relaybus.tasks.runtime.claimcheck import resolve_value
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, id_problems, new_id
 
@@ -106,7 +107,8 @@ class PipelineHandle:
         if self._outcome is None:
             meta = self.app.backend.get_task_meta(self.id)
             if meta.get("status") == states.SUCCESS and isinstance(meta.get("result"), dict):
-                self._outcome = PipelineOutcome.model_validate(meta["result"])
+                # A large output is stored by reference (tasks.runtime.claimcheck): read back here.
+                self._outcome = PipelineOutcome.model_validate(resolve_value(self.app, meta["result"]))
         return self._outcome
 
 
@@ -137,9 +139,9 @@ def start(
     config = runtime_config(app)
     kwargs = validated.model_dump(mode="json")
     size = len(json.dumps(kwargs).encode())
-    if size > config.max_payload_bytes:
+    if size > config.largest_input:  # over payload_inline_max_bytes it travels by reference
         raise InvalidInput(ref.name, [{"loc": ("input",), "msg": f"{size} bytes is over the limit of "
-                                                                f"{config.max_payload_bytes}"}], kind="pipeline")
+                                                                f"{config.largest_input}"}], kind="pipeline")
     problems = id_problems(correlation_id=correlation_id)
     if problems:  # the event log could not record the pipeline under this id: nothing is sent
         raise InvalidInput(ref.name, problems, kind="pipeline")

@@ -64,6 +64,7 @@ from celery.canvas import maybe_signature
 from celery.exceptions import BackendStoreError, ChordError
 from celery.utils.log import get_logger
 
+from relaybus.tasks.runtime.claimcheck import offload_value
 from relaybus.tasks.runtime.redacting import redact_stored
 from relaybus.tasks.runtime.results import (
     PAST_LIMIT_EXPIRES_S,
@@ -109,6 +110,7 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
         # What is kept in Redis is redacted like every other sink; the chord's own lists (.j), which its
         # callback reads, are not: they are in flight, and deleted at the join (tasks.runtime.redacting).
         stored, traceback = redact_stored(self.app, result, traceback)
+        stored = offload_value(self.app, stored)  # a large result (a pipeline's outcome) by reference
         meta = self._get_result_meta(result=stored, state=state, traceback=traceback, request=request)
         meta["task_id"] = _text(task_id)
         if kwargs.get("name"):

@@ -33,9 +33,17 @@ from celery.exceptions import Ignore, Reject, Retry
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relaybus.eventstore import StoreUnavailable
-from relaybus.tasks.errors import AgentError, InvalidInput, PermanentError, RecordFailed, is_transient
+from relaybus.tasks.errors import (
+    AgentError,
+    InvalidInput,
+    PayloadUnreadable,
+    PermanentError,
+    RecordFailed,
+    is_transient,
+)
 from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
 from relaybus.tasks.runtime import deferral, recording, tracecontext
+from relaybus.tasks.runtime.claimcheck import offload_value, resolve_call
 from relaybus.tasks.runtime.config import llm_provider, runtime_config
 from relaybus.tasks.runtime.context import (
     CAUSATION_HEADER,
@@ -218,10 +226,10 @@ class AgentTask(Task):  # type: ignore[misc]
     def validate_call(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
         config = runtime_config(self.app)
         size = _jsonable_size([list(args), kwargs])
-        if size > config.max_payload_bytes:
+        if size > config.largest_input:  # over payload_inline_max_bytes it travels by reference
             raise InvalidInput(
                 self.spec.name,
-                [{"loc": ("payload",), "msg": f"{size} bytes is over the limit of {config.max_payload_bytes}"}],
+                [{"loc": ("payload",), "msg": f"{size} bytes is over the limit of {config.largest_input}"}],
             )
         # From a caller, positional arguments are complete too: a chain step that waits for its
         # upstream result is published by the worker that ran the step before it, not from here.
@@ -251,8 +259,11 @@ class AgentTask(Task):  # type: ignore[misc]
         for before_call in hooks.before_call:
             before_call(call)
         try:
+            # Values passed by reference are read back before validation, and large outputs stored after
+            # it: the agent sees its input and returns its output as usual (tasks.runtime.claimcheck).
+            args, kwargs = resolve_call(self.app, self.spec.name, request.id, args, kwargs)
             inp = self.spec.build_input(args, kwargs)
-            result = self._output(self.spec.fn(inp, self._context(request, call.recorder)))
+            result = offload_value(self.app, self._output(self.spec.fn(inp, self._context(request, call.recorder))))
         except Retry:
             raise
         except BaseException as exc:
@@ -270,6 +281,8 @@ class AgentTask(Task):  # type: ignore[misc]
                     return self._give_up(call, refused, "record-failed")
                 self._retry(error, countdown, max_retries)
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
+            if isinstance(error, PayloadUnreadable):
+                reason = error.reason  # payload-missing or payload-altered
             return self._give_up(call, error, reason)
         try:
             for on_success in hooks.on_success:

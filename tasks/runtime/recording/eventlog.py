@@ -18,9 +18,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from relaybus.eventstore import NewEvent, StoreConfig, StoreUnavailable, open_store
+from relaybus.eventstore import NewEvent, StoreUnavailable, open_store
+from relaybus.eventstore.payloads import resolve
 from relaybus.eventstore.storable import restore
 from relaybus.eventstore.types import LLM_COMPLETED, TASK_FAILED, TASK_REDELIVERED, TASK_SENT
+from relaybus.tasks.runtime.claimcheck import store_config
 from relaybus.tasks.runtime.config import RuntimeConfig
 from relaybus.tasks.runtime.context import current_task_id
 from relaybus.tasks.runtime.recording import records
@@ -71,12 +73,7 @@ class EventRecorder:
         self.config = config
         self.store = open_store(
             config.eventstore_url,
-            config=StoreConfig(
-                redact_keys=frozenset(config.redact_keys),
-                redact_patterns=config.redact_patterns,
-                max_payload_bytes=config.max_event_payload_bytes,
-                chain_key_file=config.chain_key_file,
-            ),
+            config=store_config(config),
         )
         self.host = socket.gethostname()
         # Tasks running on threads of this process (a threads or gevent pool) share transactions.
@@ -179,7 +176,8 @@ class EventRecorder:
                     else self.store.find(type=LLM_COMPLETED, task_id=task_id, limit=10_000))
         for event in recorded:
             if event.type == LLM_COMPLETED:
-                completion = Completion.model_validate(event.payload["completion"])
+                # A large completion is kept by reference (eventstore.payloads): read back.
+                completion = Completion.model_validate(resolve(event.payload["completion"], self.store.get_payload))
                 found[completion.request_fingerprint] = completion
         return found
 

@@ -38,8 +38,9 @@ import time
 import uuid
 from typing import Any
 
-from relaybus.eventstore import NewEvent, StoreConfig, open_store
+from relaybus.eventstore import NewEvent, open_store
 from relaybus.eventstore import errors as store_errors
+from relaybus.tasks.runtime.claimcheck import store_config
 from relaybus.tasks.runtime.config import RuntimeConfig
 from relaybus.tasks.runtime.recording.group import AppendsNew, Request, write_until_done
 
@@ -315,12 +316,7 @@ def main(address: str) -> None:
     parent = os.getppid()
     store = open_store(
         config.eventstore_url,
-        config=StoreConfig(
-            redact_keys=frozenset(config.redact_keys),
-            redact_patterns=config.redact_patterns,
-            max_payload_bytes=config.max_event_payload_bytes,
-            chain_key_file=config.chain_key_file,
-        ),
+        config=store_config(config),
     )
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind("\0" + address)
