@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     time_limit_s: float = Field(default=360.0, gt=0)
 
     #: Largest serialized task input accepted from a client; larger inputs are refused before publishing.
+    #: What is over ``payload_inline_max_bytes`` of it travels by reference: raise this for large documents.
     max_payload_bytes: int = Field(default=256 * 1024, gt=0)
     #: Largest raw message body a worker takes off an agent queue; a larger one is dead-lettered as
     #: ``message-too-large`` before it is decoded. Above ``max_payload_bytes``: a message also carries
@@ -77,11 +78,10 @@ class Settings(BaseSettings):
     max_event_payload_bytes: int = Field(default=64 * 1024, gt=0)
     #: A value larger than this (as JSON) in an agent's input or output, an event's data, a stored result
     #: or an event-log record is stored once in the event store's ``payloads`` table and travels as
-    #: ``{"$ref": "sha256:…", "bytes": N}`` (README, Large payloads). 0: off.
+    #: ``{"$ref": "sha256:…", "bytes": N}`` (README, Large payloads). 0: off. At most ``max_payload_bytes``
+    #: (a smaller one lowers it), so what stays inline fits in a message.
     payload_inline_max_bytes: int = Field(default=32 * 1024, ge=0)
-    #: With ``payload_inline_max_bytes`` on: the largest input a client may send (it travels by reference);
-    #: ``max_payload_bytes`` is the limit when it is off.
-    payload_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
     #: Keys whose values every sink masks (relaybus.eventstore.redaction; README, Secrets and redaction).
     redact_keys: Annotated[tuple[str, ...], NoDecode] = DEFAULT_REDACT_KEYS
     #: Regular expressions masked wherever they match, besides the built-in ones (comma separated).
@@ -231,7 +231,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _a_message_holds_a_payload(self) -> Settings:
-        if self.max_message_bytes <= self.max_payload_bytes:
+        if self.payload_inline_max_bytes and self.payload_inline_max_bytes < self.max_payload_bytes:
+            # What is larger travels by reference: a message holds at most this much of its input inline.
+            if self.max_message_bytes <= self.payload_inline_max_bytes:
+                raise ValueError(
+                    f"max_message_bytes ({self.max_message_bytes}) must be larger than payload_inline_max_bytes "
+                    f"({self.payload_inline_max_bytes}): workers would refuse the messages the callers send"
+                )
+        elif self.max_message_bytes <= self.max_payload_bytes:
             raise ValueError(
                 f"max_message_bytes ({self.max_message_bytes}) must be larger than max_payload_bytes "
                 f"({self.max_payload_bytes}): workers would refuse inputs the callers accept"

@@ -139,9 +139,9 @@ def start(
     config = runtime_config(app)
     kwargs = validated.model_dump(mode="json")
     size = len(json.dumps(kwargs).encode())
-    if size > config.largest_input:  # over payload_inline_max_bytes it travels by reference
+    if size > config.max_payload_bytes:  # what is over payload_inline_max_bytes travels by reference
         raise InvalidInput(ref.name, [{"loc": ("input",), "msg": f"{size} bytes is over the limit of "
-                                                                f"{config.largest_input}"}], kind="pipeline")
+                                                                f"{config.max_payload_bytes}"}], kind="pipeline")
     problems = id_problems(correlation_id=correlation_id)
     if problems:  # the event log could not record the pipeline under this id: nothing is sent
         raise InvalidInput(ref.name, problems, kind="pipeline")

@@ -64,7 +64,7 @@ from celery.canvas import maybe_signature
 from celery.exceptions import BackendStoreError, ChordError
 from celery.utils.log import get_logger
 
-from relaybus.tasks.runtime.claimcheck import offload_value
+from relaybus.tasks.runtime.claimcheck import offload_value, resolve_value
 from relaybus.tasks.runtime.redacting import redact_stored
 from relaybus.tasks.runtime.results import (
     PAST_LIMIT_EXPIRES_S,
@@ -134,6 +134,14 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
             else:
                 self._store_past_the_limit(task_id, state, key, value, error)
         return result
+
+    def meta_from_decoded(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """A result as a client reads it (``AsyncResult.get``, a pipeline's outcome): what was stored by reference
+        read back. A chord's join reads its members' parts without this: its callback resolves them itself."""
+        meta = super().meta_from_decoded(meta)
+        if meta.get("status") == states.SUCCESS and meta.get("result") is not None:
+            meta["result"] = resolve_value(self.app, meta["result"])
+        return meta
 
     @cached_property
     def _past_the_limit_script(self) -> Any:

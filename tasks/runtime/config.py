@@ -43,8 +43,6 @@ class RuntimeConfig(BaseModel):
     max_event_payload_bytes: int = 64 * 1024
     #: Values over this (as JSON) travel by reference (tasks.runtime.claimcheck); 0: off.
     payload_inline_max_bytes: int = 32 * 1024
-    #: The largest input accepted when values travel by reference (else ``max_payload_bytes``).
-    payload_max_bytes: int = 64 * 1024 * 1024
     #: The event log's chain key file (a path: the keys themselves never enter a config or a message).
     chain_key_file: str | None = None
     pipeline_deadline_s: float = 3600.0
@@ -64,11 +62,6 @@ class RuntimeConfig(BaseModel):
     def redactor(self) -> Redactor:
         """The one redaction of this configuration, shared by every sink (relaybus.eventstore.redaction)."""
         return redactor(self.redact_keys, self.redact_patterns)
-
-    @property
-    def largest_input(self) -> int:
-        """The largest task or pipeline input a client may send: by reference when that is on."""
-        return self.payload_max_bytes if self.payload_inline_max_bytes else self.max_payload_bytes
 
     @property
     def dead_letter_exchange(self) -> str:

@@ -226,10 +226,10 @@ class AgentTask(Task):  # type: ignore[misc]
     def validate_call(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
         config = runtime_config(self.app)
         size = _jsonable_size([list(args), kwargs])
-        if size > config.largest_input:  # over payload_inline_max_bytes it travels by reference
+        if size > config.max_payload_bytes:  # what is over payload_inline_max_bytes travels by reference
             raise InvalidInput(
                 self.spec.name,
-                [{"loc": ("payload",), "msg": f"{size} bytes is over the limit of {config.largest_input}"}],
+                [{"loc": ("payload",), "msg": f"{size} bytes is over the limit of {config.max_payload_bytes}"}],
             )
         # From a caller, positional arguments are complete too: a chain step that waits for its
         # upstream result is published by the worker that ran the step before it, not from here.

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,7 +68,7 @@ def traced_vhost(broker_url: str) -> Iterator[str]:
 @pytest.fixture
 def settings(tmp_path: Path, traced_vhost: str, redis_url: str, eventstore_url: str) -> Settings:
     return make_settings(
-        tmp_path, traced_vhost, redis_url, eventstore_url=eventstore_url,
+        tmp_path, traced_vhost, redis_url, eventstore_url=eventstore_url, max_payload_bytes=32 * 1024 * 1024,
         extra_modules=("tests.agents", "tests.claimcheck_agents"), extra_agents=TEST_AGENTS + CLAIMCHECK_AGENTS,
     )
 
