@@ -81,11 +81,19 @@ def log_json(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, broker_url: str, redis_url: str, eventstore_url: str, log_json: bool) -> Settings:
+def payload_inline_max_bytes() -> int:
+    return int(Settings.model_fields["payload_inline_max_bytes"].default)
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, broker_url: str, redis_url: str, eventstore_url: str, log_json: bool, payload_inline_max_bytes: int
+) -> Settings:
     results = f"{redis_url.rsplit('/', 1)[0]}/{RESULTS_DB}"
     return make_settings(tmp_path, broker_url, results, eventstore_url=eventstore_url,
                          extra_modules=("tests.agents", "tests.secret_agents"),
-                         extra_agents=(*TEST_AGENTS, "vault"), log_json=log_json)
+                         extra_agents=(*TEST_AGENTS, "vault"), log_json=log_json,
+                         payload_inline_max_bytes=payload_inline_max_bytes)
 
 
 @pytest.fixture
@@ -229,8 +237,9 @@ def test_secrets_in_input_output_error_and_prompt_reach_no_sink_in_clear(
 
 
 @pytest.mark.parametrize("log_json", [False])  # the logs' format is not what this one is about
+@pytest.mark.parametrize("payload_inline_max_bytes", [0, 32 * 1024], ids=["inline", "by-reference"])
 def test_an_input_of_200_kb_is_sent_with_bounded_reprs_and_runs(
-    app: Celery, start_worker: Any, published: list[dict[str, Any]]
+    app: Celery, start_worker: Any, published: list[dict[str, Any]], payload_inline_max_bytes: int
 ) -> None:
     start_worker("probe")
     label = "x" * 200_000  # under max_payload_bytes (256 KB); its whole repr in a header failed with FrameError 501
@@ -242,4 +251,8 @@ def test_an_input_of_200_kb_is_sent_with_bounded_reprs_and_runs(
     headers = [m["headers"] for m in published if m["headers"].get("id") in {r.id for r in sent}]
     assert len(headers) == 2
     for h in headers:
-        assert len(h["kwargsrepr"]) < REPR_MAX_CHARS + 32 and h["kwargsrepr"].endswith(" bytes)"), h["kwargsrepr"]
+        assert len(h["kwargsrepr"]) < REPR_MAX_CHARS + 32, h["kwargsrepr"]
+        if payload_inline_max_bytes:  # the label travels by reference (README, Large payloads)
+            assert "'label': {'$ref': 'sha256:" in h["kwargsrepr"], h["kwargsrepr"]
+        else:
+            assert h["kwargsrepr"].endswith(" bytes)"), h["kwargsrepr"]
