@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Row, Select, String, select, type_coerce
+from sqlalchemy import ColumnElement, Connection, DateTime, Row, Select, String, select, type_coerce
 
+from relaybus.eventstore._gcpause import gc_paused
+from relaybus.eventstore._insert import driver_errors
 from relaybus.eventstore.models import RecordedEvent
 from relaybus.eventstore.schema import events
 
@@ -79,7 +81,7 @@ def _sqlite_time(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def _from_sqlite(row: Row[Any]) -> RecordedEvent:
+def _from_sqlite(row: Row[Any] | tuple[Any, ...]) -> RecordedEvent:
     values = dict(zip(_NAMES, row, strict=True))
     values["payload"] = decode_json(values["payload"])
     values["metadata"] = decode_json(values["metadata"])
@@ -88,7 +90,7 @@ def _from_sqlite(row: Row[Any]) -> RecordedEvent:
     return recorded(values)
 
 
-def _from_postgresql(row: Row[Any]) -> RecordedEvent:
+def _from_postgresql(row: Row[Any] | tuple[Any, ...]) -> RecordedEvent:
     values = dict(zip(_NAMES, row, strict=True))
     for name in _TIMES:  # already UTC (session time zone), unless a caller's URL changed it
         if values[name].tzinfo is not UTC:
@@ -96,10 +98,36 @@ def _from_postgresql(row: Row[Any]) -> RecordedEvent:
     return recorded(values)
 
 
-def converter(dialect: str) -> Callable[[Row[Any]], RecordedEvent]:
+def converter(dialect: str) -> Callable[[Row[Any] | tuple[Any, ...]], RecordedEvent]:
     return _from_sqlite if dialect == "sqlite" else _from_postgresql
 
 
-def to_events(rows: Iterable[Row[Any]], dialect: str) -> list[RecordedEvent]:
+def to_events(rows: Iterable[Row[Any] | tuple[Any, ...]], dialect: str) -> list[RecordedEvent]:
     convert = converter(dialect)
     return [convert(row) for row in rows]
+
+
+_PAGE = f"SELECT {', '.join(_NAMES)} FROM events WHERE position > {{0}} ORDER BY position LIMIT {{0}}"
+_PAGES = {"postgresql": _PAGE.format("%s"), "sqlite": _PAGE.format("?")}
+
+
+def read_page(conn: Connection, after_position: int, limit: int) -> list[RecordedEvent]:
+    """Up to ``limit`` events after ``after_position``, in position order: a replay's page.
+
+    At the driver level, every row fetched at once (``fetchall``: psycopg and sqlite3 build the
+    tuples in C) and turned into a record here, without SQLAlchemy's statement compilation and
+    per-row result objects, which cost a replay as much as decoding the payloads.
+    """
+    dialect = conn.dialect.name
+    sql = _PAGES[dialect] if dialect in _PAGES else _PAGES["postgresql"]
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        with gc_paused():  # thousands of acyclic rows and records (see _gcpause)
+            with driver_errors(conn, sql):
+                cursor.execute(sql, (after_position, limit))
+                rows = cursor.fetchall()
+            return to_events(rows, dialect)
+    finally:
+        cursor.close()

@@ -123,26 +123,25 @@ def formatted_content_json(
 ) -> str:
     """:func:`content_json` with both times already formatted (:func:`format_time`)."""
     f = fields
+    return content_json_of(
+        f["agent"], f["attempt"], f["causation_id"], f["correlation_id"], f["event_id"], metadata_json, occurred_at,
+        payload_json, prev_hash, f["priority"], f["queue"], recorded_at, f["schema_version"], f["stream_id"],
+        f["task_id"], f["type"], f["version"], f["worker_host"],
+    )  # fmt: skip
+
+
+def content_json_of(  # one argument a hashed field, in the template's (sorted) order
+    agent: Any, attempt: Any, causation_id: Any, correlation_id: Any, event_id: Any, metadata_json: str,
+    occurred_at: str, payload_json: str, prev_hash: str | None, priority: Any, queue: Any, recorded_at: str,
+    schema_version: Any, stream_id: Any, task_id: Any, type_: Any, version: Any, worker_host: Any,
+) -> str:  # fmt: skip
+    """:func:`formatted_content_json` from the values themselves (verify reads rows as tuples, no mapping)."""
+    s = _scalar
     return _TEMPLATE % (
-        _scalar(f["agent"]),
-        _scalar(f["attempt"]),
-        _scalar(f["causation_id"]),
-        _scalar(f["correlation_id"]),
-        _scalar(f["event_id"]),
-        metadata_json,
-        occurred_at,
-        payload_json,
-        _scalar(prev_hash),
-        _scalar(f["priority"]),
-        _scalar(f["queue"]),
-        recorded_at,
-        _scalar(f["schema_version"]),
-        _scalar(f["stream_id"]),
-        _scalar(f["task_id"]),
-        _scalar(f["type"]),
-        _scalar(f["version"]),
-        _scalar(f["worker_host"]),
-    )
+        s(agent), s(attempt), s(causation_id), s(correlation_id), s(event_id), metadata_json, occurred_at,
+        payload_json, s(prev_hash), s(priority), s(queue), recorded_at, s(schema_version), s(stream_id),
+        s(task_id), s(type_), s(version), s(worker_host),
+    )  # fmt: skip
 
 
 def event_hash_of_json(

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from relaybus.eventstore.hashing import (
     LINK_TAG,
     canonical_json,
+    content_json_of,
     format_time,
     formatted_content_json,
     hmac_sha256_hex,
@@ -188,9 +189,21 @@ def _as_time(value: Any) -> datetime:
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
+def _postgres_time_text(value: Any) -> str:
+    # The store selects PostgreSQL's times already formatted canonically (POSTGRES_TIME_TEXT): kept as they are.
+    if value.__class__ is str:
+        return value
+    return format_time(_as_time(value))
+
+
+POSTGRES_TIME_TEXT = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+"""A ``timestamptz`` column as its canonical text (:func:`format_time`), formatted by the server: a
+``datetime`` per time read and formatted in Python cost verify a fifth of its time."""
+
+
 def time_text_of(dialect: str) -> Callable[[Any], str]:
-    """How a stored time becomes its canonical text (:func:`format_time`) on ``dialect``."""
-    return _sqlite_time_text if dialect == "sqlite" else lambda value: format_time(_as_time(value))
+    """How a stored time, as read for :func:`verify_stored`, becomes its canonical text (:func:`format_time`)."""
+    return _sqlite_time_text if dialect == "sqlite" else _postgres_time_text
 
 
 def _decoded(f: dict[str, Any]) -> RecordedEvent:
@@ -249,13 +262,16 @@ class _Verifier:
 
         return keyed, secret, True
 
-    def row(self, f: dict[str, Any]) -> None:
-        position: int = f["position"]
+    def row(self, row: Sequence[Any]) -> None:
+        """One row of :data:`STORED_COLUMNS` (a tuple, read by position: this runs for every event)."""
+        (
+            position, event_id, stream, version, type_, schema_version, correlation_id, causation_id,
+            occurred_at, recorded_at, task_id, agent, queue, priority, attempt, worker_host,
+            payload, metadata, hash_, prev_hash, key_id,
+        ) = row  # fmt: skip
         if self.snapshot_at is not None and position > self.snapshot_at and self.snapshot is None:
             self.snapshot = self.state()
         self.checked += 1
-        stream: str = f["stream_id"]
-        key_id: str | None = f["key_id"]
         links = self.links
         links[key_id] = links.get(key_id, 0) + 1
         hashers = self.hashers
@@ -265,19 +281,21 @@ class _Verifier:
         previous = self.heads.get(stream)
         expected_version, expected_prev = (previous[0] + 1, previous[1]) if previous else (1, None)
         problem: _Problem | None = None
-        if f["version"] != expected_version:
-            problem = ("version_gap", str(expected_version), str(f["version"]))
-        elif f["prev_hash"] != expected_prev:
-            problem = ("prev_hash_mismatch", expected_prev, f["prev_hash"])
+        if version != expected_version:
+            problem = ("version_gap", str(expected_version), str(version))
+        elif prev_hash != expected_prev:
+            problem = ("prev_hash_mismatch", expected_prev, prev_hash)
         elif not known:
             problem = ("unknown_key", ", ".join(self.keys.ids) if self.keys else "", key_id)
         elif hasher is not None:
             time_text = self.time_text
-            content = formatted_content_json(
-                f, f["payload"], f["metadata"], expected_prev, time_text(f["occurred_at"]), time_text(f["recorded_at"])
-            )
-            if hasher(position, content) != f["hash"]:
-                problem = self._exact_verdict(f, key_id, secret)
+            content = content_json_of(
+                agent, attempt, causation_id, correlation_id, event_id, metadata, time_text(occurred_at), payload,
+                expected_prev, priority, queue, time_text(recorded_at), schema_version, stream, task_id, type_,
+                version, worker_host,
+            )  # fmt: skip
+            if hasher(position, content) != hash_:
+                problem = self._exact_verdict(dict(zip(STORED_COLUMNS, row, strict=True)), key_id, secret)
         if problem is None and (
             position != self.last_position + 1
             or (key_id is None and self.seen_new)
@@ -289,7 +307,7 @@ class _Verifier:
             if self.first is None:
                 reason, expected, actual = problem
                 self.first = BrokenLink(
-                    position=position, event_id=f["event_id"], stream_id=stream, version=f["version"],
+                    position=position, event_id=event_id, stream_id=stream, version=version,
                     reason=reason, expected=expected, actual=actual,
                 )  # fmt: skip
         if key_id is not None and not self.seen_keyed:
@@ -297,7 +315,7 @@ class _Verifier:
             if key_id != UNKEYED:
                 self.seen_keyed = True
         # Continue from what is stored, so one edit is reported once, not for the whole stream.
-        self.heads[stream] = (f["version"], f["hash"])
+        self.heads[stream] = (version, hash_)
         self.last_position = position
 
     def _exact_verdict(self, f: dict[str, Any], key_id: str | None, secret: bytes | None) -> _Problem | None:
@@ -387,8 +405,18 @@ def verify_stored(
 ) -> VerifyReport:
     """Verify rows of :data:`STORED_COLUMNS`, in position order; ``expected``: a checkpoint's state."""
     verifier = _Verifier(dialect, keys, expected)
-    names = STORED_COLUMNS
     row_of = verifier.row
     for row in rows:
-        row_of(dict(zip(names, row, strict=True)))
+        row_of(row)
     return verifier.report()
+
+
+def stored_columns_sql(dialect: str) -> str:
+    """The select list of :data:`STORED_COLUMNS` for :func:`verify_stored`: payload and metadata as their
+    stored text, and on PostgreSQL the times as canonical text (:data:`POSTGRES_TIME_TEXT`)."""
+    if dialect != "postgresql":
+        return ", ".join(STORED_COLUMNS)
+    as_read = {"payload": "payload::text", "metadata": "metadata::text"}
+    for name in ("occurred_at", "recorded_at"):
+        as_read[name] = POSTGRES_TIME_TEXT.format(name)
+    return ", ".join(as_read.get(c, c) for c in STORED_COLUMNS)

@@ -47,15 +47,16 @@ from sqlalchemy.engine import URL
 
 from relaybus.eventstore import integrity, queries, replay
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
+from relaybus.eventstore._gcpause import gc_paused
 from relaybus.eventstore._heads import Head, HeadCache
 from relaybus.eventstore._insert import insert_rows, start_append
-from relaybus.eventstore._rows import recorded, select_events, to_events
+from relaybus.eventstore._rows import read_page, recorded, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.errors import ConcurrencyError
 from relaybus.eventstore.hashing import LINK_TAG, canonical_json, format_time, formatted_content_json, hmac_pads
 from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
-from relaybus.eventstore.payloads import PayloadFinding, PayloadRef, PayloadTable, offload, refs_in_text
+from relaybus.eventstore.payloads import REF_MARK, PayloadFinding, PayloadRef, PayloadTable, offload, refs_in_text
 from relaybus.eventstore.projections import WorkflowStatusProjection
 from relaybus.eventstore.redaction import Redactor, fit
 from relaybus.eventstore.schema import events
@@ -124,6 +125,10 @@ class EventStore:
             return []
         if expected_version is not None and len({e.stream_id for e in batch}) != 1:
             raise ValueError("expected_version needs every event to be of one stream")
+        with gc_paused():  # hundreds of acyclic dicts and records per batch (see _gcpause)
+            return self._append_prepared(batch, expected_version)
+
+    def _append_prepared(self, batch: list[NewEvent], expected_version: int | None) -> list[RecordedEvent]:
         prepared = [self._prepare(event) for event in batch]
         with translate_errors():
             try:
@@ -147,7 +152,7 @@ class EventStore:
         batch = list(events_)
         if not batch:
             return 0
-        with translate_errors():
+        with translate_errors(), gc_paused():
             for attempt in range(self.config.append_retries + 1):
                 try:
                     return self._append_new(batch, careful=attempt > 0)
@@ -312,13 +317,8 @@ class EventStore:
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         """Up to ``limit`` events with a position above ``after_position``, in position order."""
-        query = (
-            select_events(self.dialect)
-            .where(events.c.position > after_position)
-            .order_by(events.c.position)
-            .limit(limit)
-        )
-        return self._select(query)
+        with translate_errors(), self._engine.read() as conn:
+            return read_page(conn, after_position, limit)
 
     def iter_all(self, after_position: int = 0, batch_size: int = 5000) -> Iterator[RecordedEvent]:
         """Every event after ``after_position``, read in batches (one short transaction each)."""
@@ -428,18 +428,17 @@ class EventStore:
         recomputed over the stored text (:func:`integrity.verify_stored`) with :attr:`chain_keys`.
         """
         dialect = self.dialect
-        text_of = "{}::text" if dialect == "postgresql" else "{}"
-        columns = ", ".join(text_of.format(c) if c in ("payload", "metadata") else c for c in integrity.STORED_COLUMNS)
-        sql = f"SELECT {columns} FROM events ORDER BY position"
+        sql = f"SELECT {integrity.stored_columns_sql(dialect)} FROM events ORDER BY position"
         referenced: dict[str, str] = {}  # each reference to a stored payload, and the first event carrying it
 
         def noting_refs(rows: Iterator[Any]) -> Iterator[Any]:
             for row in rows:
-                for ref in refs_in_text(row[_PAYLOAD_COLUMN]):
-                    referenced.setdefault(ref, row[_EVENT_ID_COLUMN])
+                if REF_MARK in row[_PAYLOAD_COLUMN]:  # most payloads hold none: one substring test
+                    for ref in refs_in_text(row[_PAYLOAD_COLUMN]):
+                        referenced.setdefault(ref, row[_EVENT_ID_COLUMN])
                 yield row
 
-        with translate_errors(), self._engine.read() as conn:
+        with translate_errors(), self._engine.read() as conn, gc_paused():  # rows hold no cycles (see _gcpause)
             rows = stream_rows(conn, sql, batch_size=batch_size)
             report = integrity.verify_stored(noting_refs(rows), dialect, keys=self.chain_keys, expected=expected)
         checked, findings = self.payloads.verify(referenced)
