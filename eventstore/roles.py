@@ -15,6 +15,8 @@ an app role that holds exactly :data:`APP_PRIVILEGES`:
 - ``projection_tracking``: SELECT, INSERT, UPDATE (the projection's position; ``SELECT … FOR UPDATE``).
 - ``payloads`` (large values by reference, migration 0007): SELECT and INSERT; a stored payload is never
   changed, and ``verify`` recomputes its digest.
+- ``approvals`` (migration 0008): SELECT, INSERT, UPDATE (a request is inserted, then decided once by a conditional
+  UPDATE; never deleted). It is not the record: every request and decision is also in the log.
 - the revision table: SELECT (``open_store`` checks the schema is current).
 - the schema: USAGE; never CREATE.
 
@@ -38,7 +40,14 @@ from sqlalchemy.engine import URL
 
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, translate_errors
 from relaybus.eventstore.errors import UnsafeAppRole
-from relaybus.eventstore.schema import EVENTS, PAYLOADS, PROJECTION_TRACKING, VERSION_TABLE, WORKFLOW_STATUS
+from relaybus.eventstore.schema import (
+    APPROVALS,
+    EVENTS,
+    PAYLOADS,
+    PROJECTION_TRACKING,
+    VERSION_TABLE,
+    WORKFLOW_STATUS,
+)
 
 APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
     EVENTS: ("SELECT", "INSERT"),
@@ -46,6 +55,7 @@ APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
     WORKFLOW_STATUS: ("SELECT", "INSERT", "UPDATE", "DELETE"),
     PROJECTION_TRACKING: ("SELECT", "INSERT", "UPDATE"),
     PAYLOADS: ("SELECT", "INSERT"),
+    APPROVALS: ("SELECT", "INSERT", "UPDATE"),
 }
 """Table -> the privileges the app role holds on it; nothing on any other table of the schema."""
 

@@ -40,6 +40,7 @@ WORKFLOW_STATUS = "workflow_status"
 PROJECTION_TRACKING = "projection_tracking"
 PAYLOADS = "payloads"
 VERSION_TABLE = "eventstore_alembic_version"
+APPROVALS = "approvals"
 
 APPEND_ONLY_MESSAGE = "eventstore: events are append-only"
 """Raised by the database triggers; the store recognises it to raise AppendOnlyViolation."""
@@ -152,4 +153,28 @@ payloads = Table(
     Column("body", Text, nullable=False),
     Column("stored_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("digest", name="pk_payloads"),
+)
+
+# (migration 0008) a person's approval a workflow waits for: one row per request, decided once by a
+# conditional UPDATE (status 'pending' -> 'approved' | 'rejected' | 'expired'); the event log records
+# every request and decision besides (eventstore.approvals).
+approvals = Table(
+    APPROVALS,
+    metadata,
+    Column("id", String(_ID), primary_key=True),
+    Column("workflow", String(_ID), nullable=False),
+    Column("workflow_kind", String(32), nullable=False),
+    Column("step", String(_ID), nullable=False),
+    Column("subject", JSON, nullable=False),
+    Column("approvers", JSON, nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("deadline", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("decided_by", String(_ID), nullable=True),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("resume", JSON, nullable=False),
+    Column("requested_event_id", String(_ID), nullable=False),
+    Index("ix_approvals_status_deadline", "status", "deadline"),
+    Index("ix_approvals_workflow", "workflow"),
 )

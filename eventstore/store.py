@@ -52,6 +52,7 @@ from relaybus.eventstore._heads import Head, HeadCache
 from relaybus.eventstore._insert import insert_rows, start_append
 from relaybus.eventstore._rows import read_page, recorded, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
+from relaybus.eventstore.approvals import ApprovalTable
 from relaybus.eventstore.errors import ConcurrencyError
 from relaybus.eventstore.hashing import LINK_TAG, canonical_json, format_time, formatted_content_json, hmac_pads
 from relaybus.eventstore.keys import UNKEYED, ChainKeys
@@ -96,6 +97,8 @@ class EventStore:
         self.projection = WorkflowStatusProjection(self._engine)
         self.payloads = PayloadTable(self._engine, self._redactor)
         """Large values by reference (:mod:`eventstore.payloads`)."""
+        #: Requests for a person's approval (``eventstore.approvals``).
+        self.approvals = ApprovalTable(self._engine, self._redactor)
 
     @property
     def engine(self) -> Engine:

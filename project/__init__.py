@@ -35,13 +35,18 @@ if TYPE_CHECKING:
     from relaybus.sagas.definition import ParallelStep, SagaDefinition
     from relaybus.sagas.definition import Step as SagaStep
     from relaybus.settings import Settings, get_settings
+    from relaybus.tasks.approvals import approve, get_approval, list_approvals, pending_approvals, reject
     from relaybus.tasks.bus.bus import publish, subscribe
     from relaybus.tasks.bus.events import Event, upcaster
     from relaybus.tasks.errors import (
         AgentError,
+        AlreadyDecided,
+        ApprovalError,
+        ApprovalNotFound,
         BrokerUnreachable,
         EventRejected,
         InvalidInput,
+        NotAnApprover,
         PermanentError,
         PipelineFailure,
         PipelineNotFinished,
@@ -103,6 +108,16 @@ _EXPORTS = {
     "start_saga": "relaybus.tasks.saga",
     "saga_status": "relaybus.tasks.saga",
     "wait_for_saga": "relaybus.tasks.saga",
+    # Human approval: decide what a workflow waits for
+    "approve": "relaybus.tasks.approvals",
+    "reject": "relaybus.tasks.approvals",
+    "pending_approvals": "relaybus.tasks.approvals",
+    "list_approvals": "relaybus.tasks.approvals",
+    "get_approval": "relaybus.tasks.approvals",
+    "ApprovalError": "relaybus.tasks.errors",
+    "NotAnApprover": "relaybus.tasks.errors",
+    "AlreadyDecided": "relaybus.tasks.errors",
+    "ApprovalNotFound": "relaybus.tasks.errors",
     # The app and its settings
     "app": "relaybus.celery",
     "create_app": "relaybus.celery",

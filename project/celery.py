@@ -35,6 +35,7 @@ BUILTIN_MODULES = (
     "relaybus.tasks.pipelines.deadline",
     "relaybus.tasks.agents.pipeline",
     "relaybus.tasks.saga.orchestration",
+    "relaybus.tasks.saga.approval",
     "relaybus.tasks.agents.content_saga",
 )
 #: Agents that ship with relaybus: the reference pipeline and the reference saga's steps.
@@ -76,6 +77,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         publish_timeout_s=settings.publish_timeout_s,
         max_redeliveries=settings.max_redeliveries,
         llm=settings.llm_config(),
+        approver_roles=dict(settings.approver_roles),
         rate_limits=RateLimits(
             limits=dict(settings.llm_rate_limits),
             redis_url=settings.rate_limit_redis_url,

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     #: When the limiter's Redis is unreachable: defer the call (false) or call the provider unlimited (true).
     llm_rate_limit_fail_open: bool = False
 
+    #: Who holds which approver role (README, Human approval): JSON in the environment, ``{"alice": ["editor"]}``.
+    #: An approval naming ``role:editor`` among its approvers may be decided by alice.
+    approver_roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
     #: Your own agent modules, which workers import, and the agent names they register
     #: (each gets its queues), both comma separated in the environment.
     extra_modules: Annotated[tuple[str, ...], NoDecode] = ()
@@ -149,7 +153,7 @@ class Settings(BaseSettings):
     #: Public keys (base64, comma separated) whose checkpoints ``relaybus verify --since-checkpoint`` trusts.
     checkpoint_public_keys: Annotated[tuple[str, ...], NoDecode] = ()
 
-    @field_validator("llm_providers", "llm_rate_limits", mode="before")
+    @field_validator("llm_providers", "llm_rate_limits", "approver_roles", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
         # The environment's JSON is decoded by pydantic-settings; the same text given as a value (to_env's

@@ -22,7 +22,17 @@ from relaybus.sagas.commands import (
     idempotency_key,
 )
 from relaybus.sagas.decide import decide, resume, start
-from relaybus.sagas.definition import OnTimeout, ParallelStep, SagaDefinition, SagaRegistry, Step, members_of
+from relaybus.sagas.definition import (
+    APPROVAL_TASK,
+    Approval,
+    OnTimeout,
+    ParallelStep,
+    SagaDefinition,
+    SagaRegistry,
+    Step,
+    approval_step,
+    members_of,
+)
 from relaybus.sagas.dispatches import InFlight, dispatch_id, dispatch_id_of, in_flight, still_running
 from relaybus.sagas.errors import DefinitionError, InvalidTransition, SagaError, SagaNotFound, UnknownEvent, UnknownSaga
 from relaybus.sagas.events import (
@@ -64,6 +74,9 @@ from relaybus.sagas.views import CompensationView, HistoryEntry, SagaView, StepV
 __all__ = [  # noqa: RUF022
     # Definitions
     "CONTENT_CREATION",
+    "APPROVAL_TASK",
+    "Approval",
+    "approval_step",
     "OnTimeout",
     "ParallelStep",
     "SagaDefinition",

@@ -37,6 +37,28 @@ def _check_task(task: str, what: str) -> None:
         raise DefinitionError(f"{what} task name {task!r} must be a non-empty Celery task name")
 
 
+#: The task of a step that waits for a person's approval (``tasks.saga.approval``; see :func:`approval_step`).
+APPROVAL_TASK = "relaybus.saga.approval"
+#: How much longer than its approval's deadline an approval step's own ``timeout_s`` runs: the approval
+#: expires first (with its own reason), the step's timeout is only the safety net.
+APPROVAL_GRACE_S = 300.0
+
+
+class Approval(_Frozen):
+    """Who may approve a step (principals, or ``role:<name>``) and how long they have."""
+
+    approvers: tuple[str, ...]
+    timeout_s: float
+
+    @model_validator(mode="after")
+    def _check(self) -> Approval:
+        if not self.approvers or any(not a.strip() for a in self.approvers):
+            raise DefinitionError("an approval needs at least one approver, each a non-empty name")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise DefinitionError("an approval's timeout_s must be a positive number of seconds")
+        return self
+
+
 class Step(_Frozen):
     """One agent task, and the task that undoes it (``None`` for a step with nothing to undo).
 
@@ -53,6 +75,8 @@ class Step(_Frozen):
     timeout_s: float
     on_timeout: OnTimeout = "compensate"
     max_attempts: int = 1
+    #: A step that waits for a person (build it with :func:`approval_step`).
+    approval: Approval | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Step:
@@ -66,7 +90,21 @@ class Step(_Frozen):
             raise DefinitionError(f"step {self.name!r}: on_timeout='retry' needs max_attempts >= 2")
         if self.on_timeout == "compensate" and self.max_attempts != 1:
             raise DefinitionError(f"step {self.name!r}: max_attempts only applies with on_timeout='retry'")
+        if (self.approval is not None) != (self.task == APPROVAL_TASK):
+            raise DefinitionError(f"step {self.name!r}: an approval step is built with approval_step(...)")
+        if self.approval is not None and self.timeout_s <= self.approval.timeout_s:
+            raise DefinitionError(f"step {self.name!r}: timeout_s must outlast the approval's timeout_s")
         return self
+
+
+def approval_step(name: str, *, approvers: Iterable[str], timeout_s: float) -> Step:
+    """A step that waits for one of ``approvers`` to approve, within ``timeout_s``: approved, the saga goes
+    on (the next step gets this step's input); rejected or expired, the step fails and the saga compensates
+    the steps that completed, last first. Nothing to undo for the approval itself."""
+    return Step(
+        name=name, task=APPROVAL_TASK, timeout_s=timeout_s + APPROVAL_GRACE_S,
+        approval=Approval(approvers=tuple(approvers), timeout_s=timeout_s),
+    )
 
 
 class ParallelStep(_Frozen):

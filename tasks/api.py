@@ -5,12 +5,17 @@
     from relaybus.tasks.api import Event, publish, start, subscribe
 """
 
+from relaybus.tasks.approvals import Approval, approve, get_approval, list_approvals, pending_approvals, reject
 from relaybus.tasks.bus.bus import declare_subscriptions, publish, subscribe
 from relaybus.tasks.bus.events import Event, EventEnvelope, upcaster
 from relaybus.tasks.errors import (
     AgentError,
+    AlreadyDecided,
+    ApprovalError,
+    ApprovalNotFound,
     EventRejected,
     InvalidInput,
+    NotAnApprover,
     PermanentError,
     PipelineError,
     PipelineFailure,
@@ -45,6 +50,13 @@ __all__ = [  # noqa: RUF022
     "PipelineOutcome",
     "Pipeline",
     "StepInput",
+    # Human approval
+    "approve",
+    "reject",
+    "pending_approvals",
+    "list_approvals",
+    "get_approval",
+    "Approval",
     # Agents
     "agent",
     "AgentContext",
@@ -74,6 +86,10 @@ __all__ = [  # noqa: RUF022
     "InvalidInput",
     "EventRejected",
     "PipelineError",
+    "ApprovalError",
+    "ApprovalNotFound",
+    "NotAnApprover",
+    "AlreadyDecided",
     "PipelineFailure",
     "PipelineNotFinished",
     "UnknownPipeline",

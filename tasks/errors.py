@@ -27,6 +27,10 @@ The retry policy is declared here, by class, in one place: the task base retries
           ├── UnknownPipeline          no pipeline has this name
           ├── PipelineFailure          the pipeline ended failed or timed out; ``reason`` says why
           └── PipelineNotFinished      ``result()`` asked of a pipeline still running
+     └── ApprovalError                 a person's approval could not be requested or decided (tasks.runtime.approvals)
+          ├── ApprovalNotFound         no approval has this id
+          ├── NotAnApprover            the principal is not among the approval's approvers
+          └── AlreadyDecided           the approval was decided (or expired) already; ``approval`` is the row
 """
 
 from __future__ import annotations
@@ -238,3 +242,23 @@ def is_transient(error: BaseException) -> bool:
         (SoftTimeLimitExceeded, TimeoutError, ConnectionError, StoreUnavailable, BrokerUnavailable,
          RedisConnectionError, RedisTimeout),
     )
+
+
+class ApprovalError(AgentError):
+    """Raised when a person's approval cannot be requested or decided."""
+
+
+class ApprovalNotFound(ApprovalError, LookupError):
+    """Raised when no approval has the given id."""
+
+
+class NotAnApprover(ApprovalError):
+    """Raised when someone not among an approval's approvers tries to decide it."""
+
+
+class AlreadyDecided(ApprovalError):
+    """Raised when an approval was decided, or expired, before this decision; ``approval`` is the row as stored."""
+
+    def __init__(self, message: str, approval: Any) -> None:
+        super().__init__(message)
+        self.approval = approval

@@ -6,6 +6,7 @@
     saga.py        saga …                   log.py    timeline, events, stats, projections, replay
     demo.py        demo                     workflows.py  workflows list, sweep (pipelines and sagas)
     integrity.py   verify, checkpoint, chain-key   web.py  web (the operations console)
+    approvals.py   approvals list, show, approve, reject
 
 They print through :mod:`relaybus.cli.output` (which lists the exit codes) and reach Celery and the event
 store through :mod:`relaybus.cli.services`; neither they nor those import this module.
@@ -20,7 +21,7 @@ from typing import Any
 
 import click
 
-from relaybus.cli import demo, integrity, log, ops, pipelines, saga, web, workflows
+from relaybus.cli import approvals, demo, integrity, log, ops, pipelines, saga, web, workflows
 
 #: How long a command waits for an unavailable event log before it says so (``RELAYBUS_CLI_STORE_WAIT_S``).
 CLI_STORE_WAIT_S = 10.0
@@ -61,6 +62,6 @@ def main() -> None:
     """
 
 
-for _module in (pipelines, ops, saga, workflows, log, integrity, demo, web):
+for _module in (pipelines, ops, saga, approvals, workflows, log, integrity, demo, web):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -1,7 +1,8 @@
 """How every command prints: the console, tables, JSON, and leaving with an exit code.
 
 Exit codes: 0 done; 1 the operation found a problem (a broken chain, a failed workflow, nothing by that
-id); 2 bad usage (click); 3 a service could not be reached.
+id); 2 bad usage (click); 3 a service could not be reached; 4 refused (``approvals approve|reject`` by someone
+not among the approvers, or of an approval decided already).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.table import Table
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
 
 console = Console()
 #: The width a table may take when stdout is not a terminal: wide enough never to shorten a cell.

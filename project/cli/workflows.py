@@ -105,6 +105,7 @@ def workflows_list(status: str | None, stuck: bool, horizon_days: float, limit: 
 @json_option
 def sweep(horizon_days: float, as_json: bool) -> None:
     """End the pipelines past their deadline (timed_out) and time out saga steps past theirs, as beat does."""
+    import relaybus.tasks.approvals  # noqa: F401  (registers the resumers an expired approval goes through)
     from relaybus.tasks.pipelines.deadline import sweep_pipelines
     from relaybus.tasks.saga import sweep_sagas
 
@@ -124,6 +125,8 @@ def sweep(horizon_days: float, as_json: bool) -> None:
     )
     for pipeline_id, reason in pipelines.timed_out.items():
         console.print(f"  timed out: {pipeline_id}: {reason}")
+    for approval_id in pipelines.approvals_expired:
+        console.print(f"  approval expired: {approval_id}")
     console.print(
         f"sagas: open {sagas.open_sagas}   steps timed out: {len(sagas.timed_out)}   "
         f"dispatched: {len(sagas.dispatched)}   sent again: {len(sagas.redispatched)}   "

@@ -184,6 +184,32 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
                             samesite="strict", secure=request.url.scheme == "https", path="/")
         return response
 
+    def approvals(request: Request) -> Response:
+        found = store.approvals.find(limit=200)
+        pending = [a for a in found if a.status == "pending"]
+        decided = [a for a in found if a.status != "pending"][:50]
+        return render(request, "approvals.html", pending=pending, decided=decided, basic_user=auth.basic_user,
+                      message=request.query_params.get("done"), error=request.query_params.get("error"))
+
+    async def approval_action(request: Request) -> Response:
+        """Approve or reject (``relaybus approvals approve|reject``): as the basic-auth user, or the name typed."""
+        from relaybus.tasks.approvals import approve, reject
+        from relaybus.tasks.errors import ApprovalError
+
+        action, approval_id = request.path_params["action"], request.path_params["approval_id"]
+        if action not in ("approve", "reject"):
+            return PlainTextResponse("unknown action", 404)
+        form = await request.form()
+        by = auth.basic_user or str(form.get("by") or "").strip()
+        reason = str(form.get("reason") or "").strip() or None
+        decide = approve if action == "approve" else reject
+        try:
+            done = await run_in_threadpool(lambda: decide(approval_id, by=by, reason=reason, app=app))
+        except ApprovalError as error:
+            return RedirectResponse("/approvals?" + urlencode({"error": str(error)}), status_code=303)
+        return RedirectResponse("/approvals?" + urlencode({"done": f"{done.id} {done.status} by {done.decided_by}"}),
+                                status_code=303)
+
     def home(request: Request) -> Response:
         return RedirectResponse("/workflows", status_code=303)
 
@@ -198,6 +224,8 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         Route("/actions/resume", resume_action, methods=["POST"]),
         Route("/queues", queues),
         Route("/agents", agents),
+        Route("/approvals", approvals),
+        Route("/approvals/{approval_id}/{action}", approval_action, methods=["POST"]),
         Route("/metrics", metrics_page),
     ]
     def unavailable(request: Request, exc: Exception) -> Response:

@@ -10,6 +10,8 @@
            -> draft.rejected --> writer (events.writer.revise) -> draft.written ...
            -> pipeline.failed, when the last allowed draft is rejected
            -> draft.approved --> publisher (events.publisher.publish) -> pipeline.completed
+                with approve_before_publish: an approval request instead (nothing waits), and once a
+                person approves, publication.approved --> publisher (events.publisher.publish_approved)
       pipeline.completed / pipeline.failed --> system (events.system.record_outcome)
 
 Steps where a step needs exactly its predecessor's output (intake -> planner); a fan-out where N
@@ -26,15 +28,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import current_app
+
 from relaybus.tasks.agents import intake, planner, publisher, researcher, reviewer, writer
 from relaybus.tasks.agents.pipeline_models import (
     DraftApproved,
     DraftRejected,
     DraftWritten,
     PipelineOptions,
+    PublicationApproved,
     ResearchRequest,
 )
+from relaybus.tasks.pipelines.approval import request_event_approval
 from relaybus.tasks.pipelines.definition import Pipeline, StepInput
+from relaybus.tasks.pipelines.registry import PipelineCompleted
+from relaybus.tasks.runtime.task import AgentContext
 
 __all__ = ["intake", "planner", "publisher", "research", "researcher", "reviewer", "writer"]
 
@@ -49,7 +57,8 @@ def _topics(s: StepInput[ResearchRequest]) -> list[dict[str, Any]]:
 
 def _options(run: ResearchRequest) -> dict[str, Any]:
     options = PipelineOptions(
-        review=run.review, on_research_failure=run.on_research_failure, fail_researchers=run.fail_researchers
+        review=run.review, on_research_failure=run.on_research_failure, fail_researchers=run.fail_researchers,
+        approve_before_publish=run.approve_before_publish,
     )
     return options.model_dump(mode="json")
 
@@ -76,4 +85,24 @@ research.review(
     round=lambda candidate: candidate.draft.round,
     max_rounds=lambda candidate: candidate.draft.options.review.max_rounds,
 )
-research.finish(DraftApproved, agent="publisher", name="publish")(publisher.publish_article)
+
+
+@research.on(DraftApproved, agent="publisher", name="publish")
+def publish(event: DraftApproved, ctx: AgentContext) -> PipelineCompleted | None:
+    """Publish the approved draft, or, with ``approve_before_publish``, ask a person first (nothing waits)."""
+    gate = event.draft.options.approve_before_publish
+    if gate is None:
+        return research.completed(publisher.publish_article(event, ctx))
+    draft = event.draft
+    request_event_approval(
+        ctx, current_app, pipeline=research.name, step="approve_publication", then=PublicationApproved(draft=draft),
+        approvers=gate.approvers, timeout_s=gate.timeout_s,
+        subject={"request": draft.request, "title": draft.title, "body": draft.body, "sources": draft.sources},
+    )
+    return None
+
+
+@research.finish(PublicationApproved, agent="publisher", name="publish_approved")
+def publish_approved(event: PublicationApproved, ctx: AgentContext) -> Any:
+    """A person approved: publish."""
+    return publisher.publish_article(DraftApproved(draft=event.draft), ctx)

@@ -34,6 +34,13 @@ class ReviewPolicy(AgentModel):
     reject_drafts: int = Field(default=0, ge=0)
 
 
+class PublishApproval(AgentModel):
+    """Approve before publishing: who may (principals, or ``role:<name>``) and how long they have."""
+
+    approvers: tuple[str, ...] = Field(default=("role:editor",), min_length=1)
+    timeout_s: float = Field(default=3600.0, gt=0)
+
+
 class ResearchRequest(AgentModel):
     """The pipeline's input: what to write about, how many researchers at most, and the guardrail."""
 
@@ -45,6 +52,8 @@ class ResearchRequest(AgentModel):
     on_research_failure: Literal["fail", "partial"] = "fail"
     #: Fault injection for tests and demos: these researchers (by index) fail permanently.
     fail_researchers: tuple[int, ...] = ()
+    #: Park the approved draft until a person approves publishing it (off: the demo runs unattended).
+    approve_before_publish: PublishApproval | None = None
 
 
 class PipelineOptions(AgentModel):
@@ -53,6 +62,7 @@ class PipelineOptions(AgentModel):
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
     on_research_failure: Literal["fail", "partial"] = "fail"
     fail_researchers: tuple[int, ...] = ()
+    approve_before_publish: PublishApproval | None = None
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -189,6 +199,15 @@ class DraftRejected(Event):
 
 class DraftApproved(Event):
     type: ClassVar[str] = "draft.approved"
+    version: ClassVar[int] = 1
+
+    draft: Draft
+
+
+class PublicationApproved(Event):
+    """A person approved publishing the draft (``approve_before_publish``); the publisher publishes it."""
+
+    type: ClassVar[str] = "publication.approved"
     version: ClassVar[int] = 1
 
     draft: Draft

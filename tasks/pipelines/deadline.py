@@ -14,6 +14,11 @@ an event that never comes, an outcome never recorded.
   one outcome event id) and ``record_outcome`` records ``pipeline.timed_out`` with the reason and stores
   the outcome for the client, whose ``handle.wait()`` wakes with status ``timed_out``.
 
+**Approvals** come first: every pending approval past its own deadline (``tasks.runtime.approvals``) is
+ended ``expired`` (a conditional UPDATE: one decision wins), which fails its pipeline with the reason
+``approval-expired`` or compensates its saga. A pipeline parked on a pending approval is not timed out:
+the approval's deadline bounds the wait.
+
 Idempotent: the outcome event and the outcome record have one id per pipeline, so two sweeps racing
 publish one fact, and the sweep skips a pipeline whose outcome is already published and on its way
 (unless it has been on its way for a whole deadline: then it is published again under the same id,
@@ -41,6 +46,7 @@ from relaybus.tasks.bus.bus import publish
 from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.pipelines.outcomes import log_store
 from relaybus.tasks.pipelines.registry import OUTCOME_KEY, PipelineTimedOut
+from relaybus.tasks.runtime.approvals import expire_due
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.system import SystemTask
 
@@ -151,6 +157,10 @@ class PipelineSweepReport(BaseModel):
     errors: dict[str, str] = Field(default_factory=dict)
     #: Why nothing was looked at (the event log is off), if so.
     skipped: str | None = None
+    #: Approvals (of pipelines and sagas) past their deadline, ended ``expired`` by this pass.
+    approvals_expired: list[str] = Field(default_factory=list)
+    #: Past their deadline but parked on a pending approval: its own deadline ends them, not this one.
+    waiting_for_approval: list[str] = Field(default_factory=list)
 
 
 def sweep_pipelines(
@@ -162,13 +172,18 @@ def sweep_pipelines(
     if store is None:
         off = "the event log is off (RELAYBUS_RECORD_EVENTS)"
         return PipelineSweepReport(swept_at=now, open_pipelines=0, skipped=off)
+    # Approvals first: an expired one fails its pipeline (or compensates its saga) with its own reason.
+    expired, errors = expire_due(app, now=now)
+    errors = {f"approval {k}": v for k, v in errors.items()}
     open_, late = find_overdue(
         store, now=now, default_deadline_s=runtime_config(app).pipeline_deadline_s, horizon_s=horizon_s
     )
+    parked = store.approvals.waiting(item.pipeline_id for item in late) if late else set()
     timed_out: dict[str, str] = {}
     pending: list[str] = []
-    errors: dict[str, str] = {}
     for item in late:
+        if item.pipeline_id in parked:
+            continue
         try:
             if _time_out(app, store, item, now):
                 timed_out[item.pipeline_id] = item.reason
@@ -177,7 +192,8 @@ def sweep_pipelines(
         except Exception as error:  # the safety net: one pipeline it cannot end must not shield the others
             errors[item.pipeline_id] = f"{type(error).__name__}: {error}"  # the next sweep tries again
     return PipelineSweepReport(
-        swept_at=now, open_pipelines=len(open_), timed_out=timed_out, pending=pending, errors=errors
+        swept_at=now, open_pipelines=len(open_), timed_out=timed_out, pending=pending, errors=errors,
+        approvals_expired=expired, waiting_for_approval=sorted(parked),
     )
 
 
@@ -210,6 +226,6 @@ def _time_out(app: Celery, store: EventStore, item: Overdue, now: datetime) -> b
 def sweep(self: Task, horizon_s: float | None = DEFAULT_HORIZON_S) -> dict[str, Any]:
     """Beat's pass (system queue): end the pipelines past their deadline."""
     report = sweep_pipelines(self.app, horizon_s=horizon_s)
-    if report.timed_out or report.errors:
+    if report.timed_out or report.errors or report.approvals_expired:
         logger.warning("workflow sweep: %s", report.model_dump_json())
     return report.model_dump(mode="json")

@@ -41,15 +41,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celery import Celery, current_app
+from celery._state import get_current_task
 from celery.canvas import Signature
 from pydantic import BaseModel
 
 from relaybus.tasks.bus.bus import handler_task_name, subscribe
 from relaybus.tasks.bus.events import Event
+from relaybus.tasks.pipelines.approval import KIND as APPROVAL_KIND  # importing it registers the resumer
 from relaybus.tasks.pipelines.canvas import fan_in, sequence
 from relaybus.tasks.pipelines.outcomes import fail_on_error, record_pipeline_event
 from relaybus.tasks.pipelines.registry import PIPELINE_STARTED, PipelineCompleted, PipelineFailed, register
+from relaybus.tasks.runtime.approvals import approval_id_for, request_approval
 from relaybus.tasks.runtime.config import runtime_config
+from relaybus.tasks.runtime.context import current_task_id
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
 from relaybus.tasks.runtime.settle import results_of, split_results
 from relaybus.tasks.runtime.task import AGENT_TASK_PREFIX, AgentContext, AgentModel, AgentTask, agent
@@ -98,7 +102,19 @@ class FanOut:
     partial: Callable[[Any], bool]
 
 
-Stage = Step | FanOut
+@dataclass(frozen=True)
+class ApprovalStage:
+    """The pipeline parks until a person approves (``Pipeline.approval``); nothing runs meanwhile."""
+
+    name: str
+    approvers: tuple[str, ...]
+    timeout_s: float
+    subject: Mapping_ | None = None
+    task: str = ""  # no task of its own: the stage is a row in the approvals table
+    agent: str = SYSTEM_AGENT
+
+
+Stage = Step | FanOut | ApprovalStage
 
 
 # -- the system tasks' contracts ------------------------------------------------------------------
@@ -217,6 +233,27 @@ class Pipeline(Generic[RunT]):
         self._add(Step(into_name or into_agent, into_task, into_agent, into_input))
         return self
 
+    def approval(
+        self,
+        name: str,
+        *,
+        approvers: Iterable[str],
+        timeout_s: float,
+        subject: Mapping_ | None = None,
+    ) -> Pipeline[RunT]:
+        """Park the pipeline here until one of ``approvers`` (principals, or ``role:<name>``) approves, within
+        ``timeout_s``. ``subject(s)``: what they approve (default: the previous output), redacted as it is
+        stored. Approved, the next step gets the previous output as if this stage were not there; rejected
+        or expired, the pipeline fails (``approval-rejected`` / ``approval-expired``). No worker waits:
+        the request is a row (``relaybus approvals list``). See ``tasks.runtime.approvals``."""
+        approvers = tuple(approvers)
+        if not approvers:
+            raise ValueError(f"pipeline {self.name!r}: approval {name!r} names no approver")
+        if not timeout_s > 0:
+            raise ValueError(f"pipeline {self.name!r}: approval {name!r} timeout_s must be positive")
+        self._add(ApprovalStage(name, approvers, float(timeout_s), subject))
+        return self
+
     def on(
         self, event: type[E] | str, *, agent: str, name: str | None = None
     ) -> Callable[[Callable[[E, AgentContext], Any]], Handler]:
@@ -320,13 +357,16 @@ class Pipeline(Generic[RunT]):
     def stage_of(self, task_name: str) -> str | None:
         """The step a task belongs to: ``agents.researcher`` -> ``researcher``; None if not this pipeline's."""
         for stage in self.stages:
-            if stage.task == task_name:
+            if stage.task and stage.task == task_name:
                 return stage.name
         return self.handlers.get(task_name)
 
     def describe(self) -> list[str]:
         lines = []
         for stage in self.stages:
+            if isinstance(stage, ApprovalStage):
+                lines.append(f"approval {stage.name}: by {', '.join(stage.approvers)} within {stage.timeout_s:g} s")
+                continue
             kind = "fan-out" if isinstance(stage, FanOut) else "step"
             lines.append(f"{kind} {stage.name}: {stage.task}")
         lines += [f"on event: {task} ({stage})" for task, stage in self.handlers.items()]
@@ -408,6 +448,8 @@ class Pipeline(Generic[RunT]):
             return self._send_complete(app, prev or {})
         stage = self.stages[index]
         s = StepInput(run, prev, pipeline_id)
+        if isinstance(stage, ApprovalStage):
+            return self._park(app, index, stage, s)
         if isinstance(stage, FanOut):
             members = [app.signature(stage.task, kwargs=dict(item)) for item in stage.each(s)]
             join = app.signature(
@@ -439,6 +481,27 @@ class Pipeline(Generic[RunT]):
                 flow.append(app.signature(self._complete.name))
         sequence(*flow, on_error=self.failure_path()).apply_async()
         return len(flow)
+
+    def _park(self, app: Celery, index: int, stage: ApprovalStage, s: StepInput[Any]) -> int:
+        """Record the approval the stage asks for; the pipeline goes on when it is approved
+        (``tasks.pipelines.approval``). Sends nothing."""
+        subject = dict(stage.subject(s)) if stage.subject is not None else {"output": s.prev}
+        task = get_current_task()
+        priority = (task.request.delivery_info or {}).get("priority") if task is not None else None
+        request_approval(
+            app,
+            approval_id=approval_id_for(s.pipeline_id, self.name, stage.name),
+            workflow=s.pipeline_id,
+            kind=APPROVAL_KIND,
+            step=stage.name,
+            subject=subject,
+            approvers=stage.approvers,
+            timeout_s=stage.timeout_s,
+            resume={"action": "advance", "pipeline": self.name, "task": self._advance.name, "stage": index + 1,
+                    "run": s.run.model_dump(mode="json"), "prev": s.prev, "priority": priority},
+            causation_id=current_task_id(),
+        )
+        return 0
 
     def _send_complete(self, app: Celery, output: dict[str, Any]) -> int:
         if self.finishes_on_event:

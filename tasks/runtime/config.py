@@ -52,6 +52,8 @@ class RuntimeConfig(BaseModel):
     #: The named LLM providers, the default, and the choice per agent (a single ProviderConfig is accepted too).
     llm: LLMConfig = Field(default_factory=LLMConfig)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
+    #: Principal -> the approver roles they hold (``role:<name>`` among an approval's approvers).
+    approver_roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
     def __repr_args__(self) -> Any:
         # ``celery inspect conf`` (Flower's worker Config tab) shows this repr: no database password in it.

@@ -35,7 +35,9 @@ def test_upgrade_builds_a_fresh_postgresql_schema_once(pg_schema: tuple[str, str
             version = conn.execute(text(f'SELECT version_num FROM "{schema}".eventstore_alembic_version')).scalar()
     finally:
         engine.dispose()
-    assert tables == {"events", "workflow_status", "projection_tracking", "payloads", "eventstore_alembic_version"}
+    assert tables == {
+        "events", "workflow_status", "projection_tracking", "payloads", "approvals", "eventstore_alembic_version"
+    }
     assert triggers == {"events_append_only", "events_no_truncate"}
     assert version == migrations.HEAD
 
