@@ -195,15 +195,24 @@ class PayloadTable:
             raise PayloadAltered(ref.ref, f"the stored payload was changed: its text gives sha256:{actual}")
         return json.loads(text)
 
-    def verify(self, referenced: dict[str, str], *, batch_size: int = 64) -> tuple[int, list[PayloadFinding]]:
+    def verify(self, referenced: dict[str, str], *, batch_size: int = 4) -> tuple[int, list[PayloadFinding]]:
         """``(payloads checked, findings)``: every stored payload's digest recomputed, and every reference
-        in ``referenced`` (ref → the first event id carrying it) looked up."""
+        in ``referenced`` (ref → the first event id carrying it) looked up.
+
+        PostgreSQL hashes the bodies itself (``sha256``, 11+) and sends the digests only; on SQLite the bodies
+        are read ``batch_size`` at a time (each may be tens of MB)."""
         findings: list[PayloadFinding] = []
         stored: set[str] = set()
         with translate_errors(), self._engine.read() as conn:
-            for digest, text in stream_rows(conn, "SELECT digest, body FROM payloads", batch_size=batch_size):
+            if conn.dialect.name == "postgresql":
+                sql = "SELECT digest, encode(sha256(convert_to(body, 'UTF8')), 'hex') FROM payloads"
+                rows = ((digest, actual) for digest, actual in stream_rows(conn, sql, batch_size=5000))
+            else:
+                sql = "SELECT digest, body FROM payloads"
+                rows = ((digest, sha256_hex(text)) for digest, text in stream_rows(conn, sql, batch_size=batch_size))
+            for digest, actual in rows:
                 stored.add(digest)
-                if sha256_hex(text) != digest:
+                if actual != digest:
                     ref = _PREFIX + digest
                     findings.append(PayloadFinding(ref=ref, reason="payload-altered",
                                                    referenced_by=referenced.get(ref)))

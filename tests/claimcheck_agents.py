@@ -1,7 +1,11 @@
 """A pipeline whose input, outputs and event carry a large document (the claim-check test,
 tests/integration/test_claimcheck.py): two steps, then an event that ends the pipeline.
 
-    pipelines.cc-big -> agents.ccshout -> agents.cccheck --cc.document.checked--> events.ccfinal.finish
+    pipelines.cc-big -> agents.ccshout -> pipelines.cc-big.advance -> agents.cccheck
+        --cc.document.checked--> events.ccfinal.finish
+
+The ``advance`` hop (the second step maps its input) is embedded in the first step's message as a chain
+signature whose kwargs hold the pipeline's input: the claim check stores it by reference there too.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def check(inp: Shouted, ctx: AgentContext) -> Checked:
 
 big = Pipeline("cc-big", input=Document, description="A large document through steps and an event")
 big.step(shout)
-big.step(check)
+big.step(check, input=lambda s: dict(s.prev or {}))  # a mapped input: an advance hop carries the run (20 MB)
 
 
 @big.finish(DocumentChecked, agent="ccfinal")

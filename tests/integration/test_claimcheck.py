@@ -134,6 +134,9 @@ def test_a_20mb_document_goes_through_steps_and_an_event_by_reference(
     assert is_ref(completed.payload["output"]["document"])
     sent = next(e for e in events if e.type == "task.sent" and e.payload["task"] == "agents.ccshout")
     assert refs_in(sent.payload["input"])
+    # The advance hop travelled inside the first step's message (its chain): its run went by reference there.
+    advance = next(e for e in events if e.type == "task.sent" and e.payload["task"] == "pipelines.cc-big.advance")
+    assert is_ref(advance.payload["input"]["kwargs"]["run"]["document"])
     store = open_store(settings.eventstore_url, config=store_config(runtime_config(app)))
     try:
         assert store.get_payload(PayloadRef.model_validate(completed.payload["output"]["document"])) == DOCUMENT.upper()
