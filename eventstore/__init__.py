@@ -38,6 +38,7 @@ from relaybus.eventstore.projections import WorkflowStatus, WorkflowStatusProjec
 from relaybus.eventstore.queries import AgentStats, RateLimitWaits, TaskStep, Timeline
 from relaybus.eventstore.replay import DryRun, RunDiff, RunStep, StepDifference, diff, dry_run
 from relaybus.eventstore.store import EventStore, open_store
+from relaybus.eventstore.usage import LLMUsage
 
 # Grouped by concern, as dramatiq does, rather than sorted.
 __all__ = [  # noqa: RUF022
@@ -66,6 +67,7 @@ __all__ = [  # noqa: RUF022
     "UnstorableEvent",
     # Audit results
     "AgentStats",
+    "LLMUsage",
     "BrokenLink",
     "CheckpointFinding",
     "PayloadFinding",

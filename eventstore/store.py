@@ -45,7 +45,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL
 
-from relaybus.eventstore import integrity, queries, replay
+from relaybus.eventstore import integrity, queries, replay, usage
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
 from relaybus.eventstore._heads import Head, HeadCache
@@ -62,7 +62,7 @@ from relaybus.eventstore.projections import WorkflowStatusProjection
 from relaybus.eventstore.redaction import Redactor, fit
 from relaybus.eventstore.schema import events
 from relaybus.eventstore.storable import needs_escaping, storable
-from relaybus.eventstore.types import TASK_DEFERRED
+from relaybus.eventstore.types import LLM_COMPLETED, TASK_DEFERRED
 
 #: The most ``task.deferred`` events ``rate_limit_waits`` folds (the newest of a range are left out beyond it).
 RATE_LIMIT_EVENTS = 100_000
@@ -422,6 +422,16 @@ class EventStore:
         """How often and how long tasks waited for a rate limit, per agent, provider and model (``task.deferred``)."""
         deferred = self.find(type=TASK_DEFERRED, since=since, until=until, limit=RATE_LIMIT_EVENTS)
         return queries.rate_limit_waits(deferred)
+
+    def llm_usage(
+        self, since: datetime | None = None, until: datetime | None = None, *,
+        by: tuple[str, ...] = ("agent", "provider", "model"), correlation_id: str | None = None,
+    ) -> list[usage.LLMUsage]:
+        """Calls, tokens and cost of ``llm.completed`` records, grouped ``by`` (see :func:`usage.llm_usage`);
+        ``correlation_id`` keeps one workflow's (what a budget folds)."""
+        found = self.find(type=LLM_COMPLETED, correlation_id=correlation_id, since=since, until=until,
+                          limit=RATE_LIMIT_EVENTS)
+        return usage.llm_usage(found, by)
 
     def verify(self, *, expected: integrity.LogState | None = None, batch_size: int = 5000) -> integrity.VerifyReport:
         """Check every link, chain and position, and the log against ``expected`` (a checkpoint's signed

@@ -31,6 +31,8 @@ EVENT_DEAD_LETTERED: Final = "event.dead_lettered"
 
 # -- model calls ------------------------------------------------------------------------------------
 LLM_COMPLETED: Final = "llm.completed"
+#: A call refused before it was sent: it would have taken its workflow over its token or cost budget.
+BUDGET_EXCEEDED: Final = "budget.exceeded"
 
 # -- workflows and pipelines --------------------------------------------------------------------------
 WORKFLOW_STARTED: Final = "workflow.started"

@@ -19,7 +19,7 @@ from relaybus.settings import MAX_PRIORITY, PRIORITY_LEVELS, Settings, get_setti
 from relaybus.tasks.bus.bus import subscriber_of
 from relaybus.tasks.bus.consumer import EventDelivery
 from relaybus.tasks.errors import BrokerUnreachable, PublishFailed
-from relaybus.tasks.llm import RateLimits
+from relaybus.tasks.llm import BudgetPolicy, PriceTable, RateLimits
 from relaybus.tasks.runtime.claimcheck import offload_message
 from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
 from relaybus.tasks.runtime.context import continuing
@@ -86,6 +86,12 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
             urgent_reserve=settings.llm_rate_limit_urgent_reserve,
             completion_tokens=settings.llm_rate_limit_completion_tokens,
             fail_open=settings.llm_rate_limit_fail_open,
+        ),
+        budgets=BudgetPolicy(
+            prices=PriceTable(prices=dict(settings.llm_prices), currency=settings.llm_price_currency),
+            completion_tokens=settings.llm_rate_limit_completion_tokens,
+            redis_url=settings.budget_redis_url,
+            namespace=settings.namespace,
         ),
     )
 

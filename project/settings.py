@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -11,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, mask_url_passwords
-from relaybus.tasks.llm import LLMConfig, ProviderConfig, RateLimit
+from relaybus.tasks.llm import LLMConfig, Price, ProviderConfig, RateLimit
 
 PriorityClass = Literal["urgent", "high", "normal", "low"]
 
@@ -136,6 +137,15 @@ class Settings(BaseSettings):
     #: When the limiter's Redis is unreachable: defer the call (false) or call the provider unlimited (true).
     llm_rate_limit_fail_open: bool = False
 
+    #: Prices per 1,000 tokens by model or ``"<provider>/<model>"`` (README, Budgets), JSON in the environment:
+    #: ``{"gpt-4o-mini": {"prompt_per_1k": "0.00015", "completion_per_1k": "0.0006"}}``; decimals, in
+    #: ``llm_price_currency``. A priced call's ``llm.completed`` records its cost; cost budgets need them.
+    llm_prices: dict[str, Price] = Field(default_factory=dict)
+    llm_price_currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    #: The Redis holding budget reservations of calls in flight; unset: the rate limits' Redis (by default the
+    #: result backend's). Without one, concurrent calls are checked against the log alone.
+    llm_budget_redis_url: str | None = None
+
     #: Who holds which approver role (README, Human approval): JSON in the environment, ``{"alice": ["editor"]}``.
     #: An approval naming ``role:editor`` among its approvers may be decided by alice.
     approver_roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
@@ -153,7 +163,7 @@ class Settings(BaseSettings):
     #: Public keys (base64, comma separated) whose checkpoints ``relaybus verify --since-checkpoint`` trusts.
     checkpoint_public_keys: Annotated[tuple[str, ...], NoDecode] = ()
 
-    @field_validator("llm_providers", "llm_rate_limits", "approver_roles", mode="before")
+    @field_validator("llm_providers", "llm_rate_limits", "approver_roles", "llm_prices", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
         # The environment's JSON is decoded by pydantic-settings; the same text given as a value (to_env's
@@ -232,6 +242,11 @@ class Settings(BaseSettings):
         if self.result_backend.startswith(("redis://", "rediss://")):
             return self.result_backend
         return None
+
+    @property
+    def budget_redis_url(self) -> str | None:
+        """Where budget reservations live: the setting, else the rate limits' Redis (or the result backend's)."""
+        return self.llm_budget_redis_url or self.rate_limit_redis_url
 
     @model_validator(mode="after")
     def _a_message_holds_a_payload(self) -> Settings:
@@ -318,6 +333,8 @@ class Settings(BaseSettings):
 def _secret_value(value: object) -> object:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
+    if isinstance(value, Decimal):  # a price: as exact text
+        return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

@@ -41,9 +41,11 @@ from relaybus.sagas.events import SagaResumed, SagaStarted
 from relaybus.sagas.state import MemberState, SagaState, output_of
 
 
-def start(definition: SagaDefinition, saga_id: str, input: JsonValue = None) -> SagaStarted:
-    """The first event of a new saga; its first step receives ``input``."""
-    return SagaStarted(saga_id=saga_id, saga=definition.name, data=input)
+def start(
+    definition: SagaDefinition, saga_id: str, input: JsonValue = None, budget: dict[str, JsonValue] | None = None
+) -> SagaStarted:
+    """The first event of a new saga; its first step receives ``input``; ``budget`` caps its LLM calls."""
+    return SagaStarted(saga_id=saga_id, saga=definition.name, data=input, budget=budget)
 
 
 def resume(state: SagaState) -> SagaResumed:

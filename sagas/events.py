@@ -58,6 +58,9 @@ class SagaStarted(_Event):
     type: Literal["saga.started"] = "saga.started"
     saga: str
     data: JsonValue = None
+    #: What the saga's LLM calls may spend (``{"tokens": 2000, "cost": "0.05"}``, tasks.llm.Budget); the
+    #: task layer checks it, this package only records it. Absent from the record when the saga has none.
+    budget: dict[str, JsonValue] | None = None
 
 
 class StepStarted(_MemberEvent):
@@ -150,7 +153,8 @@ _ADAPTER: TypeAdapter[SagaEvent] = TypeAdapter(SagaEvent)
 
 def to_record(event: SagaEvent) -> tuple[str, dict[str, Any]]:
     """The event as an event-store row: its type string and a JSON-ready payload."""
-    return event.type, event.model_dump(mode="json", exclude={"type"})
+    unset = {"budget"} if isinstance(event, SagaStarted) and event.budget is None else set()
+    return event.type, event.model_dump(mode="json", exclude={"type", *unset})
 
 
 def from_record(type: str, payload: dict[str, Any], schema_version: int = EVENT_SCHEMA_VERSION) -> SagaEvent:

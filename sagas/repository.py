@@ -189,9 +189,11 @@ class SagaRepository:
         *,
         now: datetime,
         correlation_id: str | None = None,
+        budget: dict[str, JsonValue] | None = None,
     ) -> Decision:
-        """Record ``saga.started`` and the first step's dispatch. Starting an existing saga again is
-        a no-op that hands back its first dispatch if that is still running (a client's retry)."""
+        """Record ``saga.started`` (with the saga's ``budget``, if any) and the first step's dispatch. Starting
+        an existing saga again is a no-op that hands back its first dispatch if that is still running (a
+        client's retry)."""
         check_saga_id(saga_id)
         size = len(json.dumps(input, separators=(",", ":"), ensure_ascii=False).encode())
         if size > self._data_limit:
@@ -199,7 +201,7 @@ class SagaRepository:
                 f"the saga input is {size} bytes; the event log keeps at most {self._data_limit} per event: "
                 "store large inputs elsewhere and pass a reference"
             )
-        event = start_event(definition, saga_id, input)
+        event = start_event(definition, saga_id, input, budget)
         return self._advance(
             saga_id,
             lambda _: [event],

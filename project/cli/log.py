@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from typing import Any
 
 import click
 from rich.progress import Progress
 
 from relaybus.cli.output import EXIT_PROBLEM, emit_json, fail, json_option, milliseconds, table
 from relaybus.cli.services import celery_app, event_store
+from relaybus.eventstore.types import PIPELINE_STARTED, SAGA_STARTED
+from relaybus.eventstore.usage import LLMUsage, llm_usage
 
 
 @click.command()
@@ -35,6 +38,29 @@ def timeline(correlation_id: str, as_json: bool) -> None:
     table("events", ["#", "at", "type", "agent", "task"],
           [[e.position, e.occurred_at.isoformat(timespec="milliseconds"), e.type, e.agent, e.task_id]
            for e in result.events])
+    spending = spending_line(result.events)
+    if spending:
+        click.echo(spending)
+
+
+def spending_line(events: list[Any]) -> str | None:
+    """``llm: 2 calls, 32 tokens, 0.0093 USD of budget 50 tokens``: what a workflow's LLM calls spent, and its
+    budget when its started record holds one; None when it made no call and has no budget."""
+    total = llm_usage(events, by=())
+    budgets = [e.payload["budget"] for e in events if e.type in (PIPELINE_STARTED, SAGA_STARTED)
+               and isinstance(e.payload, dict) and e.payload.get("budget")]
+    if not total and not budgets:
+        return None
+    used = total[0] if total else LLMUsage()
+    currency = used.currency or ""
+    line = f"llm: {used.calls} calls, {used.tokens} tokens"
+    if used.priced_calls:
+        line += f", {used.cost} {currency}".rstrip()
+    if budgets:
+        limits = [f"{b['tokens']} tokens" for b in budgets if b.get("tokens")]
+        limits += [f"{b['cost']} {currency}".rstrip() for b in budgets if b.get("cost")]
+        line += f" of budget {', '.join(limits)}"
+    return line
 
 
 @click.command()
@@ -67,10 +93,13 @@ def events(type_: str | None, agent: str | None, status: str | None, correlation
 def stats(since: datetime | None, until: datetime | None, as_json: bool) -> None:
     """Per-agent counts, failures, p50/p95 run time and queue wait: which agent is the bottleneck?
 
-    Below them, when any task waited for an LLM rate limit: how often, and how long, per agent and model."""
+    Below them, when any task waited for an LLM rate limit: how often, and how long, per agent and model; and
+    when LLM calls were made: their tokens and cost per agent and model, and per workflow (the costliest)."""
     with event_store() as store:
         rows = store.agent_stats(since, until)
         waits = store.rate_limit_waits(since, until)
+        usage = store.llm_usage(since, until)
+        workflows = store.llm_usage(since, until, by=("correlation_id",))
     if as_json:
         emit_json(rows)  # the JSON shape stays a list of agents; the waits are ``relaybus events --type task.deferred``
         return
@@ -82,6 +111,25 @@ def stats(since: datetime | None, until: datetime | None, as_json: bool) -> None
         table("rate-limit waits", ["agent", "provider", "model", "deferrals", "total wait", "max wait"],
               [[w.agent, w.provider, w.model, w.count, milliseconds(w.total_wait_s, from_seconds=True),
                 milliseconds(w.max_wait_s, from_seconds=True)] for w in waits])
+    if usage:
+        table("llm usage", ["agent", "provider", "model", "calls", "prompt tokens", "completion tokens", "cost"],
+              [[u.agent, u.provider, u.model, u.calls, u.prompt_tokens, u.completion_tokens, _cost(u)]
+               for u in usage])
+        costliest = sorted(workflows, key=lambda u: (u.cost_micros, u.tokens), reverse=True)[:STATS_WORKFLOWS]
+        table(f"llm usage by workflow (costliest {STATS_WORKFLOWS})", ["workflow", "calls", "tokens", "cost"],
+              [[u.correlation_id, u.calls, u.tokens, _cost(u)] for u in costliest])
+
+
+#: The workflows ``stats`` lists by LLM spending.
+STATS_WORKFLOWS = 20
+
+
+def _cost(usage: LLMUsage) -> str:
+    """The cost with its currency; ``-`` when no call was priced, ``(n of m priced)`` when some were not."""
+    if not usage.priced_calls:
+        return "-"
+    text = f"{usage.cost} {usage.currency or ''}".rstrip()
+    return text if usage.priced_calls == usage.calls else f"{text} ({usage.priced_calls} of {usage.calls} priced)"
 
 
 @click.group()

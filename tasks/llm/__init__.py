@@ -4,6 +4,18 @@ No Celery here: agents receive an :class:`LLMProvider` and call it like a functi
 provider is the default, so every test and demo is reproducible without a network.
 """
 
+from relaybus.tasks.llm._budget import (
+    BUDGET_EXCEEDED,
+    Budget,
+    BudgetedProvider,
+    BudgetExceeded,
+    BudgetPolicy,
+    Ledger,
+    RedisReservations,
+    Reservations,
+    Spent,
+    UnpricedModel,
+)
 from relaybus.tasks.llm._config import OFFLINE, LLMConfig, ProviderConfig, build_provider
 from relaybus.tasks.llm._errors import (
     CompletionNotRecorded,
@@ -14,6 +26,7 @@ from relaybus.tasks.llm._errors import (
 from relaybus.tasks.llm._models import ChatMessage, Completion, CompletionRequest, Tool, ToolCall, Usage
 from relaybus.tasks.llm._offline import OfflineProvider
 from relaybus.tasks.llm._openai import OpenAICompatibleProvider
+from relaybus.tasks.llm._pricing import MICROS, Price, PriceTable, format_micros, to_micros
 from relaybus.tasks.llm._provider import LLMProvider, complete, model_for
 from relaybus.tasks.llm._ratelimit import (
     RateLimit,
@@ -50,6 +63,20 @@ __all__ = [  # noqa: RUF022
     "RateLimits",
     "RedisRateLimiter",
     "estimate_tokens",
+    # Budgets and prices
+    "BUDGET_EXCEEDED",
+    "Budget",
+    "BudgetPolicy",
+    "BudgetedProvider",
+    "Ledger",
+    "MICROS",
+    "Price",
+    "PriceTable",
+    "RedisReservations",
+    "Reservations",
+    "Spent",
+    "format_micros",
+    "to_micros",
     # Configuration
     "LLMConfig",
     "OFFLINE",
@@ -62,4 +89,6 @@ __all__ = [  # noqa: RUF022
     "UnknownProvider",
     "RateLimited",
     "RequestOverLimit",
+    "BudgetExceeded",
+    "UnpricedModel",
 ]

@@ -12,7 +12,9 @@
           ├── MalformedCompletion          answered 2xx with a body that is not a chat completion
           ├── CompletionNotRecorded        replay found no recorded completion for a request
           ├── UnknownProvider              an agent asked for a provider name that is not configured
-          └── RequestOverLimit             (_ratelimit) one request is over its token limit per period
+          ├── RequestOverLimit             (_ratelimit) one request is over its token limit per period
+          ├── BudgetExceeded               (_budget) the call would take its workflow over its budget; not sent
+          └── UnpricedModel                (_budget) a cost budget meets a model without a price
 
 Each class pickles with its attributes (``__reduce__``), so it survives a trip through the
 result backend.

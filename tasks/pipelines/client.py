@@ -29,7 +29,8 @@ from pydantic import BaseModel, ValidationError
 
 from relaybus.eventstore import StoreUnavailable
 from relaybus.tasks.errors import InvalidInput, PipelineError, PipelineFailure, PipelineNotFinished
-from relaybus.tasks.pipelines.outcomes import record_pipeline_event
+from relaybus.tasks.llm import Budget
+from relaybus.tasks.pipelines.outcomes import record_pipeline_event, started_budget
 from relaybus.tasks.pipelines.registry import (
     FAIL_TASK,
     PIPELINE_STARTED,
@@ -40,7 +41,7 @@ from relaybus.tasks.pipelines.registry import (
 )
 from relaybus.tasks.runtime.claimcheck import resolve_value
 from relaybus.tasks.runtime.config import runtime_config
-from relaybus.tasks.runtime.context import CORRELATION_HEADER, id_problems, new_id
+from relaybus.tasks.runtime.context import BUDGET_HEADER, CORRELATION_HEADER, id_problems, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +120,16 @@ def start(
     priority: str | int | None = None,
     correlation_id: str | None = None,
     app: Celery | None = None,
+    budget: Budget | Mapping[str, Any] | None = None,
 ) -> PipelineHandle:
     """Validate ``input`` with the pipeline's input model and send its entry task; returns a handle.
 
     ``priority`` is a class (``urgent``, ``high``, ``normal``, ``low``) or a number; every step of
     the run inherits it. ``correlation_id`` becomes the pipeline id (a new one by default).
-    Raises :class:`~tasks.errors.InvalidInput` before anything is sent if the input does not validate.
+    ``budget`` (:class:`~tasks.llm.Budget`, or ``{"tokens": 2000, "cost": "0.05"}``) caps what the run's LLM
+    calls may spend; it is recorded in ``pipeline.started``, and a call that would exceed it is refused unsent
+    and fails the pipeline with reason ``budget-exceeded``.
+    Raises :class:`~tasks.errors.InvalidInput` before anything is sent if the input or the budget does not validate.
     """
     app = app or current_app
     ref = pipeline_named(pipeline, app) if isinstance(pipeline, str) else pipeline
@@ -145,25 +150,44 @@ def start(
     problems = id_problems(correlation_id=correlation_id)
     if problems:  # the event log could not record the pipeline under this id: nothing is sent
         raise InvalidInput(ref.name, problems, kind="pipeline")
+    recorded_budget = _budget(ref.name, budget)
     pipeline_id = correlation_id or new_id()
+    headers: dict[str, Any] = {CORRELATION_HEADER: pipeline_id}
+    if recorded_budget is not None:
+        headers[BUDGET_HEADER] = recorded_budget  # the entry task records it in pipeline.started too
     app.send_task(
         ref.task,
         kwargs=kwargs,
         task_id=start_task_id(pipeline_id),
         priority=config.priority(priority),
-        headers={CORRELATION_HEADER: pipeline_id},
+        headers=headers,
         # Even the first step failing ends the pipeline (pipeline.failed) rather than leaving it running.
         link_error=signature(FAIL_TASK, kwargs={"pipeline": ref.name}),
     )
-    _record_started(app, ref, pipeline_id, kwargs, ref.deadline_s or config.pipeline_deadline_s)
+    _record_started(app, ref, pipeline_id, kwargs, ref.deadline_s or config.pipeline_deadline_s, recorded_budget)
     return PipelineHandle(pipeline_id, app, ref.name)
 
 
-def _record_started(app: Celery, ref: Declared, pipeline_id: str, kwargs: dict[str, Any], deadline_s: float) -> None:
+def _budget(pipeline: str, budget: Budget | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The budget as ``pipeline.started`` records it, or InvalidInput naming what is wrong with it."""
+    if budget is None:
+        return None
+    try:
+        checked = budget if isinstance(budget, Budget) else Budget.model_validate(dict(budget))
+    except ValidationError as exc:
+        errors = [{"loc": ("budget", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise InvalidInput(pipeline, errors, kind="pipeline") from None
+    return checked.record()
+
+
+def _record_started(
+    app: Celery, ref: Declared, pipeline_id: str, kwargs: dict[str, Any], deadline_s: float,
+    budget: dict[str, Any] | None = None,
+) -> None:
     """Record ``pipeline.started`` once the entry task is sent, so that a pipeline whose entry message is lost
     still has the record the deadline sweep looks for. The entry task records it too, under the same id
     (the log keeps one); if the log is away, that one will do."""
-    payload = {"pipeline": ref.name, "input": kwargs, "deadline_s": deadline_s}
+    payload = {"pipeline": ref.name, "input": kwargs, "deadline_s": deadline_s, **started_budget(budget)}
     try:
         record_pipeline_event(app, PIPELINE_STARTED, pipeline_id, payload, task_id=start_task_id(pipeline_id))
     except StoreUnavailable as exc:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from celery import Celery, current_app
+from celery import Celery, current_app, current_task
 from celery._state import get_current_task
 from celery.canvas import Signature
 from pydantic import BaseModel
@@ -49,16 +49,17 @@ from relaybus.tasks.bus.bus import handler_task_name, subscribe
 from relaybus.tasks.bus.events import Event
 from relaybus.tasks.pipelines.approval import KIND as APPROVAL_KIND  # importing it registers the resumer
 from relaybus.tasks.pipelines.canvas import fan_in, sequence
-from relaybus.tasks.pipelines.outcomes import fail_on_error, record_pipeline_event
+from relaybus.tasks.pipelines.outcomes import fail_on_error, record_pipeline_event, started_budget
 from relaybus.tasks.pipelines.registry import PIPELINE_STARTED, PipelineCompleted, PipelineFailed, register
 from relaybus.tasks.runtime.approvals import approval_id_for, request_approval
 from relaybus.tasks.runtime.config import runtime_config
-from relaybus.tasks.runtime.context import current_task_id
+from relaybus.tasks.runtime.context import BUDGET_HEADER, current_task_id, request_headers
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
 from relaybus.tasks.runtime.settle import results_of, split_results
 from relaybus.tasks.runtime.task import AGENT_TASK_PREFIX, AgentContext, AgentModel, AgentTask, agent
 
 if TYPE_CHECKING:
+    from relaybus.tasks.llm import Budget
     from relaybus.tasks.pipelines.client import PipelineHandle
 
 RunT = TypeVar("RunT", bound=BaseModel)
@@ -379,10 +380,11 @@ class Pipeline(Generic[RunT]):
         priority: str | int | None = None,
         correlation_id: str | None = None,
         app: Celery | None = None,
+        budget: Budget | Mapping[str, Any] | None = None,
     ) -> PipelineHandle:
         from relaybus.tasks.pipelines.client import start
 
-        return start(self, input, priority=priority, correlation_id=correlation_id, app=app)
+        return start(self, input, priority=priority, correlation_id=correlation_id, app=app, budget=budget)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -399,9 +401,11 @@ class Pipeline(Generic[RunT]):
             app = current_app
             if not already_done(app, ctx.task_id):  # a redelivered start must not launch a second run
                 deadline_s = self.deadline_s or runtime_config(app).pipeline_deadline_s
+                budget = request_headers(current_task.request).get(BUDGET_HEADER)
                 record_pipeline_event(
                     app, PIPELINE_STARTED, ctx.correlation_id,
-                    {"pipeline": self.name, "input": inp.model_dump(mode="json"), "deadline_s": deadline_s},
+                    {"pipeline": self.name, "input": inp.model_dump(mode="json"), "deadline_s": deadline_s,
+                     **started_budget(budget)},
                     task_id=ctx.task_id,
                 )
                 self._send(app, 0, None, inp, ctx.correlation_id)

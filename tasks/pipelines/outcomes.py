@@ -25,6 +25,7 @@ from relaybus.eventstore import RecordedEvent, StoreUnavailable
 from relaybus.tasks.bus.bus import publish, subscribe
 from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.errors import TransientError
+from relaybus.tasks.llm import BUDGET_EXCEEDED, BudgetExceeded
 from relaybus.tasks.pipelines.registry import (
     FAIL_TASK,
     PIPELINE_COMPLETED,
@@ -64,6 +65,12 @@ def log_store(app: Celery) -> Any:
     by id and the deadline sweep's queries go to its store, opened once per process.
     """
     return getattr(recording.recorder_for(app), "store", None)
+
+
+def started_budget(budget: Any) -> dict[str, Any]:
+    """``{"budget": {...}}`` for a ``pipeline.started`` payload when the run has a budget (a dict from the
+    client, or the entry task's ``x_budget`` header), else nothing: unbudgeted runs record what they did."""
+    return {"budget": dict(budget)} if isinstance(budget, dict) and budget else {}
 
 
 def record_pipeline_event(
@@ -129,7 +136,8 @@ def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = 
 
     The reason is the pipeline's first failure in the event log when there is one, whichever error
     callback runs first (a chord calls it for the failed member and again for its body, with a
-    ``ChordError``), so the same failing input always gives the same reason.
+    ``ChordError``), so the same failing input always gives the same reason. A call refused over the run's budget
+    gives a reason that starts with ``budget-exceeded``.
     """
     failure = _first_failure(self.app, current_correlation_id())
     if failure is None:
@@ -145,7 +153,11 @@ def fail_pipeline(self: Any, failed_task_id: str | None = None, pipeline: str = 
     agent = agent_for_task(task) if task else None
     where = f"step {stage or agent or 'unknown'!r}" + (f" (agent {agent})" if agent else "")
     # For people and for the event's JSON: text UTF-8 cannot encode is escaped (the log keeps the original).
-    reason = f"{where} failed: {error_type}: {message}".encode("utf-8", "backslashreplace").decode("utf-8")
+    if error_type == BudgetExceeded.__name__:  # the reason starts with budget-exceeded, for people and for code
+        text = f"{BUDGET_EXCEEDED}: {where} refused an LLM call: {message.removeprefix(BUDGET_EXCEEDED + ': ')}"
+    else:
+        text = f"{where} failed: {error_type}: {message}"
+    reason = text.encode("utf-8", "backslashreplace").decode("utf-8")
     logger.warning("pipeline %s: %s", pipeline, reason)
     envelope = publish(PipelineFailed(pipeline=pipeline, reason=reason, stage=stage or agent), app=self.app)
     return envelope.event_id

@@ -17,7 +17,7 @@ from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
 from relaybus.eventstore.redaction import DEFAULT_REDACT_KEYS, Redactor, mask_url_passwords, redactor
-from relaybus.tasks.llm import LLMConfig, LLMProvider, RateLimits, RedisRateLimiter, build_provider
+from relaybus.tasks.llm import BudgetPolicy, LLMConfig, LLMProvider, RateLimits, RedisRateLimiter, build_provider
 
 
 class RuntimeConfig(BaseModel):
@@ -54,6 +54,8 @@ class RuntimeConfig(BaseModel):
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     #: Principal -> the approver roles they hold (``role:<name>`` among an approval's approvers).
     approver_roles: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    #: Prices per model and how workflows' budgets are kept (tasks.llm._budget).
+    budgets: BudgetPolicy = Field(default_factory=BudgetPolicy)
 
     def __repr_args__(self) -> Any:
         # ``celery inspect conf`` (Flower's worker Config tab) shows this repr: no database password in it.

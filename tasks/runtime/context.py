@@ -24,6 +24,8 @@ LLM_REPLAY_HEADER = "x_llm_replay_of"
 REPLAY_OF_HEADER = "x_replay_of"
 #: How many times the task was deferred (over a rate limit, tasks.runtime.deferral); absent before the first.
 DEFERRALS_HEADER = "x_deferrals"
+#: On a pipeline's entry task: the budget it records in ``pipeline.started`` (tasks.llm.Budget, as JSON).
+BUDGET_HEADER = "x_budget"
 
 _correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
 _causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)
@@ -84,8 +86,8 @@ def id_problems(**ids: Any) -> list[dict[str, Any]]:
 def request_headers(request: Any) -> dict[str, Any]:
     """A running task's headers, with relaybus's ids that Celery moved onto the request put back."""
     headers: dict[str, Any] = dict(request.headers or {})
-    for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, DEFERRALS_HEADER, "root_id",
-                "parent_id"):
+    for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, DEFERRALS_HEADER,
+                BUDGET_HEADER, "root_id", "parent_id"):
         value = getattr(request, key, None)
         if value is not None and key not in headers:
             headers[key] = value

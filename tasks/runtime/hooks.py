@@ -71,7 +71,8 @@ class Hook:
         """The task will be retried in ``countdown`` seconds (called before ``task.retry``)."""
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
-        """The task failed for good (``reason``: ``permanent-error`` or ``retries-exhausted``). Return a
+        """The task failed for good (``reason``: ``permanent-error``, ``retries-exhausted``
+        or ``budget-exceeded``). Return a
         result to end with instead of raising, or :data:`NO_RESULT`; the first result returned is used."""
         return NO_RESULT
 

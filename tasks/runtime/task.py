@@ -41,8 +41,16 @@ from relaybus.tasks.errors import (
     RecordFailed,
     is_transient,
 )
-from relaybus.tasks.llm import Completion, CompletionRequest, LLMProvider, RecordingProvider, ReplayProvider
-from relaybus.tasks.runtime import deferral, recording, tracecontext
+from relaybus.tasks.llm import (
+    BUDGET_EXCEEDED,
+    BudgetExceeded,
+    Completion,
+    CompletionRequest,
+    LLMProvider,
+    RecordingProvider,
+    ReplayProvider,
+)
+from relaybus.tasks.runtime import budgets, deferral, recording, tracecontext
 from relaybus.tasks.runtime.claimcheck import offload_value, resolve_call
 from relaybus.tasks.runtime.config import llm_provider, runtime_config
 from relaybus.tasks.runtime.context import (
@@ -283,6 +291,8 @@ class AgentTask(Task):  # type: ignore[misc]
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
             if isinstance(error, PayloadUnreadable):
                 reason = error.reason  # payload-missing or payload-altered
+            if isinstance(error, BudgetExceeded):
+                reason = BUDGET_EXCEEDED  # refused unsent: the dead letter and the workflow say why
             return self._give_up(call, error, reason)
         try:
             for on_success in hooks.on_success:
@@ -349,7 +359,7 @@ class AgentTask(Task):  # type: ignore[misc]
     def _llm(self, request: Any, headers: dict[str, Any], recorder: recording.Recorder) -> LLMProvider:
         """The provider chain ``ctx.llm`` is: the provider this agent uses, then the wrappers, innermost first.
 
-        selected provider → [replay, on a deterministic replay] → recording. Each stage is an
+        selected provider → [replay, on a deterministic replay] → recording → budget. Each stage is an
         :class:`LLMProvider` holding the previous one (``inner``) and keeping its ``name`` and ``model``,
         so a stage added here (a rate limit, a budget guard) keys on the provider and model the call will
         use before it is made; ``request`` and ``headers`` carry the call's ids and priority.
@@ -362,11 +372,14 @@ class AgentTask(Task):  # type: ignore[misc]
             provider = ReplayProvider.standing_in_for(provider, recorder.recorded_completions(str(replay_of)))
 
         def record(req: CompletionRequest, completion: Completion) -> None:
-            recorder.llm_completed(self, request, req, completion)
+            recorder.llm_completed(self, request, req, completion, budgets.cost_of(self.app, completion))
             tracecontext.add_llm_usage(completion.provider, completion.model, completion.usage.prompt_tokens,
                                        completion.usage.completion_tokens)
 
-        return deferral.resumed(RecordingProvider(provider, record), recorder, request)
+        # The budget wraps the recording: a call's reservation is released once its llm.completed is in the log;
+        # completions served again after a deferral were charged when first made and pass it by.
+        budgeted = budgets.budgeted(self, request, headers, RecordingProvider(provider, record), recorder)
+        return deferral.resumed(budgeted, recorder, request)
 
     def _context(self, request: Any, recorder: recording.Recorder | None) -> AgentContext:
         headers = request_headers(request)

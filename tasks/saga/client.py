@@ -13,13 +13,16 @@ The event log is the record: a saga's status is a fold over its stream, read on 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import Celery, current_app
 from pydantic import JsonValue, ValidationError
 
 from relaybus.sagas import ParallelStep, SagaDefinition, SagaStatus, SagaView, check_saga_id, view_of
 from relaybus.tasks.errors import InvalidInput
+from relaybus.tasks.llm import Budget
 from relaybus.tasks.runtime.context import new_id
 from relaybus.tasks.saga.dispatch import dispatch_decision
 from relaybus.tasks.saga.registry import repository, saga_definition
@@ -31,8 +34,13 @@ def start_saga(
     saga_id: str | None = None,
     correlation_id: str | None = None,
     app: Celery | None = None,
+    budget: Budget | Mapping[str, Any] | None = None,
 ) -> str:
     """Start the saga ``name`` with ``input`` (the first step's input); returns its id.
+
+    ``budget`` (:class:`~tasks.llm.Budget`, or ``{"tokens": 2000, "cost": "0.05"}``) caps what its steps' LLM
+    calls may spend; it is recorded in ``saga.started``, and a step whose call would exceed it is refused
+    unsent and fails: the saga compensates (compensations are charged, never refused).
 
     ``saga_id`` makes the call idempotent: starting the same id again starts nothing new (and sends
     the first step again if it is still running). ``correlation_id`` ties the saga into a wider
@@ -45,9 +53,18 @@ def start_saga(
     if saga_id is not None:
         check_saga_id(saga_id)
     _check_first_input(app, definition, input)
+    recorded_budget = None
+    if budget is not None:
+        try:
+            checked = budget if isinstance(budget, Budget) else Budget.model_validate(dict(budget))
+        except ValidationError as exc:
+            errors = [{"loc": ("budget", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            raise InvalidInput(definition.name, errors, kind="saga") from None
+        recorded_budget = checked.record()
     saga_id = saga_id or new_id()
     decision = repository(app).start(
-        definition, saga_id, input, now=datetime.now(UTC), correlation_id=correlation_id or saga_id
+        definition, saga_id, input, now=datetime.now(UTC), correlation_id=correlation_id or saga_id,
+        budget=recorded_budget,
     )
     dispatch_decision(app, decision)
     return saga_id

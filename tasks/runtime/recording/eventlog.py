@@ -163,8 +163,11 @@ class EventRecorder:
     ) -> None:
         self.append(records.failed(task, request, error, duration_s, dead_letter_reason, self.host), task_id=request.id)
 
-    def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
-        self.append([records.llm_completed(task, request, llm_request, completion, self.host)], task_id=request.id)
+    def llm_completed(
+        self, task: Any, request: Any, llm_request: Any, completion: Any, cost: dict[str, Any] | None = None
+    ) -> None:
+        self.append([records.llm_completed(task, request, llm_request, completion, self.host, cost)],
+                    task_id=request.id)
 
     # -- queries -----------------------------------------------------------------------------
 

@@ -42,7 +42,9 @@ class Recorder(Protocol):
         self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str | None
     ) -> None: ...
 
-    def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None: ...
+    def llm_completed(
+        self, task: Any, request: Any, llm_request: Any, completion: Any, cost: dict[str, Any] | None = None
+    ) -> None: ...
 
     def recorded_completions(self, correlation_id: str, *, task_id: str | None = None) -> dict[str, Any]:
         """The completions recorded in the workflow ``correlation_id`` (only the task ``task_id``'s, when
@@ -77,7 +79,9 @@ class NullRecorder:
     ) -> None:
         return None
 
-    def llm_completed(self, task: Any, request: Any, llm_request: Any, completion: Any) -> None:
+    def llm_completed(
+        self, task: Any, request: Any, llm_request: Any, completion: Any, cost: dict[str, Any] | None = None
+    ) -> None:
         return None
 
     def recorded_completions(self, correlation_id: str, *, task_id: str | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from relaybus.eventstore import NewEvent
 from relaybus.eventstore.types import (
+    BUDGET_EXCEEDED,
     LLM_COMPLETED,
     TASK_DEAD_LETTERED,
     TASK_DEFERRED,
@@ -123,7 +124,11 @@ def ended(task: Any, request: Any, type_: str, host: str, payload: dict[str, Any
     return _event(request, task, host, type_, event_id(request.id, "terminal", _redrive(request)), payload)
 
 
-def llm_completed(task: Any, request: Any, llm_request: Any, completion: Any, host: str) -> NewEvent:
+def llm_completed(
+    task: Any, request: Any, llm_request: Any, completion: Any, host: str, cost: dict[str, Any] | None = None
+) -> NewEvent:
+    """``llm.completed``: the request, the completion (with its token usage) and, when its model is priced,
+    its ``cost`` (``{"micros": 1234, "amount": "0.001234", "currency": "USD"}``), which budgets fold."""
     fingerprint = completion.request_fingerprint
     return _event(
         request, task, host, LLM_COMPLETED, event_id(request.id, "llm", _delivery(request), fingerprint),
@@ -131,8 +136,14 @@ def llm_completed(task: Any, request: Any, llm_request: Any, completion: Any, ho
             "fingerprint": fingerprint,
             "request": llm_request.model_dump(mode="json"),
             "completion": completion.model_dump(mode="json"),
+            **({"cost": cost} if cost is not None else {}),
         },
     )
+
+
+def budget_exceeded(task: Any, request: Any, payload: dict[str, Any], host: str) -> NewEvent:
+    """``budget.exceeded``: a call of this delivery was refused, unsent, over its workflow's budget."""
+    return _event(request, task, host, BUDGET_EXCEEDED, event_id(request.id, "budget", _delivery(request)), payload)
 
 
 # -- in the publishing process ------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""What LLM calls spent, folded from ``llm.completed`` records: tokens and cost per agent, model and workflow.
+
+A record's cost (``payload.cost.micros``, integer micro-units of ``payload.cost.currency``) is there when its
+model had a price when it ran; sums stay integers, so they are exact. The same fold serves a workflow's budget
+(its spending so far), ``relaybus stats``, the console and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from relaybus.eventstore import types as t
+
+MICROS = 1_000_000
+
+
+class LLMUsage(BaseModel):
+    """Calls, tokens and cost of one group of ``llm.completed`` records (an agent and model, a workflow...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    correlation_id: str | None = None
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: Micro-units of ``currency`` (calls of unpriced models add nothing); ``priced_calls`` says how many had one.
+    cost_micros: int = 0
+    priced_calls: int = 0
+    currency: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost(self) -> str:
+        """The cost as exact decimal text (``"0.001234"``)."""
+        return f"{Decimal(self.cost_micros) / MICROS:f}"
+
+
+def call_usage(payload: Any) -> tuple[str | None, str | None, int, int, int | None, str | None]:
+    """``(provider, model, prompt tokens, completion tokens, cost micros or None, currency)`` of one record."""
+    payload = _dict(payload)
+    completion = _dict(payload.get("completion"))
+    usage = _dict(completion.get("usage"))
+    cost = _dict(payload.get("cost"))
+    micros = cost.get("micros")
+    return (
+        completion.get("provider"), completion.get("model"),
+        _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+        micros if isinstance(micros, int) and not isinstance(micros, bool) else None, cost.get("currency"),
+    )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def llm_usage(events: Iterable[Any], by: tuple[str, ...] = ("agent", "provider", "model")) -> list[LLMUsage]:
+    """Fold ``llm.completed`` events into one :class:`LLMUsage` per value of ``by`` (fields of LLMUsage:
+    ``agent``, ``provider``, ``model``, ``correlation_id``), sorted by them; ``by=()`` gives one total."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for event in events:
+        if event.type != t.LLM_COMPLETED:
+            continue
+        provider, model, prompt, completion, micros, currency = call_usage(event.payload)
+        fields = {"agent": event.agent, "provider": provider, "model": model, "correlation_id": event.correlation_id}
+        key = tuple(fields[name] for name in by)
+        group = groups.setdefault(key, {**{name: fields[name] for name in by}, "calls": 0, "prompt_tokens": 0,
+                                        "completion_tokens": 0, "cost_micros": 0, "priced_calls": 0,
+                                        "currency": None})
+        group["calls"] += 1
+        group["prompt_tokens"] += prompt
+        group["completion_tokens"] += completion
+        if micros is not None:
+            group["cost_micros"] += micros
+            group["priced_calls"] += 1
+            group["currency"] = group["currency"] or currency
+    return [LLMUsage(**groups[key]) for key in sorted(groups, key=lambda k: tuple(str(v) for v in k))]

@@ -1,0 +1,123 @@
+"""Budgets in the task base: which workflow a call is charged to, what it may spend, and the refusal's record.
+
+The workflow is the call's correlation id; its budget is the ``budget`` of its ``pipeline.started`` or
+``saga.started`` record (the tightest, when a saga runs under a pipeline's id); what it spent is the fold of
+its ``llm.completed`` records (:class:`LogLedger`). A refused call records ``budget.exceeded`` and raises
+:class:`~tasks.llm.BudgetExceeded`, which the task base dead-letters with reason ``budget-exceeded``.
+
+Left unbudgeted, on purpose: a compensation (a saga undoing its steps must not be stopped by the budget its
+steps used up; its calls are still charged and recorded), a deterministic replay (its answers are recorded
+ones, nothing is sent), and an app that records no events (there is no log to charge).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from relaybus.eventstore.types import PIPELINE_STARTED, SAGA_STARTED
+from relaybus.tasks.llm import Budget, BudgetedProvider, Completion, LLMProvider, RedisReservations, Spent
+from relaybus.tasks.llm import format_micros as format_micros
+from relaybus.tasks.runtime.config import resources, runtime_config
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, LLM_REPLAY_HEADER
+from relaybus.tasks.runtime.hooks import recording_guard
+from relaybus.tasks.runtime.recording import records
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from relaybus.tasks.runtime.recording import Recorder
+
+#: Budgets of this many workflows are kept per process (a workflow's budget never changes once started).
+CACHED_BUDGETS = 4096
+#: Short Redis timeouts: an unreachable Redis makes the check fall back to the log in about a second.
+RESERVATIONS_REDIS_TIMEOUT_S = 1.0
+
+
+class LogLedger:
+    """A workflow's budget and spending, read from the event log (``store``: an ``EventStore``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._budgets: OrderedDict[str, Budget | None] = OrderedDict()
+
+    def budget_of(self, correlation_id: str) -> Budget | None:
+        if correlation_id in self._budgets:
+            self._budgets.move_to_end(correlation_id)
+            return self._budgets[correlation_id]
+        budget: Budget | None = None
+        # The started record precedes every call of its workflow (the entry task or the saga's start records
+        # it before anything is sent), so "none found" is final too.
+        for type_ in (PIPELINE_STARTED, SAGA_STARTED):
+            for event in self.store.find(type=type_, correlation_id=correlation_id, limit=10):
+                recorded = event.payload.get("budget") if isinstance(event.payload, dict) else None
+                if recorded:
+                    budget = Budget.model_validate(recorded).tightest(budget)
+        self._budgets[correlation_id] = budget
+        if len(self._budgets) > CACHED_BUDGETS:
+            self._budgets.popitem(last=False)
+        return budget
+
+    def spent(self, correlation_id: str) -> Spent:
+        total = self.store.llm_usage(correlation_id=correlation_id, by=())
+        return Spent(total[0].tokens, total[0].cost_micros) if total else Spent()
+
+
+def ledger_for(app: Celery, recorder: Recorder) -> LogLedger | None:
+    store = getattr(recorder, "store", None)
+    if store is None or not recorder.enabled:
+        return None
+    ledger: LogLedger = resources().get(f"budget-ledger:{id(app)}:{id(store)}", lambda: LogLedger(store))
+    return ledger
+
+
+def reservations_for(app: Celery) -> RedisReservations | None:
+    policy = runtime_config(app).budgets
+    url = policy.redis_url
+    if url is None:
+        return None
+
+    def build() -> RedisReservations:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=RESERVATIONS_REDIS_TIMEOUT_S,
+                                      socket_connect_timeout=RESERVATIONS_REDIS_TIMEOUT_S)
+        return RedisReservations(client, policy.namespace)
+
+    found: RedisReservations = resources().get(f"budget-reservations:{id(app)}", build)
+    return found
+
+
+def budgeted(
+    task: Any, request: Any, headers: dict[str, Any], provider: LLMProvider, recorder: Recorder
+) -> LLMProvider:
+    """``provider`` within the budget of the call's workflow, if it has one (module docstring)."""
+    if headers.get(LLM_REPLAY_HEADER) or getattr(task, "saga_kind", None) == "compensation":
+        return provider
+    correlation_id = headers.get(CORRELATION_HEADER)
+    ledger = ledger_for(task.app, recorder)
+    if not correlation_id or ledger is None:
+        return provider
+    budget = ledger.budget_of(str(correlation_id))
+    if budget is None:
+        return provider
+
+    def refused(payload: dict[str, Any]) -> None:
+        with recording_guard:
+            recorder.append([records.budget_exceeded(task, request, payload, socket.gethostname())],
+                            task_id=request.id)
+
+    return BudgetedProvider(
+        provider, correlation_id=str(correlation_id), budget=budget, ledger=ledger,
+        reservations=reservations_for(task.app), policy=runtime_config(task.app).budgets, refused=refused,
+    )
+
+
+def cost_of(app: Celery, completion: Completion) -> dict[str, Any] | None:
+    """What ``llm.completed`` records as the call's cost, or None when its model has no price."""
+    prices = runtime_config(app).budgets.prices
+    micros = prices.cost_micros(completion.provider, completion.model, completion.usage)
+    if micros is None:
+        return None
+    return {"micros": micros, "amount": format_micros(micros), "currency": prices.currency}
