@@ -40,6 +40,7 @@ from relaybus.eventstore.hashing import event_hash_of_json, format_time
 SIZES = (0, 1_000_000, 5_000_000)
 QUICK_SIZES = (0, 20_000, 100_000)
 AGENTS = ("planner", "researcher", "writer", "critic", "editor", "reviewer")
+PIPELINES = ("research", "triage", "digest")
 SPAN = timedelta(days=30)
 CHUNK = 20_000
 PER_PIPELINE = 60
@@ -54,7 +55,7 @@ def _pipeline(rng: random.Random, n: int) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = [
         {
             "type": t.PIPELINE_STARTED,
-            "payload": {"pipeline": "research", "deadline_s": 600, "input": {"topic": f"t{n}"}},
+            "payload": {"pipeline": PIPELINES[n % len(PIPELINES)], "deadline_s": 600, "input": {"topic": f"t{n}"}},
         }
     ]
     failed = rng.random() < 0.02

@@ -10,12 +10,13 @@ process catching up at the same time never applies an event twice or skips one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Container, Iterable
+import json
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, case, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from relaybus.eventstore import types as t
@@ -39,16 +40,27 @@ class FoldEvent(Protocol):
     def task_id(self) -> str | None: ...
     @property
     def occurred_at(self) -> datetime: ...
+    @property
+    def payload(self) -> Mapping[str, Any] | None: ...
+
+
+#: The types that say what a workflow is, the kind they give it and the payload key naming it. A pipeline
+#: outranks a saga (a pipeline's step may run a saga in the same correlation id); of two of one kind the
+#: first names it.
+OPENED_AS: dict[str, tuple[str, str]] = {t.PIPELINE_STARTED: ("pipeline", "pipeline"), t.SAGA_STARTED: ("saga", "saga")}
+_KIND_RANK = {None: 0, "saga": 1, "pipeline": 2}
+NAME_LENGTH = 255
 
 
 class EventHead(NamedTuple):
-    """The columns the fold needs, read without the payloads (fast rebuilds)."""
+    """The columns the fold needs, read without the payloads (fast rebuilds) but an opener's (its name)."""
 
     position: int
     correlation_id: str
     type: str
     task_id: str | None
     occurred_at: datetime
+    payload: Mapping[str, Any] | None = None
 
 
 class WorkflowStatus(BaseModel):
@@ -71,6 +83,9 @@ class WorkflowStatus(BaseModel):
     tasks_failed: int = 0
     task_status: dict[str, str] = Field(default_factory=dict)
     last_position: int = 0
+    #: ``pipeline`` or ``saga`` (:data:`OPENED_AS`), ``None`` for tasks outside either; and its declared name.
+    kind: str | None = None
+    name: str | None = None
 
 
 def _derived_status(declared: str | None, tasks: dict[str, str]) -> str:
@@ -97,6 +112,11 @@ def apply(state: WorkflowStatus | None, event: FoldEvent) -> WorkflowStatus:
     }
     declared = state.declared_status
     tasks = state.task_status
+    opened = OPENED_AS.get(event.type)
+    if opened is not None and _KIND_RANK[opened[0]] > _KIND_RANK.get(state.kind, 0):
+        payload = event.payload or {}
+        name = payload.get(opened[1]) or payload.get("name")
+        update["kind"], update["name"] = opened[0], str(name)[:NAME_LENGTH] if name else None
     if event.type in t.WORKFLOW_TERMINAL_STATUS:
         declared = update["declared_status"] = t.WORKFLOW_TERMINAL_STATUS[event.type]
     elif event.type in t.WORKFLOW_RESTART_TYPES:
@@ -120,6 +140,8 @@ def fold(events_: Iterable[FoldEvent], states: dict[str, WorkflowStatus] | None 
     """Apply ``events_`` in order to ``states`` (a new dict; per correlation id)."""
     result = dict(states or {})
     for event in events_:
+        if event.type in t.NOT_WORKFLOW_TYPES:
+            continue
         result[event.correlation_id] = apply(result.get(event.correlation_id), event)
     return result
 
@@ -191,7 +213,11 @@ def open_workflows_of(
 
 # -- the live projection -------------------------------------------------------------------------------
 
-_HEAD_COLUMNS = (events.c.position, events.c.correlation_id, events.c.type, events.c.task_id, events.c.occurred_at)
+_HEAD_COLUMNS = (
+    events.c.position, events.c.correlation_id, events.c.type, events.c.task_id, events.c.occurred_at,
+    # Only an opener's payload is read (its name): the fold needs no other.
+    case((events.c.type.in_(list(OPENED_AS)), events.c.payload), else_=None).label("payload"),
+)  # fmt: skip
 _STATE_COLUMNS = tuple(c.name for c in workflow_status.c)
 
 Progress = Callable[[int, int], None]
@@ -227,8 +253,13 @@ class WorkflowStatusProjection:
         idle_since: datetime | None = None,
         before_position: int | None = None,
         limit: int = 100,
+        name: str | None = None,
+        started_since: datetime | None = None,
+        started_until: datetime | None = None,
     ) -> list[WorkflowStatus]:
-        """Workflows, most recently active first; ``idle_since``: only those with no event after it.
+        """Workflows, most recently active first; ``idle_since``: only those with no event after it;
+        ``name``: a pipeline's or saga's name; ``started_since`` (inclusive) / ``started_until``
+        (exclusive): when its first event was.
 
         Page by keyset, not OFFSET: the next page is ``before_position=`` the last row's ``last_position``
         (an index range on a log of millions, where an offset would count every row it skips).
@@ -236,12 +267,24 @@ class WorkflowStatusProjection:
         query = select(workflow_status).order_by(workflow_status.c.last_position.desc()).limit(limit)
         if status is not None:
             query = query.where(workflow_status.c.status == status)
+        if name is not None:
+            query = query.where(workflow_status.c.name == name)
+        if started_since is not None:
+            query = query.where(workflow_status.c.first_event_at >= started_since)
+        if started_until is not None:
+            query = query.where(workflow_status.c.first_event_at < started_until)
         if before_position is not None:
             query = query.where(workflow_status.c.last_position < before_position)
         if idle_since is not None:
             query = query.where(workflow_status.c.last_event_at < idle_since)
         with translate_errors(), self._engine.read() as conn:
             return [_to_state(row) for row in conn.execute(query)]
+
+    def names(self, limit: int = 500) -> list[str]:
+        """The pipelines' and sagas' names seen, sorted (the name index answers it)."""
+        query = select(workflow_status.c.name).where(workflow_status.c.name.is_not(None)).distinct()
+        with translate_errors(), self._engine.read() as conn:
+            return sorted(str(n) for n in conn.execute(query.order_by(workflow_status.c.name).limit(limit)).scalars())
 
     def status_counts(self) -> dict[str, int]:
         """How many workflows are in each status (for metrics; one pass over the status index)."""
@@ -344,9 +387,11 @@ class WorkflowStatusProjection:
             with self._engine.read() as conn:
                 to_time = _time_reader(conn.dialect.name)
                 rows = stream_rows(conn, _REBUILD_SQL[conn.dialect.name], (head,), batch_size=self.batch_size)
-                for position, correlation_id, type_, task_id, occurred_at in rows:
-                    event = EventHead(position, correlation_id, type_, task_id, to_time(occurred_at))
-                    states[correlation_id] = apply(states.get(correlation_id), event)
+                for position, correlation_id, type_, task_id, occurred_at, payload in rows:
+                    opener = json.loads(payload) if isinstance(payload, str | bytes) else payload
+                    event = EventHead(position, correlation_id, type_, task_id, to_time(occurred_at), opener)
+                    if type_ not in t.NOT_WORKFLOW_TYPES:
+                        states[correlation_id] = apply(states.get(correlation_id), event)
                     done += 1
                     if progress is not None and done % self.batch_size == 0:
                         progress(done, head)
@@ -361,10 +406,13 @@ class WorkflowStatusProjection:
         return done
 
 
-_REBUILD_COLUMNS = "position, correlation_id, type, task_id, occurred_at"
+_OPENER_TYPES = ", ".join(f"'{name}'" for name in OPENED_AS)  # constants of this module, never input
+_REBUILD_COLUMNS = "position, correlation_id, type, task_id, occurred_at, CASE WHEN type IN ({}) THEN {} END"
 _REBUILD_SQL = {
-    "sqlite": f"SELECT {_REBUILD_COLUMNS} FROM events WHERE position <= ? ORDER BY position",
-    "postgresql": f"SELECT {_REBUILD_COLUMNS} FROM events WHERE position <= %s ORDER BY position",
+    "sqlite": f"SELECT {_REBUILD_COLUMNS.format(_OPENER_TYPES, 'payload')} FROM events WHERE position <= ? "
+    "ORDER BY position",
+    "postgresql": f"SELECT {_REBUILD_COLUMNS.format(_OPENER_TYPES, 'payload::text')} FROM events "
+    "WHERE position <= %s ORDER BY position",
 }
 
 

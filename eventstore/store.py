@@ -411,8 +411,10 @@ class EventStore:
         with translate_errors(), self._engine.read() as conn:
             types = queries.matching_types("task.*", None, known_types(conn))
             where = queries.find_conditions(since=since, until=until, types=types)
-            query = select(*columns).where(where, events.c.task_id.is_not(None)).order_by(events.c.position)
-            rows = conn.execute(query).all()
+            # No ORDER BY: sorting by position in SQL has SQLite walk the whole log in position order (400 ms at
+            # 1 M events for an empty window) instead of the (occurred_at, type) range; a window's rows sort here.
+            query = select(*columns).where(where, events.c.task_id.is_not(None))
+            rows = sorted(conn.execute(query).all(), key=lambda row: int(row[0]))
         parse = _sqlite_parsed_time if self.dialect == "sqlite" else _utc
         return queries.stats_of_events(_TaskRow(*row[:6], parse(row[6])) for row in rows)
 

@@ -34,6 +34,12 @@ LLM_COMPLETED: Final = "llm.completed"
 #: A call refused before it was sent: it would have taken its workflow over its token or cost budget.
 BUDGET_EXCEEDED: Final = "budget.exceeded"
 
+# -- the log's own checks (eventstore.verifications): in the stream INTEGRITY_STREAM, part of no workflow ------
+LOG_VERIFIED: Final = "log.verified"
+INTEGRITY_STREAM: Final = "relaybus:integrity"
+#: Types the workflow-status projection does not fold: they are about the log, not a workflow.
+NOT_WORKFLOW_TYPES: Final = frozenset({LOG_VERIFIED})
+
 # -- workflows and pipelines --------------------------------------------------------------------------
 WORKFLOW_STARTED: Final = "workflow.started"
 WORKFLOW_COMPLETED: Final = "workflow.completed"

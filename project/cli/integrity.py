@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from relaybus.settings import Settings, get_settings
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from relaybus.eventstore import VerifyReport
+    from relaybus.eventstore import EventStore, NewEvent, VerifyReport
 
 
 def _trusted_keys(settings: Settings) -> list[Ed25519PublicKey]:
@@ -69,10 +70,16 @@ def summary(report: VerifyReport) -> str:
     default=None,
     help="Also check the log against this signed checkpoint (relaybus checkpoint).",
 )
+@click.option(
+    "--record/--no-record",
+    default=True,
+    show_default=True,
+    help="Append the outcome to the log (log.verified: the console's integrity page shows the last one).",
+)
 @json_option
-def verify(checkpoint_file: str | None, as_json: bool) -> None:
+def verify(checkpoint_file: str | None, record: bool, as_json: bool) -> None:
     """Check every link, chain and position (and a checkpoint); exit 1 naming the first problem."""
-    from relaybus.eventstore import CheckpointError, checkpoints
+    from relaybus.eventstore import CheckpointError, checkpoints, verifications
 
     settings = get_settings()
     checkpoint = signature_problem = None
@@ -86,7 +93,11 @@ def verify(checkpoint_file: str | None, as_json: bool) -> None:
     with event_store() as store:
         # A checkpoint with a bad signature says nothing about the log: the log is checked without it.
         expected = checkpoint.state if checkpoint is not None and signature_problem is None else None
+        started = time.monotonic()
         report = store.verify(expected=expected)
+        if record:
+            _record(store, verifications.verified_event(report, duration_s=time.monotonic() - started, by="cli",
+                                                       checkpoint=checkpoint, signature_problem=signature_problem))
     ok = report.ok and signature_problem is None
     if as_json:
         emit_json(
@@ -171,6 +182,17 @@ def checkpoint(out: str | None, new_key: str | None) -> None:
         f"{signed.last_position}" + (f", written to {out}" if out else ""),
         err=True,
     )
+
+
+def _record(store: EventStore, event: NewEvent) -> None:
+    """Append a verify's record (``log.verified``, :mod:`eventstore.verifications`); a log this role cannot
+    write to is said on stderr, and the check stands."""
+    from relaybus.eventstore import EventStoreError
+
+    try:
+        store.append([event])
+    except EventStoreError as exc:
+        click.echo(f"note: {event.type} not recorded in the log ({type(exc).__name__}: {exc})", err=True)
 
 
 def _write_new_version(path: Path, text: str) -> None:

@@ -3,7 +3,8 @@
 ::
 
     auth.py      who may look (token, basic auth, signed login cookie), CSRF on every POST, read-only mode
-    pages.py     the pages: workflows, one workflow, dead letters, queues, agents
+    pages.py     the pages: workflows (filters), one workflow, dead letters, queues, agents
+    integrity.py the last verify and checkpoint (the log's own records), and "verify now"
     metrics.py   /metrics in Prometheus' text format
     app.py       the Starlette app that puts them together
 

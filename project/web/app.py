@@ -19,8 +19,9 @@ from starlette.templating import Jinja2Templates
 
 from relaybus.eventstore import EventStore
 from relaybus.eventstore.redaction import mask_url_passwords
-from relaybus.web import metrics, pages
+from relaybus.web import integrity, metrics, pages
 from relaybus.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_S, Guard, WebAuth, csrf_token
+from relaybus.web.counting import Counters
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATUSES = ("running", "succeeded", "completed", "failed", "timed_out", "compensating", "compensated",
@@ -34,6 +35,7 @@ class Console:
     def __init__(self, app: Celery, store: EventStore, auth: WebAuth) -> None:
         self.app, self.store, self.auth = app, store, auth
         self.redactor = _redactor(app)
+        self.counters = Counters(store)  # /metrics' running totals (relaybus.web.counting)
         # AMQP work one at a time: requeue and purge walk a queue message by message.
         self.amqp = threading.Lock()
 
@@ -65,19 +67,28 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
 
     def workflows(request: Request) -> Response:
         started = time.perf_counter()
-        status = request.query_params.get("status") or None
+        params = request.query_params
+        status = params.get("status") or None
         if status is not None and status not in STATUSES:
             return PlainTextResponse(f"unknown status {status!r}", 400)
-        query = (request.query_params.get("q") or "").strip() or None
-        before_text = request.query_params.get("before")
+        try:
+            filters = pages.Filters(status=status, query=(params.get("q") or "").strip() or None,
+                                    name=(params.get("name") or "").strip() or None,
+                                    since=pages.parse_time(params.get("since"), "since"),
+                                    until=pages.parse_time(params.get("until"), "until"))
+        except ValueError as error:
+            return PlainTextResponse(str(error), 400)
+        before_text = params.get("before")
         before = int(before_text) if before_text and before_text.isdigit() else None
-        rows, more = pages.workflow_rows(store, status=status, query=query, before=before, now=pages.utcnow())
-        next_url = None
-        if more is not None:
-            next_url = "/workflows?" + urlencode({k: v for k, v in (("status", status), ("before", more)) if v})
+        rows, more = pages.workflow_rows(store, filters, before=before, now=pages.utcnow())
+        kept = {k: params.get(k) for k in ("status", "name", "since", "until") if params.get(k)}
+        next_url = "/workflows?" + urlencode({**kept, "before": more}) if more is not None else None
+        names = store.projection.names()
         elapsed_ms = (time.perf_counter() - started) * 1000
-        response = render(request, "workflows.html", rows=rows, status=status, query=query or "",
-                          statuses=STATUSES, next_url=next_url, elapsed_ms=elapsed_ms, first_page=before is None)
+        response = render(request, "workflows.html", rows=rows, filters=filters, form=params,
+                          names=names, statuses=STATUSES, next_url=next_url,
+                          first_url="/workflows?" + urlencode(kept), elapsed_ms=elapsed_ms,
+                          first_page=before is None)
         response.headers["Server-Timing"] = f"db;dur={elapsed_ms:.1f}"
         return response
 
@@ -164,7 +175,7 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         return render(request, "agents.html", stats=stats, hours=hours, choices=STATS_HOURS)
 
     def metrics_page(request: Request) -> Response:
-        body = metrics.exposition(console.queues, store)
+        body = metrics.exposition(console.queues, store, console.counters)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def login(request: Request) -> Response:
@@ -227,6 +238,7 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         Route("/approvals", approvals),
         Route("/approvals/{approval_id}/{action}", approval_action, methods=["POST"]),
         Route("/metrics", metrics_page),
+        *integrity.routes(store, render),
     ]
     def unavailable(request: Request, exc: Exception) -> Response:
         # A broker or an event log that does not answer is said in one line (password masked), not a traceback.

@@ -1,31 +1,39 @@
 """``/metrics``: Prometheus' text format, computed at scrape time.
 
-Queue gauges come from AMQP (passive declares, as ``relaybus status``); workflow counts from the status
-projection. Per-agent outcomes and percentiles come from ``EventStore.agent_stats`` over a recent window
-(``relaybus_stats_window_seconds``, 15 minutes by default): gauges over that window, not counters or
-histograms since the process started. LLM calls and tokens per agent and model come from the window's
-``llm.completed`` events. That keeps the console stateless and correct across restarts and
-replicas; a scraper sees recent behaviour, not a running total (a first version: see issue 17, item 4).
+* Queue gauges from AMQP (passive declares, as ``relaybus status``): depth, urgent depth, dead-letter depth
+  and consumers per agent and event subscriber.
+* Workflows by status (``completed``, ``failed``, ``compensated``...) from the status projection: gauges.
+* Per agent, counters and histograms folded from the log since the console started, with a look-back
+  (:mod:`relaybus.web.counting`): ``relaybus_tasks_total{agent,outcome}``,
+  ``relaybus_task_run_seconds`` and ``relaybus_task_queue_wait_seconds`` (``_bucket``/``_sum``/``_count``),
+  ``relaybus_llm_calls_total`` and ``relaybus_llm_tokens_total{agent,model,kind}``. p95 run time of an agent
+  over 5 minutes: ``histogram_quantile(0.95, rate(relaybus_task_run_seconds_bucket[5m]))``.
+
+Each scrape reads only the records appended since the last one (and the projection's status counts): it
+stays fast on a log of millions of events. ``relaybus_source_up`` says which source answered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
-from typing import Any
 
-from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 
-from relaybus.eventstore import AgentStats, EventStore
+from relaybus.eventstore import EventStore
 from relaybus.status import QueueStatus
-
-STATS_WINDOW = timedelta(minutes=15)
+from relaybus.web.counting import Counters, Snapshot
 
 
 class _Collector:
-    def __init__(self, queues: Callable[[], list[QueueStatus]], store: EventStore, window: timedelta) -> None:
-        self.queues, self.store, self.window = queues, store, window
+    def __init__(self, queues: Callable[[], list[QueueStatus]], store: EventStore, counters: Counters) -> None:
+        self.queues, self.store, self.counters = queues, store, counters
 
     def collect(self) -> Iterator[Metric]:
         from relaybus.web.pages import utcnow
@@ -38,87 +46,69 @@ class _Collector:
         except Exception:
             queues = []
             up.add_metric(["amqp"], 0)
-        depth = GaugeMetricFamily("relaybus_queue_depth", "Messages ready in the queue", labels=["agent", "kind"])
-        urgent = GaugeMetricFamily("relaybus_queue_urgent_depth", "Messages ready in the urgent queue",
-                                   labels=["agent"])
-        dlq = GaugeMetricFamily("relaybus_dead_letter_depth", "Messages in the dead-letter queue",
-                                labels=["agent", "kind"])
-        consumers = GaugeMetricFamily("relaybus_queue_consumers", "Consumers of the queue", labels=["agent", "kind"])
-        for q in queues:
-            for family, value, labels in ((depth, q.depth, [q.agent, q.kind]), (consumers, q.consumers,
-                                          [q.agent, q.kind]), (dlq, q.dead_letter_depth, [q.agent, q.kind])):
-                if value is not None:
-                    family.add_metric(labels, value)
-            if q.urgent_depth is not None:
-                urgent.add_metric([q.agent], q.urgent_depth)
-        yield from (depth, urgent, dlq, consumers)
-
-        stats: list[AgentStats] = []
+        yield from _queue_metrics(queues)
+        snapshot: Snapshot | None = None
         counts: dict[str, int] = {}
-        llm: dict[tuple[str, str], list[int]] = {}
         try:
-            stats = self.store.agent_stats(since=utcnow() - self.window)
-            llm = llm_usage(self.store.find(type="llm.completed", since=utcnow() - self.window, limit=LLM_EVENTS))
+            snapshot = self.counters.update(utcnow())
             self.store.projection.catch_up()
             counts = self.store.projection.status_counts()
             up.add_metric(["eventstore"], 1)
         except Exception:
             up.add_metric(["eventstore"], 0)
         yield up
-        window = GaugeMetricFamily("relaybus_stats_window_seconds",
-                                   "The window the relaybus_agent_* gauges are computed over")
-        window.add_metric([], self.window.total_seconds())
-        yield window
-        tasks = GaugeMetricFamily("relaybus_agent_tasks", "Tasks seen in the stats window, by outcome",
-                                  labels=["agent", "outcome"])
-        run = GaugeMetricFamily("relaybus_agent_run_time_seconds", "Run time percentile in the stats window",
-                                labels=["agent", "quantile"])
-        wait = GaugeMetricFamily("relaybus_agent_queue_wait_seconds", "Queue wait percentile in the stats window",
-                                 labels=["agent", "quantile"])
-        for s in stats:
-            tasks.add_metric([s.agent, "succeeded"], s.succeeded)
-            tasks.add_metric([s.agent, "failed"], s.failures)
-            tasks.add_metric([s.agent, "other"], max(s.count - s.succeeded - s.failures, 0))
-            for quantile, r, w in (("0.5", s.run_time_p50_s, s.queue_wait_p50_s),
-                                   ("0.95", s.run_time_p95_s, s.queue_wait_p95_s)):
-                if r is not None:
-                    run.add_metric([s.agent, quantile], r)
-                if w is not None:
-                    wait.add_metric([s.agent, quantile], w)
         workflows = GaugeMetricFamily("relaybus_workflows", "Workflows in the event log by status", labels=["status"])
         for status, count in sorted(counts.items()):
             workflows.add_metric([status], count)
-        calls = GaugeMetricFamily("relaybus_llm_calls", "LLM completions in the stats window",
-                                  labels=["agent", "model"])
-        tokens = GaugeMetricFamily("relaybus_llm_tokens", "LLM tokens in the stats window (prompt, completion)",
-                                   labels=["agent", "model", "kind"])
-        for (agent, model), (n, prompt, completion) in sorted(llm.items()):
-            calls.add_metric([agent, model], n)
-            tokens.add_metric([agent, model, "prompt"], prompt)
-            tokens.add_metric([agent, model, "completion"], completion)
-        yield from (tasks, run, wait, workflows, calls, tokens)
+        yield workflows
+        if snapshot is not None:
+            yield from _task_metrics(snapshot)
 
 
-#: The most ``llm.completed`` events one scrape reads (the newest of the window are left out beyond it).
-LLM_EVENTS = 20_000
+def _queue_metrics(queues: list[QueueStatus]) -> Iterator[Metric]:
+    depth = GaugeMetricFamily("relaybus_queue_depth", "Messages ready in the queue", labels=["agent", "kind"])
+    urgent = GaugeMetricFamily("relaybus_queue_urgent_depth", "Messages ready in the urgent queue", labels=["agent"])
+    dlq = GaugeMetricFamily("relaybus_dead_letter_depth", "Messages in the dead-letter queue", labels=["agent", "kind"])
+    consumers = GaugeMetricFamily("relaybus_queue_consumers", "Consumers of the queue", labels=["agent", "kind"])
+    for q in queues:
+        for family, value in ((depth, q.depth), (consumers, q.consumers), (dlq, q.dead_letter_depth)):
+            if value is not None:
+                family.add_metric([q.agent, q.kind], value)
+        if q.urgent_depth is not None:
+            urgent.add_metric([q.agent], q.urgent_depth)
+    yield from (depth, urgent, dlq, consumers)
 
 
-def llm_usage(events: list[Any]) -> dict[tuple[str, str], list[int]]:
-    """Calls, prompt and completion tokens per (agent, model) of ``llm.completed`` events."""
-    usage: dict[tuple[str, str], list[int]] = {}
-    for e in events:
-        completion = e.payload.get("completion") if isinstance(e.payload, dict) else None
-        if not isinstance(completion, dict):
-            continue
-        counts = completion.get("usage") or {}
-        row = usage.setdefault((e.agent or "", str(completion.get("model") or "")), [0, 0, 0])
-        row[0] += 1
-        row[1] += int(counts.get("prompt_tokens") or 0)
-        row[2] += int(counts.get("completion_tokens") or 0)
-    return usage
+def _task_metrics(s: Snapshot) -> Iterator[Metric]:
+    since = GaugeMetricFamily("relaybus_metrics_since_timestamp_seconds",
+                              "When the relaybus_task*/relaybus_llm* totals start (console start minus the look-back)")
+    if s.since is not None:
+        since.add_metric([], s.since.timestamp())
+    yield since
+    tasks = CounterMetricFamily("relaybus_tasks", "Task outcomes recorded (succeeded, failed, dead_lettered, "
+                                "revoked, rejected, retried)", labels=["agent", "outcome"])
+    for (agent, outcome), n in sorted(s.outcomes.items()):
+        tasks.add_metric([agent, outcome], n)
+    yield tasks
+    for name, doc, histograms in (
+        ("relaybus_task_run_seconds", "Task run time (finish - last start)", s.run_time),
+        ("relaybus_task_queue_wait_seconds", "Task queue wait (first start - send)", s.queue_wait),
+    ):
+        family = HistogramMetricFamily(name, doc, labels=["agent"])
+        for agent, h in sorted(histograms.items()):
+            family.add_metric([agent], h.cumulative(), sum_value=h.total)
+        yield family
+    calls = CounterMetricFamily("relaybus_llm_calls", "LLM completions recorded", labels=["agent", "model"])
+    for (agent, model), n in sorted(s.llm_calls.items()):
+        calls.add_metric([agent, model], n)
+    tokens = CounterMetricFamily("relaybus_llm_tokens", "LLM tokens (prompt, completion)",
+                                 labels=["agent", "model", "kind"])
+    for (agent, model, kind), n in sorted(s.llm_tokens.items()):
+        tokens.add_metric([agent, model, kind], n)
+    yield from (calls, tokens)
 
 
-def exposition(queues: Callable[[], list[QueueStatus]], store: EventStore, window: timedelta = STATS_WINDOW) -> bytes:
+def exposition(queues: Callable[[], list[QueueStatus]], store: EventStore, counters: Counters) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(queues, store, window))
+    registry.register(_Collector(queues, store, counters))
     return generate_latest(registry)

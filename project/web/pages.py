@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from relaybus.eventstore import EventStore, RecordedEvent, TaskStep
+from relaybus.eventstore import EventStore, RecordedEvent, TaskStep, WorkflowStatus
 from relaybus.eventstore.redaction import Redactor
 
 PAGE_SIZE = 50
@@ -36,14 +36,6 @@ class WorkflowRow:
     position: int
 
 
-def _opener(store: EventStore, correlation_id: str) -> RecordedEvent | None:
-    for type_ in OPENERS:
-        found = store.find(type=type_, correlation_id=correlation_id, limit=1)
-        if found:
-            return found[0]
-    return None
-
-
 def _kind_and_name(opener: RecordedEvent | None) -> tuple[str, str]:
     if opener is None:
         return "tasks", ""
@@ -52,31 +44,63 @@ def _kind_and_name(opener: RecordedEvent | None) -> tuple[str, str]:
     return "pipeline", str(opener.payload.get("pipeline", opener.payload.get("name", "")))
 
 
+@dataclass(frozen=True)
+class Filters:
+    """The list's filters, as the form sent them (all optional)."""
+
+    status: str | None = None
+    query: str | None = None
+    name: str | None = None
+    #: When the workflow started: ``since`` inclusive, ``until`` exclusive (UTC).
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, w: WorkflowStatus) -> bool:
+        return (self.status in (None, w.status) and self.name in (None, w.name)
+                and (self.since is None or w.first_event_at >= self.since)
+                and (self.until is None or w.first_event_at < self.until))
+
+
+def parse_time(text: str | None, field: str) -> datetime | None:
+    """``2026-12-04T10:00`` (a browser's datetime-local, read as UTC) or ISO 8601 with an offset."""
+    if not text or not text.strip():
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{field} must be a date and time like 2026-12-04T10:00 (UTC), not {text!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def workflow_rows(
-    store: EventStore, *, status: str | None, query: str | None, before: int | None, now: datetime
+    store: EventStore, filters: Filters, *, before: int | None, now: datetime
 ) -> tuple[list[WorkflowRow], int | None]:
-    """One page of workflows, newest activity first, and the keyset of the next page (None: last page)."""
+    """One page of workflows, newest activity first, and the keyset of the next page (None: last page).
+
+    Every filter is a column of the status projection with an index behind it (migrations 0002, 0007):
+    no row of the log is read for the list, however long the log."""
     projection = store.projection
     projection.catch_up()
-    if query:
+    if filters.query:
+        query = filters.query
         found = projection.get(query)
         if found is None:  # a saga id, a task id or an event id: the workflow it belongs to
             hits = store.find(stream_id=SAGA_STREAM_PREFIX + query, limit=1) or store.find(task_id=query, limit=1)
             event = hits[0] if hits else store.get(query)
             found = projection.get(event.correlation_id) if event is not None else None
-        states = [found] if found is not None and status in (None, found.status) else []
+        states = [found] if found is not None and filters.matches(found) else []
         more = None
     else:
-        states = projection.workflows(status=status, before_position=before, limit=PAGE_SIZE + 1)
+        states = projection.workflows(status=filters.status, name=filters.name, started_since=filters.since,
+                                      started_until=filters.until, before_position=before, limit=PAGE_SIZE + 1)
         more = states[PAGE_SIZE - 1].last_position if len(states) > PAGE_SIZE else None
         states = states[:PAGE_SIZE]
     rows = []
     for w in states:
-        kind, name = _kind_and_name(_opener(store, w.correlation_id))
         ended = w.status != "running" and w.status != "compensating"
         duration = ((w.last_event_at if ended else now) - w.first_event_at).total_seconds()
-        rows.append(WorkflowRow(w.correlation_id, kind, name, w.status, w.first_event_at, w.last_event_at,
-                                duration, w.tasks_succeeded, w.tasks_failed, w.last_position))
+        rows.append(WorkflowRow(w.correlation_id, w.kind or "tasks", w.name or "", w.status, w.first_event_at,
+                                w.last_event_at, duration, w.tasks_succeeded, w.tasks_failed, w.last_position))
     return rows, more
 
 

@@ -15,6 +15,7 @@ Two kinds of dead letter: a task call the task base gave up on (:func:`dead_lett
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from datetime import UTC, datetime
@@ -167,13 +168,44 @@ def dead_letter_task(
     )
 
 
+#: What a dead-lettered task's error carries back from the pool child to the worker's main process, which puts it
+#: before the exception Celery's ``task-failed`` event shows (Flower's "exception"): an attribute, for an error
+#: that pickles its ``__dict__``, and a note (PEP 678), which the traceback Celery formats in the child keeps
+#: whatever the error's own pickling (ours pickle their arguments only).
+DEAD_LETTERED_ATTR = "relaybus_dead_lettered"
+DEAD_LETTERED_PREFIX = "dead-lettered to "
+
+
+def dead_lettered_text(dlq: str, reason: str) -> str:
+    """``dead-lettered to <queue>: <reason>``: what Flower shows of a dead-lettered task, before its error."""
+    return f"{DEAD_LETTERED_PREFIX}{dlq}: {reason}"
+
+
+def mark_dead_lettered(error: BaseException | None, dlq: str, reason: str) -> None:
+    if error is None:
+        return
+    text = dead_lettered_text(dlq, reason)
+    with contextlib.suppress(AttributeError, TypeError):  # an error without a __dict__: Flower shows it as it is
+        setattr(error, DEAD_LETTERED_ATTR, text)
+        error.add_note(text)
+
+
+def dead_lettered_of(error: BaseException | None, traceback_text: str | None) -> str | None:
+    """``dead-lettered to <queue>: <reason>`` if the error (or the traceback formatted from it) carries it."""
+    marked = getattr(error, DEAD_LETTERED_ATTR, None)
+    if isinstance(marked, str):
+        return marked
+    notes = [line for line in (traceback_text or "").splitlines() if line.startswith(DEAD_LETTERED_PREFIX)]
+    return notes[-1] if notes else None
+
+
 def dead_letter_call(
     task: Any, request: Any, args: Any, kwargs: Any, *, reason: str, error: BaseException | None
 ) -> str:
     """:func:`dead_letter_task` for a call of an agent task as its request describes it (the pool child's
     request, or the worker main process's context of it): its queue, ids, attempts and priority."""
     info = request.delivery_info or {}
-    return dead_letter_task(
+    dlq = dead_letter_task(
         task.app,
         task_name=task.name,
         task_id=request.id,
@@ -186,6 +218,8 @@ def dead_letter_call(
         attempts=(request.retries or 0) + 1,
         priority=info.get("priority"),
     )
+    mark_dead_lettered(error, dlq, reason)
+    return dlq
 
 
 def dead_letter_message(

@@ -31,7 +31,7 @@ from celery.worker.state import task_ready
 from relaybus.eventstore import NewEvent, StoreUnavailable
 from relaybus.eventstore.types import TASK_REJECTED, TASK_REVOKED
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, id_problem, request_headers, workflow_context
-from relaybus.tasks.runtime.deadletter import dead_letter_call
+from relaybus.tasks.runtime.deadletter import dead_letter_call, dead_lettered_of, dead_lettered_text
 from relaybus.tasks.runtime.recording import records
 from relaybus.tasks.runtime.recording.wiring import record_from_main_process
 
@@ -49,6 +49,14 @@ class AgentRequest(Request):  # type: ignore[misc]
 
     _time_limit_handled = False
     _time_limit_requeued = False
+    #: ``dead-lettered to <queue>: <reason>`` once this task was dead-lettered (here, or in the pool child,
+    #: whose error carries it): the ``task-failed`` event says it before the error, so Flower shows it.
+    _dead_lettered: str | None = None
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-failed" and self._dead_lettered and isinstance(fields.get("exception"), str):
+            fields["exception"] = f"{self._dead_lettered}: {fields['exception']}"
+        super().send_event(type, **fields)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if soft or self.task is None:
@@ -64,6 +72,7 @@ class AgentRequest(Request):  # type: ignore[misc]
     def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info, "exception", None)
         exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        self._dead_lettered = self._dead_lettered or dead_lettered_of(exc, getattr(exc_info, "traceback", None))
         if self.task is not None:
             if isinstance(exc, TimeLimitExceeded) and not self._time_limit_handled:
                 # billiard reports a hard time limit here too, before on_timeout: record it first, so the
@@ -130,7 +139,8 @@ class AgentRequest(Request):  # type: ignore[misc]
 
     def _dead_letter(self, reason: str, error: BaseException) -> None:
         try:
-            dead_letter_call(self.task, self._context, self.args, self.kwargs, reason=reason, error=error)
+            dlq = dead_letter_call(self.task, self._context, self.args, self.kwargs, reason=reason, error=error)
+            self._dead_lettered = dead_lettered_text(dlq, reason)
         except Exception:
             logger.exception("could not dead-letter %s[%s] (%s)", self.task.name, self.id, reason)
 

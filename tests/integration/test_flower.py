@@ -7,6 +7,7 @@ queue-length API (``/api/queues/length``) is not tested here.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import wait_for
+from tests.harness import celery_headers, raw_publish, wait_for
 from tests.integration.flower import PASSWORD, USER, Flower
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,8 @@ def test_flower_lists_our_worker_and_agent_tasks_through_its_api_and_refuses_req
 
     workers = wait_for(listed, 60, 0.5, f"{hostname} in /api/workers")
     consumed = {q["name"] for q in workers[hostname].get("active_queues", [])}
-    assert f"{app.conf.relaybus_runtime.namespace}.probe" in consumed
+    namespace = app.conf.relaybus_runtime.namespace
+    assert f"{namespace}.probe" in consumed
 
     key = f"test:{uuid.uuid4().hex}"
     results = [app.tasks["agents.probe"].apply_async(kwargs={"key": key, "label": f"flower-{i}"}) for i in range(3)]
@@ -55,6 +57,21 @@ def test_flower_lists_our_worker_and_agent_tasks_through_its_api_and_refuses_req
     assert {t["name"] for t in tasks.values()} == {"agents.probe"}
     assert {t["worker"] for t in tasks.values()} == {hostname}
     assert "agents.probe" in flower.get("/api/task/types")["task-types"]
+
+    # A task dead-lettered says so in Flower: its exception names the dead-letter queue and the reason, then the
+    # error (input that cannot validate: dead-lettered at once, never retried).
+    bad = celery_headers("agents.probe")
+    body = json.dumps([[], {"key": 12345}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    raw_publish(app, f"{namespace}.probe", body, content_type="application/json", headers=bad)
+
+    def failed() -> dict[str, Any] | None:
+        task = flower.get("/api/tasks", taskname="agents.probe", limit=1000).get(bad["id"])
+        return task if task and task.get("state") == "FAILURE" else None
+
+    shown = wait_for(failed, 60, 0.5, "Flower to show the bad probe task as FAILURE")
+    assert shown["exception"].startswith(f"dead-lettered to {namespace}.probe.dlq: "), shown["exception"]
+    assert "InvalidInput" in shown["exception"], shown["exception"]
+    print(f"\nFlower's exception of a dead-lettered task: {shown['exception'][:160]}")
 
     for path in ("/api/workers", "/api/tasks", "/api/task/types"):
         assert httpx.get(f"{flower.url}{path}", timeout=10).status_code == 401, path

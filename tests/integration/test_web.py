@@ -19,7 +19,9 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,6 +80,16 @@ def console(settings: Settings, tmp: Path, *args: str, token: str | None = TOKEN
         log.close()
 
 
+def store_events(settings: Settings, correlation_id: str) -> list[Any]:
+    from relaybus.eventstore import open_store
+
+    store = open_store(settings.eventstore_url)
+    try:
+        return store.by_correlation(correlation_id)
+    finally:
+        store.close()
+
+
 def dead_letter_of_bad_input(system_app: Celery, settings: Settings, tmp: Path) -> str:
     """A probe task whose input cannot validate: its worker dead-letters it (InvalidInput, never retried). The worker
     is stopped afterwards, so that a requeued letter waits in the probe queue instead of coming straight back."""
@@ -119,6 +131,14 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
             steps = store.timeline(handle.id).steps
         finally:
             store.close()
+        # relaybus verify records what it found (log.verified), which the integrity page shows.
+        verify = subprocess.run([sys.executable, "-m", "relaybus.cli", "verify", "--json"], cwd=tmp_path,
+                                env={**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)},
+                                capture_output=True, text=True, timeout=120)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        verified = json.loads(verify.stdout)
+        started = min(e.occurred_at for e in store_events(settings, handle.id))  # when the pipeline started
+        bearer = {"authorization": f"Bearer {TOKEN}"}
         with console(settings, tmp_path) as base:
             # Refused without credentials: 401 for a client, the login form for a browser.
             assert httpx.get(f"{base}/workflows").status_code == 401
@@ -129,15 +149,27 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
 
             metrics = httpx.get(f"{base}/metrics", headers={"authorization": f"Bearer {TOKEN}"})
             assert metrics.status_code == 200
+            families = list(text_string_to_metric_families(metrics.text))
+            types = {family.name: family.type for family in families}
             samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                       for family in text_string_to_metric_families(metrics.text) for s in family.samples}
+                       for family in families for s in family.samples}
             assert samples[("relaybus_workflows", (("status", "completed"),))] >= 1
             assert samples[("relaybus_workflows", (("status", "compensated"),))] >= 1
             assert samples[("relaybus_dead_letter_depth", (("agent", "probe"), ("kind", "agent")))] == 1
             assert samples[("relaybus_queue_consumers", (("agent", "writer"), ("kind", "agent")))] >= 1
-            assert samples[("relaybus_agent_tasks", (("agent", "writer"), ("outcome", "succeeded")))] >= 1
-            assert ("relaybus_agent_run_time_seconds", (("agent", "writer"), ("quantile", "0.95"))) in samples
-            writer_tokens = [v for (name, labels), v in samples.items() if name == "relaybus_llm_tokens"
+            # Counters and histograms as Prometheus reads them: _total, _bucket (cumulative, +Inf = _count), _sum.
+            assert types["relaybus_tasks"] == "counter" and types["relaybus_llm_tokens"] == "counter"
+            assert types["relaybus_task_run_seconds"] == types["relaybus_task_queue_wait_seconds"] == "histogram"
+            assert samples[("relaybus_tasks_total", (("agent", "writer"), ("outcome", "succeeded")))] >= 1
+            assert samples[("relaybus_tasks_total", (("agent", "probe"), ("outcome", "dead_lettered")))] == 1
+            for histogram in ("relaybus_task_run_seconds", "relaybus_task_queue_wait_seconds"):
+                count = samples[(f"{histogram}_count", (("agent", "writer"),))]
+                buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
+                                 if name == f"{histogram}_bucket" and ("agent", "writer") in labels)
+                assert count >= 1 and buckets[-1] == (float("inf"), count), (histogram, buckets)
+                assert [v for _, v in buckets] == sorted(v for _, v in buckets), "cumulative buckets"
+                assert samples[(f"{histogram}_sum", (("agent", "writer"),))] >= 0
+            writer_tokens = [v for (name, labels), v in samples.items() if name == "relaybus_llm_tokens_total"
                              and ("agent", "writer") in labels and ("kind", "completion") in labels]
             assert writer_tokens and sum(writer_tokens) > 0, "the writer's LLM tokens, by model"
             print("\n/metrics (excerpt):\n" + "\n".join(
@@ -190,6 +222,25 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     expect(page.locator(f"tr[data-correlation-id='{saga_id}']")).to_be_visible()
                     page.goto(f"{base}/workflows?q={handle.id}")
                     expect(page.locator("#workflows tbody tr")).to_have_count(1)
+                    # By name: the pipeline's, not the saga's; by when they started (UTC, to the minute).
+                    page.goto(f"{base}/workflows")
+                    page.fill("input[name=name]", "research")
+                    page.click("form[action='/workflows'] button")
+                    expect(page.locator(f"tr[data-correlation-id='{handle.id}']")).to_be_visible()
+                    expect(page.locator(f"tr[data-correlation-id='{saga_id}']")).to_have_count(0)
+                    expect(page.locator("#workflows tbody tr[data-kind='saga']")).to_have_count(0)
+                    page.fill("input[name=name]", "")
+                    page.fill("input[name=since]", (started - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"))
+                    page.fill("input[name=until]", (started + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M"))
+                    page.click("form[action='/workflows'] button")
+                    expect(page.locator(f"tr[data-correlation-id='{handle.id}']")).to_be_visible()
+                    expect(page.locator(f"tr[data-correlation-id='{saga_id}']")).to_be_visible()
+                    shot("workflows-filtered")
+                    page.fill("input[name=since]", (started + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M"))
+                    page.fill("input[name=until]", "")
+                    page.click("form[action='/workflows'] button")
+                    expect(page.locator("#workflows tbody")).to_contain_text("No workflows match")
+                    assert httpx.get(f"{base}/workflows?since=yesterday", headers=bearer).status_code == 400
 
                     # One pipeline: a bar per step of its timeline, on one axis.
                     page.click(f"a[href='/workflows/{handle.id}']")
@@ -258,6 +309,18 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     page.goto(f"{base}/agents")
                     expect(page.locator("#agents tr[data-agent='writer']")).to_be_visible()
                     shot("agents")
+
+                    # Integrity: the verify the CLI ran before, then one from here, confirmed, each recorded.
+                    page.goto(f"{base}/integrity")
+                    expect(page.locator("#last-verify")).to_have_attribute("data-ok", "true")
+                    expect(page.locator("#verify-result")).to_contain_text("all chains hold")
+                    expect(page.locator("#last-verify")).to_contain_text("by cli")
+                    expect(page.locator("#verify-covered")).to_contain_text(f"{verified['events_checked']} events")
+                    page.once("dialog", lambda dialog: dialog.accept())
+                    page.click("#verify-now button")
+                    expect(page.locator("#message")).to_contain_text("all chains hold")
+                    expect(page.locator("#last-verify")).to_contain_text("by console")
+                    shot("integrity")
                 finally:
                     browser.close()
 
@@ -266,6 +329,7 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
             client = httpx.Client(base_url=base, headers={"authorization": f"Bearer {TOKEN}"})
             page_text = client.get("/dlq").text
             assert "Requeue" not in page_text and "read-only" in page_text
+            assert "Verify now" not in client.get("/integrity").text
             csrf = client.cookies["relaybus_csrf"]
             assert client.post("/dlq/purge", data={"csrf": csrf}).status_code == 403
             client.close()

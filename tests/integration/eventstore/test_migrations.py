@@ -103,3 +103,42 @@ def test_a_log_at_revision_0001_upgrades_to_the_head_with_the_new_indexes(db: Da
         assert first.projection.catch_up() == 1
     finally:
         engine.dispose()
+
+
+
+def test_0007_back_fills_kind_and_name_as_a_rebuild_computes_them(db: Database) -> None:
+    """Rows the projection held before 0007 get what opened them from the log (a pipeline outranks a saga in
+    its correlation id; the first opener of a kind names it), as a rebuild computes them; a workflow the
+    projection had not reached gets its own from catch_up."""
+    store = db.open()
+    store.append([
+        NewEvent(stream_id="p1", type="pipeline.started", payload={"pipeline": "research"}),
+        NewEvent(stream_id="p1", type="task.sent", task_id="p1-a"),
+        NewEvent(stream_id="saga:s1", correlation_id="s1", type="saga.started", payload={"saga": "booking"}),
+        NewEvent(stream_id="ps", type="saga.started", payload={"saga": "inner"}),
+        NewEvent(stream_id="ps", type="pipeline.started", payload={"pipeline": "outer"}),
+        NewEvent(stream_id="ps", type="pipeline.started", payload={"pipeline": "restarted"}),
+        NewEvent(stream_id="t1", type="task.sent", task_id="t1-a"),
+    ])  # fmt: skip
+    store.projection.catch_up()
+    expected = {"p1": ("pipeline", "research"), "s1": ("saga", "booking"), "ps": ("pipeline", "outer"),
+                "t1": (None, None)}
+    assert {w.correlation_id: (w.kind, w.name) for w in store.projection.workflows()} == expected
+    from alembic import command
+
+    with store.engine.begin() as conn:  # back to 0006: the columns go
+        command.downgrade(migrations.alembic_config(conn), "0006")
+    with store.engine.connect() as conn:
+        assert "name" not in {c["name"] for c in inspect(conn).get_columns("workflow_status")}
+    store.append([NewEvent(stream_id="late", type="saga.started", payload={"saga": "after-the-tracking"})])
+
+    migrations.upgrade(store.engine, schema=db.schema)  # 0007 back-fills the rows there are
+
+    migrated = {w.correlation_id: (w.kind, w.name) for w in store.projection.workflows()}
+    assert migrated == expected
+    assert store.projection.catch_up() == 1
+    caught_up = {w.correlation_id: (w.kind, w.name) for w in store.projection.workflows()}
+    assert caught_up == {**expected, "late": ("saga", "after-the-tracking")}
+    store.projection.rebuild()
+    assert {w.correlation_id: (w.kind, w.name) for w in store.projection.workflows()} == caught_up
+    store.close()

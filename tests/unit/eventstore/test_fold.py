@@ -83,3 +83,21 @@ def test_a_task_sent_again_after_dead_lettering_is_running_again() -> None:
     redriven = writer_sent.model_copy(update={"event_id": "redrive", "position": 100, "occurred_at": at(20)})
     [*_, writer] = task_steps([*events, redriven])
     assert (writer.status, writer.finished_at, writer.sent_at) == ("sent", None, at(12))
+
+
+def test_what_opened_a_workflow_names_it_and_a_pipeline_outranks_a_saga_in_it() -> None:
+    from relaybus.eventstore import NewEvent
+
+    events = recorded([
+        NewEvent(stream_id="w", type=types.SAGA_STARTED, payload={"saga": "booking"}),
+        NewEvent(stream_id="w", type=types.PIPELINE_STARTED, payload={"pipeline": "research"}),
+        NewEvent(stream_id="w", type=types.PIPELINE_STARTED, payload={"pipeline": "again"}),
+        NewEvent(stream_id="s", type=types.SAGA_STARTED, payload={"saga": "x" * 300}),
+        NewEvent(stream_id="t", type=types.TASK_SENT, task_id="t-1"),
+        NewEvent(stream_id=types.INTEGRITY_STREAM, type=types.LOG_VERIFIED, payload={"ok": True}),
+    ])  # fmt: skip
+    states = fold(events)
+    assert (states["w"].kind, states["w"].name) == ("pipeline", "research")
+    assert (states["s"].kind, states["s"].name) == ("saga", "x" * 255)
+    assert (states["t"].kind, states["t"].name) == (None, None)
+    assert types.INTEGRITY_STREAM not in states  # the log's own checks are no workflow
