@@ -174,7 +174,8 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
             assert writer_tokens and sum(writer_tokens) > 0, "the writer's LLM tokens, by model"
             print("\n/metrics (excerpt):\n" + "\n".join(
                 line for line in metrics.text.splitlines()
-                if any(k in line for k in ('agent="writer"', 'agent="probe"', "relaybus_workflows{")))
+                if any(k in line for k in ('agent="writer"', 'agent="probe"', "relaybus_workflows{"))
+                and ("_bucket" not in line or 'le="1.0"' in line))
             )
 
             with sync_playwright() as pw:
@@ -241,6 +242,7 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     page.click("form[action='/workflows'] button")
                     expect(page.locator("#workflows tbody")).to_contain_text("No workflows match")
                     assert httpx.get(f"{base}/workflows?since=yesterday", headers=bearer).status_code == 400
+                    page.goto(f"{base}/workflows?q={handle.id}")
 
                     # One pipeline: a bar per step of its timeline, on one axis.
                     page.click(f"a[href='/workflows/{handle.id}']")
