@@ -33,14 +33,15 @@ def pages(store: EventStore) -> dict[str, str]:
     since, until = day.strftime("%Y-%m-%dT%H:%M"), (day + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
     name = next(iter(store.projection.names()), "research")
     older = mid[0].last_position if mid else 1
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
     return {
         "workflows (first page)": "/workflows",
         "workflows ?status=failed": "/workflows?status=failed",
         f"workflows ?name={name}": f"/workflows?name={name}",
         "workflows ?name=<none such>": "/workflows?name=nothing-by-that-name",
         "workflows ?since&until (1 day, mid-log)": f"/workflows?since={since}&until={until}",
-        "workflows ?since (last day)": f"/workflows?since={(datetime.now(UTC) - timedelta(days=1)).strftime('%Y-%m-%dT%H:%M')}",
-        f"workflows status+name+range": f"/workflows?status=completed&name={name}&since={since}&until={until}",
+        "workflows ?since (last day)": f"/workflows?since={yesterday}",
+        "workflows status+name+range": f"/workflows?status=completed&name={name}&since={since}&until={until}",
         "workflows ?q=<correlation id>": f"/workflows?q={newest[0].correlation_id if newest else 'none'}",
         "workflows older page (?before=mid)": f"/workflows?before={older}",
         "agents (1 h)": "/agents?hours=1",
