@@ -132,12 +132,12 @@ workflow_status = Table(
     Column("tasks_failed", Integer, nullable=False),
     Column("task_status", JSON, nullable=False),
     Column("last_position", BigInteger, nullable=False),
-    # (migration 0008) what opened it: "pipeline" (pipeline.started) or "saga" (saga.started), NULL for
+    # (migration 0009) what opened it: "pipeline" (pipeline.started) or "saga" (saga.started), NULL for
     # loose tasks; its declared name; the console filters on both and on when it started.
     Column("kind", String(16), nullable=True),
     Column("name", String(_ID), nullable=True),
     # The list reads the most recently active first, overall or per status (migration 0002), per name
-    # (0008), and by start time (0008).
+    # (0009), and by start time (0009).
     Index("ix_workflow_status_status_position", "status", "last_position"),
     Index("ix_workflow_status_last_position", "last_position"),
     Index("ix_workflow_status_name_position", "name", "last_position"),

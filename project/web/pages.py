@@ -77,7 +77,7 @@ def workflow_rows(
 ) -> tuple[list[WorkflowRow], int | None]:
     """One page of workflows, newest activity first, and the keyset of the next page (None: last page).
 
-    Every filter is a column of the status projection with an index behind it (migrations 0002, 0008):
+    Every filter is a column of the status projection with an index behind it (migrations 0002, 0009):
     no row of the log is read for the list, however long the log."""
     projection = store.projection
     projection.catch_up()

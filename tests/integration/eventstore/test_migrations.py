@@ -106,8 +106,8 @@ def test_a_log_at_revision_0001_upgrades_to_the_head_with_the_new_indexes(db: Da
 
 
 
-def test_0008_back_fills_kind_and_name_as_a_rebuild_computes_them(db: Database) -> None:
-    """Rows the projection held before 0008 get what opened them from the log (a pipeline outranks a saga in
+def test_0009_back_fills_kind_and_name_as_a_rebuild_computes_them(db: Database) -> None:
+    """Rows the projection held before 0009 get what opened them from the log (a pipeline outranks a saga in
     its correlation id; the first opener of a kind names it), as a rebuild computes them; a workflow the
     projection had not reached gets its own from catch_up."""
     store = db.open()
@@ -126,13 +126,13 @@ def test_0008_back_fills_kind_and_name_as_a_rebuild_computes_them(db: Database) 
     assert {w.correlation_id: (w.kind, w.name) for w in store.projection.workflows()} == expected
     from alembic import command
 
-    with store.engine.begin() as conn:  # back to 0007: the columns go
-        command.downgrade(migrations.alembic_config(conn), "0007")
+    with store.engine.begin() as conn:  # back to 0008: the columns go
+        command.downgrade(migrations.alembic_config(conn), "0008")
     with store.engine.connect() as conn:
         assert "name" not in {c["name"] for c in inspect(conn).get_columns("workflow_status")}
     store.append([NewEvent(stream_id="late", type="saga.started", payload={"saga": "after-the-tracking"})])
 
-    migrations.upgrade(store.engine, schema=db.schema)  # 0008 back-fills the rows there are
+    migrations.upgrade(store.engine, schema=db.schema)  # 0009 back-fills the rows there are
 
     migrated = {w.correlation_id: (w.kind, w.name) for w in store.projection.workflows()}
     assert migrated == expected

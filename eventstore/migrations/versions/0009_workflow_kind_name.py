@@ -12,8 +12,8 @@ Existing rows are back-filled here from the log, with the fold's rule
 the first opener of a kind names it. Rows the projection has not reached yet get theirs from
 ``catch_up()``, which now reads an opener's payload; a later ``rebuild()`` gives the same values.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
