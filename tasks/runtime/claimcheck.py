@@ -32,7 +32,7 @@ from typing import Any
 from celery import Celery
 
 from relaybus.eventstore import EventStore, PayloadError, PayloadRef, StoreConfig, open_store
-from relaybus.eventstore.payloads import is_ref, offload, resolve
+from relaybus.eventstore.payloads import is_ref, json_size, offload, resolve
 from relaybus.tasks.errors import PayloadUnreadable
 from relaybus.tasks.runtime.config import RuntimeConfig, resources, runtime_config
 
@@ -82,7 +82,8 @@ def offload_message(app: Celery, args: Any, kwargs: Any, embed: Any) -> tuple[An
     """A protocol-2 task body ``(args, kwargs, embed)`` with its large values by reference, those of the
     signatures it embeds (chain, callbacks, error callbacks, chord) too. ``args`` stays a list (each
     argument offloaded on its own); ``kwargs`` may become one reference as a whole."""
-    if not runtime_config(app).payload_inline_max_bytes:
+    limit = runtime_config(app).payload_inline_max_bytes
+    if not limit or json_size([args, kwargs, embed]) <= limit:  # nearly every message: one encoding, no copy
         return args, kwargs, embed
     new_args = _offload_args(app, args)
     new_kwargs = offload_value(app, kwargs) if isinstance(kwargs, dict) and kwargs else kwargs

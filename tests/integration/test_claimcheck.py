@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_lib
@@ -161,42 +162,49 @@ def _verify_cli(settings: Settings) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-@pytest.mark.parametrize(
-    ("reason", "sql"),
-    [("payload-altered", "UPDATE payloads SET body = '\"forged\"' WHERE digest = :d"),
-     ("payload-missing", "DELETE FROM payloads WHERE digest = :d")],
-)
-def test_an_altered_or_missing_payload_is_dead_lettered_naming_it(
-    app: Celery, settings: Settings, start_worker: Callable[..., Worker], reason: str, sql: str,
+TAMPERING = {
+    "payload-altered": ("UPDATE payloads SET body = '\"forged\"' WHERE digest = :d", "no longer gives its digest"),
+    "payload-missing": ("DELETE FROM payloads WHERE digest = :d", "it is not stored"),
+}
+
+
+def test_an_altered_or_a_missing_payload_is_dead_lettered_naming_it_and_verify_reports_it(
+    app: Celery, settings: Settings, start_worker: Callable[..., Worker]
 ) -> None:
-    document = "a document over the inline limit " * 4000  # 132 KB: by reference
-    result = shout.apply_async(kwargs={"title": "t", "document": document})
     store = open_store(settings.eventstore_url, config=store_config(runtime_config(app)))
     try:
-        sent = wait_for(lambda: [e for e in store.find(task_id=result.id) if e.type == "task.sent"], 10)[0]
-        (ref,) = refs_in(sent.payload["input"])
-        _tamper(settings.eventstore_url, sql, ref.removeprefix("sha256:"))
+        sent: dict[str, tuple[str, str]] = {}  # reason -> (task id, ref)
+        for reason, (sql, _) in TAMPERING.items():
+            document = f"a document over the inline limit, to be {reason} " * 3000  # ~150 KB: by reference
+            result = shout.apply_async(kwargs={"title": reason, "document": document})
+            record = wait_for(lambda r=result: [e for e in store.find(task_id=r.id) if e.type == "task.sent"], 10)[0]
+            (ref,) = refs_in(record.payload["input"])
+            _tamper(settings.eventstore_url, sql, ref.removeprefix("sha256:"))  # before any worker reads it
+            sent[reason] = (result.id, ref)
 
         worker = start_worker("ccshout")
         dlq = f"{settings.namespace}.ccshout.dlq"
-        letters = wait_for(lambda: read_queue(app, dlq), 30, what=f"a dead letter in {dlq}")
-        headers = letters[0].headers
-        assert headers[REASON_HEADER] == reason
-        assert ref in headers[ERROR_MESSAGE_HEADER] and "ccshout" in headers[ERROR_MESSAGE_HEADER]
-        assert result.id in headers[ERROR_MESSAGE_HEADER]
-        dead = wait_for(lambda: [e for e in store.find(task_id=result.id) if e.type == "task.dead_lettered"], 10)
-        assert dead[0].payload["reason"] == reason and ref in dead[0].payload["error_message"]
-        assert not [e for e in store.find(task_id=result.id) if e.type == "task.retried"]  # permanent: no retry
+        letters: list[Any] = []
+        wait_for(lambda: letters.extend(read_queue(app, dlq)) or len(letters) >= 2, 30, what=f"2 dead letters in {dlq}")
+        by_task = {m.headers["id"]: m.headers for m in letters}
+        for reason, (task_id, ref) in sent.items():
+            headers = by_task[task_id]
+            assert headers[REASON_HEADER] == reason
+            message = headers[ERROR_MESSAGE_HEADER]
+            assert ref in message and "'ccshout'" in message and task_id in message, message
+            dead = [e for e in store.find(task_id=task_id) if e.type == "task.dead_lettered"]
+            assert dead[0].payload["reason"] == reason and ref in dead[0].payload["error_message"]
+            assert not [e for e in store.find(task_id=task_id) if e.type == "task.retried"]  # permanent: no retry
 
         # The worker keeps running: the next large document goes through.
-        ok = shout.apply_async(kwargs={"title": "ok", "document": document + "!"})
+        ok = shout.apply_async(kwargs={"title": "ok", "document": "fine " * 30_000})
         assert wait_for(lambda: [e for e in store.find(task_id=ok.id) if e.type == "task.succeeded"], 30)
         assert worker.proc.poll() is None
 
         verified = _verify_cli(settings)
+        print(f"\n[claimcheck] relaybus verify (exit {verified.returncode}):\n{verified.stderr.strip()}")
         assert verified.returncode == 1, verified.stdout + verified.stderr
-        assert f"PAYLOAD: payload {ref}" in verified.stderr
-        assert ("no longer gives its digest" if reason == "payload-altered" else "it is not stored") in verified.stderr
-        print(f"\n[claimcheck] relaybus verify: {verified.stderr.strip()}")
+        for reason, (_, ref) in sent.items():
+            assert f"PAYLOAD: payload {ref}" in verified.stderr and TAMPERING[reason][1] in verified.stderr
     finally:
         store.close()
