@@ -13,7 +13,7 @@ psycopg pipeline: one round trip, as eventsourcing's recorder pipelines its lock
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -56,25 +56,32 @@ SMALL_BATCH = 8
 """Up to this many rows, PostgreSQL gets pipelined INSERTs (one round trip) rather than COPY (two)."""
 
 
-def insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Write ``rows`` (values in :data:`COLUMNS` order) in the connection's transaction.
+def insert_rows(conn: Connection, rows: Iterable[tuple[Any, ...]], count: int) -> None:
+    """Write the ``count`` ``rows`` (values in :data:`COLUMNS` order) in the connection's transaction;
+    ``rows`` may make each row as it is taken (it is iterated once, as the driver sends).
 
     PostgreSQL: ``COPY``, the fastest way in, on the same connection and transaction as the rest
-    of the append; a small batch (:data:`SMALL_BATCH`), pipelined INSERTs, which take one round
-    trip where COPY takes two. SQLite: the sqlite3 module's ``executemany`` of one prepared statement.
+    of the append, streamed: psycopg sends the data in 32 KB chunks as rows are written, and the
+    server inserts them while the next rows are made. A small batch (:data:`SMALL_BATCH`), pipelined
+    INSERTs, which take one round trip where COPY takes two. SQLite: the sqlite3 module's
+    ``executemany`` of one prepared statement.
     """
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         assert driver is not None
-        if len(rows) <= SMALL_BATCH:
+        if count <= SMALL_BATCH:
             with driver_errors(conn, _POSTGRES_INSERT), driver.pipeline(), driver.cursor() as cursor:
-                cursor.executemany(_POSTGRES_INSERT, rows)
+                cursor.executemany(_POSTGRES_INSERT, list(rows))
             return
         with driver_errors(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
+            write_row = copy.write_row
             for row in rows:
-                copy.write_row(row)
+                write_row(row)
     else:
-        conn.exec_driver_sql(_SQLITE_INSERT, rows)
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        with driver_errors(conn, _SQLITE_INSERT):
+            driver.executemany(_SQLITE_INSERT, rows)
 
 
 @contextmanager

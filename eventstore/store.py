@@ -54,7 +54,7 @@ from relaybus.eventstore._rows import read_page, recorded, select_events, to_eve
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.approvals import ApprovalTable
 from relaybus.eventstore.errors import ConcurrencyError
-from relaybus.eventstore.hashing import LINK_TAG, canonical_json, format_time, formatted_content_json, hmac_pads
+from relaybus.eventstore.hashing import LINK_TAG, canonical_json, content_json_of, format_time, hmac_pads
 from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
 from relaybus.eventstore.payloads import REF_MARK, PayloadFinding, PayloadRef, PayloadTable, offload, refs_in_text
@@ -255,43 +255,61 @@ class EventStore:
         keep_records: bool = True,
     ) -> dict[str, RecordedEvent]:
         """Number, chain and write ``batch``; ``heads`` (updated here) are those of its streams.
-        Returns the records written by event id (none with ``keep_records=False``)."""
-        sqlite = conn.dialect.name == "sqlite"
+        Returns the records written by event id (none with ``keep_records=False``).
+
+        The rows are made as the driver takes them (:func:`insert_rows`): on PostgreSQL the ``COPY``
+        streams, so the server inserts the first rows while the next are hashed."""
+        records: dict[str, RecordedEvent] = {}
+        rows = self._rows(conn.dialect.name == "sqlite", batch, heads, positions, records, keep_records)
+        insert_rows(conn, rows, len(batch))
+        return records
+
+    def _rows(
+        self,
+        sqlite: bool,
+        batch: list[_Prepared],
+        heads: dict[str, Head],
+        positions: list[int],
+        records: dict[str, RecordedEvent],
+        keep_records: bool,
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``batch`` in :data:`_insert.COLUMNS` order, each numbered and chained as it is made."""
         recorded_at = datetime.now(UTC)
         recorded_at_text = format_time(recorded_at)
         recorded_at_bound = _sqlite_time_of(recorded_at_text) if sqlite else recorded_at
-        params: list[tuple[Any, ...]] = []
-        records: dict[str, RecordedEvent] = {}
         key_id, link = self._link
+        occurred_at: datetime | None = None
+        occurred_at_text = ""
         for position, p in zip(positions, batch, strict=True):
             f = p.fields
-            version, prev_hash = heads.get(f["stream_id"], (0, None))
+            stream = f["stream_id"]
+            version, prev_hash = heads.get(stream, (0, None))
             version += 1
-            values = {
-                **f, "position": position, "version": version, "recorded_at": recorded_at, "prev_hash": prev_hash,
-                "key_id": key_id,
-            }  # fmt: skip
-            occurred_at_text = format_time(f["occurred_at"])
-            values["hash"] = digest = link(
+            if f["occurred_at"] is not occurred_at:  # a batch's events often share their time
+                occurred_at = f["occurred_at"]
+                occurred_at_text = format_time(occurred_at)
+            digest = link(
                 position,
-                formatted_content_json(
-                    values, p.payload_json, p.metadata_json, prev_hash, occurred_at_text, recorded_at_text
+                content_json_of(
+                    f["agent"], f["attempt"], f["causation_id"], f["correlation_id"], f["event_id"], p.metadata_json,
+                    occurred_at_text, p.payload_json, prev_hash, f["priority"], f["queue"], recorded_at_text,
+                    f["schema_version"], stream, f["task_id"], f["type"], version, f["worker_host"],
                 ),
-            )
-            heads[f["stream_id"]] = (version, digest)
-            if keep_records:
-                records[f["event_id"]] = recorded(values)
-            params.append(
-                (
-                    position, f["event_id"], f["stream_id"], version, f["type"], f["schema_version"],
-                    f["correlation_id"], f["causation_id"],
-                    _sqlite_time_of(occurred_at_text) if sqlite else f["occurred_at"], recorded_at_bound,
-                    f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"], f["worker_host"],
-                    p.payload_json, p.metadata_json, digest, prev_hash, key_id,
-                )
             )  # fmt: skip
-        insert_rows(conn, params)
-        return records
+            heads[stream] = (version, digest)
+            if keep_records:
+                values = {
+                    **f, "position": position, "version": version, "recorded_at": recorded_at,
+                    "prev_hash": prev_hash, "key_id": key_id, "hash": digest,
+                }  # fmt: skip
+                records[f["event_id"]] = recorded(values)
+            yield (
+                position, f["event_id"], stream, version, f["type"], f["schema_version"],
+                f["correlation_id"], f["causation_id"],
+                _sqlite_time_of(occurred_at_text) if sqlite else occurred_at, recorded_at_bound,
+                f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"], f["worker_host"],
+                p.payload_json, p.metadata_json, digest, prev_hash, key_id,
+            )  # fmt: skip
 
     # -- reading -----------------------------------------------------------------------------------
 
