@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import JSON, BigInteger, Connection, Integer, String, bindparam, select, text
 from sqlalchemy import exc as sa_exc
 
 from relaybus.eventstore._heads import PG_HEADS, Head, read_heads
-from relaybus.eventstore.schema import events
+from relaybus.eventstore.schema import UTCDateTime, events
 
 COLUMNS: tuple[str, ...] = (
     "position",
@@ -50,7 +50,27 @@ COLUMNS: tuple[str, ...] = (
 
 
 _SQLITE_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
-_POSTGRES_COPY = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN"
+_POSTGRES_COPY = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+
+def _binary_type(name: str) -> str:
+    """The PostgreSQL type whose binary form a column's values are sent in (from :mod:`eventstore.schema`)."""
+    kind = events.c[name].type
+    if isinstance(kind, JSON):
+        return "text"  # json's binary form is its text (json_recv): the canonical JSON, sent as it is
+    if isinstance(kind, UTCDateTime):
+        return "timestamptz"
+    if isinstance(kind, BigInteger):  # before Integer: a subclass of it
+        return "int8"
+    if isinstance(kind, Integer):
+        return "int4"
+    if isinstance(kind, String):
+        return "varchar"
+    raise AssertionError(f"no binary COPY type for events.{name} ({kind!r})")
+
+
+_COPY_TYPES = [_binary_type(name) for name in COLUMNS]
+"""Binary COPY: ints and times go as they are held, not printed here and parsed by the server."""
 _POSTGRES_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('%s' for _ in COLUMNS)})"
 SMALL_BATCH = 8
 """Up to this many rows, PostgreSQL gets pipelined INSERTs (one round trip) rather than COPY (two)."""
@@ -60,11 +80,11 @@ def insert_rows(conn: Connection, rows: Iterable[tuple[Any, ...]], count: int) -
     """Write the ``count`` ``rows`` (values in :data:`COLUMNS` order) in the connection's transaction;
     ``rows`` may make each row as it is taken (it is iterated once, as the driver sends).
 
-    PostgreSQL: ``COPY``, the fastest way in, on the same connection and transaction as the rest
-    of the append, streamed: psycopg sends the data in 32 KB chunks as rows are written, and the
-    server inserts them while the next rows are made. A small batch (:data:`SMALL_BATCH`), pipelined
-    INSERTs, which take one round trip where COPY takes two. SQLite: the sqlite3 module's
-    ``executemany`` of one prepared statement.
+    PostgreSQL: binary ``COPY`` (times must be aware), the fastest way in, on the same connection and
+    transaction as the rest of the append, streamed: psycopg sends the data in 32 KB chunks as rows
+    are written, and the server inserts them while the next rows are made. A small batch
+    (:data:`SMALL_BATCH`), pipelined INSERTs, which take one round trip where COPY takes two. SQLite:
+    the sqlite3 module's ``executemany`` of one prepared statement.
     """
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
@@ -74,6 +94,7 @@ def insert_rows(conn: Connection, rows: Iterable[tuple[Any, ...]], count: int) -
                 cursor.executemany(_POSTGRES_INSERT, list(rows))
             return
         with driver_errors(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
             write_row = copy.write_row
             for row in rows:
                 write_row(row)

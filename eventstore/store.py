@@ -280,6 +280,7 @@ class EventStore:
         key_id, link = self._link
         occurred_at: datetime | None = None
         occurred_at_text = ""
+        occurred_at_bound: datetime | str = ""
         for position, p in zip(positions, batch, strict=True):
             f = p.fields
             stream = f["stream_id"]
@@ -288,6 +289,8 @@ class EventStore:
             if f["occurred_at"] is not occurred_at:  # a batch's events often share their time
                 occurred_at = f["occurred_at"]
                 occurred_at_text = format_time(occurred_at)
+                # As stored: SQLite's text; PostgreSQL's binary COPY takes aware times only (naive is UTC).
+                occurred_at_bound = _sqlite_time_of(occurred_at_text) if sqlite else _aware(occurred_at)
             digest = link(
                 position,
                 content_json_of(
@@ -306,7 +309,7 @@ class EventStore:
             yield (
                 position, f["event_id"], stream, version, f["type"], f["schema_version"],
                 f["correlation_id"], f["causation_id"],
-                _sqlite_time_of(occurred_at_text) if sqlite else occurred_at, recorded_at_bound,
+                occurred_at_bound, recorded_at_bound,
                 f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"], f["worker_host"],
                 p.payload_json, p.metadata_json, digest, prev_hash, key_id,
             )  # fmt: skip
@@ -548,6 +551,10 @@ def _sqlite_parsed_time(text: str) -> datetime:
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _sqlite_time_of(text: str) -> str:
