@@ -7,6 +7,7 @@ rebuilds the status projection, and renders each page through the real Starlette
 included) in-process, the median of 5 runs after a warm one, in milliseconds. AMQP is left out (the
 queue gauges of ``/metrics`` are what ``relaybus status`` costs): the figures are the log's part.
 ``--reuse`` measures an existing log instead (its projection is brought up to date, not rebuilt).
+``python -m bench.scale`` times the projection's queries behind these pages alone (the "workflows list" rows).
 """
 
 from __future__ import annotations

@@ -222,6 +222,15 @@ def queries(store: EventStore, now: datetime, start: datetime) -> dict[str, Call
         "newest event of a workflow": lambda: store.find(correlation_id=pipeline, newest_first=True, limit=1),
         "workflows list": lambda: store.projection.workflows(limit=50),
         "workflows list --status failed": lambda: store.projection.workflows(status="failed", limit=50),
+        "workflows list, by name (console)": lambda: store.projection.workflows(name=PIPELINES[1], limit=50),
+        "workflows list, started in 1 day (console)": lambda: store.projection.workflows(
+            started_since=hour[0], started_until=hour[0] + timedelta(days=1), limit=50
+        ),
+        "workflows list, name + status + 1 day (console)": lambda: store.projection.workflows(
+            name=PIPELINES[1], status="completed", started_since=hour[0], started_until=hour[0] + timedelta(days=1),
+            limit=50,
+        ),
+        "workflow names (console's datalist)": lambda: store.projection.names(),
         "workflows idle (running, idle 10 min)": lambda: store.projection.workflows(
             status="running", idle_since=now - timedelta(minutes=10), limit=50
         ),

@@ -53,6 +53,9 @@ class Verification(BaseModel):
     legacy_links: int = 0
     unauthenticated_links: int = 0
     key_ids: list[str] = []
+    #: Payloads stored by reference that were checked, and the first problems found with them.
+    payloads_checked: int = 0
+    payload_problems: list[str] = []
     #: The checkpoint it was held against (its created_at, last position, counts), if any.
     checkpoint: dict[str, Any] | None = None
     #: What a checkpoint held against found, or why its signature was not trusted.
@@ -86,6 +89,8 @@ def verified_event(
         "legacy_links": report.legacy_links,
         "unauthenticated_links": report.unauthenticated_links,
         "key_ids": list(report.key_ids),
+        "payloads_checked": report.payloads_checked,
+        "payload_problems": [p.describe() for p in report.payload_problems[:20]],
         "checkpoint": _checkpoint_fields(checkpoint) if checkpoint is not None else None,
         "checkpoint_problem": problem,
         "duration_s": round(duration_s, 3),

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from relaybus.eventstore import EventStore, verifications
+from relaybus.eventstore import EventStore, VerifyReport, verifications
 
 Render = Callable[..., Response]
 
@@ -38,8 +38,16 @@ def routes(store: EventStore, render: Render) -> list[Route]:
             return report
 
         report = await run_in_threadpool(run)
-        done = (f"verified {report.events_checked} events: all chains hold" if report.ok
-                else f"BROKEN: {report.first_broken.describe() if report.first_broken else 'the log does not verify'}")
+        ok = f"verified {report.events_checked} events: all chains hold"
+        done = ok if report.ok else f"BROKEN: {_problem(report)}"
         return RedirectResponse("/integrity?" + urlencode({"done": done}), status_code=303)
 
     return [Route("/integrity", page), Route("/integrity/verify", verify_now, methods=["POST"])]
+
+
+def _problem(report: VerifyReport) -> str:
+    if report.first_broken is not None:
+        return report.first_broken.describe()
+    if report.payload_problems:
+        return report.payload_problems[0].describe()
+    return "the log does not verify"
