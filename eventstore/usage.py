@@ -88,3 +88,27 @@ def llm_usage(events: Iterable[Any], by: tuple[str, ...] = ("agent", "provider",
             group["priced_calls"] += 1
             group["currency"] = group["currency"] or currency
     return [LLMUsage(**groups[key]) for key in sorted(groups, key=lambda k: tuple(str(v) for v in k))]
+
+
+def spending_summary(events: Iterable[Any]) -> str | None:
+    """``llm: 2 calls, 32 tokens, 0.0093 USD of budget 50 tokens``: what a workflow's LLM calls spent, and its
+    budget when its started record holds one; None when it made no call and has no budget."""
+    events = list(events)
+    total = llm_usage(events, by=())
+    budgets = [e.payload["budget"] for e in events if e.type in (t.PIPELINE_STARTED, t.SAGA_STARTED)
+               and isinstance(e.payload, dict) and e.payload.get("budget")]
+    if not total and not budgets:
+        return None
+    used = total[0] if total else LLMUsage()
+    currency = used.currency or ""
+    line = f"llm: {used.calls} calls, {used.tokens} tokens"
+    if used.priced_calls:
+        line += f", {used.cost} {currency}".rstrip()
+    if budgets:
+        limits = [f"{b['tokens']} tokens" for b in budgets if b.get("tokens")]
+        limits += [f"{b['cost']} {currency}".rstrip() for b in budgets if b.get("cost")]
+        line += f" of budget {', '.join(limits)}"
+    refused = sum(1 for e in events if e.type == t.BUDGET_EXCEEDED)
+    if refused:
+        line += f"; {refused} call{'s' if refused > 1 else ''} refused (budget-exceeded)"
+    return line

@@ -23,6 +23,7 @@ from relaybus.tasks.errors import (
     TransientError,
     UnknownPipeline,
 )
+from relaybus.tasks.llm import Budget, BudgetExceeded
 from relaybus.tasks.pipelines.canvas import (
     MemberFailure,
     fan_in,
@@ -50,6 +51,9 @@ __all__ = [  # noqa: RUF022
     "PipelineOutcome",
     "Pipeline",
     "StepInput",
+    # Budgets (what a pipeline's or saga's LLM calls may spend)
+    "Budget",
+    "BudgetExceeded",
     # Human approval
     "approve",
     "reject",

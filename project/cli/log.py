@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Any
 
 import click
 from rich.progress import Progress
 
 from relaybus.cli.output import EXIT_PROBLEM, emit_json, fail, json_option, milliseconds, table
 from relaybus.cli.services import celery_app, event_store
-from relaybus.eventstore.types import PIPELINE_STARTED, SAGA_STARTED
-from relaybus.eventstore.usage import LLMUsage, llm_usage
+from relaybus.eventstore.usage import LLMUsage, spending_summary
 
 
 @click.command()
@@ -38,29 +36,9 @@ def timeline(correlation_id: str, as_json: bool) -> None:
     table("events", ["#", "at", "type", "agent", "task"],
           [[e.position, e.occurred_at.isoformat(timespec="milliseconds"), e.type, e.agent, e.task_id]
            for e in result.events])
-    spending = spending_line(result.events)
+    spending = spending_summary(result.events)
     if spending:
         click.echo(spending)
-
-
-def spending_line(events: list[Any]) -> str | None:
-    """``llm: 2 calls, 32 tokens, 0.0093 USD of budget 50 tokens``: what a workflow's LLM calls spent, and its
-    budget when its started record holds one; None when it made no call and has no budget."""
-    total = llm_usage(events, by=())
-    budgets = [e.payload["budget"] for e in events if e.type in (PIPELINE_STARTED, SAGA_STARTED)
-               and isinstance(e.payload, dict) and e.payload.get("budget")]
-    if not total and not budgets:
-        return None
-    used = total[0] if total else LLMUsage()
-    currency = used.currency or ""
-    line = f"llm: {used.calls} calls, {used.tokens} tokens"
-    if used.priced_calls:
-        line += f", {used.cost} {currency}".rstrip()
-    if budgets:
-        limits = [f"{b['tokens']} tokens" for b in budgets if b.get("tokens")]
-        limits += [f"{b['cost']} {currency}".rstrip() for b in budgets if b.get("cost")]
-        line += f" of budget {', '.join(limits)}"
-    return line
 
 
 @click.command()

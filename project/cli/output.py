@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 import click
@@ -68,3 +70,26 @@ def milliseconds(value: float | None, *, from_seconds: bool = False) -> str:
     if value is None:
         return ""
     return f"{value * 1000 if from_seconds else value:.1f} ms"
+
+
+def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--budget-tokens`` and ``--budget-cost``: what the workflow's LLM calls may spend (README, Budgets)."""
+    command = click.option("--budget-cost", default=None, metavar="AMOUNT",
+                           help="Cost budget in RELAYBUS_LLM_PRICE_CURRENCY, a decimal such as 0.05.")(command)
+    return click.option("--budget-tokens", type=click.IntRange(min=1), default=None,
+                        help="Token budget (prompt + completion) of the workflow's LLM calls.")(command)
+
+
+def budget_of(tokens: int | None, cost: str | None) -> dict[str, Any] | None:
+    """The budget the flags give, or None; a cost that is not a decimal is named."""
+    if tokens is None and cost is None:
+        return None
+    if cost is not None:
+        try:
+            Decimal(cost)
+        except InvalidOperation:
+            raise click.BadParameter(f"{cost!r} is not a decimal amount", param_hint="--budget-cost") from None
+    return {k: v for k, v in (("tokens", tokens), ("cost", cost)) if v is not None}
+
+
+BUDGET_HINT = "--budget-tokens/--budget-cost"

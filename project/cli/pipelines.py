@@ -8,7 +8,17 @@ from typing import Any
 
 import click
 
-from relaybus.cli.output import EXIT_PROBLEM, EXIT_UNREACHABLE, console, emit_json, fail, json_option
+from relaybus.cli.output import (
+    BUDGET_HINT,
+    EXIT_PROBLEM,
+    EXIT_UNREACHABLE,
+    budget_of,
+    budget_options,
+    console,
+    emit_json,
+    fail,
+    json_option,
+)
 from relaybus.cli.services import celery_app
 
 
@@ -21,9 +31,10 @@ from relaybus.cli.services import celery_app
 @click.option("--wait/--no-wait", default=True, help="Wait for the outcome (default) or return at once.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
               help="Seconds to wait for the outcome; past it exit 1, the workflow goes on.")
+@budget_options
 @json_option
 def run(pipeline: str, input_json: str, priority: str | None, correlation_id: str | None, wait: bool,
-        timeout: float, as_json: bool) -> None:
+        timeout: float, budget_tokens: int | None, budget_cost: str | None, as_json: bool) -> None:
     """Start a pipeline (e.g. research) with a JSON input; exit 1 if it fails."""
     from relaybus.tasks.errors import InvalidInput, PublishFailed, UnknownPipeline
     from relaybus.tasks.pipelines.client import start
@@ -33,12 +44,15 @@ def run(pipeline: str, input_json: str, priority: str | None, correlation_id: st
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from None
     try:
-        handle = start(pipeline, data, priority=priority, correlation_id=correlation_id, app=celery_app())
+        handle = start(pipeline, data, priority=priority, correlation_id=correlation_id, app=celery_app(),
+                       budget=budget_of(budget_tokens, budget_cost))
     except UnknownPipeline as exc:
         raise click.BadParameter(str(exc), param_hint="PIPELINE") from None
     except InvalidInput as exc:
-        about_id = any(tuple(e.get("loc", ()))[:1] == ("correlation_id",) for e in exc.errors)
-        raise click.BadParameter(str(exc), param_hint="--correlation-id" if about_id else "--input") from None
+        about = {tuple(e.get("loc", ()))[:1] for e in exc.errors}
+        hint = "--correlation-id" if ("correlation_id",) in about else "--input"
+        hint = BUDGET_HINT if ("budget",) in about else hint
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     except PublishFailed as exc:  # blocked, stopped or unreachable broker: said after RELAYBUS_PUBLISH_TIMEOUT_S
         fail(f"the pipeline was not started: {exc}", EXIT_UNREACHABLE, stderr=True)
     if not wait:

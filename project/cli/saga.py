@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from relaybus.cli.errors import unreachable
-from relaybus.cli.output import console, emit_json, fail, json_option, table
+from relaybus.cli.output import BUDGET_HINT, budget_of, budget_options, console, emit_json, fail, json_option, table
 from relaybus.cli.services import celery_app, service_errors
 
 STATUSES = ("running", "compensating", "completed", "compensated", "compensation_failed")
@@ -59,8 +59,10 @@ def saga() -> None:
 @click.option("--input", "input_text", default="null", help="The saga's input, as JSON.")
 @click.option("--id", "saga_id", default=None, help="The saga id (default: a new UUID); starting one twice is a no-op.")
 @click.option("--correlation-id", default=None, help="Tie the saga into a wider workflow's timeline.")
+@budget_options
 @json_option
-def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: str | None, as_json: bool) -> None:
+def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: str | None,
+               budget_tokens: int | None, budget_cost: str | None, as_json: bool) -> None:
     """Start the saga NAME; prints its id."""
     from relaybus.sagas import UnknownSaga
     from relaybus.tasks.errors import InvalidInput
@@ -72,9 +74,11 @@ def saga_start(name: str, input_text: str, saga_id: str | None, correlation_id: 
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
     app = celery_app()
     try:
-        started = start_saga(name, data, saga_id=saga_id, correlation_id=correlation_id, app=app)
+        started = start_saga(name, data, saga_id=saga_id, correlation_id=correlation_id, app=app,
+                             budget=budget_of(budget_tokens, budget_cost))
     except InvalidInput as exc:
-        raise click.BadParameter(str(exc), param_hint="--input") from None
+        about_budget = any(tuple(e.get("loc", ()))[:1] == ("budget",) for e in exc.errors)
+        raise click.BadParameter(str(exc), param_hint=BUDGET_HINT if about_budget else "--input") from None
     except UnknownSaga:
         known = ", ".join(known_sagas(app)) or "none"
         raise click.BadParameter(f"no saga named {name!r}; known sagas: {known}", param_hint="NAME") from None

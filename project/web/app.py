@@ -19,6 +19,7 @@ from starlette.templating import Jinja2Templates
 
 from relaybus.eventstore import EventStore
 from relaybus.eventstore.redaction import mask_url_passwords
+from relaybus.eventstore.usage import spending_summary
 from relaybus.web import integrity, metrics, pages
 from relaybus.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_S, Guard, WebAuth, csrf_token
 from relaybus.web.counting import Counters
@@ -103,7 +104,8 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         events = [(e, pages.preview(console.redactor, e.payload)) for e in timeline.events]
         return render(request, "workflow.html", timeline=timeline, bars=bars, span=span, kind=kind, name=name,
                       saga=saga, events=events, failures=pages.failure_reasons(timeline.events, console.redactor),
-                      llm=pages.llm_calls(timeline.events), message=request.query_params.get("done"),
+                      llm=pages.llm_calls(timeline.events), spending=spending_summary(timeline.events),
+                      message=request.query_params.get("done"),
                       redrivable=kind == "pipeline" and bool(timeline.steps))
 
     async def redrive_action(request: Request) -> Response:

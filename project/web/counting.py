@@ -23,6 +23,7 @@ from typing import Any
 
 from relaybus.eventstore import EventStore, RecordedEvent
 from relaybus.eventstore import types as t
+from relaybus.eventstore.usage import call_usage
 
 LOOKBACK = timedelta(minutes=15)
 #: Upper bounds in seconds: an agent task runs from milliseconds (a tool) to minutes (an LLM chain).
@@ -74,6 +75,8 @@ class Snapshot:
     llm_tokens: dict[tuple[str, str, str], int]
     since: datetime | None
     position: int
+    #: Micro-units per (agent, model, currency) of the priced calls (RELAYBUS_LLM_PRICES).
+    llm_cost_micros: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 class Counters:
@@ -90,6 +93,7 @@ class Counters:
         self.queue_wait: dict[str, Histogram] = {}
         self.llm_calls: dict[tuple[str, str], int] = {}
         self.llm_tokens: dict[tuple[str, str, str], int] = {}
+        self.llm_cost_micros: dict[tuple[str, str, str], int] = {}
 
     def update(self, now: datetime) -> Snapshot:
         with self._lock:
@@ -104,6 +108,7 @@ class Counters:
                 {a: Histogram(list(h.counts), h.total) for a, h in self.run_time.items()},
                 {a: Histogram(list(h.counts), h.total) for a, h in self.queue_wait.items()},
                 dict(self.llm_calls), dict(self.llm_tokens), self.since, max(self._positions.values()),
+                llm_cost_micros=dict(self.llm_cost_micros),
             )
 
     def _read(self, pattern: str) -> None:
@@ -172,8 +177,10 @@ class Counters:
         for kind in ("prompt", "completion"):
             tokens_key = (*key, kind)
             self.llm_tokens[tokens_key] = self.llm_tokens.get(tokens_key, 0) + int(usage.get(f"{kind}_tokens") or 0)
-        # An LLM cost counter (per agent and model) belongs here, beside the tokens, once a call's record
-        # carries its price (the budgets work): relaybus_llm_cost_total, folded from the same records.
+        micros, currency = call_usage(e.payload)[4:]
+        if micros is not None:  # a priced call (its record carries its cost, exact integer micro-units)
+            cost_key = (*key, str(currency or ""))
+            self.llm_cost_micros[cost_key] = self.llm_cost_micros.get(cost_key, 0) + micros
 
     def _forget(self, now: datetime) -> None:
         if len(self._open) < 10_000:

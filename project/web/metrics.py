@@ -105,7 +105,12 @@ def _task_metrics(s: Snapshot) -> Iterator[Metric]:
                                  labels=["agent", "model", "kind"])
     for (agent, model, kind), n in sorted(s.llm_tokens.items()):
         tokens.add_metric([agent, model, kind], n)
-    yield from (calls, tokens)
+    # Priced calls only (RELAYBUS_LLM_PRICES): exact sums of micro-units, exported in the currency's unit.
+    cost = CounterMetricFamily("relaybus_llm_cost", "LLM cost of priced calls, in the price table's currency",
+                               labels=["agent", "model", "currency"])
+    for (agent, model, currency), micros in sorted(s.llm_cost_micros.items()):
+        cost.add_metric([agent, model, currency], micros / 1_000_000)
+    yield from (calls, tokens, cost)
 
 
 def exposition(queues: Callable[[], list[QueueStatus]], store: EventStore, counters: Counters) -> bytes:

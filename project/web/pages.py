@@ -169,7 +169,7 @@ def utcnow() -> datetime:
 
 
 def llm_calls(events: list[RecordedEvent]) -> list[dict[str, Any]]:
-    """The workflow's LLM completions (``llm.completed``): agent, task, provider, model and tokens."""
+    """The workflow's LLM completions (``llm.completed``): agent, task, provider, model, tokens and cost."""
     calls = []
     for e in events:
         if e.type != "llm.completed" or not isinstance(e.payload, dict):
@@ -178,5 +178,6 @@ def llm_calls(events: list[RecordedEvent]) -> list[dict[str, Any]]:
         usage = completion.get("usage") or {}
         calls.append({"agent": e.agent, "task_id": e.task_id, "provider": completion.get("provider"),
                       "model": completion.get("model"), "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                      "completion_tokens": int(usage.get("completion_tokens") or 0)})
+                      "completion_tokens": int(usage.get("completion_tokens") or 0),
+                      "cost": (e.payload.get("cost") or {}).get("amount") or ""})
     return calls

@@ -80,9 +80,12 @@ def reservations_for(app: Celery) -> RedisReservations | None:
 
     def build() -> RedisReservations:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
+        # No retries inside the client: an unreachable Redis falls back to the log at once, not after backoffs.
         client = redis.Redis.from_url(url, socket_timeout=RESERVATIONS_REDIS_TIMEOUT_S,
-                                      socket_connect_timeout=RESERVATIONS_REDIS_TIMEOUT_S)
+                                      socket_connect_timeout=RESERVATIONS_REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         return RedisReservations(client, policy.namespace)
 
     found: RedisReservations = resources().get(f"budget-reservations:{id(app)}", build)

@@ -21,8 +21,11 @@ from celery import Celery
 from relaybus.eventstore import open_store
 from relaybus.settings import Settings
 from relaybus.tasks.llm import Budget, Price
-from relaybus.tasks.pipelines.client import start
+from relaybus.tasks.pipelines.client import PipelineHandle, start
 from relaybus.tasks.saga import start_saga, wait_for_saga
+from relaybus.web.counting import Counters
+from relaybus.web.metrics import exposition
+from relaybus.web.pages import llm_calls
 from tests.fake_openai import FakeOpenAI, Reply, chat_completion
 from tests.harness import ROOT, make_settings
 
@@ -67,7 +70,9 @@ def test_a_call_over_the_token_budget_is_refused_unsent_and_fails_the_pipeline_w
     settings: Settings, app: Celery, start_worker: Any, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     start_worker("system", "spender")
-    handle = start("budget-three-calls", {"text": "go"}, budget={"tokens": 50}, app=app)
+    started = relaybus(settings, tmp_path, "run", "budget-three-calls", "--input", '{"text": "go"}',
+                       "--budget-tokens", "50", "--no-wait")
+    handle = PipelineHandle(started.strip(), app)
     outcome = handle.wait(timeout=45)
 
     assert outcome.status == "failed"
@@ -96,7 +101,15 @@ def test_a_call_over_the_token_budget_is_refused_unsent_and_fails_the_pipeline_w
     assert f"llm: 2 calls, {2 * CALL_TOKENS} tokens, 0.0093 USD of budget 50 tokens" in timeline
     stats = relaybus(settings, tmp_path, "stats")
     print(stats)
-    assert "spender" in stats and "0.0093" in stats
+    assert "llm usage" in stats and "0.0093 USD" in stats
+    # The console's LLM calls table and /metrics read the same records.
+    assert [c["cost"] for c in llm_calls(events)] == ["0.00465", "0.00465"]
+    store = open_store(settings.eventstore_url)
+    try:
+        scraped = exposition(lambda: [], store, Counters(store)).decode()
+    finally:
+        store.close()
+    assert 'relaybus_llm_cost_total{agent="spender",currency="USD",model="fake-model"} 0.0093' in scraped
 
 
 def test_a_saga_whose_step_is_refused_over_its_cost_budget_compensates_last_first(
