@@ -160,7 +160,8 @@ def test_four_workers_never_exceed_the_limit_in_any_window_and_stats_show_the_wa
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     print(shown.stdout)
-    waits = [line for line in shown.stdout.splitlines() if "fake-model" in line]
+    waits_table = shown.stdout.split("llm usage")[0]  # the tables after it (tokens and cost) name the model too
+    waits = [line for line in waits_table.splitlines() if "fake-model" in line]
     assert len(waits) == 1 and "asker" in waits[0] and "openai" in waits[0]
     assert f" {len(deferred)} " in waits[0], waits[0]
 
