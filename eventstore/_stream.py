@@ -9,6 +9,8 @@ stepped as rows are fetched) reads the log once, in one consistent snapshot, as 
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +21,15 @@ from relaybus.eventstore._insert import driver_errors
 _names = itertools.count()
 
 
-def stream_rows(conn: Connection, sql: str, params: tuple[Any, ...] = (), *, batch_size: int = 5000) -> Iterator[Any]:
+def stream_rows(
+    conn: Connection, sql: str, params: tuple[Any, ...] = (), *, batch_size: int = 5000, prefetch: bool = False
+) -> Iterator[Any]:
     """The rows of ``sql`` (driver-level, ``%s`` placeholders on PostgreSQL, ``?`` on SQLite), as the
-    driver's tuples, ``batch_size`` at a time, in ``conn``'s transaction."""
+    driver's tuples, ``batch_size`` at a time, in ``conn``'s transaction.
+
+    ``prefetch`` (PostgreSQL): the next batch is fetched by a thread while the caller works through
+    this one, so the server's time producing rows overlaps the caller's (verify's hashing); the
+    connection is used by that thread alone until the rows are read or the iterator is closed."""
     driver = conn.connection.driver_connection
     assert driver is not None
     if conn.dialect.name == "postgresql":
@@ -32,6 +40,9 @@ def stream_rows(conn: Connection, sql: str, params: tuple[Any, ...] = (), *, bat
     try:
         with driver_errors(conn, sql):  # as SQLAlchemy would raise them, for translate()
             cursor.execute(sql, params)
+        if prefetch and conn.dialect.name == "postgresql":
+            yield from _prefetched(conn, cursor, sql, batch_size)
+            return
         while True:
             with driver_errors(conn, sql):
                 rows = cursor.fetchmany(batch_size)
@@ -40,3 +51,37 @@ def stream_rows(conn: Connection, sql: str, params: tuple[Any, ...] = (), *, bat
             yield from rows
     finally:
         cursor.close()
+
+
+def _prefetched(conn: Connection, cursor: Any, sql: str, batch_size: int) -> Iterator[Any]:
+    batches: queue.Queue[list[Any] | BaseException] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                with driver_errors(conn, sql):
+                    rows = cursor.fetchmany(batch_size)
+                batches.put(rows)
+                if not rows:
+                    return
+        except BaseException as error:  # handed to the reader, raised there
+            batches.put(error)
+
+    fetcher = threading.Thread(target=fetch, name="eventstore-prefetch", daemon=True)
+    fetcher.start()
+    try:
+        while True:
+            rows = batches.get()
+            if isinstance(rows, BaseException):
+                raise rows
+            if not rows:
+                return
+            yield from rows
+    finally:
+        stop.set()
+        while fetcher.is_alive():  # unblock a put on a full queue, then let the fetch in flight end
+            try:
+                batches.get_nowait()
+            except queue.Empty:
+                fetcher.join(0.01)

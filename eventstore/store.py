@@ -475,7 +475,7 @@ class EventStore:
                 yield row
 
         with translate_errors(), self._engine.read() as conn, gc_paused():  # rows hold no cycles (see _gcpause)
-            rows = stream_rows(conn, sql, batch_size=batch_size)
+            rows = stream_rows(conn, sql, batch_size=batch_size, prefetch=True)
             report = integrity.verify_stored(noting_refs(rows), dialect, keys=self.chain_keys, expected=expected)
         checked, findings = self.payloads.verify(referenced)
         return _with_payloads(report, checked, findings)
