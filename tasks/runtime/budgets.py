@@ -14,10 +14,19 @@ from __future__ import annotations
 
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from relaybus.eventstore.types import PIPELINE_STARTED, SAGA_STARTED
-from relaybus.tasks.llm import Budget, BudgetedProvider, Completion, LLMProvider, RedisReservations, Spent
+from relaybus.tasks.llm import (
+    Budget,
+    BudgetedProvider,
+    Completion,
+    CompletionRequest,
+    LLMProvider,
+    RedisReservations,
+    Spent,
+)
 from relaybus.tasks.llm import format_micros as format_micros
 from relaybus.tasks.runtime.config import resources, runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, LLM_REPLAY_HEADER
@@ -95,26 +104,52 @@ def reservations_for(app: Celery) -> RedisReservations | None:
 def budgeted(
     task: Any, request: Any, headers: dict[str, Any], provider: LLMProvider, recorder: Recorder
 ) -> LLMProvider:
-    """``provider`` within the budget of the call's workflow, if it has one (module docstring)."""
+    """``provider`` within the budget of the call's workflow, if it has one (module docstring).
+
+    The budget is looked up at the first call, not here: every task builds its provider chain, most never call
+    it, and a pipeline's entry task runs before its ``pipeline.started`` may be in the log."""
     if headers.get(LLM_REPLAY_HEADER) or getattr(task, "saga_kind", None) == "compensation":
         return provider
     correlation_id = headers.get(CORRELATION_HEADER)
-    ledger = ledger_for(task.app, recorder)
-    if not correlation_id or ledger is None:
-        return provider
-    budget = ledger.budget_of(str(correlation_id))
-    if budget is None:
+    if not correlation_id or ledger_for(task.app, recorder) is None:
         return provider
 
-    def refused(payload: dict[str, Any]) -> None:
-        with recording_guard:
-            recorder.append([records.budget_exceeded(task, request, payload, socket.gethostname())],
-                            task_id=request.id)
+    def build() -> LLMProvider:
+        ledger = ledger_for(task.app, recorder)
+        budget = ledger.budget_of(str(correlation_id)) if ledger is not None else None
+        if ledger is None or budget is None:
+            return provider
 
-    return BudgetedProvider(
-        provider, correlation_id=str(correlation_id), budget=budget, ledger=ledger,
-        reservations=reservations_for(task.app), policy=runtime_config(task.app).budgets, refused=refused,
-    )
+        def refused(payload: dict[str, Any]) -> None:
+            with recording_guard:
+                recorder.append([records.budget_exceeded(task, request, payload, socket.gethostname())],
+                                task_id=request.id)
+
+        return BudgetedProvider(
+            provider, correlation_id=str(correlation_id), budget=budget, ledger=ledger,
+            reservations=reservations_for(task.app), policy=runtime_config(task.app).budgets, refused=refused,
+        )
+
+    return _AtFirstCall(provider, build)
+
+
+class _AtFirstCall:
+    """``inner``, or what ``build`` makes of it, decided when the first request comes."""
+
+    def __init__(self, inner: LLMProvider, build: Callable[[], LLMProvider]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.model = inner.model
+        self._build = build
+        self._chosen: LLMProvider | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(inner={self.inner!r})"
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        if self._chosen is None:
+            self._chosen = self._build()
+        return self._chosen.complete(request)
 
 
 def cost_of(app: Celery, completion: Completion) -> dict[str, Any] | None:
