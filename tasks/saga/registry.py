@@ -37,21 +37,15 @@ def known_sagas(app: Celery) -> list[str]:
 
 def repository(app: Celery) -> SagaRepository:
     """This process's repository on the app's event store (built lazily, rebuilt after a fork)."""
-    from relaybus.eventstore import StoreConfig, open_store
+    from relaybus.eventstore import open_store
+    from relaybus.tasks.runtime.claimcheck import store_config
 
     config = runtime_config(app)
 
     def build() -> SagaRepository:
         _load_modules(app)
-        store = open_store(
-            config.eventstore_url,
-            config=StoreConfig(
-                redact_keys=frozenset(config.redact_keys),
-                redact_patterns=config.redact_patterns,
-                max_payload_bytes=config.max_event_payload_bytes,
-                chain_key_file=config.chain_key_file,
-            ),
-        )
+        # Large step results by reference, not truncated, as in every record (tasks.runtime.claimcheck).
+        store = open_store(config.eventstore_url, config=store_config(config))
         return SagaRepository(store, SAGAS)
 
     repo: SagaRepository = resources().get(f"sagas:{config.eventstore_url}", build)
