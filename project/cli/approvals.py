@@ -32,10 +32,11 @@ def approvals() -> None:
 
 
 @approvals.command("list")
-@click.option("--status", type=click.Choice(STATUSES), default="pending", show_default=True)
+@click.option("--status", type=click.Choice(STATUSES), default="pending", show_default=True,
+              help="Only approvals in this status.")
 @click.option("--all", "every", is_flag=True, help="Every status.")
 @click.option("--workflow", default=None, help="Only this workflow's (correlation id).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many.")
 @json_option
 def approvals_list(status: str, every: bool, workflow: str | None, limit: int, as_json: bool) -> None:
     """Approvals, newest request first (pending ones by default)."""

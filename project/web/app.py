@@ -198,9 +198,8 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         return response
 
     def approvals(request: Request) -> Response:
-        found = store.approvals.find(limit=200)
-        pending = [a for a in found if a.status == "pending"]
-        decided = [a for a in found if a.status != "pending"][:50]
+        pending = store.approvals.find(status="pending", limit=500)
+        decided = [a for a in store.approvals.find(limit=100) if a.status != "pending"][:50]
         return render(request, "approvals.html", pending=pending, decided=decided, basic_user=auth.basic_user,
                       message=request.query_params.get("done"), error=request.query_params.get("error"))
 
