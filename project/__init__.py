@@ -55,7 +55,7 @@ if TYPE_CHECKING:
         TransientError,
         UnknownPipeline,
     )
-    from relaybus.tasks.llm import LLMProvider, complete
+    from relaybus.tasks.llm import Budget, BudgetExceeded, LLMProvider, complete
     from relaybus.tasks.pipelines.client import PipelineHandle, start
     from relaybus.tasks.pipelines.definition import Pipeline, StepInput
     from relaybus.tasks.pipelines.registry import PipelineOutcome, declared
@@ -108,6 +108,9 @@ _EXPORTS = {
     "start_saga": "relaybus.tasks.saga",
     "saga_status": "relaybus.tasks.saga",
     "wait_for_saga": "relaybus.tasks.saga",
+    # Budgets: what a pipeline's or saga's LLM calls may spend (start(..., budget=...))
+    "Budget": "relaybus.tasks.llm",
+    "BudgetExceeded": "relaybus.tasks.llm",
     # Human approval: decide what a workflow waits for
     "approve": "relaybus.tasks.approvals",
     "reject": "relaybus.tasks.approvals",
