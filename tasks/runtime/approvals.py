@@ -31,6 +31,7 @@ from celery import Celery
 
 from relaybus.eventstore import EventStore, NewEvent
 from relaybus.eventstore.approvals import (
+    APPROVAL_EXPIRED,
     APPROVAL_REQUESTED,
     DECISION_TYPES,
     Approval,
@@ -217,16 +218,28 @@ def carry_out(app: Celery, row: Approval) -> None:
         resumer.refused(app, row, event_id)
 
 
+#: How many of the newest expired approvals each sweep checks for a decision its record never followed.
+HEAL_EXPIRED = 100
+
+
 def expire_due(app: Celery, *, now: datetime | None = None) -> tuple[list[str], dict[str, str]]:
     """End every pending approval past its deadline as expired; ``(expired ids, errors by id)``.
 
     The expiry is the same conditional UPDATE as a decision, so an approval expired here cannot be
-    approved afterwards, nor one approved in time expire.
+    approved afterwards, nor one approved in time expire. An expiry whose record is missing from the log
+    (the sweep died between the row and the record) is carried out again by the next sweep.
     """
     now = now or datetime.now(UTC)
     store = approval_store(app)
     expired: list[str] = []
     errors: dict[str, str] = {}
+    for row in store.approvals.find(status="expired", limit=HEAL_EXPIRED):
+        if store.get(record_id(row.id, APPROVAL_EXPIRED)) is None:
+            try:
+                carry_out(app, row)
+                expired.append(row.id)
+            except Exception as error:
+                errors[row.id] = f"{type(error).__name__}: {error}"
     for row in store.approvals.due(now):
         try:
             reason = f"no decision by {row.deadline.isoformat(timespec='seconds')}"

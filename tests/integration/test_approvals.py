@@ -175,6 +175,21 @@ def test_a_missed_deadline_is_expired_by_the_sweep_and_cannot_be_approved_afterw
     assert json.loads(cli(system, "sweep", "--json").stdout)["pipelines"]["approvals_expired"] == []
 
 
+def test_an_expiry_whose_sweep_died_before_recording_it_is_carried_out_by_the_next_sweep(system):
+    from relaybus.tasks.runtime.approvals import approval_store
+
+    handle = probe(system, "approval-hurry")
+    approval = pending_of(system, handle.id)
+    wait_for(lambda: approval.deadline < datetime.now(UTC), 10, 0.1, "the deadline to pass")
+    # What a sweep killed right after its UPDATE leaves: the row expired, no record, the pipeline parked.
+    assert approval_store(system.app).approvals.decide(approval.id, "expired", by="relaybus.sweep", reason="x",
+                                                       now=datetime.now(UTC))
+    report = json.loads(cli(system, "sweep", "--json").stdout)
+    assert approval.id in report["pipelines"]["approvals_expired"], report
+    assert handle.wait(30).reason.startswith("approval-expired")  # type: ignore[union-attr]
+    assert json.loads(cli(system, "sweep", "--json").stdout)["pipelines"]["approvals_expired"] == []
+
+
 def test_a_rejected_saga_approval_compensates_the_completed_steps_last_first(system):
     saga_id = start_saga("approval_content", {"topic": "durable approvals"}, app=system.app)
     approval = pending_of(system, saga_id)
