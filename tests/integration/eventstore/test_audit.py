@@ -47,7 +47,7 @@ def test_find_filters_by_exact_type_glob_agent_status_correlation_and_time(audit
         return [e.type for e in audited.find(**filters)]  # type: ignore[arg-type]
 
     assert types_of(type="task.started", agent="researcher") == ["task.started", "task.started"]
-    assert set(types_of(type="task.*")) == types.TASK_TYPES - {"task.revoked", "task.rejected"}
+    assert set(types_of(type="task.*")) == types.TASK_TYPES - {"task.revoked", "task.rejected", "task.deferred"}
     assert types_of(type="workflow.*") == ["workflow.started", "workflow.failed"]
     assert types_of(type="*.failed") == ["task.failed", "workflow.failed"]
     assert types_of(status="dead_lettered") == ["task.dead_lettered"]
