@@ -285,12 +285,17 @@ def _delivery(request: Any) -> str:
 
 def deferrals_of(request: Any) -> int:
     """How many times the task of ``request`` was deferred before this delivery."""
-    value = getattr(request, DEFERRALS_HEADER, None) or dict(getattr(request, "headers", None) or {}).get(DEFERRALS_HEADER)
+    value = getattr(request, DEFERRALS_HEADER, None) or _headers(request).get(DEFERRALS_HEADER)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _redrive(request: Any) -> Any:
-    return getattr(request, REDRIVE_HEADER, None) or dict(getattr(request, "headers", None) or {}).get(REDRIVE_HEADER) or 0
+    return getattr(request, REDRIVE_HEADER, None) or _headers(request).get(REDRIVE_HEADER) or 0
+
+
+def _headers(request: Any) -> dict[str, Any]:
+    """The message headers of ``request``; none for a request without them (a stand-in, a direct call)."""
+    return dict(getattr(request, "headers", None) or {})
 
 
 def _error_payload(error: BaseException) -> dict[str, Any]:
