@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,6 +69,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: Any
+    #: When the request arrived (``time.monotonic()``): the rate-limit test counts requests per window.
+    arrived: float = 0.0
 
 
 def sse_chunks(body: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
@@ -109,6 +112,7 @@ class FakeOpenAI:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                arrived = time.monotonic()
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 try:
                     body: Any = json.loads(raw)
@@ -116,7 +120,7 @@ class FakeOpenAI:
                     body = raw
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with fake._lock:
-                    fake.received.append(Received(self.path, headers, body))
+                    fake.received.append(Received(self.path, headers, body, arrived))
                     reply = fake.replies.pop(0) if fake.replies else fake.default
                 if self.path != COMPLETION_PATH:
                     reply = Reply(404, openai_error(f"no route {self.path}"))
@@ -186,3 +190,16 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
+
+
+def serving(default: Reply | None = None) -> Iterator[FakeOpenAI]:
+    """A started fake, stopped after (a fixture's body: ``yield from serving()``); ``default`` answers
+    every request that has no scripted reply."""
+    server = FakeOpenAI()
+    if default is not None:
+        server.default = default
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

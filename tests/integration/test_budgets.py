@@ -26,7 +26,7 @@ from relaybus.tasks.saga import start_saga, wait_for_saga
 from relaybus.web.counting import Counters
 from relaybus.web.metrics import exposition
 from relaybus.web.pages import llm_calls
-from tests.fake_openai import FakeOpenAI, Reply, chat_completion
+from tests.fake_openai import FakeOpenAI, Reply, chat_completion, serving
 from tests.harness import ROOT, make_settings
 
 pytestmark = pytest.mark.timeout(90)
@@ -38,11 +38,7 @@ PRICES = {"fake-model": Price(prompt_per_1k=Decimal("0.15"), completion_per_1k=D
 
 @pytest.fixture
 def fake_openai() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    server.default = Reply(body=chat_completion(text="ok", model="fake-model", usage=(11, 5)))
-    server.start()
-    yield server
-    server.stop()
+    yield from serving(Reply(body=chat_completion(text="ok", model="fake-model", usage=(11, 5))))
 
 
 @pytest.fixture

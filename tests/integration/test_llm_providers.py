@@ -10,7 +10,7 @@ import pytest
 from relaybus.eventstore import open_store
 from relaybus.tasks.llm import ProviderConfig
 from relaybus.tasks.runtime.context import workflow_context
-from tests.fake_openai import FakeOpenAI, Reply, chat_completion
+from tests.fake_openai import FakeOpenAI, Reply, chat_completion, serving
 from tests.harness import make_settings
 
 pytestmark = pytest.mark.integration
@@ -18,12 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving()
 
 
 @pytest.fixture

@@ -9,16 +9,13 @@ steps are deferred completes; a limiter whose Redis is away defers its calls unt
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import socketserver
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +28,7 @@ from relaybus.settings import Settings
 from relaybus.tasks.agents.pipeline_models import ResearchRequest
 from relaybus.tasks.llm import RateLimit
 from relaybus.tasks.pipelines.client import start
+from tests.fake_openai import FakeOpenAI, Reply, chat_completion, serving
 from tests.harness import ROOT, delete_namespace, make_app, make_settings, wait_for
 from tests.integration.system import running_system, system_settings
 
@@ -39,48 +37,6 @@ pytestmark = pytest.mark.timeout(120)
 LIMIT = 4
 PERIOD_S = 1.0
 NORMAL_TASKS = 12
-
-
-class FakeOpenAI:
-    """A stdlib OpenAI-compatible server that notes when each chat completion arrived (monotonic seconds)."""
-
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[float, str]] = []
-        lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                arrived = time.monotonic()
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                with lock:
-                    fake.arrivals.append((arrived, body["messages"][-1]["content"]))
-                data = json.dumps({
-                    "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def most_in_any_window(times: list[float], period_s: float) -> int:
@@ -96,9 +52,12 @@ def most_in_any_window(times: list[float], period_s: float) -> int:
 
 @pytest.fixture
 def fake_openai() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    yield server
-    server.close()
+    yield from serving(Reply(body=chat_completion(text="ok", model="fake-model", usage=(9, 1))))
+
+
+def arrivals_at(fake: FakeOpenAI) -> list[tuple[float, str]]:
+    """When each chat completion reached the server (monotonic seconds), and the question it asked."""
+    return [(r.arrived, r.body["messages"][-1]["content"]) for r in fake.received]
 
 
 @pytest.fixture
@@ -130,7 +89,7 @@ def test_four_workers_never_exceed_the_limit_in_any_window_and_stats_show_the_wa
         results = [r.get(timeout=60) for r in [*normal, urgent]]
 
         assert all(r["attempt"] == 1 for r in results), "a deferral must not use a retry"
-        arrivals = [at for at, _ in fake_openai.arrivals]
+        arrivals = [at for at, _ in arrivals_at(fake_openai)]
         assert len(arrivals) == NORMAL_TASKS + 1, "each task called the provider once"
         observed = most_in_any_window(arrivals, PERIOD_S)
         ordered = sorted(arrivals)
@@ -257,10 +216,10 @@ def test_an_unreachable_limiter_defers_without_losing_the_task_or_a_retry_until_
 
         deferred = wait_for(unavailable, 30, 0.05, "two deferrals while the limiter is away")
         assert all(e.payload["reason"] == "limiter-unavailable" for e in deferred)
-        assert fake_openai.arrivals == [], "closed: nothing reaches the provider unlimited"
+        assert arrivals_at(fake_openai) == [], "closed: nothing reaches the provider unlimited"
         late.open()
         assert result.get(timeout=30)["attempt"] == 1, "waiting for the limiter used no retry"
-        assert len(fake_openai.arrivals) == 1
+        assert len(arrivals_at(fake_openai)) == 1
         assert store.find(type="task.retried", task_id=result.id, limit=10) == []
     finally:
         store.close()
@@ -287,7 +246,7 @@ def test_an_agent_making_more_calls_than_a_window_allows_finishes_without_asking
         start_worker("chatty", settings=settings, wait=False).wait_ready(app)
         result = app.tasks["agents.chatty"].apply_async(kwargs={"steps": 5})
         assert len(result.get(timeout=30)["answers"]) == 5
-        asked = sorted(text for _, text in fake_openai.arrivals)
+        asked = sorted(text for _, text in arrivals_at(fake_openai))
         assert asked == [f"step {i}" for i in range(5)], "each call reached the provider once"
         assert len(store.find(type="task.deferred", task_id=result.id, limit=100)) >= 2
         assert len(store.find(type="llm.completed", task_id=result.id, limit=100)) == 5, "and was recorded once"

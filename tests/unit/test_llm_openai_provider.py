@@ -31,7 +31,7 @@ from relaybus.tasks.llm import (
     build_provider,
     complete,
 )
-from tests.fake_openai import COMPLETION_PATH, FakeOpenAI, Reply, chat_completion, openai_error
+from tests.fake_openai import COMPLETION_PATH, FakeOpenAI, Reply, chat_completion, openai_error, serving
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,12 +40,7 @@ API_KEY = "sk-relaybus-test-9f8e7d6c5b4a"
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving()
 
 
 @pytest.fixture(params=[False, True], ids=["body", "streamed"])

@@ -23,7 +23,7 @@ from relaybus.tasks.llm import (
     ToolCall,
     complete,
 )
-from tests.fake_openai import FakeOpenAI, Reply, chat_completion, sse_chunks, tool_call
+from tests.fake_openai import FakeOpenAI, Reply, chat_completion, serving, sse_chunks, tool_call
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,12 +37,7 @@ CALLS = [tool_call("call_1", "weather", '{"city": "Lyon"}'), tool_call("call_2",
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serving()
 
 
 def provider(fake: FakeOpenAI, stream: bool) -> OpenAICompatibleProvider:
