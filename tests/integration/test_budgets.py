@@ -136,11 +136,10 @@ def test_a_saga_whose_step_is_refused_over_its_cost_budget_compensates_last_firs
     assert sum(e.payload["cost"]["micros"] for e in events if e.type == "llm.completed") == 4 * CALL_MICROS
 
 
+@pytest.mark.parametrize("eventstore_url", ["sqlite"], indirect=True)  # the same on both logs
 def test_concurrent_branches_of_a_chord_do_not_spend_past_the_budget(
     settings: Settings, app: Celery, start_worker: Any, fake_openai: FakeOpenAI, eventstore_url: str
 ) -> None:
-    if not eventstore_url.startswith("sqlite"):
-        pytest.skip("the reservation is the same on both logs; one run is enough")
     start_worker("system", "spender", "gatherer", concurrency=4)
     # Four branches at once, 20 tokens estimated each: a budget of 50 lets two in, whatever the timing.
     handle = start("budget-fan", {"text": "go"}, budget={"tokens": 50}, app=app)
@@ -153,11 +152,10 @@ def test_concurrent_branches_of_a_chord_do_not_spend_past_the_budget(
     assert len(fake_openai.received) == 2
 
 
+@pytest.mark.parametrize("eventstore_url", ["sqlite"], indirect=True)  # the same on both logs
 def test_without_reservations_each_concurrent_branch_overshoots_by_at_most_its_one_call(
     settings: Settings, app: Celery, start_worker: Any, fake_openai: FakeOpenAI, eventstore_url: str
 ) -> None:
-    if not eventstore_url.startswith("sqlite"):
-        pytest.skip("the fallback is the same on both logs; one run is enough")
     # The reservations' Redis is unreachable: every check reads the log alone (README, Budgets).
     away = settings.model_copy(update={"llm_budget_redis_url": "redis://127.0.0.1:1/0"})
     start_worker("system", "spender", "gatherer", concurrency=4, settings=away)
