@@ -32,6 +32,7 @@ read, not the absolute figures.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -271,13 +272,24 @@ burst of load from elsewhere on the machine falls on every store alike."""
 
 
 def _timed_blocks(actions: dict[str, list[Callable[[], Any]]]) -> dict[str, float]:
-    """Run the stores' blocks in turns (block i of every store, then block i + 1...); seconds per store."""
+    """Run the stores' blocks in turns (block i of every store, then block i + 1...); seconds per store.
+
+    The garbage collector is settled before each block, untimed (``gc.collect``, the bench's own
+    event lists frozen out of it first): collections are triggered by allocation counts, so otherwise
+    a store that allocates, or pauses the collector (relaybus does, around batches), leaves collections
+    due that the next store's block pays for, and a full collection walks this process's large heap."""
     seconds = dict.fromkeys(actions, 0.0)
-    for i in range(max(len(blocks) for blocks in actions.values())):
-        for name, blocks in actions.items():
-            if i < len(blocks):
-                _, took = _timed(blocks[i])
-                seconds[name] += took
+    gc.collect()
+    gc.freeze()
+    try:
+        for i in range(max(len(blocks) for blocks in actions.values())):
+            for name, blocks in actions.items():
+                if i < len(blocks):
+                    gc.collect()
+                    _, took = _timed(blocks[i])
+                    seconds[name] += took
+    finally:
+        gc.unfreeze()
     return seconds
 
 
