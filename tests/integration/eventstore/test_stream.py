@@ -33,9 +33,8 @@ def test_a_prefetching_stream_closed_early_leaves_the_connection_usable(store: E
     assert store.verify().ok
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # SQLite divides by zero without an error
 def test_a_failing_fetch_raises_in_the_reader(store: EventStore) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("SQLite divides by zero without an error; prefetching is PostgreSQL's")
     _fill(store, 10)
     # Division by zero at the eighth row: the first fetch (5 rows) succeeds, the second fails in the thread.
     sql = "SELECT 1 / (8 - position) FROM events ORDER BY position"
