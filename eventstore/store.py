@@ -33,19 +33,15 @@ from sqlalchemy import (
     String,
     any_,
     bindparam,
-    false,
     func,
     literal_column,
     select,
-    text,
-    type_coerce,
-    union_all,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL
 
-from relaybus.eventstore import integrity, queries, replay, usage
+from relaybus.eventstore import _audit, integrity, queries, replay, usage
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
 from relaybus.eventstore._heads import Head, HeadCache
@@ -386,58 +382,18 @@ class EventStore:
         """Events matching every given filter (see :func:`queries.find_conditions`), in position order.
 
         Page forwards with ``after_position`` (the last position seen), backwards with
-        ``newest_first=True`` and ``before_position``.
-        """
+        ``newest_first=True`` and ``before_position`` (:func:`_audit.find`)."""
         with translate_errors(), self._engine.read() as conn:
-            types = None
-            if queries.needs_type_list(type, status):
-                types = queries.matching_types(type, status, known_types(conn))
-            where = queries.find_conditions(
-                agent=agent,
-                correlation_id=correlation_id,
-                stream_id=stream_id,
-                task_id=task_id,
-                since=since,
-                until=until,
-                type=None if types is not None else type,
+            return _audit.find(
+                conn, type=type, agent=agent, status=status, correlation_id=correlation_id, stream_id=stream_id,
+                task_id=task_id, since=since, until=until, after_position=after_position,
+                before_position=before_position, limit=limit, newest_first=newest_first,
             )
-            # position > 0 is left out: SQLite would take it as a reason to walk the log in position order.
-            if after_position > 0:
-                where = where & (events.c.position > after_position)
-            if before_position is not None:
-                where = where & (events.c.position < before_position)
-            order = events.c.position.desc() if newest_first else events.c.position
-            if types is not None and len(types) != 1:
-                where = where & _first_of_each_type(where, types, order, limit)
-            elif types is not None:
-                where = where & (events.c.type == types[0])
-            if (since is not None or until is not None) and _narrow_time_range(conn, since, until):
-                where = _first_in_time_range(where, newest_first, limit)
-            query = select_events(self.dialect).where(where).order_by(order).limit(limit)
-            return to_events(conn.execute(query), conn.dialect.name)
 
     def agent_stats(self, since: datetime | None = None, until: datetime | None = None) -> list[queries.AgentStats]:
         """Per-agent counts, failures and p50/p95 run time and queue wait, over task events in range."""
-        # Times as stored (SQLite: text) and parsed here, rows as plain tuples: a busy hour is thousands of rows.
-        occurred_at = type_coerce(events.c.occurred_at, String()) if self.dialect == "sqlite" else events.c.occurred_at
-        columns = (
-            events.c.position,
-            events.c.type,
-            events.c.task_id,
-            events.c.agent,
-            events.c.queue,
-            events.c.attempt,
-            occurred_at.label("occurred_at"),
-        )
         with translate_errors(), self._engine.read() as conn:
-            types = queries.matching_types("task.*", None, known_types(conn))
-            where = queries.find_conditions(since=since, until=until, types=types)
-            # No ORDER BY: sorting by position in SQL has SQLite walk the whole log in position order (400 ms at
-            # 1 M events for an empty window) instead of the (occurred_at, type) range; a window's rows sort here.
-            query = select(*columns).where(where, events.c.task_id.is_not(None))
-            rows = sorted(conn.execute(query).all(), key=lambda row: int(row[0]))
-        parse = _sqlite_parsed_time if self.dialect == "sqlite" else _utc
-        return queries.stats_of_events(_TaskRow(*row[:6], parse(row[6])) for row in rows)
+            return _audit.agent_stats(conn, since, until)
 
     def rate_limit_waits(
         self, since: datetime | None = None, until: datetime | None = None
@@ -533,26 +489,6 @@ def _linker(keys: ChainKeys | None) -> tuple[str, Callable[[int, str], str]]:
     return key_id, keyed
 
 
-class _TaskRow(NamedTuple):
-    """What :func:`queries.stats_of_events` reads of an event."""
-
-    position: int
-    type: str
-    task_id: str | None
-    agent: str | None
-    queue: str | None
-    attempt: int | None
-    occurred_at: datetime
-
-
-def _sqlite_parsed_time(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is UTC else value.astimezone(UTC)
-
-
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
@@ -576,69 +512,6 @@ def _stored(conn: Connection, event_ids: set[str]) -> dict[str, RecordedEvent]:
     dialect = conn.dialect.name
     query = select_events(dialect).where(_member_of(events.c.event_id, event_ids, dialect))
     return {event.event_id: event for event in to_events(conn.execute(query), dialect)}
-
-
-def _first_of_each_type(
-    where: ColumnElement[bool], types: Sequence[str], order: ColumnElement[Any], limit: int
-) -> ColumnElement[bool]:
-    """``position IN`` the first ``limit`` matches of each type, each read in order from the type index.
-
-    For several types (a glob, a status): ``type IN (...) ORDER BY position LIMIT n`` would have the
-    planner either read every row of those types and sort them, or walk the log in position order
-    until n match, which is the whole log when they are rare; this reads at most n per type.
-    """
-    if not types:
-        return false()
-    branches = [
-        select(events.c.position).where(where, events.c.type == name).order_by(order).limit(limit).subquery()
-        for name in types
-    ]
-    return events.c.position.in_(union_all(*(select(branch.c.position) for branch in branches)))
-
-
-NARROW_TIME_RANGE = 20_000
-"""A time range with at most this many events is read whole and sorted by position (PostgreSQL): an
-hour of a busy log (7,000 events in the scale bench at 5 M) is read in a few milliseconds."""
-
-
-def _narrow_time_range(conn: Connection, since: datetime | None, until: datetime | None) -> bool:
-    """PostgreSQL: whether ``[since, until)`` holds at most :data:`NARROW_TIME_RANGE` events.
-
-    Times and positions rise together in a log, but the planner takes them as independent: for
-    ``occurred_at`` in a range ``ORDER BY position LIMIT n`` it walks the log in position order
-    expecting matches all along, and reads everything before the range (75 ms for an hour in the
-    middle of 5 M events). A range known to be narrow is read from the time index instead. The
-    count is capped, and read in time order so the time index answers it. SQLite plans this well.
-    """
-    if conn.dialect.name != "postgresql":
-        return False
-    in_range = queries.find_conditions(since=since, until=until)
-    capped = select(events.c.occurred_at).where(in_range).order_by(events.c.occurred_at).limit(NARROW_TIME_RANGE + 1)
-    return int(conn.execute(select(func.count()).select_from(capped.subquery())).scalar_one()) <= NARROW_TIME_RANGE
-
-
-def _first_in_time_range(where: ColumnElement[bool], newest_first: bool, limit: int) -> ColumnElement[bool]:
-    """``position IN`` the first ``limit`` positions matching ``where``, all matches read first (OFFSET 0
-    keeps PostgreSQL from pushing the order and limit into the scan), then sorted."""
-    matches = select(events.c.position).where(where).offset(0).subquery()
-    order = matches.c.position.desc() if newest_first else matches.c.position
-    return events.c.position.in_(select(matches.c.position).order_by(order).limit(limit))
-
-
-_KNOWN_TYPES = text(
-    "WITH RECURSIVE t(type) AS ("
-    " SELECT (SELECT min(type) FROM events)"
-    " UNION ALL"
-    " SELECT (SELECT min(e.type) FROM events AS e WHERE e.type > t.type) FROM t WHERE t.type IS NOT NULL"
-    ") SELECT type FROM t WHERE type IS NOT NULL"
-)
-"""Every distinct type, one probe of the type index per type (a loose index scan: a log holds a few dozen
-types however many events, and neither database skips through an index for ``SELECT DISTINCT``)."""
-
-
-def known_types(conn: Connection) -> list[str]:
-    """Every event type in the log (for :func:`queries.find_conditions`)."""
-    return [row[0] for row in conn.execute(_KNOWN_TYPES)]
 
 
 def open_store(

@@ -105,7 +105,7 @@ def test_a_pattern_over_several_types_pages_in_position_order_with_the_limit_acr
 def test_a_time_range_pages_in_position_order_whether_read_from_the_time_index_or_not(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from relaybus.eventstore import store as store_module
+    from relaybus.eventstore import _audit as store_module
 
     # Times out of position order (clocks of several hosts): the range's matches are not a run of positions.
     store.append([NewEvent(stream_id=f"s{i % 4}", type="t", occurred_at=at((i * 7) % 30)) for i in range(60)])
