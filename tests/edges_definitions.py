@@ -1,0 +1,24 @@
+"""Pipelines for the edge tests of deferral, approvals and claim checks (tests/chaos/test_*_edge*.py).
+
+Workers import this module (``RELAYBUS_EXTRA_MODULES``), with ``tests.agents`` and ``tests.limited_agents``.
+
+* ``edge-ask``: one ``asker`` step (one LLM call), so a deferred step is the pipeline's only work.
+* ``edge-park``: probe, an approval (alice, ten minutes), probe again: a pipeline parked on a person.
+"""
+
+from __future__ import annotations
+
+from relaybus.tasks.pipelines.definition import Pipeline
+from tests.agents import ProbeInput
+from tests.limited_agents import Question
+
+
+def _after(s: object) -> dict[str, str]:
+    return {"key": s.run.key, "label": "after"}  # type: ignore[attr-defined]
+
+
+ask: Pipeline[Question] = Pipeline("edge-ask", input=Question, description="one LLM call")
+ask.step("asker")
+
+park: Pipeline[ProbeInput] = Pipeline("edge-park", input=ProbeInput, description="probe, ask alice, probe")
+park.step("probe").approval("sign_off", approvers=("alice",), timeout_s=600).step("probe", name="after", input=_after)
