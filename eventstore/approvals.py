@@ -118,9 +118,7 @@ class ApprovalTable:
             row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).first()
         return _approval(row) if row is not None else None
 
-    def find(
-        self, *, status: Status | None = None, workflow: str | None = None, limit: int = 100
-    ) -> list[Approval]:
+    def find(self, *, status: Status | None = None, workflow: str | None = None, limit: int = 100) -> list[Approval]:
         """Newest requests first."""
         query = select(approvals).order_by(approvals.c.requested_at.desc(), approvals.c.id).limit(limit)
         if status is not None:
@@ -137,8 +135,24 @@ class ApprovalTable:
         statement = (
             update(approvals)
             .where(and_(approvals.c.id == approval_id, approvals.c.status == "pending", in_time))
-            .values(status=status, decided_by=by, decided_at=now,
-                    reason=self._redactor.redact_text(reason) if reason else None)
+            .values(
+                status=status,
+                decided_by=by,
+                decided_at=now,
+                reason=self._redactor.redact_text(reason) if reason else None,
+            )
+        )
+        with translate_errors(), self._engine.write() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def close(self, approval_id: str, *, by: str, reason: str, now: datetime) -> bool:
+        """End a pending request ``expired`` whatever its deadline (its workflow ended without it): True if this
+        call made the change, False if it was decided already. The same conditional UPDATE as a decision, so
+        a person deciding at the same moment either wins (and this call changes nothing) or finds it closed."""
+        statement = (
+            update(approvals)
+            .where(and_(approvals.c.id == approval_id, approvals.c.status == "pending"))
+            .values(status="expired", decided_by=by, decided_at=now, reason=self._redactor.redact_text(reason))
         )
         with translate_errors(), self._engine.write() as conn:
             return conn.execute(statement).rowcount == 1
@@ -159,7 +173,7 @@ class ApprovalTable:
         ids = list(set(workflows))
         found: set[str] = set()
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             query = select(approvals.c.workflow).where(
                 and_(approvals.c.status == "pending", approvals.c.workflow.in_(chunk))
             )

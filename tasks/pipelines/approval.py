@@ -24,8 +24,8 @@ from relaybus.eventstore.approvals import Approval
 from relaybus.tasks.bus.bus import publish
 from relaybus.tasks.bus.events import Event, derived_id, registry
 from relaybus.tasks.errors import ApprovalError
-from relaybus.tasks.pipelines.outcomes import fail_on_error
-from relaybus.tasks.pipelines.registry import PipelineFailed
+from relaybus.tasks.pipelines.outcomes import fail_on_error, log_store, record_id
+from relaybus.tasks.pipelines.registry import PIPELINE_COMPLETED, PipelineFailed
 from relaybus.tasks.runtime.approvals import approval_id_for, refusal_reason, register_resumer, request_approval
 from relaybus.tasks.runtime.context import CORRELATION_HEADER
 from relaybus.tasks.runtime.task import AgentContext
@@ -54,6 +54,12 @@ class PipelineResumer:
                     causation_id=event_id, event_id=resume_id)
         else:
             raise ApprovalError(f"approval {approval.id}: unknown resume action {action.get('action')!r}")
+
+    def ended(self, app: Celery, approval: Approval) -> str | None:
+        """The pipeline's outcome record type, if it has one (one id per pipeline: one lookup)."""
+        store = log_store(app)
+        kept = store.get(record_id(approval.workflow, PIPELINE_COMPLETED)) if store is not None else None
+        return kept.type if kept is not None else None
 
     def refused(self, app: Celery, approval: Approval, event_id: str) -> None:
         failed = PipelineFailed(pipeline=approval.resume["pipeline"], reason=refusal_reason(approval),

@@ -8,10 +8,19 @@
     decide(app, approval_id, "approved", by="alice", reason="looks right")
         -> conditional UPDATE (one decision wins) -> ``approval.granted`` -> the resumer sends the next step
     expire_due(app)          (the workflow sweep, beat) -> ``approval.expired`` -> the failure path
+    close_pending(app, workflow, why)   (its workflow ended another way) -> ``approval.expired``, nothing resumed
 
 Nothing waits in a worker: the request is a row, the decision another process's call. How a decision
 resumes a workflow depends on its kind: the pipeline and saga packages register a :class:`Resumer`
 (``tasks.pipelines.approval``, ``tasks.saga.approval``) when they are imported; this module knows neither.
+
+**A workflow that ended closes its approvals.** A pipeline can end while one of its approvals is pending (it
+timed out, then a late step parked it; another branch failed or was revoked): a person approving afterwards
+would resume a workflow that has ended, and its steps would run after its outcome. So its outcome closes
+every approval still pending (:func:`close_pending`, called where the outcome is recorded), and a request
+made after the outcome is closed as it is made (the resumer's ``ended``). Either the outcome's closing sees
+the row, or the request sees the outcome: both are committed before each looks. Closed is ``expired`` by
+:data:`ENDED_PRINCIPAL`, recorded ``approval.expired``; nothing is resumed (the workflow has its outcome).
 
 Every record carries the workflow's correlation id; a decision's causation is its request's record.
 Ids are derived from the approval's id, so a decision carried out again (the decider retrying after a
@@ -42,6 +51,8 @@ from relaybus.tasks.runtime.config import runtime_config
 
 #: Who an expiry is recorded as decided by.
 SWEEP_PRINCIPAL = "relaybus.sweep"
+#: Who an approval closed because its workflow ended is recorded as decided by.
+ENDED_PRINCIPAL = "relaybus.workflow-ended"
 _IDS = uuid.UUID("4f0c2d8e-7b1a-4c55-9e3f-2a6d1b8c9e70")
 
 
@@ -53,6 +64,13 @@ class Resumer(Protocol):
 
     def refused(self, app: Celery, approval: Approval, event_id: str) -> None:
         """Rejected or expired (``approval.status``): take the workflow's failure or compensation path."""
+
+
+class EndAware(Protocol):
+    """A resumer that can tell whether an approval's workflow has ended (optional: ``ended`` is looked up)."""
+
+    def ended(self, app: Celery, approval: Approval) -> str | None:
+        """How the workflow of ``approval`` ended (``pipeline.timed_out``...), or None while it runs."""
 
 
 _RESUMERS: dict[str, Resumer] = {}
@@ -79,8 +97,15 @@ def approval_store(app: Celery) -> EventStore:
     return store
 
 
-def _record(app: Celery, type_: str, approval: Approval, payload: dict[str, Any], *,
-            causation_id: str | None, task_id: str | None = None) -> str:
+def _record(
+    app: Celery,
+    type_: str,
+    approval: Approval,
+    payload: dict[str, Any],
+    *,
+    causation_id: str | None,
+    task_id: str | None = None,
+) -> str:
     event_id = record_id(approval.id, type_)
     recording.recorder_for(app).append(
         [
@@ -93,8 +118,12 @@ def _record(app: Celery, type_: str, approval: Approval, payload: dict[str, Any]
                 task_id=task_id,
                 agent="system",
                 worker_host=socket.gethostname(),
-                payload={"approval_id": approval.id, "workflow_kind": approval.workflow_kind, "step": approval.step,
-                         **payload},
+                payload={
+                    "approval_id": approval.id,
+                    "workflow_kind": approval.workflow_kind,
+                    "step": approval.step,
+                    **payload,
+                },
             )
         ]
     )
@@ -127,17 +156,56 @@ def request_approval(
     store = approval_store(app)
     now = datetime.now(UTC)
     row = Approval(
-        id=approval_id, workflow=workflow, workflow_kind=kind, step=step, subject=dict(subject),
-        approvers=approvers, requested_at=now, deadline=now + timedelta(seconds=timeout_s), resume=dict(resume),
+        id=approval_id,
+        workflow=workflow,
+        workflow_kind=kind,
+        step=step,
+        subject=dict(subject),
+        approvers=approvers,
+        requested_at=now,
+        deadline=now + timedelta(seconds=timeout_s),
+        resume=dict(resume),
         requested_event_id=record_id(approval_id, APPROVAL_REQUESTED),
     )
     stored, _ = store.approvals.request(row)
     _record(
-        app, APPROVAL_REQUESTED, stored,
+        app,
+        APPROVAL_REQUESTED,
+        stored,
         {"subject": stored.subject, "approvers": list(stored.approvers), "deadline": stored.deadline.isoformat()},
-        causation_id=causation_id, task_id=task_id,
+        causation_id=causation_id,
+        task_id=task_id,
     )
+    if stored.status == "pending":
+        ended = _ended(app, stored)
+        if ended is not None:  # a late step parked a workflow that has its outcome: nobody may resume it
+            return _close(app, stored, f"its {kind} had already ended ({ended}) when the approval was requested")
     return stored
+
+
+def _ended(app: Celery, row: Approval) -> str | None:
+    ended = getattr(_RESUMERS.get(row.workflow_kind), "ended", None)
+    return ended(app, row) if ended is not None else None
+
+
+def close_pending(app: Celery, workflow: str, why: str) -> list[str]:
+    """Close every approval of ``workflow`` still pending (its workflow ended ``why``); the ids closed.
+    Idempotent: a closed approval is not pending any more; its record has one id."""
+    closed = []
+    for row in approval_store(app).approvals.find(status="pending", workflow=workflow, limit=1000):
+        if _close(app, row, f"its {row.workflow_kind} ended before a decision: {why}").status == "expired":
+            closed.append(row.id)
+    return closed
+
+
+def _close(app: Celery, row: Approval, reason: str) -> Approval:
+    """Close ``row`` (row, then ``approval.expired``) unless a decision came first; the row as it stands."""
+    store = approval_store(app)
+    if store.approvals.close(row.id, by=ENDED_PRINCIPAL, reason=reason, now=datetime.now(UTC)):
+        closed = get_approval(app, row.id)
+        carry_out(app, closed)
+        return closed
+    return get_approval(app, row.id)
 
 
 def get_approval(app: Celery, approval_id: str) -> Approval:
@@ -181,7 +249,8 @@ def decide(
         if after.status == "pending":
             raise AlreadyDecided(
                 f"approval {approval_id} missed its deadline ({after.deadline.isoformat(timespec='seconds')}): "
-                "the sweep ends it as expired", after,
+                "the sweep ends it as expired",
+                after,
             )
         return _decided_already(app, after, decision, by)
     decided = get_approval(app, approval_id)
@@ -202,13 +271,24 @@ def carry_out(app: Celery, row: Approval) -> None:
     if row.status == "pending":
         raise ValueError(f"approval {row.id} is not decided")
     resumer = _RESUMERS.get(row.workflow_kind)
+    if row.decided_by == ENDED_PRINCIPAL:  # closed: its workflow has its outcome, there is nothing to resume
+        _record(
+            app,
+            APPROVAL_EXPIRED,
+            row,
+            {"decided_by": row.decided_by, "reason": row.reason, "deadline": row.deadline.isoformat()},
+            causation_id=row.requested_event_id,
+        )
+        return
     if resumer is None:
         raise ApprovalError(
             f"approval {row.id}: no resumer for {row.workflow_kind!r} workflows in this process "
             "(import relaybus.tasks.api, which loads them)"
         )
     event_id = _record(
-        app, DECISION_TYPES[row.status], row,
+        app,
+        DECISION_TYPES[row.status],
+        row,
         {"decided_by": row.decided_by, "reason": row.reason, "deadline": row.deadline.isoformat()},
         causation_id=row.requested_event_id,
     )

@@ -1,0 +1,141 @@
+"""Edges of human approvals: a pipeline that ends while (or before) it is parked on a person.
+
+* The pipeline deadline ends a pipeline whose step is slow; the step finishes late and its pipeline parks
+  on an approval: the approval is closed as it is requested (the pipeline has its outcome), so a person
+  approving afterwards resumes nothing.
+* A pipeline parked on an approval is failed by another of its steps (the error callback a revoked or
+  failed step runs, ``pipelines.fail``): the outcome closes the pending approval.
+
+Real worker processes on the private RabbitMQ, Redis and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from relaybus.eventstore import EventStore, open_store
+from relaybus.eventstore.approvals import Approval
+from relaybus.settings import Settings
+from relaybus.tasks.approvals import approve, list_approvals
+from relaybus.tasks.errors import AlreadyDecided
+from relaybus.tasks.pipelines.client import PipelineHandle, start
+from relaybus.tasks.pipelines.deadline import sweep_pipelines
+from relaybus.tasks.pipelines.registry import FAIL_TASK
+from relaybus.tasks.runtime.approvals import ENDED_PRINCIPAL
+from relaybus.tasks.runtime.context import CORRELATION_HEADER
+from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
+from tests.chaos.system import new_schema
+from tests.harness import Worker, delete_namespace, make_app, make_settings, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+DEADLINE_S = 3.0
+
+
+class Running:
+    def __init__(self, settings: Settings, app: Celery, store: EventStore, worker: Worker) -> None:
+        self.settings, self.app, self.store, self.worker = settings, app, store, worker
+
+    def approvals_of(self, handle: PipelineHandle) -> list[Approval]:
+        return list_approvals(workflow=handle.id, app=self.app)
+
+    def ran_after(self, key: str) -> list[bytes]:
+        """What the probe after the approval noted (tests.agents writes to the Redis list ``key``)."""
+        return [n for n in redis.Redis.from_url(self.settings.result_backend).lrange(key, 0, -1) if b"after" in n]
+
+
+@pytest.fixture
+def running(
+    rabbitmq: PrivateRabbitMQ,
+    redis_server: PrivateRedis,
+    postgres: PrivatePostgres,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Running]:
+    settings = make_settings(
+        tmp_path,
+        rabbitmq.url,
+        redis_server.url,
+        eventstore_url=new_schema(postgres.url),
+        extra_modules=("tests.agents", "tests.limited_agents", "tests.edges_definitions"),
+        extra_agents=("probe", "asker"),
+        pipeline_deadline_s=DEADLINE_S,
+    )
+    app = make_app(settings)
+    store = open_store(settings.eventstore_url)
+    with app.connection_for_write() as conn:
+        app.conf.relaybus_topology.declare(conn)
+    worker = Worker(
+        settings,
+        ("system", "probe"),
+        tmp_path,
+        concurrency=2,
+        name="approval-edges",
+        extra_env={"RELAYBUS_TEST_REDIS_URL": redis_server.url},
+    )
+    try:
+        worker.wait_ready(app, timeout=90)
+        yield Running(settings, app, store, worker)
+    finally:
+        worker.stop()
+        store.close()
+        delete_namespace(app)
+        app.close()
+
+
+def test_a_pipeline_timed_out_before_its_late_step_parks_it_cannot_be_approved_into_running_again(
+    running: Running,
+) -> None:
+    key = f"late-park-{uuid.uuid4().hex[:8]}"
+    handle = start("edge-park", {"key": key, "sleep_s": DEADLINE_S + 4}, app=running.app)
+    # The probe sleeps past the pipeline's deadline: the sweep ends the pipeline while the step still runs.
+    wait_for(lambda: handle.id in sweep_pipelines(running.app).timed_out, 30, 0.5, "the sweep to time it out")
+    assert handle.wait(10).status == "timed_out"
+
+    # The step finishes late; its pipeline's next stage asks for an approval of a pipeline that has ended.
+    approval = wait_for(lambda: running.approvals_of(handle), 30, 0.1, "the late approval request")[0]
+    approval = wait_for(
+        lambda: [a for a in running.approvals_of(handle) if a.status != "pending"],
+        10,
+        0.1,
+        f"the late approval to be closed (it is {approval.status})",
+    )[0]
+    assert approval.status == "expired" and approval.decided_by == ENDED_PRINCIPAL, approval
+    assert "pipeline.timed_out" in (approval.reason or ""), approval.reason
+    with pytest.raises(AlreadyDecided):
+        approve(approval.id, by="alice", app=running.app)
+
+    types = [e.type for e in running.store.by_correlation(handle.id) if e.type.startswith("approval.")]
+    assert types == ["approval.requested", "approval.expired"], types
+    assert handle.status() == "timed_out"
+    assert not running.ran_after(key), "a step ran after the pipeline timed out, resumed by a person"
+
+
+def test_a_parked_pipeline_failed_by_a_revoked_steps_error_callback_closes_its_pending_approval(
+    running: Running,
+) -> None:
+    key = f"parked-{uuid.uuid4().hex[:8]}"
+    handle = start("edge-park", {"key": key}, app=running.app)
+    approval = wait_for(lambda: running.approvals_of(handle), 30, 0.1, "the pipeline to park")[0]
+    assert approval.status == "pending"
+
+    # What a revoked step of this pipeline runs (tasks.runtime.request: the revoke runs its error callbacks).
+    running.app.send_task(FAIL_TASK, kwargs={"pipeline": "edge-park"}, headers={CORRELATION_HEADER: handle.id})
+    assert handle.wait(30).status == "failed"
+    closed = wait_for(
+        lambda: [a for a in running.approvals_of(handle) if a.status != "pending"], 10, 0.1, "the approval to be closed"
+    )[0]
+    assert closed.decided_by == ENDED_PRINCIPAL and (closed.reason or "").startswith("its pipeline ended"), closed
+    with pytest.raises(AlreadyDecided):
+        approve(approval.id, by="alice", app=running.app)
+    types = [e.type for e in running.store.by_correlation(handle.id) if e.type.startswith("approval.")]
+    assert types == ["approval.requested", "approval.expired"], types
+    # The sweep leaves it alone: nothing pending, nothing to expire or heal.
+    assert approval.id not in sweep_pipelines(running.app).approvals_expired
+    assert not running.ran_after(key)
