@@ -18,6 +18,8 @@ The retry policy is declared here, by class, in one place: the task base retries
      │    ├── RecordFailed             the event log refused a transition's record as it is (reason record-failed)
      │    ├── ProviderRejected         an LLM provider answered 4xx (bad request, auth, unknown model)
      │    ├── PayloadUnreadable        a payload passed by reference is missing or altered; ``reason`` says which
+     │    ├── PayloadUnstorable        a large value could not be stored by reference (a full disk); reason
+     │    │                            ``payload-unstored``
      │    └── EventRejected            an event the bus cannot deliver; ``reason`` is the dead-letter reason
      │         ├── UnknownEventType         no event class has this ``type``
      │         ├── UnsupportedEventVersion  newer than this code, or no upcaster from it
@@ -116,6 +118,22 @@ class PayloadUnreadable(PermanentError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.ref, self.reason, self.detail, self.agent, self.task_id))
+
+
+class PayloadUnstorable(PermanentError):
+    """Raised when a large value (an agent's output, an event's data) cannot be stored by reference because the
+    event store refuses the write for good (its disk is full): nothing may travel naming a payload that was
+    never stored. ``reason`` is the dead-letter reason, ``size`` the value's size in bytes."""
+
+    reason = "payload-unstored"
+
+    def __init__(self, size: int, detail: str) -> None:
+        self.size = size
+        self.detail = detail
+        super().__init__(f"payload-unstored: a value of {size} bytes could not be stored by reference: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.size, self.detail))
 
 
 class PublishFailed(TransientError):

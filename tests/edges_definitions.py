@@ -4,12 +4,15 @@ Workers import this module (``RELAYBUS_EXTRA_MODULES``), with ``tests.agents`` a
 
 * ``edge-ask``: one ``asker`` step (one LLM call), so a deferred step is the pipeline's only work.
 * ``edge-park``: probe, an approval (alice, ten minutes), probe again: a pipeline parked on a person.
+* agent ``edgebig``: a small input, an output of ``size`` bytes (stored by claim check past the inline size);
+  it notes each start in the Redis list ``key`` (tests.agents).
 """
 
 from __future__ import annotations
 
 from relaybus.tasks.pipelines.definition import Pipeline
-from tests.agents import ProbeInput
+from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
+from tests.agents import ProbeInput, note
 from tests.limited_agents import Question
 
 
@@ -22,3 +25,18 @@ ask.step("asker")
 
 park: Pipeline[ProbeInput] = Pipeline("edge-park", input=ProbeInput, description="probe, ask alice, probe")
 park.step("probe").approval("sign_off", approvers=("alice",), timeout_s=600).step("probe", name="after", input=_after)
+
+
+class BigInput(AgentModel):
+    key: str
+    size: int
+
+
+class BigOutput(AgentModel):
+    blob: str
+
+
+@agent("edgebig", input=BigInput, output=BigOutput)
+def edgebig(inp: BigInput, ctx: AgentContext) -> BigOutput:
+    note(inp.key, ctx, event="start")
+    return BigOutput(blob="x" * inp.size)

@@ -20,6 +20,11 @@ pipeline's outcome)
 an event-log record               the event store, instead of truncating it     ``store.get_payload``
 ================================  ============================================  =============================
 
+A value that cannot be stored (the event store refuses the write for good: its disk is full) is not sent by
+reference: :class:`~tasks.errors.PayloadUnstorable` (reason ``payload-unstored``, permanent) fails the task
+before anything names the payload, and its message is dead-lettered whole, to be requeued once there is
+room. An event store that is away (``StoreUnavailable``) stays transient: the task is retried.
+
 A reference that cannot be read back (its payload missing, or changed in the database) is a permanent
 error naming the reference, the agent and the task (:class:`~tasks.errors.PayloadUnreadable`): the task is
 dead-lettered with reason ``payload-missing`` or ``payload-altered``, not retried.
@@ -31,9 +36,17 @@ from typing import Any
 
 from celery import Celery
 
-from relaybus.eventstore import EventStore, PayloadError, PayloadRef, StoreConfig, open_store
+from relaybus.eventstore import (
+    EventStore,
+    EventStoreError,
+    PayloadError,
+    PayloadRef,
+    StoreConfig,
+    StoreUnavailable,
+    open_store,
+)
 from relaybus.eventstore.payloads import is_ref, json_size, offload, resolve
-from relaybus.tasks.errors import PayloadUnreadable
+from relaybus.tasks.errors import PayloadUnreadable, PayloadUnstorable
 from relaybus.tasks.runtime.config import RuntimeConfig, resources, runtime_config
 
 
@@ -73,7 +86,12 @@ def offload_value(app: Celery, value: Any) -> Any:
     def put(part: Any) -> PayloadRef:
         nonlocal store
         store = store or payload_store(app)
-        return store.put_payload(part)
+        try:
+            return store.put_payload(part)
+        except StoreUnavailable:
+            raise  # away for now: transient, the task is retried
+        except EventStoreError as exc:
+            raise PayloadUnstorable(json_size(part), f"{type(exc).__name__}: {exc}") from exc
 
     return offload(value, limit, put)
 
@@ -149,8 +167,9 @@ def resolve_call(app: Celery, agent: str, task_id: str | None, args: Any, kwargs
     except PayloadError as exc:
         raise PayloadUnreadable(exc.ref, exc.reason, exc.detail, agent=agent, task_id=task_id) from exc
     if not isinstance(kwargs, dict):
-        raise PayloadUnreadable("(kwargs)", "payload-altered", "the kwargs' payload is not a mapping",
-                                agent=agent, task_id=task_id)
+        raise PayloadUnreadable(
+            "(kwargs)", "payload-altered", "the kwargs' payload is not a mapping", agent=agent, task_id=task_id
+        )
     return tuple(args), kwargs
 
 

@@ -37,6 +37,7 @@ from relaybus.tasks.errors import (
     AgentError,
     InvalidInput,
     PayloadUnreadable,
+    PayloadUnstorable,
     PermanentError,
     RecordFailed,
     is_transient,
@@ -289,8 +290,8 @@ class AgentTask(Task):  # type: ignore[misc]
                     return self._give_up(call, refused, "record-failed")
                 self._retry(error, countdown, max_retries)
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
-            if isinstance(error, PayloadUnreadable):
-                reason = error.reason  # payload-missing or payload-altered
+            if isinstance(error, PayloadUnreadable | PayloadUnstorable):
+                reason = error.reason  # payload-missing, payload-altered or payload-unstored
             if isinstance(error, BudgetExceeded):
                 reason = BUDGET_EXCEEDED  # refused unsent: the dead letter and the workflow say why
             return self._give_up(call, error, reason)
