@@ -28,6 +28,8 @@ from relaybus.tracing import connect as connect_tracing
 
 #: The result backend class for redis:// and rediss:// URLs.
 REDIS_BACKEND = "relaybus.tasks.runtime.chords:RedisBackend"
+#: The result backend class for db+... URLs (the embedded mode's SQLite): Celery's, redacting what it stores.
+DATABASE_BACKEND = "relaybus.tasks.runtime.results:DatabaseBackend"
 
 #: Agent modules loaded by name when the app finalizes; never imported at import time.
 BUILTIN_MODULES = (
@@ -197,7 +199,7 @@ def create_app(settings: Settings | None = None) -> Celery:
                  events="relaybus.tasks.runtime.redacting:RedactingEvents")
     # redis:// results use Celery's backend with one fix: its chord scripts are retried while Redis
     # restarts, so a chord is not failed for a dropped connection (tasks.chords.RedisBackend).
-    app.loader.override_backends = {"redis": REDIS_BACKEND, "rediss": REDIS_BACKEND}
+    app.loader.override_backends = {"redis": REDIS_BACKEND, "rediss": REDIS_BACKEND, "db": DATABASE_BACKEND}
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,

@@ -6,6 +6,8 @@ Workers import this module (``RELAYBUS_EXTRA_MODULES``), with ``tests.agents`` a
 * ``edge-park``: probe, an approval (alice, ten minutes), probe again: a pipeline parked on a person.
 * agent ``edgebig``: a small input, an output of ``size`` bytes (stored by claim check past the inline size);
   it notes each start in the Redis list ``key`` (tests.agents).
+* agent ``edgesecret``: returns what it is given under a secret-looking key (``api_key``), or fails with it in
+  its error message (``fail``): what the result backend keeps must be redacted.
 """
 
 from __future__ import annotations
@@ -40,3 +42,20 @@ class BigOutput(AgentModel):
 def edgebig(inp: BigInput, ctx: AgentContext) -> BigOutput:
     note(inp.key, ctx, event="start")
     return BigOutput(blob="x" * inp.size)
+
+
+class SecretInput(AgentModel):
+    secret: str
+    fail: bool = False
+
+
+class SecretOutput(AgentModel):
+    api_key: str
+    note: str
+
+
+@agent("edgesecret", input=SecretInput, output=SecretOutput)
+def edgesecret(inp: SecretInput, ctx: AgentContext) -> SecretOutput:
+    if inp.fail:
+        raise ValueError(f"refused with api_key={inp.secret}")
+    return SecretOutput(api_key=inp.secret, note="the key is above")

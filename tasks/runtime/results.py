@@ -1,5 +1,8 @@
 """What the Redis result backend keeps, for how long, and what a Redis that refuses writes does to a workflow.
 
+The embedded mode's SQLite result backend (``db+sqlite://``) keeps what it stores redacted the same way
+(:class:`DatabaseBackend`): a secret in a result reaches neither database.
+
 **What is kept.** Nothing in a workflow reads a step's result back from Redis: a chain hands each result
 to the next step in its message, and a chord collects its members' results in its own keys (``.j``),
 deleted when the chord joins. What stays is for people and clients:
@@ -53,12 +56,14 @@ import re
 from typing import Any, Final
 
 from celery import states
+from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.canvas import maybe_signature
 from celery.exceptions import ChordError
 from celery.utils.log import get_logger
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from relaybus.tasks.errors import PermanentError
+from relaybus.tasks.runtime.redacting import redact_stored
 
 logger = get_logger(__name__)
 
@@ -85,6 +90,17 @@ return 1
 class ResultBackendUnavailable(PermanentError):
     """Raised when the result backend refuses a write a workflow cannot go on without (its message starts
     with ``result-backend-unavailable:``). Not retried: the backend is up and says no."""
+
+
+class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]  # celery is untyped
+    """Celery's SQLAlchemy result backend (the embedded mode's ``db+sqlite://``), storing results, exceptions
+    and tracebacks redacted as the Redis backend does (tasks.runtime.redacting.redact_stored)."""
+
+    def _store_result(
+        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        stored, traceback = redact_stored(self.app, result, traceback)
+        return super()._store_result(task_id, stored, state, traceback=traceback, request=request, **kwargs)
 
 
 def refused_write(error: BaseException) -> bool:
