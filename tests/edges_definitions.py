@@ -4,6 +4,7 @@ Workers import this module (``RELAYBUS_EXTRA_MODULES``), with ``tests.agents`` a
 
 * ``edge-ask``: one ``asker`` step (one LLM call), so a deferred step is the pipeline's only work.
 * ``edge-park``: probe, an approval (alice, ten minutes), probe again: a pipeline parked on a person.
+  ``edge-park-hour``: the same with a deadline of an hour (a sweep run "later" must not time it out).
 * agent ``edgebig``: a small input, an output of ``size`` bytes (stored by claim check past the inline size);
   it notes each start in the Redis list ``key`` (tests.agents).
 * agent ``edgesecret``: returns what it is given under a secret-looking key (``api_key``), or fails with it in
@@ -27,6 +28,11 @@ ask.step("asker")
 
 park: Pipeline[ProbeInput] = Pipeline("edge-park", input=ProbeInput, description="probe, ask alice, probe")
 park.step("probe").approval("sign_off", approvers=("alice",), timeout_s=600).step("probe", name="after", input=_after)
+
+park_hour: Pipeline[ProbeInput] = Pipeline("edge-park-hour", input=ProbeInput, deadline_s=3600)
+park_hour.step("probe").approval("sign_off", approvers=("alice",), timeout_s=600).step(
+    "probe", name="after", input=_after
+)
 
 
 class BigInput(AgentModel):

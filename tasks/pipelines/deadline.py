@@ -46,7 +46,7 @@ from relaybus.tasks.bus.bus import publish
 from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.pipelines.outcomes import log_store
 from relaybus.tasks.pipelines.registry import OUTCOME_KEY, PipelineTimedOut
-from relaybus.tasks.runtime.approvals import expire_due
+from relaybus.tasks.runtime.approvals import expire_due, resume_stalled
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.system import SystemTask
 
@@ -161,6 +161,8 @@ class PipelineSweepReport(BaseModel):
     approvals_expired: list[str] = Field(default_factory=list)
     #: Past their deadline but parked on a pending approval: its own deadline ends them, not this one.
     waiting_for_approval: list[str] = Field(default_factory=list)
+    #: Decided approvals whose workflow never moved on (the decider died before resuming it), carried out again.
+    approvals_resumed: list[str] = Field(default_factory=list)
 
 
 def sweep_pipelines(
@@ -174,7 +176,8 @@ def sweep_pipelines(
         return PipelineSweepReport(swept_at=now, open_pipelines=0, skipped=off)
     # Approvals first: an expired one fails its pipeline (or compensates its saga) with its own reason.
     expired, errors = expire_due(app, now=now)
-    errors = {f"approval {k}": v for k, v in errors.items()}
+    resumed, not_resumed = resume_stalled(app, now=now)  # a decider killed before its resume was sent
+    errors = {f"approval {k}": v for k, v in {**errors, **not_resumed}.items()}
     open_, late = find_overdue(
         store, now=now, default_deadline_s=runtime_config(app).pipeline_deadline_s, horizon_s=horizon_s
     )
@@ -193,7 +196,7 @@ def sweep_pipelines(
             errors[item.pipeline_id] = f"{type(error).__name__}: {error}"  # the next sweep tries again
     return PipelineSweepReport(
         swept_at=now, open_pipelines=len(open_), timed_out=timed_out, pending=pending, errors=errors,
-        approvals_expired=expired, waiting_for_approval=sorted(parked),
+        approvals_expired=expired, waiting_for_approval=sorted(parked), approvals_resumed=resumed,
     )
 
 
@@ -226,6 +229,6 @@ def _time_out(app: Celery, store: EventStore, item: Overdue, now: datetime) -> b
 def sweep(self: Task, horizon_s: float | None = DEFAULT_HORIZON_S) -> dict[str, Any]:
     """Beat's pass (system queue): end the pipelines past their deadline."""
     report = sweep_pipelines(self.app, horizon_s=horizon_s)
-    if report.timed_out or report.errors or report.approvals_expired:
+    if report.timed_out or report.errors or report.approvals_expired or report.approvals_resumed:
         logger.warning("workflow sweep: %s", report.model_dump_json())
     return report.model_dump(mode="json")

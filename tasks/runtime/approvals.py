@@ -8,6 +8,7 @@
     decide(app, approval_id, "approved", by="alice", reason="looks right")
         -> conditional UPDATE (one decision wins) -> ``approval.granted`` -> the resumer sends the next step
     expire_due(app)          (the workflow sweep, beat) -> ``approval.expired`` -> the failure path
+    resume_stalled(app)      (the same sweep) -> a decision its workflow never followed is carried out again
     close_pending(app, workflow, why)   (its workflow ended another way) -> ``approval.expired``, nothing resumed
 
 Nothing waits in a worker: the request is a row, the decision another process's call. How a decision
@@ -44,6 +45,7 @@ from relaybus.eventstore.approvals import (
     APPROVAL_REQUESTED,
     DECISION_TYPES,
     Approval,
+    Decision,
 )
 from relaybus.tasks.errors import AlreadyDecided, ApprovalError, ApprovalNotFound, NotAnApprover
 from relaybus.tasks.runtime import recording
@@ -329,6 +331,51 @@ def expire_due(app: Celery, *, now: datetime | None = None) -> tuple[list[str], 
         except Exception as error:  # one approval it cannot end must not shield the others
             errors[row.id] = f"{type(error).__name__}: {error}"
     return expired, errors
+
+
+#: How long a decision's workflow may show no record after it before the sweep carries the decision out again.
+RESUME_GRACE_S = 60.0
+#: Decisions older than this are not looked at again.
+RESUME_HORIZON_S = 24 * 3600.0
+#: How many of the newest decisions of each kind each sweep looks at.
+HEAL_DECIDED = 100
+
+
+def resume_stalled(app: Celery, *, now: datetime | None = None) -> tuple[list[str], dict[str, str]]:
+    """Carry out again every recent decision its workflow never followed; ``(approval ids, errors by id)``.
+
+    A decider killed between its decision's record and the message that resumes the workflow leaves the
+    workflow parked for good (its approval is decided, so its deadline no longer ends it). A decision
+    whose record is followed by no record of its workflow (other than approvals') for
+    :data:`RESUME_GRACE_S` is carried out again: what it sends has ids derived from the approval's (the
+    resumed step runs once: its done-marker; an event once: its id), so a resume that was only slow is
+    not run twice. Closed approvals (their workflow ended) are left alone.
+    """
+    now = now or datetime.now(UTC)
+    store = approval_store(app)
+    resumed: list[str] = []
+    errors: dict[str, str] = {}
+    decisions: tuple[Decision, ...] = ("approved", "rejected", "expired")
+    for status in decisions:
+        for row in store.approvals.find(status=status, limit=HEAL_DECIDED):
+            decided_s = (now - row.decided_at).total_seconds() if row.decided_at else 0.0
+            if row.decided_by == ENDED_PRINCIPAL or not RESUME_GRACE_S <= decided_s <= RESUME_HORIZON_S:
+                continue
+            try:
+                decision = store.get(record_id(row.id, DECISION_TYPES[status]))
+                if decision is not None and _followed(store, row.workflow, decision.position):
+                    continue
+                carry_out(app, row)
+                resumed.append(row.id)
+            except Exception as error:  # one it cannot resume must not shield the others
+                errors[row.id] = f"{type(error).__name__}: {error}"
+    return resumed, errors
+
+
+def _followed(store: EventStore, workflow: str, position: int) -> bool:
+    """Whether ``workflow`` has a record after ``position`` other than an approval's."""
+    after = store.find(correlation_id=workflow, after_position=position, limit=20)
+    return any(not e.type.startswith("approval.") for e in after)
 
 
 def refusal_reason(row: Approval) -> str:

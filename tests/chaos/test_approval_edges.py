@@ -5,14 +5,20 @@
   approving afterwards resumes nothing.
 * A pipeline parked on an approval is failed by another of its steps (the error callback a revoked or
   failed step runs, ``pipelines.fail``): the outcome closes the pending approval.
+* The decider is killed between its decision's record and the message that resumes the pipeline: the
+  workflow sweep finds a decision its workflow never followed and carries it out again, once.
 
 Real worker processes on the private RabbitMQ, Redis and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,11 +33,11 @@ from relaybus.tasks.errors import AlreadyDecided
 from relaybus.tasks.pipelines.client import PipelineHandle, start
 from relaybus.tasks.pipelines.deadline import sweep_pipelines
 from relaybus.tasks.pipelines.registry import FAIL_TASK
-from relaybus.tasks.runtime.approvals import ENDED_PRINCIPAL
+from relaybus.tasks.runtime.approvals import ENDED_PRINCIPAL, RESUME_GRACE_S
 from relaybus.tasks.runtime.context import CORRELATION_HEADER
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 from tests.chaos.system import new_schema
-from tests.harness import Worker, delete_namespace, make_app, make_settings, wait_for
+from tests.harness import ROOT, Worker, delete_namespace, make_app, make_settings, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,9 +51,13 @@ class Running:
     def approvals_of(self, handle: PipelineHandle) -> list[Approval]:
         return list_approvals(workflow=handle.id, app=self.app)
 
+    def ran(self, key: str) -> list[bytes]:
+        """Every start the probes of the run ``key`` noted."""
+        return [n for n in redis.Redis.from_url(self.settings.result_backend).lrange(key, 0, -1) if b'"start"' in n]
+
     def ran_after(self, key: str) -> list[bytes]:
-        """What the probe after the approval noted (tests.agents writes to the Redis list ``key``)."""
-        return [n for n in redis.Redis.from_url(self.settings.result_backend).lrange(key, 0, -1) if b"after" in n]
+        """The starts of the probe after the approval (tests.agents notes each in the Redis list ``key``)."""
+        return [n for n in self.ran(key) if b'"label": "after"' in n]
 
 
 @pytest.fixture
@@ -139,3 +149,48 @@ def test_a_parked_pipeline_failed_by_a_revoked_steps_error_callback_closes_its_p
     # The sweep leaves it alone: nothing pending, nothing to expire or heal.
     assert approval.id not in sweep_pipelines(running.app).approvals_expired
     assert not running.ran_after(key)
+
+
+#: A decider that dies right after recording its decision, before the pipeline's next step is sent.
+DYING_DECIDER = """
+import os, sys
+from relaybus.settings import Settings
+from tests.harness import make_app
+app = make_app(Settings())
+import relaybus.tasks.api  # the resumers
+from relaybus.tasks.pipelines.approval import PipelineResumer
+PipelineResumer.approved = lambda *args: os._exit(9)
+from relaybus.tasks.approvals import approve
+approve(sys.argv[1], by="alice", app=app)
+"""
+
+
+def test_a_decision_whose_decider_died_before_resuming_is_carried_out_once_by_the_sweep(running: Running) -> None:
+    key = f"lost-resume-{uuid.uuid4().hex[:8]}"
+    handle = start("edge-park-hour", {"key": key}, app=running.app)
+    approval = wait_for(lambda: running.approvals_of(handle), 30, 0.1, "the pipeline to park")[0]
+    env = {**os.environ, **running.settings.to_env(), "PYTHONPATH": str(ROOT)}
+    died = subprocess.run(
+        [sys.executable, "-c", DYING_DECIDER, approval.id],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert died.returncode == 9, died.stdout + died.stderr
+    assert [a.status for a in running.approvals_of(handle)] == ["approved"]
+    types = [e.type for e in running.store.by_correlation(handle.id) if e.type.startswith("approval.")]
+    assert types == ["approval.requested", "approval.granted"], types
+    assert handle.status() == "running" and not running.ran_after(key)
+
+    now = datetime.now(UTC)
+    assert approval.id not in sweep_pipelines(running.app, now=now).approvals_resumed, "resumed within its grace"
+    later = now + timedelta(seconds=RESUME_GRACE_S + 1)
+    assert sweep_pipelines(running.app, now=later).approvals_resumed == [approval.id]
+    outcome = handle.wait(30)
+    assert outcome.status == "completed", outcome
+    assert sweep_pipelines(running.app, now=later).approvals_resumed == [], "its workflow moved on: left alone"
+    assert len(running.ran_after(key)) == 1 and len(running.ran(key)) == 2
+    types = [e.type for e in running.store.by_correlation(handle.id) if e.type.startswith("approval.")]
+    assert types == ["approval.requested", "approval.granted"], "the decision is recorded once"
