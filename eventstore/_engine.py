@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -152,7 +153,13 @@ def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
         # A deferred transaction that reads and then writes cannot wait for the lock (SQLite
         # answers "database is locked" at once to avoid a deadlock); writers take it up front.
         immediate = connection.get_execution_options().get(_WRITE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        # At the driver level: through exec_driver_sql the BEGIN cost an append more than SQLite's own
+        # work. A driver error (a lock not granted in the busy timeout) is raised as SQLAlchemy's would be.
+        try:
+            connection.connection.driver_connection.execute(statement)
+        except sqlite3.Error as error:
+            raise sa_exc.DBAPIError.instance(statement, None, error, sqlite3.Error) from error
 
     return engine
 

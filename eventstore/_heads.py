@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import Connection, text
 
@@ -80,4 +81,18 @@ def read_heads(conn: Connection, stream_ids: set[str]) -> dict[str, Head]:
         rows = conn.exec_driver_sql(PG_HEADS, (sorted(stream_ids),))
     else:
         rows = conn.exec_driver_sql(_SQLITE_HEADS, (json.dumps(sorted(stream_ids)),))
+    return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
+
+
+_SQLITE_ONE_HEAD = "SELECT stream_id, version, hash FROM events WHERE stream_id = ? ORDER BY version DESC LIMIT 1"
+
+
+def sqlite_heads(driver: Any, stream_ids: set[str]) -> dict[str, Head]:
+    """:func:`read_heads` on a sqlite3 connection, in the caller's transaction (fixed SQL, no Core)."""
+    if not stream_ids:
+        return {}
+    if len(stream_ids) == 1:
+        rows = driver.execute(_SQLITE_ONE_HEAD, tuple(stream_ids))
+    else:
+        rows = driver.execute(_SQLITE_HEADS, (json.dumps(sorted(stream_ids)),))
     return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
