@@ -4,7 +4,8 @@ The event log (SQLite) lives on a small tmpfs filled until only a few hundred KB
 task's small records, not for its 1.5 MB output. The output cannot be stored, so the task must not be acked
 with a reference to it (no ``task.succeeded``, no result naming a payload that is not there): it is
 dead-lettered once, with the disk's error as its reason, and nothing is lost: once space is freed, the dead
-letter requeued runs and its output is stored and read back whole.
+letter requeued runs and its output is stored and read back whole. A caller whose large input the full disk
+cannot store is told (``PayloadUnstorable``) and nothing is sent.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import redis
 from relaybus.dlq import requeue
 from relaybus.eventstore import PayloadRef, open_store
 from relaybus.eventstore.payloads import is_ref
+from relaybus.tasks.errors import PayloadUnstorable
 from relaybus.tasks.runtime.deadletter import ERROR_MESSAGE_HEADER, REASON_HEADER
 from tests.chaos.services import PrivateRabbitMQ, PrivateRedis
-from tests.harness import Worker, delete_namespace, make_app, make_settings, read_queue, wait_for
+from tests.harness import Worker, delete_namespace, make_app, make_settings, queue_depth, read_queue, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -74,6 +76,7 @@ def test_an_output_the_full_disk_cannot_store_is_dead_lettered_not_acked_with_a_
         extra_modules=("tests.agents", "tests.limited_agents", "tests.edges_definitions"),
         extra_agents=("probe", "asker", "edgebig"),
         payload_inline_max_bytes=16 * 1024,
+        max_payload_bytes=4 * 1024 * 1024,
     )
     open_store(url, create=True).close()  # the schema, while there is room
     app = make_app(settings)
@@ -93,6 +96,10 @@ def test_an_output_the_full_disk_cannot_store_is_dead_lettered_not_acked_with_a_
         worker.wait_ready(app, timeout=90)
         filler = fill_leaving(small_disk, SPARE_BYTES)
         key = f"big-{uuid.uuid4().hex[:8]}"
+        # A caller's large input cannot be stored either: the caller is told, and nothing is sent naming it.
+        with pytest.raises(PayloadUnstorable, match="payload-unstored"):
+            app.tasks["agents.probe"].apply_async(kwargs={"key": key, "label": "y" * OUTPUT_BYTES})
+        assert queue_depth(app, f"{settings.namespace}.probe") == 0
         result = app.tasks["agents.edgebig"].apply_async(kwargs={"key": key, "size": OUTPUT_BYTES})
 
         letters: list[Any] = []
