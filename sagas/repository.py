@@ -53,6 +53,7 @@ from relaybus.sagas.definition import SagaDefinition, SagaRegistry
 from relaybus.sagas.dispatches import Dispatchable, InFlight, in_flight, still_running, task_id_of
 from relaybus.sagas.errors import InvalidTransition, SagaNotFound
 from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, from_record, to_record
+from relaybus.sagas.folded import FoldedSagas
 from relaybus.sagas.state import SagaState, SagaStatus, evolve, fold
 
 STREAM_PREFIX = "saga:"
@@ -119,17 +120,36 @@ class SagaRepository:
         self.store = store
         self.registry = registry
         self.max_conflicts = max_conflicts
+        #: Sagas as this process last read or wrote them: a read folds only the events after them.
+        self.folded = FoldedSagas()
 
     # -- reading -------------------------------------------------------------------------------------
 
     def find(self, saga_id: str) -> LoadedSaga | None:
-        records = tuple(self.store.read_stream(saga_stream(saga_id)))
+        """The saga as stored now: one read, of the events after the version this process folded last
+        (:mod:`sagas.folded`), or of the whole stream."""
+        stream = saga_stream(saga_id)
+        known = self.folded.get(saga_id)
+        if known is not None:
+            tail = self.store.read_stream(stream, from_version=known.version + 1)
+            if not tail:
+                return known
+            if tail[0].version == known.version + 1:
+                loaded = _extended(known, tail)
+                self.folded.put(loaded)
+                return loaded
+            self.folded.drop(saga_id)  # a gap: never fold around it, read the whole stream
+        records = tuple(self.store.read_stream(stream))
         if not records:
             return None
         events = [from_record(r.type, r.payload, r.schema_version) for r in records]
         first = events[0]
         definition = self.registry.get(getattr(first, "saga", ""))
-        return LoadedSaga(definition, fold(definition, events), records[-1].version, records[0].correlation_id, records)
+        loaded = LoadedSaga(
+            definition, fold(definition, events), records[-1].version, records[0].correlation_id, records
+        )
+        self.folded.put(loaded)
+        return loaded
 
     def load(self, saga_id: str) -> LoadedSaga:
         loaded = self.find(saga_id)
@@ -303,10 +323,15 @@ class SagaRepository:
                 continue
             if fresh:
                 try:
-                    self._append(fresh, correlation, loaded.version if loaded is not None else 0)
+                    stored = self._append(fresh, correlation, loaded.version if loaded is not None else 0)
                 except ConcurrencyError as error:
                     conflict = error
+                    self.folded.drop(saga_id)  # the next attempt reads the whole stream
                     continue
+                if loaded is not None and stored[0].version == loaded.version + 1:
+                    # The saga as stored now, folded from the records as stored (a value too large for
+                    # the log is its marker there), for this process's next read of it.
+                    self.folded.put(_extended(loaded, stored))
             if redispatch and loaded is not None and trigger is not None:
                 again = [f.command for f in self.in_flight(loaded) if f.caused_by == trigger]
                 commands.extend(c for c in again if c not in commands and still_running(state, c))
@@ -326,7 +351,9 @@ class SagaRepository:
         # Room for the envelope (ids, step names, deadline) next to ``data`` under the store's limit.
         return max(self.store.config.max_payload_bytes - 1024, 1024)
 
-    def _append(self, events: list[tuple[SagaEvent, str | None]], correlation_id: str, version: int) -> None:
+    def _append(
+        self, events: list[tuple[SagaEvent, str | None]], correlation_id: str, version: int
+    ) -> list[RecordedEvent]:
         decision = uuid.uuid4().hex
         new = [self._new_event(e, correlation_id, cause, decision) for e, cause in events]
         stored = self.store.append(new, expected_version=version)
@@ -335,6 +362,7 @@ class SagaRepository:
             # are deterministic): the store accepts that as an idempotent retry, but the decision,
             # and its dispatches, are the rival's. Ours is as stale as after a conflict.
             raise ConcurrencyError(saga_stream(events[0][0].saga_id), version, stored[-1].version)
+        return stored
 
     def _new_event(self, event: SagaEvent, correlation_id: str, causation_id: str | None, decision: str) -> NewEvent:
         type_, payload = to_record(event)
@@ -362,6 +390,14 @@ class SagaRepository:
             return payload
         digest = hashlib.sha256(text.encode()).hexdigest()
         return {**payload, "data": {"_too_large": True, "size": size, "sha256": digest}}
+
+
+def _extended(loaded: LoadedSaga, tail: Sequence[RecordedEvent]) -> LoadedSaga:
+    """``loaded`` with the records that follow it in its stream folded in."""
+    state = loaded.state
+    for record in tail:
+        state = evolve(loaded.definition, state, from_record(record.type, record.payload, record.schema_version))
+    return LoadedSaga(loaded.definition, state, tail[-1].version, loaded.correlation_id, (*loaded.records, *tail))
 
 
 def _may_be(status: SagaStatus | None, last_type: str) -> bool:

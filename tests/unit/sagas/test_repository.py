@@ -142,6 +142,46 @@ def test_a_start_reads_nothing_and_a_result_decided_on_the_fences_read_reads_not
     assert counting.reads == 1 and only_step(decision.dispatch).step == "s2"
 
 
+class TailReadingStore(CountingStore):
+    """Counts stream reads and keeps the version each began at."""
+
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store)
+        self.from_versions: list[int] = []
+
+    def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
+        self.from_versions.append(from_version)
+        return super().read_stream(stream_id, from_version)
+
+
+def test_a_saga_this_process_folded_is_read_again_from_its_next_version_and_a_rivals_events_folded_in(repo, store):
+    tail = TailReadingStore(store)
+    ours = SagaRepository(tail, repo.registry)  # type: ignore[arg-type]
+    step = only_step(ours.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    first = ours.load("s-1")
+    assert tail.from_versions == [1], "a saga this process never read is read whole"
+    s2 = only_step(ours.record(step.succeeded("out-1"), now=T0, loaded=first).dispatch)
+    assert ours.load("s-1").version == store.stream_version("saga:s-1")
+    assert tail.from_versions == [1, first.version + 3], "after its own append, only what follows is read"
+    repo.record(s2.succeeded("out-2"), now=T0)  # a rival process (its own cache) moves the saga on
+    seen = ours.load("s-1")
+    fresh = SagaRepository(store, repo.registry).load("s-1")
+    assert (seen.version, seen.state, seen.records) == (fresh.version, fresh.state, fresh.records)
+    assert seen.state.status == "running" and seen.records[-1].type == "saga.step.started"
+
+
+def test_a_saga_folded_from_a_stale_cache_is_refused_by_the_append_and_read_whole_again(repo, store):
+    step = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
+    tail = TailReadingStore(store)
+    ours = SagaRepository(tail, repo.registry)  # type: ignore[arg-type]
+    stale = ours.load("s-1")
+    racing = RacingStore(store, lambda: repo.record(step.succeeded("out-1"), now=T0))
+    ours.store = racing  # type: ignore[assignment]
+    decision = ours.record(step.succeeded("out-1"), now=T0, loaded=stale)
+    assert racing.conflicts == 1 and decision.dispatch == (), "the rival started s2; ours must not again"
+    assert ours.folded.get("s-1") is not None and ours.load("s-1").version == store.stream_version("saga:s-1")
+
+
 def test_a_stale_guess_is_refused_by_the_append_and_the_decision_taken_again_on_the_stream(repo, store):
     step = only_step(repo.start(LINEAR, "s-1", "in", now=T0).dispatch)
     stale = repo.load("s-1")
@@ -150,7 +190,6 @@ def test_a_stale_guess_is_refused_by_the_append_and_the_decision_taken_again_on_
     assert (decision.recorded, decision.dispatch) == ((), ()), "s2 was started once, by the rival"
     types = [r.type for r in store.read_stream("saga:s-1")]
     assert types.count("saga.step.started") == 2 and types.count("saga.step.succeeded") == 1
-
 
 
 def test_a_guess_that_leaves_nothing_to_append_is_not_trusted_the_stream_is_read(repo, store):
