@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 from sqlalchemy import ColumnElement, Connection, String, false, func, select, text, type_coerce, union_all
 
@@ -18,6 +18,27 @@ from relaybus.eventstore import queries
 from relaybus.eventstore._rows import select_events, to_events
 from relaybus.eventstore.models import RecordedEvent
 from relaybus.eventstore.schema import events
+
+
+class FindFilters(TypedDict, total=False):
+    """The filters of :func:`find` (and ``EventStore.find``), each optional; given ones must all match.
+
+    ``type`` may be a glob (``task.*``); ``status`` a workflow status the types stand for
+    (:func:`queries.matching_types`); ``since``/``until`` bound ``occurred_at``. Pages: forwards with
+    ``after_position``, backwards with ``newest_first`` and ``before_position``; ``limit`` (100) per page."""
+
+    type: str | None
+    agent: str | None
+    status: str | None
+    correlation_id: str | None
+    stream_id: str | None
+    task_id: str | None
+    since: datetime | None
+    until: datetime | None
+    after_position: int
+    before_position: int | None
+    limit: int
+    newest_first: bool
 
 
 def find(

@@ -156,8 +156,10 @@ def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
         statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
         # At the driver level: through exec_driver_sql the BEGIN cost an append more than SQLite's own
         # work. A driver error (a lock not granted in the busy timeout) is raised as SQLAlchemy's would be.
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a live connection's
         try:
-            connection.connection.driver_connection.execute(statement)
+            driver.execute(statement)
         except sqlite3.Error as error:
             raise sa_exc.DBAPIError.instance(statement, None, error, sqlite3.Error) from error
 

@@ -1,78 +1,37 @@
-"""The event store: append (idempotent, optimistic concurrency, hash-chained), read, and audit.
+"""The event store: append (:mod:`eventstore._append`), read, and audit, on SQLite or PostgreSQL.
 
-Append, in one write transaction (``BEGIN IMMEDIATE`` on SQLite, the events table locked in
-EXCLUSIVE mode on PostgreSQL, so positions are handed out in commit order):
-
-1. payload and metadata are redacted, size-bounded and serialised, once (before the transaction);
-2. the head (version, hash) of every stream written is read in one query;
-3. ``expected_version`` is checked (``ConcurrencyError``);
-4. positions are drawn, versions, ``recorded_at`` and the hash chain computed in Python;
-5. one driver call writes the batch (``COPY`` on PostgreSQL, ``executemany`` on SQLite).
-
-Event ids already stored are not written again: the first attempt assumes there are none (nearly
-always true) and the unique constraint on ``event_id`` says otherwise; the store then looks them up
-and returns their stored records. What eventsourcing asks of a recorder holds here: atomic batches,
-a unique (stream, version) for optimistic concurrency, a total order that followers can read
-without missing late commits, tracking written with the projection it tracks
-(:mod:`eventstore.projections`), and driver errors translated at one boundary.
+What eventsourcing asks of a recorder holds here: atomic batches, a unique (stream, version) for
+optimistic concurrency, a total order that followers can read without missing late commits, tracking
+written with the projection it tracks (:mod:`eventstore.projections`), and driver errors translated at
+one boundary.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, Unpack
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    Select,
-    String,
-    any_,
-    bindparam,
-    func,
-    literal_column,
-    select,
-)
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.engine import URL
 
 from relaybus.eventstore import _audit, integrity, queries, replay, usage
+from relaybus.eventstore._append import Appender
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
-from relaybus.eventstore._heads import Head, HeadCache
-from relaybus.eventstore._insert import insert_rows, start_append
-from relaybus.eventstore._rows import read_page, recorded, select_events, to_events
+from relaybus.eventstore._rows import read_page, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.approvals import ApprovalTable
-from relaybus.eventstore.errors import ConcurrencyError
-from relaybus.eventstore.hashing import LINK_TAG, canonical_json, content_json_of, format_time, hmac_pads
-from relaybus.eventstore.keys import UNKEYED, ChainKeys
+from relaybus.eventstore.keys import ChainKeys
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
-from relaybus.eventstore.payloads import REF_MARK, PayloadFinding, PayloadRef, PayloadTable, offload, refs_in_text
+from relaybus.eventstore.payloads import REF_MARK, PayloadFinding, PayloadRef, PayloadTable, refs_in_text
 from relaybus.eventstore.projections import WorkflowStatusProjection
-from relaybus.eventstore.redaction import Redactor, fit
+from relaybus.eventstore.redaction import Redactor
 from relaybus.eventstore.schema import events
-from relaybus.eventstore.storable import needs_escaping, storable
 from relaybus.eventstore.types import LLM_COMPLETED, TASK_DEFERRED
 
 #: The most ``task.deferred`` events ``rate_limit_waits`` folds (the newest of a range are left out beyond it).
 RATE_LIMIT_EVENTS = 100_000
-
-class _LookUpStored(Exception):
-    """Internal: an optimistic append must check for stored events before it can decide."""
-
-
-class _Prepared(NamedTuple):
-    """An event ready to write: its fields (redacted, bounded) and its payload and metadata as JSON."""
-
-    fields: dict[str, Any]
-    payload_json: str
-    metadata_json: str
 
 
 class EventStore:
@@ -86,13 +45,12 @@ class EventStore:
             chain_keys = ChainKeys.from_file(self.config.chain_key_file)
         self.chain_keys = chain_keys
         """The keys new links are made with (the last one) and verified with; ``None``: unkeyed links."""
-        self._link = _linker(chain_keys)
         self._engine = ProcessLocalEngine(engine)
         self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask, self.config.redact_patterns)
-        self._heads = HeadCache()
         self.projection = WorkflowStatusProjection(self._engine)
         self.payloads = PayloadTable(self._engine, self._redactor)
         """Large values by reference (:mod:`eventstore.payloads`)."""
+        self._appender = Appender(self._engine, self.config, self._redactor, chain_keys, self.payloads.put)
         #: Requests for a person's approval (``eventstore.approvals``).
         self.approvals = ApprovalTable(self._engine, self._redactor)
 
@@ -117,198 +75,18 @@ class EventStore:
         Events whose ``event_id`` is already stored are not written again: their stored record is
         returned. With ``expected_version`` (all events of one stream), raises
         :class:`ConcurrencyError` unless the stream is at that version; without it, events go to
-        the end of their streams.
+        the end of their streams (:mod:`eventstore._append`).
         """
-        batch = list(events_)
-        if not batch:
-            return []
-        if expected_version is not None and len({e.stream_id for e in batch}) != 1:
-            raise ValueError("expected_version needs every event to be of one stream")
-        with gc_paused():  # hundreds of acyclic dicts and records per batch (see _gcpause)
-            return self._append_prepared(batch, expected_version)
-
-    def _append_prepared(self, batch: list[NewEvent], expected_version: int | None) -> list[RecordedEvent]:
-        prepared = [self._prepare(event) for event in batch]
-        with translate_errors():
-            try:
-                return self._append(prepared, expected_version, careful=False)
-            except (sa_exc.IntegrityError, _LookUpStored):
-                pass  # some of these events are stored already (a redelivery): look them up
-            for attempt in range(self.config.append_retries + 1):
-                try:
-                    return self._append(prepared, expected_version, careful=True)
-                except sa_exc.IntegrityError:
-                    # Another writer took the same version or event id between our read and our
-                    # insert (only possible without the table lock): read the heads again.
-                    if attempt == self.config.append_retries:
-                        raise
-        raise AssertionError("unreachable")
+        return self._appender.append(events_, expected_version=expected_version)
 
     def append_new(self, events_: Sequence[NewEvent]) -> int:
         """Record those of ``events_`` whose ``event_id`` is not stored yet, in one transaction; returns how many
         were written. For batches that likely repeat a stored event (a copy written in case its first writer
         died): the ids are looked up first, with one light query, and nothing stored is read back."""
-        batch = list(events_)
-        if not batch:
-            return 0
-        with translate_errors(), gc_paused():
-            for attempt in range(self.config.append_retries + 1):
-                try:
-                    return self._append_new(batch, careful=attempt > 0)
-                except sa_exc.IntegrityError:
-                    # A remembered head was stale (another writer appended to the stream): the
-                    # retry reads every head from the log.
-                    if attempt == self.config.append_retries:
-                        raise
-        raise AssertionError("unreachable")
-
-    def _append_new(self, batch: list[NewEvent], *, careful: bool) -> int:
-        # Prepared before the transaction (redaction, serialisation): the lock is held for less.
-        prepared: dict[str, _Prepared] = {}
-        for event in batch:
-            if event.event_id not in prepared:
-                prepared[event.event_id] = self._prepare(event)
-        streams = {p.fields["stream_id"] for p in prepared.values()}
-        try:
-            with self._engine.write() as conn:
-                known = {} if careful else self._heads.known(streams)
-                start = start_append(conn, streams - known.keys(), len(prepared), look_up=set(prepared))
-                fresh = [p for event_id, p in prepared.items() if event_id not in start.taken]
-                if not fresh:
-                    return 0
-                heads = {**known, **start.heads}
-                self._insert(conn, fresh, heads, start.positions[: len(fresh)], keep_records=False)
-        except BaseException:
-            self._heads.forget(streams)
-            raise
-        self._heads.remember({p.fields["stream_id"]: heads[p.fields["stream_id"]] for p in fresh})
-        return len(fresh)
+        return self._appender.append_new(events_)
 
     def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
         return self.append([event], expected_version=expected_version)[0]
-
-    def _prepare(self, event: NewEvent) -> _Prepared:
-        fields = event.__dict__.copy()
-        limit, preview = self.config.max_payload_bytes, self.config.preview_chars
-        texts = []
-        for name in ("payload", "metadata"):
-            try:
-                value, text = self._redactor.redact_to_json(fields[name])
-            except ValueError:  # NaN or Infinity, which canonical JSON refuses
-                value, text = self._redactor.redact_to_json(storable(fields[name]))
-            if needs_escaping(text):  # a lone surrogate, which UTF-8 cannot encode
-                value, text = self._redactor.redact_to_json(storable(value))
-            inline = self.config.payload_inline_max_bytes
-            if inline is not None and len(text) > inline:  # large parts by reference, not truncated
-                stored = offload(value, inline, self.payloads.put)
-                if stored is not value:
-                    value, text = stored, canonical_json(stored)
-            fields[name], text = fit(value, text, limit, preview)
-            texts.append(text)
-        return _Prepared(fields, texts[0], texts[1])
-
-    def _append(self, prepared: list[_Prepared], expected_version: int | None, *, careful: bool) -> list[RecordedEvent]:
-        """One attempt. ``careful=False`` assumes, as is nearly always true, that none of the events is
-        stored yet and that the heads this writer remembers are current, and lets the unique constraints
-        on ``event_id`` and ``(stream_id, version)`` say otherwise (no query but the insert);
-        ``careful=True`` looks the events up and reads every head from the log."""
-        streams = {p.fields["stream_id"] for p in prepared}
-        written: set[str] = set()
-        try:
-            with self._engine.write() as conn:
-                stored = _stored(conn, {p.fields["event_id"] for p in prepared}) if careful else {}
-                fresh: dict[str, _Prepared] = {}
-                for p in prepared:
-                    if p.fields["event_id"] not in stored:
-                        fresh.setdefault(p.fields["event_id"], p)
-                if fresh:
-                    written = {p.fields["stream_id"] for p in fresh.values()}
-                    known = {} if careful else self._heads.known(written)
-                    start = start_append(conn, written - known.keys(), len(fresh))
-                    heads = {**known, **start.heads}
-                    if expected_version is not None:
-                        stream = next(iter(written))
-                        actual = heads.get(stream, (0, None))[0]
-                        if actual != expected_version:
-                            if not careful:
-                                raise _LookUpStored  # a retry of an append that did happen is no conflict
-                            raise ConcurrencyError(stream, expected_version, actual)
-                    stored.update(self._insert(conn, list(fresh.values()), heads, start.positions))
-        except BaseException:
-            self._heads.forget(streams)  # the commit failed, or may have: the log says
-            raise
-        if written:
-            self._heads.remember({stream: heads[stream] for stream in written})
-        return [stored[p.fields["event_id"]] for p in prepared]
-
-    def _insert(
-        self,
-        conn: Connection,
-        batch: list[_Prepared],
-        heads: dict[str, Head],
-        positions: list[int],
-        *,
-        keep_records: bool = True,
-    ) -> dict[str, RecordedEvent]:
-        """Number, chain and write ``batch``; ``heads`` (updated here) are those of its streams.
-        Returns the records written by event id (none with ``keep_records=False``).
-
-        The rows are made as the driver takes them (:func:`insert_rows`): on PostgreSQL the ``COPY``
-        streams, so the server inserts the first rows while the next are hashed."""
-        records: dict[str, RecordedEvent] = {}
-        rows = self._rows(conn.dialect.name == "sqlite", batch, heads, positions, records, keep_records)
-        insert_rows(conn, rows, len(batch))
-        return records
-
-    def _rows(
-        self,
-        sqlite: bool,
-        batch: list[_Prepared],
-        heads: dict[str, Head],
-        positions: list[int],
-        records: dict[str, RecordedEvent],
-        keep_records: bool,
-    ) -> Iterator[tuple[Any, ...]]:
-        """The rows of ``batch`` in :data:`_insert.COLUMNS` order, each numbered and chained as it is made."""
-        recorded_at = datetime.now(UTC)
-        recorded_at_text = format_time(recorded_at)
-        recorded_at_bound = _sqlite_time_of(recorded_at_text) if sqlite else recorded_at
-        key_id, link = self._link
-        occurred_at: datetime | None = None
-        occurred_at_text = ""
-        occurred_at_bound: datetime | str = ""
-        for position, p in zip(positions, batch, strict=True):
-            f = p.fields
-            stream = f["stream_id"]
-            version, prev_hash = heads.get(stream, (0, None))
-            version += 1
-            if f["occurred_at"] is not occurred_at:  # a batch's events often share their time
-                occurred_at = f["occurred_at"]
-                occurred_at_text = format_time(occurred_at)
-                # As stored: SQLite's text; PostgreSQL's binary COPY takes aware times only (naive is UTC).
-                occurred_at_bound = _sqlite_time_of(occurred_at_text) if sqlite else _aware(occurred_at)
-            digest = link(
-                position,
-                content_json_of(
-                    f["agent"], f["attempt"], f["causation_id"], f["correlation_id"], f["event_id"], p.metadata_json,
-                    occurred_at_text, p.payload_json, prev_hash, f["priority"], f["queue"], recorded_at_text,
-                    f["schema_version"], stream, f["task_id"], f["type"], version, f["worker_host"],
-                ),
-            )  # fmt: skip
-            heads[stream] = (version, digest)
-            if keep_records:
-                values = {
-                    **f, "position": position, "version": version, "recorded_at": recorded_at,
-                    "prev_hash": prev_hash, "key_id": key_id, "hash": digest,
-                }  # fmt: skip
-                records[f["event_id"]] = recorded(values)
-            yield (
-                position, f["event_id"], stream, version, f["type"], f["schema_version"],
-                f["correlation_id"], f["causation_id"],
-                occurred_at_bound, recorded_at_bound,
-                f["task_id"], f["agent"], f["queue"], f["priority"], f["attempt"], f["worker_host"],
-                p.payload_json, p.metadata_json, digest, prev_hash, key_id,
-            )  # fmt: skip
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -363,32 +141,13 @@ class EventStore:
     def timeline(self, correlation_id: str) -> queries.Timeline:
         return queries.timeline_of(correlation_id, self.by_correlation(correlation_id))
 
-    def find(
-        self,
-        *,
-        type: str | None = None,
-        agent: str | None = None,
-        status: str | None = None,
-        correlation_id: str | None = None,
-        stream_id: str | None = None,
-        task_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        after_position: int = 0,
-        before_position: int | None = None,
-        limit: int = 100,
-        newest_first: bool = False,
-    ) -> list[RecordedEvent]:
-        """Events matching every given filter (see :func:`queries.find_conditions`), in position order.
+    def find(self, **filters: Unpack[_audit.FindFilters]) -> list[RecordedEvent]:
+        """Events matching every given filter (see :class:`_audit.FindFilters`), in position order.
 
         Page forwards with ``after_position`` (the last position seen), backwards with
         ``newest_first=True`` and ``before_position`` (:func:`_audit.find`)."""
         with translate_errors(), self._engine.read() as conn:
-            return _audit.find(
-                conn, type=type, agent=agent, status=status, correlation_id=correlation_id, stream_id=stream_id,
-                task_id=task_id, since=since, until=until, after_position=after_position,
-                before_position=before_position, limit=limit, newest_first=newest_first,
-            )
+            return _audit.find(conn, **filters)
 
     def agent_stats(self, since: datetime | None = None, until: datetime | None = None) -> list[queries.AgentStats]:
         """Per-agent counts, failures and p50/p95 run time and queue wait, over task events in range."""
@@ -403,13 +162,18 @@ class EventStore:
         return queries.rate_limit_waits(deferred)
 
     def llm_usage(
-        self, since: datetime | None = None, until: datetime | None = None, *,
-        by: tuple[str, ...] = ("agent", "provider", "model"), correlation_id: str | None = None,
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        by: tuple[str, ...] = ("agent", "provider", "model"),
+        correlation_id: str | None = None,
     ) -> list[usage.LLMUsage]:
         """Calls, tokens and cost of ``llm.completed`` records, grouped ``by`` (see :func:`usage.llm_usage`);
         ``correlation_id`` keeps one workflow's (what a budget folds)."""
-        found = self.find(type=LLM_COMPLETED, correlation_id=correlation_id, since=since, until=until,
-                          limit=RATE_LIMIT_EVENTS)
+        found = self.find(
+            type=LLM_COMPLETED, correlation_id=correlation_id, since=since, until=until, limit=RATE_LIMIT_EVENTS
+        )
         return usage.llm_usage(found, by)
 
     def verify(self, *, expected: integrity.LogState | None = None, batch_size: int = 5000) -> integrity.VerifyReport:
@@ -461,57 +225,13 @@ def _with_payloads(
     report: integrity.VerifyReport, checked: int, findings: list[PayloadFinding]
 ) -> integrity.VerifyReport:
     """The log's report with the stored payloads' check: a payload that does not hold fails it."""
-    return report.model_copy(update={
-        "ok": report.ok and not findings, "payloads_checked": checked, "payload_problems": findings,
-    })
-
-
-def _linker(keys: ChainKeys | None) -> tuple[str, Callable[[int, str], str]]:
-    """(key id, the link's hash from its position and content) for new events (:mod:`eventstore.hashing`)."""
-    key_id = keys.signing_id if keys is not None else UNKEYED
-    prefix = f"{LINK_TAG} {key_id} "
-    if keys is None:
-        sha256 = hashlib.sha256
-
-        def unkeyed(position: int, content: str) -> str:
-            return sha256(f"{prefix}{position} {content}".encode()).hexdigest()
-
-        return key_id, unkeyed
-    inner_pad, outer_pad = hmac_pads(keys.signing_secret)
-
-    def keyed(position: int, content: str) -> str:  # hashing.hmac_sha256_hex, inlined: once per event
-        inner = inner_pad.copy()
-        inner.update(f"{prefix}{position} {content}".encode())
-        outer = outer_pad.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
-
-    return key_id, keyed
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _sqlite_time_of(text: str) -> str:
-    """SQLite's stored form of a time (naive UTC, as ``_insert.time_binder``) from its canonical text."""
-    return f"{text[:10]} {text[11:-1]}"
-
-
-def _member_of(column: ColumnElement[str], values: set[str], dialect: str) -> ColumnElement[bool]:
-    """``column IN values`` with one parameter however many values (short SQL, cached plans)."""
-    if dialect == "postgresql":
-        return column == any_(bindparam("members", sorted(values), type_=ARRAY(String())))
-    members: Select[str] = select(literal_column("value", String())).select_from(
-        func.json_each(bindparam("members", json.dumps(sorted(values))))
+    return report.model_copy(
+        update={
+            "ok": report.ok and not findings,
+            "payloads_checked": checked,
+            "payload_problems": findings,
+        }
     )
-    return column.in_(members)
-
-
-def _stored(conn: Connection, event_ids: set[str]) -> dict[str, RecordedEvent]:
-    dialect = conn.dialect.name
-    query = select_events(dialect).where(_member_of(events.c.event_id, event_ids, dialect))
-    return {event.event_id: event for event in to_events(conn.execute(query), dialect)}
 
 
 def open_store(

@@ -7,9 +7,9 @@ import hmac
 import pytest
 
 from relaybus.eventstore import ChainKeyError, ChainKeys
+from relaybus.eventstore._append import linker as _linker
 from relaybus.eventstore.hashing import hmac_sha256_hex, link_hash, link_message
 from relaybus.eventstore.keys import UNKEYED
-from relaybus.eventstore.store import _linker
 
 SECRET = "s" * 32
 
