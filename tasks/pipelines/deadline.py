@@ -46,7 +46,8 @@ from relaybus.tasks.bus.bus import publish
 from relaybus.tasks.bus.events import derived_id
 from relaybus.tasks.pipelines.outcomes import log_store
 from relaybus.tasks.pipelines.registry import OUTCOME_KEY, PipelineTimedOut
-from relaybus.tasks.runtime.approvals import expire_due, resume_stalled
+from relaybus.tasks.runtime.approval_resume import resume_stalled
+from relaybus.tasks.runtime.approvals import expire_due
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.system import SystemTask
 

@@ -9,7 +9,7 @@
         -> conditional UPDATE (one decision wins) -> ``approval.granted`` -> the resumer sends the next step
     expire_due(app)          (the workflow sweep, beat) -> ``approval.expired`` -> the failure path
     resume_stalled(app)      (the same sweep) -> a decision its workflow never followed is carried out again
-    close_pending(app, workflow, why)   (its workflow ended another way) -> ``approval.expired``, nothing resumed
+    close_pending(app, workflow, why)   (its workflow ended another way) -> ``approval.expired`` -> the failure path
 
 Nothing waits in a worker: the request is a row, the decision another process's call. How a decision
 resumes a workflow depends on its kind: the pipeline and saga packages register a :class:`Resumer`
@@ -21,7 +21,10 @@ would resume a workflow that has ended, and its steps would run after its outcom
 every approval still pending (:func:`close_pending`, called where the outcome is recorded), and a request
 made after the outcome is closed as it is made (the resumer's ``ended``). Either the outcome's closing sees
 the row, or the request sees the outcome: both are committed before each looks. Closed is ``expired`` by
-:data:`ENDED_PRINCIPAL`, recorded ``approval.expired``; nothing is resumed (the workflow has its outcome).
+:data:`ENDED_PRINCIPAL`, recorded ``approval.expired``, and carried out as an expiry: a pipeline's failure is
+a duplicate of the outcome it has (the log keeps the first), a compensating saga gets the approval member's
+failure it waits for and finishes compensating. The sweep closes a pending approval whose workflow its
+resumer says has ended (a saga compensating for another member, a pipeline whose closing crashed).
 
 Every record carries the workflow's correlation id; a decision's causation is its request's record.
 Ids are derived from the approval's id, so a decision carried out again (the decider retrying after a
@@ -45,7 +48,6 @@ from relaybus.eventstore.approvals import (
     APPROVAL_REQUESTED,
     DECISION_TYPES,
     Approval,
-    Decision,
 )
 from relaybus.tasks.errors import AlreadyDecided, ApprovalError, ApprovalNotFound, NotAnApprover
 from relaybus.tasks.runtime import recording
@@ -273,15 +275,6 @@ def carry_out(app: Celery, row: Approval) -> None:
     if row.status == "pending":
         raise ValueError(f"approval {row.id} is not decided")
     resumer = _RESUMERS.get(row.workflow_kind)
-    if row.decided_by == ENDED_PRINCIPAL:  # closed: its workflow has its outcome, there is nothing to resume
-        _record(
-            app,
-            APPROVAL_EXPIRED,
-            row,
-            {"decided_by": row.decided_by, "reason": row.reason, "deadline": row.deadline.isoformat()},
-            causation_id=row.requested_event_id,
-        )
-        return
     if resumer is None:
         raise ApprovalError(
             f"approval {row.id}: no resumer for {row.workflow_kind!r} workflows in this process "
@@ -300,6 +293,12 @@ def carry_out(app: Celery, row: Approval) -> None:
         resumer.refused(app, row, event_id)
 
 
+#: How long a decision's workflow may show no record after it before the sweep carries the decision out again.
+RESUME_GRACE_S = 60.0
+#: How many of the newest decisions of each kind each sweep looks at.
+HEAL_DECIDED = 100
+
+
 #: How many of the newest expired approvals each sweep checks for a decision its record never followed.
 HEAL_EXPIRED = 100
 
@@ -309,7 +308,8 @@ def expire_due(app: Celery, *, now: datetime | None = None) -> tuple[list[str], 
 
     The expiry is the same conditional UPDATE as a decision, so an approval expired here cannot be
     approved afterwards, nor one approved in time expire. An expiry whose record is missing from the log
-    (the sweep died between the row and the record) is carried out again by the next sweep.
+    (the sweep died between the row and the record) is carried out again by the next sweep. A pending
+    approval whose workflow has ended (its resumer's ``ended``) is closed.
     """
     now = now or datetime.now(UTC)
     store = approval_store(app)
@@ -330,52 +330,21 @@ def expire_due(app: Celery, *, now: datetime | None = None) -> tuple[list[str], 
                 expired.append(row.id)
         except Exception as error:  # one approval it cannot end must not shield the others
             errors[row.id] = f"{type(error).__name__}: {error}"
+    for row in store.approvals.find(status="pending", limit=HEAL_DECIDED):
+        # Its workflow ended with nothing to close it (a saga compensating for another member's failure, a
+        # pipeline whose outcome's closing crashed): closed here, so nobody is asked to decide for nothing.
+        if (now - row.requested_at).total_seconds() < RESUME_GRACE_S:
+            continue
+        try:
+            ended = _ended(app, row)
+            if (
+                ended is not None
+                and _close(app, row, f"its {row.workflow_kind} had ended ({ended})").status == "expired"
+            ):
+                expired.append(row.id)
+        except Exception as error:
+            errors[row.id] = f"{type(error).__name__}: {error}"
     return expired, errors
-
-
-#: How long a decision's workflow may show no record after it before the sweep carries the decision out again.
-RESUME_GRACE_S = 60.0
-#: Decisions older than this are not looked at again.
-RESUME_HORIZON_S = 24 * 3600.0
-#: How many of the newest decisions of each kind each sweep looks at.
-HEAL_DECIDED = 100
-
-
-def resume_stalled(app: Celery, *, now: datetime | None = None) -> tuple[list[str], dict[str, str]]:
-    """Carry out again every recent decision its workflow never followed; ``(approval ids, errors by id)``.
-
-    A decider killed between its decision's record and the message that resumes the workflow leaves the
-    workflow parked for good (its approval is decided, so its deadline no longer ends it). A decision
-    whose record is followed by no record of its workflow (other than approvals') for
-    :data:`RESUME_GRACE_S` is carried out again: what it sends has ids derived from the approval's (the
-    resumed step runs once: its done-marker; an event once: its id), so a resume that was only slow is
-    not run twice. Closed approvals (their workflow ended) are left alone.
-    """
-    now = now or datetime.now(UTC)
-    store = approval_store(app)
-    resumed: list[str] = []
-    errors: dict[str, str] = {}
-    decisions: tuple[Decision, ...] = ("approved", "rejected", "expired")
-    for status in decisions:
-        for row in store.approvals.find(status=status, limit=HEAL_DECIDED):
-            decided_s = (now - row.decided_at).total_seconds() if row.decided_at else 0.0
-            if row.decided_by == ENDED_PRINCIPAL or not RESUME_GRACE_S <= decided_s <= RESUME_HORIZON_S:
-                continue
-            try:
-                decision = store.get(record_id(row.id, DECISION_TYPES[status]))
-                if decision is not None and _followed(store, row.workflow, decision.position):
-                    continue
-                carry_out(app, row)
-                resumed.append(row.id)
-            except Exception as error:  # one it cannot resume must not shield the others
-                errors[row.id] = f"{type(error).__name__}: {error}"
-    return resumed, errors
-
-
-def _followed(store: EventStore, workflow: str, position: int) -> bool:
-    """Whether ``workflow`` has a record after ``position`` other than an approval's."""
-    after = store.find(correlation_id=workflow, after_position=position, limit=20)
-    return any(not e.type.startswith("approval.") for e in after)
 
 
 def refusal_reason(row: Approval) -> str:
@@ -383,4 +352,6 @@ def refusal_reason(row: Approval) -> str:
     if row.status == "rejected":
         why = f": {row.reason}" if row.reason else ""
         return f"approval-rejected: step {row.step!r} rejected by {row.decided_by}{why}"
+    if row.decided_by == ENDED_PRINCIPAL:
+        return f"approval-expired: step {row.step!r} was closed: {row.reason}"
     return f"approval-expired: step {row.step!r} had no decision by {row.deadline.isoformat(timespec='seconds')}"

@@ -43,6 +43,16 @@ class SagaResumer:
     def approved(self, app: Celery, approval: Approval, event_id: str) -> None:
         self._report(app, approval, True, approval.resume.get("output"))
 
+    def ended(self, app: Celery, approval: Approval) -> str | None:
+        """How the saga stopped going forward (``saga.compensating``, ``saga.completed``...), None while it runs:
+        its approval is then closed (tasks.runtime.approvals), since a decision would resume nothing."""
+        ref = approval.resume.get("ref")
+        saga_id = ref.get("saga_id") if isinstance(ref, dict) else None
+        loaded = repository(app).find(str(saga_id or approval.workflow))
+        if loaded is None or loaded.state.status == "running":
+            return None
+        return f"saga.{loaded.state.status}"
+
     def refused(self, app: Celery, approval: Approval, event_id: str) -> None:
         error = "ApprovalRejected" if approval.status == "rejected" else "ApprovalExpired"
         data = {"task_id": None, "error_type": error, "error_message": refusal_reason(approval)}

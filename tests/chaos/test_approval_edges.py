@@ -5,6 +5,8 @@
   approving afterwards resumes nothing.
 * A pipeline parked on an approval is failed by another of its steps (the error callback a revoked or
   failed step runs, ``pipelines.fail``): the outcome closes the pending approval.
+* A saga compensates for a failed step while the approval beside it is pending: it waits for the approval
+  member to end, so the sweep closes the approval (its workflow stopped going forward) and the saga ends.
 * The decider is killed between its decision's record and the message that resumes the pipeline: the
   workflow sweep finds a decision its workflow never followed and carries it out again, once.
 
@@ -35,6 +37,7 @@ from relaybus.tasks.pipelines.deadline import sweep_pipelines
 from relaybus.tasks.pipelines.registry import FAIL_TASK
 from relaybus.tasks.runtime.approvals import ENDED_PRINCIPAL, RESUME_GRACE_S
 from relaybus.tasks.runtime.context import CORRELATION_HEADER
+from relaybus.tasks.saga import saga_status, start_saga, wait_for_saga
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 from tests.chaos.system import new_schema
 from tests.harness import ROOT, Worker, delete_namespace, make_app, make_settings, wait_for
@@ -194,3 +197,24 @@ def test_a_decision_whose_decider_died_before_resuming_is_carried_out_once_by_th
     assert len(running.ran_after(key)) == 1 and len(running.ran(key)) == 2
     types = [e.type for e in running.store.by_correlation(handle.id) if e.type.startswith("approval.")]
     assert types == ["approval.requested", "approval.granted"], "the decision is recorded once"
+
+
+def test_a_saga_compensating_beside_a_pending_approval_has_it_closed_by_the_sweep_and_ends(running: Running) -> None:
+    saga_id = start_saga("edge_gate", {"key": f"gate-{uuid.uuid4().hex[:8]}"}, app=running.app)
+    approval = wait_for(lambda: list_approvals(workflow=saga_id, app=running.app), 30, 0.1, "the approval")[0]
+    # The member beside the approval failed: the saga compensates, and waits for the approval member to end.
+    wait_for(lambda: saga_status(saga_id, app=running.app).status == "compensating", 30, 0.1, "compensating")
+    assert list_approvals(workflow=saga_id, app=running.app)[0].status == "pending"
+
+    later = datetime.now(UTC) + timedelta(seconds=RESUME_GRACE_S + 1)
+    report = sweep_pipelines(running.app, now=later)
+    assert approval.id in report.approvals_expired, report
+    assert wait_for_saga(saga_id, 30, app=running.app).status == "compensated"
+    closed = list_approvals(workflow=saga_id, app=running.app)[0]
+    assert closed.status == "expired" and closed.decided_by == ENDED_PRINCIPAL, closed
+    assert "saga.compensating" in (closed.reason or ""), closed.reason
+    with pytest.raises(AlreadyDecided):
+        approve(approval.id, by="alice", app=running.app)
+    types = [e.type for e in running.store.by_correlation(saga_id) if e.type.startswith("approval.")]
+    assert types == ["approval.requested", "approval.expired"], types
+    assert sweep_pipelines(running.app, now=later).approvals_expired == []
