@@ -162,8 +162,9 @@ def fill(store: EventStore, count: int, *, seed: int, start: datetime) -> float:
 # -- measuring -----------------------------------------------------------------------------------------------
 
 
-def _new_events(n: int, streams: list[str]) -> list[NewEvent]:
-    """Half to existing streams (in order), half to new ones, task-shaped."""
+def _new_events(n: int, streams: list[str], *, random_ids: bool = False) -> list[NewEvent]:
+    """Half to existing streams (in order), half to new ones, task-shaped; ids the store's own (time-ordered)
+    or, with ``random_ids``, UUIDv4s given by the caller (the ids relaybus made before, for comparison)."""
     out = []
     tag = uuid.uuid4().hex[:8]
     for i in range(n):
@@ -172,6 +173,7 @@ def _new_events(n: int, streams: list[str]) -> list[NewEvent]:
             NewEvent(
                 stream_id=stream, type=t.TASK_STARTED, task_id=f"{stream}-x{i}", agent=AGENTS[i % len(AGENTS)],
                 queue="agents.default", attempt=1, payload={"args": {"i": i}, "api_key": "sk-x"},
+                **({"event_id": str(uuid.uuid4())} if random_ids else {}),
             )
         )  # fmt: skip
     return out
@@ -227,7 +229,10 @@ def queries(store: EventStore, now: datetime, start: datetime) -> dict[str, Call
             started_since=hour[0], started_until=hour[0] + timedelta(days=1), limit=50
         ),
         "workflows list, name + status + 1 day (console)": lambda: store.projection.workflows(
-            name=PIPELINES[1], status="completed", started_since=hour[0], started_until=hour[0] + timedelta(days=1),
+            name=PIPELINES[1],
+            status="completed",
+            started_since=hour[0],
+            started_until=hour[0] + timedelta(days=1),
             limit=50,
         ),
         "workflow names (console's datalist)": lambda: store.projection.names(),
@@ -275,9 +280,10 @@ def run_one(kind: str, sizes: tuple[int, ...], *, rounds: int = 3, n_append: int
             big.projection.rebuild()
             rebuild_s = time.perf_counter() - rebuild_started
             existing = [e.stream_id for e in big.read_all(max(big.last_position() - 500, 0), 500)]
-            ours, reference = [], []
+            ours, random_ids, reference = [], [], []
             for _ in range(rounds):  # interleaved with the empty log's
                 ours.append(append_rate(big, _new_events(n_append, existing)))
+                random_ids.append(append_rate(big, _new_events(n_append, existing, random_ids=True)))
                 reference.append(append_rate(empty, _new_events(n_append, [])))
             timed = {name: _timed_ms(q) for name, q in queries(big, now, start).items()}
             results[str(size)] = {
@@ -287,6 +293,8 @@ def run_one(kind: str, sizes: tuple[int, ...], *, rounds: int = 3, n_append: int
                 "append_eps": round(statistics.median(ours), 1),
                 "append_empty_eps": round(statistics.median(reference), 1),
                 "append_vs_empty": round(statistics.median(ours) / statistics.median(reference), 3),
+                # The same appends with random (UUIDv4) event ids, as relaybus made them before UUIDv7.
+                "append_random_ids_vs_empty": round(statistics.median(random_ids) / statistics.median(reference), 3),
                 "queries_ms": timed,
             }
     return results
@@ -313,7 +321,7 @@ def main(argv: list[str]) -> None:
             print(
                 f"\n{kind} at {int(size):,} events (filled in {f['fill_s']} s, rebuild {f['rebuild_s']} s): "
                 f"append {f['append_eps']:,.0f}/s, empty log {f['append_empty_eps']:,.0f}/s, "
-                f"ratio {f['append_vs_empty']:.2f}"
+                f"ratio {f['append_vs_empty']:.2f} (with random UUIDv4 ids: {f['append_random_ids_vs_empty']:.2f})"
             )
             for name, ms in f["queries_ms"].items():
                 flag = "" if ms < 50 else "   <-- over 50 ms"

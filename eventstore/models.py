@@ -6,7 +6,8 @@ boundaries (Celery children write them, the CLI reads them).
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,14 +32,32 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _new_id() -> str:
-    return str(uuid.uuid4())
+_RAND_B = (1 << 62) - 1
+
+
+def new_event_id() -> str:
+    """A time-ordered id (RFC 9562 UUIDv7: 48 bits of Unix milliseconds, then 74 random bits).
+
+    New ids sort after older ones, so the unique index on ``event_id`` grows at its right edge instead of
+    at a random page: at millions of events a random id's insert reads a page that is no longer in cache.
+    Ids given by the caller (deterministic ones, for idempotency) and ids stored before are kept as they are.
+    """
+    rand = int.from_bytes(os.urandom(10))
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76  # version 7
+        | (rand >> 64 & 0xFFF) << 64
+        | 0b10 << 62  # the RFC variant
+        | rand & _RAND_B
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _EventFields(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    event_id: str = Field(default_factory=_new_id, min_length=1, max_length=255)
+    event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=255)
     stream_id: str = Field(min_length=1, max_length=255)
     type: str = Field(min_length=1, max_length=255)
     schema_version: int = Field(default=1, ge=1)
