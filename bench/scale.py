@@ -147,7 +147,7 @@ def fill(store: EventStore, count: int, *, seed: int, start: datetime) -> float:
         if not chunk:
             break
         with engine.begin() as conn:
-            insert_rows(conn, chunk)
+            insert_rows(conn, chunk, len(chunk))
     with engine.begin() as conn:
         if store.dialect == "postgresql":
             conn.execute(
