@@ -53,7 +53,7 @@ from relaybus.sagas.definition import SagaDefinition, SagaRegistry
 from relaybus.sagas.dispatches import Dispatchable, InFlight, in_flight, still_running, task_id_of
 from relaybus.sagas.errors import InvalidTransition, SagaNotFound
 from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, from_record, to_record
-from relaybus.sagas.folded import FoldedSagas
+from relaybus.sagas.folded import FoldedSagas, version_of
 from relaybus.sagas.state import SagaState, SagaStatus, evolve, fold
 
 STREAM_PREFIX = "saga:"
@@ -129,12 +129,13 @@ class SagaRepository:
         """The saga as stored now: one read, of the events after the version this process folded last
         (:mod:`sagas.folded`), or of the whole stream."""
         stream = saga_stream(saga_id)
-        known = self.folded.get(saga_id)
-        if known is not None:
-            tail = self.store.read_stream(stream, from_version=known.version + 1)
+        folded = self.folded.get(saga_id)
+        if folded is not None:
+            known, after = folded
+            tail = (*after, *self.store.read_stream(stream, from_version=version_of(folded) + 1))
             if not tail:
                 return known
-            if tail[0].version == known.version + 1:
+            if all(r.version == known.version + i for i, r in enumerate(tail, 1)):
                 loaded = _extended(known, tail)
                 self.folded.put(loaded)
                 return loaded
@@ -328,10 +329,10 @@ class SagaRepository:
                     conflict = error
                     self.folded.drop(saga_id)  # the next attempt reads the whole stream
                     continue
-                if loaded is not None and stored[0].version == loaded.version + 1:
-                    # The saga as stored now, folded from the records as stored (a value too large for
-                    # the log is its marker there), for this process's next read of it.
-                    self.folded.put(_extended(loaded, stored))
+                if loaded is not None:
+                    # The saga as stored now, for this process's next read of it: folded then, from the
+                    # records as stored (a value too large for the log is its marker there).
+                    self.folded.put(loaded, tuple(stored))
             if redispatch and loaded is not None and trigger is not None:
                 again = [f.command for f in self.in_flight(loaded) if f.caused_by == trigger]
                 commands.extend(c for c in again if c not in commands and still_running(state, c))
