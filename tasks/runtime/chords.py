@@ -41,6 +41,17 @@ installs for ``redis://`` URLs, retries the scripts (all idempotent) through the
 ``ensure`` while Redis comes back, and gives a cleanup that still fails up quietly, leaving the keys
 to expire: the callback is out.
 
+**The broker away as the callback is published.** Celery publishes a complete chord's callback once
+(three quick retries of a refused connection); if that fails it runs the chord's error path, whose error
+callbacks are publishes too, to the same absent broker: both are lost, the chord's keys are cleaned up,
+and the member's redelivery finds nothing left to do. The workflow hung until its deadline (the chaos
+suite's RabbitMQ restart, about one run in six). A broker that cannot be reached or does not confirm is
+not an error of the callback: :class:`RedisBackend` gives the dispatch claim back instead (the chord's
+data stays, complete and unclaimed) and raises ``Reject(requeue=True)`` once the member's result is stored,
+so its message goes back to the queue (or is redelivered when the connection is back) and the member's
+next run claims the chord and publishes the callback. The callback's id was fixed when the chord was
+built, so a publish that reached the broker although its confirm was lost runs once downstream.
+
 **Redis refusing writes** (full with ``noeviction``, read-only): a refused part fails the chord at once
 with the reason ``result-backend-unavailable`` instead of leaving it to wait forever; what else a refused
 write means, and how long finished workflows' keys stay, is in :mod:`tasks.runtime.results`, whose policy
@@ -52,18 +63,23 @@ All of this relies on the Redis backend's key layout (pinned: celery 5.7); a no-
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from functools import cached_property, partial
 from typing import Any
 
+from amqp.exceptions import ConnectionError as AMQPConnectionError
 from celery import Celery, states
 from celery.backends.redis import CHORD_CLAIM_EXTEND_LUA, CHORD_CLEANUP_LUA, CHORD_PART_RETURN_LUA
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.canvas import maybe_signature
-from celery.exceptions import BackendStoreError, ChordError
+from celery.exceptions import BackendStoreError, ChordError, Reject
 from celery.utils.log import get_logger
+from kombu.exceptions import OperationalError
 
+from relaybus.tasks.errors import PublishFailed
 from relaybus.tasks.runtime.claimcheck import offload_value, resolve_value
 from relaybus.tasks.runtime.redacting import redact_stored
 from relaybus.tasks.runtime.results import (
@@ -182,16 +198,47 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
             raise unavailable(error, f"a chord cannot start, {_text(key)} was not stored") from error
 
     def chord_error_from_stack(self, callback: Any, exc: Any = None) -> Any:
+        unsent = _broker_away(sys.exc_info()[1]) and str(exc).startswith("Callback error")
+        if unsent and self._give_back_claim(callback):
+            return None  # not an error of the chord: its member comes back and publishes it (module docstring)
         return super().chord_error_from_stack(callback, refused_chord_error(exc) if exc is not None else exc)
 
-    def on_chord_part_return(self, request: Any, state: str, result: Any, propagate: Any = None, **kwargs: Any) -> Any:
+    def _give_back_claim(self, callback: Any) -> bool:
+        """Release the dispatch claim of the chord being joined here (its callback could not be published), so
+        that the cleanup leaves the chord's data and the member's next run claims it; True if given back."""
+        gid = _JOINING.get(None)
+        if gid is None:
+            return False
         try:
-            return super().on_chord_part_return(request, state, result, propagate=propagate, **kwargs)
+            self.client.delete(self.get_key_for_group(gid, ".c"))
+        except Exception:  # Redis is away too: the claim's lease runs out, and the member comes back
+            logger.warning("chord %s: could not release its dispatch claim", gid, exc_info=True)
+        logger.warning(
+            "chord %s: its callback %s could not be published (the broker is away); the member goes back to the "
+            "queue and publishes it when it runs again",
+            gid,
+            getattr(callback, "id", None),
+        )
+        _UNSENT.set(gid)
+        return True
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, propagate: Any = None, **kwargs: Any) -> Any:
+        joining, unsent = _JOINING.set(getattr(request, "group", None)), _UNSENT.set(None)
+        try:
+            returned = super().on_chord_part_return(request, state, result, propagate=propagate, **kwargs)
         except Exception as error:
             if not refused_write(error):
                 raise
             fail_refused_chord(self, request, error)
             return None
+        finally:
+            _JOINING.reset(joining)
+            gid = _UNSENT.get()
+            _UNSENT.reset(unsent)
+        if gid is not None:
+            # The member's result is stored and counted; only its callback is missing. Its message goes back.
+            raise Reject(f"chord {gid}: its callback could not be published; requeued to publish it", requeue=True)
+        return returned
 
     def _ensured(self, lua: str) -> Callable[..., Any]:
         script = self.client.register_script(lua)
@@ -238,6 +285,20 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
             return cleaned
 
         return cleanup
+
+
+#: The chord (group id) whose member's part is being returned in this thread, and whether its callback
+#: could not be published (:meth:`RedisBackend.chord_error_from_stack`).
+_JOINING: ContextVar[str | None] = ContextVar("relaybus_chord_joining", default=None)
+_UNSENT: ContextVar[str | None] = ContextVar("relaybus_chord_unsent", default=None)
+
+
+def _broker_away(error: BaseException | None) -> bool:
+    """Whether a publish failed because the broker could not be reached or did not confirm in time. After a
+    task has returned, relaybus's publisher turns that into ``Reject(requeue=True)`` (project.celery): its cause."""
+    if isinstance(error, Reject) and error.requeue:
+        error = error.__cause__
+    return isinstance(error, PublishFailed | OperationalError | OSError | AMQPConnectionError)
 
 
 def _text(value: Any) -> str:
