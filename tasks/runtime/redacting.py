@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
@@ -31,6 +32,7 @@ from celery.events.dispatcher import EventDispatcher
 from relaybus.eventstore.redaction import Redactor, bounded_repr
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CORRELATION_HEADER
+from relaybus.tasks.runtime.sentevents import UnconfirmedEvents
 
 #: The longest ``argsrepr``/``kwargsrepr`` and event field, in characters, before ``…(N bytes)``.
 REPR_MAX_CHARS = 1024
@@ -96,7 +98,13 @@ class RedactingEventDispatcher(EventDispatcher):  # type: ignore[misc]  # celery
         shown_now = _SHOWN.get()
         if type == "task-sent" and shown_now is not None and shown_now[0] == fields.get("uuid"):
             fields = {**fields, "args": shown_now[1], "kwargs": shown_now[2]}
+        if type == "task-sent" and args:  # not on the task's confirmed channel (tasks.runtime.sentevents)
+            args = (self._unconfirmed, *args[1:])
         return super().publish(type, self._redacted(type, fields), *args, **kwargs)
+
+    @cached_property
+    def _unconfirmed(self) -> UnconfirmedEvents:
+        return UnconfirmedEvents(self.app)
 
     def _redacted(self, type: str, fields: dict[str, Any]) -> dict[str, Any]:
         if not type.startswith("task-"):
