@@ -38,7 +38,6 @@ from relaybus.tasks.pipelines.registry import (
     stage_of,
 )
 from relaybus.tasks.runtime import recording
-from relaybus.tasks.runtime.approvals import close_pending
 from relaybus.tasks.runtime.context import current_correlation_id
 from relaybus.tasks.runtime.recording import agent_for_task
 from relaybus.tasks.runtime.system import SystemTask
@@ -125,8 +124,6 @@ def record_outcome(event: PipelineCompleted | PipelineFailed | PipelineTimedOut,
     kept = record_pipeline_event(app, type_, pipeline_id, payload, causation_id=ctx.causation_id, task_id=ctx.task_id)
     if kept is not None and kept.type != type_:
         outcome = PipelineOutcome.from_record(pipeline_id, kept.type, kept.payload)  # an earlier outcome won
-    if kept is not None:  # an approval still pending must not resume a pipeline that has ended
-        close_pending(app, pipeline_id, f"{outcome.status}: {outcome.reason or 'completed'}")
     app.backend.store_result(pipeline_id, outcome.model_dump(mode="json"), states.SUCCESS)
 
 

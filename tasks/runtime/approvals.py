@@ -9,7 +9,7 @@
         -> conditional UPDATE (one decision wins) -> ``approval.granted`` -> the resumer sends the next step
     expire_due(app)          (the workflow sweep, beat) -> ``approval.expired`` -> the failure path
     resume_stalled(app)      (the same sweep) -> a decision its workflow never followed is carried out again
-    close_pending(app, workflow, why)   (its workflow ended another way) -> ``approval.expired`` -> the failure path
+    an approval whose workflow ended another way (at its request, its decision, the sweep) -> ``approval.expired``
 
 Nothing waits in a worker: the request is a row, the decision another process's call. How a decision
 resumes a workflow depends on its kind: the pipeline and saga packages register a :class:`Resumer`
@@ -17,14 +17,15 @@ resumes a workflow depends on its kind: the pipeline and saga packages register 
 
 **A workflow that ended closes its approvals.** A pipeline can end while one of its approvals is pending (it
 timed out, then a late step parked it; another branch failed or was revoked): a person approving afterwards
-would resume a workflow that has ended, and its steps would run after its outcome. So its outcome closes
-every approval still pending (:func:`close_pending`, called where the outcome is recorded), and a request
-made after the outcome is closed as it is made (the resumer's ``ended``). Either the outcome's closing sees
-the row, or the request sees the outcome: both are committed before each looks. Closed is ``expired`` by
-:data:`ENDED_PRINCIPAL`, recorded ``approval.expired``, and carried out as an expiry: a pipeline's failure is
-a duplicate of the outcome it has (the log keeps the first), a compensating saga gets the approval member's
-failure it waits for and finishes compensating. The sweep closes a pending approval whose workflow its
-resumer says has ended (a saga compensating for another member, a pipeline whose closing crashed).
+would resume a workflow that has ended, and its steps would run after its outcome. So an approval whose
+workflow has ended (its resumer's ``ended``: one lookup) is closed where it matters, off the hot path: as
+it is requested (a late step), as someone decides it (they are told :class:`AlreadyDecided`), and by the
+sweep (within a minute or two, so nobody is asked for nothing). An outcome recorded between the decision's
+check and its UPDATE is the one race left: the resumed step is late, as any late step after an outcome
+(tasks.pipelines.deadline). Closed is ``expired`` by :data:`ENDED_PRINCIPAL`, recorded ``approval.expired``,
+and carried out as an expiry: a pipeline's failure is a duplicate of the outcome it has (the log keeps the
+first), a saga compensating for another member gets the approval member's failure it waits for and
+finishes compensating.
 
 Every record carries the workflow's correlation id; a decision's causation is its request's record.
 Ids are derived from the approval's id, so a decision carried out again (the decider retrying after a
@@ -192,16 +193,6 @@ def _ended(app: Celery, row: Approval) -> str | None:
     return ended(app, row) if ended is not None else None
 
 
-def close_pending(app: Celery, workflow: str, why: str) -> list[str]:
-    """Close every approval of ``workflow`` still pending (its workflow ended ``why``); the ids closed.
-    Idempotent: a closed approval is not pending any more; its record has one id."""
-    closed = []
-    for row in approval_store(app).approvals.find(status="pending", workflow=workflow, limit=1000):
-        if _close(app, row, f"its {row.workflow_kind} ended before a decision: {why}").status == "expired":
-            closed.append(row.id)
-    return closed
-
-
 def _close(app: Celery, row: Approval, reason: str) -> Approval:
     """Close ``row`` (row, then ``approval.expired``) unless a decision came first; the row as it stands."""
     store = approval_store(app)
@@ -247,6 +238,10 @@ def decide(
             f"{by!r} may not decide approval {approval_id} (step {current.step!r}): its approvers are "
             f"{', '.join(current.approvers)}" + (f"; {by!r} holds roles {', '.join(held)}" if held else "")
         )
+    ended = _ended(app, current)
+    if ended is not None:  # nothing to resume: closed instead (or decided by someone else just now)
+        closed = _close(app, current, f"its {current.workflow_kind} had ended ({ended}) before a decision")
+        return _decided_already(app, closed, decision, by)
     now = datetime.now(UTC)
     if not store.approvals.decide(approval_id, decision, by=by, reason=reason, now=now):
         after = get_approval(app, approval_id)

@@ -130,28 +130,31 @@ def test_a_pipeline_timed_out_before_its_late_step_parks_it_cannot_be_approved_i
     assert not running.ran_after(key), "a step ran after the pipeline timed out, resumed by a person"
 
 
-def test_a_parked_pipeline_failed_by_a_revoked_steps_error_callback_closes_its_pending_approval(
+def test_a_parked_pipeline_failed_by_a_revoked_steps_error_callback_cannot_be_approved_into_running_again(
     running: Running,
 ) -> None:
-    key = f"parked-{uuid.uuid4().hex[:8]}"
-    handle = start("edge-park", {"key": key}, app=running.app)
-    approval = wait_for(lambda: running.approvals_of(handle), 30, 0.1, "the pipeline to park")[0]
-    assert approval.status == "pending"
+    keys = [f"parked-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    handles = [start("edge-park", {"key": key}, app=running.app) for key in keys]
+    approvals = [wait_for(lambda h=h: running.approvals_of(h), 30, 0.1, "the pipeline to park")[0] for h in handles]
+    # What a revoked step of each pipeline runs (tasks.runtime.request: a revoke runs its error callbacks).
+    for handle in handles:
+        running.app.send_task(FAIL_TASK, kwargs={"pipeline": "edge-park"}, headers={CORRELATION_HEADER: handle.id})
+        assert handle.wait(30).status == "failed"
 
-    # What a revoked step of this pipeline runs (tasks.runtime.request: the revoke runs its error callbacks).
-    running.app.send_task(FAIL_TASK, kwargs={"pipeline": "edge-park"}, headers={CORRELATION_HEADER: handle.id})
-    assert handle.wait(30).status == "failed"
-    closed = wait_for(
-        lambda: [a for a in running.approvals_of(handle) if a.status != "pending"], 10, 0.1, "the approval to be closed"
-    )[0]
-    assert closed.decided_by == ENDED_PRINCIPAL and (closed.reason or "").startswith("its pipeline ended"), closed
-    with pytest.raises(AlreadyDecided):
-        approve(approval.id, by="alice", app=running.app)
-    types = [e.type for e in running.store.by_correlation(handle.id) if e.type.startswith("approval.")]
-    assert types == ["approval.requested", "approval.expired"], types
-    # The sweep leaves it alone: nothing pending, nothing to expire or heal.
-    assert approval.id not in sweep_pipelines(running.app).approvals_expired
-    assert not running.ran_after(key)
+    # The first is decided by a person: refused, the approval closed instead of resuming an ended pipeline.
+    with pytest.raises(AlreadyDecided, match=r"relaybus\.workflow-ended"):
+        approve(approvals[0].id, by="alice", app=running.app)
+    # Nobody decides the second: the sweep closes it, so nobody is asked for nothing.
+    later = datetime.now(UTC) + timedelta(seconds=RESUME_GRACE_S + 1)
+    assert sweep_pipelines(running.app, now=later).approvals_expired == [approvals[1].id]
+    for handle, key in zip(handles, keys, strict=True):
+        closed = running.approvals_of(handle)[0]
+        assert closed.status == "expired" and closed.decided_by == ENDED_PRINCIPAL, closed
+        assert "pipeline.failed" in (closed.reason or ""), closed.reason
+        types = [e.type for e in running.store.by_correlation(handle.id) if e.type.startswith("approval.")]
+        assert types == ["approval.requested", "approval.expired"], types
+        assert handle.status() == "failed" and not running.ran_after(key)
+    assert sweep_pipelines(running.app, now=later).approvals_expired == []
 
 
 #: A decider that dies right after recording its decision, before the pipeline's next step is sent.
