@@ -77,6 +77,8 @@ def test_broker_lost_as_the_callback_is_published_requeues_the_member_which_publ
         backend.on_chord_part_return(member, states.SUCCESS, {"n": 1})  # the member's redelivery returns again
     finally:
         signals.before_task_publish.disconnect(on_publish)
+        if rabbitmq.proc is None or rabbitmq.proc.poll() is not None:
+            rabbitmq.start()  # a failure above must not leave the session's broker stopped for the tests after
 
     assert published.count(probe.name) == 2, f"published once more, by the member's next run: {published}"
     assert ERRBACK not in published, published
