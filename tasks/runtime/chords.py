@@ -85,6 +85,7 @@ from relaybus.tasks.runtime.redacting import redact_stored
 from relaybus.tasks.runtime.results import (
     PAST_LIMIT_EXPIRES_S,
     PAST_LIMIT_LUA,
+    STORE_UNLESS_SETTLED_LUA,
     TASK_RESULT_EXPIRES_S,
     expires_for,
     fail_refused_chord,
@@ -132,14 +133,16 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
         if kwargs.get("name"):
             meta["name"] = kwargs["name"]  # who failed, for the error callbacks (tasks.runtime.results)
         own = request is not None
-        current = self._get_task_meta_for(task_id)["status"]
-        if current == states.SUCCESS:
-            return result  # a late duplicate must not overwrite a success
-        if not own and state == current == states.FAILURE:
-            return result  # a callback failed by id: the first reason stays (Celery stores it again later)
         key, value = self.get_key_for_task(task_id), self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
+        expires = expires_for(self, state, own=own)
+        expires = self.expires if expires is None else expires
+        # Unless a success is stored (a late duplicate must not overwrite it) or, for a callback failed by id,
+        # a failure (the first reason stays; Celery stores it again later): one script, one round trip.
+        settled_failure_kept = "1" if not own and state == states.FAILURE else "0"
         try:
-            CeleryRedisBackend.set(self, key, value, expires=expires_for(self, state, own=own))
+            self.ensure(self._store_unless_settled, ([key], [value, int(expires or 0), settled_failure_kept]))
         except BackendStoreError as ex:
             raise BackendStoreError(str(ex), state=state, task_id=task_id) from ex
         except Exception as error:
@@ -158,6 +161,13 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # celery is untyp
         if meta.get("status") == states.SUCCESS and meta.get("result") is not None:
             meta["result"] = resolve_value(self.app, meta["result"])
         return meta
+
+    @cached_property
+    def _store_unless_settled_script(self) -> Any:
+        return self.client.register_script(STORE_UNLESS_SETTLED_LUA)
+
+    def _store_unless_settled(self, keys: list[Any], args: list[Any]) -> Any:
+        return self._store_unless_settled_script(keys=keys, args=args)
 
     @cached_property
     def _past_the_limit_script(self) -> Any:

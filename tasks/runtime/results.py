@@ -87,6 +87,30 @@ return 1
 """
 
 
+#: A task's state stored unless what is there settles it already, in one round trip: a stored SUCCESS is never
+#: overwritten (a late duplicate, a redelivered copy's STARTED), and a FAILURE stored by id (``ARGV[3]`` = 1: not the
+#: task's own, a callback failed by id) keeps the first reason. Then published, as Celery's own store does, for
+#: the clients waiting on it. Returns 1 if stored. Until this, every store read the key first: a GET, then the
+#: SET and PUBLISH, two round trips, twice a task (STARTED, then its end).
+STORE_UNLESS_SETTLED_LUA: Final = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' then
+    if meta['status'] == 'SUCCESS' then return 0 end
+    if ARGV[3] == '1' and meta['status'] == 'FAILURE' then return 0 end
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class ResultBackendUnavailable(PermanentError):
     """Raised when the result backend refuses a write a workflow cannot go on without (its message starts
     with ``result-backend-unavailable:``). Not retried: the backend is up and says no."""
