@@ -338,7 +338,7 @@ def _check_llm_choices(sender: Any = None, **_: Any) -> None:
 
 
 def _connect_signals() -> None:
-    from relaybus.tasks.runtime.chords import register_chord_member
+    from relaybus.tasks.runtime.chordrepair import register_chord_member
     from relaybus.tasks.runtime.context import propagate_ids
     from relaybus.tasks.runtime.recording import on_after_task_publish, on_before_task_publish
     from relaybus.tasks.runtime.recording.wiring import start_host_writer, stop_host_writer

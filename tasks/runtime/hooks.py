@@ -32,7 +32,7 @@ from celery.utils.log import get_logger
 
 from relaybus.eventstore import StoreUnavailable
 from relaybus.tasks.errors import RecordFailed
-from relaybus.tasks.runtime.chords import fail_lost_chord, finish_claimed_chord
+from relaybus.tasks.runtime.chordrepair import fail_lost_chord, finish_claimed_chord
 from relaybus.tasks.runtime.context import request_headers
 from relaybus.tasks.runtime.deadletter import dead_letter_call
 from relaybus.tasks.runtime.recording.eventlog import STORE_WAIT_UNTIL
@@ -210,7 +210,7 @@ class SettleChordMembers(Hook):
 
 
 class RepairChords(Hook):
-    """Once a chord member's result is stored, makes sure its chord cannot hang (tasks.runtime.chords): one a
+    """Once a chord member's result is stored, makes sure its chord cannot hang (tasks.runtime.chordrepair): one a
     dead worker claimed is finished here, one whose state the result backend lost is failed."""
 
     def after_return(self, task: AgentTask, request: Any, status: str, retval: Any) -> None:
