@@ -19,8 +19,6 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, text
-
 Head = tuple[int, str | None]
 """(version of the stream's last event, its hash)."""
 
@@ -51,17 +49,6 @@ class HeadCache:
                 self._heads.pop(stream, None)
 
 
-PG_HEADS = (
-    "SELECT s.stream_id, e.version, e.hash FROM unnest(CAST(%s AS text[])) AS s(stream_id) "
-    "CROSS JOIN LATERAL (SELECT version, hash FROM events WHERE events.stream_id = s.stream_id "
-    "ORDER BY version DESC LIMIT 1) AS e"
-)
-"""One index probe per stream for its last event (driver-level SQL, run in the append's pipeline)."""
-
-_ONE_HEAD = text("SELECT stream_id, version, hash FROM events WHERE stream_id = :stream ORDER BY version DESC LIMIT 1")
-"""The common case, one stream per append, as one index probe with no SQL to compile."""
-
-
 _SQLITE_HEADS = (
     "SELECT e.stream_id, e.version, e.hash FROM json_each(?) AS s JOIN events AS e "
     "ON e.stream_id = s.value AND e.version = (SELECT max(version) FROM events WHERE stream_id = s.value)"
@@ -70,25 +57,12 @@ _SQLITE_HEADS = (
 GROUP BY over the streams would read every event of each (a pipeline's stream holds dozens)."""
 
 
-def read_heads(conn: Connection, stream_ids: set[str]) -> dict[str, Head]:
-    """Per stream: (current version, hash of the last event) from the log; absent streams are left out."""
-    if not stream_ids:
-        return {}
-    if len(stream_ids) == 1:
-        (stream,) = stream_ids
-        rows = conn.execute(_ONE_HEAD, {"stream": stream})
-    elif conn.dialect.name == "postgresql":
-        rows = conn.exec_driver_sql(PG_HEADS, (sorted(stream_ids),))
-    else:
-        rows = conn.exec_driver_sql(_SQLITE_HEADS, (json.dumps(sorted(stream_ids)),))
-    return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
-
-
 _SQLITE_ONE_HEAD = "SELECT stream_id, version, hash FROM events WHERE stream_id = ? ORDER BY version DESC LIMIT 1"
 
 
 def sqlite_heads(driver: Any, stream_ids: set[str]) -> dict[str, Head]:
-    """:func:`read_heads` on a sqlite3 connection, in the caller's transaction (fixed SQL, no Core)."""
+    """Per stream: (current version, hash of the last event) from the log, absent streams left out; on a sqlite3
+    connection, in the caller's transaction (fixed SQL, no Core)."""
     if not stream_ids:
         return {}
     if len(stream_ids) == 1:

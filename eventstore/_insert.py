@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import JSON, BigInteger, Connection, Integer, String, text
+from sqlalchemy import JSON, BigInteger, Connection, Integer, String
 from sqlalchemy import exc as sa_exc
 
 from relaybus.eventstore._heads import Head, sqlite_heads
@@ -131,11 +131,10 @@ logging.getLogger("psycopg").addFilter(_QuietAbortedPipeline())
 # LOCK TABLE events IN EXCLUSIVE MODE and the setval below, through functions owned by the table owner
 # (migration 0006): the app role holds INSERT and SELECT only, which allow neither (eventstore.roles).
 _PG_LOCK = "SELECT eventstore_lock_events()"
-_PG_POSITIONS = "SELECT eventstore_next_positions(%s)"
-"""``setval(<the events sequence>, coalesce(max(position), 0) + n)``: the positions after the last one stored,
-counted from the log, not drawn from the sequence: a rolled-back append draws from a sequence for good, and
-would leave a gap that verify could not tell from a deleted event. The sequence is set along, for anything
-inserting without a position."""
+# eventstore_next_positions(n), in _PG_START, is setval(<the events sequence>, coalesce(max(position), 0) + n): the
+# positions after the last one stored, counted from the log, not drawn from the sequence: a rolled-back append draws
+# from a sequence for good, and would leave a gap that verify could not tell from a deleted event. The sequence is
+# set along, for anything inserting without a position.
 
 
 class Start(NamedTuple):
@@ -156,10 +155,11 @@ _PG_START = (
     "ORDER BY version DESC LIMIT 1) AS e UNION ALL "
     "SELECT 2, NULL, eventstore_next_positions(%s), NULL"
 )
-"""After the lock, in one statement: the ids already stored (0), the heads asked for (1, as :data:`PG_HEADS`) and the
-last position drawn (2, :data:`_PG_POSITIONS`). Two statements in a psycopg pipeline cost the client less CPU than
-four (its non-blocking send and fetch loop runs per statement): 262-275 against 310-330 us per append measured alone,
-in the same single round trip (on a loaded machine each round trip waits for the server to be scheduled)."""
+"""After the lock, in one statement: the ids already stored (0), the heads asked for (1: one index probe per
+stream for its last event) and the last position drawn (2, ``eventstore_next_positions``). Two statements in a
+psycopg pipeline cost the client less CPU than four (its non-blocking send and fetch loop runs per statement):
+262-275 against 310-330 us per append measured alone, in the same single round trip (on a loaded machine each round
+trip waits for the server to be scheduled)."""
 _SQLITE_TAKEN = "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
 _SQLITE_LAST_POSITION = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 """AUTOINCREMENT: sqlite_sequence holds the largest position ever used, deleted rows included."""
@@ -228,16 +228,3 @@ def _sqlite_time(value: datetime) -> str:
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def allocate_positions(conn: Connection, count: int) -> list[int]:
-    """``count`` new, increasing positions (the caller holds the events write lock)."""
-    if conn.dialect.name == "postgresql":
-        # One statement, whatever the count: nobody else appends while we hold the lock, so the
-        # positions after the largest stored are ours (see _PG_POSITIONS).
-        last = conn.exec_driver_sql(_PG_POSITIONS, (count,)).scalar_one()
-        return list(range(int(last) - count + 1, int(last) + 1))
-    # AUTOINCREMENT: sqlite_sequence holds the largest position ever used, deleted rows included.
-    last = conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'events'")).scalar()
-    start = int(last or 0) + 1
-    return list(range(start, start + count))

@@ -82,10 +82,6 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
             headers={CORRELATION_HEADER: correlation_id},
             # One task tree per saga in Flower, whoever sends (a step's worker, the sweep, a resume).
             root_id=saga_root_id(app, saga, command.saga_id),
-            # The message's argsrepr/kwargsrepr are rebuilt from its body, redacted, as it is published
-            # (tasks.runtime.redacting): Celery's own saferepr of the call would be thrown away unread.
-            argsrepr="",
-            kwargsrepr="",
             **options,
         )
         sent.append(task_id)
