@@ -8,6 +8,7 @@ model had a price when it ran; sums stay integers, so they are exact. The same f
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -45,18 +46,52 @@ class LLMUsage(BaseModel):
         return f"{Decimal(self.cost_micros) / MICROS:f}"
 
 
-def call_usage(payload: Any) -> tuple[str | None, str | None, int, int, int | None, str | None]:
-    """``(provider, model, prompt tokens, completion tokens, cost micros or None, currency)`` of one record."""
-    payload = _dict(payload)
+@dataclass(frozen=True, slots=True)
+class CallUsage:
+    """One ``llm.completed`` record decoded: who called which model, its tokens and, when priced, its cost.
+
+    Fields a record lacks (or holds in the wrong shape) read as None, or 0 for tokens."""
+
+    agent: str | None
+    task_id: str | None
+    correlation_id: str | None
+    provider: str | None
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    #: Micro-units of ``currency``; None when the model had no price when the call ran.
+    cost_micros: int | None
+    currency: str | None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost(self) -> str:
+        """The cost as exact decimal text (``"0.001234"``), ``""`` for an unpriced call."""
+        return "" if self.cost_micros is None else f"{Decimal(self.cost_micros) / MICROS:f}"
+
+
+def call_usage(event: Any) -> CallUsage:
+    """The one decoder of an ``llm.completed`` event (its payload: ``completion.{provider, model, usage}`` and
+    ``cost.{micros, currency}``); every reader of LLM spending (budgets, stats, console, metrics) goes through it."""
+    payload = _dict(event.payload)
     completion = _dict(payload.get("completion"))
     usage = _dict(completion.get("usage"))
     cost = _dict(payload.get("cost"))
     micros = cost.get("micros")
-    return (
-        completion.get("provider"), completion.get("model"),
-        _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-        micros if isinstance(micros, int) and not isinstance(micros, bool) else None, cost.get("currency"),
+    return CallUsage(
+        agent=event.agent, task_id=event.task_id, correlation_id=event.correlation_id,
+        provider=_str(completion.get("provider")), model=_str(completion.get("model")),
+        prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=_int(usage.get("completion_tokens")),
+        cost_micros=micros if isinstance(micros, int) and not isinstance(micros, bool) else None,
+        currency=_str(cost.get("currency")),
     )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -74,19 +109,20 @@ def llm_usage(events: Iterable[Any], by: tuple[str, ...] = ("agent", "provider",
     for event in events:
         if event.type != t.LLM_COMPLETED:
             continue
-        provider, model, prompt, completion, micros, currency = call_usage(event.payload)
-        fields = {"agent": event.agent, "provider": provider, "model": model, "correlation_id": event.correlation_id}
+        call = call_usage(event)
+        fields = {"agent": call.agent, "provider": call.provider, "model": call.model,
+                  "correlation_id": call.correlation_id}
         key = tuple(fields[name] for name in by)
         group = groups.setdefault(key, {**{name: fields[name] for name in by}, "calls": 0, "prompt_tokens": 0,
                                         "completion_tokens": 0, "cost_micros": 0, "priced_calls": 0,
                                         "currency": None})
         group["calls"] += 1
-        group["prompt_tokens"] += prompt
-        group["completion_tokens"] += completion
-        if micros is not None:
-            group["cost_micros"] += micros
+        group["prompt_tokens"] += call.prompt_tokens
+        group["completion_tokens"] += call.completion_tokens
+        if call.cost_micros is not None:
+            group["cost_micros"] += call.cost_micros
             group["priced_calls"] += 1
-            group["currency"] = group["currency"] or currency
+            group["currency"] = group["currency"] or call.currency
     return [LLMUsage(**groups[key]) for key in sorted(groups, key=lambda k: tuple(str(v) for v in k))]
 
 

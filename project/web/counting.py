@@ -19,7 +19,6 @@ import threading
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from relaybus.eventstore import EventStore, RecordedEvent
 from relaybus.eventstore import types as t
@@ -168,19 +167,14 @@ class Counters:
             self.outcomes[(agent, outcome)] = self.outcomes.get((agent, outcome), 0) + 1
 
     def _llm(self, e: RecordedEvent) -> None:
-        completion: Any = e.payload.get("completion") if isinstance(e.payload, dict) else None
-        if not isinstance(completion, dict):
-            return
-        key = (e.agent or "", str(completion.get("model") or ""))
-        usage = completion.get("usage") or {}
+        call = call_usage(e)
+        key = (call.agent or "", call.model or "")
         self.llm_calls[key] = self.llm_calls.get(key, 0) + 1
-        for kind in ("prompt", "completion"):
-            tokens_key = (*key, kind)
-            self.llm_tokens[tokens_key] = self.llm_tokens.get(tokens_key, 0) + int(usage.get(f"{kind}_tokens") or 0)
-        micros, currency = call_usage(e.payload)[4:]
-        if micros is not None:  # a priced call (its record carries its cost, exact integer micro-units)
-            cost_key = (*key, str(currency or ""))
-            self.llm_cost_micros[cost_key] = self.llm_cost_micros.get(cost_key, 0) + micros
+        for kind, tokens in (("prompt", call.prompt_tokens), ("completion", call.completion_tokens)):
+            self.llm_tokens[(*key, kind)] = self.llm_tokens.get((*key, kind), 0) + tokens
+        if call.cost_micros is not None:  # a priced call (its record carries its cost, exact integer micro-units)
+            cost_key = (*key, call.currency or "")
+            self.llm_cost_micros[cost_key] = self.llm_cost_micros.get(cost_key, 0) + call.cost_micros
 
     def _forget(self, now: datetime) -> None:
         if len(self._open) < 10_000:

@@ -10,7 +10,9 @@ from typing import Any
 from celery import Celery
 
 from relaybus.eventstore import EventStore, RecordedEvent, TaskStep, WorkflowStatus
+from relaybus.eventstore import types as t
 from relaybus.eventstore.redaction import Redactor
+from relaybus.eventstore.usage import call_usage
 
 PAGE_SIZE = 50
 OPENERS = ("pipeline.started", "saga.started")
@@ -172,12 +174,10 @@ def llm_calls(events: list[RecordedEvent]) -> list[dict[str, Any]]:
     """The workflow's LLM completions (``llm.completed``): agent, task, provider, model, tokens and cost."""
     calls = []
     for e in events:
-        if e.type != "llm.completed" or not isinstance(e.payload, dict):
+        if e.type != t.LLM_COMPLETED:
             continue
-        completion = e.payload.get("completion") or {}
-        usage = completion.get("usage") or {}
-        calls.append({"agent": e.agent, "task_id": e.task_id, "provider": completion.get("provider"),
-                      "model": completion.get("model"), "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                      "completion_tokens": int(usage.get("completion_tokens") or 0),
-                      "cost": (e.payload.get("cost") or {}).get("amount") or ""})
+        call = call_usage(e)
+        calls.append({"agent": call.agent, "task_id": call.task_id, "provider": call.provider, "model": call.model,
+                      "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
+                      "cost": call.cost})
     return calls

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from relaybus.eventstore.usage import llm_usage, spending_summary
+from relaybus.eventstore.usage import call_usage, llm_usage, spending_summary
 from relaybus.settings import Settings
 from relaybus.tasks.llm import (
     Budget,
@@ -182,14 +182,27 @@ def _completed(agent: str, correlation: str, usage: tuple[int, int], micros: int
                                               "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}}
     if micros is not None:
         payload["cost"] = {"micros": micros, "amount": format_micros(micros), "currency": "USD"}
-    return SimpleNamespace(type="llm.completed", agent=agent, correlation_id=correlation, payload=payload)
+    return SimpleNamespace(type="llm.completed", agent=agent, task_id=None, correlation_id=correlation,
+                           payload=payload)
+
+
+def test_one_decoder_reads_a_call_and_reads_a_malformed_record_as_nothing_spent() -> None:
+    call = call_usage(_completed("a", "w1", (11, 5), 4650))
+    assert (call.agent, call.provider, call.model, call.tokens, call.cost_micros, call.cost, call.currency) == (
+        "a", "openai", "m", 16, 4650, "0.00465", "USD")
+    for payload in (None, "text", {"completion": "x"}, {"completion": {"usage": {"prompt_tokens": True,
+                                                                                 "completion_tokens": -3}},
+                                                          "cost": {"micros": "12"}}):
+        odd = call_usage(SimpleNamespace(type="llm.completed", agent=None, task_id=None, correlation_id=None,
+                                         payload=payload))
+        assert (odd.provider, odd.model, odd.tokens, odd.cost_micros, odd.cost) == (None, None, 0, None, "")
 
 
 def test_usage_folds_tokens_and_cost_per_agent_and_workflow_and_says_what_was_unpriced() -> None:
     events = [_completed("a", "w1", (11, 5), 4650), _completed("a", "w2", (11, 5), None),
               _completed("b", "w1", (1, 1), 1),
               SimpleNamespace(type="pipeline.started", agent="system", correlation_id="w1",
-                              payload={"budget": {"tokens": 50}})]
+                              task_id=None, payload={"budget": {"tokens": 50}})]
     by_agent = llm_usage(events)
     assert [(u.agent, u.calls, u.tokens, u.cost_micros, u.priced_calls) for u in by_agent] == [
         ("a", 2, 32, 4650, 1), ("b", 1, 2, 1, 1)]
