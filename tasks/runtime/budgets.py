@@ -2,7 +2,8 @@
 
 The workflow is the call's correlation id; its budget is the ``budget`` of its ``pipeline.started`` or
 ``saga.started`` record (the tightest, when a saga runs under a pipeline's id); what it spent is the fold of
-its ``llm.completed`` records (:class:`LogLedger`). A refused call records ``budget.exceeded`` and raises
+its ``llm.completed`` records (:class:`LogLedger`, kept as a running total per workflow that each check brings up
+to date with the records after the position it read last). A refused call records ``budget.exceeded`` and raises
 :class:`~tasks.llm.BudgetExceeded`, which the task base dead-letters with reason ``budget-exceeded``.
 
 Left unbudgeted, on purpose: a compensation (a saga undoing its steps must not be stopped by the budget its
@@ -13,11 +14,13 @@ ones, nothing is sent), and an app that records no events (there is no log to ch
 from __future__ import annotations
 
 import socket
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from relaybus.eventstore.types import PIPELINE_STARTED, SAGA_STARTED
+from relaybus.eventstore.types import LLM_COMPLETED, PIPELINE_STARTED, SAGA_STARTED
+from relaybus.eventstore.usage import call_usage
 from relaybus.tasks.llm import (
     Budget,
     BudgetedProvider,
@@ -40,16 +43,31 @@ if TYPE_CHECKING:
 
 #: Budgets of this many workflows are kept per process (a workflow's budget never changes once started).
 CACHED_BUDGETS = 4096
+#: Running totals of this many workflows are kept per process (one evicted is read again from its start).
+CACHED_SPENDING = 4096
+#: ``llm.completed`` records read per query when a running total catches up.
+SPENT_PAGE = 1000
 #: Short Redis timeouts: an unreachable Redis makes the check fall back to the log in about a second.
 RESERVATIONS_REDIS_TIMEOUT_S = 1.0
 
 
 class LogLedger:
-    """A workflow's budget and spending, read from the event log (``store``: an ``EventStore``)."""
+    """A workflow's budget and spending, read from the event log (``store``: an ``EventStore``).
+
+    What a workflow spent is kept per process as ``(position, total)``: the fold of its ``llm.completed``
+    records up to ``position``. A check reads only the records after it (the index on correlation id, type and
+    position finds them), so a workflow's n-th call reads what was recorded since its previous check, not its
+    n-1 records again. Positions are handed out in commit order (the append's table lock), so no record can
+    appear later below a position already read; the total at a position is the same whoever folds it, so
+    concurrent checks (threads) read outside the lock and keep the furthest. A new process (a restarted worker)
+    starts each workflow from its first record, once.
+    """
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self._budgets: OrderedDict[str, Budget | None] = OrderedDict()
+        self._spent: OrderedDict[str, tuple[int, Spent]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def budget_of(self, correlation_id: str) -> Budget | None:
         if correlation_id in self._budgets:
@@ -69,8 +87,27 @@ class LogLedger:
         return budget
 
     def spent(self, correlation_id: str) -> Spent:
-        total = self.store.llm_usage(correlation_id=correlation_id, by=())
-        return Spent(total[0].tokens, total[0].cost_micros) if total else Spent()
+        with self._lock:
+            position, total = self._spent.get(correlation_id, (0, Spent()))
+        while True:
+            page = self.store.find(type=LLM_COMPLETED, correlation_id=correlation_id, after_position=position,
+                                   limit=SPENT_PAGE)
+            for event in page:
+                call = call_usage(event)
+                total = total + Spent(call.tokens, call.cost_micros or 0)
+            if page:
+                position = page[-1].position
+            if len(page) < SPENT_PAGE:
+                break
+        with self._lock:
+            kept = self._spent.get(correlation_id)
+            if kept is None or kept[0] < position:
+                self._spent[correlation_id] = (position, total)
+            if correlation_id in self._spent:
+                self._spent.move_to_end(correlation_id)
+            if len(self._spent) > CACHED_SPENDING:
+                self._spent.popitem(last=False)
+        return total
 
 
 def ledger_for(app: Celery, recorder: Recorder) -> LogLedger | None:
