@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from relaybus.tasks.pipelines.client import PipelineHandle, start
     from relaybus.tasks.pipelines.definition import Pipeline, StepInput
     from relaybus.tasks.pipelines.registry import PipelineOutcome, declared
+    from relaybus.tasks.runtime.revokes import revoke
     from relaybus.tasks.runtime.settle import MemberFailure
     from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
     from relaybus.tasks.saga import (
@@ -90,6 +91,8 @@ _EXPORTS = {
     "PipelineHandle": "relaybus.tasks.pipelines.client",
     "PipelineOutcome": "relaybus.tasks.pipelines.registry",
     "declared": "relaybus.tasks.pipelines.registry",
+    # revoke tasks for good: kept in Redis, so a restart of every worker does not undo it
+    "revoke": "relaybus.tasks.runtime.revokes",
     # Events
     "Event": "relaybus.tasks.bus.events",
     "upcaster": "relaybus.tasks.bus.events",

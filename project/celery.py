@@ -343,6 +343,7 @@ def _connect_signals() -> None:
     from relaybus.tasks.runtime.recording import on_after_task_publish, on_before_task_publish
     from relaybus.tasks.runtime.recording.wiring import start_host_writer, stop_host_writer
     from relaybus.tasks.runtime.redacting import quiet_success_log, redact_task_headers, redact_worker_logs
+    from relaybus.tasks.runtime.revokes import load_into_worker as load_kept_revokes
 
     def build_sent(**kwargs: Any) -> None:
         on_before_task_publish(publishing_app(), **kwargs)
@@ -373,6 +374,7 @@ def _connect_signals() -> None:
     signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")
     signals.worker_init.connect(_check_llm_choices, weak=False, dispatch_uid="relaybus.check_llm_choices")
     signals.worker_init.connect(start_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
+    signals.worker_init.connect(load_kept_revokes, weak=False, dispatch_uid="relaybus.kept_revokes")
     signals.worker_shutdown.connect(stop_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
 
 

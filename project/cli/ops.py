@@ -135,6 +135,27 @@ def dlq_purge(agents: str | None, task_id: str | None, yes: bool) -> None:
     console.print(f"purged {purge(celery_app(), _agents_option(agents), task_id)} message(s)")
 
 
+@click.command("revoke")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also kill the task if a worker runs it now (Celery's terminate).")
+@json_option
+def revoke_command(task_ids: tuple[str, ...], terminate: bool, as_json: bool) -> None:
+    """Revoke tasks for good: kept in the result backend, so a worker that starts later refuses them too."""
+    from redis.exceptions import RedisError
+
+    from relaybus.tasks.runtime.revokes import revoke
+
+    errors: tuple[type[BaseException], ...] = (*service_errors(), RedisError)
+    try:
+        revoked = revoke(task_ids, terminate=terminate, app=celery_app())
+    except errors as exc:
+        unreachable(exc)
+    if as_json:
+        emit_json({"revoked": revoked, "terminate": terminate})
+        return
+    console.print(f"revoked {len(revoked)} task(s){' (terminated where running)' if terminate else ''}")
+
+
 @click.group("db")
 def db() -> None:
     """The event-store database."""
@@ -198,4 +219,4 @@ def db_upgrade(app_role: str | None, app_password_file: str | None) -> None:
                + "; EXECUTE on the append's lock functions")
 
 
-COMMANDS = (worker, status, dlq, db)
+COMMANDS = (worker, status, dlq, revoke_command, db)

@@ -25,8 +25,9 @@ more).
 
 A revoke of a deferred task stops its copy (same task id): the worker holding the copy checks its revoked ids
 when the copy is due, records ``task.revoked`` and runs its error callbacks (tests/chaos/test_deferral_revoke.py).
-Revoked ids live in workers' memory, as Celery keeps them: a worker started afresh learns them from live
-peers (mingle), so a revoke followed by a restart of *every* worker before the countdown ends lets the copy run.
+Celery keeps revoked ids in workers' memory only; relaybus also keeps them in Redis and loads them into every
+worker that starts (tasks.runtime.revokes), so a revoke followed by a restart of *every* worker before the
+countdown ends still stops the copy (tests/integration/test_durable_revoke.py).
 
 The countdown stays below what RabbitMQ's ``consumer_timeout`` allows a delayed message (the worker holds it
 unacknowledged until it is due, then for its run: :meth:`RuntimeConfig.check_delay`); a longer wait is cut to

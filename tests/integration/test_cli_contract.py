@@ -47,6 +47,7 @@ MATRIX: dict[str, tuple[int, int, int, int]] = {
     f"dlq show {NO_SUCH_ID}": (1, 3, 1, 1),
     f"dlq requeue --id {NO_SUCH_ID}": (0, 3, 0, 0),
     "dlq purge --yes": (0, 3, 0, 0),
+    f"revoke {NO_SUCH_ID}": (0, 3, 3, 0),  # kept in the result backend, then broadcast over the broker
     f"run research --input {RESEARCH} --no-wait": (0, 3, 3, 0),
     f"run research --input {RESEARCH} --timeout 1": (1, 3, 3, 3),
     f"timeline {NO_SUCH_ID}": (1, 1, 1, 3),
