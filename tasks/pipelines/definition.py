@@ -31,146 +31,58 @@ What the definition turns into:
 
 Every process that starts or runs a pipeline imports the module that declares it: workers, clients, the
 CLI and Django all load ``RELAYBUS_EXTRA_MODULES`` (``tasks.pipelines.registry.load_modules``).
+
+The stages and the system tasks' contracts are in ``tasks.pipelines.stages``; sending the next stages (a chain,
+a chord, a parked approval, the completion) is ``tasks.pipelines.dispatch``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celery import Celery, current_app, current_task
-from celery._state import get_current_task
 from celery.canvas import Signature
 from pydantic import BaseModel
 
 from relaybus.tasks.bus.bus import handler_task_name, subscribe
 from relaybus.tasks.bus.events import Event
-from relaybus.tasks.pipelines.approval import KIND as APPROVAL_KIND  # importing it registers the resumer
-from relaybus.tasks.pipelines.canvas import fan_in, sequence
+from relaybus.tasks.pipelines.dispatch import send_from, send_stage
 from relaybus.tasks.pipelines.outcomes import fail_on_error, record_pipeline_event, started_budget
 from relaybus.tasks.pipelines.registry import PIPELINE_STARTED, PipelineCompleted, PipelineFailed, register
-from relaybus.tasks.runtime.approvals import approval_id_for, request_approval
+from relaybus.tasks.pipelines.stages import (
+    SYSTEM_AGENT,
+    AdvanceInput,
+    ApprovalStage,
+    CompleteInput,
+    Dispatched,
+    FanOut,
+    Handler,
+    JoinInput,
+    Mapping_,
+    RunT,
+    Stage,
+    Started,
+    Step,
+    StepInput,
+    agent_ref,
+)
 from relaybus.tasks.runtime.config import runtime_config
-from relaybus.tasks.runtime.context import BUDGET_HEADER, current_task_id, request_headers
+from relaybus.tasks.runtime.context import BUDGET_HEADER, request_headers
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
-from relaybus.tasks.runtime.settle import results_of, split_results
-from relaybus.tasks.runtime.task import AGENT_TASK_PREFIX, AgentContext, AgentModel, AgentTask, agent
+from relaybus.tasks.runtime.settle import split_results
+from relaybus.tasks.runtime.task import AgentContext, AgentTask, agent
 
 if TYPE_CHECKING:
     from relaybus.tasks.llm import Budget
     from relaybus.tasks.pipelines.client import PipelineHandle
 
-RunT = TypeVar("RunT", bound=BaseModel)
 E = TypeVar("E", bound=Event)
 
-SYSTEM_AGENT = "system"
+__all__ = ["ApprovalStage", "FanOut", "Pipeline", "Step", "StepInput"]
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(-[a-z0-9_]+)*$")
-
-
-@dataclass(frozen=True)
-class StepInput(Generic[RunT]):
-    """What an ``input``/``each`` mapping sees: the pipeline's input and the previous step's output."""
-
-    run: RunT
-    #: The previous step's output (for the first step, ``None``; for a fan-out's ``into`` step, the
-    #: output of the step before the fan-out).
-    prev: dict[str, Any] | None
-    pipeline_id: str
-
-
-Mapping_ = Callable[[StepInput[Any]], Mapping[str, Any]]
-Handler = Callable[[Any, AgentContext], Any]
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    task: str
-    agent: str
-    input: Mapping_ | None = None
-
-
-@dataclass(frozen=True)
-class FanOut:
-    name: str
-    task: str
-    agent: str
-    each: Callable[[StepInput[Any]], Iterable[Mapping[str, Any]]]
-    results: str
-    failures: str | None
-    partial: Callable[[Any], bool]
-
-
-@dataclass(frozen=True)
-class ApprovalStage:
-    """The pipeline parks until a person approves (``Pipeline.approval``); nothing runs meanwhile."""
-
-    name: str
-    approvers: tuple[str, ...]
-    timeout_s: float
-    subject: Mapping_ | None = None
-    task: str = ""  # no task of its own: the stage is a row in the approvals table
-    agent: str = SYSTEM_AGENT
-
-
-Stage = Step | FanOut | ApprovalStage
-
-
-# -- the system tasks' contracts ------------------------------------------------------------------
-
-
-class Started(AgentModel):
-    pipeline_id: str
-
-
-class Dispatched(AgentModel):
-    sent: int
-
-
-class AdvanceInput(AgentModel):
-    """Between two steps: the next stage's index, the pipeline's input and the previous output."""
-
-    stage: int
-    run: dict[str, Any]
-    prev: dict[str, Any] | None = None
-
-    @classmethod
-    def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> AdvanceInput:
-        return cls.model_validate({**kwargs, "prev": upstream})
-
-
-class JoinInput(AgentModel):
-    """A fan-out's callback: the members' results (a list, failures marked) and what came before them."""
-
-    stage: int
-    run: dict[str, Any]
-    prev: dict[str, Any] | None = None
-    results: list[Any]
-
-    @classmethod
-    def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> JoinInput:
-        return cls.model_validate({**kwargs, "results": results_of(upstream)})
-
-
-class CompleteInput(AgentModel):
-    output: dict[str, Any]
-
-    @classmethod
-    def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> CompleteInput:
-        return cls.model_validate({**kwargs, "output": upstream if isinstance(upstream, dict) else {}})
-
-
-def _agent_ref(ref: AgentTask | str) -> tuple[str, str]:
-    """``(task name, agent name)`` of an agent task object or an agent's name."""
-    if isinstance(ref, str):
-        name = ref.removeprefix(AGENT_TASK_PREFIX)
-        return AGENT_TASK_PREFIX + name, name.partition(".")[0]
-    spec = getattr(ref, "spec", None)
-    if spec is None:
-        raise TypeError(f"{ref!r} is not an agent: declare it with @agent(...) or pass the agent's name")
-    return str(ref.name), str(spec.name)
 
 
 class Pipeline(Generic[RunT]):
@@ -202,7 +114,7 @@ class Pipeline(Generic[RunT]):
     def step(self, agent: AgentTask | str, *, input: Mapping_ | None = None, name: str | None = None) -> Pipeline[RunT]:
         """Run ``agent`` next. Its input is the previous output (the pipeline's input for the first
         step), or what ``input(s)`` returns (``s.run``: the pipeline's input, ``s.prev``: the previous output)."""
-        task, agent_name = _agent_ref(agent)
+        task, agent_name = agent_ref(agent)
         self._add(Step(name or agent_name, task, agent_name, input))
         return self
 
@@ -227,10 +139,10 @@ class Pipeline(Generic[RunT]):
         that arrived and, under ``failures``, the failed members (``MemberFailure``: task, error_type,
         error_message). No item at all: ``into`` runs at once with an empty list.
         """
-        task, agent_name = _agent_ref(agent)
+        task, agent_name = agent_ref(agent)
         decide = partial if callable(partial) else (lambda _run, _p=bool(partial): _p)
         self._add(FanOut(name or agent_name, task, agent_name, each, results, failures, decide))
-        into_task, into_agent = _agent_ref(into)
+        into_task, into_agent = agent_ref(into)
         self._add(Step(into_name or into_agent, into_task, into_agent, into_input))
         return self
 
@@ -408,20 +320,20 @@ class Pipeline(Generic[RunT]):
                      **started_budget(budget)},
                     task_id=ctx.task_id,
                 )
-                self._send(app, 0, None, inp, ctx.correlation_id)
+                send_stage(self, app, 0, None, inp, ctx.correlation_id)
                 mark_done(app, ctx.task_id)
             return Started(pipeline_id=ctx.correlation_id)
 
         @agent(SYSTEM_AGENT, input=AdvanceInput, output=Dispatched, task_name=f"{prefix}.advance")
         def advance(inp: AdvanceInput, ctx: AgentContext) -> Dispatched:
             run = self._run(inp.run)
-            return self._once(ctx, lambda app: self._send(app, inp.stage, inp.prev, run, ctx.correlation_id))
+            return self._once(ctx, lambda app: send_stage(self, app, inp.stage, inp.prev, run, ctx.correlation_id))
 
         @agent(SYSTEM_AGENT, input=JoinInput, output=Dispatched, task_name=f"{prefix}.join")
         def join(inp: JoinInput, ctx: AgentContext) -> Dispatched:
             run = self._run(inp.run)
             kwargs = self.fan_in_input(inp.stage, inp.results, StepInput(run, inp.prev, ctx.correlation_id))
-            return self._once(ctx, lambda app: self._send_from(app, inp.stage + 1, kwargs, run, ctx.correlation_id))
+            return self._once(ctx, lambda app: send_from(self, app, inp.stage + 1, kwargs, run))
 
         @agent(SYSTEM_AGENT, input=CompleteInput, output=Dispatched, task_name=f"{prefix}.complete")
         def complete(inp: CompleteInput, ctx: AgentContext) -> Dispatched:
@@ -430,7 +342,7 @@ class Pipeline(Generic[RunT]):
             publish(self.completed(inp.output))
             return Dispatched(sent=1)
 
-        self.entry, self._advance, self._join, self._complete = begin, advance, join, complete
+        self.entry, self.advance_task, self.join_task, self.complete_task = begin, advance, join, complete
 
     @staticmethod
     def _once(ctx: AgentContext, send: Callable[[Celery], int]) -> Dispatched:
@@ -445,71 +357,3 @@ class Pipeline(Generic[RunT]):
 
     def _run(self, data: Mapping[str, Any]) -> RunT:
         return self.input_model.model_validate(data)
-
-    def _send(self, app: Celery, index: int, prev: dict[str, Any] | None, run: RunT, pipeline_id: str) -> int:
-        """Send stage ``index``, mapping its input from ``prev`` and the pipeline's input."""
-        if index >= len(self.stages):
-            return self._send_complete(app, prev or {})
-        stage = self.stages[index]
-        s = StepInput(run, prev, pipeline_id)
-        if isinstance(stage, ApprovalStage):
-            return self._park(app, index, stage, s)
-        if isinstance(stage, FanOut):
-            members = [app.signature(stage.task, kwargs=dict(item)) for item in stage.each(s)]
-            join = app.signature(
-                self._join.name, kwargs={"stage": index, "run": run.model_dump(mode="json"), "prev": prev}
-            )
-            fan_in(members, join, on_error=self.failure_path(), settle=stage.partial(run)).apply_async()
-            return len(members)
-        if stage.input is not None:
-            kwargs = dict(stage.input(s))
-        else:
-            kwargs = dict(prev) if prev is not None else run.model_dump(mode="json")
-        return self._send_from(app, index, kwargs, run, pipeline_id)
-
-    def _send_from(self, app: Celery, index: int, kwargs: dict[str, Any], run: RunT, pipeline_id: str) -> int:
-        """Send the step ``index`` with ``kwargs``, chained with the plain steps after it."""
-        flow = [app.signature(self.stages[index].task, kwargs=kwargs)]
-        following = index + 1
-        while following < len(self.stages):
-            stage = self.stages[following]
-            if not isinstance(stage, Step) or stage.input is not None:
-                flow.append(
-                    app.signature(self._advance.name, kwargs={"stage": following, "run": run.model_dump(mode="json")})
-                )
-                break
-            flow.append(app.signature(stage.task))
-            following += 1
-        else:
-            if not self.finishes_on_event:
-                flow.append(app.signature(self._complete.name))
-        sequence(*flow, on_error=self.failure_path()).apply_async()
-        return len(flow)
-
-    def _park(self, app: Celery, index: int, stage: ApprovalStage, s: StepInput[Any]) -> int:
-        """Record the approval the stage asks for; the pipeline goes on when it is approved
-        (``tasks.pipelines.approval``). Sends nothing."""
-        subject = dict(stage.subject(s)) if stage.subject is not None else {"output": s.prev}
-        task = get_current_task()
-        priority = (task.request.delivery_info or {}).get("priority") if task is not None else None
-        request_approval(
-            app,
-            approval_id=approval_id_for(s.pipeline_id, self.name, stage.name),
-            workflow=s.pipeline_id,
-            kind=APPROVAL_KIND,
-            step=stage.name,
-            subject=subject,
-            approvers=stage.approvers,
-            timeout_s=stage.timeout_s,
-            resume={"action": "advance", "pipeline": self.name, "task": self._advance.name, "stage": index + 1,
-                    "run": s.run.model_dump(mode="json"), "prev": s.prev, "priority": priority},
-            causation_id=current_task_id(),
-        )
-        return 0
-
-    def _send_complete(self, app: Celery, output: dict[str, Any]) -> int:
-        if self.finishes_on_event:
-            return 0
-        complete = app.signature(self._complete.name, kwargs={"output": output})
-        sequence(complete, on_error=self.failure_path()).apply_async()
-        return 1
