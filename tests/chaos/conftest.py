@@ -19,10 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 
+from relaybus.eventstore import EventStore, open_store
+from relaybus.settings import Settings
+from relaybus.tasks.llm import RateLimit
 from tests.chaos import figures
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis, ServiceUnavailable
 from tests.chaos.system import ChaosSystem, chaos_settings, chaos_system, new_schema
+from tests.fake_openai import FakeOpenAI, Reply, chat_completion, serving
+from tests.harness import Worker, delete_namespace, make_app, make_settings
 from tests.services import IN_CI
 
 LONG = os.environ.get("RELAYBUS_CHAOS", "short").lower() == "long"
@@ -143,3 +149,59 @@ def private_system(
 def system(private_system: Callable[[int], ChaosSystem]) -> ChaosSystem:
     """Three workers serving every agent, on the private services."""
     return private_system(3)
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A local OpenAI-compatible server answering every call ``ok`` (9 + 1 tokens); it keeps what it received."""
+    yield from serving(Reply(body=chat_completion(text="ok", model="fake-model", usage=(9, 1))))
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """Workers whose ``asker`` agent (tests.limited_agents) calls :func:`fake_openai` under a rate limit."""
+
+    settings: Settings
+    app: Celery
+    store: EventStore
+    worker: Worker
+
+
+#: The :func:`rate_limited` fixture's starter.
+StartRateLimited = Callable[..., RateLimited]
+
+
+@pytest.fixture
+def rate_limited(
+    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, fake_openai: FakeOpenAI,
+    tmp_path: Path,
+) -> Iterator[StartRateLimited]:
+    """Starts (and waits for) a worker serving ``queues`` on the private services, an event log of its own, the
+    fake OpenAI server allowing one call per ``window_s`` (no urgent reserve); ``overrides`` go to the settings.
+    Stopped, its store closed and its namespace deleted after the test."""
+    with ExitStack() as stack:
+
+        def start(
+            *, window_s: float, queues: tuple[str, ...], concurrency: int, name: str,
+            extra_modules: tuple[str, ...] = (), **overrides: Any,
+        ) -> RateLimited:
+            settings = make_settings(
+                tmp_path, rabbitmq.url, redis_server.url, eventstore_url=new_schema(postgres.url),
+                extra_modules=("tests.agents", "tests.limited_agents", *extra_modules), extra_agents=("probe", "asker"),
+                llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
+                llm_rate_limits={"openai/fake-model": RateLimit(requests=1, period_s=window_s)},
+                llm_rate_limit_urgent_reserve=0.0, **overrides,
+            )
+            app = make_app(settings)
+            stack.callback(app.close)
+            stack.callback(delete_namespace, app)
+            store = open_store(settings.eventstore_url)
+            stack.callback(store.close)
+            with app.connection_for_write() as conn:
+                app.conf.relaybus_topology.declare(conn)
+            worker = Worker(settings, queues, tmp_path, concurrency=concurrency, name=name)
+            stack.callback(worker.stop)
+            worker.wait_ready(app, timeout=90)
+            return RateLimited(settings, app, store, worker)
+
+        yield start

@@ -140,6 +140,10 @@ class PrivateRabbitMQ(PrivateService):
             [RABBITMQCTL, "-n", self.node, *args], env=self._env(), capture_output=True, text=True, timeout=timeout
         )
 
+    def alarms(self) -> str:
+        """The node's resource alarms as rabbitmqctl prints them (``memory`` in it: publishers are blocked)."""
+        return self.ctl("eval", "rabbit_alarm:get_alarms().").stdout
+
     def start(self, timeout: float = 90.0) -> PrivateRabbitMQ:
         log = open(self.base / "server.out", "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(

@@ -41,19 +41,15 @@ def app(rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, tmp_path: Path) -
     delete_namespace(app)
 
 
-def alarms(rabbitmq: PrivateRabbitMQ) -> str:
-    return rabbitmq.ctl("eval", "rabbit_alarm:get_alarms().").stdout
-
-
 @pytest.fixture
 def memory_alarm(rabbitmq: PrivateRabbitMQ) -> Iterator[Callable[[], None]]:
     """Block publishers as a memory alarm does; the returned function lifts the alarm."""
     rabbitmq.ctl("set_vm_memory_high_watermark", "0")
-    wait_for(lambda: "memory" in alarms(rabbitmq), timeout=30, what="RabbitMQ's memory alarm")
+    wait_for(lambda: "memory" in rabbitmq.alarms(), timeout=30, what="RabbitMQ's memory alarm")
 
     def lift() -> None:
         rabbitmq.ctl("set_vm_memory_high_watermark", "0.4")
-        wait_for(lambda: "memory" not in alarms(rabbitmq), timeout=30, what="the memory alarm to clear")
+        wait_for(lambda: "memory" not in rabbitmq.alarms(), timeout=30, what="the memory alarm to clear")
 
     try:
         yield lift
