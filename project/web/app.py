@@ -105,6 +105,7 @@ def create_web_app(app: Celery, store: EventStore, auth: WebAuth) -> Starlette:
         return render(request, "workflow.html", timeline=timeline, bars=bars, span=span, kind=kind, name=name,
                       saga=saga, events=events, failures=pages.failure_reasons(timeline.events, console.redactor),
                       llm=pages.llm_calls(timeline.events), spending=spending_summary(timeline.events),
+                      task_names=pages.task_names(timeline.events),
                       message=request.query_params.get("done"),
                       redrivable=kind == "pipeline" and bool(timeline.steps))
 

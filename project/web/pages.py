@@ -141,15 +141,48 @@ def preview(redactor: Redactor, value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def failure_reasons(events: list[RecordedEvent], redactor: Redactor) -> list[tuple[RecordedEvent, str]]:
-    reasons = []
+@dataclass(frozen=True)
+class FailureLine:
+    """One record that says something failed: ``what`` names it for a person (the task's name, a saga's step
+    and its task's name, a pipeline's step), ``reason`` says why (masked again on the way out)."""
+
+    event: RecordedEvent
+    what: str
+    reason: str
+
+
+def task_names(events: list[RecordedEvent]) -> dict[str, str]:
+    """Each task's name (``agents.publisher``) by task id, from its ``task.sent`` record."""
+    names = {}
     for e in events:
-        if e.type in FAILURE_TYPES:
-            p = e.payload
-            reason = p.get("reason") or p.get("error") or p.get("error_message") or p
-            reasons.append((e, redactor.redact_text(reason if isinstance(reason, str) else json.dumps(reason,
-                                                                                                        default=str))))
-    return reasons
+        if e.type == t.TASK_SENT and e.task_id and isinstance(e.payload, dict) and e.payload.get("task"):
+            names[e.task_id] = str(e.payload["task"])
+    return names
+
+
+def failure_reasons(events: list[RecordedEvent], redactor: Redactor) -> list[FailureLine]:
+    names = task_names(events)
+    lines = []
+    for e in events:
+        if e.type not in FAILURE_TYPES:
+            continue
+        p = e.payload if isinstance(e.payload, dict) else {}
+        found = p.get("data")
+        data: dict[str, Any] = found if isinstance(found, dict) else {}
+        task_id = e.task_id or data.get("task_id")
+        task = names.get(task_id) if isinstance(task_id, str) else None
+        if p.get("step"):  # a saga's step or compensation: its step (and member), and the task that ran it
+            member = f"/{p['member']}" if p.get("member") and p.get("member") != p["step"] else ""
+            what = f"step {p['step']}{member}" + (f" ({task})" if task else "")
+        elif e.type.startswith("pipeline.") and p.get("stage"):
+            what = f"step {p['stage']}"
+        else:
+            what = task or e.agent or ""
+        error = f"{data['error_type']}: {data.get('error_message', '')}" if data.get("error_type") else None
+        reason = p.get("reason") or p.get("error") or p.get("error_message") or error or data or p
+        lines.append(FailureLine(e, what, redactor.redact_text(
+            reason if isinstance(reason, str) else json.dumps(reason, default=str))))
+    return lines
 
 
 def saga_of(app: Celery, events: list[RecordedEvent]) -> Any:

@@ -90,6 +90,23 @@ def store_events(settings: Settings, correlation_id: str) -> list[Any]:
         store.close()
 
 
+def append_deferred_step(settings: Settings, correlation_id: str) -> None:
+    """A workflow of one task, sent and then deferred by the rate limiter, as the log records it."""
+    from relaybus.eventstore import NewEvent, open_store
+
+    task_id = str(uuid.uuid4())
+    store = open_store(settings.eventstore_url)
+    try:
+        store.append([
+            NewEvent(stream_id=correlation_id, type="task.sent", task_id=task_id, agent="asker",
+                     payload={"task": "agents.asker"}),
+            NewEvent(stream_id=correlation_id, type="task.deferred", task_id=task_id, agent="asker",
+                     payload={"wait_s": 5.0}),
+        ])
+    finally:
+        store.close()
+
+
 def dead_letter_of_bad_input(system_app: Celery, settings: Settings, tmp: Path) -> str:
     """A probe task whose input cannot validate: its worker dead-letters it (InvalidInput, never retried). The worker
     is stopped afterwards, so that a requeued letter waits in the probe queue instead of coming straight back."""
@@ -276,8 +293,27 @@ def test_the_console_shows_workflows_dead_letters_queues_and_metrics_in_a_real_b
                     expect(page.locator("#saga-steps tr[data-step='publishing']")).to_contain_text("failed")
                     expect(page.locator("#saga-steps .compensation", has_text="succeeded").first).to_be_visible()
                     expect(page.locator("#saga-history")).to_contain_text("saga.compensated")
-                    expect(page.locator("#failures")).to_be_visible()
+                    # What failed, by name: the saga's step and the task that ran it, and why; not the task's id.
+                    failures = page.locator("#failures")
+                    expect(failures).to_contain_text("step publishing (agents.publisher.saga_publish)")
+                    expect(failures).to_contain_text("InjectedFailure: injected permanent failure")
+                    expect(failures).not_to_contain_text("task_id")
+                    expect(failures).to_contain_text("task.failed agents.publisher.saga_publish: permanent-error")
+                    expect(page.locator("#saga-steps tr[data-step='publishing'] .task")).to_have_text(
+                        "agents.publisher.saga_publish")
                     shot("workflow-saga", full_page=False)
+
+                    # A step waiting out a rate limit (task.deferred) has a status style of its own.
+                    deferred_id = f"deferred-{uuid.uuid4().hex[:8]}"
+                    append_deferred_step(settings, deferred_id)
+                    page.goto(f"{base}/workflows/{deferred_id}")
+                    step = page.locator("#chart .step[data-status='deferred']")
+                    expect(step).to_have_attribute("data-task", "agents.asker")
+                    styled, default = step.locator(".status").evaluate(
+                        "e => { const d = document.createElement('span'); d.className = 'status';"
+                        " document.body.appendChild(d);"
+                        " return [getComputedStyle(e).backgroundColor, getComputedStyle(d).backgroundColor]; }")
+                    assert styled != default, (styled, default)
 
                     # Dead letters: a POST without the CSRF token is refused (with a valid session cookie) ...
                     page.goto(f"{base}/dlq")
