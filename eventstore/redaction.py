@@ -134,6 +134,14 @@ class Redactor:
         )
         # Payload keys repeat endlessly (the same few field names); remember the verdicts.
         self.is_sensitive = functools.lru_cache(maxsize=8192)(self._is_sensitive)
+        self._verdicts: dict[str, bool] = {}  # the same, read inline by _mask_keys (a dict lookup, no call)
+        # Every literal of the built-in value patterns, tried with ``in`` before any pattern (most text has
+        # none); ``None`` when a configured pattern has no literal, which must always be searched.
+        self._literals = (
+            tuple(literal for literals, _ in self._values for literal in literals)
+            if all(literals for literals, _ in self._values)
+            else None
+        )
 
     def _is_sensitive(self, key: str) -> bool:
         haystack = words(key)
@@ -213,6 +221,12 @@ class Redactor:
         # literals starts (each pattern begins with its literal): it is tried there alone. A search of the
         # whole text for "\bsk-" cost 5 us on every payload saying "task-".
         anchored = text.isascii()
+        if anchored and self._literals is not None:
+            for literal in self._literals:
+                if literal in lowered:
+                    break
+            else:
+                return False
         for literals, pattern in self._values:  # plain loops: generator expressions cost more than the search
             if literals:
                 for literal in literals:
@@ -269,17 +283,75 @@ class Redactor:
         return value
 
     def redact_to_json(self, value: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """``(redacted value, its canonical JSON)``, serialising once when there is nothing to mask."""
+        """``(redacted value, its canonical JSON)``: ``redact(value)`` and its JSON, serialised once unless a
+        string needs masking.
+
+        Sensitive keys are masked first, in one walk over the containers (only the dicts holding one are
+        copied), which also gathers the strings left; then the JSON is made. Only if those strings may hold
+        a secret-looking value or a needle's words (``key=value`` in free text) are they walked as
+        :meth:`redact` does, and the JSON made again if one changed.
+        """
         if not value:
             return value, "{}"
-        text = canonical_json(value)
-        lowered = text.lower()
-        values = self._may_match_values(text, lowered)
-        if values or self._keys_in(text, lowered):
-            redacted = self._walk(value, values)
-            if redacted is not value:
-                return redacted, canonical_json(redacted)
-        return value, text
+        strings: list[str] = []
+        masked = self._mask_keys(value, strings)
+        text = canonical_json(masked)
+        if not strings:
+            return masked, text
+        # The patterns and the free-text keys apply to strings alone: looked for in all of them at once (none
+        # of the built-in patterns matches across the line break that separates them).
+        joined = "\n".join(strings)
+        lowered = joined.lower()
+        if self._may_match_values(joined, lowered):
+            redacted = self._walk(masked, True)
+        elif (":" in joined or "=" in joined) and self._keys_in(joined, lowered):  # _KEY_IN_TEXT needs one
+            redacted = self._walk(masked, False)
+        else:
+            return masked, text
+        if redacted is masked:
+            return masked, text
+        return redacted, canonical_json(redacted)
+
+    def _mask_keys(self, value: Any, strings: list[str]) -> Any:
+        """``value`` with the values of sensitive keys masked (containers copied only where one changed);
+        appends every non-empty string left, in dicts and lists, to ``strings``."""
+        if isinstance(value, dict):
+            out: dict[Any, Any] | None = None
+            verdicts = self._verdicts
+            for key, item in value.items():
+                if isinstance(key, str):
+                    sensitive = verdicts.get(key)
+                    if sensitive is None:
+                        sensitive = self.is_sensitive(key)
+                        if len(verdicts) < 8192:
+                            verdicts[key] = sensitive
+                    if sensitive:
+                        if out is None:
+                            out = dict(value)
+                        out[key] = self.mask
+                        continue
+                if isinstance(item, _CONTAINERS):
+                    new = self._mask_keys(item, strings)
+                    if new is not item:
+                        if out is None:
+                            out = dict(value)
+                        out[key] = new
+                elif isinstance(item, str) and item:
+                    strings.append(item)
+            return value if out is None else out
+        if isinstance(value, list):
+            items: list[Any] | None = None
+            for i, item in enumerate(value):
+                if isinstance(item, _CONTAINERS):
+                    new = self._mask_keys(item, strings)
+                    if new is not item:
+                        if items is None:
+                            items = list(value)
+                        items[i] = new
+                elif isinstance(item, str) and item:
+                    strings.append(item)
+            return value if items is None else items
+        return value
 
 
 @functools.lru_cache(maxsize=16)

@@ -107,3 +107,24 @@ def test_the_quick_check_never_skips_a_value_that_has_something_to_mask(payload:
     assert text == canonical_json(redacted)
     if not redactor.may_redact(canonical_json(payload)):
         assert redactor.redact(payload) is payload
+
+
+texts = st.sampled_from(
+    ["token=abc123", "Authorization: Bearer abc.def", "sk-" + "a" * 20, "https://u:pw@host/x", "api key: x", "note",
+     "", "x\ny", "password", "ghp_" + "b" * 36, "ok: fine", "apiKey='v'", "İ token=x"]
+)  # fmt: skip
+shaped = st.recursive(
+    st.none() | st.integers() | texts | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(tricky_keys, children, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(deadline=None)  # a loaded CI machine must not turn slowness into failure
+@given(st.dictionaries(tricky_keys, shaped, max_size=4))
+def test_redact_to_json_masks_what_redact_masks_in_strings_too(payload: dict[str, object]) -> None:
+    """The keys are masked before the JSON is made and the strings looked at only if they may hold something:
+    the result is still redact's, and the JSON its canonical JSON."""
+    redacted, text = redactor.redact_to_json(payload)
+    assert redacted == redactor.redact(payload)
+    assert text == canonical_json(redacted)
