@@ -211,13 +211,14 @@ class Appender:
         keep_records: bool = True,
     ) -> dict[str, RecordedEvent]:
         """Number, chain and write ``batch``; ``heads`` (updated here) are those of its streams.
-        Returns the records written by event id (none with ``keep_records=False``).
+        Returns the records written by event id (none with ``keep_records=False``). The transaction's last
+        statement: it may commit (:func:`insert_rows`).
 
         The rows are made as the driver takes them (:func:`insert_rows`): on PostgreSQL the ``COPY``
         streams, so the server inserts the first rows while the next are hashed."""
         records: dict[str, RecordedEvent] = {}
         rows = self._rows(conn.dialect.name == "sqlite", batch, heads, positions, records, keep_records)
-        insert_rows(conn, rows, len(batch))
+        insert_rows(conn, rows, len(batch), commit=True)  # the append's last statement (see insert_rows)
         return records
 
     def _rows(
