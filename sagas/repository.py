@@ -27,33 +27,33 @@ Dispatch comes after the append (the executor contract in :mod:`sagas.commands`)
 the two leaves a recorded but undispatched command: :meth:`SagaRepository.in_flight` rebuilds it
 for a redelivered caller or the sweep, and the step's deadline bounds the wait in any case.
 
-Only the event store's public API is used here; no Celery.
+How an event becomes a record (its id, stream, decision, a ``data`` too large) is :mod:`sagas.records`. Only
+the event store's public API is used here; no Celery.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pydantic import JsonValue
 
-from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
+from relaybus.eventstore import ConcurrencyError, EventStore, RecordedEvent
 from relaybus.eventstore.types import SAGA_RESUMED, SAGA_STARTED, TERMINAL_SAGA_STATUS
 from relaybus.sagas.commands import RunCompensation, RunStep
 from relaybus.sagas.decide import decide
 from relaybus.sagas.decide import resume as resume_event
 from relaybus.sagas.decide import start as start_event
 from relaybus.sagas.definition import SagaDefinition, SagaRegistry
-from relaybus.sagas.dispatches import Dispatchable, InFlight, in_flight, still_running, task_id_of
+from relaybus.sagas.dispatches import Dispatchable, InFlight, in_flight, still_running
 from relaybus.sagas.errors import InvalidTransition, SagaNotFound
-from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, from_record, to_record
+from relaybus.sagas.events import SagaEvent, dedup_key, from_record
 from relaybus.sagas.folded import FoldedSagas, version_of
+from relaybus.sagas.records import data_limit, new_event
 from relaybus.sagas.state import SagaState, SagaStatus, evolve, fold
 
 STREAM_PREFIX = "saga:"
@@ -349,14 +349,14 @@ class SagaRepository:
 
     @property
     def _data_limit(self) -> int:
-        # Room for the envelope (ids, step names, deadline) next to ``data`` under the store's limit.
-        return max(self.store.config.max_payload_bytes - 1024, 1024)
+        return data_limit(self.store.config.max_payload_bytes)
 
     def _append(
         self, events: list[tuple[SagaEvent, str | None]], correlation_id: str, version: int
     ) -> list[RecordedEvent]:
         decision = uuid.uuid4().hex
-        new = [self._new_event(e, correlation_id, cause, decision) for e, cause in events]
+        new = [new_event(e, stream_id=saga_stream(e.saga_id), correlation_id=correlation_id, causation_id=cause,
+                         decision=decision, limit=self._data_limit) for e, cause in events]
         stored = self.store.append(new, expected_version=version)
         if any(r.metadata.get("decision") != decision for r in stored):
             # Every event was stored already, by a rival that took the very same decision (event ids
@@ -364,33 +364,6 @@ class SagaRepository:
             # and its dispatches, are the rival's. Ours is as stale as after a conflict.
             raise ConcurrencyError(saga_stream(events[0][0].saga_id), version, stored[-1].version)
         return stored
-
-    def _new_event(self, event: SagaEvent, correlation_id: str, causation_id: str | None, decision: str) -> NewEvent:
-        type_, payload = to_record(event)
-        payload = self._bounded(payload)
-        return NewEvent(
-            event_id=dedup_key(event),
-            stream_id=saga_stream(event.saga_id),
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            type=type_,
-            schema_version=EVENT_SCHEMA_VERSION,
-            task_id=task_id_of(event),
-            attempt=getattr(event, "attempt", None),
-            payload=payload,
-            metadata={"decision": decision},  # the events of one decision share it
-        )
-
-    def _bounded(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A ``data`` too large for the log is replaced by its size and hash, so the event stays readable
-        (the store would otherwise truncate the whole payload). The run goes on: the next step was
-        dispatched from memory with the full value; only a later re-dispatch sees the marker."""
-        text = json.dumps(payload.get("data"), separators=(",", ":"), ensure_ascii=False, default=str)
-        size = len(text.encode())
-        if size <= self._data_limit:
-            return payload
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        return {**payload, "data": {"_too_large": True, "size": size, "sha256": digest}}
 
 
 def _extended(loaded: LoadedSaga, tail: Sequence[RecordedEvent]) -> LoadedSaga:
