@@ -12,7 +12,8 @@ the pool for :data:`PING_AFTER_IDLE_S` or more (a server restart, an idle timeou
 backend then costs no failed append); a connection handed back a moment ago is used as it is,
 which saves a round trip per append (``pool_pre_ping`` would ping every time). A connection that
 died in that moment fails its statement, which is translated to :class:`StoreUnavailable` (retried
-by callers), and SQLAlchemy then recycles the pool.
+by callers), and SQLAlchemy then recycles the pool. The connection the event store keeps for its
+writes (:class:`ProcessLocalEngine`) is pinged the same way.
 
 Fork safety: a Celery prefork child inherits its parent's pool; sharing those sockets between
 processes corrupts both sides. :class:`ProcessLocalEngine` notices a new pid and drops the inherited
@@ -21,11 +22,13 @@ connections without closing them (closing would also close them for the parent).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,12 +169,38 @@ def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
     return engine
 
 
-class ProcessLocalEngine:
-    """An engine that is disposed (without closing the parent's connections) after a fork."""
+class _HeldWriter(threading.local):
+    """A thread's write connection, kept checked out between writes (:meth:`ProcessLocalEngine.write`)."""
 
-    def __init__(self, engine: Engine) -> None:
+    connection: Connection | None = None
+    last_used = 0.0
+    busy = False
+
+
+MAX_KEPT_WRITERS = 4
+"""Write connections an engine keeps checked out at most (one per writing thread: a pool process's task thread
+and its start-record flusher); further threads take one from the pool per write, leaving the pool room."""
+
+
+class ProcessLocalEngine:
+    """An engine that is disposed (without closing the parent's connections) after a fork.
+
+    With ``keep_writers`` (the event store's), writes reuse one connection per thread (up to
+    :data:`MAX_KEPT_WRITERS`), kept checked out from the pool between them: a recorded task appends once,
+    and the pool's checkout and checkin (events, a reset on return) and a new ``Connection`` cost it
+    about as much CPU as SQLite's commit. A kept connection is given back to the pool after any error in
+    its transaction (the pool decides whether it is still good) and when its thread has ended, pinged
+    before use after :data:`PING_AFTER_IDLE_S` idle on PostgreSQL (as pooled ones are), and dropped
+    after a fork.
+    """
+
+    def __init__(self, engine: Engine, *, keep_writers: bool = False) -> None:
         self._engine = engine
         self._pid = os.getpid()
+        self._keep = keep_writers
+        self._held = _HeldWriter()
+        self._all_held: list[tuple[threading.Thread, Connection]] = []  # every thread's, to close on dispose
+        self._held_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -182,6 +211,8 @@ class ProcessLocalEngine:
         if pid != self._pid:
             self._engine.dispose(close=False)
             self._pid = pid
+            self._held = _HeldWriter()  # the parent's (its sockets are the parent's: not closed here)
+            self._all_held = []
         return self._engine
 
     @contextmanager
@@ -199,15 +230,90 @@ class ProcessLocalEngine:
         so positions are handed out in commit order: a follower that has read past position n
         never sees a later commit appear below n.
         """
-        with self.get().connect() as connection:
-            connection.execution_options(**{_WRITE: True})
-            with connection.begin():
-                if lock_events and connection.dialect.name == "postgresql":
-                    connection.exec_driver_sql("SELECT eventstore_lock_events()")  # migration 0006
+        engine = self.get()
+        held = self._held
+        # A write inside a write on this thread, or none kept (or as many kept as allowed): one from the pool.
+        connection = None if held.busy or not self._keep else self._writer(engine, held)
+        if connection is None:
+            with engine.connect() as pooled:
+                pooled.execution_options(**{_WRITE: True})
+                with _transaction(pooled, lock_events):
+                    yield pooled
+            return
+        held.busy = True
+        try:
+            with _transaction(connection, lock_events):
                 yield connection
+        except BaseException:
+            self._release(held)  # back to the pool, which recycles it if it died
+            raise
+        finally:
+            held.busy = False
+            held.last_used = time.monotonic()
+
+    def _writer(self, engine: Engine, held: _HeldWriter) -> Connection | None:
+        """This thread's kept write connection (a new one from the pool if it has none); None when as many
+        as :data:`MAX_KEPT_WRITERS` are kept for live threads."""
+        connection = held.connection
+        if connection is not None and connection.invalidated:
+            self._release(held)
+            connection = None
+        if (
+            connection is not None
+            and engine.dialect.name == "postgresql"
+            and time.monotonic() - held.last_used >= PING_AFTER_IDLE_S
+        ):
+            try:
+                alive = engine.dialect.do_ping(connection.connection.dbapi_connection)
+            except Exception:  # any failure means a dead connection
+                alive = False
+            if not alive:
+                connection.invalidate()
+                self._release(held)
+                connection = None
+        if connection is None:
+            with self._held_lock:
+                ended = [c for thread, c in self._all_held if not thread.is_alive()]
+                self._all_held = [(t, c) for t, c in self._all_held if t.is_alive()]
+                if len(self._all_held) < MAX_KEPT_WRITERS:
+                    connection = engine.connect()  # under the lock: the room is this thread's
+                    self._all_held.append((threading.current_thread(), connection))
+            for dropped in ended:
+                _close(dropped)
+            if connection is not None:
+                connection.execution_options(**{_WRITE: True})
+                held.connection = connection
+        return connection
+
+    def _release(self, held: _HeldWriter) -> None:
+        connection, held.connection = held.connection, None
+        if connection is None:
+            return
+        with self._held_lock:
+            self._all_held = [(t, c) for t, c in self._all_held if c is not connection]
+        _close(connection)
 
     def dispose(self) -> None:
+        with self._held_lock:
+            held, self._all_held = self._all_held, []
+        for _thread, connection in held:
+            _close(connection)
+        self._held = _HeldWriter()
         self._engine.dispose()
+
+
+@contextmanager
+def _transaction(connection: Connection, lock_events: bool) -> Iterator[None]:
+    with connection.begin():
+        if lock_events and connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SELECT eventstore_lock_events()")  # migration 0006
+        yield
+
+
+def _close(connection: Connection) -> None:
+    """Give a kept connection back to its pool; one that cannot even be closed is dropped all the same."""
+    with contextlib.suppress(Exception):
+        connection.close()
 
 
 # -- the error boundary ------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ class EventStore:
             chain_keys = ChainKeys.from_file(self.config.chain_key_file)
         self.chain_keys = chain_keys
         """The keys new links are made with (the last one) and verified with; ``None``: unkeyed links."""
-        self._engine = ProcessLocalEngine(engine)
+        self._engine = ProcessLocalEngine(engine, keep_writers=True)
         self._redactor = Redactor(self.config.redact_keys, self.config.redaction_mask, self.config.redact_patterns)
         self.projection = WorkflowStatusProjection(self._engine)
         self.payloads = PayloadTable(self._engine, self._redactor)

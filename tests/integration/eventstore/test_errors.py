@@ -62,6 +62,8 @@ def test_a_pooled_postgresql_connection_that_died_while_idle_is_replaced_before_
         killer.close()
         monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 0.0)  # as if it had sat idle past the threshold
 
+        # A read takes the pooled one (appends keep a connection of their own: test_kept_writer).
+        assert store.stream_version("s") == 1
         assert store.append([NewEvent(stream_id="s", type="t")])[0].version == 2
     finally:
         store.close()
