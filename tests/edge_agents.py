@@ -7,22 +7,26 @@ Each call notes its start in the test Redis (``tests.agents.note``), so a test c
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Literal
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_postrun
 from pydantic import Field
 
 from relaybus.tasks.errors import PermanentError
 from relaybus.tasks.pipelines.definition import Pipeline
 from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
-from tests.agents import note
+from tests.agents import note, r
 
 SURROGATE_TEXT = b"caf\xe9".decode("utf-8", "surrogateescape")
 SOFT_LIMIT_S = 6.0
 HARD_LIMIT_S = 9.0
 
-Mode = Literal["ok", "nan", "surrogate_out", "surrogate_error", "permanent", "swallow_soft_limit", "exit"]
+Mode = Literal[
+    "ok", "nan", "surrogate_out", "surrogate_error", "permanent", "swallow_soft_limit", "exit", "exit_after_success"
+]
 
 
 class EdgyInput(AgentModel):
@@ -67,3 +71,18 @@ def edgy(inp: EdgyInput, ctx: AgentContext) -> EdgyOutput:
 #: One step: the pipeline ends as its one ``edgy`` call does.
 edgy_one: Pipeline[EdgyInput] = Pipeline("edgy-one", input=EdgyInput, description="one edgy call")
 edgy_one.step("edgy")
+
+
+@task_postrun.connect(weak=False)
+def _kill_worker_after_success(
+    task: object = None, args: tuple | None = None, kwargs: dict | None = None, state: str | None = None, **_: object
+) -> None:
+    """Mode ``exit_after_success``: the whole worker (its process group) is SIGKILLed once, after the task's
+    success was recorded, its result stored and what follows it sent, before the ack: the broker delivers the
+    message again. (A pool child that dies alone there is not enough: Celery's main process finds the stored
+    success and acknowledges the message itself.)"""
+    if getattr(task, "name", "") != "agents.edgy" or state != "SUCCESS":
+        return
+    inp = kwargs if kwargs and "key" in kwargs else next((a for a in args or () if isinstance(a, dict)), {})
+    if inp.get("mode") == "exit_after_success" and r().set(f"{inp['key']}:died", "1", nx=True):
+        os.killpg(os.getpgid(0), signal.SIGKILL)

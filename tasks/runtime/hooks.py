@@ -58,6 +58,8 @@ class Call:
     kwargs: dict[str, Any]
     started: float  # time.monotonic()
     recorder: Recorder
+    #: A redelivery of a task whose success is stored: the body does not run (tasks.runtime.redelivery).
+    resumed: bool = False
 
 
 class Hook:
@@ -155,7 +157,8 @@ class Recording(Hook):
     (:func:`store_wait_deadline`), so the limit never fires inside the wait."""
 
     def before_call(self, call: Call) -> None:
-        call.recorder.task_started(call.task, call.request, call.args, call.kwargs)
+        if not call.resumed:  # a resumed task does not start again: nothing of it runs
+            call.recorder.task_started(call.task, call.request, call.args, call.kwargs)
         STORE_WAIT_UNTIL.set(store_wait_deadline(call))
 
     def on_retry(self, call: Call, error: BaseException, countdown: float) -> None:

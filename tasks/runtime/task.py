@@ -63,6 +63,7 @@ from relaybus.tasks.runtime.context import (
     request_headers,
 )
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Points, points
+from relaybus.tasks.runtime.redelivery import NOT_STORED, stored_success
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -265,14 +266,21 @@ class AgentTask(Task):  # type: ignore[misc]
         call = Call(self, request, args, kwargs, time.monotonic(), recorder)
         if deferral.already_deferred(call):  # its deferred copy is queued and carries on
             raise Ignore()
+        stored = stored_success(self.app, request)
+        call.resumed = stored is not NOT_STORED
         for before_call in hooks.before_call:
             before_call(call)
         try:
-            # Values passed by reference are read back before validation, and large outputs stored after
-            # it: the agent sees its input and returns its output as usual (tasks.runtime.claimcheck).
-            args, kwargs = resolve_call(self.app, self.spec.name, request.id, args, kwargs)
-            inp = self.spec.build_input(args, kwargs)
-            result = offload_value(self.app, self._output(self.spec.fn(inp, self._context(request, call.recorder))))
+            if call.resumed:  # redelivered after its success was stored: what follows it is sent again, no more
+                result = stored
+            else:
+                # Values passed by reference are read back before validation, and large outputs stored after
+                # it: the agent sees its input and returns its output as usual (tasks.runtime.claimcheck).
+                args, kwargs = resolve_call(self.app, self.spec.name, request.id, args, kwargs)
+                inp = self.spec.build_input(args, kwargs)
+                result = offload_value(
+                    self.app, self._output(self.spec.fn(inp, self._context(request, call.recorder)))
+                )
         except Retry:
             raise
         except BaseException as exc:

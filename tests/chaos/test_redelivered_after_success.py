@@ -1,0 +1,72 @@
+"""Edge: the worker dies after a task's success was recorded and its result stored, before the ack.
+
+The broker delivers the message again. The task must not run again (its side effects would repeat: an LLM
+call paid twice), nor record a second start that no end follows; what follows it is sent again under the
+same ids and the pipeline completes once (tasks.runtime.redelivery). Real worker processes on the private
+RabbitMQ, Redis and PostgreSQL; the whole first worker is SIGKILLed from inside the task's postrun.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from relaybus.eventstore import open_store
+from relaybus.tasks.pipelines.client import start
+from tests.chaos.audit import audit
+from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
+from tests.chaos.system import chaos_settings, new_schema
+from tests.harness import Worker, delete_namespace, make_app, redis_list, wait_for
+from tests.services import REDIS_URL
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_a_task_redelivered_after_its_success_was_stored_does_not_run_again(
+    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path,
+) -> None:
+    settings = chaos_settings(
+        tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url),
+        extra_modules=("tests.agents", "tests.edge_agents"), extra_agents=("probe", "flaky", "edgy"),
+    )
+    app = make_app(settings)
+    with app.connection_for_write() as conn:
+        app.conf.relaybus_topology.declare(conn)
+    store = open_store(settings.eventstore_url)
+    notes = redis.Redis.from_url(REDIS_URL)  # where the test agents note their runs (tests.agents.note)
+    key = f"after-success-{uuid.uuid4().hex[:12]}"
+    first = Worker(settings, ("system", "edgy"), tmp_path, concurrency=2, name="dies")
+    second = None
+    try:
+        first.wait_ready(app, timeout=90)
+        handle = start("edgy-one", {"key": key, "mode": "exit_after_success"}, app=app)
+        wait_for(lambda: first.proc.poll() is not None, 60, 0.1, "the first worker to be killed after the success")
+        assert notes.get(f"{key}:died") == b"1"
+        task_id = next(e.task_id for e in store.by_correlation(handle.id)
+                       if e.type == "task.succeeded" and e.agent == "edgy")
+
+        second = Worker(settings, ("system", "edgy"), tmp_path, concurrency=2, name="after")
+        second.wait_ready(app, timeout=90)
+        outcome = handle.wait(120)
+        assert outcome.status == "completed", outcome
+        wait_for(lambda: store.find(task_id=task_id, type="task.redelivered"), 60, 0.1, "the redelivery's record")
+
+        runs = [n for n in redis_list(notes, key) if n["event"] == "start"]
+        assert len(runs) == 1, f"the body ran {len(runs)} times"
+        types = [e.type for e in store.find(task_id=task_id)]
+        assert types.count("task.started") == 1 and types.count("task.succeeded") == 1, types
+        assert len([e for e in store.by_correlation(handle.id) if e.type == "pipeline.completed"]) == 1
+        findings = audit(store, [handle.id], agent_tasks={"agents.edgy"})
+        assert not findings.missing and findings.reruns_after_terminal == 0, findings
+        assert second.proc.poll() is None, second.log()[-3000:]
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.stop()
+        delete_namespace(app)
+        notes.delete(key, f"{key}:died")
+        store.close()
+        app.close()
