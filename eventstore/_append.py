@@ -144,6 +144,58 @@ class Appender:
         self._heads.remember({p.fields["stream_id"]: heads[p.fields["stream_id"]] for p in fresh})
         return len(fresh)
 
+    def append_with(
+        self, checked: Sequence[NewEvent], expected_version: int, also: Sequence[NewEvent]
+    ) -> list[RecordedEvent]:
+        """Record ``checked`` (events of one stream, which must be at ``expected_version``) and those of ``also``
+        (any streams) not stored yet, in one transaction; returns the records of ``checked``.
+
+        Raises :class:`ConcurrencyError`, writing nothing, if the stream is at another version or holds one of
+        ``checked`` already (a rival's decision). ``also`` is what :meth:`append_new` would write: records that
+        may be stored already (a task's start records, copies of its ``task.sent``), looked up under the lock.
+        """
+        batch = list(checked)
+        if not batch or len({e.stream_id for e in batch}) != 1:
+            raise ValueError("append_with needs the checked events to be of one stream")
+        with translate_errors(), gc_paused():
+            mine = [self._prepare(event) for event in batch]
+            others: dict[str, _Prepared] = {}
+            for event in also:
+                if event.event_id not in others:
+                    others[event.event_id] = self._prepare(event)
+            for attempt in range(self.config.append_retries + 1):
+                try:
+                    return self._append_with(mine, expected_version, others, careful=attempt > 0)
+                except sa_exc.IntegrityError:
+                    if attempt == self.config.append_retries:  # a remembered head of ``also`` was stale
+                        raise
+        raise AssertionError("unreachable")
+
+    def _append_with(
+        self, mine: list[_Prepared], expected_version: int, others: dict[str, _Prepared], *, careful: bool
+    ) -> list[RecordedEvent]:
+        stream = mine[0].fields["stream_id"]
+        ids = {p.fields["event_id"] for p in mine}
+        streams = {stream} | {p.fields["stream_id"] for p in others.values()}
+        try:
+            with self._engine.write() as conn:
+                known = {} if careful else self._heads.known(streams - {stream})  # the checked head: from the log
+                every = ids | others.keys()
+                start = start_append(conn, streams - known.keys(), len(every), look_up=every)
+                heads = {**known, **start.heads}
+                actual = heads.get(stream, (0, None))[0]
+                if actual != expected_version or ids & start.taken:
+                    raise ConcurrencyError(stream, expected_version, actual)
+                # The task's records before the move they caused, in one commit.
+                fresh = [*(p for i, p in others.items() if i not in start.taken and i not in ids), *mine]
+                written = {p.fields["stream_id"] for p in fresh}
+                stored = self._insert(conn, fresh, heads, start.positions[: len(fresh)])
+        except BaseException:
+            self._heads.forget(streams)
+            raise
+        self._heads.remember({s: heads[s] for s in written})
+        return [stored[p.fields["event_id"]] for p in mine]
+
     def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
         return self.append([event], expected_version=expected_version)[0]
 

@@ -85,6 +85,14 @@ class EventStore:
         died): the ids are looked up first, with one light query, and nothing stored is read back."""
         return self._appender.append_new(events_)
 
+    def append_with(
+        self, checked: Sequence[NewEvent], expected_version: int, also: Sequence[NewEvent]
+    ) -> list[RecordedEvent]:
+        """Record ``checked`` (one stream, at ``expected_version``, else :class:`ConcurrencyError`) and the events
+        of ``also`` not stored yet (as :meth:`append_new`), in one transaction; returns the records of ``checked``.
+        For a move that must commit with the records of what caused it (a saga task's outcome, tasks.saga)."""
+        return self._appender.append_with(checked, expected_version, also)
+
     def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
         return self.append([event], expected_version=expected_version)[0]
 

@@ -42,7 +42,7 @@ from datetime import datetime
 
 from pydantic import JsonValue
 
-from relaybus.eventstore import ConcurrencyError, EventStore, RecordedEvent
+from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent
 from relaybus.eventstore.types import SAGA_RESUMED, SAGA_STARTED, TERMINAL_SAGA_STATUS
 from relaybus.sagas.commands import RunCompensation, RunStep
 from relaybus.sagas.decide import decide
@@ -241,6 +241,7 @@ class SagaRepository:
         causation_id: str | None = None,
         redispatch: bool = False,
         loaded: LoadedSaga | None = None,
+        also: Sequence[NewEvent] = (),
     ) -> Decision:
         """Record a task's result (``command.succeeded(...)`` or ``.failed(...)``) and what follows from it.
 
@@ -249,10 +250,14 @@ class SagaRepository:
         dispatched again (safe: steps and compensations are idempotent under their keys).
         ``loaded``: the saga as the caller read it moments ago (a step's fence), decided on without
         reading it again; if it is stale, the append is refused and the loop reads the stream.
+        ``also``: the reporting task's own records (its start records and ``task.succeeded``), committed in the
+        transaction that records its result in the saga, or alone if the saga has nothing new to record. Once
+        this returns they are stored; if it raises, they may not be, and the caller writes them.
         """
         first = loaded if loaded is not None and loaded.saga_id == event.saga_id else _READ
         return self._advance(
-            event.saga_id, lambda _: [event], now=now, causation_id=causation_id, redispatch=redispatch, first=first
+            event.saga_id, lambda _: [event], now=now, causation_id=causation_id, redispatch=redispatch, first=first,
+            also=also,
         )
 
     def resume(self, saga_id: str, *, now: datetime) -> Decision:
@@ -281,6 +286,7 @@ class SagaRepository:
         causation_id: str | None = None,
         redispatch: bool = False,
         first: LoadedSaga | _Read | None = _READ,
+        also: Sequence[NewEvent] = (),
     ) -> Decision:
         conflict: ConcurrencyError | None = None
         guess = not isinstance(first, _Read)
@@ -324,7 +330,7 @@ class SagaRepository:
                 continue
             if fresh:
                 try:
-                    stored = self._append(fresh, correlation, loaded.version if loaded is not None else 0)
+                    stored = self._append(fresh, correlation, loaded.version if loaded is not None else 0, also)
                 except ConcurrencyError as error:
                     conflict = error
                     self.folded.drop(saga_id)  # the next attempt reads the whole stream
@@ -333,6 +339,8 @@ class SagaRepository:
                     # The saga as stored now, for this process's next read of it: folded then, from the
                     # records as stored (a value too large for the log is its marker there).
                     self.folded.put(loaded, tuple(stored))
+            elif also:
+                self.store.append_new(also)  # nothing new for the saga (a duplicate report): the task's records alone
             if redispatch and loaded is not None and trigger is not None:
                 again = [f.command for f in self.in_flight(loaded) if f.caused_by == trigger]
                 commands.extend(c for c in again if c not in commands and still_running(state, c))
@@ -352,11 +360,13 @@ class SagaRepository:
         return data_limit(self.store.config.max_payload_bytes)
 
     def _append(
-        self, events: list[tuple[SagaEvent, str | None]], correlation_id: str, version: int
+        self, events: list[tuple[SagaEvent, str | None]], correlation_id: str, version: int, also: Sequence[NewEvent]
     ) -> list[RecordedEvent]:
         decision = uuid.uuid4().hex
         new = [new_event(e, stream_id=saga_stream(e.saga_id), correlation_id=correlation_id, causation_id=cause,
                          decision=decision, limit=self._data_limit) for e, cause in events]
+        if also:  # one transaction with the task's records; a stored saga event is a conflict there
+            return self.store.append_with(new, version, also)
         stored = self.store.append(new, expected_version=version)
         if any(r.metadata.get("decision") != decision for r in stored):
             # Every event was stored already, by a rival that took the very same decision (event ids

@@ -8,8 +8,10 @@ ago) and the broker. So a task declared with ``saga_step`` / ``saga_compensation
 :class:`SagaTask`, and its :class:`AdvanceSaga` hook makes the saga's move (:func:`~tasks.saga.outcomes.advance_saga`)
 in the worker that ran it:
 
-* after the task's own terminal record (``task.succeeded``, or ``task.failed`` with its dead letter) is
-  written, as the callback came after it: the saga never holds an outcome the task's log lacks;
+* with the task's own terminal record, never before it: the saga never holds an outcome the task's log
+  lacks. A success's records (the held start records and ``task.succeeded``) commit in the transaction that
+  records the outcome in the saga (:class:`SagaRecording`), one commit a step; ``task.failed`` with its dead
+  letter is written first, as for any task;
 * under the same optimistic concurrency on the saga's stream as any move (a guess from the fence is
   checked by the append's expected version, never trusted);
 * before the message is acknowledged: a worker killed in between gives the message back, the step
@@ -23,6 +25,7 @@ callback did; if even that cannot be sent, the message goes back to the broker.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, ClassVar, Literal
@@ -32,10 +35,12 @@ from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 from pydantic import BaseModel, JsonValue
 
+from relaybus.eventstore import NewEvent
 from relaybus.sagas import LoadedSaga
 from relaybus.tasks.errors import AgentError
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, request_headers
-from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook
+from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Recording, recording_guard
+from relaybus.tasks.runtime.recording import records
 from relaybus.tasks.runtime.task import AgentContext, AgentSpec, AgentTask
 from relaybus.tasks.saga.calls import CallRef
 from relaybus.tasks.saga.dispatch import OUTCOME
@@ -47,6 +52,8 @@ Kind = Literal["step", "compensation"]
 
 #: The saga as the running step's fence read it: (task id, saga), so the move decides on it without a read.
 _FENCED: ContextVar[tuple[str, LoadedSaga] | None] = ContextVar("relaybus_saga_fenced", default=None)
+#: A success's ``task.succeeded``, not written yet: (task id, record), for the move to commit with its own.
+_SUCCEEDED: ContextVar[tuple[str, NewEvent] | None] = ContextVar("relaybus_saga_succeeded", default=None)
 
 
 def remember_fenced(task_id: str | None, loaded: LoadedSaga) -> None:
@@ -66,34 +73,86 @@ def error_data(task_id: str | None, error: BaseException) -> dict[str, Any]:
     return {"task_id": task_id, "error_type": type(error).__name__, "error_message": str(error)[:2000]}
 
 
+class SagaRecording(Recording):
+    """:class:`Recording`, except that a success's ``task.succeeded`` is left to :class:`AdvanceSaga`, which
+    commits it, with the task's held start records, in the transaction of the saga's move. Only with a
+    recorder that commits its own transactions (no group commit): a group commits them with other tasks'."""
+
+    def on_success(self, call: Call, result: Any) -> None:
+        recorder = call.recorder
+        if not getattr(recorder, "writes_directly", False) or _ref_of(call) is None or not call.request.id:
+            super().on_success(call, result)
+            return
+        duration = time.monotonic() - call.started
+        _SUCCEEDED.set((call.request.id, records.succeeded(call.task, call.request, result, duration, recorder.host)))
+
+
 class AdvanceSaga(Hook):
-    """Makes the saga's move once the task's own terminal record is written (module docstring)."""
+    """Makes the saga's move with, or once, the task's own terminal record is written (module docstring)."""
 
     def before_call(self, call: Call) -> None:
         _FENCED.set(None)
+        _SUCCEEDED.set(None)
 
     def on_success(self, call: Call, result: Any) -> None:
-        self._advance(call, True, result)
+        succeeded = _SUCCEEDED.get()
+        _SUCCEEDED.set(None)
+        if succeeded is None or succeeded[0] != call.request.id:
+            self._advance(call, True, result)
+            return
+        recorder: Any = call.recorder
+        task_id, record = succeeded
+        with recorder.held.io_lock:
+            held: list[NewEvent] = recorder.held.take(task_id)
+        written = False
+
+        def write_own() -> None:
+            """The task's records as any task's (waiting for the store; else the message goes back)."""
+            nonlocal written
+            if not written:
+                written = True
+                recorder.held.give_back(task_id, held)
+                with recording_guard:
+                    recorder.append([record], task_id=task_id)
+
+        try:
+            if self._advance(call, True, result, also=[*held, record], write_own=write_own):
+                written = True  # committed with the saga's move
+        finally:
+            write_own()
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
         self._advance(call, False, error_data(call.request.id, error))
         return NO_RESULT
 
-    def _advance(self, call: Call, ok: bool, data: JsonValue) -> None:
+    def _advance(
+        self,
+        call: Call,
+        ok: bool,
+        data: JsonValue,
+        also: list[NewEvent] | None = None,
+        write_own: Callable[[], None] | None = None,
+    ) -> bool:
+        """Make the move; whether ``also`` (the task's own records) was committed with it. If the move cannot be
+        made, ``write_own`` writes them before the outcome is handed over."""
         loaded = _take_fenced(call.request.id)
         ref = _ref_of(call)
         if ref is None:
-            return  # not called as a saga dispatch (no saga call in its kwargs): nothing to advance
+            return False  # not called as a saga dispatch (no saga call in its kwargs): nothing to advance
         request = call.request
         redelivered = bool((request.delivery_info or {}).get("redelivered")) or bool(request.retries)
         try:
-            advance_saga(call.task.app, ref, ok, data, redelivered=redelivered, loaded=loaded)
+            moved = advance_saga(call.task.app, ref, ok, data, redelivered=redelivered, loaded=loaded, also=also or ())
         except RETRYABLE as error:
             logger.warning(
                 "saga %s: %s/%s attempt %s could not advance in its worker (%s: %s); handed to %s",
                 ref.saga_id, ref.step, ref.member, ref.attempt, type(error).__name__, error, OUTCOME,
             )
+            if write_own is not None:
+                write_own()  # the task's own records first: the saga never holds an outcome its log lacks
             _hand_over(call, ref, ok, data)
+            return False
+        return moved is not None and bool(also)
 
 
 def _ref_of(call: Call) -> CallRef | None:
@@ -130,7 +189,9 @@ def _hand_over(call: Call, ref: CallRef, ok: bool, data: JsonValue) -> None:
 class SagaTask(AgentTask):
     """An agent task that advances its saga itself (:class:`AdvanceSaga` after the default hooks)."""
 
-    hooks: ClassVar[tuple[Hook, ...]] = (*DEFAULT_HOOKS, AdvanceSaga())
+    hooks: ClassVar[tuple[Hook, ...]] = (
+        *(SagaRecording() if type(hook) is Recording else hook for hook in DEFAULT_HOOKS), AdvanceSaga()
+    )
     advances_saga: ClassVar[bool] = True  # what tasks.saga.dispatch looks for (ADVANCES_SAGA)
     saga_kind: ClassVar[Kind] = "step"
     #: A step's own input model (``saga_step(input=...)``); ``None`` for a compensation.

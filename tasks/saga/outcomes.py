@@ -11,6 +11,7 @@ one batch under optimistic concurrency on the saga's stream, and what they cause
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from celery.utils.log import get_task_logger
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from pydantic import JsonValue
 
-from relaybus.eventstore import ConcurrencyError, StoreUnavailable
+from relaybus.eventstore import ConcurrencyError, NewEvent, StoreUnavailable
 from relaybus.sagas import (
     Decision,
     InvalidTransition,
@@ -51,14 +52,16 @@ def advance_saga(
     *,
     redelivered: bool,
     loaded: LoadedSaga | None = None,
+    also: Sequence[NewEvent] = (),
 ) -> dict[str, Any] | None:
     """Record ``ref``'s outcome, decide, send what follows; the summary, or None if the outcome was dropped.
 
     ``redelivered``: the reporter may be a second delivery of one that recorded and died before
     sending, so what this outcome caused and is still running is sent again (steps and compensations
     are idempotent under their keys). ``loaded``: the saga as the reporter read it moments ago (a
-    step's fence), to decide on without reading it again. Raises one of :data:`RETRYABLE`
-    for the caller to report again later; nothing of a decision that raised was sent.
+    step's fence), to decide on without reading it again. ``also``: the reporter's own records, committed
+    with the outcome (:meth:`sagas.SagaRepository.record`); stored once this returns a summary. Raises one
+    of :data:`RETRYABLE` for the caller to report again later; nothing of a decision that raised was sent.
     """
     event = ref.succeeded(data) if ok else ref.failed(data)
     decision: Decision
@@ -69,6 +72,7 @@ def advance_saga(
             causation_id=dispatch_id(ref.saga_id, ref.step, ref.member, ref.kind, ref.attempt),
             redispatch=redelivered,
             loaded=loaded,
+            also=also,
         )
     except DROPPED as error:
         logger.error(

@@ -169,6 +169,19 @@ def test_the_content_saga_runs_its_four_steps_and_shows_in_its_workflow_timeline
     assert len(saga_types) == 10, "started, 4 x (step started, step succeeded), completed"
 
 
+def test_a_step_commits_its_own_end_record_in_the_transaction_that_records_its_outcome_in_the_saga(system):
+    view = run_saga(system, new_saga_id())
+    assert view.status == "completed", view
+    events = system.store.by_correlation(view.correlation_id)
+    ended = {e.task_id: e for e in events if e.type == "task.succeeded"}
+    moves = [e for e in events if e.type == "saga.step.succeeded"]
+    assert len(moves) == 4
+    for move in moves:
+        own = ended[move.task_id]
+        # One commit: one recorded_at for the batch, the task's record first.
+        assert (own.recorded_at, own.position < move.position) == (move.recorded_at, True), (own, move)
+
+
 def test_a_step_that_is_a_plain_agent_task_advances_the_saga_through_the_orchestration_callbacks(system):
     saga_id = new_saga_id()
     notes = {"topic": "Plain steps", "audience": "ops", "notes": ["n"], "sources": []}

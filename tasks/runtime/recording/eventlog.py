@@ -83,6 +83,12 @@ class EventRecorder:
         # In a prefork worker's pool process: the host writer that commits all pool processes' records together.
         self._writer: HostWriterClient | None = client_from_env()
 
+    @property
+    def writes_directly(self) -> bool:
+        """Whether this process commits its records in transactions of its own (no group commit), so that a
+        caller may commit a task's records in one of its own instead (a saga task's move, tasks.saga.advance)."""
+        return self._group is None and self._writer is None
+
     def append(self, events: list[NewEvent], task_id: str | None = None) -> None:
         """Append ``events``, preceded by the held-back start records of the running task.
 
