@@ -22,7 +22,11 @@ priority alone would not do it: a deferred task comes back as a countdown messag
 outside the queue until it is due, where the broker's priority no longer orders it.
 
 A call over the limit raises :class:`RateLimited` with the wait until enough of the window expires; the task
-base turns it into a deferral (tasks.runtime.deferral). Deferred calls waiting for the same limit are spread
+base turns it into a deferral (tasks.runtime.deferral). A provider that answers 429 anyway (its own limits are
+lower than configured, or shared with other clients) pauses its model for every worker: for what its
+``Retry-After`` asks (:data:`PAUSE_WITHOUT_RETRY_AFTER_S` when it does not say), calls of that model are deferred
+without being sent, and the call that met the 429 is deferred too, without using a retry (limit
+``provider``). Deferred calls waiting for the same limit are spread
 over the following windows by their number (a ``waiting`` set), so twenty tasks deferred together do not come
 back together to find room for three.
 """
@@ -38,6 +42,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relaybus.tasks.errors import PermanentError, TransientError
+from relaybus.tasks.llm._errors import ProviderOverloaded
 from relaybus.tasks.llm._models import Completion, CompletionRequest
 from relaybus.tasks.llm._provider import LLMProvider, model_for
 
@@ -47,6 +52,9 @@ logger = logging.getLogger("relaybus.tasks.llm")
 CHARS_PER_TOKEN = 4
 #: A message's framing (role, separators) costs a few tokens on top of its text.
 TOKENS_PER_MESSAGE = 4
+#: How long a 429 without ``Retry-After`` pauses its model; and the longest any 429 pauses it.
+PAUSE_WITHOUT_RETRY_AFTER_S = 1.0
+MAX_PAUSE_S = 3600.0
 
 
 class RateLimit(BaseModel):
@@ -97,8 +105,9 @@ class RateLimits(BaseModel):
 class RateLimited(TransientError):
     """Raised when a call would go over a rate limit; the task base defers its task by ``wait_s``.
 
-    ``limit`` says which: ``requests``, ``tokens``, or ``unavailable`` when the limiter's Redis could not be
-    reached (``wait_s`` is None then: the task base backs off).
+    ``limit`` says which: ``requests``, ``tokens``, ``provider`` when the provider answered 429 (its model is
+    paused for every worker), or ``unavailable`` when the limiter's Redis could not be reached (``wait_s`` is
+    None then: the task base backs off).
     """
 
     def __init__(
@@ -112,6 +121,8 @@ class RateLimited(TransientError):
         self.urgent = urgent
         if wait_s is None:
             text = f"rate limiter for {provider}/{model} unavailable; the call waits for it"
+        elif limit == "provider":
+            text = f"{provider}/{model} answered 429 (too many requests); calls wait {wait_s:.3f} s"
         else:
             text = f"{provider}/{model} is at its {limit} limit; the call fits in {wait_s:.3f} s"
         super().__init__(text)
@@ -142,15 +153,18 @@ def estimate_tokens(request: CompletionRequest, completion_tokens: int) -> int:
     return prompt + (request.max_tokens or completion_tokens)
 
 
-# KEYS: log (zset), tokens (sum), waiting (zset). ARGV: period_us, request cap, token cap, cost, member,
-# waiter ('' for urgent calls, which neither wait in line nor count as waiting). Caps are already reduced by
-# the urgent reserve for normal calls; 0 means "no limit". Returns {admitted, wait_us, which}.
+# KEYS: log (zset), tokens (sum), waiting (zset), pause (when the provider's 429 pause ends, µs). ARGV:
+# period_us, request cap, token cap, cost, member, waiter ('' for urgent calls, which neither wait in line nor
+# count as waiting). Caps are already reduced by the urgent reserve for normal calls; 0 means "no limit".
+# Returns {admitted, wait_us, which}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local period = tonumber(ARGV[1])
 local req_cap, tok_cap, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local waiter = ARGV[6]
+local paused = tonumber(redis.call('GET', KEYS[4]) or '0')
+if paused > now then return {0, paused - now, 'provider'} end
 local function tokens_of(m) return tonumber(string.match(m, '|(%d+)$')) end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - period)
 if #expired > 0 then
@@ -221,6 +235,21 @@ return 1
 """
 
 
+# KEYS: pause. ARGV: wait_us. The model's pause ends wait_us from now, or later if it already did; returns how
+# long it has left (µs).
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ends = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ends > current then
+  redis.call('SET', KEYS[1], ends, 'PX', math.max(1, math.ceil(tonumber(ARGV[1]) / 1000)))
+  return ends - now
+end
+return current - now
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """A call the limiter let through: its entry in the window, to correct with the real usage and end time."""
@@ -240,11 +269,12 @@ class RedisRateLimiter:
         self.namespace = namespace
         self._acquire = client.register_script(_ACQUIRE)
         self._settle = client.register_script(_SETTLE)
+        self._pause = client.register_script(_PAUSE)
 
     def _keys(self, provider: str, model: str) -> list[str]:
         # One hash tag per limit: a Redis Cluster keeps a limit's keys in one slot, as a script needs.
         base = f"{self.namespace}:ratelimit:{{{provider}/{model}}}"
-        return [f"{base}:log", f"{base}:tokens", f"{base}:waiting"]
+        return [f"{base}:log", f"{base}:tokens", f"{base}:waiting", f"{base}:pause"]
 
     def acquire(
         self, provider: str, model: str, limit: RateLimit, tokens: int, *, urgent: bool, reserve: float,
@@ -266,6 +296,13 @@ class RedisRateLimiter:
             which = which.decode() if isinstance(which, bytes) else str(which)
             raise RateLimited(provider, model, which, int(wait_us) / 1_000_000, tokens, urgent)
         return Grant(keys[0], member, tokens, period_us)
+
+    def pause(self, provider: str, model: str, wait_s: float) -> float:
+        """The provider asked every caller of ``model`` to wait ``wait_s`` (a 429): no call of it is let through
+        until then, on any worker. A longer pause already set stands. Returns the seconds the pause has left."""
+        wait_us = int(min(max(wait_s, 0.001), MAX_PAUSE_S) * 1_000_000)
+        left = self._pause(keys=[self._keys(provider, model)[3]], args=[wait_us])
+        return int(left) / 1_000_000
 
     def settle(self, grant: Grant, tokens: int) -> None:
         """The call has ended having spent ``tokens``: its entry counts them, from now on."""
@@ -312,12 +349,27 @@ class RateLimitedProvider:
             raise RateLimited(self.name, model, "unavailable", None, tokens, self._urgent) from exc
         try:
             completion = self.inner.complete(request)
+        except ProviderOverloaded as exc:
+            self._settle(grant, grant.tokens, model)  # a failed call keeps its estimate: the provider may count it
+            if exc.status_code != 429:
+                raise
+            raise RateLimited(self.name, model, "provider", self._paused(model, exc.retry_after), tokens,
+                              self._urgent) from exc
         except BaseException:
             self._settle(grant, grant.tokens, model)  # a failed call keeps its estimate: the provider may count it
             raise
         used = completion.usage.prompt_tokens + completion.usage.completion_tokens
         self._settle(grant, used or grant.tokens, model)  # no usage reported: the estimate stands
         return completion
+
+    def _paused(self, model: str, retry_after: float | None) -> float:
+        """Pause ``model`` for every worker as the 429 asks; the seconds this call waits."""
+        wait = retry_after if retry_after is not None else PAUSE_WITHOUT_RETRY_AFTER_S
+        try:
+            return self._limiter.pause(self.name, model, wait)
+        except redis.RedisError as exc:  # this call still waits; the others learn from their own 429
+            logger.warning("could not pause %s/%s after a 429: %s", self.name, model, exc)
+            return min(max(wait, 0.001), MAX_PAUSE_S)
 
     def _settle(self, grant: Grant, tokens: int, model: str) -> None:
         try:

@@ -254,3 +254,36 @@ def test_an_agent_making_more_calls_than_a_window_allows_finishes_without_asking
         store.close()
         delete_namespace(app)
         app.close()
+
+
+def test_a_429_from_the_provider_defers_the_task_for_its_retry_after_without_a_retry(
+    tmp_path: Path, broker_url: str, redis_url: str, fake_openai: FakeOpenAI, start_worker: Any
+) -> None:
+    """The provider's own limit is lower than the configured one: its 429 pauses the model for every worker for
+    what ``Retry-After`` says, the task is deferred (not retried) and completes on its first attempt."""
+    settings = make_settings(
+        tmp_path, broker_url, redis_url,
+        extra_modules=("tests.limited_agents",), extra_agents=("asker",),
+        llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
+        llm_rate_limits={"openai/fake-model": RateLimit(requests=100, period_s=PERIOD_S)},
+    )
+    fake_openai.script(Reply(status=429, body={"error": {"message": "Rate limit reached", "type": "requests"}},
+                             headers={"Retry-After": "2"}))
+    app = make_app(settings)
+    store = open_store(settings.eventstore_url)
+    try:
+        with app.connection_for_write() as conn:
+            app.conf.relaybus_topology.declare(conn)
+        start_worker("asker", settings=settings, wait=False).wait_ready(app)
+        result = app.tasks["agents.asker"].apply_async(kwargs={"text": "met a 429"})
+        assert result.get(timeout=30)["attempt"] == 1, "waiting out a 429 used no retry"
+        arrivals = [at for at, _ in arrivals_at(fake_openai)]
+        assert len(arrivals) == 2, "the call was sent again once, after the pause"
+        assert arrivals[1] - arrivals[0] >= 1.9, f"the second call went {arrivals[1] - arrivals[0]:.2f} s later"
+        deferred = store.find(type="task.deferred", task_id=result.id, limit=10)
+        assert [e.payload["limit"] for e in deferred] == ["provider"]
+        assert store.find(type="task.retried", task_id=result.id, limit=10) == []
+    finally:
+        store.close()
+        delete_namespace(app)
+        app.close()

@@ -22,6 +22,8 @@ from relaybus.tasks.llm import (
     RedisRateLimiter,
     RequestOverLimit,
 )
+from relaybus.tasks.llm._errors import ProviderOverloaded
+from relaybus.tasks.llm._ratelimit import PAUSE_WITHOUT_RETRY_AFTER_S
 from relaybus.tasks.runtime.deferral import already_deferred
 from relaybus.tasks.runtime.idempotency import mark_done
 from relaybus.tasks.runtime.recording import NullRecorder
@@ -117,6 +119,62 @@ def test_a_model_without_a_limit_is_called_without_asking_redis() -> None:
     dead = RedisRateLimiter(redis_lib.Redis(port=1, socket_connect_timeout=0.5), "rl")
     limits = RateLimits(limits={"openai/other": RateLimit(requests=1)}, redis_url="redis://127.0.0.1:1/0")
     assert RateLimitedProvider(OfflineProvider(), dead, limits, urgent=False, waiter="t").complete(request()).text
+
+
+def test_a_pause_holds_every_call_of_its_model_urgent_ones_too_and_the_longer_pause_stands(
+    limiter: RedisRateLimiter,
+) -> None:
+    limit = RateLimit(requests=100, period_s=1.0)
+    assert limiter.pause("p", "m", 0.5) == pytest.approx(0.5, abs=0.05)
+    assert limiter.pause("p", "m", 0.1) == pytest.approx(0.5, abs=0.05), "a shorter pause does not cut a longer"
+    with pytest.raises(RateLimited) as limited:
+        limiter.acquire("p", "m", limit, 10, urgent=True, reserve=0.25, waiter="w")
+    assert limited.value.limit == "provider" and 0 < (limited.value.wait_s or 0) <= 0.5
+    time.sleep(0.55)
+    assert outcome(limiter, limit) == 0.0, "the pause is over"
+
+
+class _Overloaded:
+    """A provider that answers 429 (or another status), counting the requests that reach it."""
+
+    name = "p"
+    model = "m"
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        self.status, self.retry_after, self.calls = status, retry_after, 0
+
+    def complete(self, _request: CompletionRequest) -> None:
+        self.calls += 1
+        raise ProviderOverloaded(f"HTTP {self.status}", self.status, self.retry_after)
+
+
+def test_a_429_pauses_the_model_for_every_caller_and_defers_the_call_without_a_retry(
+    limiter: RedisRateLimiter,
+) -> None:
+    limits = RateLimits(limits={"p/m": RateLimit(requests=100, period_s=1.0)}, redis_url="redis://unused/0")
+    inner = _Overloaded(429, retry_after=0.6)
+    with pytest.raises(RateLimited) as limited:
+        RateLimitedProvider(inner, limiter, limits, urgent=False, waiter="a").complete(request())
+    assert limited.value.limit == "provider" and limited.value.wait_s == pytest.approx(0.6, abs=0.05)
+    assert isinstance(limited.value.__cause__, ProviderOverloaded)
+    # Another worker's call of the same model waits too, without reaching the provider.
+    other = _Overloaded(429, retry_after=None)
+    with pytest.raises(RateLimited) as waiting:
+        RateLimitedProvider(other, limiter, limits, urgent=True, waiter="b").complete(request())
+    assert waiting.value.limit == "provider" and other.calls == 0
+    time.sleep(0.65)
+    with pytest.raises(RateLimited) as again:  # no Retry-After: the default pause
+        RateLimitedProvider(other, limiter, limits, urgent=False, waiter="b").complete(request())
+    assert other.calls == 1 and again.value.wait_s == pytest.approx(PAUSE_WITHOUT_RETRY_AFTER_S, abs=0.05)
+
+
+def test_a_5xx_is_the_providers_failure_not_a_pause(limiter: RedisRateLimiter) -> None:
+    limits = RateLimits(limits={"p/m": RateLimit(requests=100, period_s=1.0)}, redis_url="redis://unused/0")
+    with pytest.raises(ProviderOverloaded):
+        RateLimitedProvider(_Overloaded(503, retry_after=5.0), limiter, limits, urgent=False, waiter="a").complete(
+            request()
+        )
+    assert outcome(limiter, RateLimit(requests=100, period_s=1.0)) == 0.0
 
 
 def test_a_redelivered_original_whose_copy_was_published_is_not_run_again(app: Celery) -> None:
