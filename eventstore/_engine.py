@@ -264,7 +264,8 @@ class ProcessLocalEngine:
             and time.monotonic() - held.last_used >= PING_AFTER_IDLE_S
         ):
             try:
-                alive = engine.dialect.do_ping(connection.connection.dbapi_connection)
+                dbapi = connection.connection.dbapi_connection
+                alive = dbapi is not None and engine.dialect.do_ping(dbapi)
             except Exception:  # any failure means a dead connection
                 alive = False
             if not alive:

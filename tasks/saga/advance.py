@@ -84,7 +84,8 @@ class SagaRecording(Recording):
             super().on_success(call, result)
             return
         duration = time.monotonic() - call.started
-        _SUCCEEDED.set((call.request.id, records.succeeded(call.task, call.request, result, duration, recorder.host)))
+        _SUCCEEDED.set((call.request.id, records.succeeded(call.task, call.request, result, duration,
+                                                            getattr(recorder, "host", ""))))
 
 
 class AdvanceSaga(Hook):
