@@ -6,8 +6,6 @@ boundaries (Celery children write them, the CLI reads them).
 
 from __future__ import annotations
 
-import os
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import to_jsonable_python
 
 from relaybus.eventstore import redaction
+from relaybus.eventstore.ids import new_event_id
 from relaybus.eventstore.storable import storable
 
 DEFAULT_REDACT_KEYS: frozenset[str] = frozenset(redaction.DEFAULT_REDACT_KEYS)
@@ -30,28 +29,6 @@ def utc(value: datetime) -> datetime:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-_RAND_B = (1 << 62) - 1
-
-
-def new_event_id() -> str:
-    """A time-ordered id (RFC 9562 UUIDv7: 48 bits of Unix milliseconds, then 74 random bits).
-
-    New ids sort after older ones, so the unique index on ``event_id`` grows at its right edge instead of
-    at a random page: at millions of events a random id's insert reads a page that is no longer in cache.
-    Ids given by the caller (deterministic ones, for idempotency) and ids stored before are kept as they are.
-    """
-    rand = int.from_bytes(os.urandom(10))
-    value = (
-        (time.time_ns() // 1_000_000) << 80
-        | 0x7 << 76  # version 7
-        | (rand >> 64 & 0xFFF) << 64
-        | 0b10 << 62  # the RFC variant
-        | rand & _RAND_B
-    )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _EventFields(BaseModel):
