@@ -53,6 +53,7 @@ from relaybus.sagas.events import (
     StepTimedOut,
     dedup_key,
     from_record,
+    record_id,
     to_record,
 )
 from relaybus.sagas.reference import CONTENT_CREATION
@@ -101,6 +102,7 @@ __all__ = [  # noqa: RUF022
     "StepTimedOut",
     "dedup_key",
     "from_record",
+    "record_id",
     "to_record",
     # State
     "CompensationState",

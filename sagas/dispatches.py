@@ -27,7 +27,7 @@ from relaybus.sagas.events import (
     StepStarted,
     StepSucceeded,
     StepTimedOut,
-    dedup_key,
+    record_id,
 )
 from relaybus.sagas.state import SagaState
 
@@ -98,7 +98,7 @@ def in_flight(definition: SagaDefinition, state: SagaState, records: Sequence[Re
             )
         else:
             continue
-        record = by_id.get(dedup_key(command.event()))
+        record = by_id.get(record_id(command.event()))
         if record is not None:
             found.append(InFlight(command, record.occurred_at, record.causation_id))
     return found

@@ -19,19 +19,22 @@ resume is recognised as such. ``saga.started`` names the definition and holds th
 ``saga.completed`` holds the last step's output.
 
 The executor stores an event as a generic event-store row: ``to_record(event) -> (type, payload)``
-with ``schema_version=EVENT_SCHEMA_VERSION`` and ``event_id=dedup_key(event)``, and reads it back
+with ``schema_version=EVENT_SCHEMA_VERSION`` and ``event_id=record_id(event)``, and reads it back
 with ``from_record(type, payload, schema_version)``. ``dedup_key`` names the fact an event records:
-a redelivered event has the same key, so the store's unique ``event_id`` drops the second copy (and
-the fold would ignore it anyway). The type strings are those of :mod:`eventstore.types`.
+a redelivered event has the same key, so the same ``record_id``, and the store's unique ``event_id``
+drops the second copy (and the fold would ignore it anyway). The type strings are those of
+:mod:`eventstore.types`.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from relaybus.eventstore import types as t
+from relaybus.eventstore.ids import derived_event_id, uuid7_ms
 from relaybus.sagas.errors import UnknownEvent
 
 EVENT_SCHEMA_VERSION = 1
@@ -167,6 +170,18 @@ def from_record(type: str, payload: dict[str, Any], schema_version: int = EVENT_
         return _ADAPTER.validate_python({**payload, "type": type})
     except ValidationError as error:
         raise UnknownEvent(type, str(error)) from error
+
+
+_RECORD_IDS = uuid.UUID("9d3e6a51-0c7b-4f28-a1e4-5b8c2d7f0e93")
+
+
+def record_id(event: SagaEvent) -> str:
+    """The event id ``event`` is stored under. A saga whose id is time-ordered (a UUIDv7, as ``new_id`` makes
+    them) gets a UUIDv7 of its :func:`dedup_key`, ordered by the saga id's time, so its events append at the
+    index's right edge; any other saga id (given by the caller, or made before) keeps the key itself."""
+    key = dedup_key(event)
+    at = uuid7_ms(event.saga_id)
+    return key if at is None else derived_event_id(_RECORD_IDS, (key,), at)
 
 
 def dedup_key(event: SagaEvent) -> str:

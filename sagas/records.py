@@ -1,5 +1,5 @@
 """How a saga event becomes a record of the event log (:class:`~eventstore.NewEvent`): its deterministic id
-(:func:`~sagas.events.dedup_key`), stream, correlation and causation, the decision that took it, and a
+(:func:`~sagas.events.record_id`), stream, correlation and causation, the decision that took it, and a
 ``data`` too large for the log replaced by its size and hash."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from relaybus.eventstore import NewEvent
 from relaybus.sagas.dispatches import task_id_of
-from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, dedup_key, to_record
+from relaybus.sagas.events import EVENT_SCHEMA_VERSION, SagaEvent, record_id, to_record
 
 #: Room left for the envelope (ids, step names, deadline) next to ``data`` under the store's payload limit.
 ENVELOPE_BYTES = 1024
@@ -27,7 +27,7 @@ def new_event(
     """The record of ``event`` in ``stream_id``; ``decision`` is shared by the events of one decision."""
     type_, payload = to_record(event)
     return NewEvent(
-        event_id=dedup_key(event),
+        event_id=record_id(event),
         stream_id=stream_id,
         correlation_id=correlation_id,
         causation_id=causation_id,

@@ -1,6 +1,6 @@
 """Sagas in the event store: one stream per saga, advanced under optimistic concurrency.
 
-A saga's events live in the stream ``saga:<saga_id>``, each stored with ``event_id = dedup_key(event)``
+A saga's events live in the stream ``saga:<saga_id>``, each stored with ``event_id = record_id(event)``
 and ``correlation_id`` = the saga's correlation id, so the saga shows in its workflow's timeline.
 Every change goes through one loop (:meth:`SagaRepository._advance`)::
 
@@ -51,7 +51,7 @@ from relaybus.sagas.decide import start as start_event
 from relaybus.sagas.definition import SagaDefinition, SagaRegistry
 from relaybus.sagas.dispatches import Dispatchable, InFlight, in_flight, still_running
 from relaybus.sagas.errors import InvalidTransition, SagaNotFound
-from relaybus.sagas.events import SagaEvent, dedup_key, from_record
+from relaybus.sagas.events import SagaEvent, from_record, record_id
 from relaybus.sagas.folded import FoldedSagas, version_of
 from relaybus.sagas.records import data_limit, new_event
 from relaybus.sagas.state import SagaState, SagaStatus, evolve, fold
@@ -307,14 +307,14 @@ class SagaRepository:
             try:
                 for event in observed:
                     state = evolve(spec, state, event)  # InvalidTransition: refused, nothing recorded
-                    if dedup_key(event) not in known:
+                    if record_id(event) not in known:
                         fresh.append((event, causation_id))
             except InvalidTransition:
                 if guessed:
                     continue
                 raise
             assert state is not None
-            trigger = dedup_key(observed[-1]) if observed else None
+            trigger = record_id(observed[-1]) if observed else None
             commands: list[Dispatchable] = []
             for _round in range(_MAX_DECISION_ROUNDS):
                 batch = decide(spec, state, now)

@@ -36,7 +36,15 @@ from celery._state import get_current_task
 from kombu import Exchange, Queue, binding
 from pydantic import Field
 
-from relaybus.tasks.bus.events import Event, EventEnvelope, derived_id, envelope_for, registry, topic_matches
+from relaybus.tasks.bus.events import (
+    Event,
+    EventEnvelope,
+    derived_id,
+    derived_record_id,
+    envelope_for,
+    registry,
+    topic_matches,
+)
 from relaybus.tasks.bus.records import delivery_records, record_publication
 from relaybus.tasks.errors import InvalidEvent, PublishFailed
 from relaybus.tasks.runtime import tracecontext
@@ -44,6 +52,7 @@ from relaybus.tasks.runtime.claimcheck import offload_value
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import current_causation_id, current_correlation_id, current_replay_marks, new_id
 from relaybus.tasks.runtime.idempotency import already_done, mark_done
+from relaybus.tasks.runtime.recording.records import request_origin_ms
 from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
 
 EVENT_TASK_PREFIX = "events."
@@ -260,7 +269,8 @@ def _default_event_id(event: Event, correlation: str, running: Any) -> str:
         return derived_id(correlation, "unique", key)
     if running is not None:
         n = _next_in_execution(running.request, event.type)
-        return derived_id(running.request.id, event.type, n)
+        # Time-ordered by the publishing task's origin: the same on every redelivery of its message.
+        return derived_record_id(running.request.id, event.type, n, at_ms=request_origin_ms(running.request))
     return new_id()
 
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from relaybus.eventstore.ids import derived_event_id, uuid7_ms
 from relaybus.tasks.errors import InvalidEvent, UnknownEventType, UnsupportedEventVersion
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -38,6 +39,14 @@ _IDS = uuid.UUID("0b7c4f1e-2a8d-4e36-9a51-7d3c2e9f6a10")
 def derived_id(*parts: object) -> str:
     """A deterministic id: the same parts always give the same id (for idempotent re-publishing)."""
     return str(uuid.uuid5(_IDS, ":".join(str(p) for p in parts)))
+
+
+def derived_record_id(*parts: object, at_ms: int | None = None) -> str:
+    """:func:`derived_id` for an event-log id, time-ordered (eventstore.ids): by ``at_ms``, the origin's
+    time, or else by the first part's when it is a UUIDv7 (an envelope's id, a ``new_id``); without
+    either, ``derived_id(*parts)`` itself, the id such a record had before."""
+    at = at_ms if at_ms is not None else uuid7_ms(parts[0]) if parts else None
+    return derived_event_id(_IDS, parts, at)
 
 
 class Event(BaseModel):

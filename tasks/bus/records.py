@@ -16,7 +16,7 @@ from celery import Celery
 from relaybus.eventstore.types import EVENT_DEAD_LETTERED as EVENT_DEAD_LETTERED
 from relaybus.eventstore.types import EVENT_DELIVERED as EVENT_DELIVERED
 from relaybus.eventstore.types import EVENT_PUBLISHED as EVENT_PUBLISHED
-from relaybus.tasks.bus.events import EventEnvelope, derived_id
+from relaybus.tasks.bus.events import EventEnvelope, derived_record_id
 from relaybus.tasks.runtime import recording
 
 # -- recording -------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def delivery_records(
         latency_ms = (time.time() - envelope.occurred_at.timestamp()) * 1000
         return [
             NewEvent(
-                event_id=derived_id(envelope.event_id, handler_task, "delivered"),
+                event_id=derived_record_id(envelope.event_id, handler_task, "delivered"),
                 stream_id=envelope.correlation_id,
                 correlation_id=envelope.correlation_id,
                 causation_id=envelope.event_id,
@@ -101,7 +101,7 @@ def record_dead_letter(app: Celery, envelope: EventEnvelope | None, queue: str, 
     recorder.append(
         [
             NewEvent(
-                event_id=derived_id(envelope.event_id, queue, "dead_lettered"),
+                event_id=derived_record_id(envelope.event_id, queue, "dead_lettered"),
                 stream_id=envelope.correlation_id,
                 correlation_id=envelope.correlation_id,
                 causation_id=envelope.event_id,

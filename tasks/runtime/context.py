@@ -7,6 +7,7 @@ them in a ``before_task_publish`` handler (:func:`propagate_ids`).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from celery._state import get_current_task
+
+from relaybus.eventstore.ids import new_event_id, time_ms, uuid7_ms
 
 CORRELATION_HEADER = "x_correlation_id"
 CAUSATION_HEADER = "x_causation_id"
@@ -26,6 +29,8 @@ REPLAY_OF_HEADER = "x_replay_of"
 DEFERRALS_HEADER = "x_deferrals"
 #: On a pipeline's entry task: the budget it records in ``pipeline.started`` (tasks.llm.Budget, as JSON).
 BUDGET_HEADER = "x_budget"
+#: When the task was first sent (Unix ms): the time prefix of its records' derived ids (eventstore.ids).
+SENT_AT_HEADER = "x_sent_at"
 
 _correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
 _causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)
@@ -48,7 +53,8 @@ def continuing() -> bool:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A fresh correlation, saga or pipeline id: time-ordered (UUIDv7), so what is derived from it can be too."""
+    return new_event_id()
 
 
 #: The longest id the event log stores (its id columns are 255 characters).
@@ -87,7 +93,7 @@ def request_headers(request: Any) -> dict[str, Any]:
     """A running task's headers, with relaybus's ids that Celery moved onto the request put back."""
     headers: dict[str, Any] = dict(request.headers or {})
     for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, DEFERRALS_HEADER,
-                BUDGET_HEADER, "root_id", "parent_id"):
+                BUDGET_HEADER, SENT_AT_HEADER, "root_id", "parent_id"):
         value = getattr(request, key, None)
         if value is not None and key not in headers:
             headers[key] = value
@@ -167,6 +173,13 @@ def propagate_ids(headers: dict[str, Any] | None = None, **_: Any) -> None:
     A message that already carries them (a retry, a caller's explicit ids) keeps them. Inside a
     task, the correlation id is inherited and the causation id is the publishing task's id, so a
     chain step, a chord body or a callback points at the step that caused it.
+
+    The sent time (:data:`SENT_AT_HEADER`, which orders the ids of the task's records, eventstore.ids) is
+    kept too (a retry, a deferral: the task's first send). Whoever publishes a task id must give it the same
+    time, or its records would not find their earlier copies: so it is the workflow's, the time of a
+    time-ordered correlation id, else the publishing task's (a step a redelivered parent publishes again),
+    else the clock's. A deterministic (uuid5) task id may be sent again by another publisher (a saga's
+    sweep, a client starting a pipeline twice): without a time-ordered correlation id it gets none.
     """
     if headers is None:
         return
@@ -181,3 +194,24 @@ def propagate_ids(headers: dict[str, Any] | None = None, **_: Any) -> None:
         causation = current_task_id() or _causation.get()
         if causation:
             headers[CAUSATION_HEADER] = causation
+    if time_ms(headers.get(SENT_AT_HEADER)) is None:
+        sent_at = _sent_at(headers)
+        if sent_at is not None:
+            headers[SENT_AT_HEADER] = sent_at
+
+
+def _sent_at(headers: dict[str, Any]) -> int | None:
+    workflow = uuid7_ms(headers.get(CORRELATION_HEADER))
+    if workflow is not None:
+        return workflow
+    if _is_uuid5(headers.get("id")):
+        return None
+    inherited = time_ms(_request_header(SENT_AT_HEADER))
+    return inherited if inherited is not None else time.time_ns() // 1_000_000
+
+
+def _is_uuid5(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and uuid.UUID(value).version == 5
+    except ValueError:
+        return False

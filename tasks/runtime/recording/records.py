@@ -2,7 +2,9 @@
 :class:`~eventstore.NewEvent` objects. Writing them is the recorder's business (:mod:`.eventlog`).
 
 Event ids are derived from the task id, the delivery and the transition, so a redelivered message
-records nothing twice (the store ignores an event id it already holds).
+records nothing twice (the store ignores an event id it already holds). They are time-ordered by the task's
+sent time, which its message carries (``x_sent_at``); a message without it (an older client, one in flight
+at the upgrade) gets the plain uuid5 ids it always had (:func:`eventstore.ids.derived_event_id`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relaybus.eventstore import NewEvent
+from relaybus.eventstore.ids import derived_event_id, time_ms, uuid7_ms
 from relaybus.eventstore.types import (
     BUDGET_EXCEEDED,
     LLM_COMPLETED,
@@ -30,6 +33,7 @@ from relaybus.tasks.runtime.context import (
     CORRELATION_HEADER,
     DEFERRALS_HEADER,
     REDRIVE_HEADER,
+    SENT_AT_HEADER,
     id_problem,
     request_headers,
 )
@@ -37,9 +41,17 @@ from relaybus.tasks.runtime.context import (
 _NAMESPACE = uuid.UUID("6f1c1d0e-5b7e-4a55-9d0b-2f1c0a7e4b11")
 
 
-def event_id(*parts: object) -> str:
-    """A deterministic event id: the same transition of the same delivery always gets the same id."""
-    return str(uuid.uuid5(_NAMESPACE, ":".join(str(p) for p in parts)))
+def event_id(*parts: object, at_ms: int | None = None) -> str:
+    """A deterministic event id: the same transition of the same delivery always gets the same id.
+    ``at_ms``: the task's origin time (:func:`origin_ms`), its prefix; None: the uuid5 of older logs."""
+    return derived_event_id(_NAMESPACE, parts, at_ms)
+
+
+def origin_ms(task_id: Any, headers: dict[str, Any]) -> int | None:
+    """The time a task's records are ordered by: its id's, if that is a UUIDv7 (the same on every message of
+    the task id), else its message's sent time; None for a message without either (then uuid5 ids)."""
+    at = uuid7_ms(task_id)
+    return at if at is not None else time_ms(headers.get(SENT_AT_HEADER))
 
 
 def agent_for_task(task_name: str) -> str | None:
@@ -75,9 +87,9 @@ def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[
     sent_again = sent(headers, [list(args), dict(kwargs), embed], info.get("routing_key"), info.get("priority"), host)
     return [
         *((sent_again,) if sent_again is not None else ()),
-        _event(request, task, host, TASK_RECEIVED, event_id(request.id, "received", delivery),
+        _event(request, task, host, TASK_RECEIVED, _derived(request, "received", delivery),
                {"redelivered": redelivered}, occurred_at=now),
-        _event(request, task, host, TASK_STARTED, event_id(request.id, "started", delivery),
+        _event(request, task, host, TASK_STARTED, _derived(request, "started", delivery),
                {"redelivered": redelivered}, occurred_at=now),
         *(extra(request, tuple(args), dict(kwargs)) if extra is not None else ()),
     ]
@@ -85,17 +97,17 @@ def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[
 
 def retried(task: Any, request: Any, error: BaseException, countdown: float, host: str) -> NewEvent:
     payload = {**_error_payload(error), "countdown_s": round(countdown, 3)}
-    return _event(request, task, host, TASK_RETRIED, event_id(request.id, "retried", request.retries or 0), payload)
+    return _event(request, task, host, TASK_RETRIED, _derived(request, "retried", request.retries or 0), payload)
 
 
 def deferred(task: Any, request: Any, payload: dict[str, Any], host: str) -> NewEvent:
     """``task.deferred``: this delivery gave its message back with a countdown (tasks.runtime.deferral)."""
-    return _event(request, task, host, TASK_DEFERRED, event_id(request.id, "deferred", _delivery(request)), payload)
+    return _event(request, task, host, TASK_DEFERRED, _derived(request, "deferred", _delivery(request)), payload)
 
 
 def succeeded(task: Any, request: Any, result: Any, duration_s: float, host: str) -> NewEvent:
     payload = {"output": result, "duration_s": round(duration_s, 6)}
-    return _event(request, task, host, TASK_SUCCEEDED, event_id(request.id, "terminal", _redrive(request)), payload)
+    return _event(request, task, host, TASK_SUCCEEDED, _derived(request, "terminal", _redrive(request)), payload)
 
 
 def failed(
@@ -104,14 +116,14 @@ def failed(
     """``task.failed`` and the ``task.dead_lettered`` it caused (none without a reason: a system task)."""
     redrive = _redrive(request)
     failure = _event(
-        request, task, host, TASK_FAILED, event_id(request.id, "terminal", redrive),
+        request, task, host, TASK_FAILED, _derived(request, "terminal", redrive),
         {**_error_payload(error), "duration_s": round(duration_s, 6),
          **({"reason": dead_letter_reason} if dead_letter_reason else {})},
     )
     if dead_letter_reason is None:
         return [failure]
     dead = _event(
-        request, task, host, TASK_DEAD_LETTERED, event_id(request.id, "dead_lettered", redrive),
+        request, task, host, TASK_DEAD_LETTERED, _derived(request, "dead_lettered", redrive),
         {**_error_payload(error), "reason": dead_letter_reason, "attempts": (request.retries or 0) + 1},
         causation_id=failure.event_id,
     )
@@ -121,7 +133,7 @@ def failed(
 def ended(task: Any, request: Any, type_: str, host: str, payload: dict[str, Any]) -> NewEvent:
     """A terminal record written outside the task's body (``task.revoked``, ``task.rejected``): it shares
     the terminal event id of the delivery, so a task records one end, whichever comes first."""
-    return _event(request, task, host, type_, event_id(request.id, "terminal", _redrive(request)), payload)
+    return _event(request, task, host, type_, _derived(request, "terminal", _redrive(request)), payload)
 
 
 def llm_completed(
@@ -131,7 +143,7 @@ def llm_completed(
     its ``cost`` (``{"micros": 1234, "amount": "0.001234", "currency": "USD"}``), which budgets fold."""
     fingerprint = completion.request_fingerprint
     return _event(
-        request, task, host, LLM_COMPLETED, event_id(request.id, "llm", _delivery(request), fingerprint),
+        request, task, host, LLM_COMPLETED, _derived(request, "llm", _delivery(request), fingerprint),
         {
             "fingerprint": fingerprint,
             "request": llm_request.model_dump(mode="json"),
@@ -143,7 +155,7 @@ def llm_completed(
 
 def budget_exceeded(task: Any, request: Any, payload: dict[str, Any], host: str) -> NewEvent:
     """``budget.exceeded``: a call of this delivery was refused, unsent, over its workflow's budget."""
-    return _event(request, task, host, BUDGET_EXCEEDED, event_id(request.id, "budget", _delivery(request)), payload)
+    return _event(request, task, host, BUDGET_EXCEEDED, _derived(request, "budget", _delivery(request)), payload)
 
 
 # -- in the publishing process ------------------------------------------------------------------------
@@ -165,7 +177,7 @@ def sent(
     retries = headers.get("retries") or 0
     redrive = headers.get(REDRIVE_HEADER) or 0
     return NewEvent(
-        event_id=event_id(task_id, "sent", retries, redrive),
+        event_id=event_id(task_id, "sent", retries, redrive, at_ms=origin_ms(task_id, headers)),
         stream_id=correlation,
         correlation_id=correlation,
         causation_id=headers.get(CAUSATION_HEADER),
@@ -195,7 +207,8 @@ def sent(
 
 def redelivered(headers: dict[str, Any], queue: str, count: int, host: str) -> NewEvent:
     """``task.redelivered``: the ``count``-th time the broker delivered this message again."""
-    return _raw(headers, queue, host, TASK_REDELIVERED, event_id(headers.get("id"), "redelivered", count),
+    return _raw(headers, queue, host, TASK_REDELIVERED, event_id(
+        headers.get("id"), "redelivered", count, at_ms=origin_ms(headers.get("id"), headers)),
                 {"count": count})
 
 
@@ -209,7 +222,8 @@ def refused(
     payload = {"reason": reason, "error_type": type(error).__name__ if error is not None else reason,
                "error_message": str(error)[:2000] if error is not None else reason,
                "task": str(headers.get("task") or "")[:255], "refused_by": "consumer"}
-    return _raw(headers, queue, host, TASK_DEAD_LETTERED, event_id(key, "dead_lettered", "consumer", reason), payload,
+    return _raw(headers, queue, host, TASK_DEAD_LETTERED, event_id(
+        key, "dead_lettered", "consumer", reason, at_ms=origin_ms(key, headers)), payload,
                 fallback_stream=f"dead-letters.{queue}"[:255])
 
 
@@ -268,6 +282,18 @@ def _event(
         payload=payload,
         **extra,
     )
+
+
+def _derived(request: Any, *parts: object) -> str:
+    """The id of a transition of ``request``'s task: the task id, then ``parts``; ordered by its origin time."""
+    return event_id(request.id, *parts, at_ms=request_origin_ms(request))
+
+
+def request_origin_ms(request: Any) -> int | None:
+    """:func:`origin_ms` of a running task's request (Celery moves a message's own headers onto it)."""
+    sent_at = getattr(request, SENT_AT_HEADER, None)
+    headers = {SENT_AT_HEADER: sent_at} if sent_at is not None else _headers(request)
+    return origin_ms(request.id, headers)
 
 
 def _agent_of(task: Any) -> str | None:
