@@ -1,6 +1,6 @@
 """The event store at scale: append rate and every CLI query's time with 0, 1 M and 5 M events in the log.
 
-    python -m bench.scale [--quick] [--sizes 0,1000000,5000000] [--only sqlite|postgresql]
+    python -m bench.scale [--quick] [--sizes=0,1000000,5000000] [--only=sqlite|postgresql] [--appends-only]
 
 The log is filled directly (``executemany`` on SQLite, ``COPY`` on PostgreSQL, the store's own
 insert), not through ``append``, with rows shaped like a busy deployment's: pipelines of 60 events
@@ -36,6 +36,7 @@ from relaybus.eventstore import EventStore, NewEvent, open_store
 from relaybus.eventstore import types as t
 from relaybus.eventstore._insert import insert_rows, time_binder
 from relaybus.eventstore.hashing import event_hash_of_json, format_time
+from relaybus.tasks.runtime.recording.records import event_id as derived_id
 
 SIZES = (0, 1_000_000, 5_000_000)
 QUICK_SIZES = (0, 20_000, 100_000)
@@ -179,6 +180,33 @@ def _new_events(n: int, streams: list[str], *, random_ids: bool = False) -> list
     return out
 
 
+def _task_records(n: int, streams: list[str], *, time_ordered: bool) -> list[NewEvent]:
+    """``n`` records of tasks' lives (sent, received, started, llm.completed, succeeded: five a task), half to
+    existing streams, with the ids relaybus derives for them (:func:`tasks.runtime.recording.records.event_id`):
+    time-ordered by the task's sent time (``time_ordered``, a message with ``x_sent_at``) or the plain uuid5
+    of before (a message without it)."""
+    out: list[NewEvent] = []
+    tag = uuid.uuid4().hex[:8]
+    task, sent_ms = "", 0
+    for i in range(n):
+        k = i % 5
+        if k == 0:  # a new task, sent now (its records are written within moments of its send)
+            task, sent_ms = str(uuid.uuid4()), time.time_ns() // 1_000_000
+        parts = (("sent", 0, 0), ("received", "0:0:0"), ("started", "0:0:0"), ("llm", "0:0:0", "fp"), ("terminal", 0))
+        stream = streams[i // 5 % len(streams)] if (i // 5 % 2 and streams) else f"new-{tag}-{i // 25}"
+        out.append(
+            NewEvent(
+                event_id=derived_id(task, *parts[k], at_ms=sent_ms if time_ordered else None),
+                stream_id=stream, type=_TASK_TYPES[k], task_id=task, agent=AGENTS[i // 5 % len(AGENTS)],
+                queue="agents.default", attempt=1, payload={"args": {"i": i}, "api_key": "sk-x"},
+            )
+        )  # fmt: skip
+    return out
+
+
+_TASK_TYPES = (t.TASK_SENT, t.TASK_RECEIVED, t.TASK_STARTED, t.LLM_COMPLETED, t.TASK_SUCCEEDED)
+
+
 def append_rate(store: EventStore, events: list[NewEvent], size: int = 100) -> float:
     started = time.perf_counter()
     for i in range(0, len(events), size):
@@ -262,7 +290,9 @@ def _database(kind: str, directory: Path, name: str) -> Iterator[EventStore]:
                 store.close()
 
 
-def run_one(kind: str, sizes: tuple[int, ...], *, rounds: int = 3, n_append: int = 3000) -> dict[str, Any]:
+def run_one(
+    kind: str, sizes: tuple[int, ...], *, rounds: int = 3, n_append: int = 3000, appends_only: bool = False
+) -> dict[str, Any]:
     now = datetime.now(UTC)
     start = now - SPAN - timedelta(hours=1)
     results: dict[str, Any] = {}
@@ -280,12 +310,15 @@ def run_one(kind: str, sizes: tuple[int, ...], *, rounds: int = 3, n_append: int
             big.projection.rebuild()
             rebuild_s = time.perf_counter() - rebuild_started
             existing = [e.stream_id for e in big.read_all(max(big.last_position() - 500, 0), 500)]
-            ours, random_ids, reference = [], [], []
+            ours, random_ids, reference, derived_old, derived_new, tasks_empty = [], [], [], [], [], []
             for _ in range(rounds):  # interleaved with the empty log's
                 ours.append(append_rate(big, _new_events(n_append, existing)))
                 random_ids.append(append_rate(big, _new_events(n_append, existing, random_ids=True)))
+                derived_old.append(append_rate(big, _task_records(n_append, existing, time_ordered=False)))
+                derived_new.append(append_rate(big, _task_records(n_append, existing, time_ordered=True)))
                 reference.append(append_rate(empty, _new_events(n_append, [])))
-            timed = {name: _timed_ms(q) for name, q in queries(big, now, start).items()}
+                tasks_empty.append(append_rate(empty, _task_records(n_append, [], time_ordered=True)))
+            timed = {} if appends_only else {name: _timed_ms(q) for name, q in queries(big, now, start).items()}
             results[str(size)] = {
                 "events": big.last_position(),
                 "fill_s": round(seconds_total, 1),
@@ -295,16 +328,26 @@ def run_one(kind: str, sizes: tuple[int, ...], *, rounds: int = 3, n_append: int
                 "append_vs_empty": round(statistics.median(ours) / statistics.median(reference), 3),
                 # The same appends with random (UUIDv4) event ids, as relaybus made them before UUIDv7.
                 "append_random_ids_vs_empty": round(statistics.median(random_ids) / statistics.median(reference), 3),
+                # Task records with the ids relaybus derives (the uuid5 of before, and time-ordered by sent
+                # time), against the same records appended to the empty log.
+                "append_tasks_empty_eps": round(statistics.median(tasks_empty), 1),
+                "append_uuid5_vs_empty": round(statistics.median(derived_old) / statistics.median(tasks_empty), 3),
+                "append_derived_v7_vs_empty": round(statistics.median(derived_new) / statistics.median(tasks_empty), 3),
                 "queries_ms": timed,
             }
     return results
 
 
 def run(
-    quick: bool = False, *, sizes: tuple[int, ...] | None = None, kinds: tuple[str, ...] = ("sqlite", "postgresql")
+    quick: bool = False,
+    *,
+    sizes: tuple[int, ...] | None = None,
+    kinds: tuple[str, ...] = ("sqlite", "postgresql"),
+    appends_only: bool = False,
 ) -> dict[str, Any]:
     chosen = sizes or (QUICK_SIZES if quick else SIZES)
-    return {"sizes": list(chosen), "databases": {kind: run_one(kind, chosen) for kind in kinds}}
+    runs = {kind: run_one(kind, chosen, appends_only=appends_only) for kind in kinds}
+    return {"sizes": list(chosen), "databases": runs}
 
 
 def main(argv: list[str]) -> None:
@@ -315,13 +358,15 @@ def main(argv: list[str]) -> None:
             sizes = tuple(int(s) for s in arg.split("=", 1)[1].split(","))
         elif arg.startswith("--only="):
             kinds = (arg.split("=", 1)[1],)
-    result = run("--quick" in argv, sizes=sizes, kinds=kinds)
+    result = run("--quick" in argv, sizes=sizes, kinds=kinds, appends_only="--appends-only" in argv)
     for kind, by_size in result["databases"].items():
         for size, f in by_size.items():
             print(
                 f"\n{kind} at {int(size):,} events (filled in {f['fill_s']} s, rebuild {f['rebuild_s']} s): "
                 f"append {f['append_eps']:,.0f}/s, empty log {f['append_empty_eps']:,.0f}/s, "
-                f"ratio {f['append_vs_empty']:.2f} (with random UUIDv4 ids: {f['append_random_ids_vs_empty']:.2f})"
+                f"ratio {f['append_vs_empty']:.2f} (with random UUIDv4 ids: {f['append_random_ids_vs_empty']:.2f}; "
+                f"task records, uuid5 ids: {f['append_uuid5_vs_empty']:.2f}, "
+                f"time-ordered derived ids: {f['append_derived_v7_vs_empty']:.2f})"
             )
             for name, ms in f["queries_ms"].items():
                 flag = "" if ms < 50 else "   <-- over 50 ms"
