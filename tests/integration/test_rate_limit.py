@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 from celery import Celery
 
-from relaybus.eventstore import open_store
+from relaybus.eventstore import EventStore, open_store
 from relaybus.settings import Settings
 from relaybus.tasks.agents.pipeline_models import ResearchRequest
 from relaybus.tasks.llm import RateLimit
@@ -69,6 +70,31 @@ def settings(tmp_path: Path, broker_url: str, redis_url: str, fake_openai: FakeO
         llm_rate_limits={"openai/fake-model": RateLimit(requests=LIMIT, period_s=PERIOD_S)},
         llm_rate_limit_urgent_reserve=0.25,
     )
+
+
+@contextmanager
+def limited_agent(
+    tmp_path: Path, broker_url: str, redis_url: str, fake: FakeOpenAI, start_worker: Any, agent: str,
+    limit: RateLimit, **overrides: Any,
+) -> Iterator[tuple[Celery, EventStore]]:
+    """A namespace whose ``agent`` calls the fake server under ``limit``, one worker serving it; its app and log."""
+    settings = make_settings(
+        tmp_path, broker_url, redis_url,
+        extra_modules=("tests.limited_agents",), extra_agents=(agent,),
+        llm_provider="openai", llm_base_url=fake.base_url, llm_model="fake-model",
+        llm_rate_limits={"openai/fake-model": limit}, **overrides,
+    )
+    app = make_app(settings)
+    store = open_store(settings.eventstore_url)
+    try:
+        with app.connection_for_write() as conn:
+            app.conf.relaybus_topology.declare(conn)
+        start_worker(agent, settings=settings, wait=False).wait_ready(app)
+        yield app, store
+    finally:
+        store.close()
+        delete_namespace(app)
+        app.close()
 
 
 def test_four_workers_never_exceed_the_limit_in_any_window_and_stats_show_the_waits(
@@ -195,65 +221,38 @@ def test_an_unreachable_limiter_defers_without_losing_the_task_or_a_retry_until_
 ) -> None:
     address = urlsplit(redis_url)
     late = LateRedis((address.hostname or "127.0.0.1", address.port or 6379))
-    settings = make_settings(
-        tmp_path, broker_url, redis_url,
-        extra_modules=("tests.limited_agents",), extra_agents=("asker",),
-        llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
-        llm_rate_limits={"openai/fake-model": RateLimit(requests=LIMIT, period_s=PERIOD_S)},
-        llm_rate_limit_redis_url=f"redis://127.0.0.1:{late.port}/0",
-    )
-    app = make_app(settings)
-    store = open_store(settings.eventstore_url)
     try:
-        with app.connection_for_write() as conn:
-            app.conf.relaybus_topology.declare(conn)
-        start_worker("asker", settings=settings, wait=False).wait_ready(app)
-        result = app.tasks["agents.asker"].apply_async(kwargs={"text": "while the limiter is away"})
+        with limited_agent(tmp_path, broker_url, redis_url, fake_openai, start_worker, "asker",
+                           RateLimit(requests=LIMIT, period_s=PERIOD_S),
+                           llm_rate_limit_redis_url=f"redis://127.0.0.1:{late.port}/0") as (app, store):
+            result = app.tasks["agents.asker"].apply_async(kwargs={"text": "while the limiter is away"})
 
-        def unavailable() -> list[Any]:
-            found = store.find(type="task.deferred", task_id=result.id, limit=100)
-            return found if len(found) >= 2 else []
+            def unavailable() -> list[Any]:
+                found = store.find(type="task.deferred", task_id=result.id, limit=100)
+                return found if len(found) >= 2 else []
 
-        deferred = wait_for(unavailable, 30, 0.05, "two deferrals while the limiter is away")
-        assert all(e.payload["reason"] == "limiter-unavailable" for e in deferred)
-        assert arrivals_at(fake_openai) == [], "closed: nothing reaches the provider unlimited"
-        late.open()
-        assert result.get(timeout=30)["attempt"] == 1, "waiting for the limiter used no retry"
-        assert len(arrivals_at(fake_openai)) == 1
-        assert store.find(type="task.retried", task_id=result.id, limit=10) == []
+            deferred = wait_for(unavailable, 30, 0.05, "two deferrals while the limiter is away")
+            assert all(e.payload["reason"] == "limiter-unavailable" for e in deferred)
+            assert arrivals_at(fake_openai) == [], "closed: nothing reaches the provider unlimited"
+            late.open()
+            assert result.get(timeout=30)["attempt"] == 1, "waiting for the limiter used no retry"
+            assert len(arrivals_at(fake_openai)) == 1
+            assert store.find(type="task.retried", task_id=result.id, limit=10) == []
     finally:
-        store.close()
         late.close()
-        delete_namespace(app)
-        app.close()
 
 
 def test_an_agent_making_more_calls_than_a_window_allows_finishes_without_asking_twice(
     tmp_path: Path, broker_url: str, redis_url: str, fake_openai: FakeOpenAI, start_worker: Any
 ) -> None:
-    settings = make_settings(
-        tmp_path, broker_url, redis_url,
-        extra_modules=("tests.limited_agents",), extra_agents=("chatty",),
-        llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
-        llm_rate_limits={"openai/fake-model": RateLimit(requests=2, period_s=PERIOD_S)},
-        llm_rate_limit_urgent_reserve=0.0,
-    )
-    app = make_app(settings)
-    store = open_store(settings.eventstore_url)
-    try:
-        with app.connection_for_write() as conn:
-            app.conf.relaybus_topology.declare(conn)
-        start_worker("chatty", settings=settings, wait=False).wait_ready(app)
+    with limited_agent(tmp_path, broker_url, redis_url, fake_openai, start_worker, "chatty",
+                       RateLimit(requests=2, period_s=PERIOD_S), llm_rate_limit_urgent_reserve=0.0) as (app, store):
         result = app.tasks["agents.chatty"].apply_async(kwargs={"steps": 5})
         assert len(result.get(timeout=30)["answers"]) == 5
         asked = sorted(text for _, text in arrivals_at(fake_openai))
         assert asked == [f"step {i}" for i in range(5)], "each call reached the provider once"
         assert len(store.find(type="task.deferred", task_id=result.id, limit=100)) >= 2
         assert len(store.find(type="llm.completed", task_id=result.id, limit=100)) == 5, "and was recorded once"
-    finally:
-        store.close()
-        delete_namespace(app)
-        app.close()
 
 
 def test_a_429_from_the_provider_defers_the_task_for_its_retry_after_without_a_retry(
@@ -261,20 +260,10 @@ def test_a_429_from_the_provider_defers_the_task_for_its_retry_after_without_a_r
 ) -> None:
     """The provider's own limit is lower than the configured one: its 429 pauses the model for every worker for
     what ``Retry-After`` says, the task is deferred (not retried) and completes on its first attempt."""
-    settings = make_settings(
-        tmp_path, broker_url, redis_url,
-        extra_modules=("tests.limited_agents",), extra_agents=("asker",),
-        llm_provider="openai", llm_base_url=fake_openai.base_url, llm_model="fake-model",
-        llm_rate_limits={"openai/fake-model": RateLimit(requests=100, period_s=PERIOD_S)},
-    )
     fake_openai.script(Reply(status=429, body={"error": {"message": "Rate limit reached", "type": "requests"}},
                              headers={"Retry-After": "2"}))
-    app = make_app(settings)
-    store = open_store(settings.eventstore_url)
-    try:
-        with app.connection_for_write() as conn:
-            app.conf.relaybus_topology.declare(conn)
-        start_worker("asker", settings=settings, wait=False).wait_ready(app)
+    with limited_agent(tmp_path, broker_url, redis_url, fake_openai, start_worker, "asker",
+                       RateLimit(requests=100, period_s=PERIOD_S)) as (app, store):
         result = app.tasks["agents.asker"].apply_async(kwargs={"text": "met a 429"})
         assert result.get(timeout=30)["attempt"] == 1, "waiting out a 429 used no retry"
         arrivals = [at for at, _ in arrivals_at(fake_openai)]
@@ -283,7 +272,3 @@ def test_a_429_from_the_provider_defers_the_task_for_its_retry_after_without_a_r
         deferred = store.find(type="task.deferred", task_id=result.id, limit=10)
         assert [e.payload["limit"] for e in deferred] == ["provider"]
         assert store.find(type="task.retried", task_id=result.id, limit=10) == []
-    finally:
-        store.close()
-        delete_namespace(app)
-        app.close()
