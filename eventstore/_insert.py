@@ -135,13 +135,15 @@ class _QuietAbortedPipeline(logging.Filter):
 
 logging.getLogger("psycopg").addFilter(_QuietAbortedPipeline())
 
-# LOCK TABLE events IN EXCLUSIVE MODE and the setval below, through functions owned by the table owner
-# (migration 0006): the app role holds INSERT and SELECT only, which allow neither (eventstore.roles).
+# LOCK TABLE events IN EXCLUSIVE MODE, through a function owned by the table owner (migration 0006): the app role
+# holds INSERT and SELECT only, which do not allow it (eventstore.roles).
 _PG_LOCK = "SELECT eventstore_lock_events()"
-# eventstore_next_positions(n), in _PG_START, is setval(<the events sequence>, coalesce(max(position), 0) + n): the
-# positions after the last one stored, counted from the log, not drawn from the sequence: a rolled-back append draws
-# from a sequence for good, and would leave a gap that verify could not tell from a deleted event. The sequence is
-# set along, for anything inserting without a position.
+# Positions are the ones after the last stored, counted from the log under the lock (max(position), one probe of the
+# primary key), not drawn from the sequence: a rolled-back append draws from a sequence for good, and would leave a
+# gap that verify could not tell from a deleted event. The sequence is no longer set along
+# (eventstore_next_positions, migration 0006, which is setval of that max): setval cost the server 200-300 us of CPU
+# an append, a third of a single append's, and nothing inserts without a position (one that did would meet the
+# primary key, not reuse a position).
 
 
 class Start(NamedTuple):
@@ -155,15 +157,23 @@ class Start(NamedTuple):
     """Of the event ids asked about, those already stored."""
 
 
-_PG_START = (
-    "SELECT 0, event_id, NULL::bigint, NULL::text FROM events WHERE event_id = ANY(CAST(%s AS text[])) UNION ALL "
+_PG_TAKEN = "SELECT 0, event_id, NULL::bigint, NULL::text FROM events WHERE event_id = ANY(CAST(%s AS text[]))"
+_PG_HEADS = (
     "SELECT 1, s.stream_id, e.version::bigint, e.hash FROM unnest(CAST(%s AS text[])) AS s(stream_id) "
     "CROSS JOIN LATERAL (SELECT version, hash FROM events WHERE events.stream_id = s.stream_id "
-    "ORDER BY version DESC LIMIT 1) AS e UNION ALL "
-    "SELECT 2, NULL, eventstore_next_positions(%s), NULL"
+    "ORDER BY version DESC LIMIT 1) AS e"
 )
+_PG_LAST = "SELECT 2, NULL, coalesce(max(position), 0)::bigint, NULL FROM events"
+_PG_STARTS = {
+    (look_up, heads): " UNION ALL ".join(
+        part for part, wanted in ((_PG_TAKEN, look_up), (_PG_HEADS, heads), (_PG_LAST, True)) if wanted
+    )
+    for look_up in (False, True)
+    for heads in (False, True)
+}
 """After the lock, in one statement: the ids already stored (0), the heads asked for (1: one index probe per
-stream for its last event) and the last position drawn (2, ``eventstore_next_positions``). Two statements in a
+stream for its last event) and the last position stored (2), the parts not needed left out (the statements are
+planned at every run: an append whose heads are remembered sends the last part alone). Two statements in a
 psycopg pipeline cost the client less CPU than four (its non-blocking send and fetch loop runs per statement):
 262-275 against 310-330 us per append measured alone, in the same single round trip (on a loaded machine each round
 trip waits for the server to be scheduled)."""
@@ -178,7 +188,7 @@ def start_append(conn: Connection, unknown: set[str], count: int, *, look_up: se
 
     PostgreSQL: the events table is locked in EXCLUSIVE mode (reads go on), so positions are
     handed out in commit order: a follower that has read past position n never sees a later
-    commit appear below n. The lock, then one statement for the rest (:data:`_PG_START`). SQLite: the
+    commit appear below n. The lock, then one statement for the rest (:data:`_PG_STARTS`). SQLite: the
     ``BEGIN IMMEDIATE`` of the write transaction is the lock. Positions follow the last one stored
     (counted under the lock, so a rollback leaves no gap): the log's positions have no gaps, which
     is what lets verify report one (:mod:`eventstore.integrity`). Positions drawn and not used (ids
@@ -191,7 +201,8 @@ def start_append(conn: Connection, unknown: set[str], count: int, *, look_up: se
     with driver_errors(conn, _PG_LOCK):
         with driver.pipeline():  # one round trip; the lock its own statement, so the next one reads under it
             driver.execute(_PG_LOCK)
-            found = driver.execute(_PG_START, (sorted(look_up or ()), sorted(unknown), count))
+            arguments = [sorted(ids) for ids in (look_up, unknown) if ids]
+            found = driver.execute(_PG_STARTS[bool(look_up), bool(unknown)], arguments)
         rows = found.fetchall()
     taken: set[str] = set()
     heads_read: dict[str, Head] = {}
@@ -202,7 +213,7 @@ def start_append(conn: Connection, unknown: set[str], count: int, *, look_up: se
         elif kind == 1:
             heads_read[key] = (int(number), hash_)
         else:
-            last = int(number)
+            last = int(number) + count
     assert last is not None
     return Start(heads_read, list(range(last - count + 1, last + 1)), taken)
 
