@@ -201,23 +201,25 @@ class Appender:
 
     def _prepare(self, event: NewEvent) -> _Prepared:
         fields = event.__dict__.copy()
-        limit, preview = self.config.max_payload_bytes, self.config.preview_chars
-        texts = []
-        for name in ("payload", "metadata"):
-            try:
-                value, text = self._redactor.redact_to_json(fields[name])
-            except ValueError:  # NaN or Infinity, which canonical JSON refuses
-                value, text = self._redactor.redact_to_json(storable(fields[name]))
-            if needs_escaping(text):  # a lone surrogate, which UTF-8 cannot encode
-                value, text = self._redactor.redact_to_json(storable(value))
-            inline = self.config.payload_inline_max_bytes
-            if inline is not None and len(text) > inline:  # large parts by reference, not truncated
-                stored = offload(value, inline, self._put_payload)
-                if stored is not value:
-                    value, text = stored, canonical_json(stored)
-            fields[name], text = fit(value, text, limit, preview)
-            texts.append(text)
-        return _Prepared(fields, texts[0], texts[1])
+        fields["payload"], payload_json = self._serialise(fields["payload"])
+        fields["metadata"], metadata_json = self._serialise(fields["metadata"])
+        return _Prepared(fields, payload_json, metadata_json)
+
+    def _serialise(self, value: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """A payload or metadata as stored (redacted, escaped if need be, large parts offloaded, bounded), its JSON."""
+        redact_to_json = self._redactor.redact_to_json
+        try:
+            value, text = redact_to_json(value)
+        except ValueError:  # NaN or Infinity, which canonical JSON refuses
+            value, text = redact_to_json(storable(value))
+        if not text.isascii() and needs_escaping(text):  # a lone surrogate, which UTF-8 cannot encode
+            value, text = redact_to_json(storable(value))
+        inline = self.config.payload_inline_max_bytes
+        if inline is not None and len(text) > inline:  # large parts by reference, not truncated
+            stored = offload(value, inline, self._put_payload)
+            if stored is not value:
+                value, text = stored, canonical_json(stored)
+        return fit(value, text, self.config.max_payload_bytes, self.config.preview_chars)
 
     def _append(self, prepared: list[_Prepared], expected_version: int | None, *, careful: bool) -> list[RecordedEvent]:
         """One attempt. ``careful=False`` assumes, as is nearly always true, that none of the events is

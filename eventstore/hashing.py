@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
+from json.encoder import c_make_encoder  # type: ignore[attr-defined]  # None without the C accelerator
 from json.encoder import encode_basestring as _string  # the C encoder's, as used with ensure_ascii=False
 from typing import Any
 
@@ -44,11 +45,18 @@ HASHED_FIELDS: tuple[str, ...] = (
 )
 
 _encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_default = _encoder.default
 
 
 def canonical_json(value: Any) -> str:
-    """The one serialisation that hashes and sizes are computed over."""
-    return _encoder.encode(value)
+    """The one serialisation that hashes and sizes are computed over.
+
+    ``_encoder.encode(value)``, calling the C encoder it would build directly (a fresh one per call, with its
+    own circular-reference markers): ``encode`` first defines a Python fallback closure per call and reads the
+    encoder's settings one by one, which cost an append about 0.5 us per payload (of 2-4)."""
+    if c_make_encoder is None:  # no C accelerator (not CPython's usual build)
+        return _encoder.encode(value)
+    return "".join(c_make_encoder({}, _default, _string, None, ":", ",", True, False, False)(value, 0))
 
 
 def format_time(value: datetime) -> str:
