@@ -109,6 +109,8 @@ def to_events(rows: Iterable[Row[Any] | tuple[Any, ...]], dialect: str) -> list[
 
 _PAGE = f"SELECT {', '.join(_NAMES)} FROM events WHERE position > {{0}} ORDER BY position LIMIT {{0}}"
 _PAGES = {"postgresql": _PAGE.format("%s"), "sqlite": _PAGE.format("?")}
+_STREAM = f"SELECT {', '.join(_NAMES)} FROM events WHERE stream_id = {{0}} AND version >= {{0}} ORDER BY version"
+_STREAMS = {"postgresql": _STREAM.format("%s"), "sqlite": _STREAM.format("?")}
 
 
 def read_page(conn: Connection, after_position: int, limit: int) -> list[RecordedEvent]:
@@ -118,15 +120,26 @@ def read_page(conn: Connection, after_position: int, limit: int) -> list[Recorde
     tuples in C) and turned into a record here, without SQLAlchemy's statement compilation and
     per-row result objects, which cost a replay as much as decoding the payloads.
     """
+    return _driver_read(conn, _PAGES, (after_position, limit))
+
+
+def read_stream_page(conn: Connection, stream_id: str, from_version: int) -> list[RecordedEvent]:
+    """The events of ``stream_id`` from ``from_version`` on, in version order, read as :func:`read_page` reads:
+    a saga's every move and every step's fence reads its stream (building the statement through SQLAlchemy
+    cost more than the read)."""
+    return _driver_read(conn, _STREAMS, (stream_id, from_version))
+
+
+def _driver_read(conn: Connection, sqls: dict[str, str], params: tuple[Any, ...]) -> list[RecordedEvent]:
     dialect = conn.dialect.name
-    sql = _PAGES[dialect] if dialect in _PAGES else _PAGES["postgresql"]
+    sql = sqls[dialect] if dialect in sqls else sqls["postgresql"]
     driver = conn.connection.driver_connection
     assert driver is not None
     cursor = driver.cursor()
     try:
         with gc_paused():  # thousands of acyclic rows and records (see _gcpause)
             with driver_errors(conn, sql):
-                cursor.execute(sql, (after_position, limit))
+                cursor.execute(sql, params)
                 rows = cursor.fetchall()
             return to_events(rows, dialect)
     finally:

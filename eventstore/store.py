@@ -19,7 +19,7 @@ from relaybus.eventstore import _audit, integrity, queries, replay, usage
 from relaybus.eventstore._append import Appender
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
-from relaybus.eventstore._rows import read_page, select_events, to_events
+from relaybus.eventstore._rows import read_page, read_stream_page, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.approvals import ApprovalTable
 from relaybus.eventstore.keys import ChainKeys
@@ -103,12 +103,8 @@ class EventStore:
         return found[0] if found else None
 
     def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
-        query = (
-            select_events(self.dialect)
-            .where(events.c.stream_id == stream_id, events.c.version >= from_version)
-            .order_by(events.c.version)
-        )
-        return self._select(query)
+        with translate_errors(), self._engine.read() as conn:
+            return read_stream_page(conn, stream_id, from_version)
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's current version: 0 for a stream with no events."""
