@@ -1,18 +1,20 @@
-"""``python -m bench.recording_cpu [--n N] [--profile]``: the recording path's CPU per task, in one process.
+"""``python -m bench.recording_cpu [--n N] [--writers W] [--profile]``: the recording path's CPU per task, in one
+process.
 
 What a pool process spends recording one no-op agent task, without Celery, a broker or a worker: the records
 of its start (the checked copy of ``task.sent``, ``task.received``, ``task.started``) built and held, then
 written with ``task.succeeded`` in one append, as :class:`~tasks.runtime.recording.eventlog.EventRecorder`
 does in a prefork child. The publisher's ``task.sent`` is stored first (outside the measure), as in the
 throughput benchmark. Measured in process CPU time (``time.process_time``), so the figure holds on a
-shared machine; the PostgreSQL figure leaves out the server's work and the round trips' waits.
+shared machine; the PostgreSQL figure leaves out the server's work and the round trips' waits. ``--writers 2``
+alternates the tasks between two recorders (two connections), as two pool processes do: each then finds the
+other's commits, which on SQLite drop its page cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import tempfile
 import time
@@ -24,8 +26,8 @@ from typing import Any
 from bench.throughput import _drop_schema, _postgres_schema
 from relaybus.eventstore import open_store
 from relaybus.tasks.runtime.recording import records
-
-SORT = os.environ.get("BENCH_SORT", "tottime")
+from relaybus.tasks.runtime.recording.eventlog import EventRecorder
+from relaybus.tasks.runtime.recording.held import HeldStarts
 
 
 class _Task(SimpleNamespace):
@@ -42,27 +44,22 @@ def _request(task_id: str) -> Any:
     )
 
 
-def _recorder(url: str) -> Any:
-    from relaybus.tasks.runtime.config import RuntimeConfig
-    from relaybus.tasks.runtime.recording.eventlog import EventRecorder
-
+def _recorder(url: str) -> EventRecorder:
+    """A prefork pool process's recorder (no group commit, no host writer) on ``url``."""
     recorder = EventRecorder.__new__(EventRecorder)
-    config = SimpleNamespace(eventstore_url=url)
-    recorder.config = config  # type: ignore[assignment]
     recorder.store = open_store(url)
     recorder.host = "bench"
     recorder._group = None
-    from relaybus.tasks.runtime.recording.held import HeldStarts
-
     recorder.held = HeldStarts(recorder.store.append_new)
     recorder._writer = None
-    assert RuntimeConfig  # the recorder's usual config; the bench needs only the store
     return recorder
 
 
-def measure(url: str, n: int, profile: bool = False) -> float:
-    """CPU ms per task for ``n`` tasks recorded through a fresh recorder on ``url``."""
-    recorder = _recorder(url)
+def measure(url: str, n: int, profile: str | None = None, writers: int = 1) -> float:
+    """CPU ms per task for ``n`` tasks recorded through ``writers`` fresh recorders on ``url``, in turn; with
+    ``profile`` (a pstats sort key), the profile of the measured part is printed."""
+    recorders = [_recorder(url) for _ in range(writers)]
+    recorder = recorders[0]
     task = _Task()
     kwargs = {"key": "bench", "n": 0, "work_ms": 0.0}
     ids = [str(uuid.uuid4()) for _ in range(n + 50)]
@@ -74,6 +71,7 @@ def measure(url: str, n: int, profile: bool = False) -> float:
         recorder.store.append(sent[chunk : chunk + 500])
 
     def one(task_id: str, i: int) -> None:
+        recorder = recorders[i % writers]
         request = _request(task_id)
         recorder.task_started(task, request, (), kwargs)
         recorder.task_succeeded(task, request, {"n": i}, 0.0001)
@@ -89,9 +87,10 @@ def measure(url: str, n: int, profile: bool = False) -> float:
     if profiler:
         profiler.disable()
     spent = time.process_time() - started
-    recorder.store.close()
-    if profiler:
-        pstats.Stats(profiler).sort_stats(SORT).print_stats(45)
+    for each in recorders:
+        each.store.close()
+    if profiler and profile:
+        pstats.Stats(profiler).sort_stats(profile).print_stats(40)
     return 1000 * spent / n
 
 
@@ -99,7 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.recording_cpu")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--writers", type=int, default=1, help="recorders taking turns (pool processes)")
+    parser.add_argument("--profile", nargs="?", const="tottime", help="print a profile sorted by this key")
     parser.add_argument("--only", choices=("sqlite", "postgres"))
     args = parser.parse_args()
     figures: dict[str, list[float]] = {"sqlite": [], "postgres": []}
@@ -109,11 +109,12 @@ def main() -> None:
                 continue
             if backend == "sqlite":
                 with tempfile.TemporaryDirectory() as tmp:
-                    figures[backend].append(measure(f"sqlite:///{Path(tmp) / 'e.sqlite'}", args.n, args.profile))
+                    url = f"sqlite:///{Path(tmp) / 'e.sqlite'}"
+                    figures[backend].append(measure(url, args.n, args.profile, args.writers))
             else:
                 schema, url = _postgres_schema()
                 try:
-                    figures[backend].append(measure(url, args.n, args.profile))
+                    figures[backend].append(measure(url, args.n, args.profile, args.writers))
                 finally:
                     _drop_schema(schema)
     for backend, values in figures.items():
