@@ -178,8 +178,9 @@ def propagate_ids(headers: dict[str, Any] | None = None, **_: Any) -> None:
     kept too (a retry, a deferral: the task's first send). Whoever publishes a task id must give it the same
     time, or its records would not find their earlier copies: so it is the workflow's, the time of a
     time-ordered correlation id, else the publishing task's (a step a redelivered parent publishes again),
-    else the clock's. A deterministic (uuid5) task id may be sent again by another publisher (a saga's
-    sweep, a client starting a pipeline twice): without a time-ordered correlation id it gets none.
+    else the clock's. Those last two only for a random (UUIDv4) task id, which Celery makes afresh for each
+    send: any other id is chosen, so another publisher may send it again (a saga's sweep, a client starting a
+    pipeline twice, a caller's own id): without a time-ordered correlation id it gets no time (uuid5 ids).
     """
     if headers is None:
         return
@@ -204,14 +205,14 @@ def _sent_at(headers: dict[str, Any]) -> int | None:
     workflow = uuid7_ms(headers.get(CORRELATION_HEADER))
     if workflow is not None:
         return workflow
-    if _is_uuid5(headers.get("id")):
+    if not _is_random(headers.get("id")):
         return None
     inherited = time_ms(_request_header(SENT_AT_HEADER))
     return inherited if inherited is not None else time.time_ns() // 1_000_000
 
 
-def _is_uuid5(value: Any) -> bool:
+def _is_random(value: Any) -> bool:
     try:
-        return isinstance(value, str) and uuid.UUID(value).version == 5
+        return isinstance(value, str) and uuid.UUID(value).version == 4
     except ValueError:
         return False

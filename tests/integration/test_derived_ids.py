@@ -3,10 +3,12 @@ transition when the broker delivers the message again (on SQLite and PostgreSQL)
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 
 import pytest
+from celery import chain
 
 from relaybus.eventstore import open_store
 from relaybus.eventstore.ids import uuid7_ms
@@ -60,5 +62,31 @@ def test_a_twice_redelivered_task_records_each_transition_once_under_its_sent_ti
         assert types["task.redelivered"] >= 1, types
         assert {uuid7_ms(e.event_id) for e in events} == {sent_ms}, [e.event_id for e in events]
         assert store.verify().ok
+    finally:
+        store.close()
+
+
+def test_under_a_caller_chosen_correlation_a_chain_is_ordered_by_its_first_send(app, settings, start_worker):
+    start_worker("probe", concurrency=2)
+    probe = app.tasks["agents.probe"]
+    k = f"test:{uuid.uuid4().hex}"
+    before = time.time_ns() // 1_000_000
+    with workflow_context(correlation_id=f"order-{uuid.uuid4().hex}") as correlation_id:
+        result = chain(probe.s(key=k, label="first"), probe.s(key=k, label="second")).apply_async()
+    after = time.time_ns() // 1_000_000
+    assert result.get(timeout=60)["label"] == "second"
+    store = open_store(settings.eventstore_url)
+    try:
+
+        def both_ended():
+            events = store.by_correlation(correlation_id)
+            return events if sum(e.type == "task.succeeded" for e in events) == 2 else None
+
+        events = wait_for(both_ended, 30, what="both steps' task.succeeded")
+        assert Counter(e.type for e in events)["task.sent"] == 2
+        # The second step is sent by the first, and inherits its sent time: one millisecond for the chain.
+        times = {uuid7_ms(e.event_id) for e in events}
+        assert len(times) == 1, [e.event_id for e in events]
+        assert before <= times.pop() <= after
     finally:
         store.close()
