@@ -15,6 +15,7 @@ at the store's boundary (:func:`eventstore._engine.translate_errors`), with ``ra
      ├── ChainKeyError           a chain key file is missing or malformed (never names a secret)
      ├── CheckpointError         a checkpoint cannot be read, or no key to sign or check it
      ├── UnsafeAppRole           the role asked to be the app role would hold more than the app needs
+     ├── MalformedEvent          a stored row does not read back as an event (names its position and id)
      └── PayloadError            a payload stored by reference cannot be read back as it was stored
           ├── PayloadMissing     no payload under the reference's digest
           └── PayloadAltered     the stored payload no longer gives its digest (changed in the database)
@@ -98,6 +99,23 @@ class UnsafeAppRole(EventStoreError):
         self.role = role
         self.reason = reason
         super().__init__(f"role {role!r} cannot be the app role: {reason}")
+
+
+class MalformedEvent(EventStoreError):
+    """Raised when a stored row cannot be read back as an event (JSON that does not parse or is no object, a
+    time that is none, a value of the wrong type). ``position`` and ``event_id`` name the row, ``column`` the
+    first column found wrong (``None``: the row as a whole). Permanent: the same row reads the same way."""
+
+    def __init__(self, position: Any, event_id: Any, column: str | None, detail: str) -> None:
+        self.position = position
+        self.event_id = event_id
+        self.column = column
+        self.detail = detail
+        where = f" column {column!r}:" if column else ""
+        super().__init__(f"stored event at position {position!r} (event_id {event_id!r}) is malformed:{where} {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.position, self.event_id, self.column, self.detail))
 
 
 class PayloadError(EventStoreError):
