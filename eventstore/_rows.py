@@ -176,15 +176,15 @@ _STREAM = "stream_id = {0} AND version >= {0} ORDER BY version"
 _STREAMS = {"postgresql": _rows_sql("postgresql", _STREAM), "sqlite": _rows_sql("sqlite", _STREAM)}
 
 
-def read_page(conn: Connection, after_position: int, limit: int) -> list[RecordedEvent]:
-    """Up to ``limit`` events after ``after_position``, in position order: a replay's page.
+def page_rows(conn: Connection, after_position: int, limit: int) -> list[tuple[Any, ...]]:
+    """The rows of up to ``limit`` events after ``after_position``, in position order, for :func:`converter`:
+    a replay's page, at the driver level (see :func:`_fetch`)."""
+    return _fetch(conn, _PAGES, (after_position, limit))
 
-    At the driver level, every row fetched at once (``fetchall``: psycopg and sqlite3 build the
-    tuples in C) and turned into a record here, without SQLAlchemy's statement compilation and
-    per-row result objects, which cost a replay as much as decoding the payloads. psycopg reads
-    the rows in binary (integers and times without parsing text).
-    """
-    return _driver_read(conn, _PAGES, (after_position, limit))
+
+def read_page(conn: Connection, after_position: int, limit: int) -> list[RecordedEvent]:
+    """Up to ``limit`` events after ``after_position``, in position order: a replay's page."""
+    return _events(page_rows(conn, after_position, limit), conn.dialect.name)
 
 
 def read_stream_page(conn: Connection, stream_id: str, from_version: int) -> list[RecordedEvent]:
@@ -194,27 +194,36 @@ def read_stream_page(conn: Connection, stream_id: str, from_version: int) -> lis
 
     The read is the transaction's only statement, and ends it: on PostgreSQL its ``BEGIN``, ``SELECT`` and
     ``COMMIT`` go in one pipeline, one round trip instead of three (SQLAlchemy's commit then sends nothing)."""
-    return _driver_read(conn, _STREAMS, (stream_id, from_version), only=True)
+    return _events(_fetch(conn, _STREAMS, (stream_id, from_version), only=True), conn.dialect.name)
 
 
-def _driver_read(
+def _events(rows: list[tuple[Any, ...]], dialect: str) -> list[RecordedEvent]:
+    with gc_paused():  # thousands of acyclic records, kept (see _gcpause)
+        return to_events(rows, dialect)
+
+
+def _fetch(
     conn: Connection, sqls: dict[str, str], params: tuple[Any, ...], *, only: bool = False
-) -> list[RecordedEvent]:
+) -> list[tuple[Any, ...]]:
+    """The rows of a fixed statement, every one fetched at once (``fetchall``: psycopg and sqlite3 build the
+    tuples in C), without SQLAlchemy's statement compilation and per-row result objects, which cost a replay
+    as much as decoding the payloads; psycopg reads them in binary (integers and times without parsing
+    text). The collector is paused meanwhile: otherwise each 700 tuples start a collection (see _gcpause),
+    as much time as the fetch itself. ``only``: see :func:`read_stream_page`."""
     dialect = conn.dialect.name
     sql = sqls["sqlite" if dialect == "sqlite" else "postgresql"]
     driver = conn.connection.driver_connection
     assert driver is not None
     cursor = driver.cursor() if dialect == "sqlite" else driver.cursor(binary=True)
     try:
-        with gc_paused():  # thousands of acyclic rows and records (see _gcpause)
-            with driver_errors(conn, sql):
-                if only and dialect == "postgresql":
-                    with driver.pipeline():
-                        cursor.execute(sql, params)
-                        driver.commit()  # queued: sent and answered with the SELECT
-                else:
+        with gc_paused(), driver_errors(conn, sql):
+            if only and dialect == "postgresql":
+                with driver.pipeline():
                     cursor.execute(sql, params)
-                rows = cursor.fetchall()
-            return to_events(rows, dialect)
+                    driver.commit()  # queued: sent and answered with the SELECT
+            else:
+                cursor.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
     finally:
         cursor.close()

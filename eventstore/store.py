@@ -8,6 +8,7 @@ one boundary.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Unpack
@@ -19,7 +20,7 @@ from relaybus.eventstore import _audit, integrity, queries, replay, usage
 from relaybus.eventstore._append import Appender
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, normalize_url, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
-from relaybus.eventstore._rows import read_page, read_stream_page, select_events, to_events
+from relaybus.eventstore._rows import converter, page_rows, read_page, read_stream_page, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.approvals import ApprovalTable
 from relaybus.eventstore.keys import ChainKeys
@@ -123,13 +124,23 @@ class EventStore:
             return read_page(conn, after_position, limit)
 
     def iter_all(self, after_position: int = 0, batch_size: int = 5000) -> Iterator[RecordedEvent]:
-        """Every event after ``after_position``, read in batches (one short transaction each)."""
+        """Every event after ``after_position``, read in batches (one short transaction each).
+
+        Each row becomes a record as the caller reaches it: a caller that folds and drops records
+        leaves the collector nothing to walk, where a page of thousands of live records cost a
+        collection as long as reading them.
+        """
+        return itertools.chain.from_iterable(self._pages(after_position, batch_size))
+
+    def _pages(self, after_position: int, batch_size: int) -> Iterator[Iterator[RecordedEvent]]:
+        convert = converter(self.dialect)
         while True:
-            batch = self.read_all(after_position, batch_size)
-            yield from batch
-            if len(batch) < batch_size:
+            with translate_errors(), self._engine.read() as conn:
+                rows = page_rows(conn, after_position, batch_size)
+            yield map(convert, rows)
+            if len(rows) < batch_size:
                 return
-            after_position = batch[-1].position
+            after_position = rows[-1][0]
 
     def by_correlation(self, correlation_id: str) -> list[RecordedEvent]:
         """Every event of one correlation id, across streams, in position order."""
