@@ -3,7 +3,8 @@
 They are plain Celery tasks (their own retry options, no dead-letter queue), but their transitions are
 recorded like an agent's: ``task.started`` and ``task.succeeded`` or ``task.failed``, so that a workflow's
 timeline shows them ended rather than ``sent`` forever. Recording is as strict as for agents: while the
-event store is away the message is requeued (tasks.runtime.hooks).
+event store is away the message is requeued (tasks.runtime.hooks). As for agents, a message redelivered after
+its task's success was stored does not run the task again (tasks.runtime.redelivery).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from relaybus.tasks.errors import RecordFailed
 from relaybus.tasks.runtime import recording
 from relaybus.tasks.runtime.hooks import recording_guard
+from relaybus.tasks.runtime.redelivery import NOT_STORED, stored_success
 
 
 class SystemTask(Task):  # type: ignore[misc]
@@ -26,6 +28,9 @@ class SystemTask(Task):  # type: ignore[misc]
         request = self.request
         if request.called_directly:
             return super().__call__(*args, **kwargs)
+        stored = stored_success(self.app, request)
+        if stored is not NOT_STORED:  # redelivered after its success was stored: what follows is sent again
+            return stored
         recorder = recording.recorder_for(self.app)
         if not recorder.enabled:
             return super().__call__(*args, **kwargs)
