@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 from sqlalchemy import ColumnElement, Connection, Row, Select, literal_column, select
 
@@ -32,9 +32,14 @@ _JSON = ("payload", "metadata")
 _TIMES = ("occurred_at", "recorded_at")
 _POSITION, _EVENT_ID = _NAMES.index("position"), _NAMES.index("event_id")
 
-_set = object.__setattr__
+_new = RecordedEvent.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 _decoder = json.JSONDecoder()
 _UTC_SUFFIX = "+00:00"
+_fromisoformat = datetime.fromisoformat
 
 
 def decode_json(text: str | bytes) -> Any:
@@ -52,28 +57,26 @@ def recorded(values: dict[str, Any]) -> RecordedEvent:
     """A RecordedEvent from trusted values holding every field (rows we wrote, read back).
 
     What ``model_construct`` does, minus its per-field bookkeeping, which costs more than reading
-    the row.
+    the row; the slots are set through their descriptors (``object.__setattr__`` looks each one up).
     """
-    event = RecordedEvent.__new__(RecordedEvent)
-    _set(event, "__dict__", values)
-    _set(event, "__pydantic_fields_set__", set(_FIELDS))
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
+    event = _new(RecordedEvent)
+    _set_dict(event, values)
+    _set_fields_set(event, set(_FIELDS))
+    _set_extra(event, None)
+    _set_private(event, None)
     return event
 
 
 def _column_sql(name: str, dialect: str) -> str:
-    """How a replay selects column ``name``: JSON as its stored text, SQLite's times with their offset."""
-    if dialect == "sqlite" and name in _TIMES:  # the stored naive UTC text: fromisoformat reads it as UTC
-        return f"{name} || '{_UTC_SUFFIX}'"
+    """How a driver-level read selects column ``name``: PostgreSQL's JSON as its stored text."""
     if dialect != "sqlite" and name in _JSON:  # not through psycopg's JSON loader
         return f"{name}::text"
     return name
 
 
 def _columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
-    # JSON and times untyped, so SQLAlchemy does not process them: JSON is decoded here, and
-    # PostgreSQL's times are as psycopg reads them (UTC, the session time zone), not via UTCDateTime.
+    # JSON and times untyped, so SQLAlchemy does not process them: JSON is decoded here, SQLite's times
+    # parsed here, and PostgreSQL's are as psycopg reads them (UTC, the session time zone), not via UTCDateTime.
     return tuple(
         literal_column(_column_sql(c.name, dialect)).label(c.name) if c.name in _JSON or c.name in _TIMES else c
         for c in events.c
@@ -88,26 +91,24 @@ def select_events(dialect: str) -> Select[Any]:
     return select(*_COLUMNS["sqlite" if dialect == "sqlite" else "postgresql"]).select_from(events)
 
 
-def _sqlite_ints(version: Any, schema_version: Any, priority: Any, attempt: Any) -> bool:
-    return (
-        type(version) is int
-        and type(schema_version) is int
-        and (priority is None or type(priority) is int)
-        and (attempt is None or type(attempt) is int)
-    )
-
-
 def _from_sqlite(row: Row[Any] | tuple[Any, ...]) -> RecordedEvent:
     try:
         values = dict(zip(_NAMES, row, strict=True))
         payload = values["payload"] = decode_json(values["payload"])
         metadata = values["metadata"] = decode_json(values["metadata"])
-        values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
-        values["recorded_at"] = datetime.fromisoformat(values["recorded_at"])
+        # the stored naive UTC text, with its offset: fromisoformat makes it a UTC datetime in one call
+        values["occurred_at"] = _fromisoformat(values["occurred_at"] + _UTC_SUFFIX)
+        values["recorded_at"] = _fromisoformat(values["recorded_at"] + _UTC_SUFFIX)
         if type(payload) is not dict or type(metadata) is not dict:
             raise TypeError("payload and metadata must be JSON objects")
-        if not _sqlite_ints(values["version"], values["schema_version"], values["priority"], values["attempt"]):
-            raise TypeError("an integer column holds something else")  # SQLite keeps what it is given
+        priority, attempt = values["priority"], values["attempt"]
+        if not (  # SQLite keeps whatever it is given
+            type(values["version"]) is int
+            and type(values["schema_version"]) is int
+            and (priority is None or type(priority) is int)
+            and (attempt is None or type(attempt) is int)
+        ):
+            raise TypeError("an integer column holds something else")
     except (ValueError, TypeError) as error:
         raise malformed(row) from error
     return recorded(values)
@@ -142,7 +143,7 @@ def malformed(row: Row[Any] | tuple[Any, ...]) -> MalformedEvent:
             if name in _JSON:
                 fields[name] = decode_json(fields[name])
             elif isinstance(fields[name], str):
-                fields[name] = datetime.fromisoformat(fields[name])
+                fields[name] = _fromisoformat(fields[name] + _UTC_SUFFIX)
         except (ValueError, TypeError) as error:
             return MalformedEvent(position, event_id, name, str(error).splitlines()[0] or type(error).__name__)
     try:
