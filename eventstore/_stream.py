@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from relaybus.eventstore._gcpause import gc_paused
 from relaybus.eventstore._insert import driver_errors
 
 _names = itertools.count()
@@ -44,7 +45,7 @@ def stream_rows(
             yield from _prefetched(conn, cursor, sql, batch_size)
             return
         while True:
-            with driver_errors(conn, sql):
+            with gc_paused(), driver_errors(conn, sql):  # else every 700 fetched tuples start a collection
                 rows = cursor.fetchmany(batch_size)
             if not rows:
                 return
@@ -60,7 +61,7 @@ def _prefetched(conn: Connection, cursor: Any, sql: str, batch_size: int) -> Ite
     def fetch() -> None:
         try:
             while not stop.is_set():
-                with driver_errors(conn, sql):
+                with gc_paused(), driver_errors(conn, sql):
                     rows = cursor.fetchmany(batch_size)
                 batches.put(rows)
                 if not rows:
