@@ -163,26 +163,22 @@ class Appender:
             for event in also:
                 if event.event_id not in others:
                     others[event.event_id] = self._prepare(event)
-            for attempt in range(self.config.append_retries + 1):
-                try:
-                    return self._append_with(mine, expected_version, others, careful=attempt > 0)
-                except sa_exc.IntegrityError:
-                    if attempt == self.config.append_retries:  # a remembered head of ``also`` was stale
-                        raise
-        raise AssertionError("unreachable")
+            return self._append_with(mine, expected_version, others)
 
     def _append_with(
-        self, mine: list[_Prepared], expected_version: int, others: dict[str, _Prepared], *, careful: bool
+        self, mine: list[_Prepared], expected_version: int, others: dict[str, _Prepared]
     ) -> list[RecordedEvent]:
         stream = mine[0].fields["stream_id"]
         ids = {p.fields["event_id"] for p in mine}
         streams = {stream} | {p.fields["stream_id"] for p in others.values()}
         try:
             with self._engine.write() as conn:
-                known = {} if careful else self._heads.known(streams - {stream})  # the checked head: from the log
+                # Every head from the log, none remembered: the records' stream is their workflow's, which the
+                # workflow's other processes write too, so a remembered head is mostly stale (a collision, a
+                # rollback and a second transaction); read under the lock, in the start statement, it is exact.
                 every = ids | others.keys()
-                start = start_append(conn, streams - known.keys(), len(every), look_up=every)
-                heads = {**known, **start.heads}
+                start = start_append(conn, streams, len(every), look_up=every)
+                heads = start.heads
                 actual = heads.get(stream, (0, None))[0]
                 if actual != expected_version or ids & start.taken:
                     raise ConcurrencyError(stream, expected_version, actual)
