@@ -10,7 +10,6 @@ process catching up at the same time never applies an event twice or skips one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from relaybus.eventstore import types as t
 from relaybus.eventstore._engine import ProcessLocalEngine, translate_errors
-from relaybus.eventstore._rows import select_events, to_events
+from relaybus.eventstore._rows import decode_json, select_events, to_events
 from relaybus.eventstore._stream import stream_rows
 from relaybus.eventstore.schema import events, projection_tracking, workflow_status
 from relaybus.eventstore.workflowfold import (
@@ -214,7 +213,7 @@ class WorkflowStatusProjection:
                 to_time = _time_reader(conn.dialect.name)
                 rows = stream_rows(conn, _REBUILD_SQL[conn.dialect.name], (head,), batch_size=self.batch_size)
                 for position, correlation_id, type_, task_id, occurred_at, payload in rows:
-                    opener = json.loads(payload) if isinstance(payload, str | bytes) else payload
+                    opener = decode_json(payload) if isinstance(payload, str | bytes) else payload
                     event = EventHead(position, correlation_id, type_, task_id, to_time(occurred_at), opener)
                     if type_ not in t.NOT_WORKFLOW_TYPES:
                         states[correlation_id] = apply(states.get(correlation_id), event)
@@ -245,7 +244,7 @@ _REBUILD_SQL = {
 def _time_reader(dialect: str) -> Callable[[Any], datetime]:
     """Stored ``occurred_at`` (driver value) -> aware UTC datetime, as :class:`UTCDateTime` reads it."""
     if dialect == "sqlite":
-        return lambda text: datetime.fromisoformat(text).replace(tzinfo=UTC)
+        return lambda text: datetime.fromisoformat(text + "+00:00")  # one call: UTC, as replace() made it
     return lambda value: value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
