@@ -69,29 +69,39 @@ def run_probes(app, n: int, sleep_s: float) -> tuple[str, list[str]]:
     return correlation_id, [r.id for r in results]
 
 
-def check_grouped_and_whole(url: str, correlation_id: str, task_ids: list[str], who: str) -> None:
-    """Every task has its records, in order, some transactions carried several tasks' records, the chain holds."""
+def check_grouped_and_whole(url: str, correlation_id: str, task_ids: list[str]) -> bool:
+    """Every task has its records, in order, and the chain holds; returns whether some transaction carried
+    several tasks' records."""
     store = open_store(url)
     try:
         wait_for(lambda: not check_every_transition(store, correlation_id, task_ids), 30, 0.2, "every record")
         events = store.by_correlation(correlation_id)
         succeeded = [e for e in events if e.type == "task.succeeded"]
-        # One transaction stamps one recorded_at on all it writes: tasks that finished together share one.
-        transactions = Counter(e.recorded_at for e in succeeded)
-        assert len(transactions) < len(succeeded), f"no two {who}' records ever shared a transaction"
         for task in task_ids:  # a task's start is never committed after its end
             mine = [e.type for e in events if e.task_id == task and e.type != "task.sent"]
             assert mine == ["task.received", "task.started", "task.succeeded"], mine
         assert store.verify().ok
+        # One transaction stamps one recorded_at on all it writes: tasks that finished together share one.
+        return len(Counter(e.recorded_at for e in succeeded)) < len(succeeded)
     finally:
         store.close()
+
+
+def assert_grouped(app, url: str, n: int, sleep_s: float, who: str, rounds: int = 3) -> None:
+    """Run ``n`` probes (whole and in order every time) until some of their records share a transaction: tasks
+    released at one instant finish together unless the scheduler spreads them (a loaded CI machine), so a
+    round without sharing is run again, up to ``rounds`` times."""
+    for _ in range(rounds):
+        correlation_id, task_ids = run_probes(app, n, sleep_s)
+        if check_grouped_and_whole(url, correlation_id, task_ids):
+            return
+    raise AssertionError(f"no two {who}' records shared a transaction in {rounds} rounds")
 
 
 def test_the_pool_processes_records_share_transactions_and_every_transition_is_recorded(app, settings, start_worker):
     worker = start_worker("probe", concurrency=4)
     assert len(host_writers(worker)) == 1, "a prefork worker with recording starts one host writer"
-    correlation_id, task_ids = run_probes(app, 80, 0.02)
-    check_grouped_and_whole(settings.eventstore_url, correlation_id, task_ids, "pool processes")
+    assert_grouped(app, settings.eventstore_url, 80, 0.02, "pool processes")
 
 
 def test_a_host_writer_killed_mid_run_loses_no_record_and_the_worker_goes_on(app, settings, start_worker):
@@ -127,5 +137,4 @@ def test_without_group_commit_no_host_writer_starts(app, settings, start_worker)
 def test_a_threads_pool_groups_its_tasks_records_in_its_own_process(app, settings, start_worker):
     worker = start_worker("probe", concurrency=8, pool="threads")
     assert host_writers(worker) == [], "threads share the worker's own process: no host writer"
-    correlation_id, task_ids = run_probes(app, 80, 0.05)
-    check_grouped_and_whole(settings.eventstore_url, correlation_id, task_ids, "threads")
+    assert_grouped(app, settings.eventstore_url, 80, 0.05, "threads")
