@@ -125,6 +125,27 @@ def _ping_when_idle(engine: Engine) -> None:
             raise sa_exc.DisconnectionError("ping failed")
 
 
+def _set_wal(cursor: sqlite3.Cursor, wait_s: float) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting up to ``wait_s`` for a lock the busy timeout does not wait for.
+
+    Processes opening a new (empty) file at once each switch it to WAL; the switch upgrades a read lock to
+    a write lock, which SQLite refuses at once ("database is locked", the busy handler is not called, to
+    avoid a deadlock) while another opener holds its own. Two workers, or ``relaybus db upgrade`` run twice,
+    on a fresh embedded log met it in about one open in ten.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -142,7 +163,7 @@ def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _set_wal(cursor, config.sqlite_busy_timeout_s)
             cursor.execute(f"PRAGMA synchronous = {config.sqlite_synchronous}")
             # SQLite's default page cache is 2 MiB: once a log's indexes outgrow it, every append
             # reads their pages back from the OS (a 1 M-event log appended at 0.57x the empty rate).

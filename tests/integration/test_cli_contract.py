@@ -134,7 +134,9 @@ def test_every_command_keeps_the_exit_code_contract_with_each_service_down(deplo
     print("slowest:", slow)
     expected = {(name, command): codes[STATES.index(name)] for command, codes in MATRIX.items() for name in STATES}
     wrong = {k: (got[k], v) for k, v in expected.items() if got[k] != v}
-    assert wrong == {}, f"(got, expected) differ:\n{table}"
+    said = "\n".join(f"{k}: {r['stderr'].strip()[-600:]}" for name, command, r in results
+                     if (k := (name, command)) in wrong)
+    assert wrong == {}, f"(got, expected) differ:\n{table}\nwhat the wrong cells said:\n{said}"
 
     for name, command, r in results:
         where = f"{command!r} with {name}"
