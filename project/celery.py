@@ -272,10 +272,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         relaybus_topology=topology,
         # `celery -A relaybus beat`: the saga sweep times out steps whose worker went silent.
         # `celery -A relaybus beat`: the workflow sweep ends pipelines past their deadline as timed_out.
+        # Workers consuming the system queue send both at the same intervals without beat (project.sweeper).
         beat_schedule={
-            "relaybus.saga.sweep": {"task": "relaybus.saga.sweep", "schedule": 30.0},
-            "relaybus.workflows.sweep": {"task": "relaybus.workflows.sweep", "schedule": 60.0},
+            "relaybus.saga.sweep": {"task": "relaybus.saga.sweep", "schedule": settings.saga_sweep_interval_s},
+            "relaybus.workflows.sweep": {"task": "relaybus.workflows.sweep",
+                                         "schedule": settings.workflow_sweep_interval_s},
         },
+        relaybus_worker_sweeps=settings.worker_sweeps,
     )
     if settings.broker_url.startswith("filesystem://"):
         app.conf.update(_embedded_broker_options(settings))
@@ -338,6 +341,7 @@ def _check_llm_choices(sender: Any = None, **_: Any) -> None:
 
 
 def _connect_signals() -> None:
+    from relaybus.sweeper import start_sweeper, stop_sweeper
     from relaybus.tasks.runtime.chordrepair import register_chord_member
     from relaybus.tasks.runtime.context import propagate_ids
     from relaybus.tasks.runtime.recording import on_after_task_publish, on_before_task_publish
@@ -376,6 +380,8 @@ def _connect_signals() -> None:
     signals.worker_init.connect(start_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
     signals.worker_init.connect(load_kept_revokes, weak=False, dispatch_uid="relaybus.kept_revokes")
     signals.worker_shutdown.connect(stop_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
+    signals.worker_ready.connect(start_sweeper, weak=False, dispatch_uid="relaybus.sweeper")
+    signals.worker_shutdown.connect(stop_sweeper, weak=False, dispatch_uid="relaybus.sweeper")
 
 
 _connect_signals()

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     #: A pipeline that makes no progress (no new record) for this long is ended ``timed_out`` by the
     #: sweep (``relaybus sweep``, beat); a pipeline may set its own (``Pipeline(deadline_s=...)``).
     pipeline_deadline_s: float = Field(default=3600.0, gt=0)
+    #: Workers that consume the system queue send the sweeps themselves (one per interval across them, by a
+    #: lease in the result backend's Redis), so deadlines hold without beat (project.sweeper).
+    worker_sweeps: bool = True
+    #: How often the workflow sweep (pipeline deadlines, approvals) and the saga sweep (silent steps) run,
+    #: under beat and from workers alike.
+    workflow_sweep_interval_s: float = Field(default=60.0, gt=0)
+    saga_sweep_interval_s: float = Field(default=30.0, gt=0)
     #: RabbitMQ's ``consumer_timeout`` (ms in rabbitmq.conf, seconds here): a delivery held unacked longer
     #: closes the worker's channel. Retry backoff, time limits and countdowns must stay below it.
     consumer_timeout_s: float = Field(default=1800.0, gt=0)

@@ -48,6 +48,8 @@ def make_settings(tmp_path: Path, broker_url: str, redis_url: str, **overrides: 
         "retry_backoff_max_s": 1.0,
         "extra_modules": ("tests.agents",),
         "extra_agents": TEST_AGENTS,
+        # Sweeps run when a test runs them (tests/integration/test_worker_sweeps.py: sent by the workers).
+        "worker_sweeps": False,
     }
     values.update(overrides)
     return Settings(**values)
