@@ -69,7 +69,9 @@ class Sweeper:
             due[task] = time.monotonic() + self.every[task]
             try:
                 if self._lease(task):
-                    self.app.send_task(task)
+                    # A sweep slower than its interval (a large log) must not pile its successors up in the
+                    # queue: each message expires when the next one is due.
+                    self.app.send_task(task, expires=self.every[task])
             except Exception as error:  # a broker or Redis away: the next interval tries again
                 logger.warning("could not send %s (%s: %s); beat or the next interval will", task,
                                type(error).__name__, error)
