@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Literal
 
+from celery.backends.redis import RedisBackend
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun
 from pydantic import Field
@@ -25,7 +26,8 @@ SOFT_LIMIT_S = 6.0
 HARD_LIMIT_S = 9.0
 
 Mode = Literal[
-    "ok", "nan", "surrogate_out", "surrogate_error", "permanent", "swallow_soft_limit", "exit", "exit_after_success"
+    "ok", "nan", "surrogate_out", "surrogate_error", "permanent", "swallow_soft_limit", "exit", "exit_after_success",
+    "exit_after_record",
 ]
 
 
@@ -86,3 +88,21 @@ def _kill_worker_after_success(
     inp = kwargs if kwargs and "key" in kwargs else next((a for a in args or () if isinstance(a, dict)), {})
     if inp.get("mode") == "exit_after_success" and r().set(f"{inp['key']}:died", "1", nx=True):
         os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+_STORE_RESULT = RedisBackend.mark_as_done
+
+
+def _kill_worker_before_the_result_is_stored(self: RedisBackend, task_id: str, result: object,
+                                             request: object = None, *args: object, **kwargs: object) -> object:
+    """Mode ``exit_after_record``: the whole worker is SIGKILLed once, after the task's success was recorded
+    (and what follows it sent: Celery sends a chain's next task first) but before its result is stored: the
+    broker delivers the message again, and the result backend has nothing for it."""
+    inp = getattr(request, "kwargs", None) or {}
+    if (getattr(request, "task", "") == "agents.edgy" and inp.get("mode") == "exit_after_record"
+            and r().set(f"{inp['key']}:died", "1", nx=True)):
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    return _STORE_RESULT(self, task_id, result, request, *args, **kwargs)
+
+
+RedisBackend.mark_as_done = _kill_worker_before_the_result_is_stored  # type: ignore[method-assign]

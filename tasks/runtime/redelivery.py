@@ -10,8 +10,14 @@ follows the task (its chain, callbacks, a saga's next step) is sent again under 
 de-duplicated downstream if it had already gone. The consumer's ``task.redelivered`` says the message came
 back.
 
-Only a result stored as it was returned qualifies: a result the backend stored with values masked (a key the
-redaction names) is not the output, so such a task runs again as before.
+A worker that dies a moment earlier, after the success was recorded but before the result was stored, leaves
+no result: for an agent task, :func:`recorded_success` then reads the output from the ``task.succeeded``
+record (one read of the log by event id, on redelivered messages only), so that window does not run the task
+again either.
+
+Only a value kept as it was returned qualifies: a result or a record with values masked (a key the redaction
+names) or escaped (a value the database could not hold as it was) is not the output, so such a task runs
+again as before.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from typing import Any, Final
 from celery import Celery, states
 from celery.utils.log import get_logger
 
+from relaybus.eventstore.storable import FLOAT_MARK, TEXT_MARK
+from relaybus.eventstore.types import TASK_SUCCEEDED
+from relaybus.tasks.runtime.recording.records import terminal_event_id
 from relaybus.tasks.runtime.redacting import redactor_of
 
 logger = get_logger(__name__)
@@ -47,3 +56,29 @@ def stored_success(app: Celery, request: Any) -> Any:
     if redactor_of(app).mask in json.dumps(result, default=str):
         return NOT_STORED
     return result
+
+
+def recorded_success(app: Celery, recorder: Any, request: Any) -> Any:
+    """The output the ``task.succeeded`` record of ``request``'s delivery holds, if this delivery is a redelivery
+    and that record is there and kept the output whole; else :data:`NOT_STORED`. For a redelivery whose
+    :func:`stored_success` found nothing: the worker died between the record and the result."""
+    if not (request.delivery_info or {}).get("redelivered"):
+        return NOT_STORED
+    store = getattr(recorder, "store", None)
+    if store is None:  # recording is off: there is no record to read
+        return NOT_STORED
+    try:
+        event = store.get(terminal_event_id(request))
+    except Exception:  # the store is away: run the task, as without this check
+        logger.warning("could not read the recorded end of redelivered task %s; it runs again", request.id,
+                       exc_info=True)
+        return NOT_STORED
+    if event is None or event.type != TASK_SUCCEEDED or "output" not in event.payload:
+        return NOT_STORED
+    output = event.payload["output"]
+    text = json.dumps(output, default=str)
+    if redactor_of(app).mask in text or f'"{FLOAT_MARK}"' in text or f'"{TEXT_MARK}' in text:
+        return NOT_STORED
+    logger.info("redelivered task %s: its success was recorded before its worker died; its output is used, "
+                "the task does not run again", request.id)
+    return output

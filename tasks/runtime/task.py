@@ -63,7 +63,7 @@ from relaybus.tasks.runtime.context import (
     request_headers,
 )
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Points, points
-from relaybus.tasks.runtime.redelivery import NOT_STORED, stored_success
+from relaybus.tasks.runtime.redelivery import NOT_STORED, recorded_success, stored_success
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -267,6 +267,8 @@ class AgentTask(Task):  # type: ignore[misc]
         if deferral.already_deferred(call):  # its deferred copy is queued and carries on
             raise Ignore()
         stored = stored_success(self.app, request)
+        if stored is NOT_STORED:
+            stored = recorded_success(self.app, call.recorder, request)
         call.resumed = stored is not NOT_STORED
         for before_call in hooks.before_call:
             before_call(call)

@@ -1,9 +1,11 @@
-"""Edge: the worker dies after a task's success was recorded and its result stored, before the ack.
+"""Edge: the worker dies after a task's success was recorded (its result stored, or not yet), before the ack.
 
 The broker delivers the message again. The task must not run again (its side effects would repeat: an LLM
 call paid twice), nor record a second start that no end follows; what follows it is sent again under the
-same ids and the pipeline completes once (tasks.runtime.redelivery). Real worker processes on the private
-RabbitMQ, Redis and PostgreSQL; the whole first worker is SIGKILLed from inside the task's postrun.
+same ids and the pipeline completes once (tasks.runtime.redelivery): the result comes from the result
+backend, or, when the worker died before storing it, from the task's ``task.succeeded`` record. Real worker
+processes on the private RabbitMQ, Redis and PostgreSQL; the whole first worker is SIGKILLed from inside the
+task's postrun (``exit_after_success``) or as its result is about to be stored (``exit_after_record``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from tests.services import REDIS_URL
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_a_task_redelivered_after_its_success_was_stored_does_not_run_again(
-    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path,
+@pytest.mark.parametrize("mode", ["exit_after_success", "exit_after_record"])
+def test_a_task_redelivered_after_its_success_was_recorded_does_not_run_again(
+    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path, mode: str,
 ) -> None:
     settings = chaos_settings(
         tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url),
@@ -42,7 +45,7 @@ def test_a_task_redelivered_after_its_success_was_stored_does_not_run_again(
     second = None
     try:
         first.wait_ready(app, timeout=90)
-        handle = start("edgy-one", {"key": key, "mode": "exit_after_success"}, app=app)
+        handle = start("edgy-one", {"key": key, "mode": mode}, app=app)
         wait_for(lambda: first.proc.poll() is not None, 60, 0.1, "the first worker to be killed after the success")
         assert notes.get(f"{key}:died") == b"1"
         task_id = next(e.task_id for e in store.by_correlation(handle.id)

@@ -284,6 +284,11 @@ def _event(
     )
 
 
+def terminal_event_id(request: Any) -> str:
+    """The id every end of ``request``'s delivery is recorded under (``task.succeeded``, ``task.failed``...)."""
+    return _derived(request, "terminal", _redrive(request))
+
+
 def _derived(request: Any, *parts: object) -> str:
     """The id of a transition of ``request``'s task: the task id, then ``parts``; ordered by its origin time."""
     return event_id(request.id, *parts, at_ms=request_origin_ms(request))
