@@ -54,6 +54,8 @@ class Findings:
     events_checked: int = 0
     tasks_checked: int = 0
     reruns_after_terminal: int = 0
+    #: Which: "<task name> <task id>: <its task.* types in order>", for the figures' reader.
+    reruns: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
 
@@ -62,6 +64,7 @@ class Findings:
         self.events_checked += other.events_checked
         self.tasks_checked += other.tasks_checked
         self.reruns_after_terminal += other.reruns_after_terminal
+        self.reruns += other.reruns
         self.missing += other.missing
         self.duplicates += other.duplicates
 
@@ -117,6 +120,7 @@ def check_transitions(
                 continue
             if min(terminals) < pos:
                 findings.reruns_after_terminal += 1  # redelivered after finishing; same terminal id
+                findings.reruns.append(f"{name} {task_id}: {[e.type for e in evs]}")
             else:
                 findings.missing.append(f"{correlation_id}: {name} {task_id} started at {pos} and never ended")
 

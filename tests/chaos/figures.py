@@ -25,6 +25,8 @@ class Figures:
     duplicates: int = 0
     missing_transitions: int = 0
     redeliveries_after_terminal: int = 0
+    #: Which tasks ran again after their end was recorded (tests.chaos.audit.Findings.reruns).
+    reruns: list[str] = field(default_factory=list)
     ended: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -41,6 +43,7 @@ class Figures:
             f"{self.service_restarts} service restarts, {self.events_checked} events / {self.tasks_checked} tasks "
             f"checked, {self.duplicates} duplicates, {self.missing_transitions} missing transitions, "
             f"{self.redeliveries_after_terminal} redeliveries after a terminal event, {self.seconds:.0f} s"
+            + (f" (ran again: {'; '.join(self.reruns[:3])})" if self.reruns else "")
         )
 
 

@@ -447,6 +447,7 @@ def verdict(
         duplicates=len(findings.duplicates) + sum("applied" in p for p in effects),
         missing_transitions=len(findings.missing),
         redeliveries_after_terminal=findings.reruns_after_terminal,
+        reruns=findings.reruns,
         ended=dict(Counter(ended.values())),
         seconds=time.monotonic() - started_at,
         **counts,
