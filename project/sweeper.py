@@ -20,6 +20,8 @@ from typing import Any
 
 from celery import Celery
 
+from relaybus.tasks.runtime.backendredis import redis_client
+
 logger = logging.getLogger("relaybus.worker")
 
 #: The Redis key of a sweep's lease: ``relaybus-sweep:<namespace>:<task name>``.
@@ -78,16 +80,15 @@ class Sweeper:
 
     def _lease(self, task: str) -> bool:
         """Whether this worker sends ``task`` this interval: it took the lease, or there is none to take."""
-        from celery.backends.redis import RedisBackend
-
-        backend = self.app.backend
-        if not isinstance(backend, RedisBackend):
+        client = redis_client(self.app)
+        if client is None:
             return True
         ttl_ms = max(1, int(self.every[task] * 900))
-        return bool(backend.client.set(f"{LEASE_PREFIX}{self.namespace}:{task}", self.hostname, nx=True, px=ttl_ms))
+        return bool(client.set(f"{LEASE_PREFIX}{self.namespace}:{task}", self.hostname, nx=True, px=ttl_ms))
 
 
-_running: dict[int, Sweeper] = {}
+#: The sweeper this worker process runs, if any (one app per worker process).
+_running: Sweeper | None = None
 
 
 def start_sweeper(sender: Any = None, **_: Any) -> None:
@@ -100,8 +101,10 @@ def start_sweeper(sender: Any = None, **_: Any) -> None:
     if system_queue not in consumed:
         return
     namespace = app.conf.relaybus_runtime.namespace
-    sweeper = Sweeper(app, namespace, getattr(sender, "hostname", "") or "")
-    _running[id(app)] = sweeper
+    global _running
+    if _running is not None:
+        _running.stop()
+    sweeper = _running = Sweeper(app, namespace, getattr(sender, "hostname", "") or "")
     sweeper.start()
     logger.info("sending %s from this worker (RELAYBUS_WORKER_SWEEPS)",
                 ", ".join(f"{t} every {s:g} s" for t, s in sweeper.every.items()))
@@ -109,6 +112,7 @@ def start_sweeper(sender: Any = None, **_: Any) -> None:
 
 def stop_sweeper(sender: Any = None, **_: Any) -> None:
     """``worker_shutdown``: stop the thread."""
-    for sweeper in list(_running.values()):
-        sweeper.stop()
-    _running.clear()
+    global _running
+    if _running is not None:
+        _running.stop()
+        _running = None

@@ -39,6 +39,13 @@ logger = get_logger(__name__)
 NOT_STORED: Final[Any] = object()
 
 
+def _kept_whole(app: Celery, value: Any) -> bool:
+    """Whether ``value`` is a task's output as it was returned: nothing masked by the redaction, nothing escaped
+    because the database could not hold it as it was."""
+    text = json.dumps(value, default=str)
+    return redactor_of(app).mask not in text and f'"{FLOAT_MARK}"' not in text and f'"{TEXT_MARK}' not in text
+
+
 def stored_success(app: Celery, request: Any) -> Any:
     """The result a previous delivery of ``request``'s task stored with ``SUCCESS``, if this delivery is a
     redelivery; else :data:`NOT_STORED`. Costs one result-backend read, on redelivered messages only."""
@@ -53,9 +60,7 @@ def stored_success(app: Celery, request: Any) -> Any:
     if meta.get("status") != states.SUCCESS:
         return NOT_STORED
     result = meta.get("result")
-    if redactor_of(app).mask in json.dumps(result, default=str):
-        return NOT_STORED
-    return result
+    return result if _kept_whole(app, result) else NOT_STORED
 
 
 def recorded_success(app: Celery, recorder: Any, request: Any) -> Any:
@@ -76,8 +81,7 @@ def recorded_success(app: Celery, recorder: Any, request: Any) -> Any:
     if event is None or event.type != TASK_SUCCEEDED or "output" not in event.payload:
         return NOT_STORED
     output = event.payload["output"]
-    text = json.dumps(output, default=str)
-    if redactor_of(app).mask in text or f'"{FLOAT_MARK}"' in text or f'"{TEXT_MARK}' in text:
+    if not _kept_whole(app, output):
         return NOT_STORED
     logger.info("redelivered task %s: its success was recorded before its worker died; its output is used, "
                 "the task does not run again", request.id)

@@ -29,10 +29,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery, current_app
-from celery.backends.redis import RedisBackend
 from celery.utils.log import get_logger
 from celery.worker import control, state
 
+from relaybus.tasks.runtime.backendredis import redis_client
 from relaybus.tasks.runtime.config import runtime_config
 
 __all__ = ["install", "kept_revokes", "load_into_worker", "revoke"]
@@ -43,18 +43,13 @@ logger = get_logger(__name__)
 KEY_PREFIX = "relaybus-revoked:"
 
 
-def _client(app: Celery) -> Any | None:
-    backend = app.backend
-    return backend.client if isinstance(backend, RedisBackend) else None
-
-
 def _key(app: Celery) -> str:
     return KEY_PREFIX + runtime_config(app).namespace
 
 
 def keep(app: Celery, task_ids: Iterable[str], *, now: float | None = None) -> bool:
     """Keep ``task_ids`` as revoked until Celery's revoke expiry; ``False`` if the backend cannot keep them."""
-    client = _client(app)
+    client = redis_client(app)
     ids = [str(i) for i in task_ids]
     if client is None or not ids:
         return False
@@ -70,7 +65,7 @@ def keep(app: Celery, task_ids: Iterable[str], *, now: float | None = None) -> b
 
 def kept_revokes(app: Celery, *, now: float | None = None) -> list[str]:
     """The task ids revoked and not yet expired, oldest revoke first."""
-    client = _client(app)
+    client = redis_client(app)
     if client is None:
         return []
     now = time.time() if now is None else now
