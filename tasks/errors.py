@@ -20,6 +20,8 @@ The retry policy is declared here, by class, in one place: the task base retries
      │    ├── PayloadUnreadable        a payload passed by reference is missing or altered; ``reason`` says which
      │    ├── PayloadUnstorable        a large value could not be stored by reference (a full disk); reason
      │    │                            ``payload-unstored``
+     │    ├── FailedBefore             a redelivered task whose failure for good was recorded before its worker
+     │    │                            died: not run again; ``reason`` is the recorded dead-letter reason
      │    └── EventRejected            an event the bus cannot deliver; ``reason`` is the dead-letter reason
      │         ├── UnknownEventType         no event class has this ``type``
      │         ├── UnsupportedEventVersion  newer than this code, or no upcaster from it
@@ -134,6 +136,25 @@ class PayloadUnstorable(PermanentError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.size, self.detail))
+
+
+class FailedBefore(PermanentError):
+    """Raised in place of running a redelivered task whose failure for good (``task.failed`` with a dead-letter
+    reason) was recorded before its worker died, ahead of the ack (tasks.runtime.redelivery): the task is not
+    run again, and its failure path (dead letter, error callbacks, a chord's settlement) is taken as it was.
+    ``reason`` is the recorded dead-letter reason; ``lettered`` whether the dead letter was published before
+    that record was written (the task body's path: True; a hard time limit, recorded first: False)."""
+
+    def __init__(self, error_type: str, error_message: str, reason: str, lettered: bool) -> None:
+        self.error_type = error_type
+        self.error_message = error_message
+        self.reason = reason
+        self.lettered = lettered
+        super().__init__(f"{error_type}: {error_message} (recorded before its worker died, reason {reason}; "
+                         "the redelivered task was not run again)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.error_type, self.error_message, self.reason, self.lettered))
 
 
 class PublishFailed(TransientError):

@@ -27,7 +27,7 @@ HARD_LIMIT_S = 9.0
 
 Mode = Literal[
     "ok", "nan", "surrogate_out", "surrogate_error", "permanent", "swallow_soft_limit", "exit", "exit_after_success",
-    "exit_after_record",
+    "exit_after_record", "permanent_exit_after_record",
 ]
 
 
@@ -57,7 +57,7 @@ def edgy(inp: EdgyInput, ctx: AgentContext) -> EdgyOutput:
         time.sleep(inp.sleep_s)
     if inp.mode == "exit":
         os._exit(1)  # the pool child dies with the message unacknowledged, every time
-    if inp.mode == "permanent":
+    if inp.mode in ("permanent", "permanent_exit_after_record"):
         raise PermanentError(f"planned permanent failure of {inp.key}")
     if inp.mode == "surrogate_error":
         broken = b"ok-\xff".decode("utf-8", "surrogateescape")  # a lone surrogate in the message
@@ -106,3 +106,22 @@ def _kill_worker_before_the_result_is_stored(self: RedisBackend, task_id: str, r
 
 
 RedisBackend.mark_as_done = _kill_worker_before_the_result_is_stored  # type: ignore[method-assign]
+
+
+_STORE_FAILURE = RedisBackend.mark_as_failure
+
+
+def _kill_worker_before_the_failure_is_stored(self: RedisBackend, task_id: str, exc: object, *args: object,
+                                              **kwargs: object) -> object:
+    """Mode ``permanent_exit_after_record``: the task fails for good; the whole worker is SIGKILLed once, after
+    its dead letter was published and its failure recorded, before its failure is stored and its error callbacks
+    sent: the broker delivers the message again."""
+    request = kwargs.get("request")
+    inp = getattr(request, "kwargs", None) or {}
+    if (getattr(request, "task", "") == "agents.edgy" and inp.get("mode") == "permanent_exit_after_record"
+            and r().set(f"{inp['key']}:died", "1", nx=True)):
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    return _STORE_FAILURE(self, task_id, exc, *args, **kwargs)
+
+
+RedisBackend.mark_as_failure = _kill_worker_before_the_failure_is_stored  # type: ignore[method-assign]

@@ -51,6 +51,11 @@ RELAYBUS_DLQ_HEADERS = (
 MAX_ERROR_MESSAGE = 2000
 
 
+#: The dead-letter reason of a task its hard time limit ended (recorded by the worker's main process, which
+#: writes the record before it publishes the dead letter: tasks.runtime.request).
+TIME_LIMIT_REASON = "time-limit"
+
+
 def base_queue(queue: str) -> str:
     """The agent queue a message came from, without the ``.urgent`` suffix."""
     return queue[: -len(".urgent")] if queue.endswith(".urgent") else queue
@@ -212,7 +217,7 @@ def dead_letter_call(
         args=list(args or ()),
         kwargs=dict(kwargs or {}),
         request_headers=request_headers(request),
-        original_queue=str(info.get("routing_key") or f"{runtime_config(task.app).namespace}.{task.spec.name}"),
+        original_queue=original_queue_of(task, request),
         reason=reason,
         error=error,
         attempts=(request.retries or 0) + 1,
@@ -220,6 +225,12 @@ def dead_letter_call(
     )
     mark_dead_lettered(error, dlq, reason)
     return dlq
+
+
+def original_queue_of(task: Any, request: Any) -> str:
+    """The queue an agent task's call came from (its agent's own queue when the delivery does not say)."""
+    info = request.delivery_info or {}
+    return str(info.get("routing_key") or f"{runtime_config(task.app).namespace}.{task.spec.name}")
 
 
 def dead_letter_message(

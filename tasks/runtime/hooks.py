@@ -31,10 +31,10 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.log import get_logger
 
 from relaybus.eventstore import StoreUnavailable
-from relaybus.tasks.errors import RecordFailed
+from relaybus.tasks.errors import FailedBefore, RecordFailed
 from relaybus.tasks.runtime.chordrepair import fail_lost_chord, finish_claimed_chord
 from relaybus.tasks.runtime.context import request_headers
-from relaybus.tasks.runtime.deadletter import dead_letter_call
+from relaybus.tasks.runtime.deadletter import dead_letter_call, dlq_for, mark_dead_lettered, original_queue_of
 from relaybus.tasks.runtime.recording.eventlog import STORE_WAIT_UNTIL
 from relaybus.tasks.runtime.settle import SETTLE_HEADER, member_failure
 
@@ -195,6 +195,9 @@ class DeadLetters(Hook):
     """Puts a task that failed for good, with its reason, in the dead-letter queue (tasks.runtime.deadletter)."""
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        if isinstance(error, FailedBefore) and error.lettered:  # its letter went before its record: it is there
+            mark_dead_lettered(error, dlq_for(original_queue_of(call.task, call.request)), reason)
+            return NO_RESULT
         dead_letter_call(call.task, call.request, call.args, call.kwargs, reason=reason, error=error)
         return NO_RESULT
 

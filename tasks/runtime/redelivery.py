@@ -11,9 +11,15 @@ de-duplicated downstream if it had already gone. The consumer's ``task.redeliver
 back.
 
 A worker that dies a moment earlier, after the success was recorded but before the result was stored, leaves
-no result: for an agent task, :func:`recorded_success` then reads the output from the ``task.succeeded``
+no result: for an agent task, :func:`recorded_end` then reads the output from the ``task.succeeded``
 record (one read of the log by event id, on redelivered messages only), so that window does not run the task
 again either.
+
+A task that failed for good the same way (its ``task.failed`` with a dead-letter reason recorded, its worker
+dead before the ack) is not run again either: :func:`recorded_end` gives a :class:`FailedBefore` that the task
+base raises in place of the body, so its failure path (error callbacks, a chord's settlement) is taken with the
+recorded error. Its dead letter was published before the record on the body's path and is not published
+again; after a hard time limit the record comes first, so that letter is published now (at worst twice).
 
 Only a value kept as it was returned qualifies: a result or a record with values masked (a key the redaction
 names) or escaped (a value the database could not hold as it was) is not the output, so such a task runs
@@ -23,13 +29,16 @@ again as before.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Final
 
 from celery import Celery, states
 from celery.utils.log import get_logger
 
-from relaybus.eventstore.storable import FLOAT_MARK, TEXT_MARK
-from relaybus.eventstore.types import TASK_SUCCEEDED
+from relaybus.eventstore.storable import FLOAT_MARK, TEXT_MARK, restore
+from relaybus.eventstore.types import TASK_FAILED, TASK_SUCCEEDED
+from relaybus.tasks.errors import FailedBefore
+from relaybus.tasks.runtime.deadletter import TIME_LIMIT_REASON
 from relaybus.tasks.runtime.recording.records import terminal_event_id
 from relaybus.tasks.runtime.redacting import redactor_of
 
@@ -63,26 +72,49 @@ def stored_success(app: Celery, request: Any) -> Any:
     return result if _kept_whole(app, result) else NOT_STORED
 
 
-def recorded_success(app: Celery, recorder: Any, request: Any) -> Any:
-    """The output the ``task.succeeded`` record of ``request``'s delivery holds, if this delivery is a redelivery
-    and that record is there and kept the output whole; else :data:`NOT_STORED`. For a redelivery whose
-    :func:`stored_success` found nothing: the worker died between the record and the result."""
+@dataclass(frozen=True)
+class RecordedEnd:
+    """What the log holds of a redelivered task's end: its ``output`` (or :data:`NOT_STORED`), or ``failure``."""
+
+    output: Any = NOT_STORED
+    failure: FailedBefore | None = None
+
+
+NO_END: Final = RecordedEnd()
+
+
+def recorded_end(app: Celery, recorder: Any, request: Any) -> RecordedEnd:
+    """The end recorded for ``request``'s delivery, if this delivery is a redelivery: the output its
+    ``task.succeeded`` holds (when kept whole), or the failure for good its ``task.failed`` names; else
+    :data:`NO_END`. For a redelivery whose :func:`stored_success` found nothing: the worker died between the
+    record and the result."""
     if not (request.delivery_info or {}).get("redelivered"):
-        return NOT_STORED
+        return NO_END
     store = getattr(recorder, "store", None)
     if store is None:  # recording is off: there is no record to read
-        return NOT_STORED
+        return NO_END
     try:
         event = store.get(terminal_event_id(request))
     except Exception:  # the store is away: run the task, as without this check
         logger.warning("could not read the recorded end of redelivered task %s; it runs again", request.id,
                        exc_info=True)
-        return NOT_STORED
-    if event is None or event.type != TASK_SUCCEEDED or "output" not in event.payload:
-        return NOT_STORED
+        return NO_END
+    if event is None:
+        return NO_END
+    if event.type == TASK_FAILED and event.payload.get("reason"):
+        reason = str(event.payload["reason"])
+        payload = restore(event.payload)  # an error message stored escaped reads as it was raised
+        logger.info("redelivered task %s: its failure for good (%s) was recorded before its worker died; it "
+                    "does not run again", request.id, reason)
+        return RecordedEnd(failure=FailedBefore(
+            str(payload.get("error_type") or "Error"), str(payload.get("error_message") or ""),
+            reason, lettered=reason != TIME_LIMIT_REASON,
+        ))
+    if event.type != TASK_SUCCEEDED or "output" not in event.payload:
+        return NO_END
     output = event.payload["output"]
     if not _kept_whole(app, output):
-        return NOT_STORED
+        return NO_END
     logger.info("redelivered task %s: its success was recorded before its worker died; its output is used, "
                 "the task does not run again", request.id)
-    return output
+    return RecordedEnd(output=output)

@@ -31,13 +31,17 @@ from celery.worker.state import task_ready
 from relaybus.eventstore import NewEvent, StoreUnavailable
 from relaybus.eventstore.types import TASK_REJECTED, TASK_REVOKED
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, id_problem, request_headers, workflow_context
-from relaybus.tasks.runtime.deadletter import dead_letter_call, dead_lettered_of, dead_lettered_text
+from relaybus.tasks.runtime.deadletter import (
+    TIME_LIMIT_REASON,
+    dead_letter_call,
+    dead_lettered_of,
+    dead_lettered_text,
+)
 from relaybus.tasks.runtime.recording import records
 from relaybus.tasks.runtime.recording.wiring import record_from_main_process
 
 logger = get_logger(__name__)
 
-TIME_LIMIT_REASON = "time-limit"
 
 
 class AgentRequest(Request):  # type: ignore[misc]

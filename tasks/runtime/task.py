@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from relaybus.eventstore import StoreUnavailable
 from relaybus.tasks.errors import (
     AgentError,
+    FailedBefore,
     InvalidInput,
     PayloadUnreadable,
     PayloadUnstorable,
@@ -63,7 +64,7 @@ from relaybus.tasks.runtime.context import (
     request_headers,
 )
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Points, points
-from relaybus.tasks.runtime.redelivery import NOT_STORED, recorded_success, stored_success
+from relaybus.tasks.runtime.redelivery import NO_END, NOT_STORED, recorded_end, stored_success
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -267,12 +268,16 @@ class AgentTask(Task):  # type: ignore[misc]
         if deferral.already_deferred(call):  # its deferred copy is queued and carries on
             raise Ignore()
         stored = stored_success(self.app, request)
-        if stored is NOT_STORED:
-            stored = recorded_success(self.app, call.recorder, request)
-        call.resumed = stored is not NOT_STORED
+        ended = recorded_end(self.app, call.recorder, request) if stored is NOT_STORED else NO_END
+        if ended.output is not NOT_STORED:
+            stored = ended.output
+        # Redelivered after its end was recorded: the body does not run again, nor is a second start recorded.
+        call.resumed = stored is not NOT_STORED or ended.failure is not None
         for before_call in hooks.before_call:
             before_call(call)
         try:
+            if ended.failure is not None:  # its failure path is taken again, with the recorded error
+                raise ended.failure
             if call.resumed:  # redelivered after its success was stored: what follows it is sent again, no more
                 result = stored
             else:
@@ -300,8 +305,8 @@ class AgentTask(Task):  # type: ignore[misc]
                     return self._give_up(call, refused, "record-failed")
                 self._retry(error, countdown, max_retries)
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
-            if isinstance(error, PayloadUnreadable | PayloadUnstorable):
-                reason = error.reason  # payload-missing, payload-altered or payload-unstored
+            if isinstance(error, PayloadUnreadable | PayloadUnstorable | FailedBefore):
+                reason = error.reason  # payload-missing, payload-altered, payload-unstored or the recorded one
             if isinstance(error, BudgetExceeded):
                 reason = BUDGET_EXCEEDED  # refused unsent: the dead letter and the workflow say why
             return self._give_up(call, error, reason)
