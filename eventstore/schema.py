@@ -137,11 +137,12 @@ workflow_status = Table(
     Column("kind", String(16), nullable=True),
     Column("name", String(_ID), nullable=True),
     # The list reads the most recently active first, overall or per status (migration 0002), per name
-    # (0009), and by start time (0009).
+    # (0009), and by start time (0009), a name's by start time (0010).
     Index("ix_workflow_status_status_position", "status", "last_position"),
     Index("ix_workflow_status_last_position", "last_position"),
     Index("ix_workflow_status_name_position", "name", "last_position"),
     Index("ix_workflow_status_first_event_at", "first_event_at"),
+    Index("ix_workflow_status_name_started", "name", "first_event_at"),
 )
 
 projection_tracking = Table(
