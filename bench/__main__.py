@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.peers import ensure_peers
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -223,8 +225,15 @@ def _ratelimit(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     r = run(calls=500 if quick else 2000, rounds=1 if quick else 3)
     rows = [["LLM call, global rate limit", "limiter off (offline provider)", f"{r['off_us']:.0f} µs/call", "", ""]]
     for window, f in r["on"].items():
-        rows.append(["LLM call, global rate limit", f"limiter on, Redis on localhost, {window} calls in the window",
-                     f"{f['on_us']:.0f} µs/call", f"overhead {f['overhead_us']:.0f} µs/call (2 Lua scripts)", ""])
+        rows.append(
+            [
+                "LLM call, global rate limit",
+                f"limiter on, Redis on localhost, {window} calls in the window",
+                f"{f['on_us']:.0f} µs/call",
+                f"overhead {f['overhead_us']:.0f} µs/call (2 Lua scripts)",
+                "",
+            ]
+        )
     return r, rows
 
 
@@ -232,13 +241,26 @@ def _claimcheck(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     from bench.claimcheck_bench import run
 
     r = run(messages=5000 if quick else 20_000, rounds=1 if quick else 3)
-    rows = [["task message, claim check", "off", f"{r['off_us']:.1f} µs/message", "", ""],
-            ["task message, claim check", "on, nothing over 32 KB (a 1 KB input, a chain of 2)",
-             f"{r['on_us']:.1f} µs/message", f"overhead {r['on_us'] - r['off_us']:.1f} µs/message", ""]]
+    rows = [
+        ["task message, claim check", "off", f"{r['off_us']:.1f} µs/message", "", ""],
+        [
+            "task message, claim check",
+            "on, nothing over 32 KB (a 1 KB input, a chain of 2)",
+            f"{r['on_us']:.1f} µs/message",
+            f"overhead {r['on_us'] - r['off_us']:.1f} µs/message",
+            "",
+        ],
+    ]
     for db, f in r["large"].items():
-        rows.append(["large payload by reference", f"{f['mb']:.0f} MB document, {db}",
-                     f"store {f['put_ms']:.0f} ms, read back {f['get_ms']:.0f} ms", "redact, SHA-256, insert once",
-                     ""])
+        rows.append(
+            [
+                "large payload by reference",
+                f"{f['mb']:.0f} MB document, {db}",
+                f"store {f['put_ms']:.0f} ms, read back {f['get_ms']:.0f} ms",
+                "redact, SHA-256, insert once",
+                "",
+            ]
+        )
     return r, rows
 
 
@@ -252,22 +274,6 @@ BENCHMARKS = {
     "ratelimit": _ratelimit,
     "claimcheck": _claimcheck,
 }
-
-
-#: The peers measured side by side (pyproject's ``bench`` group), by import name.
-PEERS = {"celery_saga": "celery-saga==0.1.1", "eventsourcing": "eventsourcing[postgres]==9.5.6"}
-
-
-def ensure_peers() -> None:
-    """Install the ``bench`` dependency group's peers into this interpreter if one is missing."""
-    import importlib.util
-    import subprocess
-    import sys
-
-    missing = [spec for module, spec in PEERS.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        print(f"installing the benchmark's peers: {', '.join(missing)}")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import create_engine, make_url, text
 
+from bench.peers import ensure_peers
 from relaybus.eventstore import ChainKeys, EventStore, NewEvent, StoreConfig, open_store
 
 POSTGRES_URL = os.environ.get("RELAYBUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -427,6 +428,8 @@ def _database(database: str, admin_url: str) -> Iterator[str | None]:
 
 def main(argv: list[str]) -> None:
     stores = tuple(argv[argv.index("--stores") + 1].split(",")) if "--stores" in argv else None
+    if stores is None or any(name.startswith("eventsourcing") for name in stores):
+        ensure_peers()
     result = run(quick="--quick" in argv, stores=stores)
     metrics = sorted({m for figures in result["stores"].values() for m in figures}, key=_metric_order)
     print(f"{'store':<26}" + "".join(f"{m:>12}" for m in metrics))

@@ -53,6 +53,7 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
+from bench.peers import ensure_peers
 from bench.saga_steps import AGENT, NAME
 from relaybus.celery import create_app, topology_of
 from relaybus.eventstore import EventStore, RecordedEvent, open_store
@@ -307,10 +308,12 @@ def relaybus_variant(name: str, base: Settings, workdir: Path, postgres: str | N
                 topology.delete(conn)
 
         undo.callback(delete_namespace)
-        argv = worker_argv(topology, [AGENT, "system"], concurrency=CONCURRENCY, hostname=f"{name}@%h",
-                           loglevel="WARNING")
-        worker = WorkerProcess([*argv, "--without-mingle", "--without-gossip"], settings,
-                               workdir / f"{name}.log", cwd=ROOT)
+        argv = worker_argv(
+            topology, [AGENT, "system"], concurrency=CONCURRENCY, hostname=f"{name}@%h", loglevel="WARNING"
+        )
+        worker = WorkerProcess(
+            [*argv, "--without-mingle", "--without-gossip"], settings, workdir / f"{name}.log", cwd=ROOT
+        )
         undo.callback(worker.stop)
         for agent in (AGENT, "system"):
             queue = topology.queue_name(agent)
@@ -334,7 +337,11 @@ class Peer:
         cpu = group_cpu_s(self.pid)
         done = subprocess.run(
             [sys.executable, "-m", "bench.saga_peer", "drive", "--sagas", str(n), "--alone", str(count)],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=900,
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         if done.returncode != 0:
             raise RuntimeError(f"celery-saga ({self.name}) failed:\n{done.stderr[-4000:]}")
@@ -355,9 +362,27 @@ def peer_variant(name: str, matched: bool, settings: Settings, workdir: Path) ->
         "CSAGA_BROKER": settings.broker_url,
         "CSAGA_REDIS": settings.result_backend,
     }
-    argv = [sys.executable, "-m", "celery", "-A", "bench.saga_peer", "worker", "-Q", tag, "-c", str(CONCURRENCY),
-            "-P", "prefork", "-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat",
-            "-n", f"{tag}@%h"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.saga_peer",
+        "worker",
+        "-Q",
+        tag,
+        "-c",
+        str(CONCURRENCY),
+        "-P",
+        "prefork",
+        "-l",
+        "WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+        "-n",
+        f"{tag}@%h",
+    ]
     log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -480,8 +505,10 @@ def table(r: dict[str, Any]) -> str:
     lines.append("")
     for ours, against in r["ratios"].items():
         for peer, values in against.items():
-            lines.append(f"{ours} {peer}: " + ", ".join(f"{k.removeprefix('saga_vs_celery_saga_')} {v:.2f}"
-                                                      for k, v in values.items()))
+            lines.append(
+                f"{ours} {peer}: "
+                + ", ".join(f"{k.removeprefix('saga_vs_celery_saga_')} {v:.2f}" for k, v in values.items())
+            )
     for name, extra in r["relaybus"].items():
         lines.append(f"{name}: {json.dumps(extra)}")
     return "\n".join(lines)
@@ -495,6 +522,7 @@ def main() -> None:
     parser.add_argument("--postgres", default=PG_URL, help="PostgreSQL for relaybus's second variant ('' to skip)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
+    ensure_peers()
     r = run(args.sagas, alone=args.alone, rounds=args.rounds, postgres=args.postgres or None)
     print(table(r))
     if args.json:
