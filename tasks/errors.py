@@ -157,6 +157,16 @@ class FailedBefore(PermanentError):
         return (self.__class__, (self.error_type, self.error_message, self.reason, self.lettered))
 
 
+def error_type_of(error: BaseException) -> str:
+    """The name records give ``error``'s type: a :class:`FailedBefore`'s is the recorded error's."""
+    return error.error_type if isinstance(error, FailedBefore) else type(error).__name__
+
+
+def error_message_of(error: BaseException) -> str:
+    """The message records give ``error``: a :class:`FailedBefore`'s is the recorded error's."""
+    return error.error_message if isinstance(error, FailedBefore) else str(error)
+
+
 class PublishFailed(TransientError):
     """Raised when the broker does not take an event (connection lost, no confirm)."""
 

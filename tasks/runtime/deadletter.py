@@ -26,6 +26,7 @@ from celery.utils.log import get_logger
 
 from relaybus.eventstore.redaction import Redactor
 from relaybus.eventstore.redaction import redactor as default_redactor
+from relaybus.tasks.errors import error_message_of, error_type_of
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import request_headers
 
@@ -71,13 +72,13 @@ def reason_headers(
     redactor: Redactor | None = None,
 ) -> dict[str, Any]:
     """The dead letter's reason headers; the error message redacted (by default, with the default keys)."""
-    message = str(error) if error is not None else reason
+    message = error_message_of(error) if error is not None else reason
     message = (redactor or default_redactor()).redact_text(message)
     # AMQP header values are UTF-8: a lone surrogate (an error quoting undecodable bytes) is written escaped.
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {
         REASON_HEADER: reason,
-        ERROR_TYPE_HEADER: type(error).__name__ if error is not None else reason,
+        ERROR_TYPE_HEADER: error_type_of(error) if error is not None else reason,
         ERROR_MESSAGE_HEADER: message[:MAX_ERROR_MESSAGE],
         ATTEMPTS_HEADER: attempts,
         ORIGINAL_QUEUE_HEADER: original_queue,

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from relaybus.tasks.errors import error_message_of, error_type_of
+
 #: Message header that makes the task base return a marked failure instead of raising (chord members).
 SETTLE_HEADER = "x_settle"
 #: Key that marks a result dict as a failure.
@@ -35,7 +37,7 @@ class MemberFailure(BaseModel):
 def member_failure(task: str, task_id: str, error: BaseException) -> dict[str, Any]:
     """The JSON a settled member returns in place of its output."""
     failure = MemberFailure(
-        task=task, task_id=task_id, error_type=type(error).__name__, error_message=str(error)[:2000]
+        task=task, task_id=task_id, error_type=error_type_of(error), error_message=error_message_of(error)[:2000]
     )
     return {FAILURE_MARK: failure.model_dump(mode="json")}
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, JsonValue
 
 from relaybus.eventstore import NewEvent
 from relaybus.sagas import LoadedSaga
-from relaybus.tasks.errors import AgentError
+from relaybus.tasks.errors import AgentError, error_message_of, error_type_of
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, request_headers
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Recording, recording_guard
 from relaybus.tasks.runtime.recording import records
@@ -70,7 +70,7 @@ def _take_fenced(task_id: str | None) -> LoadedSaga | None:
 
 def error_data(task_id: str | None, error: BaseException) -> dict[str, Any]:
     """What ``saga.step.failed`` / ``saga.compensation.failed`` holds: the failed task and its error."""
-    return {"task_id": task_id, "error_type": type(error).__name__, "error_message": str(error)[:2000]}
+    return {"task_id": task_id, "error_type": error_type_of(error), "error_message": error_message_of(error)[:2000]}
 
 
 class SagaRecording(Recording):

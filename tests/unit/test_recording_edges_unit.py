@@ -122,3 +122,26 @@ def test_relaybus_run_says_the_broker_is_unreachable_and_exits_3(monkeypatch, tm
                           timeout=60, cwd=tmp_path)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "the pipeline was not started: cannot reach the broker" in done.stderr
+
+
+def test_a_failure_recorded_before_a_redelivery_is_described_as_the_recorded_error():
+    """A redelivered task whose failure was recorded fails with FailedBefore; every record, letter and saga
+    outcome made from it names the error that was recorded, not FailedBefore, and it crosses processes whole."""
+    import pickle
+
+    from relaybus.tasks.errors import FailedBefore, PermanentError, error_message_of, error_type_of
+    from relaybus.tasks.runtime.deadletter import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, reason_headers
+
+    before = FailedBefore("ProviderRejected", "400 bad request", "permanent-error", lettered=True)
+    assert isinstance(before, PermanentError)
+    assert (error_type_of(before), error_message_of(before)) == ("ProviderRejected", "400 bad request")
+    plain = ValueError("no")
+    assert (error_type_of(plain), error_message_of(plain)) == ("ValueError", "no")
+    back = pickle.loads(pickle.dumps(before))  # from the pool child to the worker's main process
+    assert (back.error_type, back.error_message, back.reason, back.lettered) == (
+        "ProviderRejected", "400 bad request", "permanent-error", True)
+    headers = reason_headers(reason=before.reason, error=before, attempts=1, original_queue="agents.x")
+    assert headers[ERROR_TYPE_HEADER] == "ProviderRejected", headers
+    assert headers[ERROR_MESSAGE_HEADER] == "400 bad request"
+    payload = records._error_payload(before)
+    assert payload == {"error_type": "ProviderRejected", "error_message": "400 bad request"}

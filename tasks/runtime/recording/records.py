@@ -28,6 +28,7 @@ from relaybus.eventstore.types import (
     TASK_STARTED,
     TASK_SUCCEEDED,
 )
+from relaybus.tasks.errors import error_message_of, error_type_of
 from relaybus.tasks.runtime.context import (
     CAUSATION_HEADER,
     CORRELATION_HEADER,
@@ -330,7 +331,7 @@ def _headers(request: Any) -> dict[str, Any]:
 
 
 def _error_payload(error: BaseException) -> dict[str, Any]:
-    return {"error_type": type(error).__name__, "error_message": str(error)[:2000]}
+    return {"error_type": error_type_of(error), "error_message": error_message_of(error)[:2000]}
 
 
 def _links(body: Any) -> dict[str, Any]:
