@@ -250,3 +250,27 @@ def test_append_new_writes_only_the_events_not_stored_and_keeps_the_chain(store:
     assert [e.type for e in stored] == ["task.sent", "task.received", "task.started", "task.succeeded"]
     assert stored[0] == first and [e.version for e in stored] == [1, 2, 3, 4]
     assert store.verify().ok
+
+
+def test_a_batch_of_several_insert_chunks_and_a_rest_reads_back_in_order_and_chained(store: EventStore) -> None:
+    # SQLite writes full chunks of _insert._SQLITE_ROWS rows as multi-row INSERTs and the rest by executemany.
+    events = [new(f"s{i % 3}", payload={"i": i}) for i in range(257)]
+
+    recorded = store.append(events)
+
+    assert [e.event_id for e in recorded] == [e.event_id for e in events]
+    positions = [e.position for e in recorded]
+    assert positions == sorted(positions) and len(set(positions)) == 257
+    for stream in ("s0", "s1", "s2"):
+        read = store.read_stream(stream)
+        assert [e.payload["i"] for e in read] == [i for i in range(257) if f"s{i % 3}" == stream]
+        assert [e.version for e in read] == list(range(1, len(read) + 1))
+        assert read == [e for e in recorded if e.stream_id == stream]
+    assert store.verify().ok
+    # Stored events in a batch of a full chunk: the multi-row INSERT meets the unique event id, the stored records
+    # come back and only the new events are written.
+    more = [new("s0", payload={"i": i}) for i in range(257, 357)]
+    again = store.append([*events[150:160], *more])
+    assert again[:10] == recorded[150:160]
+    assert [e.version for e in again[10:]] == list(range(87, 187)) and store.stream_version("s0") == 186
+    assert store.verify().ok
