@@ -6,9 +6,9 @@ an app role that holds exactly :data:`APP_PRIVILEGES`:
 - ``events``: SELECT and INSERT. No UPDATE, DELETE or TRUNCATE (refused before the append-only
   triggers are even asked), and, not being the owner, no ``ALTER TABLE … DISABLE TRIGGER``; not being
   a superuser, no ``SET session_replication_role`` (which would silence the triggers).
-- The append's table lock and position counter, which PostgreSQL gives only to roles with UPDATE,
-  through the two ``SECURITY DEFINER`` functions of migration 0006: EXECUTE, nothing else on the
-  sequence.
+- The append's table lock, which PostgreSQL gives only to roles with UPDATE, through the
+  ``SECURITY DEFINER`` function of migration 0006: EXECUTE, and nothing on the position sequence
+  (0006's second function, ``setval`` of that sequence, had no caller left and went in 0011).
 - ``workflow_status`` (the projection ``relaybus workflows`` reads): SELECT, INSERT, UPDATE, DELETE.
   It is derived from the log and rebuilt from it (``relaybus projections rebuild`` empties it and
   refills it; the sweep upserts it), so these rights change nothing that ``verify`` relies on.
@@ -59,7 +59,7 @@ APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
 }
 """Table -> the privileges the app role holds on it; nothing on any other table of the schema."""
 
-APP_FUNCTIONS = ("eventstore_lock_events()", "eventstore_next_positions(bigint)")
+APP_FUNCTIONS = ("eventstore_lock_events()",)
 """The owner's functions (migration 0006) the app role may EXECUTE."""
 
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -132,6 +132,18 @@ def test_the_app_role_cannot_change_delete_or_silence_the_log(deployment: Deploy
     )
     verify = relaybus(deployment.app_url, "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr  # nothing was changed
+    owner = create_engine(deployment.owner_url)
+    try:
+        with owner.connect() as conn:
+            functions = conn.execute(
+                text("SELECT proname FROM pg_proc WHERE pronamespace = :schema ::regnamespace ORDER BY proname"),
+                {"schema": deployment.schema},
+            ).scalars().all()
+    finally:
+        owner.dispose()
+    # The sequence's setval had no caller left: migration 0011 dropped it, and the app role's EXECUTE with it.
+    assert "eventstore_next_positions" not in functions
+    assert "eventstore_lock_events" in functions
 
 
 def test_the_app_role_appends_reads_verifies_and_keeps_the_projection(deployment: Deployment) -> None:
