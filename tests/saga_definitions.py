@@ -10,13 +10,17 @@ orchestration callbacks (``relaybus.saga.step_done`` on the system queue) and th
 ``test_stalled_step``: a draft is written, then a step on the ``probe`` queue, which no saga test
 worker consumes: its messages are never answered, as if they vanished with a dead worker. Its
 deadline is short and its policy is "retry once, then compensate", so the sweep has work to do.
+
+``test_idle_step``: one saga step (it advances its saga itself, so its publisher leaves its ``task.sent`` to
+the worker that receives it) on the ``flaky`` queue, which no saga test worker consumes until a test
+starts one.
 """
 
 from __future__ import annotations
 
 from relaybus.sagas import SagaDefinition, Step
 from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
-from relaybus.tasks.saga import StepCall, register_saga
+from relaybus.tasks.saga import StepCall, register_saga, saga_step
 
 
 class Echoed(AgentModel):
@@ -73,4 +77,14 @@ HANDED_OVER = register_saga(
             Step(name="echo", task="agents.writer.plain_echo", timeout_s=60),
         ),
     )
+)
+
+
+@saga_step("flaky", "saga_idle", input=Echoed, output=Echoed)
+def saga_idle(inp: Echoed, call: StepCall, ctx: AgentContext) -> Echoed:
+    return inp
+
+
+IDLE = register_saga(
+    SagaDefinition(name="test_idle_step", steps=(Step(name="idle", task="agents.flaky.saga_idle", timeout_s=600),))
 )

@@ -37,6 +37,7 @@ from celery.worker.consumer.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
 from relaybus.eventstore import StoreUnavailable
+from relaybus.eventstore.types import TASK_SENT
 from relaybus.tasks.runtime.config import runtime_config
 from relaybus.tasks.runtime.context import CAUSATION_HEADER, CORRELATION_HEADER, id_problem
 from relaybus.tasks.runtime.deadletter import dead_letter_message, oversize
@@ -197,7 +198,8 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         queue = str((message.delivery_info or {}).get("routing_key") or "unknown")
         headers = message.headers if isinstance(message.headers, dict) else {}
         try:
-            self._record([records.refused(headers, queue, reason, error, socket.gethostname(),
+            self._record([*self._sent_copy(message, headers, queue, reason),
+                          records.refused(headers, queue, reason, error, socket.gethostname(),
                                           body_digest=_digest(message.body))])
         except StoreUnavailable as exc:
             # No ack without the record: the message comes back once the store does.
@@ -212,7 +214,29 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             logger.error("dead-lettered a message from %s: %s: %s", queue, reason, error)
 
     def _record(self, events: list[Any]) -> None:
-        record_from_main_process(self.app, events)
+        try:
+            record_from_main_process(self.app, events)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(events) < 2 or events[0].type != TASK_SENT:
+                raise
+            # The copy must not cost the refusal its record: a copy the log refuses is left out.
+            logger.exception("the event log refused the task.sent of a dead letter; recording the refusal alone")
+            record_from_main_process(self.app, events[1:])
+
+    def _sent_copy(self, message: Any, headers: dict[str, Any], queue: str, reason: str) -> list[Any]:
+        """The message's ``task.sent`` if its publisher left it to the receiver (a saga's step: no start record of
+        it may exist); nothing for a body that is not read (too large, undecodable) or not whole."""
+        if reason in ("message-too-large", "undecodable-message") or records.published_at(headers) is None:
+            return []
+        try:
+            copy = records.sent_from_message(headers, message.payload, queue,
+                                             (message.delivery_info or {}).get("priority"), socket.gethostname())
+        except Exception:
+            logger.exception("could not rebuild the task.sent of a dead letter from %s", queue)
+            return []
+        return [copy] if copy is not None else []
 
     def _over_redelivery_limit(self, message: Any) -> bool:
         """Record this redelivery; past the limit, dead-letter the message and fail its task (its error

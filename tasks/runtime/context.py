@@ -31,6 +31,10 @@ DEFERRALS_HEADER = "x_deferrals"
 BUDGET_HEADER = "x_budget"
 #: When the task was first sent (Unix ms): the time prefix of its records' derived ids (eventstore.ids).
 SENT_AT_HEADER = "x_sent_at"
+#: On a message whose ``task.sent`` its publisher leaves to the worker that receives it (a saga's step:
+#: tasks.runtime.recording.wiring.receiver_records_sent): when it was published (Unix ms), and by which host.
+PUBLISHED_AT_HEADER = "x_published_at"
+PUBLISHED_BY_HEADER = "x_published_by"
 
 _correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
 _causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)
@@ -93,7 +97,7 @@ def request_headers(request: Any) -> dict[str, Any]:
     """A running task's headers, with relaybus's ids that Celery moved onto the request put back."""
     headers: dict[str, Any] = dict(request.headers or {})
     for key in (CORRELATION_HEADER, CAUSATION_HEADER, REDRIVE_HEADER, LLM_REPLAY_HEADER, DEFERRALS_HEADER,
-                BUDGET_HEADER, SENT_AT_HEADER, "root_id", "parent_id"):
+                BUDGET_HEADER, SENT_AT_HEADER, PUBLISHED_AT_HEADER, PUBLISHED_BY_HEADER, "root_id", "parent_id"):
         value = getattr(request, key, None)
         if value is not None and key not in headers:
             headers[key] = value

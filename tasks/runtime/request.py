@@ -11,6 +11,9 @@ cannot record them, and Celery's ``Request`` handles them in the main process:
   revoked step ends its pipeline or compensates its saga instead of leaving it running;
 * a **rejection** without requeue (``Reject(requeue=False)`` from the task): recorded as ``task.rejected``.
 
+Each of those records is preceded by the message's ``task.sent`` when its publisher left that to the receiver
+(a saga's step: tasks.runtime.recording.wiring), since no start record may have been written.
+
 The main process serves every pool child: it waits for an unavailable event store only briefly
 (``MAIN_PROCESS_STORE_WAIT_S``, tasks.runtime.recording.wiring). If the time-limit record cannot be
 written, the message is requeued instead of acked (the redelivery limit ends a loop, tasks.runtime.consumer).
@@ -139,7 +142,28 @@ class AgentRequest(Request):  # type: ignore[misc]
     # -- helpers -----------------------------------------------------------------------------------
 
     def _record(self, events: list[NewEvent]) -> None:
-        record_from_main_process(self.task.app, events)
+        """Append ``events``; first the message's ``task.sent`` if its publisher left it to the receiver (a
+        saga's step, tasks.runtime.recording.wiring): an end recorded here may come before any start record."""
+        copy = self._sent_copy()
+        if copy is None:
+            record_from_main_process(self.task.app, events)
+            return
+        try:
+            record_from_main_process(self.task.app, [copy, *events])
+        except StoreUnavailable:
+            raise
+        except Exception:
+            # The copy must not cost the end its record: a copy the log refuses is left out.
+            logger.exception("the event log refused the task.sent of %s[%s]; recording its end without it",
+                             self.task.name, self.id)
+            record_from_main_process(self.task.app, events)
+
+    def _sent_copy(self) -> NewEvent | None:
+        try:
+            return records.sent_left_to_receiver(self.task, self._context, self.args, self.kwargs, _host())
+        except Exception:
+            logger.exception("could not rebuild the task.sent of %s[%s]", self.task.name, self.id)
+            return None
 
     def _dead_letter(self, reason: str, error: BaseException) -> None:
         try:

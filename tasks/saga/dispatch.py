@@ -21,12 +21,14 @@ second report of one outcome is recorded as the duplicate it is. Nothing waits o
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 from celery import Celery
 
 from relaybus.sagas import Decision, ParallelStep, RunCompensation, RunStep, UnknownSaga, dispatch_id, dispatch_id_of
 from relaybus.tasks.runtime.context import CORRELATION_HEADER
+from relaybus.tasks.runtime.recording import receiver_records_sent
 from relaybus.tasks.saga.calls import CallRef, CompensationCall, StepCall
 from relaybus.tasks.saga.registry import saga_definition
 
@@ -67,7 +69,8 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
             call, done, failed = CompensationCall.of(saga, command), COMPENSATION_DONE, COMPENSATION_FAILED
         task_id = dispatch_id_of(command)
         options: dict[str, Any]
-        if advances_itself(app, command.task):
+        itself = advances_itself(app, command.task)
+        if itself:
             # Its result is not stored (SagaTask.ignore_result), so no result subscription either: outside a
             # worker (start_saga) Celery would SUBSCRIBE to the task's Redis channel on every send, and
             # UNSUBSCRIBE as the unused AsyncResult is collected: two Redis round trips per start for nothing.
@@ -75,15 +78,18 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
         else:
             ref = {"ref": CallRef.of(command).model_dump(mode="json")}
             options = {"link": app.signature(done, kwargs=ref), "link_error": app.signature(failed, kwargs=ref)}
-        app.send_task(
-            command.task,
-            kwargs=call.model_dump(mode="json"),
-            task_id=task_id,
-            headers={CORRELATION_HEADER: correlation_id},
-            # One task tree per saga in Flower, whoever sends (a step's worker, the sweep, a resume).
-            root_id=saga_root_id(app, saga, command.saga_id),
-            **options,
-        )
+        # A saga task writes its task.sent with its start (or whatever ends its message first): the publisher's
+        # own write was one more transaction a step, between the saga's move and the next step's.
+        with receiver_records_sent() if itself else nullcontext():
+            app.send_task(
+                command.task,
+                kwargs=call.model_dump(mode="json"),
+                task_id=task_id,
+                headers={CORRELATION_HEADER: correlation_id},
+                # One task tree per saga in Flower, whoever sends (a step's worker, the sweep, a resume).
+                root_id=saga_root_id(app, saga, command.saga_id),
+                **options,
+            )
         sent.append(task_id)
     return sent
 

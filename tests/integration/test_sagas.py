@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,9 +27,10 @@ import pytest
 from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
+import relaybus
 from relaybus.celery import create_app
 from relaybus.eventstore import EventStore, open_store
-from relaybus.sagas import SagaView
+from relaybus.sagas import SagaView, dispatch_id
 from relaybus.settings import Settings
 from relaybus.tasks.agents.content_store import clear_fault, engine_for, live_items, saga_items, saga_runs, set_fault
 from relaybus.tasks.runtime.hooks import Call
@@ -428,3 +430,73 @@ def test_an_outcome_handed_over_after_it_was_recorded_sends_again_the_step_it_ca
     assert view.status == "completed", view
     assert view.output == {"echoed": f"{saga_id}:echo"}
     assert history(view, "saga.step.started") == ["stalled", "echo"], "echo was started once and sent again"
+
+
+def _idle_step(system: SagaSystem) -> tuple[str, str, datetime]:
+    """Start ``test_idle_step``: its step's message waits on the flaky queue, which no worker consumes yet.
+    Returns the saga's correlation id, the step's task id and a time after the message was published."""
+    saga_id = new_saga_id()
+    start_saga("test_idle_step", {"echoed": saga_id}, saga_id=saga_id, app=system.app)
+    queue = f"{system.settings.namespace}.flaky"
+    wait_for(lambda: queue_depth(system.app, queue) == 1, 30, what="the idle step's message")
+    published = datetime.now(UTC)
+    view = saga_status(saga_id, app=system.app)
+    task_id = dispatch_id(saga_id, "idle", "idle", "step", 1)
+    assert [h.type for h in view.history if h.step == "idle"] == ["saga.step.started"]
+    started = [e for e in system.store.by_correlation(view.correlation_id) if e.type == "saga.step.started"]
+    assert [e.task_id for e in started] == [task_id]
+    return view.correlation_id, task_id, published
+
+
+def _task_events(system: SagaSystem, correlation_id: str, task_id: str) -> list[Any]:
+    events = system.store.by_correlation(correlation_id)
+    return [e for e in events if e.task_id == task_id and e.type.startswith("task.")]
+
+
+def _receive_on_flaky_queue(system: SagaSystem, until: Any, what: str, **worker: Any) -> None:
+    receiver = Worker(system.settings, ("flaky",), system.tmp, name=f"flaky-{uuid.uuid4().hex[:4]}", **worker)
+    system.started.append(receiver)
+    try:
+        wait_for(until, 60, 0.1, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{receiver.log()[-3000:]}") from None
+    finally:
+        receiver.stop()
+
+
+def test_a_step_revoked_in_its_queue_records_the_task_sent_its_publisher_left_to_the_receiver(system):
+    correlation_id, task_id, published = _idle_step(system)
+    assert _task_events(system, correlation_id, task_id) == [], (
+        "a saga step's publisher leaves its task.sent to the worker that receives it")
+    assert relaybus.revoke(task_id, app=system.app) == [task_id]
+
+    def revoked() -> bool:
+        return "task.revoked" in [e.type for e in _task_events(system, correlation_id, task_id)]
+
+    _receive_on_flaky_queue(system, revoked, "the revoke to be recorded")
+    events = _task_events(system, correlation_id, task_id)
+    assert [e.type for e in events] == ["task.sent", "task.revoked"], events
+    sent = events[0]
+    # The publisher's time and host, which the message carried; the record written with the revoke's.
+    assert sent.occurred_at <= published < events[1].occurred_at, (sent.occurred_at, published, events[1])
+    assert sent.worker_host == socket.gethostname() and sent.recorded_at == events[1].recorded_at
+    assert sent.payload["task"] == "agents.flaky.saga_idle"
+    assert sent.payload["input"]["kwargs"]["step"] == "idle"
+
+
+def test_a_step_refused_by_the_receiving_worker_records_the_task_sent_its_publisher_left_to_it(system):
+    correlation_id, task_id, published = _idle_step(system)
+    assert _task_events(system, correlation_id, task_id) == []
+
+    def refused() -> bool:
+        return "task.dead_lettered" in [e.type for e in _task_events(system, correlation_id, task_id)]
+
+    # A worker that does not know the step's task (its module is not loaded there): the consumer dead-letters it.
+    _receive_on_flaky_queue(system, refused, "the unknown task to be dead-lettered",
+                            extra_env={"RELAYBUS_EXTRA_MODULES": "tests.agents"})
+    events = _task_events(system, correlation_id, task_id)
+    assert [e.type for e in events] == ["task.sent", "task.dead_lettered"], events
+    assert events[0].occurred_at <= published and events[1].payload["reason"] == "unknown-task"
+    assert events[0].payload["input"]["kwargs"]["step"] == "idle"
+    letters = read_queue(system.app, f"{system.settings.namespace}.flaky.dlq")
+    assert [m.headers["id"] for m in letters] == [task_id]

@@ -3,7 +3,8 @@
 Where each transition is written:
 
 * ``task.sent`` — in the publishing process once the broker confirmed the message (:mod:`.wiring`), client
-  or worker;
+  or worker; a saga's step's by the worker that receives it, with its first record
+  (:func:`.wiring.receiver_records_sent`);
 * ``task.received`` and ``task.started`` — in the pool child when the task begins, held back and
   written with the task's next record or by a background flush (:mod:`.held`);
 * ``task.retried``, ``task.succeeded``, ``task.failed`` (+ ``task.dead_lettered``) — in the child,
@@ -25,7 +26,12 @@ from __future__ import annotations
 from relaybus.tasks.runtime.recording.eventlog import EventRecorder
 from relaybus.tasks.runtime.recording.protocol import Failure, NullRecorder, Recorder
 from relaybus.tasks.runtime.recording.records import agent_for_task, event_id
-from relaybus.tasks.runtime.recording.wiring import on_after_task_publish, on_before_task_publish, recorder_for
+from relaybus.tasks.runtime.recording.wiring import (
+    on_after_task_publish,
+    on_before_task_publish,
+    receiver_records_sent,
+    recorder_for,
+)
 
 __all__ = [
     "EventRecorder",
@@ -36,5 +42,6 @@ __all__ = [
     "event_id",
     "on_after_task_publish",
     "on_before_task_publish",
+    "receiver_records_sent",
     "recorder_for",
 ]

@@ -33,6 +33,8 @@ from relaybus.tasks.runtime.context import (
     CAUSATION_HEADER,
     CORRELATION_HEADER,
     DEFERRALS_HEADER,
+    PUBLISHED_AT_HEADER,
+    PUBLISHED_BY_HEADER,
     REDRIVE_HEADER,
     SENT_AT_HEADER,
     id_problem,
@@ -74,18 +76,15 @@ def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[
     First comes the task's ``task.sent``, rebuilt from the message under the id its publisher gives it: the
     publisher writes it once the broker confirmed the message, and a publisher killed in between (a worker
     publishing the next step of a chain) would leave the task without it. The store keeps whichever copy
-    comes first (the recorder writes these records with ``EventStore.append_new``)."""
+    comes first (the recorder writes these records with ``EventStore.append_new``). A saga's step is published
+    without one (tasks.runtime.recording.wiring.receiver_records_sent): this copy is its record, under the
+    publisher's time and host, which the message carries."""
     delivery = _delivery(request)
     info = request.delivery_info or {}
     redelivered = bool(info.get("redelivered"))
     now = datetime.now(UTC)
     extra = getattr(getattr(task, "spec", None), "start_records", None)
-    headers = {
-        **request_headers(request), "task": task.name, "id": request.id, "retries": request.retries or 0,
-        "group": getattr(request, "group", None), "eta": getattr(request, "eta", None),
-    }
-    embed = {k: getattr(request, k, None) for k in ("callbacks", "errbacks", "chain", "chord")}
-    sent_again = sent(headers, [list(args), dict(kwargs), embed], info.get("routing_key"), info.get("priority"), host)
+    sent_again = _sent_copy(request, _task_headers(task, request), args, kwargs, host)
     return [
         *((sent_again,) if sent_again is not None else ()),
         _event(request, task, host, TASK_RECEIVED, _derived(request, "received", delivery),
@@ -94,6 +93,29 @@ def started(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> list[
                {"redelivered": redelivered}, occurred_at=now),
         *(extra(request, tuple(args), dict(kwargs)) if extra is not None else ()),
     ]
+
+
+def sent_left_to_receiver(task: Any, request: Any, args: Any, kwargs: Any, host: str) -> NewEvent | None:
+    """The ``task.sent`` of a message whose publisher left it to its receiver (:data:`PUBLISHED_AT_HEADER`), for
+    the worker's main process to write with a record of an end that comes before any start record (a revoke, a
+    hard time limit, a rejection); None for any other message, whose publisher wrote it."""
+    headers = _task_headers(task, request)
+    if published_at(headers) is None:
+        return None
+    return _sent_copy(request, headers, args, kwargs, host)
+
+
+def _task_headers(task: Any, request: Any) -> dict[str, Any]:
+    """The headers ``task.sent`` is built from, as the running task's message had them."""
+    return {**request_headers(request), "task": task.name, "id": request.id, "retries": request.retries or 0,
+            "group": getattr(request, "group", None), "eta": getattr(request, "eta", None)}
+
+
+def _sent_copy(request: Any, headers: dict[str, Any], args: Any, kwargs: Any, host: str) -> NewEvent | None:
+    info = request.delivery_info or {}
+    embed = {k: getattr(request, k, None) for k in ("callbacks", "errbacks", "chain", "chord")}
+    return sent(headers, [list(args or ()), dict(kwargs or {}), embed], info.get("routing_key"),
+                info.get("priority"), host)
 
 
 def retried(task: Any, request: Any, error: BaseException, countdown: float, host: str) -> NewEvent:
@@ -177,6 +199,9 @@ def sent(
         args, kwargs = body[0], body[1]
     retries = headers.get("retries") or 0
     redrive = headers.get(REDRIVE_HEADER) or 0
+    # A copy made by the receiver of a message whose publisher left the record to it: the publisher's time and host.
+    published = published_at(headers)
+    publisher = headers.get(PUBLISHED_BY_HEADER)
     return NewEvent(
         event_id=event_id(task_id, "sent", retries, redrive, at_ms=origin_ms(task_id, headers)),
         stream_id=correlation,
@@ -188,7 +213,8 @@ def sent(
         queue=routing_key,
         priority=priority,
         attempt=int(retries) + 1,
-        worker_host=host,
+        worker_host=publisher[:255] if published is not None and isinstance(publisher, str) and publisher else host,
+        **({"occurred_at": published} if published is not None else {}),
         payload={
             "task": task_name,
             "input": {"args": list(args), "kwargs": kwargs},
@@ -204,6 +230,25 @@ def sent(
 
 
 # -- in the worker's consumer, from a raw message ---------------------------------------------------------
+
+
+def sent_from_message(
+    headers: dict[str, Any], body: Any, queue: str, priority: int | None, host: str
+) -> NewEvent | None:
+    """The ``task.sent`` of a raw message its publisher left to its receiver (:data:`PUBLISHED_AT_HEADER`), for
+    the consumer to write with its refusal; None for any other message, or one without usable ids."""
+    if published_at(headers) is None or not _usable_id(headers.get("id")):
+        return None
+    return sent(headers, body, queue, priority, host)
+
+
+def published_at(headers: dict[str, Any]) -> datetime | None:
+    """When a message whose ``task.sent`` is left to its receiver was published; None for any other message
+    (or a header that is not a plausible Unix time in milliseconds)."""
+    value = headers.get(PUBLISHED_AT_HEADER)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**53:
+        return None
+    return datetime.fromtimestamp(value / 1000, UTC)
 
 
 def redelivered(headers: dict[str, Any], queue: str, count: int, host: str) -> NewEvent:

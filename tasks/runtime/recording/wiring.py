@@ -4,11 +4,22 @@
 ``before_task_publish``, where the message's properties are known, and appended in
 ``after_task_publish``, which Celery sends only when the publish returned. A publish that fails raises to
 its caller and leaves no record of a task that was never sent.
+
+A publisher may leave the record to the worker that receives the message (:func:`receiver_records_sent`: a
+saga's steps, whose tasks write a copy of their ``task.sent`` with their start records anyway). Its write was
+a transaction of its own between a saga's move and the next step's, on the same lock (SQLite) or one more WAL
+flush (PostgreSQL). The message then carries its publish time and the publisher's host
+(``x_published_at``, ``x_published_by``), and the record is written by whatever ends the message first: its
+start, or a revoke, a time limit, a rejection or a dead letter in the receiving worker (tasks.runtime.request,
+tasks.runtime.consumer), all before the message is acknowledged. A message purged from its queue unreceived
+leaves no ``task.sent``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -16,6 +27,7 @@ from celery import Celery
 
 from relaybus.eventstore import NewEvent
 from relaybus.tasks.runtime.config import resources, runtime_config
+from relaybus.tasks.runtime.context import PUBLISHED_AT_HEADER, PUBLISHED_BY_HEADER
 from relaybus.tasks.runtime.recording.eventlog import EventRecorder
 from relaybus.tasks.runtime.recording.protocol import NullRecorder, Recorder
 
@@ -23,6 +35,20 @@ _OFF = NullRecorder()
 
 #: The ``task.sent`` record of the message being published in this context: (app, task id, record).
 _PENDING_SENT: ContextVar[tuple[Celery, str, NewEvent] | None] = ContextVar("relaybus_pending_sent", default=None)
+#: Whether the messages published in this context leave their ``task.sent`` to their receiver.
+_LEFT_TO_RECEIVER: ContextVar[bool] = ContextVar("relaybus_sent_left_to_receiver", default=False)
+
+
+@contextmanager
+def receiver_records_sent() -> Iterator[None]:
+    """Inside the block, a message published leaves its ``task.sent`` to the worker that receives it (module
+    docstring). Only for a task that records its start with relaybus's recorder (an agent task): any other
+    would leave its send unrecorded."""
+    token = _LEFT_TO_RECEIVER.set(True)
+    try:
+        yield
+    finally:
+        _LEFT_TO_RECEIVER.reset(token)
 
 
 def recorder_for(app: Celery) -> Recorder:
@@ -62,11 +88,18 @@ def on_before_task_publish(
     _PENDING_SENT.set(None)
     if headers is None:
         return
+    # Never inherited (a retry or a deferral republishes its task's headers): set below for this message only.
+    headers.pop(PUBLISHED_AT_HEADER, None)
+    headers.pop(PUBLISHED_BY_HEADER, None)
     recorder = recorder_for(app)
     if not recorder.enabled:
         return
     from relaybus.tasks.runtime.recording import records
 
+    if _LEFT_TO_RECEIVER.get() and records.agent_for_task(str(headers.get("task", ""))) is not None:
+        headers[PUBLISHED_AT_HEADER] = time.time_ns() // 1_000_000
+        headers[PUBLISHED_BY_HEADER] = getattr(recorder, "host", "")
+        return
     priority = (properties or {}).get("priority")
     event = records.sent(headers, body, routing_key, priority, getattr(recorder, "host", ""))
     if event is not None:
