@@ -32,7 +32,8 @@ BUDGET_HEADER = "x_budget"
 #: When the task was first sent (Unix ms): the time prefix of its records' derived ids (eventstore.ids).
 SENT_AT_HEADER = "x_sent_at"
 #: On a message whose ``task.sent`` its publisher leaves to the worker that receives it (a saga's step:
-#: tasks.runtime.recording.wiring.receiver_records_sent): when it was published (Unix ms), and by which host.
+#: tasks.runtime.recording.wiring.receiver_records_sent): when it was published (Unix microseconds: the
+#: record orders after the saga's move that sent it), and by which host.
 PUBLISHED_AT_HEADER = "x_published_at"
 PUBLISHED_BY_HEADER = "x_published_by"
 

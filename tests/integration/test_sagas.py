@@ -479,6 +479,8 @@ def test_a_step_revoked_in_its_queue_records_the_task_sent_its_publisher_left_to
     sent = events[0]
     # The publisher's time and host, which the message carried; the record written with the revoke's.
     assert sent.occurred_at <= published < events[1].occurred_at, (sent.occurred_at, published, events[1])
+    (moved,) = [e for e in system.store.by_correlation(correlation_id) if e.type == "saga.step.started"]
+    assert moved.occurred_at <= sent.occurred_at, "sent after the saga's move that decided it, to the microsecond"
     assert sent.worker_host == socket.gethostname() and sent.recorded_at == events[1].recorded_at
     assert sent.payload["task"] == "agents.flaky.saga_idle"
     assert sent.payload["input"]["kwargs"]["step"] == "idle"

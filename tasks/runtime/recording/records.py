@@ -244,11 +244,15 @@ def sent_from_message(
 
 def published_at(headers: dict[str, Any]) -> datetime | None:
     """When a message whose ``task.sent`` is left to its receiver was published; None for any other message
-    (or a header that is not a plausible Unix time in milliseconds)."""
+    (or a header that is not a plausible Unix time in microseconds)."""
     value = headers.get(PUBLISHED_AT_HEADER)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**53:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**62:
         return None
-    return datetime.fromtimestamp(value / 1000, UTC)
+    seconds, micros = divmod(value, 1_000_000)
+    try:
+        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+    except (OverflowError, OSError, ValueError):  # past the years datetime can hold
+        return None
 
 
 def redelivered(headers: dict[str, Any], queue: str, count: int, host: str) -> NewEvent:

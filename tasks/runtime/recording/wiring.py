@@ -97,7 +97,7 @@ def on_before_task_publish(
     from relaybus.tasks.runtime.recording import records
 
     if _LEFT_TO_RECEIVER.get() and records.agent_for_task(str(headers.get("task", ""))) is not None:
-        headers[PUBLISHED_AT_HEADER] = time.time_ns() // 1_000_000
+        headers[PUBLISHED_AT_HEADER] = time.time_ns() // 1_000
         headers[PUBLISHED_BY_HEADER] = getattr(recorder, "host", "")
         return
     priority = (properties or {}).get("priority")
