@@ -1,6 +1,6 @@
 """Event store throughput against eventsourcing's recorders, on the same databases, in the same run.
 
-    python -m bench.eventstore_bench [--quick] [--stores relaybus_sqlite,relaybus_sqlite_keyed,...]
+    python -m bench.eventstore_bench [--quick] [--rounds N] [--stores relaybus_sqlite,relaybus_sqlite_keyed,...]
 
 Stores measured, each on a fresh database per round (a temporary SQLite file, a throwaway
 PostgreSQL schema in ``RELAYBUS_TEST_POSTGRES_URL``, default
@@ -32,11 +32,11 @@ read, not the absolute figures.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -426,11 +426,43 @@ def _database(database: str, admin_url: str) -> Iterator[str | None]:
         yield None
 
 
-def main(argv: list[str]) -> None:
-    stores = tuple(argv[argv.index("--stores") + 1].split(",")) if "--stores" in argv else None
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv`` without the program name; None: ``sys.argv[1:]``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.eventstore_bench",
+        description=(__doc__ or "").splitlines()[0],
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small sizes ({QUICK.single} single, {QUICK.batch100} batch100, {QUICK.batch500} batch500, "
+        f"{QUICK.replay} replay events) instead of the full ones",
+    )
+    parser.add_argument(
+        "--stores",
+        type=lambda value: tuple(name for name in value.split(",") if name),
+        default=None,
+        metavar="NAME,NAME,...",
+        help=f"the stores to measure, comma-separated (default: all): {', '.join(STORES)}",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help=f"interleaved rounds, the median kept (default: {ROUNDS})"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.stores or () if name not in STORES]
+    if unknown:
+        parser.error(f"unknown store(s): {', '.join(unknown)} (known: {', '.join(STORES)})")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    stores: tuple[str, ...] | None = args.stores
     if stores is None or any(name.startswith("eventsourcing") for name in stores):
         ensure_peers()
-    result = run(quick="--quick" in argv, stores=stores)
+    result = run(quick=args.quick, rounds=args.rounds, stores=stores)
     metrics = sorted({m for figures in result["stores"].values() for m in figures}, key=_metric_order)
     print(f"{'store':<26}" + "".join(f"{m:>12}" for m in metrics))
     for name, figures in result["stores"].items():
@@ -445,4 +477,4 @@ def _metric_order(metric: str) -> int:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()
