@@ -146,6 +146,22 @@ def _set_wal(cursor: sqlite3.Cursor, wait_s: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
+"""A committing SQLite connection checkpoints the WAL into the database once it holds this many pages
+(SQLite's default: 1,000, 4 MiB at 4 KiB pages); read when a connection opens, so it can be set before a
+store is opened.
+
+At 10,000 (about 40 MiB) the index pages an append rewrites are copied back, and the database file
+synced, about a tenth as often. A/B on 2026-12-05 (``bench.eventstore_bench`` sizes, 2-core shared
+machine, the two settings interleaved block by block in 4 rounds, both store orders; medians, events/s):
+batch100 24,165 -> 28,636 (+18.5 %), batch500 24,545 -> 29,552 (+20.4 %), single 7,398 -> 8,042 (+8.7 %,
+per round -8 to +11 %), replay 150,033 -> 149,150 (-0.6 %), rebuild and verify within 0.3 %. 100,000 events
+in batches of 500 on a fresh log, timed up to and including ``close()`` (the last checkpoint), 4 runs each:
+21,840 -> 24,503 (+12.2 %); a replay right after, with the WAL at 45.6 MiB (9.1 MiB at 1,000), 119,794 ->
+122,705 (no loss). The cost is disk: the ``-wal`` file grows to about 45 MiB and keeps that size until
+the last connection closes (SQLite reuses it rather than truncating it)."""
+
+
 def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -168,6 +184,7 @@ def _sqlite_engine(url: URL, config: StoreConfig) -> Engine:
             # SQLite's default page cache is 2 MiB: once a log's indexes outgrow it, every append
             # reads their pages back from the OS (a 1 M-event log appended at 0.57x the empty rate).
             cursor.execute(f"PRAGMA cache_size = -{config.sqlite_cache_mib * 1024}")
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
             cursor.close()

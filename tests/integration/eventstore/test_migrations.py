@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -181,5 +183,21 @@ def test_processes_upgrading_one_fresh_sqlite_log_at_once_all_succeed(tmp_path) 
                 assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
                 assert MigrationContext.configure(conn, opts={"version_table": "eventstore_alembic_version"}
                                                   ).get_current_revision() == migrations.HEAD
+        finally:
+            engine.dispose()
+
+
+def test_a_sqlite_store_checkpoints_its_wal_every_10000_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relaybus.eventstore import _engine
+
+    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    open_store(url, create=True).close()
+    for pages in (None, 1000):  # the default, then SQLite's own, set before the engine connects
+        if pages is not None:
+            monkeypatch.setattr(_engine, "SQLITE_WAL_AUTOCHECKPOINT_PAGES", pages)
+        engine = _engine.make_engine(url)
+        try:
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == (pages or 10_000)
         finally:
             engine.dispose()
