@@ -13,6 +13,9 @@ The retry policy is declared here, by class, in one place: the task base retries
      │         └── BrokerUnreachable   no connection to the broker (refused, timed out)
      │              (both also kombu ``OperationalError``s, what callers caught from the driver)
      ├── PermanentError                never retried; dead-lettered at once
+ │    ├── NotRun                   the task refused to run: its work is no longer wanted; recorded
+ │    │    │                       ``task.rejected`` with ``reason``, not dead-lettered
+ │    │    └── StaleStep           a saga step after its saga stopped going forward (tasks.saga.steps)
      │    ├── InvalidInput             a payload failed its agent's input model
      │    ├── InvalidMessage           a broker message we cannot decode (not JSON, wrong shape)
      │    ├── RecordFailed             the event log refused a transition's record as it is (reason record-failed)
@@ -54,6 +57,14 @@ class TransientError(AgentError):
 
 class PermanentError(AgentError):
     """Raised when retrying cannot help; the message is dead-lettered without retries."""
+
+
+class NotRun(PermanentError):
+    """Raised by a task that refuses to run because the work it carries is no longer wanted (a saga step that
+    arrives after its saga stopped going forward): nothing happened, so nothing is dead-lettered and nothing
+    fails. The task's end is recorded as ``task.rejected`` with ``reason``; a person has nothing to redrive."""
+
+    reason: str = "not-run"
 
 
 class RecordFailed(PermanentError):

@@ -14,6 +14,9 @@ deadline is short and its policy is "retry once, then compensate", so the sweep 
 ``test_idle_step``: one saga step (it advances its saga itself, so its publisher leaves its ``task.sent`` to
 the worker that receives it) on the ``flaky`` queue, which no saga test worker consumes until a test
 starts one.
+
+``test_late_step``: the same step with a deadline of one second, so the sweep ends its saga while the step's
+message still waits: the step arrives after its saga stopped going forward.
 """
 
 from __future__ import annotations
@@ -87,4 +90,8 @@ def saga_idle(inp: Echoed, call: StepCall, ctx: AgentContext) -> Echoed:
 
 IDLE = register_saga(
     SagaDefinition(name="test_idle_step", steps=(Step(name="idle", task="agents.flaky.saga_idle", timeout_s=600),))
+)
+
+LATE = register_saga(
+    SagaDefinition(name="test_late_step", steps=(Step(name="idle", task="agents.flaky.saga_idle", timeout_s=1.0),))
 )

@@ -31,7 +31,7 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.log import get_logger
 
 from relaybus.eventstore import StoreUnavailable
-from relaybus.tasks.errors import FailedBefore, RecordFailed
+from relaybus.tasks.errors import FailedBefore, NotRun, RecordFailed
 from relaybus.tasks.runtime.chordrepair import fail_lost_chord, finish_claimed_chord
 from relaybus.tasks.runtime.context import request_headers
 from relaybus.tasks.runtime.deadletter import dead_letter_call, dlq_for, mark_dead_lettered, original_queue_of
@@ -167,6 +167,10 @@ class Recording(Hook):
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
         duration = time.monotonic() - call.started
+        if isinstance(error, NotRun):  # it refused to run: its end is a rejection, not a failure
+            with _durably:
+                call.recorder.task_rejected(call.task, call.request, error, duration, reason=reason)
+            return NO_RESULT
         try:
             with _durably:
                 call.recorder.task_failed(call.task, call.request, error, duration, dead_letter_reason=reason)
@@ -192,9 +196,12 @@ class Recording(Hook):
 
 
 class DeadLetters(Hook):
-    """Puts a task that failed for good, with its reason, in the dead-letter queue (tasks.runtime.deadletter)."""
+    """Puts a task that failed for good, with its reason, in the dead-letter queue (tasks.runtime.deadletter);
+    not one that refused to run (:class:`~tasks.errors.NotRun`)."""
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        if isinstance(error, NotRun):  # nothing ran and nothing is wanted: nothing for a person to redrive
+            return NO_RESULT
         if isinstance(error, FailedBefore) and error.lettered:  # its letter went before its record: it is there
             mark_dead_lettered(error, dlq_for(original_queue_of(call.task, call.request)), reason)
             return NO_RESULT

@@ -37,6 +37,7 @@ from relaybus.tasks.errors import (
     AgentError,
     FailedBefore,
     InvalidInput,
+    NotRun,
     PayloadUnreadable,
     PayloadUnstorable,
     PermanentError,
@@ -305,7 +306,7 @@ class AgentTask(Task):  # type: ignore[misc]
                     return self._give_up(call, refused, "record-failed")
                 self._retry(error, countdown, max_retries)
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
-            if isinstance(error, PayloadUnreadable | PayloadUnstorable | FailedBefore):
+            if isinstance(error, PayloadUnreadable | PayloadUnstorable | FailedBefore | NotRun):
                 reason = error.reason  # payload-missing, payload-altered, payload-unstored or the recorded one
             if isinstance(error, BudgetExceeded):
                 reason = BUDGET_EXCEEDED  # refused unsent: the dead letter and the workflow say why

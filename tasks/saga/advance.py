@@ -37,7 +37,7 @@ from pydantic import BaseModel, JsonValue
 
 from relaybus.eventstore import NewEvent
 from relaybus.sagas import LoadedSaga
-from relaybus.tasks.errors import AgentError, error_message_of, error_type_of
+from relaybus.tasks.errors import AgentError, NotRun, error_message_of, error_type_of
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, request_headers
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Recording, recording_guard
 from relaybus.tasks.runtime.recording import records
@@ -123,6 +123,9 @@ class AdvanceSaga(Hook):
             write_own()
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        if isinstance(error, NotRun):  # a stale step: its saga moved on without it and is told nothing
+            _take_fenced(call.request.id)
+            return NO_RESULT
         self._advance(call, False, error_data(call.request.id, error))
         return NO_RESULT
 

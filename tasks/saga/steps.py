@@ -17,8 +17,9 @@ itself (:mod:`tasks.saga.advance`): records the outcome in the saga, decides, se
 
 A step is *fenced*: before it runs, it reads its saga, and if the saga no longer goes forward
 (compensating or ended: the step was redelivered, re-driven from a dead-letter queue, or arrived
-after its deadline) it refuses with :class:`StaleStep` instead of acting. The fence narrows the
-window; the idempotency key and the compensation's marker close it.
+after its deadline) it refuses with :class:`StaleStep` instead of acting: its end is recorded as
+``task.rejected`` (reason ``stale-step``), it is not dead-lettered, and its saga, which has moved on, is
+told nothing. The fence narrows the window; the idempotency key and the compensation's marker close it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from celery import current_app
 from pydantic import BaseModel, ValidationError
 
 from relaybus.sagas import LoadedSaga
-from relaybus.tasks.errors import InvalidInput, PermanentError
+from relaybus.tasks.errors import InvalidInput, NotRun
 from relaybus.tasks.runtime.task import AgentContext, AgentTask
 from relaybus.tasks.saga.advance import remember_fenced, saga_task
 from relaybus.tasks.saga.calls import CompensationCall, StepCall, Undone
@@ -40,8 +41,12 @@ InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
 
 
-class StaleStep(PermanentError):
-    """Raised when a saga step arrives after its saga stopped going forward; the step does not run."""
+class StaleStep(NotRun):
+    """Raised when a saga step arrives after its saga stopped going forward; the step does not run. Its end is
+    recorded as ``task.rejected`` (reason ``stale-step``): it is not dead-lettered, and its saga, which has moved
+    on, is told nothing."""
+
+    reason = "stale-step"
 
 
 def saga_step(

@@ -502,3 +502,34 @@ def test_a_step_refused_by_the_receiving_worker_records_the_task_sent_its_publis
     assert events[0].payload["input"]["kwargs"]["step"] == "idle"
     letters = read_queue(system.app, f"{system.settings.namespace}.flaky.dlq")
     assert [m.headers["id"] for m in letters] == [task_id]
+
+
+def test_a_step_that_arrives_after_its_saga_stopped_is_recorded_rejected_and_not_dead_lettered(system):
+    saga_id = new_saga_id()
+    start_saga("test_late_step", {"echoed": saga_id}, saga_id=saga_id, app=system.app)
+    queue = f"{system.settings.namespace}.flaky"
+    wait_for(lambda: queue_depth(system.app, queue) == 1, 30, what="the late step's message")
+    task_id = dispatch_id(saga_id, "idle", "idle", "step", 1)
+
+    def ended() -> bool:
+        sweep_sagas(system.app)  # what beat does every 30 s
+        return saga_status(saga_id, app=system.app).status != "running"
+
+    wait_for(ended, 30, interval=0.2, what="the sweep to time the waiting step out")
+    before = saga_status(saga_id, app=system.app)
+    assert before.status == "compensated", before
+    correlation_id = before.correlation_id
+
+    def rejected() -> bool:
+        return "task.rejected" in [e.type for e in _task_events(system, correlation_id, task_id)]
+
+    _receive_on_flaky_queue(system, rejected, "the late step's rejection to be recorded")
+    events = _task_events(system, correlation_id, task_id)
+    assert [e.type for e in events] == ["task.sent", "task.received", "task.started", "task.rejected"], events
+    end = events[-1]
+    assert end.payload["reason"] == "stale-step" and end.payload["error_type"] == "StaleStep", end.payload
+    assert "is compensated" in end.payload["error_message"], end.payload
+    letters = read_queue(system.app, f"{queue}.dlq")
+    assert task_id not in [m.headers["id"] for m in letters], "nothing ran: nothing for a person to redrive"
+    after = saga_status(saga_id, app=system.app)
+    assert after.status == "compensated" and after.history == before.history, "its saga is told nothing"

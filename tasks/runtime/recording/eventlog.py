@@ -169,6 +169,9 @@ class EventRecorder:
     ) -> None:
         self.append(records.failed(task, request, error, duration_s, dead_letter_reason, self.host), task_id=request.id)
 
+    def task_rejected(self, task: Any, request: Any, error: BaseException, duration_s: float, *, reason: str) -> None:
+        self.append([records.rejected(task, request, error, duration_s, reason, self.host)], task_id=request.id)
+
     def llm_completed(
         self, task: Any, request: Any, llm_request: Any, completion: Any, cost: dict[str, Any] | None = None
     ) -> None:

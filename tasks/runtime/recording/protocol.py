@@ -42,6 +42,9 @@ class Recorder(Protocol):
         self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str | None
     ) -> None: ...
 
+    def task_rejected(self, task: Any, request: Any, error: BaseException, duration_s: float, *, reason: str) -> None:
+        """The task refused to run (:class:`~tasks.errors.NotRun`): ``task.rejected``, not a failure."""
+
     def llm_completed(
         self, task: Any, request: Any, llm_request: Any, completion: Any, cost: dict[str, Any] | None = None
     ) -> None: ...
@@ -77,6 +80,9 @@ class NullRecorder:
     def task_failed(
         self, task: Any, request: Any, error: BaseException, duration_s: float, *, dead_letter_reason: str | None
     ) -> None:
+        return None
+
+    def task_rejected(self, task: Any, request: Any, error: BaseException, duration_s: float, *, reason: str) -> None:
         return None
 
     def llm_completed(

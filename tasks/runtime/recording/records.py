@@ -23,6 +23,7 @@ from relaybus.eventstore.types import (
     TASK_FAILED,
     TASK_RECEIVED,
     TASK_REDELIVERED,
+    TASK_REJECTED,
     TASK_RETRIED,
     TASK_SENT,
     TASK_STARTED,
@@ -151,6 +152,13 @@ def failed(
         causation_id=failure.event_id,
     )
     return [failure, dead]
+
+
+def rejected(task: Any, request: Any, error: BaseException, duration_s: float, reason: str, host: str) -> NewEvent:
+    """``task.rejected``: the task refused to run (:class:`~tasks.errors.NotRun`, a stale saga step), ``reason``
+    says why. The delivery's end, under its terminal event id like any other; nothing is dead-lettered."""
+    return ended(task, request, TASK_REJECTED, host,
+                 {**_error_payload(error), "duration_s": round(duration_s, 6), "reason": reason})
 
 
 def ended(task: Any, request: Any, type_: str, host: str, payload: dict[str, Any]) -> NewEvent:
