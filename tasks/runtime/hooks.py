@@ -166,24 +166,7 @@ class Recording(Hook):
             call.recorder.task_retried(call.task, call.request, error, countdown)
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
-        duration = time.monotonic() - call.started
-        if isinstance(error, NotRun):  # it refused to run: its end is a rejection, not a failure
-            with _durably:
-                call.recorder.task_rejected(call.task, call.request, error, duration, reason=reason)
-            return NO_RESULT
-        try:
-            with _durably:
-                call.recorder.task_failed(call.task, call.request, error, duration, dead_letter_reason=reason)
-        except RecordFailed as refused:
-            # The record as it is cannot be stored (its error message, say): record the failure without
-            # it. If even that is refused (the ids themselves, a full disk), the dead letter keeps the task.
-            plain = RecordFailed(f"{type(error).__name__} (its record was refused: {refused})")
-            try:
-                with _durably:
-                    call.recorder.task_failed(call.task, call.request, plain, duration, dead_letter_reason=reason)
-            except RecordFailed:
-                logger.exception("task %s[%s] failed and no record of it could be written; its dead letter "
-                                 "(reason %s) is all that is left", call.task.name, call.request.id, reason)
+        record_failure(call, error, reason)
         return NO_RESULT
 
     def on_success(self, call: Call, result: Any) -> None:
@@ -193,6 +176,29 @@ class Recording(Hook):
 
     def after_return(self, task: AgentTask, request: Any, status: str, retval: Any) -> None:
         STORE_WAIT_UNTIL.set(None)  # Celery has published what follows the task (chain, callbacks)
+
+
+def record_failure(call: Call, error: BaseException, reason: str) -> None:
+    """Record how ``call`` failed for good: ``task.failed`` with its dead letter's ``task.dead_lettered``, or
+    ``task.rejected`` for a task that refused to run (:class:`~tasks.errors.NotRun`)."""
+    duration = time.monotonic() - call.started
+    if isinstance(error, NotRun):  # it refused to run: its end is a rejection, not a failure
+        with _durably:
+            call.recorder.task_rejected(call.task, call.request, error, duration, reason=reason)
+        return
+    try:
+        with _durably:
+            call.recorder.task_failed(call.task, call.request, error, duration, dead_letter_reason=reason)
+    except RecordFailed as refused:
+        # The record as it is cannot be stored (its error message, say): record the failure without
+        # it. If even that is refused (the ids themselves, a full disk), the dead letter keeps the task.
+        plain = RecordFailed(f"{type(error).__name__} (its record was refused: {refused})")
+        try:
+            with _durably:
+                call.recorder.task_failed(call.task, call.request, plain, duration, dead_letter_reason=reason)
+        except RecordFailed:
+            logger.exception("task %s[%s] failed and no record of it could be written; its dead letter "
+                             "(reason %s) is all that is left", call.task.name, call.request.id, reason)
 
 
 class DeadLetters(Hook):

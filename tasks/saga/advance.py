@@ -9,9 +9,9 @@ ago) and the broker. So a task declared with ``saga_step`` / ``saga_compensation
 in the worker that ran it:
 
 * with the task's own terminal record, never before it: the saga never holds an outcome the task's log
-  lacks. A success's records (the held start records and ``task.succeeded``) commit in the transaction that
-  records the outcome in the saga (:class:`SagaRecording`), one commit a step; ``task.failed`` with its dead
-  letter is written first, as for any task;
+  lacks. A success's records (the held start records and ``task.succeeded``), and a failure's
+  (``task.failed`` with its ``task.dead_lettered``, once the dead letter is published), commit in the
+  transaction that records the outcome in the saga (:class:`SagaRecording`), one commit a step;
 * under the same optimistic concurrency on the saga's stream as any move (a guess from the fence is
   checked by the append's expected version, never trusted);
 * before the message is acknowledged: a worker killed in between gives the message back, the step
@@ -39,7 +39,15 @@ from relaybus.eventstore import NewEvent
 from relaybus.sagas import LoadedSaga
 from relaybus.tasks.errors import AgentError, NotRun, error_message_of, error_type_of
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, request_headers
-from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Recording, recording_guard
+from relaybus.tasks.runtime.hooks import (
+    DEFAULT_HOOKS,
+    NO_RESULT,
+    Call,
+    Hook,
+    Recording,
+    record_failure,
+    recording_guard,
+)
 from relaybus.tasks.runtime.recording import records
 from relaybus.tasks.runtime.task import AgentContext, AgentSpec, AgentTask
 from relaybus.tasks.saga.calls import CallRef
@@ -54,6 +62,8 @@ Kind = Literal["step", "compensation"]
 _FENCED: ContextVar[tuple[str, LoadedSaga] | None] = ContextVar("relaybus_saga_fenced", default=None)
 #: A success's ``task.succeeded``, not written yet: (task id, record), for the move to commit with its own.
 _SUCCEEDED: ContextVar[tuple[str, NewEvent] | None] = ContextVar("relaybus_saga_succeeded", default=None)
+#: A failure's ``task.failed`` and ``task.dead_lettered``, not written yet: (task id, records), likewise.
+_FAILED: ContextVar[tuple[str, list[NewEvent]] | None] = ContextVar("relaybus_saga_failed", default=None)
 
 
 def remember_fenced(task_id: str | None, loaded: LoadedSaga) -> None:
@@ -74,18 +84,33 @@ def error_data(task_id: str | None, error: BaseException) -> dict[str, Any]:
 
 
 class SagaRecording(Recording):
-    """:class:`Recording`, except that a success's ``task.succeeded`` is left to :class:`AdvanceSaga`, which
-    commits it, with the task's held start records, in the transaction of the saga's move. Only with a
-    recorder that commits its own transactions (no group commit): a group commits them with other tasks'."""
+    """:class:`Recording`, except that a success's ``task.succeeded``, and a failure's ``task.failed`` with its
+    ``task.dead_lettered``, are left to :class:`AdvanceSaga`, which commits them, with the task's held start
+    records, in the transaction of the saga's move. Only with a recorder that commits its own transactions (no
+    group commit: a group commits them with other tasks'); never for a step that refused to run (its saga is
+    told nothing)."""
 
     def on_success(self, call: Call, result: Any) -> None:
-        recorder = call.recorder
-        if not getattr(recorder, "writes_directly", False) or _ref_of(call) is None or not call.request.id:
+        if not _joins_move(call):
             super().on_success(call, result)
             return
         duration = time.monotonic() - call.started
         _SUCCEEDED.set((call.request.id, records.succeeded(call.task, call.request, result, duration,
-                                                            getattr(recorder, "host", ""))))
+                                                            getattr(call.recorder, "host", ""))))
+
+    def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
+        if isinstance(error, NotRun) or not _joins_move(call):
+            return super().on_failure(call, error, reason)
+        duration = time.monotonic() - call.started
+        _FAILED.set((call.request.id, records.failed(call.task, call.request, error, duration, reason,
+                                                      getattr(call.recorder, "host", ""))))
+        return NO_RESULT
+
+
+def _joins_move(call: Call) -> bool:
+    """Whether ``call``'s end records can commit with its saga's move (:class:`SagaRecording`)."""
+    direct = bool(getattr(call.recorder, "writes_directly", False))
+    return direct and _ref_of(call) is not None and bool(call.request.id)
 
 
 class AdvanceSaga(Hook):
@@ -94,6 +119,7 @@ class AdvanceSaga(Hook):
     def before_call(self, call: Call) -> None:
         _FENCED.set(None)
         _SUCCEEDED.set(None)
+        _FAILED.set(None)
 
     def on_success(self, call: Call, result: Any) -> None:
         succeeded = _SUCCEEDED.get()
@@ -126,7 +152,40 @@ class AdvanceSaga(Hook):
         if isinstance(error, NotRun):  # a stale step: its saga moved on without it and is told nothing
             _take_fenced(call.request.id)
             return NO_RESULT
-        self._advance(call, False, error_data(call.request.id, error))
+        data = error_data(call.request.id, error)
+        failed = _FAILED.get()
+        _FAILED.set(None)
+        if failed is None or failed[0] != call.request.id:
+            self._advance(call, False, data)
+            return NO_RESULT
+        recorder: Any = call.recorder
+        task_id, own = failed
+        with recorder.held.io_lock:
+            held: list[NewEvent] = recorder.held.take(task_id)
+        written = False
+
+        def write_own() -> None:
+            """The task's records as any failed task's (the refused-record fallback included)."""
+            nonlocal written
+            if not written:
+                written = True
+                recorder.held.give_back(task_id, held)
+                record_failure(call, error, reason)
+
+        try:
+            joined = self._advance(call, False, data, also=[*held, *own], write_own=write_own)
+        except Exception:
+            if written:
+                raise
+            # The move with the records was refused (a record the database cannot store as it is): the
+            # records alone, as any task's, then the move alone.
+            logger.warning("saga step %s[%s]: its failure records could not commit with its saga's move; written "
+                           "alone", call.task.name, task_id, exc_info=True)
+            write_own()
+            self._advance(call, False, data)
+            return NO_RESULT
+        if not joined:
+            write_own()
         return NO_RESULT
 
     def _advance(

@@ -184,6 +184,22 @@ def test_a_step_commits_its_own_end_record_in_the_transaction_that_records_its_o
         assert (own.recorded_at, own.position < move.position) == (move.recorded_at, True), (own, move)
 
 
+def test_a_failed_step_commits_its_failure_and_dead_letter_records_in_the_transaction_of_its_saga_move(system):
+    saga_id = new_saga_id()
+    set_fault(system.content, "step:writing", saga_id=saga_id, error="permanent")
+    view = run_saga(system, saga_id)
+    assert view.status == "compensated", view
+    events = system.store.by_correlation(view.correlation_id)
+    (move,) = [e for e in events if e.type == "saga.step.failed"]
+    own = [e for e in events if e.task_id == move.task_id and e.type in ("task.failed", "task.dead_lettered")]
+    assert [e.type for e in own] == ["task.failed", "task.dead_lettered"], own
+    assert own[1].payload["reason"] == "permanent-error"
+    # One commit: one recorded_at for the batch, the task's records first.
+    assert all((e.recorded_at, e.position < move.position) == (move.recorded_at, True) for e in own), (own, move)
+    letters = read_queue(system.app, f"{system.settings.namespace}.writer.dlq")
+    assert move.task_id in [m.headers["id"] for m in letters], "its dead letter was published, as the record says"
+
+
 def test_a_step_that_is_a_plain_agent_task_advances_the_saga_through_the_orchestration_callbacks(system):
     saga_id = new_saga_id()
     notes = {"topic": "Plain steps", "audience": "ops", "notes": ["n"], "sources": []}
