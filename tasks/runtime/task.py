@@ -183,6 +183,9 @@ class AgentTask(Task):  # type: ignore[misc]
     # A hard time limit is terminal: requeueing would loop forever on the same input.
     acks_on_timeout = True
     reject_on_worker_lost = True  # a SIGKILLed child's message goes back to the queue
+    #: A task that refused to run (a stale saga step) is logged by Celery at INFO, without a traceback: it is
+    #: no error (recorded ``task.rejected``).
+    throws: tuple[type[BaseException], ...] = (NotRun,)
     #: The worker's main process records what ends outside the pool child: a hard time limit, a revoke,
     #: a rejection (tasks.runtime.request).
     Request = "relaybus.tasks.runtime.request:AgentRequest"

@@ -549,3 +549,5 @@ def test_a_step_that_arrives_after_its_saga_stopped_is_recorded_rejected_and_not
     assert task_id not in [m.headers["id"] for m in letters], "nothing ran: nothing for a person to redrive"
     after = saga_status(saga_id, app=system.app)
     assert after.status == "compensated" and after.history == before.history, "its saga is told nothing"
+    logged = [line for line in system.started[-1].log().splitlines() if "StaleStep" in line]
+    assert logged and all("INFO/" in line and "raised expected" in line for line in logged), logged
