@@ -8,7 +8,8 @@ does in a prefork child. The publisher's ``task.sent`` is stored first (outside 
 throughput benchmark. Measured in process CPU time (``time.process_time``), so the figure holds on a
 shared machine; the PostgreSQL figure leaves out the server's work and the round trips' waits. ``--writers 2``
 alternates the tasks between two recorders (two connections), as two pool processes do: each then finds the
-other's commits, which on SQLite drop its page cache.
+other's commits, which on SQLite drop its page cache. The tasks' messages carry what a client stamps on them (a
+time-ordered correlation id and its sent time), so their records get time-ordered ids, as in a worker.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 from bench.throughput import _drop_schema, _postgres_schema
 from relaybus.eventstore import open_store
+from relaybus.eventstore.ids import uuid7_ms
+from relaybus.tasks.runtime.context import CORRELATION_HEADER, SENT_AT_HEADER, new_id
 from relaybus.tasks.runtime.recording import records
 from relaybus.tasks.runtime.recording.eventlog import EventRecorder
 from relaybus.tasks.runtime.recording.held import HeldStarts
@@ -35,12 +38,20 @@ class _Task(SimpleNamespace):
     spec = SimpleNamespace(name="bench_noop", start_records=None)
 
 
-def _request(task_id: str) -> Any:
+def _headers(task_id: str) -> dict[str, Any]:
+    """What a client's publish stamps on a task's message (tasks.runtime.context.propagate_ids): a time-ordered
+    correlation id and the sent time it gives, which orders the task's record ids (eventstore.ids)."""
+    correlation = new_id()
+    return {CORRELATION_HEADER: correlation, SENT_AT_HEADER: uuid7_ms(correlation)}
+
+
+def _request(task_id: str, headers: dict[str, Any]) -> Any:
+    # Celery moves a message's own headers onto its request, as attributes.
     return SimpleNamespace(
         id=task_id, retries=0, headers={}, hostname="celery@bench", group=None, eta=None, callbacks=None,
         errbacks=None, chain=None, chord=None, delivery_info={"routing_key": "bench.agents", "priority": 0,
                                                              "redelivered": False},
-        correlation_id=task_id, causation_id=None,
+        correlation_id=task_id, causation_id=None, **headers,
     )
 
 
@@ -63,16 +74,17 @@ def measure(url: str, n: int, profile: str | None = None, writers: int = 1) -> f
     task = _Task()
     kwargs = {"key": "bench", "n": 0, "work_ms": 0.0}
     ids = [str(uuid.uuid4()) for _ in range(n + 50)]
+    stamped = {task_id: _headers(task_id) for task_id in ids}
     sent = []
     for task_id in ids:  # the publishers' task.sent, stored before the tasks run
-        headers = {"task": task.name, "id": task_id, "retries": 0, "correlation_id": task_id}
+        headers = {"task": task.name, "id": task_id, "retries": 0, "correlation_id": task_id, **stamped[task_id]}
         sent.append(records.sent(headers, [[], kwargs, {}], "bench.agents", 0, "client"))
     for chunk in range(0, len(sent), 500):
         recorder.store.append(sent[chunk : chunk + 500])
 
     def one(task_id: str, i: int) -> None:
         recorder = recorders[i % writers]
-        request = _request(task_id)
+        request = _request(task_id, stamped[task_id])
         recorder.task_started(task, request, (), kwargs)
         recorder.task_succeeded(task, request, {"n": i}, 0.0001)
 

@@ -16,6 +16,8 @@ only place ids further apart in the index; the time comes from the message, so e
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import time
 import uuid
@@ -52,10 +54,14 @@ def derived_event_id(namespace: uuid.UUID, parts: Iterable[object], at_ms: int |
     With it, a UUIDv7 whose 74 non-time bits are the uuid5 hash of the parts; without it (None), the uuid5
     itself, the id this record had before ids were time-ordered. The two never collide (version 7 vs 5).
     """
-    hashed = uuid.uuid5(namespace, ":".join(str(p) for p in parts))
+    name = ":".join(map(str, parts))
     if at_ms is None:
-        return str(hashed)
-    return uuid7_of(at_ms, hashed.int)
+        return str(uuid.uuid5(namespace, name))
+    # uuid5's hash without the UUID object around it (a recorded task derives four ids, and building the UUID
+    # cost more than the hash): uuid5 is the first 16 bytes of this SHA-1 with its version and variant bits set,
+    # and uuid7_of takes none of those bits, so the id is the same (tests/unit/eventstore/test_derived_ids.py).
+    digest = hashlib.sha1(namespace.bytes + name.encode("utf-8"), usedforsecurity=False).digest()
+    return uuid7_of(at_ms, int.from_bytes(digest[:16]))
 
 
 def time_ms(value: Any) -> int | None:
@@ -72,6 +78,15 @@ def uuid7_ms(value: Any) -> int | None:
     """The milliseconds of ``value`` if it is a UUIDv7 (RFC variant), else None."""
     if not isinstance(value, str) or len(value) not in (32, 36):
         return None
+    if type(value) is str:  # a subclass may compare or hash as it likes: not remembered
+        return _uuid7_ms_of(value)
+    return _uuid7_ms_of.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _uuid7_ms_of(value: str) -> int | None:
+    """:func:`uuid7_ms` of a string of the right length, remembered: a recorded task asks for its id's time once
+    per record it derives (four for a no-op task), and parsing the UUID each time cost more than the rest."""
     try:
         parsed = uuid.UUID(value)
     except ValueError:

@@ -74,3 +74,60 @@ def test_only_a_uuid7_gives_a_time() -> None:
     assert uuid7_ms(uuid.UUID(derived_event_id(NS, ("x",), AT)).hex) == AT
     for value in (None, "", "not-a-uuid", "g" * 32, 42, "saga-1"):
         assert uuid7_ms(value) is None
+
+
+def _uuid5_derived(namespace: uuid.UUID, parts: tuple[object, ...], at_ms: int) -> str:
+    """The derivation as it was written first: uuid7_of over the uuid5 object's bits."""
+    from relaybus.eventstore.ids import uuid7_of
+
+    return uuid7_of(at_ms, uuid.uuid5(namespace, ":".join(str(p) for p in parts)).int)
+
+
+def test_a_derived_id_is_the_one_the_uuid5_object_gave_for_any_parts_and_time() -> None:
+    # The hash is taken without building the UUID: every bit the id keeps must be uuid5's.
+    rng = __import__("random").Random(14)
+    other = uuid.UUID("00000000-0000-4000-8000-000000000000")
+    for i in range(3000):
+        parts = (
+            str(uuid.UUID(int=rng.getrandbits(128))), rng.choice(("sent", "received", "terminal", "llm")),
+            rng.randrange(0, 10), f"{rng.randrange(3)}:{rng.randrange(3)}:{rng.randrange(2)}", "é→" * (i % 3),
+        )  # fmt: skip
+        at = rng.randrange(0, 1 << 48)
+        for namespace in (NS, other):
+            assert derived_event_id(namespace, parts, at) == _uuid5_derived(namespace, parts, at)
+    assert derived_event_id(NS, (), AT) == _uuid5_derived(NS, (), AT)
+
+
+def test_a_name_utf8_cannot_encode_is_refused_as_uuid5_refused_it() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        uuid.uuid5(NS, "task-\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        derived_event_id(NS, ("task-\ud800",), AT)
+
+
+def test_a_uuid7_time_read_again_is_the_same_and_is_each_ids_own() -> None:
+    # uuid7_ms remembers what it parsed: every value must still get its own answer, the second time as the first.
+    from relaybus.eventstore.ids import uuid7_of
+
+    rng = __import__("random").Random(7)
+    values: list[tuple[str, int | None]] = []
+    for _ in range(3000):  # more than it remembers: values are dropped and parsed again
+        at = rng.randrange(0, 1 << 48)
+        seven = uuid7_of(at, rng.getrandbits(128))
+        values += [(seven, at), (seven.replace("-", ""), at), (str(uuid.uuid4()), None), (seven.upper(), at)]
+    for value, expected in values + values[::-1]:
+        assert uuid7_ms(value) == expected
+
+
+def test_a_str_subclass_is_parsed_as_its_text_and_not_remembered() -> None:
+    from relaybus.eventstore.ids import _uuid7_ms_of
+
+    class Odd(str):
+        def __hash__(self) -> int:  # every value in one bucket: a cache keyed on it would still hold
+            return 0
+
+    seven = derived_event_id(NS, ("x",), AT)
+    before = _uuid7_ms_of.cache_info().currsize
+    assert uuid7_ms(Odd(str(uuid.uuid4()))) is None
+    assert uuid7_ms(Odd(seven)) == AT
+    assert _uuid7_ms_of.cache_info().currsize == before
