@@ -113,6 +113,27 @@ def _joins_move(call: Call) -> bool:
     return direct and _ref_of(call) is not None and bool(call.request.id)
 
 
+class _OwnRecords:
+    """A saga task's own end records with its held start records, for its saga's move to commit; written alone,
+    once, by ``write_alone`` if the move did not commit them (the held records given back first)."""
+
+    def __init__(self, call: Call, ends: list[NewEvent], write_alone: Callable[[], None]) -> None:
+        recorder: Any = call.recorder
+        self._recorder = recorder
+        self._task_id: str = call.request.id
+        with recorder.held.io_lock:
+            self._held: list[NewEvent] = recorder.held.take(self._task_id)
+        self.records = [*self._held, *ends]
+        self._write_alone = write_alone
+        self.written = False
+
+    def write(self) -> None:
+        if not self.written:
+            self.written = True
+            self._recorder.held.give_back(self._task_id, self._held)
+            self._write_alone()
+
+
 class AdvanceSaga(Hook):
     """Makes the saga's move with, or once, the task's own terminal record is written (module docstring)."""
 
@@ -129,24 +150,18 @@ class AdvanceSaga(Hook):
             return
         recorder: Any = call.recorder
         task_id, record = succeeded
-        with recorder.held.io_lock:
-            held: list[NewEvent] = recorder.held.take(task_id)
-        written = False
 
-        def write_own() -> None:
+        def append_alone() -> None:
             """The task's records as any task's (waiting for the store; else the message goes back)."""
-            nonlocal written
-            if not written:
-                written = True
-                recorder.held.give_back(task_id, held)
-                with recording_guard:
-                    recorder.append([record], task_id=task_id)
+            with recording_guard:
+                recorder.append([record], task_id=task_id)
 
+        own = _OwnRecords(call, [record], append_alone)
         try:
-            if self._advance(call, True, result, also=[*held, record], write_own=write_own):
-                written = True  # committed with the saga's move
+            if self._advance(call, True, result, also=own.records, write_own=own.write):
+                own.written = True  # committed with the saga's move
         finally:
-            write_own()
+            own.write()
 
     def on_failure(self, call: Call, error: BaseException, reason: str) -> Any:
         if isinstance(error, NotRun):  # a stale step: its saga moved on without it and is told nothing
@@ -158,34 +173,22 @@ class AdvanceSaga(Hook):
         if failed is None or failed[0] != call.request.id:
             self._advance(call, False, data)
             return NO_RESULT
-        recorder: Any = call.recorder
-        task_id, own = failed
-        with recorder.held.io_lock:
-            held: list[NewEvent] = recorder.held.take(task_id)
-        written = False
-
-        def write_own() -> None:
-            """The task's records as any failed task's (the refused-record fallback included)."""
-            nonlocal written
-            if not written:
-                written = True
-                recorder.held.give_back(task_id, held)
-                record_failure(call, error, reason)
-
+        # Alone, the task's records are written as any failed task's (the refused-record fallback included).
+        own = _OwnRecords(call, failed[1], lambda: record_failure(call, error, reason))
         try:
-            joined = self._advance(call, False, data, also=[*held, *own], write_own=write_own)
+            joined = self._advance(call, False, data, also=own.records, write_own=own.write)
         except Exception:
-            if written:
+            if own.written:
                 raise
             # The move with the records was refused (a record the database cannot store as it is): the
             # records alone, as any task's, then the move alone.
             logger.warning("saga step %s[%s]: its failure records could not commit with its saga's move; written "
-                           "alone", call.task.name, task_id, exc_info=True)
-            write_own()
+                           "alone", call.task.name, call.request.id, exc_info=True)
+            own.write()
             self._advance(call, False, data)
             return NO_RESULT
         if not joined:
-            write_own()
+            own.write()
         return NO_RESULT
 
     def _advance(
