@@ -13,9 +13,9 @@ The retry policy is declared here, by class, in one place: the task base retries
      │         └── BrokerUnreachable   no connection to the broker (refused, timed out)
      │              (both also kombu ``OperationalError``s, what callers caught from the driver)
      ├── PermanentError                never retried; dead-lettered at once
- │    ├── NotRun                   the task refused to run: its work is no longer wanted; recorded
- │    │    │                       ``task.rejected`` with ``reason``, not dead-lettered
- │    │    └── StaleStep           a saga step after its saga stopped going forward (tasks.saga.steps)
+     │    ├── NotRun                   the task refused to run: its work is no longer wanted; recorded
+     │    │    │                       ``task.rejected`` with ``reason``, not dead-lettered
+     │    │    └── StaleStep           a saga step after its saga stopped going forward (tasks.saga.steps)
      │    ├── InvalidInput             a payload failed its agent's input model
      │    ├── InvalidMessage           a broker message we cannot decode (not JSON, wrong shape)
      │    ├── RecordFailed             the event log refused a transition's record as it is (reason record-failed)
