@@ -28,8 +28,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from relaybus.eventstore._engine import ProcessLocalEngine, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
-from relaybus.eventstore._heads import Head, HeadCache
-from relaybus.eventstore._insert import insert_rows, start_append
+from relaybus.eventstore._heads import Head, HeadCache, LastPosition
+from relaybus.eventstore._insert import SMALL_BATCH, insert_rows, start_append
 from relaybus.eventstore._rows import recorded, select_events, to_events
 from relaybus.eventstore.errors import ConcurrencyError
 from relaybus.eventstore.hashing import LINK_TAG, canonical_json, content_json_of, format_time, hmac_pads
@@ -70,6 +70,8 @@ class Appender:
         self._link = linker(chain_keys)
         self._put_payload = put_payload
         self._heads = HeadCache()
+        self._last = LastPosition()
+        self._guessing = engine.dialect == "postgresql"
 
     def append(self, events_: Sequence[NewEvent], *, expected_version: int | None = None) -> list[RecordedEvent]:
         """Record ``events_`` in one transaction; returns their records, in the order given.
@@ -91,6 +93,12 @@ class Appender:
         prepared = [self._prepare(event) for event in batch]
         with translate_errors():
             try:
+                guessed = self._guess(prepared, expected_version)
+                if guessed is not None:
+                    try:
+                        return self._append_guessed(prepared, *guessed)
+                    except sa_exc.IntegrityError:
+                        pass  # another writer appended meanwhile (or a stream was not new): read them
                 return self._append(prepared, expected_version, careful=False)
             except (sa_exc.IntegrityError, _LookUpStored):
                 pass  # some of these events are stored already (a redelivery): look them up
@@ -144,6 +152,7 @@ class Appender:
             self._heads.forget(streams)
             raise
         self._heads.remember({p.fields["stream_id"]: heads[p.fields["stream_id"]] for p in fresh})
+        self._last.read(start.positions[: len(fresh)])
         return len(fresh)
 
     def append_with(
@@ -192,6 +201,7 @@ class Appender:
             self._heads.forget(streams)
             raise
         self._heads.remember({s: heads[s] for s in written})
+        self._last.read(start.positions[: len(fresh)])
         return [stored[p.fields["event_id"]] for p in mine]
 
     def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
@@ -251,6 +261,44 @@ class Appender:
             raise
         if written:
             self._heads.remember({stream: heads[stream] for stream in written})
+            self._last.read(start.positions)
+        return [stored[p.fields["event_id"]] for p in prepared]
+
+    def _guess(
+        self, prepared: list[_Prepared], expected_version: int | None
+    ) -> tuple[dict[str, Head], list[int]] | None:
+        """PostgreSQL, a small batch of events not seen before, a writer appending alone: the heads (remembered,
+        or new streams) and positions to try without reading them first (:class:`~_heads.LastPosition`)."""
+        if not self._guessing or len(prepared) > SMALL_BATCH:
+            return None
+        positions = self._last.guess(len(prepared))
+        if positions is None:
+            return None
+        streams = {p.fields["stream_id"] for p in prepared}
+        if len({p.fields["event_id"] for p in prepared}) != len(prepared):
+            return None  # an event twice in one batch: the usual path keeps one
+        heads = self._heads.known(streams)
+        for stream in streams - heads.keys():
+            heads[stream] = (0, None)  # guessed new: the unique (stream_id, version) says if it is not
+        if expected_version is not None and heads[next(iter(streams))][0] != expected_version:
+            return None  # the usual path tells a conflict from a retry of an append that happened
+        return heads, positions
+
+    def _append_guessed(
+        self, prepared: list[_Prepared], heads: dict[str, Head], positions: list[int]
+    ) -> list[RecordedEvent]:
+        """One round trip on PostgreSQL: the lock, the rows numbered and chained from the guess, the commit.
+        Raises ``IntegrityError`` (nothing written) when the guess was wrong."""
+        streams = {p.fields["stream_id"] for p in prepared}
+        try:
+            with self._engine.write() as conn:
+                stored = self._insert(conn, prepared, heads, positions, lock=True)
+        except BaseException:
+            self._heads.forget(streams)
+            self._last.missed()
+            raise
+        self._heads.remember({stream: heads[stream] for stream in streams})
+        self._last.committed(positions)
         return [stored[p.fields["event_id"]] for p in prepared]
 
     def _insert(
@@ -261,16 +309,18 @@ class Appender:
         positions: list[int],
         *,
         keep_records: bool = True,
+        lock: bool = False,
     ) -> dict[str, RecordedEvent]:
         """Number, chain and write ``batch``; ``heads`` (updated here) are those of its streams.
         Returns the records written by event id (none with ``keep_records=False``). The transaction's last
-        statement: it may commit (:func:`insert_rows`).
+        statement: it may commit (:func:`insert_rows`). ``lock``: take the events lock first, in the same round
+        trip (a guessed append, which read nothing before).
 
         The rows are made as the driver takes them (:func:`insert_rows`): on PostgreSQL the ``COPY``
         streams, so the server inserts the first rows while the next are hashed."""
         records: dict[str, RecordedEvent] = {}
         rows = self._rows(conn.dialect.name == "sqlite", batch, heads, positions, records, keep_records)
-        insert_rows(conn, rows, len(batch), commit=True)  # the append's last statement (see insert_rows)
+        insert_rows(conn, rows, len(batch), commit=True, lock=lock)  # the append's last statement (see insert_rows)
         return records
 
     def _rows(

@@ -70,3 +70,44 @@ def sqlite_heads(driver: Any, stream_ids: set[str]) -> dict[str, Head]:
     else:
         rows = driver.execute(_SQLITE_HEADS, (json.dumps(sorted(stream_ids)),))
     return {stream_id: (version, hash_) for stream_id, version, hash_ in rows}
+
+
+class LastPosition:
+    """The last position this writer committed or read under the lock, and whether it was alone then.
+
+    On PostgreSQL an append that guesses its positions (the ones after this) and its streams' heads
+    (remembered, or new) needs no read before its insert: the lock, the rows and the commit go in one
+    round trip instead of two. The database checks the guess: positions have no gaps and the log only
+    grows, so a guess is either the next position or one already taken, which the primary key refuses
+    (then the append reads and retries); a stream guessed new that is not meets the unique
+    ``(stream_id, version)``. A writer guesses only while it found the log where it left it last time
+    (nobody else appending between), so writers that share a busy log do not pay for misses.
+    Remembered only after a commit, as heads are; the same assumption as :class:`HeadCache` (the log
+    is never rewound under a live store).
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._alone = False
+
+    def guess(self, count: int) -> list[int] | None:
+        """The ``count`` positions to try, or None when the writer should read them."""
+        last = self._last
+        if last is None or not self._alone:
+            return None
+        return list(range(last + 1, last + 1 + count))
+
+    def read(self, positions: list[int]) -> None:
+        """Positions drawn under the lock and committed: was the log where this writer left it?"""
+        if positions:
+            self._alone = self._last is not None and positions[0] == self._last + 1
+            self._last = positions[-1]
+
+    def committed(self, positions: list[int]) -> None:
+        """A guess that held."""
+        if positions:
+            self._last = positions[-1]
+
+    def missed(self) -> None:
+        """A guess refused (or an append that failed): read next time."""
+        self._alone = False

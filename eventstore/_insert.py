@@ -86,7 +86,9 @@ SMALL_BATCH = 8
 """Up to this many rows, PostgreSQL gets pipelined INSERTs (one round trip) rather than COPY (two)."""
 
 
-def insert_rows(conn: Connection, rows: Iterable[tuple[Any, ...]], count: int, *, commit: bool = False) -> None:
+def insert_rows(
+    conn: Connection, rows: Iterable[tuple[Any, ...]], count: int, *, commit: bool = False, lock: bool = False
+) -> None:
     """Write the ``count`` ``rows`` (values in :data:`COLUMNS` order) in the connection's transaction;
     ``rows`` may make each row as it is taken (it is iterated once, as the driver sends).
 
@@ -100,16 +102,21 @@ def insert_rows(conn: Connection, rows: Iterable[tuple[Any, ...]], count: int, *
     are written, and the server inserts them while the next rows are made. A small batch
     (:data:`SMALL_BATCH`), pipelined INSERTs, which take one round trip where COPY takes two. SQLite:
     multi-row INSERTs of :data:`_SQLITE_ROWS` rows, the rest by the sqlite3 module's ``executemany``.
+
+    ``lock`` (PostgreSQL, a small batch): the events lock is taken first, in the same pipeline.
     """
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
         assert driver is not None
         if count <= SMALL_BATCH:
             with driver_errors(conn, _POSTGRES_INSERT), driver.pipeline(), driver.cursor() as cursor:
+                if lock:
+                    cursor.execute(_PG_LOCK)
                 cursor.executemany(_POSTGRES_INSERT, list(rows))
                 if commit:
                     driver.commit()  # queued in the pipeline: sent and answered with the INSERTs
             return
+        assert not lock, "a COPY cannot share a pipeline with the lock"
         with driver_errors(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             write_row = copy.write_row

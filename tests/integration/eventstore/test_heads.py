@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relaybus.eventstore import ConcurrencyError, NewEvent
+from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, open_store
 from tests.integration.eventstore.conftest import Database
 
 
@@ -53,3 +53,79 @@ def test_a_failed_append_leaves_no_remembered_head_ahead_of_the_log(db: Database
     store.append([duplicate, new("s")])  # a redelivery: the optimistic attempt fails on event_id
     assert [e.version for e in store.read_stream("s")] == [1, 2, 3, 4]
     assert store.verify().ok
+
+
+def _alone(store: EventStore, stream: str, times: int = 3) -> None:
+    """Appends by one writer with nobody else writing: on PostgreSQL it then guesses its next positions."""
+    for _ in range(times):
+        store.append([new(stream)])
+
+
+def _positions_without_gaps(store: EventStore) -> None:
+    positions = [e.position for e in store.read_all()]
+    assert positions == list(range(1, len(positions) + 1))
+
+
+def test_a_lone_writer_that_guesses_is_caught_when_another_writer_appended(db: Database) -> None:
+    a, b = db.open(), db.open()
+    _alone(a, "s")
+    b.append([new("s")])  # a's next position and its head of "s" are stale now
+    b.append([new("t")])
+    recorded = a.append([new("s")])[0]
+    assert (recorded.version, recorded.position) == (5, 6)
+    _alone(a, "s", 2)
+    b.append([new("t")])  # only the position is stale: a writes "u", which it has not seen
+    assert a.append([new("u")])[0].position == 10
+    assert [e.version for e in a.read_stream("s")] == [1, 2, 3, 4, 5, 6, 7]
+    assert [e.version for e in a.read_stream("t")] == [1, 2]
+    _positions_without_gaps(a)
+    assert a.verify().ok
+
+
+def test_a_stream_guessed_new_that_is_not_gets_its_next_version(db: Database) -> None:
+    a, b = db.open(), db.open()
+    b.append([new("u"), new("u")])  # before a's first append: a reads past it, and stays alone
+    _alone(a, "s")
+    recorded = a.append([new("u")])[0]  # unknown to a, guessed new: (u, 1) is taken
+    assert (recorded.version, recorded.prev_hash) == (3, b.read_stream("u")[1].hash)
+    recorded = a.append([new("v")], expected_version=0)[0]  # a new stream guessed new, with its expected version
+    assert recorded.version == 1
+    with pytest.raises(ConcurrencyError):
+        a.append([new("u")], expected_version=0)
+    _positions_without_gaps(a)
+    assert a.verify().ok
+
+
+def test_a_redelivered_event_is_not_written_again_by_a_guessing_writer(db: Database) -> None:
+    a = db.open()
+    _alone(a, "s")
+    event = new("s")
+    first = a.append([event])[0]
+    again = a.append([event, new("s")])  # the guess meets event_id's unique key
+    assert again[0] == first
+    assert again[1].version == first.version + 1
+    _positions_without_gaps(a)
+    assert a.verify().ok
+
+
+def test_a_lone_writer_on_postgresql_appends_without_reading_first(
+    pg_schema: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relaybus.eventstore import _append
+
+    starts = []
+    real_start = _append.start_append
+    monkeypatch.setattr(_append, "start_append", lambda *a, **k: starts.append(1) or real_start(*a, **k))
+    url, schema = pg_schema
+    store = open_store(url, schema=schema, create=True)
+    try:
+        _alone(store, "s", 2)  # the first reads the log; the second finds it where the first left it
+        starts.clear()
+        for i in range(10):
+            store.append([new("s"), new(f"new-{i}")])
+        assert starts == []  # one round trip each: the lock, the rows and the commit
+        assert [e.version for e in store.read_stream("s")] == list(range(1, 13))
+        _positions_without_gaps(store)
+        assert store.verify().ok
+    finally:
+        store.close()
