@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from relaybus.eventstore._engine import ProcessLocalEngine, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
 from relaybus.eventstore._heads import Head, HeadCache, LastPosition
-from relaybus.eventstore._insert import SMALL_BATCH, insert_rows, start_append
+from relaybus.eventstore._insert import insert_rows, start_append
 from relaybus.eventstore._rows import recorded, select_events, to_events
 from relaybus.eventstore.errors import ConcurrencyError
 from relaybus.eventstore.hashing import LINK_TAG, canonical_json, content_json_of, format_time, hmac_pads
@@ -267,9 +267,9 @@ class Appender:
     def _guess(
         self, prepared: list[_Prepared], expected_version: int | None
     ) -> tuple[dict[str, Head], list[int]] | None:
-        """PostgreSQL, a small batch of events not seen before, a writer appending alone: the heads (remembered,
-        or new streams) and positions to try without reading them first (:class:`~_heads.LastPosition`)."""
-        if not self._guessing or len(prepared) > SMALL_BATCH:
+        """PostgreSQL, a writer appending alone: the heads (remembered, or new streams) and positions to try
+        without reading them first (:class:`~_heads.LastPosition`)."""
+        if not self._guessing:
             return None
         positions = self._last.guess(len(prepared))
         if positions is None:
@@ -287,7 +287,8 @@ class Appender:
     def _append_guessed(
         self, prepared: list[_Prepared], heads: dict[str, Head], positions: list[int]
     ) -> list[RecordedEvent]:
-        """One round trip on PostgreSQL: the lock, the rows numbered and chained from the guess, the commit.
+        """PostgreSQL: the lock, the rows numbered and chained from the guess, the commit; one round trip for a
+        small batch (a ``COPY`` cannot be pipelined: a larger one saves the server the start statement's reads).
         Raises ``IntegrityError`` (nothing written) when the guess was wrong."""
         streams = {p.fields["stream_id"] for p in prepared}
         try:

@@ -103,7 +103,7 @@ def insert_rows(
     (:data:`SMALL_BATCH`), pipelined INSERTs, which take one round trip where COPY takes two. SQLite:
     multi-row INSERTs of :data:`_SQLITE_ROWS` rows, the rest by the sqlite3 module's ``executemany``.
 
-    ``lock`` (PostgreSQL, a small batch): the events lock is taken first, in the same pipeline.
+    ``lock`` (PostgreSQL): the events lock is taken first, in the same pipeline for a small batch.
     """
     if conn.dialect.name == "postgresql":
         driver = conn.connection.driver_connection
@@ -116,7 +116,9 @@ def insert_rows(
                 if commit:
                     driver.commit()  # queued in the pipeline: sent and answered with the INSERTs
             return
-        assert not lock, "a COPY cannot share a pipeline with the lock"
+        if lock:
+            with driver_errors(conn, _PG_LOCK):
+                driver.execute(_PG_LOCK)  # a COPY cannot be pipelined: the lock takes its own round trip
         with driver_errors(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             write_row = copy.write_row
