@@ -72,6 +72,7 @@ class Appender:
         self._heads = HeadCache()
         self._last = LastPosition()
         self._guessing = engine.dialect == "postgresql"
+        self._prepare_sql = config.postgres_prepare  # _insert.PREPARE_NOTE
 
     def append(self, events_: Sequence[NewEvent], *, expected_version: int | None = None) -> list[RecordedEvent]:
         """Record ``events_`` in one transaction; returns their records, in the order given.
@@ -142,7 +143,7 @@ class Appender:
                 # Every head is read under the lock, none trusted from memory: records of a task go to its
                 # workflow's stream, which the workflow's other processes write too, so a remembered head was
                 # stale in about a third of appends (a collision, a rollback and a second transaction each).
-                start = start_append(conn, streams, len(prepared), look_up=set(prepared))
+                start = start_append(conn, streams, len(prepared), look_up=set(prepared), prepare=self._prepare_sql)
                 fresh = [p for event_id, p in prepared.items() if event_id not in start.taken]
                 if not fresh:
                     return 0
@@ -188,7 +189,7 @@ class Appender:
                 # workflow's other processes write too, so a remembered head is mostly stale (a collision, a
                 # rollback and a second transaction); read under the lock, in the start statement, it is exact.
                 every = ids | others.keys()
-                start = start_append(conn, streams, len(every), look_up=every)
+                start = start_append(conn, streams, len(every), look_up=every, prepare=self._prepare_sql)
                 heads = start.heads
                 actual = heads.get(stream, (0, None))[0]
                 if actual != expected_version or ids & start.taken:
@@ -246,7 +247,7 @@ class Appender:
                 if fresh:
                     written = {p.fields["stream_id"] for p in fresh.values()}
                     known = {} if careful else self._heads.known(written)
-                    start = start_append(conn, written - known.keys(), len(fresh))
+                    start = start_append(conn, written - known.keys(), len(fresh), prepare=self._prepare_sql)
                     heads = {**known, **start.heads}
                     if expected_version is not None:
                         stream = next(iter(written))
@@ -321,7 +322,8 @@ class Appender:
         streams, so the server inserts the first rows while the next are hashed."""
         records: dict[str, RecordedEvent] = {}
         rows = self._rows(conn.dialect.name == "sqlite", batch, heads, positions, records, keep_records)
-        insert_rows(conn, rows, len(batch), commit=True, lock=lock)  # the append's last statement (see insert_rows)
+        # The append's last statement (see insert_rows).
+        insert_rows(conn, rows, len(batch), commit=True, lock=lock, prepare=self._prepare_sql)
         return records
 
     def _rows(

@@ -111,6 +111,8 @@ class StoreConfig(BaseModel):
     still over ``max_payload_bytes`` after that is truncated as before. ``None``: off.
     ``chain_key_file``: the chain keys (:mod:`eventstore.keys`): new events are linked with the last
     one, and verified with any. ``None``: unkeyed links (plain SHA-256).
+    ``postgres_prepare``: the append's statements are prepared once per PostgreSQL connection; off behind a
+    pooler that does not keep prepared statements (PgBouncer in transaction mode before 1.21).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -128,3 +130,4 @@ class StoreConfig(BaseModel):
     append_retries: int = Field(default=5, ge=0)
     chain_key_file: str | None = None
     payload_inline_max_bytes: int | None = Field(default=None, gt=0)
+    postgres_prepare: bool = True

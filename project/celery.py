@@ -74,6 +74,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         max_event_payload_bytes=settings.max_event_payload_bytes,
         payload_inline_max_bytes=min(settings.payload_inline_max_bytes, settings.max_payload_bytes),
         chain_key_file=settings.chain_key_file,
+        eventstore_prepare=settings.eventstore_prepare,
         pipeline_deadline_s=settings.pipeline_deadline_s,
         consumer_timeout_s=settings.consumer_timeout_s,
         publish_timeout_s=settings.publish_timeout_s,

@@ -83,7 +83,8 @@ def event_store() -> Iterator[EventStore]:
             config=StoreConfig(redact_keys=frozenset(settings.redact_keys), redact_patterns=settings.redact_patterns,
                                max_payload_bytes=settings.max_event_payload_bytes,
                                chain_key_file=settings.chain_key_file,
-                               payload_inline_max_bytes=settings.payload_inline_max_bytes or None),
+                               payload_inline_max_bytes=settings.payload_inline_max_bytes or None,
+                               postgres_prepare=settings.eventstore_prepare),
         )
     except StoreUnavailable as exc:
         unreachable(exc)

@@ -58,6 +58,7 @@ def store_config(config: RuntimeConfig) -> StoreConfig:
         max_payload_bytes=config.max_event_payload_bytes,
         chain_key_file=config.chain_key_file,
         payload_inline_max_bytes=config.payload_inline_max_bytes or None,
+        postgres_prepare=config.eventstore_prepare,
     )
 
 

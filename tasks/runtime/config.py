@@ -45,6 +45,8 @@ class RuntimeConfig(BaseModel):
     payload_inline_max_bytes: int = 32 * 1024
     #: The event log's chain key file (a path: the keys themselves never enter a config or a message).
     chain_key_file: str | None = None
+    #: PostgreSQL: the event log's append statements prepared once per connection (Settings.eventstore_prepare).
+    eventstore_prepare: bool = True
     pipeline_deadline_s: float = 3600.0
     consumer_timeout_s: float = 1800.0
     publish_timeout_s: float = 10.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, open_store
+from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, StoreConfig, open_store
 from tests.integration.eventstore.conftest import Database
 
 
@@ -130,5 +130,33 @@ def test_a_lone_writer_on_postgresql_appends_without_reading_first(
         assert [e.version for e in store.read_stream("s")] == list(range(1, 13))
         _positions_without_gaps(store)
         assert store.verify().ok
+    finally:
+        store.close()
+
+
+def _prepared_inserts(store: EventStore) -> int:
+    """Prepared statements inserting events on the connection this thread's appends use."""
+    with store._engine.write() as conn:  # the thread's kept write connection
+        query = "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO events %%'"
+        return int(conn.exec_driver_sql(query).scalar_one())
+
+
+@pytest.mark.parametrize("prepare", [True, False])
+def test_appends_on_postgresql_prepare_their_statements_unless_told_not_to(
+    pg_schema: tuple[str, str], prepare: bool
+) -> None:
+    url, schema = pg_schema
+    store = open_store(url, schema=schema, create=True, config=StoreConfig(postgres_prepare=prepare))
+    try:
+        other = open_store(url, schema=schema)
+        for i in range(4):
+            store.append([new("s"), new(f"t-{i}")])
+            other.append([new("s")])  # both paths: reading first, and guessing
+            store.append_new([new("s"), new("u")])
+        assert _prepared_inserts(store) == (1 if prepare else 0)
+        assert [e.version for e in store.read_stream("s")] == list(range(1, 13))
+        _positions_without_gaps(store)
+        assert store.verify().ok
+        other.close()
     finally:
         store.close()
