@@ -231,8 +231,8 @@ _SQLITE_LAST_POSITION = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 
 
 PREPARE_NOTE = """PostgreSQL parses and plans a statement sent unprepared at every run: for the append's statements
-that was a third of the server's CPU per append (a no-op task's four records: 0.72 -> 0.58 ms with the rows' INSERT
-and the start statement prepared, single appends 0.38 -> 0.27 ms). The connections keep psycopg's automatic
+that was 12-26 % of the server's CPU per append (measured with both prepared: a no-op task's four records
+0.715 -> 0.63 ms, a single event 0.38 -> 0.28-0.31 ms). The connections keep psycopg's automatic
 preparing off (``prepare_threshold=None``, :mod:`_engine`); the append prepares its own few statements, whose
 generic plans are index probes whatever the log's size (the start statement probes ids through ``unnest``, not
 ``= ANY``, whose generic plan is a bitmap scan). Behind a pooler that does not keep prepared statements across
