@@ -119,12 +119,13 @@ def insert_rows(
             with driver_errors(conn, _POSTGRES_INSERT), driver.pipeline(), driver.cursor() as cursor:
                 if lock:
                     cursor.execute(_PG_LOCK, prepare=prepare)
+                threshold = driver.prepare_threshold
                 if prepare:  # executemany takes no prepare=: every statement of this one is prepared on first use
                     driver.prepare_threshold = 0
                 try:
                     cursor.executemany(_POSTGRES_INSERT, list(rows))
                 finally:
-                    driver.prepare_threshold = None
+                    driver.prepare_threshold = threshold
                 if commit:
                     driver.commit()  # queued in the pipeline: sent and answered with the INSERTs
             return
