@@ -18,6 +18,7 @@ from pydantic import Field
 
 from relaybus.tasks.errors import PermanentError
 from relaybus.tasks.pipelines.definition import Pipeline
+from relaybus.tasks.pipelines.registry import FAIL_TASK
 from relaybus.tasks.runtime.task import AgentContext, AgentModel, agent
 from tests.agents import note, r
 
@@ -93,16 +94,28 @@ def _kill_worker_after_success(
 _STORE_RESULT = RedisBackend.mark_as_done
 
 
+#: Set (to a pipeline name) by a test: a worker dies once as that pipeline's ``pipelines.fail`` stores its result.
+KILL_AT_FAIL_RESULT = "edge:kill-at-fail-result"
+
+
 def _kill_worker_before_the_result_is_stored(self: RedisBackend, task_id: str, result: object,
                                              request: object = None, *args: object, **kwargs: object) -> object:
     """Mode ``exit_after_record``: the whole worker is SIGKILLed once, after the task's success was recorded
     (and what follows it sent: Celery sends a chain's next task first) but before its result is stored: the
-    broker delivers the message again, and the result backend has nothing for it."""
+    broker delivers the message again, and the result backend has nothing for it. The same for the system task
+    ``pipelines.fail`` of the pipeline named in :data:`KILL_AT_FAIL_RESULT`."""
     inp = getattr(request, "kwargs", None) or {}
     if (getattr(request, "task", "") == "agents.edgy" and inp.get("mode") == "exit_after_record"
             and r().set(f"{inp['key']}:died", "1", nx=True)):
         os.killpg(os.getpgid(0), signal.SIGKILL)
+    if (getattr(request, "task", "") == FAIL_TASK and inp.get("pipeline")
+            and r().eval(_TAKE_IF_EQUAL, 1, KILL_AT_FAIL_RESULT, str(inp["pipeline"]))):
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     return _STORE_RESULT(self, task_id, result, request, *args, **kwargs)
+
+
+# Delete the key if it holds this value: one worker dies, once, for the pipeline the test named.
+_TAKE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 RedisBackend.mark_as_done = _kill_worker_before_the_result_is_stored  # type: ignore[method-assign]

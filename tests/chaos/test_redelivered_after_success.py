@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from relaybus.eventstore import open_store
+from relaybus.eventstore import EventStore, open_store
 from relaybus.tasks.pipelines.client import start
+from relaybus.tasks.pipelines.registry import FAIL_TASK
 from tests.chaos.audit import audit
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 from tests.chaos.system import chaos_settings, new_schema
+from tests.edge_agents import KILL_AT_FAIL_RESULT
 from tests.harness import Worker, delete_namespace, make_app, redis_list, wait_for
 from tests.services import REDIS_URL
 
@@ -73,3 +75,58 @@ def test_a_task_redelivered_after_its_success_was_recorded_does_not_run_again(
         notes.delete(key, f"{key}:died")
         store.close()
         app.close()
+
+
+def test_a_system_task_redelivered_after_its_success_was_recorded_does_not_run_again(
+    rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path,
+) -> None:
+    """The same for relaybus's own tasks: the pipeline's failure callback (``pipelines.fail``) dies after its
+    success was recorded, before its result was stored. Run again, it recorded a second start that no end
+    followed (its end shares the first one's id)."""
+    settings = chaos_settings(
+        tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url),
+        extra_modules=("tests.agents", "tests.edge_agents"), extra_agents=("probe", "flaky", "edgy"),
+    )
+    app = make_app(settings)
+    with app.connection_for_write() as conn:
+        app.conf.relaybus_topology.declare(conn)
+    store = open_store(settings.eventstore_url)
+    notes = redis.Redis.from_url(REDIS_URL)
+    key = f"system-after-success-{uuid.uuid4().hex[:12]}"
+    notes.set(KILL_AT_FAIL_RESULT, "edgy-one")
+    first = Worker(settings, ("system", "edgy"), tmp_path, concurrency=2, name="dies")
+    second = None
+    try:
+        first.wait_ready(app, timeout=90)
+        handle = start("edgy-one", {"key": key, "mode": "permanent"}, app=app)
+        wait_for(lambda: first.proc.poll() is not None, 60, 0.1, "the worker to be killed in pipelines.fail")
+        assert notes.get(KILL_AT_FAIL_RESULT) is None  # taken: the kill happened where the test asked
+        fail_id = next(e.task_id for e in store.by_correlation(handle.id)
+                       if e.type == "task.succeeded" and _name(store, e.task_id) == FAIL_TASK)
+
+        second = Worker(settings, ("system", "edgy"), tmp_path, concurrency=2, name="after")
+        second.wait_ready(app, timeout=90)
+        outcome = handle.wait(120)
+        assert outcome.status == "failed", outcome
+        wait_for(lambda: store.find(task_id=fail_id, type="task.redelivered"), 60, 0.1, "the redelivery's record")
+        types = [e.type for e in store.find(task_id=fail_id)]
+        assert types.count("task.started") == 1 and types.count("task.succeeded") == 1, types
+        assert len([e for e in store.by_correlation(handle.id) if e.type == "pipeline.failed"]) == 1
+        findings = audit(store, [handle.id], agent_tasks={"agents.edgy", FAIL_TASK})
+        assert not findings.missing and findings.reruns_after_terminal == 0, findings
+        assert second.proc.poll() is None, second.log()[-3000:]
+    finally:
+        notes.delete(KILL_AT_FAIL_RESULT)
+        for worker in (first, second):
+            if worker is not None:
+                worker.stop()
+        delete_namespace(app)
+        notes.delete(key)
+        store.close()
+        app.close()
+
+
+def _name(store: EventStore, task_id: str | None) -> str:
+    """The task name its ``task.sent`` gives."""
+    sent = store.find(task_id=task_id, type="task.sent", limit=1) if task_id else []
+    return str(sent[0].payload.get("task", "")) if sent else ""
