@@ -22,7 +22,9 @@ def test_relaybus_demo_without_any_server_runs_a_pipeline_and_a_compensating_sag
     result = subprocess.run([sys.executable, "-m", "relaybus.cli", "demo"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    log = tmp_path / ".relaybus" / "demo-worker.log"
+    assert result.returncode == 0, output + (f"\n--- demo worker log (last 8000 chars) ---\n{log.read_text()[-8000:]}"
+                                             if log.exists() else "")
     assert "mode: embedded" in output
     assert "pipeline completed" in output
     assert "compensated in" in output and "0 side effects left" in output
