@@ -1,7 +1,8 @@
-"""``python -m bench.profile [VARIANT ...] [--n N]``: where a worker's time goes, per throughput variant.
+"""``python -m bench.profile [VARIANT ...] [--n N]``: where a worker's time goes, per throughput variant or saga.
 
-Runs :func:`bench.throughput._one` with cProfile in every pool process and in the worker's main thread
-(``RELAYBUS_BENCH_PROFILE``), then prints the top functions by own time, pool processes merged.
+Runs :func:`bench.throughput._one` (or, for ``saga+sqlite`` and ``saga+postgresql``, ``n`` success and ``n``
+compensated sagas of :mod:`bench.saga_bench`) with cProfile in every pool process and in the worker's main
+thread (``RELAYBUS_BENCH_PROFILE``), then prints the top functions by own time, pool processes merged.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import os
 import pstats
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -26,11 +28,28 @@ def top(paths: list[Path], limit: int) -> list[tuple[str, int, float, float]]:
     return rows[:limit]
 
 
+SAGA_VARIANTS = ("saga+sqlite", "saga+postgresql")
+
+
+def _saga(variant: str, n: int, workdir: Path) -> dict[str, float]:
+    """``n`` success then ``n`` compensated sagas of the saga benchmark, started back to back; the rate."""
+    from bench.saga_bench import PG_URL, relaybus_variant
+    from relaybus.settings import get_settings
+
+    postgres = PG_URL if variant == "saga+postgresql" else None
+    with relaybus_variant(variant.replace("+", "_"), get_settings(), workdir, postgres) as relaybus:
+        relaybus.round(3, 2)  # warm up
+        began = time.perf_counter()
+        relaybus.loaded(n, fail=False)
+        relaybus.loaded(n, fail=True)
+        return {"consume_per_s": 2 * n / (time.perf_counter() - began)}
+
+
 def main() -> None:
     from bench.throughput import VARIANTS, _one
 
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
-    parser.add_argument("variants", nargs="*", default=["agent+sqlite"], help=", ".join(VARIANTS))
+    parser.add_argument("variants", nargs="*", default=["agent+sqlite"], help=", ".join([*VARIANTS, *SAGA_VARIANTS]))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--keep", type=Path, help="keep the .prof files under this folder")
@@ -40,9 +59,11 @@ def main() -> None:
             prof = (args.keep / variant.replace("+", "_")) if args.keep else Path(tmp) / "prof"
             os.environ["RELAYBUS_BENCH_PROFILE"] = str(prof)
             try:
-                figures = _one(
-                    variant, args.n, Path(tmp), os.environ.get("RELAYBUS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-                )
+                if variant in SAGA_VARIANTS:
+                    figures = _saga(variant, args.n, Path(tmp))
+                else:
+                    figures = _one(variant, args.n, Path(tmp),
+                                   os.environ.get("RELAYBUS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
             finally:
                 os.environ.pop("RELAYBUS_BENCH_PROFILE", None)
             print(f"\n== {variant}: {figures['consume_per_s']:.0f} tasks/s")

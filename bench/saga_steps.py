@@ -13,6 +13,7 @@ real saga step: their own queue, the fence, the log, the dead letter of the fail
 
 from __future__ import annotations
 
+import bench.profiling  # noqa: F401  (cProfile in the worker when RELAYBUS_BENCH_PROFILE is set)
 from relaybus.sagas import SagaDefinition, Step
 from relaybus.tasks.errors import PermanentError
 from relaybus.tasks.runtime.task import AgentContext, AgentModel

@@ -69,6 +69,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         eventstore_url=settings.eventstore_url,
         record_events=settings.record_events,
         group_commit=settings.group_commit,
+        worker_events_batch_s=settings.worker_events_batch_s,
         redact_keys=settings.redact_keys,
         redact_patterns=settings.redact_patterns,
         max_event_payload_bytes=settings.max_event_payload_bytes,

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     #: Off by default: on 2 cores the hand-over cost more than the shared commits saved (README, Performance).
     group_commit: bool = False
 
+    #: How long a worker's task events (Flower, ``celery events``) wait to be published together, in one
+    #: message; 0: at the event loop's next turn, as Celery does (tasks.runtime.consumer).
+    worker_events_batch_s: float = Field(default=0.05, ge=0, le=5)
+
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
 
     #: A pipeline that makes no progress (no new record) for this long is ended ``timed_out`` by the

@@ -163,6 +163,42 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options=UNCONFIRMED)
         )
 
+    _events_flush_pending = False
+
+    def on_send_event_buffered(self) -> None:
+        """A task event was buffered: publish the buffer once ``worker_events_batch_s`` has passed, not at the
+        loop's next turn as Celery does.
+
+        Celery's dispatcher publishes its buffer of task events as one message (``task.multi``, a list, which
+        Flower and ``celery events`` read as the events one by one), and publishes it at once when it holds
+        ``buffer_limit`` (24) events. Flushed at every turn of the loop, a no-op task's three events
+        (received, started, succeeded) went out in two publishes or more: about a seventh of the worker's
+        CPU per no-op task (README, Performance). Waiting a fraction of a second lets every task that ends
+        meanwhile share one publish; monitors see the events that much later. The events stay monitoring,
+        not records: the event log has the transitions, committed before each ack.
+        """
+        if not self.hub:
+            return
+        wait = runtime_config(self.app).worker_events_batch_s
+        if wait <= 0:
+            super().on_send_event_buffered()
+        elif not self._events_flush_pending:
+            self._events_flush_pending = True
+            self.hub.call_later(wait, self._flush_events_batch)
+
+    def _flush_events_batch(self) -> None:
+        self._events_flush_pending = False
+        self._flush_events()
+
+    def shutdown(self) -> None:
+        """The events still waiting for their batch go out before the event connection closes (Celery closes
+        it with whatever its buffer holds): a monitor sees every task this worker ended."""
+        try:
+            self._flush_events_batch()
+        except Exception:  # the broker is away: the events were monitoring only
+            logger.warning("the last task events could not be published at shutdown", exc_info=True)
+        super().shutdown()
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         on_task_received: Callable[[Any], Any] = super().create_task_handler(*args, **kwargs)
         connection_errors = tuple(self.connection_errors or ())
