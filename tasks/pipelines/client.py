@@ -41,7 +41,7 @@ from relaybus.tasks.pipelines.registry import (
 )
 from relaybus.tasks.runtime.claimcheck import resolve_value
 from relaybus.tasks.runtime.config import runtime_config
-from relaybus.tasks.runtime.context import BUDGET_HEADER, CORRELATION_HEADER, id_problems, new_id
+from relaybus.tasks.runtime.context import BUDGET_HEADER, CORRELATION_HEADER, TRACK_STARTED_HEADER, id_problems, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ def start(
         raise InvalidInput(ref.name, problems, kind="pipeline")
     recorded_budget = _budget(ref.name, budget)
     pipeline_id = correlation_id or new_id()
-    headers: dict[str, Any] = {CORRELATION_HEADER: pipeline_id}
+    # The entry task stores its STARTED state, which status() reads (agent tasks store none otherwise).
+    headers: dict[str, Any] = {CORRELATION_HEADER: pipeline_id, TRACK_STARTED_HEADER: True}
     if recorded_budget is not None:
         headers[BUDGET_HEADER] = recorded_budget  # the entry task records it in pipeline.started too
     app.send_task(

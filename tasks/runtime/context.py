@@ -36,6 +36,9 @@ SENT_AT_HEADER = "x_sent_at"
 #: record orders after the saga's move that sent it), and by which host.
 PUBLISHED_AT_HEADER = "x_published_at"
 PUBLISHED_BY_HEADER = "x_published_by"
+#: On a message whose task stores its ``STARTED`` state in the result backend before it runs (a pipeline's entry
+#: task, for ``PipelineHandle.status``); agent tasks store no ``STARTED`` otherwise (tasks.runtime.task).
+TRACK_STARTED_HEADER = "x_track_started"
 
 _correlation: ContextVar[str | None] = ContextVar("relaybus_correlation_id", default=None)
 _causation: ContextVar[str | None] = ContextVar("relaybus_causation_id", default=None)

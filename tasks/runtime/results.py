@@ -10,8 +10,9 @@ deleted when the chord joins. What stays is for people and clients:
 =====================================  ===========================================  ==========================
 key                                    read by                                      expires
 =====================================  ===========================================  ==========================
-a task's own state (started, retry,    ``AsyncResult``, ``PipelineHandle.status``   :data:`TASK_RESULT_EXPIRES_S`
-success)                               (the start task), people debugging           after it is written
+a task's own state (retry, success;    ``AsyncResult``, ``PipelineHandle.status``   :data:`TASK_RESULT_EXPIRES_S`
+started: system tasks and a            (the start task), people debugging           after it is written
+pipeline's entry task only)
 a task's failure                       the error callbacks (why it failed)          ``result_failure_expires``
                                                                                     (default: ``result_expires``)
 a pipeline's outcome (its id)          clients blocking on it (``handle.wait``)     ``result_expires``

@@ -4,11 +4,14 @@ clients with its expiry, as Celery's own store does."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 
 from celery import Celery, states
 from celery.app.task import Context
 
+from relaybus.tasks.runtime.context import TRACK_STARTED_HEADER
 from relaybus.tasks.runtime.results import TASK_RESULT_EXPIRES_S
 from tests.harness import wait_for
 
@@ -51,3 +54,26 @@ def test_every_store_is_published_to_waiting_clients(app: Celery) -> None:
         assert b'"status": "SUCCESS"' in message["data"] and b'"n": 7' in message["data"]
     finally:
         pubsub.close()
+
+
+def test_an_agent_task_stores_no_started_state_unless_its_message_asks_as_a_pipeline_entry_does(
+    app: Celery, start_worker, redis_client
+) -> None:
+    """The log's ``task.started`` is the record; Redis gets ``STARTED`` only for a message carrying
+    TRACK_STARTED_HEADER (a pipeline's entry task, which ``PipelineHandle.status`` reads)."""
+    start_worker("probe")
+    probe = app.tasks["agents.probe"]
+    states_seen = {}
+    for asks in (False, True):
+        key = f"started-state:{uuid.uuid4().hex}"
+        release = time.time() + 30
+        result = probe.apply_async(kwargs={"key": key, "until": release},
+                                   headers={TRACK_STARTED_HEADER: True} if asks else None)
+        # The body has begun (Celery stores STARTED before it): what Redis holds for the task now.
+        wait_for(lambda key=key: any(json.loads(n)["event"] == "start" for n in redis_client.lrange(key, 0, -1)),
+                 30, 0.05, "the probe's body to start")
+        states_seen[asks] = app.backend.get_state(result.id)
+        assert not result.ready()
+        app.control.revoke(result.id, terminate=True)  # no need to wait out the sleep
+        wait_for(lambda result=result: result.state in (states.REVOKED, states.FAILURE), 30, 0.1, "the revoke")
+    assert states_seen == {False: states.PENDING, True: states.STARTED}
