@@ -69,7 +69,7 @@ def runtime_from(settings: Settings) -> RuntimeConfig:
         eventstore_url=settings.eventstore_url,
         record_events=settings.record_events,
         group_commit=settings.group_commit,
-        worker_events_batch_s=settings.worker_events_batch_s,
+        events_batch_s=settings.events_batch_s,
         redact_keys=settings.redact_keys,
         redact_patterns=settings.redact_patterns,
         max_event_payload_bytes=settings.max_event_payload_bytes,
@@ -350,6 +350,7 @@ def _connect_signals() -> None:
     from relaybus.tasks.runtime.recording.wiring import start_host_writer, stop_host_writer
     from relaybus.tasks.runtime.redacting import quiet_success_log, redact_task_headers, redact_worker_logs
     from relaybus.tasks.runtime.revokes import load_into_worker as load_kept_revokes
+    from relaybus.tasks.runtime.sentevents import flush_sent_events
 
     def build_sent(**kwargs: Any) -> None:
         on_before_task_publish(publishing_app(), **kwargs)
@@ -382,6 +383,8 @@ def _connect_signals() -> None:
     signals.worker_init.connect(start_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
     signals.worker_init.connect(load_kept_revokes, weak=False, dispatch_uid="relaybus.kept_revokes")
     signals.worker_shutdown.connect(stop_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
+    # A pool process leaves by os._exit: its buffered task-sent events go out first (atexit would not run).
+    signals.worker_process_shutdown.connect(flush_sent_events, weak=False, dispatch_uid="relaybus.sent_events")
     signals.worker_ready.connect(start_sweeper, weak=False, dispatch_uid="relaybus.sweeper")
     signals.worker_shutdown.connect(stop_sweeper, weak=False, dispatch_uid="relaybus.sweeper")
 

@@ -97,9 +97,10 @@ class Settings(BaseSettings):
     #: Off by default: on 2 cores the hand-over cost more than the shared commits saved (README, Performance).
     group_commit: bool = False
 
-    #: How long a worker's task events (Flower, ``celery events``) wait to be published together, in one
-    #: message; 0: at the event loop's next turn, as Celery does (tasks.runtime.consumer).
-    worker_events_batch_s: float = Field(default=0.05, ge=0, le=5)
+    #: How long task events for monitors (Flower, ``celery events``) wait to be published together, in one
+    #: message: a worker's (tasks.runtime.consumer) and a sender's ``task-sent`` (tasks.runtime.sentevents);
+    #: 0: each at once (a worker's at its event loop's next turn), as Celery does.
+    events_batch_s: float = Field(default=0.05, ge=0, le=5)
 
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
 

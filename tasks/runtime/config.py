@@ -38,8 +38,8 @@ class RuntimeConfig(BaseModel):
     eventstore_url: str = "sqlite:///.relaybus/events.sqlite"
     record_events: bool = True
     group_commit: bool = False
-    #: How long a worker's task events wait to be published together (Settings.worker_events_batch_s).
-    worker_events_batch_s: float = 0.05
+    #: How long task events for monitors wait to be published together (Settings.events_batch_s).
+    events_batch_s: float = 0.05
     redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
     redact_patterns: tuple[str, ...] = ()
     max_event_payload_bytes: int = 64 * 1024

@@ -166,7 +166,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     _events_flush_pending = False
 
     def on_send_event_buffered(self) -> None:
-        """A task event was buffered: publish the buffer once ``worker_events_batch_s`` has passed, not at the
+        """A task event was buffered: publish the buffer once ``events_batch_s`` has passed, not at the
         loop's next turn as Celery does.
 
         Celery's dispatcher publishes its buffer of task events as one message (``task.multi``, a list, which
@@ -179,7 +179,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         """
         if not self.hub:
             return
-        wait = runtime_config(self.app).worker_events_batch_s
+        wait = runtime_config(self.app).events_batch_s
         if wait <= 0:
             super().on_send_event_buffered()
         elif not self._events_flush_pending:

@@ -1,33 +1,64 @@
-"""A client's ``task-sent`` event reaches the event exchange (Flower, ``celery events``) on a connection of its
-own without publisher confirms, so that a send waits for one confirm, the task's (tasks.runtime.sentevents)."""
+"""A sender's ``task-sent`` events reach the event exchange (Flower, ``celery events``) on a connection of its own
+without publisher confirms, so that a send waits for one confirm, the task's; they are published by a thread of
+the process, gathered for ``events_batch_s`` into one ``task.multi`` message, and what is still buffered goes out
+when the process exits or a pool process shuts down (tasks.runtime.sentevents)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from celery import Celery
+from celery import Celery, chain
 from kombu import Exchange, Queue
 
-from tests.harness import wait_for
+from relaybus.settings import Settings
+from relaybus.tasks.runtime.sentevents import flush_sent_events
+from tests.harness import ROOT, Worker, make_app, wait_for
+
+Messages = list[tuple[str, list[dict[str, Any]]]]
+
+
+@contextmanager
+def sent_events(app: Celery) -> Iterator[Callable[[], Messages]]:
+    """A queue on the event exchange for ``task-sent`` events, alone or in a batch; yields a function returning
+    the messages read so far as (routing key, events)."""
+    exchange = Exchange(app.conf.event_exchange, type="topic")
+    seen: Messages = []
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        queue = Queue(f"test-sent-{uuid.uuid4().hex[:8]}", exchange=exchange, routing_key="task.sent", durable=False,
+                      auto_delete=False)(channel)
+        queue.declare()
+        queue.bind_to(exchange, routing_key="task.multi")
+
+        def read() -> Messages:
+            while (message := queue.get(no_ack=True)) is not None:
+                body = message.decode()
+                events = body if isinstance(body, list) else [body]
+                seen.append((message.delivery_info["routing_key"], [e for e in events if e["type"] == "task-sent"]))
+            return seen
+
+        try:
+            yield read
+        finally:
+            queue.delete()
+
+
+def _sent_ids(messages: Messages) -> set[str]:
+    return {e["uuid"] for _, events in messages for e in events}
 
 
 def test_task_sent_events_are_published_unconfirmed_beside_the_confirmed_task(app: Celery) -> None:
-    exchange = Exchange(app.conf.event_exchange, type="topic")
     task_id = str(uuid.uuid4())
-    with app.connection_for_read() as conn:
-        events = Queue(
-            f"test-sent-{task_id}", exchange=exchange, routing_key="task.sent", durable=False, auto_delete=True
-        )(conn.default_channel)
-        events.declare()
+    with sent_events(app) as read:
         app.tasks["agents.probe"].apply_async(kwargs={"key": "sent-events"}, task_id=task_id)
-
-        def sent_event() -> dict | None:
-            message = events.get(no_ack=True)
-            return message.decode() if message is not None else None
-
-        event = wait_for(sent_event, 15, 0.05, "the task-sent event")
-        events.delete()
-    assert event["type"] == "task-sent" and event["uuid"] == task_id
+        wait_for(lambda: task_id in _sent_ids(read()), 15, 0.05, "the task-sent event")
+        (event,) = [e for _, events in read() for e in events if e["uuid"] == task_id]
+    assert event["type"] == "task-sent"
     assert "sent-events" in event["kwargs"], "the redacted reprs the message carries"
 
     unconfirmed = app.amqp._event_dispatcher._unconfirmed
@@ -36,3 +67,50 @@ def test_task_sent_events_are_published_unconfirmed_beside_the_confirmed_task(ap
     with app.producer_or_acquire() as producer:
         assert producer.connection is not unconfirmed._connection
         assert producer.connection.transport_options.get("confirm_publish") is True, "tasks stay confirmed"
+
+
+def test_the_sends_of_one_batch_interval_go_out_as_one_message(settings: Settings, app: Celery) -> None:
+    batched = make_app(settings.model_copy(update={"events_batch_s": 5.0}))  # longer than the test
+    try:
+        with sent_events(app) as read:
+            ids = [batched.tasks["agents.probe"].apply_async(kwargs={"key": f"b{i}"}).id for i in range(5)]
+            flush_sent_events()  # what a process's exit does
+            wait_for(lambda: set(ids) <= _sent_ids(read()), 15, 0.05, "the five task-sent events")
+            messages = read()
+    finally:
+        batched.close()
+    assert [(key, [e["uuid"] for e in events]) for key, events in messages] == [("task.multi", ids)]
+
+
+def test_a_process_that_exits_right_after_sending_still_publishes_its_task_sent_events(
+    settings: Settings, app: Celery
+) -> None:
+    script = (
+        "import sys\n"
+        "from tests.harness import make_app\n"
+        "from relaybus.settings import Settings\n"
+        "app = make_app(Settings())\n"
+        "for i in range(3):\n"
+        "    print(app.tasks['agents.probe'].apply_async(kwargs={'key': f'exit{i}'}).id)\n"
+    )
+    env = {**settings.model_copy(update={"events_batch_s": 5.0}).to_env(), "PYTHONPATH": str(ROOT)}
+    with sent_events(app) as read:
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        ids = set(done.stdout.split())
+        assert len(ids) == 3
+        # Published at its exit, not 5 s later by a thread that no longer exists.
+        wait_for(lambda: ids <= _sent_ids(read()), 15, 0.05, "the exited sender's task-sent events")
+
+
+def test_a_pool_process_publishes_the_task_sent_events_it_buffered_when_its_worker_shuts_down(
+    settings: Settings, app: Celery, start_worker: Callable[..., Worker]
+) -> None:
+    worker = start_worker("probe", settings=settings.model_copy(update={"events_batch_s": 5.0}))
+    probe = app.tasks["agents.probe"]
+    with sent_events(app) as read:
+        result = chain(probe.s(key="pool-sent", label="first"), probe.s(key="pool-sent", label="second")).apply_async()
+        assert result.get(timeout=60)["label"] == "second"
+        worker.stop()  # the pool process sent the second step; its event is still in its buffer
+        wait_for(lambda: result.id in _sent_ids(read()), 15, 0.05, "the second step's task-sent event")

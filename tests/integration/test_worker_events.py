@@ -1,4 +1,4 @@
-"""A worker's task events (Flower, ``celery events``) go out together, ``worker_events_batch_s`` after the first
+"""A worker's task events (Flower, ``celery events``) go out together, ``events_batch_s`` after the first
 of them, as one ``task.multi`` message, and what is still waiting goes out when the worker shuts down
 (tasks.runtime.consumer)."""
 
@@ -58,7 +58,7 @@ def test_events_waiting_for_their_batch_go_out_in_one_message_when_the_worker_sh
     settings: Settings, app: Celery, start_worker: Callable[..., Worker]
 ) -> None:
     # A batch far longer than the test: only the worker's shutdown publishes the events.
-    worker = start_worker("probe", settings=settings.model_copy(update={"worker_events_batch_s": 5.0}))
+    worker = start_worker("probe", settings=settings.model_copy(update={"events_batch_s": 5.0}))
     with task_events(app) as read:
         sent = [app.tasks["agents.probe"].apply_async(kwargs={"key": f"batch-{i}", "value": i}) for i in range(3)]
         assert [r.get(timeout=60)["value"] for r in sent] == [1, 2, 3]
