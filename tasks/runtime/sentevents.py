@@ -134,7 +134,9 @@ def flush_sent_events(**_: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
+    """The parent's publishing thread may have held either lock as it forked: the child starts with new ones."""
     for events in _EVERY:
+        events._io = threading.Lock()
         events._fresh_buffer()
 
 

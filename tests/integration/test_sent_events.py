@@ -5,8 +5,11 @@ when the process exits or a pool process shuts down (tasks.runtime.sentevents)."
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -114,3 +117,30 @@ def test_a_pool_process_publishes_the_task_sent_events_it_buffered_when_its_work
         assert result.get(timeout=60)["label"] == "second"
         worker.stop()  # the pool process sent the second step; its event is still in its buffer
         wait_for(lambda: result.id in _sent_ids(read()), 15, 0.05, "the second step's task-sent event")
+
+
+def test_a_process_forked_while_its_parent_publishes_events_publishes_its_own(app: Celery) -> None:
+    """A fork copies locks as they are: one held by the parent's publishing thread at that moment must not
+    leave the child (a pool process) unable to publish, ever."""
+    unconfirmed = app.amqp._event_dispatcher._unconfirmed
+    with sent_events(app) as read:
+        task_id = str(uuid.uuid4())
+        with unconfirmed._io, unconfirmed._lock:  # as the parent's thread holds them mid-publish
+            pid = os.fork()
+            if pid == 0:  # the child: send a task, publish its event, leave
+                code = 1
+                try:
+                    app.tasks["agents.probe"].apply_async(kwargs={"key": "forked"}, task_id=task_id)
+                    flush_sent_events()
+                    code = 0
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + 30
+        while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if waited == (0, 0):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung on a lock its parent held")
+        assert os.waitstatus_to_exitcode(waited[1]) == 0
+        wait_for(lambda: task_id in _sent_ids(read()), 15, 0.05, "the forked child's task-sent event")
