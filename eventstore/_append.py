@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Select, String, any_, bindparam, func, literal_column, select
 from sqlalchemy import exc as sa_exc
@@ -31,7 +32,7 @@ from relaybus.eventstore._gcpause import gc_paused
 from relaybus.eventstore._heads import Head, HeadCache, LastPosition
 from relaybus.eventstore._insert import insert_rows, start_append
 from relaybus.eventstore._rows import recorded, select_events, to_events
-from relaybus.eventstore.errors import ConcurrencyError
+from relaybus.eventstore.errors import ConcurrencyError, EventStoreError
 from relaybus.eventstore.hashing import LINK_TAG, canonical_json, content_json_of, format_time, hmac_pads
 from relaybus.eventstore.keys import UNKEYED, ChainKeys
 from relaybus.eventstore.models import NewEvent, RecordedEvent, StoreConfig
@@ -39,6 +40,14 @@ from relaybus.eventstore.payloads import offload
 from relaybus.eventstore.redaction import Redactor, fit
 from relaybus.eventstore.schema import events
 from relaybus.eventstore.storable import needs_escaping, storable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: What PostgreSQL answers when a statement this connection prepared is not on the server it reaches (26000:
+#: invalid_sql_statement_name), or one of that name is there already (42P05: duplicate_prepared_statement).
+LOST_PREPARED_STATES = frozenset({"26000", "42P05"})
 
 
 class _LookUpStored(Exception):
@@ -88,7 +97,7 @@ class Appender:
         if expected_version is not None and len({e.stream_id for e in batch}) != 1:
             raise ValueError("expected_version needs every event to be of one stream")
         with gc_paused():  # hundreds of acyclic dicts and records per batch (see _gcpause)
-            return self._append_prepared(batch, expected_version)
+            return self._unprepared_if_lost(lambda: self._append_prepared(batch, expected_version))
 
     def _append_prepared(self, batch: list[NewEvent], expected_version: int | None) -> list[RecordedEvent]:
         prepared = [self._prepare(event) for event in batch]
@@ -120,6 +129,9 @@ class Appender:
         batch = list(events_)
         if not batch:
             return 0
+        return self._unprepared_if_lost(lambda: self._append_new_retried(batch))
+
+    def _append_new_retried(self, batch: list[NewEvent]) -> int:
         with translate_errors(), gc_paused():
             for attempt in range(self.config.append_retries + 1):
                 try:
@@ -130,6 +142,25 @@ class Appender:
                     if attempt == self.config.append_retries:
                         raise
         raise AssertionError("unreachable")
+
+    def _unprepared_if_lost(self, append: Callable[[], T]) -> T:
+        """``append()``; again, once, with prepared statements off for good, if the server did not have a statement
+        this connection prepared. That is a pooler handing each transaction to whichever server connection is free
+        (PgBouncer in transaction mode before 1.21): a prepared statement lives on one server connection. Nothing
+        was written (the transaction failed); a warning names the setting that turns preparing off."""
+        try:
+            return append()
+        except EventStoreError as error:
+            state = getattr(getattr(error.__cause__, "orig", None), "sqlstate", None)
+            if not self._prepare_sql or state not in LOST_PREPARED_STATES:
+                raise
+            self._prepare_sql = False
+            logger.warning(
+                "the event store's PostgreSQL server did not have a statement this connection prepared (%s); "
+                "appends go on without prepared statements. Behind a pooler in transaction mode (PgBouncer before "
+                "1.21), set RELAYBUS_EVENTSTORE_PREPARE=false (StoreConfig(postgres_prepare=False))", state,
+            )
+        return append()
 
     def _append_new(self, batch: list[NewEvent]) -> int:
         # Prepared before the transaction (redaction, serialisation): the lock is held for less.
@@ -175,6 +206,12 @@ class Appender:
             for event in also:
                 if event.event_id not in others:
                     others[event.event_id] = self._prepare(event)
+        return self._unprepared_if_lost(lambda: self._append_with_translated(mine, expected_version, others))
+
+    def _append_with_translated(
+        self, mine: list[_Prepared], expected_version: int, others: dict[str, _Prepared]
+    ) -> list[RecordedEvent]:
+        with translate_errors(), gc_paused():
             return self._append_with(mine, expected_version, others)
 
     def _append_with(

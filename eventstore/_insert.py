@@ -238,7 +238,9 @@ preparing off (``prepare_threshold=None``, :mod:`_engine`); the append prepares 
 generic plans are index probes whatever the log's size (the start statement probes ids through ``unnest``, not
 ``= ANY``, whose generic plan is a bitmap scan). Behind a pooler that does not keep prepared statements across
 transactions (PgBouncer in transaction mode before 1.21), turn it off: ``StoreConfig(postgres_prepare=False)``,
-``RELAYBUS_EVENTSTORE_PREPARE=false``."""
+``RELAYBUS_EVENTSTORE_PREPARE=false``. A store that meets such a pooler with it on turns it off by itself at the
+first statement the server does not have (or has twice), retries that append, and logs a warning
+(``Appender._unprepared_if_lost``)."""
 
 
 def start_append(

@@ -160,3 +160,38 @@ def test_appends_on_postgresql_prepare_their_statements_unless_told_not_to(
         other.close()
     finally:
         store.close()
+
+
+def test_a_server_that_lost_the_prepared_statements_turns_preparing_off_with_a_warning_and_loses_nothing(
+    pg_schema: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a pooler in transaction mode does (PgBouncer before 1.21): the next transaction reaches a server
+    connection without this connection's prepared statements. Dropped here by name, behind psycopg's back (it
+    forgets its own on ``DEALLOCATE ALL``, not on one name)."""
+    url, schema = pg_schema
+    store = open_store(url, schema=schema, create=True)
+    try:
+        other = open_store(url, schema=schema)
+        for i in range(2):  # both paths prepared: reading first, and guessing
+            store.append([new("s"), new(f"t-{i}")])
+            other.append([new("s")])
+            store.append_new([new("s"), new(f"u-{i}")])
+        with store._engine.write() as conn:  # the thread's kept write connection
+            names = [row[0] for row in conn.exec_driver_sql("SELECT name FROM pg_prepared_statements")]
+            assert names, "the appends prepared their statements"
+            for name in names:
+                conn.exec_driver_sql(f'DEALLOCATE "{name}"')
+        with caplog.at_level("WARNING", logger="relaybus.eventstore._append"):
+            store.append([new("s"), new("after")])
+            other.append([new("s")])
+            store.append_new([new("s")])
+            store.append_with([new("w")], 0, [new("s")])
+        warned = [r.getMessage() for r in caplog.records if "prepared" in r.getMessage()]
+        assert len(warned) == 1 and "RELAYBUS_EVENTSTORE_PREPARE=false" in warned[0], warned
+        assert _prepared_inserts(store) == 0, "preparing is off from then on"
+        assert [e.version for e in store.read_stream("s")] == list(range(1, 11))
+        _positions_without_gaps(store)
+        assert store.verify().ok
+        other.close()
+    finally:
+        store.close()
