@@ -145,6 +145,8 @@ def task_message_problem(message: Any, known_tasks: Container[str]) -> str | Non
 
 #: The transport options of the task-event connection, on top of the app's.
 UNCONFIRMED = {"confirm_publish": False}
+#: A batch of task events whose flush is this late was lost with its timer entry: another is scheduled.
+EVENTS_FLUSH_LATE_S = 5.0
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
@@ -163,7 +165,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             self.app.connection_for_write(url=url, heartbeat=heartbeat, transport_options=UNCONFIRMED)
         )
 
-    _events_flush_pending = False
+    _events_flush_due: float | None = None  # when the buffered task events are to be published
 
     def on_send_event_buffered(self) -> None:
         """A task event was buffered: publish the buffer once ``events_batch_s`` has passed, not at the
@@ -182,12 +184,15 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         wait = runtime_config(self.app).events_batch_s
         if wait <= 0:
             super().on_send_event_buffered()
-        elif not self._events_flush_pending:
-            self._events_flush_pending = True
+            return
+        now = time.monotonic()
+        # A flush already due does for this event too, unless its timer entry went missing (then it is late).
+        if self._events_flush_due is None or now > self._events_flush_due + EVENTS_FLUSH_LATE_S:
+            self._events_flush_due = now + wait
             self.hub.call_later(wait, self._flush_events_batch)
 
     def _flush_events_batch(self) -> None:
-        self._events_flush_pending = False
+        self._events_flush_due = None
         self._flush_events()
 
     def shutdown(self) -> None:
