@@ -287,14 +287,14 @@ class AgentTask(Task):  # type: ignore[misc]
         call.resumed = stored is not NOT_STORED or ended.failure is not None
         for before_call in hooks.before_call:
             before_call(call)
-        if not call.resumed and getattr(request, TRACK_STARTED_HEADER, None):
-            self._store_started(request)
         try:
             if ended.failure is not None:  # its failure path is taken again, with the recorded error
                 raise ended.failure
             if call.resumed:  # redelivered after its success was stored: what follows it is sent again, no more
                 result = stored
             else:
+                if getattr(request, TRACK_STARTED_HEADER, None):
+                    self._store_started(request)  # its errors take the task's failure path, as the body's do
                 # Values passed by reference are read back before validation, and large outputs stored after
                 # it: the agent sees its input and returns its output as usual (tasks.runtime.claimcheck).
                 args, kwargs = resolve_call(self.app, self.spec.name, request.id, args, kwargs)
