@@ -75,6 +75,21 @@ def chaos_settings(tmp: Path, broker_url: str, redis_url: str, eventstore_url: s
     return make_settings(tmp, broker_url, redis_url, **values)
 
 
+def edge_system(
+    tmp: Path, broker_url: str, redis_url: str, postgres_url: str, **overrides: Any
+) -> tuple[Settings, Celery, EventStore]:
+    """Settings, app (its topology declared) and event store for the edge agents (tests.edge_agents) on the private
+    services, with a fresh schema for the log; the caller closes the store and app."""
+    settings = chaos_settings(
+        tmp, broker_url, redis_url, new_schema(postgres_url),
+        extra_modules=("tests.agents", "tests.edge_agents"), extra_agents=("probe", "flaky", "edgy"), **overrides,
+    )
+    app = make_app(settings)
+    with app.connection_for_write() as conn:
+        app.conf.relaybus_topology.declare(conn)
+    return settings, app, open_store(settings.eventstore_url)
+
+
 def retrying(call: Callable[[], T], deadline_s: float = 120.0) -> T:
     """``call()``, again until it stops raising (a service is restarting), within ``deadline_s``."""
     deadline = time.monotonic() + deadline_s

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from relaybus.eventstore import EventStore, RecordedEvent, open_store
+from relaybus.eventstore import EventStore, RecordedEvent
 from relaybus.eventstore.storable import restore
 from relaybus.tasks.errors import InvalidInput
 from relaybus.tasks.pipelines.client import PipelineHandle, start
@@ -36,13 +36,12 @@ from tests.chaos.audit import audit
 from tests.chaos.conftest import Scale
 from tests.chaos.figures import Figures
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.chaos.system import chaos_settings, new_schema
+from tests.chaos.system import edge_system
 from tests.edge_agents import HARD_LIMIT_S
 from tests.harness import (
     Worker,
     celery_headers,
     delete_namespace,
-    make_app,
     queue_depth,
     raw_publish,
     read_queue,
@@ -89,15 +88,9 @@ def edge(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Edge]:
     tmp: Path = tmp_path_factory.mktemp("edges")
-    settings = chaos_settings(
-        tmp, rabbitmq.url, redis_server.url, new_schema(postgres.url),
-        extra_modules=("tests.agents", "tests.edge_agents"), extra_agents=("probe", "flaky", "edgy"),
-        max_redeliveries=MAX_REDELIVERIES, max_retries=1,
+    settings, app, store = edge_system(
+        tmp, rabbitmq.url, redis_server.url, postgres.url, max_redeliveries=MAX_REDELIVERIES, max_retries=1
     )
-    app = make_app(settings)
-    with app.connection_for_write() as conn:
-        app.conf.relaybus_topology.declare(conn)
-    store = open_store(settings.eventstore_url)
     worker = Worker(settings, ("system", "edgy", "probe"), tmp, concurrency=2, name="edge")
     try:
         worker.wait_ready(app, timeout=90)

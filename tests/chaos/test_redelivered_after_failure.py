@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from relaybus.eventstore import open_store
 from relaybus.tasks.pipelines.client import start
 from relaybus.tasks.runtime.deadletter import REASON_HEADER
 from tests.chaos.audit import audit
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.chaos.system import chaos_settings, new_schema
-from tests.harness import Worker, delete_namespace, make_app, read_queue, redis_list, wait_for
+from tests.chaos.system import edge_system
+from tests.harness import Worker, delete_namespace, read_queue, redis_list, wait_for
 from tests.services import REDIS_URL
 
 pytestmark = pytest.mark.timeout(240)
@@ -30,14 +29,7 @@ pytestmark = pytest.mark.timeout(240)
 def test_a_task_redelivered_after_its_failure_was_recorded_is_not_run_or_dead_lettered_again(
     rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path,
 ) -> None:
-    settings = chaos_settings(
-        tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url),
-        extra_modules=("tests.agents", "tests.edge_agents"), extra_agents=("probe", "flaky", "edgy"),
-    )
-    app = make_app(settings)
-    with app.connection_for_write() as conn:
-        app.conf.relaybus_topology.declare(conn)
-    store = open_store(settings.eventstore_url)
+    settings, app, store = edge_system(tmp_path, rabbitmq.url, redis_server.url, postgres.url)
     notes = redis.Redis.from_url(REDIS_URL)  # where the test agents note their runs (tests.agents.note)
     key = f"after-failure-{uuid.uuid4().hex[:12]}"
     first = Worker(settings, ("system", "edgy"), tmp_path, concurrency=2, name="dies")

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from relaybus.eventstore import EventStore, open_store
+from relaybus.eventstore import EventStore
 from relaybus.tasks.pipelines.client import start
 from relaybus.tasks.pipelines.registry import FAIL_TASK
 from tests.chaos.audit import audit
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
-from tests.chaos.system import chaos_settings, new_schema
+from tests.chaos.system import edge_system
 from tests.edge_agents import KILL_AT_FAIL_RESULT
-from tests.harness import Worker, delete_namespace, make_app, redis_list, wait_for
+from tests.harness import Worker, delete_namespace, redis_list, wait_for
 from tests.services import REDIS_URL
 
 pytestmark = pytest.mark.timeout(240)
@@ -33,14 +33,7 @@ pytestmark = pytest.mark.timeout(240)
 def test_a_task_redelivered_after_its_success_was_recorded_does_not_run_again(
     rabbitmq: PrivateRabbitMQ, redis_server: PrivateRedis, postgres: PrivatePostgres, tmp_path: Path, mode: str,
 ) -> None:
-    settings = chaos_settings(
-        tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url),
-        extra_modules=("tests.agents", "tests.edge_agents"), extra_agents=("probe", "flaky", "edgy"),
-    )
-    app = make_app(settings)
-    with app.connection_for_write() as conn:
-        app.conf.relaybus_topology.declare(conn)
-    store = open_store(settings.eventstore_url)
+    settings, app, store = edge_system(tmp_path, rabbitmq.url, redis_server.url, postgres.url)
     notes = redis.Redis.from_url(REDIS_URL)  # where the test agents note their runs (tests.agents.note)
     key = f"after-success-{uuid.uuid4().hex[:12]}"
     first = Worker(settings, ("system", "edgy"), tmp_path, concurrency=2, name="dies")
@@ -83,14 +76,7 @@ def test_a_system_task_redelivered_after_its_success_was_recorded_does_not_run_a
     """The same for relaybus's own tasks: the pipeline's failure callback (``pipelines.fail``) dies after its
     success was recorded, before its result was stored. Run again, it recorded a second start that no end
     followed (its end shares the first one's id)."""
-    settings = chaos_settings(
-        tmp_path, rabbitmq.url, redis_server.url, new_schema(postgres.url),
-        extra_modules=("tests.agents", "tests.edge_agents"), extra_agents=("probe", "flaky", "edgy"),
-    )
-    app = make_app(settings)
-    with app.connection_for_write() as conn:
-        app.conf.relaybus_topology.declare(conn)
-    store = open_store(settings.eventstore_url)
+    settings, app, store = edge_system(tmp_path, rabbitmq.url, redis_server.url, postgres.url)
     notes = redis.Redis.from_url(REDIS_URL)
     key = f"system-after-success-{uuid.uuid4().hex[:12]}"
     notes.set(KILL_AT_FAIL_RESULT, "edgy-one")
