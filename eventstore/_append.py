@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, Connection, Select, String, any_, bindpara
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from relaybus.eventstore import _serverappend as server
 from relaybus.eventstore._engine import ProcessLocalEngine, translate_errors
 from relaybus.eventstore._gcpause import gc_paused
 from relaybus.eventstore._heads import Head, HeadCache, LastPosition
@@ -77,6 +78,9 @@ class Appender:
         self._engine = engine
         self._redactor = redactor
         self._link = linker(chain_keys)
+        self._link_prefix = f"{LINK_TAG} {self._link[0]} "
+        # The server-side append (migration 0012): unkeyed PostgreSQL only; None until asked (server.available).
+        self._server: bool | None = None if engine.dialect == "postgresql" and chain_keys is None else False
         self._put_payload = put_payload
         self._heads = HeadCache()
         self._last = LastPosition()
@@ -109,6 +113,9 @@ class Appender:
                         return self._append_guessed(prepared, *guessed)
                     except sa_exc.IntegrityError:
                         pass  # another writer appended meanwhile (or a stream was not new): read them
+                in_server = self._append_in_server(prepared, expected_version)
+                if in_server is not None:
+                    return in_server
                 return self._append(prepared, expected_version, careful=False)
             except (sa_exc.IntegrityError, _LookUpStored):
                 pass  # some of these events are stored already (a redelivery): look them up
@@ -168,6 +175,9 @@ class Appender:
         for event in batch:
             if event.event_id not in prepared:
                 prepared[event.event_id] = self._prepare(event)
+        outcome = self._in_server(list(prepared.values()), datetime.now(UTC))
+        if outcome is not None:
+            return len(outcome.written)
         streams = {p.fields["stream_id"] for p in prepared.values()}
         try:
             with self._engine.write() as conn:
@@ -219,6 +229,14 @@ class Appender:
     ) -> list[RecordedEvent]:
         stream = mine[0].fields["stream_id"]
         ids = {p.fields["event_id"] for p in mine}
+        recorded_at = datetime.now(UTC)
+        batch = [*(p for i, p in others.items() if i not in ids), *mine]  # the task's records before their move
+        outcome = self._in_server(batch, recorded_at, check=(stream, expected_version), must_be_new=frozenset(ids))
+        if outcome is not None:
+            if outcome.conflict is not None:
+                raise ConcurrencyError(stream, expected_version, outcome.conflict)
+            done = self._records_of(batch, outcome, recorded_at)
+            return [done[p.fields["event_id"]] for p in mine]
         streams = {stream} | {p.fields["stream_id"] for p in others.values()}
         try:
             with self._engine.write() as conn:
@@ -241,6 +259,84 @@ class Appender:
         self._heads.remember({s: heads[s] for s in written})
         self._last.read(start.positions[: len(fresh)])
         return [stored[p.fields["event_id"]] for p in mine]
+
+    def _append_in_server(self, prepared: list[_Prepared], expected_version: int | None) -> list[RecordedEvent] | None:
+        """:meth:`append` by :meth:`_in_server`; None when that is not for this store or batch."""
+        unique: dict[str, _Prepared] = {}
+        for p in prepared:
+            unique.setdefault(p.fields["event_id"], p)  # an event twice in one batch: the first is written
+        batch = list(unique.values())
+        stream = batch[0].fields["stream_id"]
+        recorded_at = datetime.now(UTC)
+        check = None if expected_version is None else (stream, expected_version)
+        outcome = self._in_server(batch, recorded_at, check=check)
+        if outcome is None:
+            return None
+        if outcome.conflict is not None:
+            assert expected_version is not None  # only a checked append conflicts
+            raise ConcurrencyError(stream, expected_version, outcome.conflict)
+        done = self._records_of(batch, outcome, recorded_at)
+        if outcome.stored:  # a retry of an append that happened (a redelivery): the records as stored
+            with self._engine.read() as conn:
+                done.update(_stored(conn, {batch[i].fields["event_id"] for i in outcome.stored}))
+        return [done[p.fields["event_id"]] for p in prepared]
+
+    def _in_server(
+        self,
+        batch: list[_Prepared],
+        recorded_at: datetime,
+        *,
+        check: tuple[str, int] | None = None,
+        must_be_new: frozenset[str] = frozenset(),
+    ) -> server.Outcome | None:
+        """Append ``batch`` (distinct event ids) in one round trip, by the server's function (:mod:`_serverappend`);
+        None, having written nothing, when this store or batch is not for it (the caller appends as before)."""
+        if self._server is False or not server.fits(batch):
+            return None
+        streams = {p.fields["stream_id"] for p in batch}
+        try:
+            with self._engine.write() as conn:
+                if self._server is None:
+                    self._server = server.available(conn)
+                    if not self._server:
+                        logger.info("the event store's database has no %s (migration 0012)", server.FUNCTION)
+                        return None
+                outcome = server.append(
+                    conn, batch, recorded_at, self._link_prefix, self._link[0], check=check, must_be_new=must_be_new,
+                    prepare=self._prepare_sql,
+                )
+        except sa_exc.DBAPIError as error:
+            self._heads.forget(streams)
+            if getattr(error.orig, "sqlstate", None) not in server.MISSING_STATES:
+                raise
+            self._server = False  # dropped under a running store (a downgrade): nothing was written
+            logger.warning("the event store's %s is gone (a downgrade?): appends go on without it", server.FUNCTION)
+            return None
+        except BaseException:
+            self._heads.forget(streams)  # the commit failed, or may have: the log says
+            raise
+        if outcome.written:
+            heads: dict[str, Head] = {}
+            for w in outcome.written:
+                heads[batch[w.at].fields["stream_id"]] = (w.version, w.hash)
+            self._heads.remember(heads)
+            self._last.read([w.position for w in outcome.written])
+        return outcome
+
+    def _records_of(
+        self, batch: list[_Prepared], outcome: server.Outcome, recorded_at: datetime
+    ) -> dict[str, RecordedEvent]:
+        """The records the server wrote, by event id."""
+        records = {}
+        key_id = self._link[0]
+        for w in outcome.written:
+            f = batch[w.at].fields
+            values = {
+                **f, "position": w.position, "version": w.version, "recorded_at": recorded_at,
+                "prev_hash": w.prev_hash, "key_id": key_id, "hash": w.hash,
+            }  # fmt: skip
+            records[f["event_id"]] = recorded(values)
+        return records
 
     def append_one(self, event: NewEvent, *, expected_version: int | None = None) -> RecordedEvent:
         return self.append([event], expected_version=expected_version)[0]

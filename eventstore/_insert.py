@@ -117,21 +117,16 @@ def insert_rows(
         assert driver is not None
         if count <= SMALL_BATCH:
             with driver_errors(conn, _POSTGRES_INSERT), driver.pipeline(), driver.cursor() as cursor:
-                if lock:
-                    cursor.execute(_PG_LOCK, prepare=prepare)
-                threshold = driver.prepare_threshold
-                if prepare:  # executemany takes no prepare=: every statement of this one is prepared on first use
-                    driver.prepare_threshold = 0
-                try:
+                with preparing(driver, prepare):
+                    if lock:
+                        cursor.execute(_PG_LOCK)
                     cursor.executemany(_POSTGRES_INSERT, list(rows))
-                finally:
-                    driver.prepare_threshold = threshold
                 if commit:
                     driver.commit()  # queued in the pipeline: sent and answered with the INSERTs
             return
         if lock:
-            with driver_errors(conn, _PG_LOCK):
-                driver.execute(_PG_LOCK, prepare=prepare)  # a COPY cannot be pipelined: a round trip of its own
+            with driver_errors(conn, _PG_LOCK), preparing(driver, prepare):
+                driver.execute(_PG_LOCK)  # a COPY cannot be pipelined: a round trip of its own
         with driver_errors(conn, _POSTGRES_COPY), driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             write_row = copy.write_row
@@ -156,6 +151,22 @@ def _sqlite_rows_per_statement(driver: Any) -> int:
     999), so that ``executemany`` writes every row."""
     limit = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     return _SQLITE_ROWS if limit >= _SQLITE_ROWS * len(COLUMNS) else 1 << 62
+
+
+@contextmanager
+def preparing(driver: Any, prepare: bool) -> Iterator[None]:
+    """With ``prepare``, psycopg prepares the statements run inside on first use (once per connection), and runs them
+    prepared after. Its ``prepare=True`` alone does nothing here: the connections have ``prepare_threshold=None``
+    (:mod:`_engine`), which psycopg reads as "never", whatever a call asks."""
+    if not prepare:
+        yield
+        return
+    threshold = driver.prepare_threshold
+    driver.prepare_threshold = 0
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = threshold
 
 
 @contextmanager
@@ -261,11 +272,11 @@ def start_append(
     assert driver is not None
     if conn.dialect.name != "postgresql":
         return _sqlite_start(conn, driver, unknown, count, look_up)
-    with driver_errors(conn, _PG_LOCK):
+    with driver_errors(conn, _PG_LOCK), preparing(driver, prepare):
         with driver.pipeline():  # one round trip; the lock its own statement, so the next one reads under it
-            driver.execute(_PG_LOCK, prepare=prepare)
+            driver.execute(_PG_LOCK)
             arguments = [sorted(ids) for ids in (look_up, unknown) if ids]
-            found = driver.execute(_PG_STARTS[bool(look_up), bool(unknown)], arguments, prepare=prepare)
+            found = driver.execute(_PG_STARTS[bool(look_up), bool(unknown)], arguments)
         rows = found.fetchall()
     taken: set[str] = set()
     heads_read: dict[str, Head] = {}

@@ -86,6 +86,18 @@ _TEMPLATE = (
 )
 
 
+# The template in the four pieces around what only the log knows: metadata | payload | prev_hash | version (migration
+# 0012's server-side append joins them around its own values; :func:`content_fragments`).
+_FRAGMENT_A = '{"agent":%s,"attempt":%s,"causation_id":%s,"correlation_id":%s,"event_id":%s,"metadata":'
+_FRAGMENT_B = ',"occurred_at":"%s","payload":'
+_FRAGMENT_C = (
+    ',"priority":%s,"queue":%s,"recorded_at":"%s","schema_version":%s,"stream_id":%s,"task_id":%s,"type":%s,"version":'
+)
+_FRAGMENT_D = ',"worker_host":%s}'
+PREV_HASH_KEY = ',"prev_hash":'
+assert _FRAGMENT_A + "%s" + _FRAGMENT_B + "%s" + PREV_HASH_KEY + "%s" + _FRAGMENT_C + "%s" + _FRAGMENT_D == _TEMPLATE
+
+
 def _scalar(value: Any) -> str:
     if value is None:
         return "null"
@@ -149,6 +161,26 @@ def content_json_of(  # one argument a hashed field, in the template's (sorted) 
         s(agent), s(attempt), s(causation_id), s(correlation_id), s(event_id), metadata_json, occurred_at,
         payload_json, s(prev_hash), s(priority), s(queue), recorded_at, s(schema_version), s(stream_id),
         s(task_id), s(type_), s(version), s(worker_host),
+    )  # fmt: skip
+
+
+def content_fragments(
+    fields: Mapping[str, Any], occurred_at: str, recorded_at: str
+) -> tuple[str, str, str, str]:
+    """An event's content in four pieces, ``(a, b, c, d)``, such that its :func:`content_json` is
+    ``a + metadata_json + b + payload_json + PREV_HASH_KEY + prev + c + str(version) + d`` (``prev`` the
+    previous hash as a JSON string, or ``null``): for a writer that learns the version and previous hash only in
+    the database (migration 0012). Times as :func:`format_time` gives them."""
+    f = fields
+    s = _scalar
+    return (
+        _FRAGMENT_A % (s(f["agent"]), s(f["attempt"]), s(f["causation_id"]), s(f["correlation_id"]), s(f["event_id"])),
+        _FRAGMENT_B % occurred_at,
+        _FRAGMENT_C % (
+            s(f["priority"]), s(f["queue"]), recorded_at, s(f["schema_version"]), s(f["stream_id"]), s(f["task_id"]),
+            s(f["type"]),
+        ),
+        _FRAGMENT_D % s(f["worker_host"]),
     )  # fmt: skip
 
 

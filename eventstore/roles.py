@@ -9,6 +9,8 @@ an app role that holds exactly :data:`APP_PRIVILEGES`:
 - The append's table lock, which PostgreSQL gives only to roles with UPDATE, through the
   ``SECURITY DEFINER`` function of migration 0006: EXECUTE, and nothing on the position sequence
   (0006's second function, ``setval`` of that sequence, had no caller left and went in 0011).
+- The small append of migration 0012 (``eventstore_append_v1``): EXECUTE. It runs with the caller's rights
+  (``SECURITY INVOKER``): the lock and INSERT above, nothing more.
 - ``workflow_status`` (the projection ``relaybus workflows`` reads): SELECT, INSERT, UPDATE, DELETE.
   It is derived from the log and rebuilt from it (``relaybus projections rebuild`` empties it and
   refills it; the sweep upserts it), so these rights change nothing that ``verify`` relies on.
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 
+from relaybus.eventstore import _serverappend as server
 from relaybus.eventstore._engine import ProcessLocalEngine, make_engine, translate_errors
 from relaybus.eventstore.errors import UnsafeAppRole
 from relaybus.eventstore.schema import (
@@ -59,8 +62,9 @@ APP_PRIVILEGES: dict[str, tuple[str, ...]] = {
 }
 """Table -> the privileges the app role holds on it; nothing on any other table of the schema."""
 
-APP_FUNCTIONS = ("eventstore_lock_events()",)
-"""The owner's functions (migration 0006) the app role may EXECUTE."""
+APP_FUNCTIONS = ("eventstore_lock_events()", f"{server.FUNCTION}({server.SIGNATURE})")
+"""The functions the app role may EXECUTE: the owner's lock (migration 0006) and the small append (0012), which runs
+with the caller's rights."""
 
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _VERIFIER = re.compile(r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$")

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from relaybus.eventstore._engine import ProcessLocalEngine, check_schema_name, make_engine, translate_errors
 from relaybus.eventstore.schema import VERSION_TABLE
 
-HEAD = "0011"
+HEAD = "0012"
 """The newest revision; ``open_store`` skips alembic entirely when a database is already there."""
 
 _LOCATION = Path(__file__).parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, StoreConfig, open_store
+from relaybus.eventstore._insert import SMALL_BATCH
 from tests.integration.eventstore.conftest import Database
 
 
@@ -134,11 +135,14 @@ def test_a_lone_writer_on_postgresql_appends_without_reading_first(
         store.close()
 
 
-def _prepared_inserts(store: EventStore) -> int:
-    """Prepared statements inserting events on the connection this thread's appends use."""
+def _prepared_appends(store: EventStore) -> set[str]:
+    """Which of the append's statements are prepared on the connection this thread's appends use: ``insert`` (the
+    rows), ``lock`` (the events lock), ``start`` (ids, heads, the last position), ``function`` (migration 0012)."""
+    kinds = {"INSERT INTO events ": "insert", "SELECT eventstore_lock_events()": "lock", "SELECT 2, ": "start",
+             "SELECT 0, ": "start", "SELECT 1, ": "start", "SELECT o_idx": "function"}  # fmt: skip
     with store._engine.write() as conn:  # the thread's kept write connection
-        query = "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO events %%'"
-        return int(conn.exec_driver_sql(query).scalar_one())
+        statements = [row[0] for row in conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements")]
+    return {kind for text in statements for prefix, kind in kinds.items() if text.startswith(prefix)}
 
 
 @pytest.mark.parametrize("prepare", [True, False])
@@ -148,13 +152,17 @@ def test_appends_on_postgresql_prepare_their_statements_unless_told_not_to(
     url, schema = pg_schema
     store = open_store(url, schema=schema, create=True, config=StoreConfig(postgres_prepare=prepare))
     try:
-        other = open_store(url, schema=schema)
+        other = open_store(url, schema=schema, config=StoreConfig(postgres_prepare=prepare))
         for i in range(4):
             store.append([new("s"), new(f"t-{i}")])
-            other.append([new("s")])  # both paths: reading first, and guessing
+            other.append([new("s")])  # every path: the server's function, guessing, and COPY with its lock
             store.append_new([new("s"), new("u")])
-        assert _prepared_inserts(store) == (1 if prepare else 0)
+        _alone(store, "v", 2)
+        store.append([new("v")])
+        store.append([new("v") for _ in range(SMALL_BATCH + 1)])
+        assert _prepared_appends(store) == ({"function", "insert", "lock"} if prepare else set())
         assert [e.version for e in store.read_stream("s")] == list(range(1, 13))
+        assert [e.version for e in store.read_stream("v")] == list(range(1, SMALL_BATCH + 5))
         _positions_without_gaps(store)
         assert store.verify().ok
         other.close()
@@ -188,7 +196,7 @@ def test_a_server_that_lost_the_prepared_statements_turns_preparing_off_with_a_w
             store.append_with([new("w")], 0, [new("s")])
         warned = [r.getMessage() for r in caplog.records if "prepared" in r.getMessage()]
         assert len(warned) == 1 and "RELAYBUS_EVENTSTORE_PREPARE=false" in warned[0], warned
-        assert _prepared_inserts(store) == 0, "preparing is off from then on"
+        assert _prepared_appends(store) == set(), "preparing is off from then on"
         assert [e.version for e in store.read_stream("s")] == list(range(1, 11))
         _positions_without_gaps(store)
         assert store.verify().ok

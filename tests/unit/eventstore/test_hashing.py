@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaybus.eventstore.hashing import HASHED_FIELDS, canonical_json, content_json, event_hash, format_time
+from relaybus.eventstore.hashing import (
+    HASHED_FIELDS,
+    PREV_HASH_KEY,
+    canonical_json,
+    content_fragments,
+    content_json,
+    event_hash,
+    format_time,
+)
 
 FIELDS = {name: None for name in HASHED_FIELDS} | {
     "event_id": "e1",
@@ -91,3 +99,22 @@ def test_the_fast_content_json_is_exactly_the_canonical_json_of_the_content(
 
     assert actual == expected
     assert event_hash(fields, prev_hash) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fields=st.fixed_dictionaries(
+        {name: scalars for name in HASHED_FIELDS if name not in {"payload", "metadata", "occurred_at", "recorded_at"}}
+        | {"occurred_at": times, "recorded_at": times, "payload": json_values, "metadata": json_values}
+        | {"version": st.integers(min_value=1, max_value=2**31 - 1)}  # the server prints an integer
+    ),
+    prev_hash=st.none() | st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+def test_the_fragments_the_server_joins_make_the_content_json(fields: dict[str, object], prev_hash: str | None) -> None:
+    """Migration 0012's function joins them around the metadata, payload, previous hash and version it knows."""
+    payload, metadata = canonical_json(fields["payload"]), canonical_json(fields["metadata"])
+    occurred, recorded = format_time(fields["occurred_at"]), format_time(fields["recorded_at"])  # type: ignore[arg-type]
+    a, b, c, d = content_fragments(fields, occurred, recorded)
+    prev = "null" if prev_hash is None else f'"{prev_hash}"'
+    joined = a + metadata + b + payload + PREV_HASH_KEY + prev + c + str(fields["version"]) + d
+    assert joined == content_json(fields, payload, metadata, prev_hash)
