@@ -264,6 +264,25 @@ def _claimcheck(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
     return r, rows
 
 
+def _server_append(quick: bool) -> tuple[dict[str, Any], list[list[str]]]:
+    from bench.server_append import run
+
+    r = run(n=300 if quick else 1000, rounds=2 if quick else 4)
+    rows = []
+    for variant, label in (("function", "one round trip (migration 0012)"), ("client", "client path, two round trips")):
+        f = r[variant]
+        rows.append(
+            [
+                "PostgreSQL append of a task's records",
+                label,
+                f"{f['wall_ms']:.2f} ms/append",
+                f"client CPU {f['client_cpu_ms']:.2f} ms, server CPU {f['server_cpu_ms']:.2f} ms",
+                f"{r['function_vs_client']['wall_ms']:.2f} wall" if variant == "function" else "",
+            ]
+        )
+    return r, rows
+
+
 BENCHMARKS = {
     "throughput": _throughput,
     "priority": _priority,
@@ -273,6 +292,7 @@ BENCHMARKS = {
     "sagas": _sagas,
     "ratelimit": _ratelimit,
     "claimcheck": _claimcheck,
+    "server_append": _server_append,
 }
 
 
