@@ -5,7 +5,8 @@ the start statement (stored ids, heads, the last position), whose answers it has
 INSERTs and the commit. ``eventstore_append_v1`` takes the events' columns and their canonical content in pieces
 (:func:`~eventstore.hashing.content_fragments`), and under the lock looks the ids up, reads the heads, numbers the
 events, joins each one's content around its previous hash and version, hashes the link with ``sha256()`` and
-inserts it. One statement, pipelined with ``COMMIT``. What it stores is what the client path would have: ``verify``
+inserts it. One statement, run as its own transaction (autocommit: no ``BEGIN``, no ``COMMIT``; the server commits
+before it answers, and psycopg waits for that answer). What it stores is what the client path would have: ``verify``
 recomputes every link in Python.
 
 Used for unkeyed chains (a keyed link needs the chain key, which stays in the client), up to
@@ -16,10 +17,12 @@ function: :func:`available` asks once per store; a database not yet upgraded is 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection
 
 from relaybus.eventstore._insert import SMALL_BATCH, driver_errors, preparing
@@ -80,6 +83,34 @@ def fits(batch: Sequence[tuple[dict[str, Any], str, str]]) -> bool:
     return True
 
 
+AUTOCOMMIT = True
+"""The call runs as its own transaction (False: in a transaction, its ``COMMIT`` pipelined; for A/B runs)."""
+
+
+@contextmanager
+def autocommit(conn: Connection, driver: Any) -> Iterator[None]:
+    """The driver connection in autocommit for one statement, then back. psycopg refuses to turn it back on a
+    connection that is not idle: one left mid-statement (an exception raised inside its wait, a time limit) or
+    broken. Such a connection is invalidated, never handed back to the pool in autocommit, where the next
+    transaction would commit statement by statement; the statement's own error, if any, is what is raised."""
+    driver.autocommit = True
+    try:
+        yield
+    except BaseException:
+        _back(conn, driver, raising=False)
+        raise
+    _back(conn, driver, raising=True)
+
+
+def _back(conn: Connection, driver: Any, *, raising: bool) -> None:
+    try:
+        driver.autocommit = False
+    except Exception:
+        conn.invalidate()
+        if raising:
+            raise
+
+
 def available(conn: Connection) -> bool:
     """Whether this database has the function, takes UTF-8 and lets this role call it."""
     driver = conn.connection.driver_connection
@@ -126,12 +157,19 @@ def append(
     arguments = (_dumps(rows), recorded_at, link_prefix, key_id, stream_checked, expected)
     driver = conn.connection.driver_connection
     assert driver is not None
-    with driver_errors(conn, _CALL), preparing(driver, prepare), driver.pipeline():
-        cursor = driver.execute(_CALL, arguments)
-        driver.commit()  # queued in the pipeline: SQLAlchemy's commit at the end of the block finds nothing to do
+    if AUTOCOMMIT and driver.info.transaction_status == TransactionStatus.IDLE:
+        # One statement is its own transaction: no BEGIN, no COMMIT, no pipeline. The server commits (and flushes
+        # the WAL) before it answers ReadyForQuery, which psycopg waits for; an error at commit is raised here.
+        with driver_errors(conn, _CALL), preparing(driver, prepare), autocommit(conn, driver):
+            answer = driver.execute(_CALL, arguments).fetchall()
+    else:  # in a transaction already (this store's first append asked for the function in it)
+        with driver_errors(conn, _CALL), preparing(driver, prepare), driver.pipeline():
+            cursor = driver.execute(_CALL, arguments)
+            driver.commit()  # queued in the pipeline: SQLAlchemy's commit at the end of the block finds nothing to do
+        answer = cursor.fetchall()
     written: list[Written] = []
     stored: list[int] = []
-    for index, state, position, version, hash_, prev_hash in cursor.fetchall():
+    for index, state, position, version, hash_, prev_hash in answer:
         if state == "w":
             written.append(Written(index - 1, position, version, hash_, prev_hash))
         elif state == "s":

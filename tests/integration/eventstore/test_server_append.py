@@ -4,12 +4,23 @@ and writes a small batch; what it stores must be what the client path stores, li
 from __future__ import annotations
 
 import logging
+import signal
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, _append, _serverappend, open_store
+from relaybus.eventstore import (
+    ConcurrencyError,
+    EventStore,
+    NewEvent,
+    UnstorableEvent,
+    _append,
+    _serverappend,
+    open_store,
+)
+from relaybus.eventstore._insert import SMALL_BATCH
 from relaybus.eventstore.keys import ChainKeys
 from relaybus.eventstore.migrations import upgrade
 
@@ -153,4 +164,56 @@ def test_a_keyed_chain_never_sends_its_links_to_the_server(
         assert counted["server"] == 0
         _positions_and_chain_hold(store)
     finally:
+        store.close()
+
+
+def test_after_an_error_in_the_function_the_connection_is_back_in_transactions(pg_schema: tuple[str, str]) -> None:
+    """The call runs in autocommit; whatever it raises, the next append on that connection is one transaction."""
+    url, schema = pg_schema
+    store = open_store(url, schema=schema, create=True)
+    try:
+        store.append([new("s")])
+        with pytest.raises(UnstorableEvent):
+            store.append([new("s", priority=2**40)])  # an integer column's range: refused by the server (22003)
+        with store._engine.write() as conn:
+            assert conn.connection.driver_connection.autocommit is False
+        store.append([new("s") for _ in range(SMALL_BATCH + 1)])  # the client path, on the same connection
+        assert [e.version for e in store.read_stream("s")] == list(range(1, SMALL_BATCH + 3))
+        _positions_and_chain_hold(store)
+    finally:
+        store.close()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_exception_inside_the_wait_never_leaves_a_connection_in_autocommit(pg_schema: tuple[str, str]) -> None:
+    """A time limit firing while the append waits for the events lock (held here by another session): the
+    connection is mid-statement, psycopg cannot turn autocommit off, and it must not go back to the pool so. The
+    interrupted statement may still commit once the lock is free (a doubtful commit, as with any commit whose
+    answer was lost): event ids make the retry harmless."""
+    url, schema = pg_schema
+    store = open_store(url, schema=schema, create=True)
+    holder = psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname=test options=-csearch_path={schema}")
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(_Interrupted()))
+    try:
+        store.append([new("s")])
+        holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        event = new("s")
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(_Interrupted):
+            store.append([event])
+        holder.rollback()  # the lock is free: the interrupted statement may go through now
+        retried = store.append([event])  # the caller's retry: written once, whichever of the two wrote it
+        again = store.append([new("s")])
+        assert retried[0].version == 2 and again[0].version == 3
+        with store._engine.write() as conn:
+            assert conn.connection.driver_connection.autocommit is False
+        assert [e.event_id for e in store.read_stream("s")].count(event.event_id) == 1
+        _positions_and_chain_hold(store)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        holder.close()
         store.close()
