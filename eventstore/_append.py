@@ -15,7 +15,7 @@ and returns their stored records.
 
 On PostgreSQL with unkeyed links, a batch of up to eight events (a task's records, a saga's move) is handed to
 the server's ``eventstore_append_v1`` instead (migration 0012, :mod:`_serverappend`): steps 2 to 5 run there, in
-one statement pipelined with the commit, one round trip instead of two.
+one statement that is its own transaction, one round trip instead of two.
 """
 
 from __future__ import annotations

@@ -83,10 +83,6 @@ def fits(batch: Sequence[tuple[dict[str, Any], str, str]]) -> bool:
     return True
 
 
-AUTOCOMMIT = True
-"""The call runs as its own transaction (False: in a transaction, its ``COMMIT`` pipelined; for A/B runs)."""
-
-
 @contextmanager
 def autocommit(conn: Connection, driver: Any) -> Iterator[None]:
     """The driver connection in autocommit for one statement, then back. psycopg refuses to turn it back on a
@@ -157,7 +153,7 @@ def append(
     arguments = (_dumps(rows), recorded_at, link_prefix, key_id, stream_checked, expected)
     driver = conn.connection.driver_connection
     assert driver is not None
-    if AUTOCOMMIT and driver.info.transaction_status == TransactionStatus.IDLE:
+    if driver.info.transaction_status == TransactionStatus.IDLE:
         # One statement is its own transaction: no BEGIN, no COMMIT, no pipeline. The server commits (and flushes
         # the WAL) before it answers ReadyForQuery, which psycopg waits for; an error at commit is raised here.
         with driver_errors(conn, _CALL), preparing(driver, prepare), autocommit(conn, driver):

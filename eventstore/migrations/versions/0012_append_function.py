@@ -3,10 +3,10 @@
 An append of a few events (a task's records, a saga's move) took two round trips and six statements on PostgreSQL:
 the lock and the start statement (ids stored, heads, the last position), then the INSERTs and the commit, because
 the client needed the heads and positions to hash each event's link. This function does it all in the server, in
-one statement the client pipelines with its commit: one round trip. The client sends each event's columns and its
-canonical content in four pieces around the parts only the log knows (``prev_hash`` and ``version``; the position
-is in the link's prefix), and the server joins them and hashes them with ``sha256()``. What it stores is byte for
-byte what the client path stores: ``verify`` recomputes every link in Python (:mod:`eventstore.hashing`).
+one statement (the client runs it as its own transaction): one round trip. The client sends each event's columns
+and its canonical content in four pieces around the parts only the log knows (``prev_hash`` and ``version``; the
+position is in the link's prefix), and the server joins them and hashes them with ``sha256()``. What it stores is byte
+for byte what the client path stores: ``verify`` recomputes every link in Python (:mod:`eventstore.hashing`).
 
 Unkeyed links only (``key_id = 'sha256'``): a keyed link's HMAC needs the chain key, which never leaves the
 client. A database whose encoding is not UTF-8 is not given it either (the link hashes UTF-8 bytes).
