@@ -89,7 +89,8 @@ class Appender:
         self._heads = HeadCache()
         self._last = LastPosition()
         self._guessing = engine.dialect == "postgresql"
-        self._prepare_sql = config.postgres_prepare  # _insert.PREPARE_NOTE
+        #: Whether statements are prepared (_insert.PREPARE_NOTE): off for good once the server lost one.
+        self.prepare_sql = config.postgres_prepare
 
     def append(self, events_: Sequence[NewEvent], *, expected_version: int | None = None) -> list[RecordedEvent]:
         """Record ``events_`` in one transaction; returns their records, in the order given.
@@ -105,7 +106,7 @@ class Appender:
         if expected_version is not None and len({e.stream_id for e in batch}) != 1:
             raise ValueError("expected_version needs every event to be of one stream")
         with gc_paused():  # hundreds of acyclic dicts and records per batch (see _gcpause)
-            return self._unprepared_if_lost(lambda: self._append_prepared(batch, expected_version))
+            return self.unprepared_if_lost(lambda: self._append_prepared(batch, expected_version))
 
     def _append_prepared(self, batch: list[NewEvent], expected_version: int | None) -> list[RecordedEvent]:
         prepared = [self._prepare(event) for event in batch]
@@ -140,7 +141,7 @@ class Appender:
         batch = list(events_)
         if not batch:
             return 0
-        return self._unprepared_if_lost(lambda: self._append_new_retried(batch))
+        return self.unprepared_if_lost(lambda: self._append_new_retried(batch))
 
     def _append_new_retried(self, batch: list[NewEvent]) -> int:
         with translate_errors(), gc_paused():
@@ -154,22 +155,23 @@ class Appender:
                         raise
         raise AssertionError("unreachable")
 
-    def _unprepared_if_lost(self, append: Callable[[], T]) -> T:
-        """``append()``; again, once, with prepared statements off for good, if the server did not have a statement
-        this connection prepared. That is a pooler handing each transaction to whichever server connection is free
-        (PgBouncer in transaction mode before 1.21): a prepared statement lives on one server connection. Nothing
-        was written (the transaction failed); a warning names the setting that turns preparing off."""
+    def unprepared_if_lost(self, append: Callable[[], T]) -> T:
+        """``append()`` (or a stream's read, :meth:`EventStore.read_stream`); again, once, with prepared statements
+        off for good (:attr:`prepare_sql`), if the server did not have a statement this connection prepared. That is a
+        pooler handing each transaction to whichever server connection is free (PgBouncer in transaction mode before
+        1.21): a prepared statement lives on one server connection. Nothing was written (the transaction failed); a
+        warning names the setting that turns preparing off."""
         try:
             return append()
         except EventStoreError as error:
             state = getattr(getattr(error.__cause__, "orig", None), "sqlstate", None)
-            if not self._prepare_sql or state not in LOST_PREPARED_STATES:
+            if not self.prepare_sql or state not in LOST_PREPARED_STATES:
                 raise
-            self._prepare_sql = False
+            self.prepare_sql = False
             logger.warning(
                 "the event store's PostgreSQL server did not have a statement this connection prepared (%s); "
-                "appends go on without prepared statements. Behind a pooler in transaction mode (PgBouncer before "
-                "1.21), set RELAYBUS_EVENTSTORE_PREPARE=false (StoreConfig(postgres_prepare=False))", state,
+                "appends and reads go on without prepared statements. Behind a pooler in transaction mode (PgBouncer "
+                "before 1.21), set RELAYBUS_EVENTSTORE_PREPARE=false (StoreConfig(postgres_prepare=False))", state,
             )
         return append()
 
@@ -188,7 +190,7 @@ class Appender:
                 # Every head is read under the lock, none trusted from memory: records of a task go to its
                 # workflow's stream, which the workflow's other processes write too, so a remembered head was
                 # stale in about a third of appends (a collision, a rollback and a second transaction each).
-                start = start_append(conn, streams, len(prepared), look_up=set(prepared), prepare=self._prepare_sql)
+                start = start_append(conn, streams, len(prepared), look_up=set(prepared), prepare=self.prepare_sql)
                 fresh = [p for event_id, p in prepared.items() if event_id not in start.taken]
                 if not fresh:
                     return 0
@@ -220,7 +222,7 @@ class Appender:
             for event in also:
                 if event.event_id not in others:
                     others[event.event_id] = self._prepare(event)
-        return self._unprepared_if_lost(lambda: self._append_with_translated(mine, expected_version, others))
+        return self.unprepared_if_lost(lambda: self._append_with_translated(mine, expected_version, others))
 
     def _append_with_translated(
         self, mine: list[_Prepared], expected_version: int, others: dict[str, _Prepared]
@@ -248,7 +250,7 @@ class Appender:
                 # workflow's other processes write too, so a remembered head is mostly stale (a collision, a
                 # rollback and a second transaction); read under the lock, in the start statement, it is exact.
                 every = ids | others.keys()
-                start = start_append(conn, streams, len(every), look_up=every, prepare=self._prepare_sql)
+                start = start_append(conn, streams, len(every), look_up=every, prepare=self.prepare_sql)
                 heads = start.heads
                 actual = heads.get(stream, (0, None))[0]
                 if actual != expected_version or ids & start.taken:
@@ -307,7 +309,7 @@ class Appender:
                         return None
                 outcome = server.append(
                     conn, batch, recorded_at, self._link_prefix, self._link[0], check=check, must_be_new=must_be_new,
-                    prepare=self._prepare_sql,
+                    prepare=self.prepare_sql,
                 )
         except sa_exc.DBAPIError as error:
             self._heads.forget(streams)
@@ -384,7 +386,7 @@ class Appender:
                 if fresh:
                     written = {p.fields["stream_id"] for p in fresh.values()}
                     known = {} if careful else self._heads.known(written)
-                    start = start_append(conn, written - known.keys(), len(fresh), prepare=self._prepare_sql)
+                    start = start_append(conn, written - known.keys(), len(fresh), prepare=self.prepare_sql)
                     heads = {**known, **start.heads}
                     if expected_version is not None:
                         stream = next(iter(written))
@@ -460,7 +462,7 @@ class Appender:
         records: dict[str, RecordedEvent] = {}
         rows = self._rows(conn.dialect.name == "sqlite", batch, heads, positions, records, keep_records)
         # The append's last statement (see insert_rows).
-        insert_rows(conn, rows, len(batch), commit=True, lock=lock, prepare=self._prepare_sql)
+        insert_rows(conn, rows, len(batch), commit=True, lock=lock, prepare=self.prepare_sql)
         return records
 
     def _rows(

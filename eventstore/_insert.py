@@ -170,6 +170,30 @@ def preparing(driver: Any, prepare: bool) -> Iterator[None]:
 
 
 @contextmanager
+def autocommit(conn: Connection, driver: Any) -> Iterator[None]:
+    """The driver connection in autocommit for one statement, then back. psycopg refuses to turn it back on a
+    connection that is not idle: one left mid-statement (an exception raised inside its wait, a time limit) or
+    broken. Such a connection is invalidated, never handed back to the pool in autocommit, where the next
+    transaction would commit statement by statement; the statement's own error, if any, is what is raised."""
+    driver.autocommit = True
+    try:
+        yield
+    except BaseException:
+        _back(conn, driver, raising=False)
+        raise
+    _back(conn, driver, raising=True)
+
+
+def _back(conn: Connection, driver: Any, *, raising: bool) -> None:
+    try:
+        driver.autocommit = False
+    except Exception:
+        conn.invalidate()
+        if raising:
+            raise
+
+
+@contextmanager
 def driver_errors(conn: Connection, statement: str) -> Iterator[None]:
     """Driver errors raised as SQLAlchemy would have wrapped them (IntegrityError...), for translate()."""
     error_class = conn.dialect.loaded_dbapi.Error
@@ -251,7 +275,7 @@ generic plans are index probes whatever the log's size (the start statement prob
 transactions (PgBouncer in transaction mode before 1.21), turn it off: ``StoreConfig(postgres_prepare=False)``,
 ``RELAYBUS_EVENTSTORE_PREPARE=false``. A store that meets such a pooler with it on turns it off by itself at the
 first statement the server does not have (or has twice), retries that append, and logs a warning
-(``Appender._unprepared_if_lost``)."""
+(``Appender.unprepared_if_lost``)."""
 
 
 def start_append(

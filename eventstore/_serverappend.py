@@ -17,15 +17,14 @@ function: :func:`available` asks once per store; a database not yet upgraded is 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection
 
-from relaybus.eventstore._insert import SMALL_BATCH, driver_errors, preparing
+from relaybus.eventstore._insert import SMALL_BATCH, autocommit, driver_errors, preparing
 from relaybus.eventstore.hashing import content_fragments, format_time
 
 FUNCTION = "eventstore_append_v1"
@@ -81,30 +80,6 @@ def fits(batch: Sequence[tuple[dict[str, Any], str, str]]) -> bool:
             if value is not None and "\x00" in value:
                 return False
     return True
-
-
-@contextmanager
-def autocommit(conn: Connection, driver: Any) -> Iterator[None]:
-    """The driver connection in autocommit for one statement, then back. psycopg refuses to turn it back on a
-    connection that is not idle: one left mid-statement (an exception raised inside its wait, a time limit) or
-    broken. Such a connection is invalidated, never handed back to the pool in autocommit, where the next
-    transaction would commit statement by statement; the statement's own error, if any, is what is raised."""
-    driver.autocommit = True
-    try:
-        yield
-    except BaseException:
-        _back(conn, driver, raising=False)
-        raise
-    _back(conn, driver, raising=True)
-
-
-def _back(conn: Connection, driver: Any, *, raising: bool) -> None:
-    try:
-        driver.autocommit = False
-    except Exception:
-        conn.invalidate()
-        if raising:
-            raise
 
 
 def available(conn: Connection) -> bool:

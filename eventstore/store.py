@@ -104,8 +104,11 @@ class EventStore:
         return found[0] if found else None
 
     def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
+        return self._appender.unprepared_if_lost(lambda: self._read_stream(stream_id, from_version))
+
+    def _read_stream(self, stream_id: str, from_version: int) -> list[RecordedEvent]:
         with translate_errors(), self._engine.read() as conn:
-            return read_stream_page(conn, stream_id, from_version)
+            return read_stream_page(conn, stream_id, from_version, prepare=self._appender.prepare_sql)
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's current version: 0 for a stream with no events."""
