@@ -16,11 +16,12 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from itertools import chain, islice
 from typing import Any, NamedTuple
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy import JSON, BigInteger, Connection, Integer, String
 from sqlalchemy import exc as sa_exc
 
@@ -116,7 +117,7 @@ def insert_rows(
         driver = conn.connection.driver_connection
         assert driver is not None
         if count <= SMALL_BATCH:
-            with driver_errors(conn, _POSTGRES_INSERT), driver.pipeline(), driver.cursor() as cursor:
+            with driver_errors(conn, _POSTGRES_INSERT), pipeline(conn, driver), driver.cursor() as cursor:
                 with preparing(driver, prepare):
                     if lock:
                         cursor.execute(_PG_LOCK)
@@ -173,8 +174,8 @@ def preparing(driver: Any, prepare: bool) -> Iterator[None]:
 def autocommit(conn: Connection, driver: Any) -> Iterator[None]:
     """The driver connection in autocommit for one statement, then back. psycopg refuses to turn it back on a
     connection that is not idle: one left mid-statement (an exception raised inside its wait, a time limit) or
-    broken. Such a connection is invalidated, never handed back to the pool in autocommit, where the next
-    transaction would commit statement by statement; the statement's own error, if any, is what is raised."""
+    broken. Such a connection is abandoned (:func:`abandon`), never handed back to the pool in autocommit, where the
+    next transaction would commit statement by statement; the statement's own error, if any, is what is raised."""
     driver.autocommit = True
     try:
         yield
@@ -188,8 +189,45 @@ def _back(conn: Connection, driver: Any, *, raising: bool) -> None:
     try:
         driver.autocommit = False
     except Exception:
-        conn.invalidate()
+        abandon(conn, driver)
         if raising:
+            raise
+
+
+#: How long :func:`abandon` waits for the server to take a cancel request: bounded, as it runs after a time limit.
+CANCEL_TIMEOUT_S = 1.0
+
+
+def interrupted_mid_command(conn: Connection, error: BaseException) -> bool:
+    """Whether ``error``, raised inside the driver's wait, left ``conn`` mid-command: not the driver's own error
+    (a time limit, a signal), on a PostgreSQL connection that still has a statement running."""
+    if conn.dialect.name != "postgresql" or conn.invalidated or isinstance(error, conn.dialect.loaded_dbapi.Error):
+        return False
+    driver = conn.connection.driver_connection
+    return driver is not None and not driver.closed and driver.info.transaction_status == TransactionStatus.ACTIVE
+
+
+def abandon(conn: Connection, driver: Any) -> None:
+    """Give up a connection left mid-command: cancel its statement on the server (a wait for the events lock would
+    otherwise go on there, up to the lock timeout, and the statements pipelined after it would then run), then
+    invalidate it, so that no one waits for its answer and the pool never hands it out again."""
+    with suppress(Exception):
+        driver.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+    conn.invalidate()
+
+
+@contextmanager
+def pipeline(conn: Connection, driver: Any) -> Iterator[None]:
+    """psycopg's pipeline, except for an exception raised inside its wait (a time limit, a signal): psycopg's exit
+    would wait for every result of the pipeline before letting it go on, which for a statement waiting for the
+    events lock is up to the lock timeout, long after a soft time limit fired. The connection is abandoned instead
+    (:func:`abandon`), and the exception goes on at once, as itself."""
+    with driver.pipeline():
+        try:
+            yield
+        except BaseException as error:
+            if interrupted_mid_command(conn, error):
+                abandon(conn, driver)
             raise
 
 
@@ -297,7 +335,7 @@ def start_append(
     if conn.dialect.name != "postgresql":
         return _sqlite_start(conn, driver, unknown, count, look_up)
     with driver_errors(conn, _PG_LOCK), preparing(driver, prepare):
-        with driver.pipeline():  # one round trip; the lock its own statement, so the next one reads under it
+        with pipeline(conn, driver):  # one round trip; the lock its own statement, so the next one reads under it
             driver.execute(_PG_LOCK)
             arguments = [sorted(ids) for ids in (look_up, unknown) if ids]
             found = driver.execute(_PG_STARTS[bool(look_up), bool(unknown)], arguments)

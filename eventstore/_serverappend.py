@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection
 
-from relaybus.eventstore._insert import SMALL_BATCH, autocommit, driver_errors, preparing
+from relaybus.eventstore._insert import SMALL_BATCH, autocommit, driver_errors, pipeline, preparing
 from relaybus.eventstore.hashing import content_fragments, format_time
 
 FUNCTION = "eventstore_append_v1"
@@ -134,7 +134,7 @@ def append(
         with driver_errors(conn, _CALL), preparing(driver, prepare), autocommit(conn, driver):
             answer = driver.execute(_CALL, arguments).fetchall()
     else:  # in a transaction already (this store's first append asked for the function in it)
-        with driver_errors(conn, _CALL), preparing(driver, prepare), driver.pipeline():
+        with driver_errors(conn, _CALL), preparing(driver, prepare), pipeline(conn, driver):
             cursor = driver.execute(_CALL, arguments)
             driver.commit()  # queued in the pipeline: SQLAlchemy's commit at the end of the block finds nothing to do
         answer = cursor.fetchall()
