@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
@@ -83,8 +85,10 @@ class Appender:
         self._redactor = redactor
         self._link = linker(chain_keys)
         self._link_prefix = f"{LINK_TAG} {self._link[0]} "
-        # The server-side append (migration 0012): unkeyed PostgreSQL only; None until asked (server.available).
+        # The server-side append (migration 0012): unkeyed PostgreSQL only; None until asked (server.available), and
+        # asked again from _server_asked_at + server.ASK_AGAIN_S while the database lacks it (a rolling upgrade).
         self._server: bool | None = None if engine.dialect == "postgresql" and chain_keys is None else False
+        self._server_asked_at = -math.inf
         self._put_payload = put_payload
         self._heads = HeadCache()
         self._last = LastPosition()
@@ -299,14 +303,17 @@ class Appender:
         None, having written nothing, when this store or batch is not for it (the caller appends as before)."""
         if self._server is False or not server.fits(batch):
             return None
+        if self._server is None and time.monotonic() - self._server_asked_at < server.ASK_AGAIN_S:
+            return None  # not there when last asked
         streams = {p.fields["stream_id"] for p in batch}
         try:
             with self._engine.write() as conn:
                 if self._server is None:
-                    self._server = server.available(conn)
-                    if not self._server:
-                        logger.info("the event store's database has no %s (migration 0012)", server.FUNCTION)
+                    self._server_asked_at = time.monotonic()
+                    if not server.available(conn):
+                        logger.info("the event store's database has no %s (migration 0012) yet", server.FUNCTION)
                         return None
+                    self._server = True
                 outcome = server.append(
                     conn, batch, recorded_at, self._link_prefix, self._link[0], check=check, must_be_new=must_be_new,
                     prepare=self.prepare_sql,
@@ -315,7 +322,8 @@ class Appender:
             self._heads.forget(streams)
             if getattr(error.orig, "sqlstate", None) not in server.MISSING_STATES:
                 raise
-            self._server = False  # dropped under a running store (a downgrade): nothing was written
+            # Dropped under a running store (a downgrade): nothing was written. Asked for again later.
+            self._server, self._server_asked_at = None, time.monotonic()
             logger.warning("the event store's %s is gone (a downgrade?): appends go on without it", server.FUNCTION)
             return None
         except BaseException:

@@ -11,7 +11,8 @@ recomputes every link in Python.
 
 Used for unkeyed chains (a keyed link needs the chain key, which stays in the client), up to
 :data:`MAX_EVENTS` events (larger batches go by ``COPY``, faster per row), on a UTF-8 database whose schema has the
-function: :func:`available` asks once per store; a database not yet upgraded is appended to as before.
+function: :func:`available` asks once per store, and again every :data:`ASK_AGAIN_S` while the answer is no; a
+database not yet upgraded is appended to as before.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ FUNCTION = "eventstore_append_v1"
 SIGNATURE = "json, timestamptz, text, text, text, integer"
 """Its argument types (migration 0012 spells the same out: revisions are snapshots)."""
 MAX_EVENTS = SMALL_BATCH
+#: A store that found the function missing asks again after this long: a database upgraded under running workers
+#: (a rolling upgrade) gets their appends in one round trip without a restart.
+ASK_AGAIN_S = 300.0
 
 # The events go as one JSON document, which the server reads with json_to_recordset: psycopg dumps arrays element by
 # element in Python (20 arrays of a few events cost a task more client CPU than the two round trips this saves).

@@ -128,6 +128,29 @@ def test_a_database_without_the_function_is_appended_to_as_before(
         store.close()
 
 
+def test_a_database_upgraded_under_a_running_store_gets_its_appends_in_the_server_when_asked_again(
+    pg_schema: tuple[str, str], counted: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling upgrade: workers of the new release start before ``relaybus db upgrade`` runs. They append as
+    before, ask again after ``ASK_AGAIN_S``, and from then on append in one round trip, without a restart."""
+    url, schema = pg_schema
+    upgrade(url, schema=schema, revision="0011")
+    store = open_store(url, schema=schema)
+    try:
+        store.append_new([new("s")])  # append_new: never a guessed append, so every one shows in the counts
+        upgrade(url, schema=schema)  # now the database has the function
+        store.append_new([new("s")])
+        assert counted == {"server": 0, "client": 2}, "not asked again before ASK_AGAIN_S"
+        monkeypatch.setattr(_serverappend, "ASK_AGAIN_S", 0.0)
+        store.append_new([new("s")])
+        store.append_new([new("s"), new("t")])
+        assert counted == {"server": 2, "client": 2}
+        assert [e.version for e in store.read_stream("s")] == [1, 2, 3, 4]
+        _positions_and_chain_hold(store)
+    finally:
+        store.close()
+
+
 def test_a_function_dropped_under_a_running_store_costs_one_warning_and_no_event(
     pg_schema: tuple[str, str], counted: dict[str, int], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -144,7 +167,7 @@ def test_a_function_dropped_under_a_running_store_costs_one_warning_and_no_event
             store.append_new([new("s")])
         assert [r.getMessage() for r in caplog.records if _serverappend.FUNCTION in r.getMessage()] != []
         assert len(caplog.records) == 1
-        assert counted["server"] == 2 and counted["client"] == 2  # the failed call, then the client path for good
+        assert counted["server"] == 2 and counted["client"] == 2  # the failed call, then the client path (until asked)
         assert [e.version for e in store.read_stream("s")] == [1, 2, 3]
         _positions_and_chain_hold(store)
     finally:
