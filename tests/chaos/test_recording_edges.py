@@ -191,6 +191,27 @@ def test_the_store_away_past_the_soft_limit_requeues_the_task_which_then_complet
     edge.assert_worker_alive()
 
 
+def test_the_events_lock_held_past_the_soft_limit_requeues_the_task_which_then_completes(edge: Edge) -> None:
+    """Row 3's other case: the store is up, but the statement writing the task's records waits, on the events lock
+    held by another session (an operator's LOCK, a long migration), past the task's soft time limit. The limit ends
+    the wait (eventstore._insert.abandon: the statement cancelled, the connection dropped), the message is
+    requeued, and the task runs again; once the lock is free it completes, recorded once, with no failure."""
+    handle, key = edge.run(sleep_s=1.0)
+    wait_for(lambda: edge.runs(key) >= 1, 60, 0.05, "the edgy task to start")
+    with edge.store.engine.connect() as holder:
+        holder.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+        try:
+            wait_for(lambda: edge.runs(key) >= 2, 60, 0.2, "the task to be requeued and run again")
+        finally:
+            holder.rollback()
+    assert handle.wait(120).status == "completed"
+    assert len([e for e in edge.events(handle.id, "task.succeeded") if e.agent == "edgy"]) == 1
+    assert edge.edgy_event(handle.id, "task.succeeded").payload["output"] == {"value": 1.0, "text": "fine"}
+    assert edge.events(handle.id, "task.failed") == []
+    assert [m for m in edge.letters() if m.headers.get(CORRELATION_HEADER) == handle.id] == []
+    edge.assert_worker_alive()
+
+
 # -- row 5: hard time limits and revokes ------------------------------------------------------------------------
 
 
