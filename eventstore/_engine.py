@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from relaybus.eventstore._insert import abandon, interrupted_mid_command
+from relaybus.eventstore._insert import abandoned_if_interrupted
 from relaybus.eventstore._rows import decode_json
 from relaybus.eventstore.errors import (
     AppendOnlyViolation,
@@ -257,7 +257,7 @@ class ProcessLocalEngine:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection in a (deferred, on SQLite) transaction: one consistent snapshot."""
-        with self.get().connect() as connection, connection.begin(), _interruptible(connection):
+        with self.get().connect() as connection, connection.begin(), abandoned_if_interrupted(connection):
             yield connection
 
     @contextmanager
@@ -344,26 +344,10 @@ class ProcessLocalEngine:
 
 @contextmanager
 def _transaction(connection: Connection, lock_events: bool) -> Iterator[None]:
-    with connection.begin(), _interruptible(connection):
+    with connection.begin(), abandoned_if_interrupted(connection):
         if lock_events and connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SELECT eventstore_lock_events()")  # migration 0006
         yield
-
-
-@contextmanager
-def _interruptible(connection: Connection) -> Iterator[None]:
-    """An exception raised inside the driver's wait (a time limit, a signal) is what the caller gets.
-
-    It leaves a PostgreSQL connection mid-command: the transaction's rollback would fail ("another command is
-    already in progress") and SQLAlchemy would raise that instead, which reads as the store being away, from a
-    time limit. Such a connection is abandoned first (its statement cancelled, the connection invalidated: the pool
-    never hands it out again), so the rollback has nothing to do and the exception goes on as itself."""
-    try:
-        yield
-    except BaseException as error:
-        if interrupted_mid_command(connection, error):
-            abandon(connection, connection.connection.driver_connection)
-        raise
 
 
 def _close(connection: Connection) -> None:

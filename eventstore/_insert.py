@@ -189,7 +189,7 @@ def _back(conn: Connection, driver: Any, *, raising: bool) -> None:
     try:
         driver.autocommit = False
     except Exception:
-        abandon(conn, driver)
+        abandon(conn)
         if raising:
             raise
 
@@ -207,28 +207,38 @@ def interrupted_mid_command(conn: Connection, error: BaseException) -> bool:
     return driver is not None and not driver.closed and driver.info.transaction_status == TransactionStatus.ACTIVE
 
 
-def abandon(conn: Connection, driver: Any) -> None:
+def abandon(conn: Connection) -> None:
     """Give up a connection left mid-command: cancel its statement on the server (a wait for the events lock would
     otherwise go on there, up to the lock timeout, and the statements pipelined after it would then run), then
     invalidate it, so that no one waits for its answer and the pool never hands it out again."""
-    with suppress(Exception):
-        driver.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+    driver = conn.connection.driver_connection
+    if driver is not None:
+        with suppress(Exception):
+            driver.cancel_safe(timeout=CANCEL_TIMEOUT_S)
     conn.invalidate()
 
 
 @contextmanager
+def abandoned_if_interrupted(conn: Connection) -> Iterator[None]:
+    """An exception raised inside the driver's wait (a time limit, a signal) goes on at once, as itself.
+
+    It leaves a PostgreSQL connection mid-command. psycopg's pipeline exit would wait for every result first (for
+    a statement waiting for the events lock, up to the lock timeout, long after a soft time limit fired), and the
+    transaction's rollback would fail ("another command is already in progress"), which SQLAlchemy would raise
+    instead, as if the store were away. Such a connection is abandoned (:func:`abandon`) before either runs."""
+    try:
+        yield
+    except BaseException as error:
+        if interrupted_mid_command(conn, error):
+            abandon(conn)
+        raise
+
+
+@contextmanager
 def pipeline(conn: Connection, driver: Any) -> Iterator[None]:
-    """psycopg's pipeline, except for an exception raised inside its wait (a time limit, a signal): psycopg's exit
-    would wait for every result of the pipeline before letting it go on, which for a statement waiting for the
-    events lock is up to the lock timeout, long after a soft time limit fired. The connection is abandoned instead
-    (:func:`abandon`), and the exception goes on at once, as itself."""
-    with driver.pipeline():
-        try:
-            yield
-        except BaseException as error:
-            if interrupted_mid_command(conn, error):
-                abandon(conn, driver)
-            raise
+    """psycopg's pipeline, abandoned if interrupted (:func:`abandoned_if_interrupted`)."""
+    with driver.pipeline(), abandoned_if_interrupted(conn):
+        yield
 
 
 @contextmanager

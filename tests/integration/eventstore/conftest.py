@@ -5,13 +5,15 @@ Each PostgreSQL test gets a schema of its own (``es_<hex>``), created empty and 
 
 from __future__ import annotations
 
+import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, create_engine, make_url, text
 
 from relaybus.eventstore import EventStore, StoreConfig, open_store
 from tests.services import require_postgres
@@ -59,6 +61,34 @@ def pg_schema() -> Iterator[tuple[str, str]]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+class Interrupted(Exception):
+    """What :func:`interrupt_after`'s timer raises, as a time limit would, inside whatever the test is waiting on."""
+
+
+@pytest.fixture
+def lock_holder(pg_schema: tuple[str, str]) -> Iterator[psycopg.Connection]:
+    """A session of its own on the test's schema, to hold locks the store must wait for; closed after the test."""
+    url, schema = pg_schema
+    holder = psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+                             options=f"-csearch_path={schema}")  # fmt: skip
+    try:
+        yield holder
+    finally:
+        holder.close()
+
+
+@pytest.fixture
+def interrupt_after() -> Iterator[Callable[[float], None]]:
+    """``interrupt_after(seconds)``: a timer that raises :class:`Interrupted` in the test's thread, as a task's soft
+    time limit does in a worker; disarmed and its handler restored after the test."""
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(Interrupted()))
+    try:
+        yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,7 +3,6 @@ itself, on every append path, never as the store being away; and the store goes 
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 
@@ -13,10 +12,8 @@ import pytest
 from relaybus.eventstore import NewEvent, open_store
 from relaybus.eventstore._insert import SMALL_BATCH
 from relaybus.eventstore.keys import ChainKeys
-
-
-class _Interrupted(Exception):
-    pass
+from tests.harness import wait_for
+from tests.integration.eventstore.conftest import Interrupted
 
 
 def new(stream: str) -> NewEvent:
@@ -31,17 +28,12 @@ def _lock_waiters(session: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("path", ["keyed-chain", "copy"])
 def test_a_client_path_append_interrupted_while_it_waits_for_the_lock_raises_the_interruption(
-    pg_schema: tuple[str, str], path: str
+    pg_schema: tuple[str, str],
+    lock_holder: psycopg.Connection,
+    interrupt_after: Callable[[float], None],
+    path: str,
 ) -> None:
     """The client path (a keyed chain's link needs the key; a batch over SMALL_BATCH goes by COPY) pipelines the
     lock with the start statement. A timer fires while the lock is held by another session: the caller gets the
@@ -51,20 +43,18 @@ def test_a_client_path_append_interrupted_while_it_waits_for_the_lock_raises_the
     url, schema = pg_schema
     keys = ChainKeys({"k1": b"0123456789abcdef0123456789abcdef"}) if path == "keyed-chain" else None
     store = open_store(url, schema=schema, create=True, chain_keys=keys)
-    holder = psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname=test options=-csearch_path={schema}")
-    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(_Interrupted()))
     try:
         store.append([new("s")])
         store.append([new("s")])  # the second append of a stream: the client's own path, prepared
         batch = [new("s") for _ in range(1 if path == "keyed-chain" else SMALL_BATCH + 1)]
-        holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        lock_holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        interrupt_after(0.5)
         began = time.monotonic()
-        with pytest.raises(_Interrupted):
+        with pytest.raises(Interrupted):
             store.append(batch)
         assert time.monotonic() - began < 5, "raised when the timer fired, not after the lock timeout"
-        _wait_until(lambda: _lock_waiters(holder) == 0, 10, "the interrupted statement to be cancelled on the server")
-        holder.rollback()
+        wait_for(lambda: _lock_waiters(lock_holder) == 0, 10, 0.05, "the interrupted statement to be cancelled")
+        lock_holder.rollback()
         assert len(store.read_stream("s")) == 2, "cancelled while it waited: none of its pipelined statements ran"
         stored = store.append(batch)  # the caller's retry
         after = store.append([new("s")])
@@ -74,7 +64,4 @@ def test_a_client_path_append_interrupted_while_it_waits_for_the_lock_raises_the
         assert len(ids) == len(set(ids)) == 3 + len(batch)
         assert store.verify().ok
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        holder.close()
         store.close()

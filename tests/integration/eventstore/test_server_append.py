@@ -4,7 +4,7 @@ and writes a small batch; what it stores must be what the client path stores, li
 from __future__ import annotations
 
 import logging
-import signal
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -23,6 +23,7 @@ from relaybus.eventstore import (
 from relaybus.eventstore._insert import SMALL_BATCH
 from relaybus.eventstore.keys import ChainKeys
 from relaybus.eventstore.migrations import upgrade
+from tests.integration.eventstore.conftest import Interrupted
 
 
 def new(stream: str, type_: str = "thing.happened", **fields: object) -> NewEvent:
@@ -207,27 +208,23 @@ def test_after_an_error_in_the_function_the_connection_is_back_in_transactions(p
         store.close()
 
 
-class _Interrupted(Exception):
-    pass
-
-
-def test_an_exception_inside_the_wait_never_leaves_a_connection_in_autocommit(pg_schema: tuple[str, str]) -> None:
+def test_an_exception_inside_the_wait_never_leaves_a_connection_in_autocommit(
+    pg_schema: tuple[str, str], lock_holder: psycopg.Connection, interrupt_after: Callable[[float], None]
+) -> None:
     """A time limit firing while the append waits for the events lock (held here by another session): the
     connection is mid-statement, psycopg cannot turn autocommit off, and it must not go back to the pool so. The
-    interrupted statement may still commit once the lock is free (a doubtful commit, as with any commit whose
-    answer was lost): event ids make the retry harmless."""
+    interrupted statement is cancelled on the server; were the cancel lost, it could still commit once the lock is
+    free (a doubtful commit, as with any commit whose answer was lost): event ids make the retry harmless."""
     url, schema = pg_schema
     store = open_store(url, schema=schema, create=True)
-    holder = psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname=test options=-csearch_path={schema}")
-    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(_Interrupted()))
     try:
         store.append([new("s")])
-        holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        lock_holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         event = new("s")
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-        with pytest.raises(_Interrupted):
+        interrupt_after(0.5)
+        with pytest.raises(Interrupted):
             store.append([event])
-        holder.rollback()  # the lock is free: the interrupted statement may go through now
+        lock_holder.rollback()
         retried = store.append([event])  # the caller's retry: written once, whichever of the two wrote it
         again = store.append([new("s")])
         assert retried[0].version == 2 and again[0].version == 3
@@ -236,7 +233,4 @@ def test_an_exception_inside_the_wait_never_leaves_a_connection_in_autocommit(pg
         assert [e.event_id for e in store.read_stream("s")].count(event.event_id) == 1
         _positions_and_chain_hold(store)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        holder.close()
         store.close()

@@ -3,12 +3,13 @@ snapshot, and a connection that never goes back to the pool in autocommit, whate
 
 from __future__ import annotations
 
-import signal
+from collections.abc import Callable
 
 import psycopg
 import pytest
 
 from relaybus.eventstore import EventStore, NewEvent, StoreConfig, StoreUnavailable, open_store
+from tests.integration.eventstore.conftest import Interrupted
 
 
 def new(stream: str) -> NewEvent:
@@ -48,30 +49,23 @@ def test_a_stream_read_is_prepared_unless_told_not_to_and_leaves_no_autocommit(
         store.close()
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def test_a_read_interrupted_inside_its_wait_never_leaves_a_connection_in_autocommit(
-    pg_schema: tuple[str, str],
+    pg_schema: tuple[str, str], lock_holder: psycopg.Connection, interrupt_after: Callable[[float], None]
 ) -> None:
     """A time limit firing while the read waits (the events table locked against readers by another session): the
     connection is mid-statement, psycopg cannot turn autocommit off, and it must not go back to the pool so."""
     url, schema = pg_schema
     store = open_store(url, schema=schema, create=True)
-    holder = psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname=test options=-csearch_path={schema}")
-    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(_Interrupted()))
     try:
         store.append([new("s"), new("s")])
         store.read_stream("s")  # prepared on the pooled connection
-        holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-        with pytest.raises((_Interrupted, StoreUnavailable)) as raised:
+        lock_holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        interrupt_after(0.5)
+        with pytest.raises((Interrupted, StoreUnavailable)) as raised:
             store.read_stream("s")
-        signal.setitimer(signal.ITIMER_REAL, 0)
         interrupted = raised.value
-        assert isinstance(interrupted, _Interrupted) or isinstance(interrupted.__cause__, _Interrupted), interrupted
-        holder.rollback()
+        assert isinstance(interrupted, Interrupted) or isinstance(interrupted.__cause__, Interrupted), interrupted
+        lock_holder.rollback()
         assert [e.version for e in store.read_stream("s")] == [1, 2]
         _, in_autocommit = _read_connection_state(store)
         assert in_autocommit is False
@@ -83,9 +77,6 @@ def test_a_read_interrupted_inside_its_wait_never_leaves_a_connection_in_autocom
         assert [e.version for e in store.read_stream("s", from_version=3)] == [3]
         assert store.verify().ok
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        holder.close()
         store.close()
 
 
