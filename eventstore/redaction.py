@@ -182,12 +182,16 @@ class Redactor:
         return self._text(text, values=True)
 
     def _text(self, text: str, *, values: bool) -> str:
+        lowered: str | None = None  # of ``text`` as it is now, for the keys' search
         if values:
-            lowered = text.lower()
-            for literals, pattern in self._values:
-                if not literals or any(literal in lowered for literal in literals):
-                    text = pattern.sub(self._value_mask, text)
-        if not self._needles or not self.may_redact(text):
+            lowered = found = text.lower()
+            if self._literals is None or self._holds_literal(found):
+                for literals, pattern in self._values:
+                    if not literals or any(literal in found for literal in literals):
+                        masked = pattern.sub(self._value_mask, text)
+                        if masked != text:
+                            text, lowered = masked, None
+        if not self._needles or not self._keys_in(text, lowered):
             return text
         out: list[str] = []
         done = 0
@@ -216,17 +220,21 @@ class Redactor:
     def _value_mask(self, match: re.Match[str]) -> str:
         return (match.groupdict().get("keep") or "") + self.mask
 
+    def _holds_literal(self, lowered: str) -> bool:
+        """Whether ``lowered`` holds a literal of a built-in value pattern (each match starts with one)."""
+        assert self._literals is not None
+        for literal in self._literals:  # noqa: SIM110  # a plain loop: any() of a generator costs more
+            if literal in lowered:
+                return True
+        return False
+
     def _may_match_values(self, text: str, lowered: str) -> bool:
         # In ASCII text (lower() keeps every index) a built-in pattern can only match where one of its
         # literals starts (each pattern begins with its literal): it is tried there alone. A search of the
         # whole text for "\bsk-" cost 5 us on every payload saying "task-".
         anchored = text.isascii()
-        if anchored and self._literals is not None:
-            for literal in self._literals:
-                if literal in lowered:
-                    break
-            else:
-                return False
+        if anchored and self._literals is not None and not self._holds_literal(lowered):
+            return False
         for literals, pattern in self._values:  # plain loops: generator expressions cost more than the search
             if literals:
                 for literal in literals:
@@ -253,7 +261,10 @@ class Redactor:
         """
         if isinstance(value, str):
             return self.redact_text(value)
-        return self._walk(value)
+        if not isinstance(value, _CONTAINERS):
+            return value
+        strings: list[str] = []
+        return self._strings_redacted(self._mask_keys(value, strings), strings)
 
     def _walk(self, value: Any, values: bool = True) -> Any:
         """``values=False``: the value's JSON holds no secret-looking value, only strings' keys are looked for."""
@@ -296,21 +307,27 @@ class Redactor:
         strings: list[str] = []
         masked = self._mask_keys(value, strings)
         text = canonical_json(masked)
-        if not strings:
-            return masked, text
-        # The patterns and the free-text keys apply to strings alone: looked for in all of them at once (none
-        # of the built-in patterns matches across the line break that separates them).
-        joined = "\n".join(strings)
-        lowered = joined.lower()
-        if self._may_match_values(joined, lowered):
-            redacted = self._walk(masked, True)
-        elif (":" in joined or "=" in joined) and self._keys_in(joined, lowered):  # _KEY_IN_TEXT needs one
-            redacted = self._walk(masked, False)
-        else:
-            return masked, text
+        redacted = self._strings_redacted(masked, strings)
         if redacted is masked:
             return masked, text
         return redacted, canonical_json(redacted)
+
+    def _strings_redacted(self, masked: Any, strings: list[str]) -> Any:
+        """``masked`` (a container whose sensitive keys :meth:`_mask_keys` masked, gathering its ``strings``)
+        with its strings redacted as :meth:`_walk` does; itself if none needs it.
+
+        The patterns and the free-text keys apply to strings alone: looked for in all of them at once (none
+        of the built-in patterns matches across the line break that separates them), and the containers
+        walked only if one may match."""
+        if not strings:
+            return masked
+        joined = "\n".join(strings)
+        lowered = joined.lower()
+        if self._may_match_values(joined, lowered):
+            return self._walk(masked, True)
+        if (":" in joined or "=" in joined) and self._keys_in(joined, lowered):  # _KEY_IN_TEXT needs one
+            return self._walk(masked, False)
+        return masked
 
     def _mask_keys(self, value: Any, strings: list[str]) -> Any:
         """``value`` with the values of sensitive keys masked (containers copied only where one changed);

@@ -103,7 +103,7 @@ tricky = st.recursive(
 @given(st.dictionaries(tricky_keys, tricky, max_size=4))
 def test_the_quick_check_never_skips_a_value_that_has_something_to_mask(payload: dict[str, object]) -> None:
     redacted, text = redactor.redact_to_json(payload)
-    assert redacted == redactor.redact(payload)
+    assert redacted == redactor.redact(payload) == walked(payload)
     assert text == canonical_json(redacted)
     if not redactor.may_redact(canonical_json(payload)):
         assert redactor.redact(payload) is payload
@@ -126,5 +126,20 @@ def test_redact_to_json_masks_what_redact_masks_in_strings_too(payload: dict[str
     """The keys are masked before the JSON is made and the strings looked at only if they may hold something:
     the result is still redact's, and the JSON its canonical JSON."""
     redacted, text = redactor.redact_to_json(payload)
-    assert redacted == redactor.redact(payload)
+    assert redacted == redactor.redact(payload) == walked(payload)
     assert text == canonical_json(redacted)
+
+
+@settings(deadline=None)
+@given(st.lists(shaped, max_size=4) | st.dictionaries(tricky_keys, shaped, max_size=4))
+def test_redact_masks_what_walking_every_string_masks(value: object) -> None:
+    """``redact`` of a container looks at its strings only if, all together, one may hold something to mask:
+    what it gives is what walking every string gives, and the value itself when nothing was masked."""
+    expected = walked(value)
+    assert redactor.redact(value) == expected
+    assert (redactor.redact(value) is value) == (expected is value)
+
+
+def walked(value: object) -> object:
+    """The reference: every key and every string of ``value`` looked at, one by one."""
+    return redactor._walk(value, True)
