@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import kombu.messaging
 import pytest
-from kombu import Connection
+from kombu import Connection, Queue
 
 from relaybus.celery import topology_of
 from relaybus.tasks.bus.bus import declare_subscriptions, subscribers, subscription_dead_letter_queue
@@ -52,6 +54,52 @@ def test_delete_removes_every_queue_and_exchange_the_topology_and_the_bus_declar
 
             assert [d for d in declared if _exists(conn, *d)] == []
             topology.delete(conn)  # again, with nothing left to delete
+    finally:
+        with app.connection_for_write() as conn:
+            topology.delete(conn)
+        app.close()
+
+
+def test_an_agent_queue_is_declared_once_a_connection_and_again_on_a_new_one(
+    tmp_path: Path, broker_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task message's queue is declared by its first publish on a connection, not by every one (kombu's record
+    of what the connection declared is read first); a queue deleted behind the publisher is declared again on
+    the next connection, and the message published there is in it."""
+    settings = make_settings(tmp_path, broker_url, redis_url)
+    app = make_app(settings)
+    topology = topology_of(app)
+    name = topology.queue_name("probe")
+    declares: list[str] = []  # the broker asked to declare
+    asked: list[str] = []  # kombu asked whether to declare
+    declare, maybe_declare = Queue.declare, kombu.messaging.maybe_declare
+
+    def declared(queue: Queue, *args: Any, **kwargs: Any) -> Any:
+        declares.append(queue.name)
+        return declare(queue, *args, **kwargs)
+
+    def asked_first(entity: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(entity.name)
+        return maybe_declare(entity, *args, **kwargs)
+
+    monkeypatch.setattr(Queue, "declare", declared)
+    monkeypatch.setattr(kombu.messaging, "maybe_declare", asked_first)
+    try:
+        for n in range(3):
+            app.send_task("agents.probe", kwargs={"payload": {"n": n}})
+        assert declares == asked == [name]
+        with Connection(broker_url) as conn:
+            assert conn.default_channel.queue_declare(queue=name, passive=True).message_count == 3
+            conn.default_channel.queue_delete(queue=name)
+            assert not _exists(conn, "queue", name)
+
+        with app.producer_or_acquire() as producer:
+            producer.connection.collect()  # what a reconnection does first: it forgets what was declared
+        app.send_task("agents.probe", kwargs={"payload": {"n": 3}})
+
+        assert declares == asked == [name, name]
+        with Connection(broker_url) as conn:
+            assert conn.default_channel.queue_declare(queue=name, passive=True).message_count == 1
     finally:
         with app.connection_for_write() as conn:
             topology.delete(conn)

@@ -98,3 +98,16 @@ def test_settings_and_runtime_config_reprs_mask_url_passwords() -> None:
         assert "relay:[REDACTED]@db" in text
     assert runtime.eventstore_url.endswith("pgS3cret@db/events")  # the value itself stays usable
     assert "credentials" in settings.redact_keys and runtime.redact_keys == settings.redact_keys
+
+
+def test_the_router_builds_each_queue_once_and_keeps_a_bounded_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    import relaybus.celery as celery_module
+
+    router = AgentRouter(Topology("agents", ("writer",), True), PRIORITY_LEVELS["urgent"])
+    first = router("agents.writer", (), {}, {})["queue"]
+    assert router("agents.writer.draft", (), {}, {})["queue"] is first
+    urgent = router("agents.writer", (), {}, {"priority": PRIORITY_LEVELS["urgent"]})["queue"]
+    assert urgent is not first and urgent.name == "agents.writer.urgent"
+    monkeypatch.setattr(celery_module, "ROUTED_QUEUES_KEPT", 3)
+    names = [router(f"agents.a{n}", (), {}, {})["queue"].name for n in range(5)]
+    assert names == [f"agents.a{n}" for n in range(5)] and len(router._queues) == 3
