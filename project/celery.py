@@ -24,6 +24,7 @@ from relaybus.tasks.llm import BudgetPolicy, PriceTable, RateLimits
 from relaybus.tasks.runtime.claimcheck import offload_message
 from relaybus.tasks.runtime.config import RuntimeConfig, runtime_config
 from relaybus.tasks.runtime.context import continuing
+from relaybus.tasks.runtime.tracebacks import install as lean_tracebacks
 from relaybus.topology import Topology, agent_of
 from relaybus.tracing import connect as connect_tracing
 
@@ -406,6 +407,7 @@ def _connect_signals() -> None:
     signals.after_setup_task_logger.connect(redact_logs, weak=False, dispatch_uid="relaybus.redact_task_logs")
     quiet_success_log()
     signals.worker_init.connect(_declare_topology, weak=False, dispatch_uid="relaybus.declare_topology")
+    signals.worker_init.connect(lean_tracebacks, weak=False, dispatch_uid="relaybus.lean_tracebacks")
     signals.worker_init.connect(_check_llm_choices, weak=False, dispatch_uid="relaybus.check_llm_choices")
     signals.worker_init.connect(start_host_writer, weak=False, dispatch_uid="relaybus.host_writer")
     signals.worker_init.connect(load_kept_revokes, weak=False, dispatch_uid="relaybus.kept_revokes")

@@ -172,7 +172,11 @@ class RuntimeConfig(BaseModel):
 
 
 def runtime_config(app: Celery) -> RuntimeConfig:
-    config = app.conf.get("relaybus_runtime")
+    conf = app.conf
+    config = conf.changes.get("relaybus_runtime")  # where the app sets it: one dict lookup, read a dozen times a task
+    if isinstance(config, RuntimeConfig):
+        return config
+    config = conf.get("relaybus_runtime")  # Celery's lookup of every spelling of the key in every layer
     if isinstance(config, RuntimeConfig):
         return config
     return RuntimeConfig()
