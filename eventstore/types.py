@@ -84,8 +84,13 @@ TASK_TYPES: Final = frozenset(
 TERMINAL_TASK_TYPES: Final = frozenset({TASK_SUCCEEDED, TASK_FAILED, TASK_DEAD_LETTERED, TASK_REVOKED, TASK_REJECTED})
 """A task that recorded one of these has finished (for this delivery)."""
 
-FAILED_TASK_TYPES: Final = frozenset({TASK_FAILED, TASK_DEAD_LETTERED, TASK_REJECTED})
-"""Terminal types that count as a failure in statistics (a revoked task was cancelled, not failed)."""
+FAILED_TASK_TYPES: Final = frozenset({TASK_FAILED, TASK_DEAD_LETTERED})
+"""Terminal types that count as a failure, in statistics and in a workflow's ``tasks_failed``.
+
+A revoked task was cancelled; a rejected one refused its message: a saga step that arrived after its saga stopped
+going forward (``NotRun``: nothing ran, nothing is dead-lettered), or a task whose code raised Celery's
+``Reject(requeue=False)`` (the broker moves the message to the agent's dead-letter queue). Neither failed, as in
+Celery's own states (``REJECTED`` and ``REVOKED`` are not ``FAILURE``); both end the task."""
 
 TERMINAL_SAGA_STATUS: Final[dict[str, Literal["completed", "compensated", "compensation_failed"]]] = {
     SAGA_COMPLETED: "completed",

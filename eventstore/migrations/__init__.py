@@ -11,20 +11,24 @@ Revisions are snapshots: they spell their columns out rather than import :mod:`e
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL
 
 from relaybus.eventstore._engine import ProcessLocalEngine, check_schema_name, make_engine, translate_errors
 from relaybus.eventstore.schema import VERSION_TABLE
 
-HEAD = "0012"
+HEAD = "0013"
 """The newest revision; ``open_store`` skips alembic entirely when a database is already there."""
 
 _LOCATION = Path(__file__).parent
+logger = logging.getLogger(__name__)
 _PG_LOCK_KEY = 0x6576_656E_7473  # "events": any constant shared by every upgrader
 
 
@@ -48,9 +52,23 @@ def upgrade_connection(connection: Connection, revision: str = "head") -> None:
     """Upgrade inside the caller's transaction (which the caller commits)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-    if revision == "head" and current_revision(connection) == HEAD:
+    current = current_revision(connection)
+    if revision == "head" and current == HEAD:
+        return
+    if revision == "head" and current is not None and not _known(current):
+        # A newer relaybus upgraded this log (a rolling upgrade: its workers and this older one share it). Its
+        # revisions keep what older releases use (the server append's ``_v1`` is a contract): use the log as it is.
+        logger.warning("the event log is at revision %s, which this relaybus (revisions up to %s) does not know: "
+                       "a newer release upgraded it; using it without upgrading", current, HEAD)
         return
     command.upgrade(alembic_config(connection), revision)
+
+
+def _known(revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def upgrade(url: str | URL | Engine, *, schema: str | None = None, revision: str = "head") -> None:

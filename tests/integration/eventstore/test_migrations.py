@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from relaybus.eventstore import NewEvent, SchemaError, migrations, open_store
-from relaybus.eventstore.schema import metadata
+from relaybus.eventstore.schema import VERSION_TABLE, metadata
 from tests.integration.eventstore.conftest import Database
 
 
@@ -146,6 +146,47 @@ def test_0009_back_fills_kind_and_name_as_a_rebuild_computes_them(db: Database) 
     store.close()
 
 
+
+def _task(stream: str, task: str, *ends: str) -> list[NewEvent]:
+    return [NewEvent(stream_id=stream, type=type_, task_id=task) for type_ in ("task.sent", *ends)]
+
+
+def test_0013_counts_rejected_tasks_as_not_failed_as_a_rebuild_does(db: Database) -> None:
+    """Rows the projection wrote before 0013 counted a rejected task as failed; 0013 counts them again as the fold
+    does now (a declared status stays), touches no other row, and its downgrade puts the old counts back."""
+    store = db.open()
+    store.append([
+        *_task("plain", "p-a", "task.started", "task.succeeded"), *_task("plain", "p-b", "task.rejected"),
+        NewEvent(stream_id="saga:s", correlation_id="s", type="saga.started", payload={"saga": "booking"}),
+        *_task("s", "s-a", "task.failed", "task.dead_lettered"), *_task("s", "s-b", "task.rejected"),
+        NewEvent(stream_id="saga:s", correlation_id="s", type="saga.compensated"),
+        *_task("failed", "f-a", "task.failed"), *_task("failed", "f-b", "task.rejected"),
+        *_task("open", "o-a", "task.rejected"), *_task("open", "o-b"),
+        *_task("other", "x-a", "task.failed"),
+    ])  # fmt: skip
+    store.projection.catch_up()
+
+    def rows() -> dict[str, tuple[str, int]]:
+        return {w.correlation_id: (w.status, w.tasks_failed) for w in store.projection.workflows()}
+
+    now = {"plain": ("succeeded", 0), "s": ("compensated", 1), "failed": ("failed", 1), "open": ("running", 0),
+           "other": ("failed", 1)}
+    assert rows() == now
+    from alembic import command
+
+    with store.engine.begin() as conn:
+        command.downgrade(migrations.alembic_config(conn), "0012")
+    assert rows() == {**now, "plain": ("failed", 1), "s": ("compensated", 2), "failed": ("failed", 2),
+                      "open": ("running", 1)}  # as 0012's fold counted them
+
+    migrations.upgrade(store.engine, schema=db.schema)
+
+    assert rows() == now
+    store.projection.rebuild()
+    assert rows() == now
+    store.close()
+
+
 def _upgrade_at_the_barrier(directory: str, rounds: int, barrier, failures) -> None:  # type: ignore[no-untyped-def]
     for r in range(rounds):
         barrier.wait(timeout=60)
@@ -201,3 +242,26 @@ def test_a_sqlite_store_checkpoints_its_wal_every_10000_pages(tmp_path: Path, mo
                 assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == (pages or 10_000)
         finally:
             engine.dispose()
+
+
+def test_a_log_a_newer_release_upgraded_is_used_as_it_is_with_a_warning(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade: a newer release's ``db upgrade`` ran, and a worker of this release (re)starts on the log.
+    It opens it without upgrading (alembic does not know the newer revision: it raised before), says so, and
+    appends."""
+    store = db.open()
+    store.append([NewEvent(stream_id="s", type="before")])
+    with store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    store.close()
+
+    with caplog.at_level("WARNING", logger="relaybus.eventstore.migrations"):
+        again = db.open()
+        migrations.upgrade(again.engine, schema=db.schema)  # relaybus db upgrade, too
+
+    again.append([NewEvent(stream_id="s", type="after")])
+    assert [e.type for e in again.read_stream("s")] == ["before", "after"]
+    assert "revision 9999, which this relaybus" in caplog.text
+    with again.engine.connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "9999"

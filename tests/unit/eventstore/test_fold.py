@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from relaybus.eventstore import RecordedEvent, WorkflowStatus, apply, dry_run, fold, types
-from relaybus.eventstore.queries import percentile, task_steps
-from tests.unit.eventstore.synthetic import at, quick_workflow, research_workflow
+from relaybus.eventstore import NewEvent, RecordedEvent, WorkflowStatus, apply, dry_run, fold, types
+from relaybus.eventstore.queries import percentile, stats_of, task_steps
+from tests.unit.eventstore.synthetic import at, quick_workflow, research_workflow, task_run
 
 
 def recorded(events: list) -> list[RecordedEvent]:  # type: ignore[type-arg]
@@ -101,3 +101,22 @@ def test_what_opened_a_workflow_names_it_and_a_pipeline_outranks_a_saga_in_it() 
     assert (states["s"].kind, states["s"].name) == ("saga", "x" * 255)
     assert (states["t"].kind, states["t"].name) == (None, None)
     assert types.INTEGRITY_STREAM not in states  # the log's own checks are no workflow
+
+
+def test_a_rejected_task_ended_without_failing() -> None:
+    """``task.rejected`` (a stale saga step that did nothing, or a task that rejected its message) ends the task,
+    and counts as neither a success nor a failure, in the workflow's counts, its derived status and the stats."""
+    events = quick_workflow("wf")
+    stale = task_run("wf", "wf-stale", "planner", 100, [])
+    rejection = NewEvent(event_id="wf-stale:rejected", stream_id="wf", correlation_id="wf", type=types.TASK_REJECTED,
+                         task_id="wf-stale", agent="planner", occurred_at=at(110),
+                         payload={"error_type": "NotRun", "reason": "saga-stopped"})
+    done = recorded([*events, *stale, rejection])
+
+    state = fold(done)["wf"]
+
+    assert state.task_status["wf-stale"] == "rejected"
+    assert (state.status, state.tasks_succeeded, state.tasks_failed) == ("succeeded", 1, 0)
+    assert fold(done[:-1])["wf"].status == "running"  # the step was sent and had not ended
+    (planner,) = stats_of(task_steps(done))
+    assert (planner.count, planner.succeeded, planner.failures) == (2, 1, 0)
