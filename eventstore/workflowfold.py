@@ -59,7 +59,8 @@ class WorkflowStatus(BaseModel):
     ``status``: an explicit workflow-level event decides (``workflow.completed`` -> ``completed``,
     ``saga.compensated`` -> ``compensated``...; ``workflow.started``/``saga.started`` -> ``running``
     until one arrives). Without any, it follows the tasks: ``running`` while one is unfinished,
-    then ``failed`` if any failed, else ``succeeded``.
+    then ``failed`` if any failed, ``succeeded`` if every one succeeded, else ``cancelled`` (a task was revoked
+    or refused its message, and none failed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -84,7 +85,11 @@ def _derived_status(declared: str | None, tasks: dict[str, str]) -> str:
     statuses = tasks.values()
     if not tasks or any(s not in t.TERMINAL_TASK_STATUSES for s in statuses):
         return "running"
-    return "failed" if any(s in t.FAILED_TASK_STATUSES for s in statuses) else "succeeded"
+    if any(s in t.FAILED_TASK_STATUSES for s in statuses):
+        return "failed"
+    # Every task ended and none failed: succeeded only if every one did; a revoked task, or one that refused its
+    # message, did not run to its end.
+    return "succeeded" if all(s == "succeeded" for s in statuses) else "cancelled"
 
 
 def apply(state: WorkflowStatus | None, event: FoldEvent) -> WorkflowStatus:

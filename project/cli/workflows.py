@@ -24,7 +24,8 @@ from relaybus.cli.services import celery_app, event_store, service_errors
 from relaybus.settings import get_settings
 
 STATUSES = (
-    "running", "succeeded", "completed", "failed", "timed_out", "compensating", "compensated", "compensation_failed"
+    "running", "succeeded", "cancelled", "completed", "failed", "timed_out", "compensating", "compensated",
+    "compensation_failed",
 )
 
 

@@ -25,7 +25,7 @@ from relaybus.web.auth import CSRF_FIELD, SESSION_COOKIE, SESSION_S, Guard, WebA
 from relaybus.web.counting import Counters
 
 TEMPLATES = Path(__file__).parent / "templates"
-STATUSES = ("running", "succeeded", "completed", "failed", "timed_out", "compensating", "compensated",
+STATUSES = ("running", "succeeded", "cancelled", "completed", "failed", "timed_out", "compensating", "compensated",
             "compensation_failed")
 STATS_HOURS = (0.25, 1.0, 24.0, 168.0)
 

@@ -151,9 +151,10 @@ def _task(stream: str, task: str, *ends: str) -> list[NewEvent]:
     return [NewEvent(stream_id=stream, type=type_, task_id=task) for type_ in ("task.sent", *ends)]
 
 
-def test_0013_counts_rejected_tasks_as_not_failed_as_a_rebuild_does(db: Database) -> None:
-    """Rows the projection wrote before 0013 counted a rejected task as failed; 0013 counts them again as the fold
-    does now (a declared status stays), touches no other row, and its downgrade puts the old counts back."""
+def test_0013_counts_rejected_and_revoked_tasks_again_as_a_rebuild_does(db: Database) -> None:
+    """Rows the projection wrote before 0013 counted a rejected task as failed, and a workflow that ended with a
+    revoked task and no failure as succeeded; 0013 counts them again as the fold does now (a declared status
+    stays), touches no other row, and its downgrade puts the old counts back."""
     store = db.open()
     store.append([
         *_task("plain", "p-a", "task.started", "task.succeeded"), *_task("plain", "p-b", "task.rejected"),
@@ -163,21 +164,22 @@ def test_0013_counts_rejected_tasks_as_not_failed_as_a_rebuild_does(db: Database
         *_task("failed", "f-a", "task.failed"), *_task("failed", "f-b", "task.rejected"),
         *_task("open", "o-a", "task.rejected"), *_task("open", "o-b"),
         *_task("other", "x-a", "task.failed"),
+        *_task("revoked", "r-a", "task.started", "task.succeeded"), *_task("revoked", "r-b", "task.revoked"),
     ])  # fmt: skip
     store.projection.catch_up()
 
     def rows() -> dict[str, tuple[str, int]]:
         return {w.correlation_id: (w.status, w.tasks_failed) for w in store.projection.workflows()}
 
-    now = {"plain": ("succeeded", 0), "s": ("compensated", 1), "failed": ("failed", 1), "open": ("running", 0),
-           "other": ("failed", 1)}
+    now = {"plain": ("cancelled", 0), "s": ("compensated", 1), "failed": ("failed", 1), "open": ("running", 0),
+           "other": ("failed", 1), "revoked": ("cancelled", 0)}
     assert rows() == now
     from alembic import command
 
     with store.engine.begin() as conn:
         command.downgrade(migrations.alembic_config(conn), "0012")
     assert rows() == {**now, "plain": ("failed", 1), "s": ("compensated", 2), "failed": ("failed", 2),
-                      "open": ("running", 1)}  # as 0012's fold counted them
+                      "open": ("running", 1), "revoked": ("succeeded", 0)}  # as 0012's fold counted them
 
     migrations.upgrade(store.engine, schema=db.schema)
 

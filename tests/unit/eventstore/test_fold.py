@@ -103,20 +103,22 @@ def test_what_opened_a_workflow_names_it_and_a_pipeline_outranks_a_saga_in_it() 
     assert types.INTEGRITY_STREAM not in states  # the log's own checks are no workflow
 
 
-def test_a_rejected_task_ended_without_failing() -> None:
-    """``task.rejected`` (a stale saga step that did nothing, or a task that rejected its message) ends the task,
-    and counts as neither a success nor a failure, in the workflow's counts, its derived status and the stats."""
-    events = quick_workflow("wf")
-    stale = task_run("wf", "wf-stale", "planner", 100, [])
-    rejection = NewEvent(event_id="wf-stale:rejected", stream_id="wf", correlation_id="wf", type=types.TASK_REJECTED,
-                         task_id="wf-stale", agent="planner", occurred_at=at(110),
-                         payload={"error_type": "NotRun", "reason": "saga-stopped"})
-    done = recorded([*events, *stale, rejection])
+def test_a_rejected_or_revoked_task_ended_without_failing_and_its_workflow_is_cancelled() -> None:
+    """``task.rejected`` (a stale saga step that did nothing, or a task that rejected its message) and
+    ``task.revoked`` end a task as neither a success nor a failure, in the workflow's counts and in the stats; a
+    workflow whose tasks all ended that way or succeeded is ``cancelled``, not ``succeeded``."""
+    for end, agent_failures in ((types.TASK_REJECTED, 0), (types.TASK_REVOKED, 0)):
+        stale = task_run("wf", "wf-stale", "planner", 100, [])
+        ending = NewEvent(event_id=f"wf-stale:{end}", stream_id="wf", correlation_id="wf", type=end,
+                          task_id="wf-stale", agent="planner", occurred_at=at(110),
+                          payload={"error_type": "NotRun", "reason": "stale-step"})
+        done = recorded([*quick_workflow("wf"), *stale, ending])
 
-    state = fold(done)["wf"]
+        state = fold(done)["wf"]
 
-    assert state.task_status["wf-stale"] == "rejected"
-    assert (state.status, state.tasks_succeeded, state.tasks_failed) == ("succeeded", 1, 0)
-    assert fold(done[:-1])["wf"].status == "running"  # the step was sent and had not ended
-    (planner,) = stats_of(task_steps(done))
-    assert (planner.count, planner.succeeded, planner.failures) == (2, 1, 0)
+        assert state.task_status["wf-stale"] == types.task_status(end)
+        assert (state.status, state.tasks_succeeded, state.tasks_failed) == ("cancelled", 1, 0)
+        assert fold(done[:-1])["wf"].status == "running"  # the step was sent and had not ended
+        (planner,) = stats_of(task_steps(done))
+        assert (planner.count, planner.succeeded, planner.failures) == (2, 1, agent_failures)
+    assert fold(recorded(quick_workflow("wf")))["wf"].status == "succeeded"  # every task succeeded
