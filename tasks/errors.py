@@ -67,6 +67,14 @@ class NotRun(PermanentError):
     reason: str = "not-run"
 
 
+class Rejected(PermanentError):
+    """An agent rejected its message with Celery's ``Reject(reason, requeue=False)``: dead-lettered with reason
+    ``rejected``, by relaybus, once. The original message is then acknowledged, not rejected: the queue's
+    dead-letter exchange would have put a second copy, without a reason, in the same dead-letter queue."""
+
+    reason = "rejected"
+
+
 class RecordFailed(PermanentError):
     """Raised when the event log cannot store a transition's record as it is (an id the database refuses,
     a full disk): the task is dead-lettered with reason ``record-failed`` and its workflow fails, rather

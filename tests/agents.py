@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import redis
+from celery.exceptions import Reject
 from pydantic import Field
 
 from relaybus.tasks.errors import TransientError
@@ -54,6 +55,10 @@ class ProbeInput(AgentModel):
     fail_first: int = Field(default=0, ge=0)
     value: int = 0
     api_key: str | None = None  # a secret that must never reach the event log
+    #: Raise Celery's ``Reject(reject, requeue=False)``: the task refuses its message.
+    reject: str = ""
+    #: Raise ``Reject(requeue=True)`` on the first delivery only: the task gives its message back once.
+    give_back_once: bool = False
 
     @classmethod
     def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> ProbeInput:
@@ -74,6 +79,10 @@ def probe(inp: ProbeInput, ctx: AgentContext) -> ProbeOutput:
         time.sleep(inp.sleep_s)
     if inp.until:
         time.sleep(min(60.0, max(0.0, inp.until - time.time())))
+    if inp.reject:
+        raise Reject(inp.reject, requeue=False)
+    if inp.give_back_once and r().set(f"{inp.key}:given-back", 1, nx=True, ex=600):
+        raise Reject("not now", requeue=True)
     if inp.fail_first and ctx.attempt <= inp.fail_first:
         raise TransientError(f"planned transient failure on attempt {ctx.attempt}")
     note(inp.key, ctx, label=inp.label, event="done")

@@ -44,6 +44,7 @@ from relaybus.tasks.errors import (
     PayloadUnstorable,
     PermanentError,
     RecordFailed,
+    Rejected,
     is_transient,
 )
 from relaybus.tasks.llm import (
@@ -308,6 +309,11 @@ class AgentTask(Task):  # type: ignore[misc]
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             error: BaseException = exc
+            if isinstance(exc, Reject):  # Celery's own refusal, raised by the agent
+                if exc.requeue:
+                    raise  # it gives its message back: it runs again, and nothing has ended
+                error = Rejected(str(exc.reason))  # dead-lettered once, by relaybus: see Rejected
+                error.__cause__ = exc
             deferral.defer_if_rate_limited(call, error, config)  # waiting is no failure: no retry is used
             max_retries = self.spec.max_retries if self.spec.max_retries is not None else config.max_retries
             if is_transient(error) and request.retries < max_retries:
@@ -319,7 +325,7 @@ class AgentTask(Task):  # type: ignore[misc]
                     return self._give_up(call, refused, "record-failed")
                 self._retry(error, countdown, max_retries)
             reason = "permanent-error" if not is_transient(error) else "retries-exhausted"
-            if isinstance(error, PayloadUnreadable | PayloadUnstorable | FailedBefore | NotRun):
+            if isinstance(error, PayloadUnreadable | PayloadUnstorable | FailedBefore | NotRun | Rejected):
                 reason = error.reason  # payload-missing, payload-altered, payload-unstored or the recorded one
             if isinstance(error, BudgetExceeded):
                 reason = BUDGET_EXCEEDED  # refused unsent: the dead letter and the workflow say why

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from celery import chain, chord
 
+from relaybus.eventstore import open_store
 from relaybus.tasks.errors import InvalidInput
 from relaybus.tasks.runtime.context import CORRELATION_HEADER, workflow_context
 from tests.harness import celery_headers, queue_depth, raw_publish, read_queue, redis_list, wait_for
@@ -146,3 +147,47 @@ def test_a_worker_killed_mid_task_has_its_message_redelivered_to_another_worker(
                     what="the redelivered task to finish")
     assert done[0]["task_id"] == started[0]["task_id"]
     assert done[0]["pid"] != started[0]["pid"]
+
+
+def test_an_agent_that_rejects_its_message_is_dead_lettered_once_with_the_reason(app, settings, start_worker):
+    """Celery's ``Reject(reason, requeue=False)`` from an agent: one dead letter, relaybus's, saying why (the
+    broker's dead-letter exchange used to add a second copy without a reason: a redrive of both ran it twice), and
+    the task's end recorded as a failure that was dead-lettered."""
+    worker = start_worker("probe")
+    with workflow_context() as correlation_id:
+        task_id = app.tasks["agents.probe"].apply_async(kwargs={"key": key(), "reject": "not for me"}).id
+    ns = app.conf.relaybus_runtime.namespace
+    dlq = f"{ns}.probe.dlq"
+    store = open_store(settings.eventstore_url)
+    try:
+        def ended() -> list[str] | None:
+            types = [e.type for e in store.by_correlation(correlation_id) if e.task_id == task_id]
+            return types if "task.dead_lettered" in types else None
+
+        types = wait_for(ended, 60, what="the rejected task's end")
+        assert types[-2:] == ["task.failed", "task.dead_lettered"] and "task.rejected" not in types
+        (dead,) = [e for e in store.by_correlation(correlation_id) if e.type == "task.dead_lettered"]
+        assert (dead.payload["reason"], dead.payload["error_type"], dead.payload["error_message"]) == (
+            "rejected", "Rejected", "not for me")
+    finally:
+        store.close()
+    worker.stop()  # a warm shutdown: the message is settled (acknowledged, or rejected into the DLX) before it ends
+    (message,) = read_queue(app, dlq)
+    assert "x-death" not in message.headers
+    assert (message.headers["x_dead_letter_reason"], message.headers["x_error_message"]) == ("rejected", "not for me")
+
+
+def test_an_agent_that_gives_its_message_back_runs_again_and_nothing_is_dead_lettered(
+    app, start_worker, redis_client
+):
+    """``Reject(requeue=True)`` from an agent puts the message back in its queue: it runs again and succeeds; it is
+    not dead-lettered on the way (it was: the agent runtime took the Reject for a permanent error, dead-lettered it,
+    and the redelivery Celery's requeue made was refused as a task that had failed before)."""
+    k = key()
+    worker = start_worker("probe")
+    result = app.tasks["agents.probe"].apply_async(kwargs={"key": k, "give_back_once": True, "label": "back"})
+    assert result.get(timeout=60)["label"] == "back"
+    worker.stop()
+    ns = app.conf.relaybus_runtime.namespace
+    assert queue_depth(app, f"{ns}.probe.dlq") == 0
+    assert [n["event"] for n in redis_list(redis_client, k)] == ["start", "start", "done"]
