@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,6 +143,21 @@ def read_queue(app: Celery, queue: str, limit: int = 1000) -> list[Any]:
             message.ack()
             out.append(message)
     return out
+
+
+def read_letters_of(app: Celery, queue: str, task_ids: Iterable[str], timeout: float = 60.0) -> list[Any]:
+    """Every message taken off ``queue`` (a DLQ) until one of each of ``task_ids`` is among them. A dead letter's
+    record is committed before the letter is published (no ack without the record): a test that waited on the
+    record must still wait for the letter."""
+    wanted = set(task_ids)
+    taken: list[Any] = []
+
+    def all_in() -> bool:
+        taken.extend(read_queue(app, queue))
+        return wanted <= {m.headers.get("id") for m in taken}
+
+    wait_for(all_in, timeout, 0.1, f"the dead letters of {sorted(wanted)} in {queue}")
+    return taken
 
 
 def delete_namespace(app: Celery) -> None:

@@ -59,6 +59,7 @@ class Edge:
         self.worker = worker
         self.namespace = namespace
         self.notes = redis.Redis.from_url(REDIS_URL)
+        self._letters: dict[str, list[Any]] = {}
 
     def run(self, correlation_id: str | None = None, **inp: Any) -> tuple[PipelineHandle, str]:
         key = f"edge-{uuid.uuid4().hex[:12]}"
@@ -76,7 +77,19 @@ class Edge:
         return found[-1]
 
     def letters(self, agent: str = "edgy") -> list[Any]:
-        return read_queue(self.app, f"{self.namespace}.{agent}.dlq")
+        """Every dead letter taken off ``agent``'s DLQ so far: reading takes them off the queue, so they are kept
+        here, and a letter one test reads early is still there for the test it belongs to."""
+        self._letters.setdefault(agent, []).extend(read_queue(self.app, f"{self.namespace}.{agent}.dlq"))
+        return list(self._letters[agent])
+
+    def letters_of(self, task_id: str, agent: str = "edgy") -> list[Any]:
+        """The dead letters of ``task_id``, once the first is in: its record is committed before it is published
+        (no ack without the record), so a test that saw the record can read the queue before the letter is in."""
+        def found() -> list[Any]:
+            return [m for m in self.letters(agent) if m.headers["id"] == task_id]
+
+        wait_for(found, 60, 0.1, f"the dead letter of {task_id}")
+        return found()
 
     def assert_worker_alive(self) -> None:
         assert self.worker.proc.poll() is None, self.worker.log()[-3000:]
@@ -125,7 +138,7 @@ def test_values_the_database_cannot_hold_are_recorded_escaped_and_restorable(edg
     assert "\\udcff" in failed.payload["error_message"]["$unicode_escape"]  # stored escaped
     assert restore(failed.payload)["error_message"].endswith(b"ok-\xff".decode("utf-8", "surrogateescape"))
     assert edge.edgy_event(broken.id, "task.dead_lettered").payload["reason"] == "permanent-error"
-    letters = [m for m in edge.letters() if m.headers["id"] == failed.task_id]
+    letters = edge.letters_of(failed.task_id)
     assert len(letters) == 1 and letters[0].headers[REASON_HEADER] == "permanent-error"
     edge.assert_worker_alive()
 
@@ -157,9 +170,7 @@ def test_a_message_with_ids_or_retries_the_log_cannot_hold_is_dead_lettered_and_
     for headers in bad.values():
         raw_publish(edge.app, queue, json.dumps([[], {"key": "never"}, {}]), content_type="application/json",
                     headers=headers)
-    letters: list[Any] = []
-    wait_for(lambda: letters.extend(edge.letters("probe")) or len(letters) >= len(bad), 60, 0.2, "three dead letters")
-    by_id = {m.headers["id"]: m for m in letters}
+    by_id = {h["id"]: edge.letters_of(h["id"], "probe")[0] for h in bad.values()}
     for name, headers in bad.items():
         letter = by_id[headers["id"]]
         assert letter.headers[REASON_HEADER] == "invalid-task-message", name
@@ -223,7 +234,7 @@ def test_a_hard_time_limit_is_recorded_dead_lettered_and_fails_the_pipeline(edge
     failed = edge.edgy_event(handle.id, "task.failed")
     assert failed.payload["error_type"] == "TimeLimitExceeded" and failed.payload["reason"] == "time-limit"
     assert edge.edgy_event(handle.id, "task.dead_lettered").payload["reason"] == "time-limit"
-    letters = [m for m in edge.letters() if m.headers["id"] == failed.task_id]
+    letters = edge.letters_of(failed.task_id)
     assert len(letters) == 1 and letters[0].headers[REASON_HEADER] == "time-limit"
     edge.assert_worker_alive()
 
@@ -269,9 +280,7 @@ def test_a_message_the_consumer_dead_letters_is_recorded_with_its_reason(edge: E
                 headers=headers)
     recorded = wait_for(lambda: edge.events(correlation, "task.dead_lettered"), 60, 0.1, "the dead letter's record")
     assert recorded[0].task_id == headers["id"] and recorded[0].payload["reason"] == "undecodable-message"
-    assert [m.headers[REASON_HEADER] for m in edge.letters("probe") if m.headers["id"] == headers["id"]] == [
-        "undecodable-message"
-    ]
+    assert [m.headers[REASON_HEADER] for m in edge.letters_of(headers["id"], "probe")] == ["undecodable-message"]
 
 
 def test_every_task_of_a_failed_pipeline_ends_in_its_timeline_error_callbacks_too(edge: Edge) -> None:
@@ -296,7 +305,7 @@ def test_a_message_that_kills_its_worker_every_time_stops_at_the_redelivery_limi
     assert edge.runs(key) == MAX_REDELIVERIES + 1, "the first delivery and each allowed redelivery ran once"
     task_id = edge.edgy_event(handle.id, "task.dead_lettered").task_id
     assert len(edge.store.find(task_id=task_id, type="task.redelivered")) == MAX_REDELIVERIES + 1
-    letters = [m for m in edge.letters() if m.headers["id"] == task_id]
+    letters = edge.letters_of(task_id)
     assert len(letters) == 1 and letters[0].headers[REASON_HEADER] == "redelivery-limit"
     edge.assert_worker_alive()
 

@@ -20,7 +20,7 @@ from relaybus.tasks.runtime.deadletter import REASON_HEADER
 from tests.chaos.audit import audit
 from tests.chaos.services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 from tests.chaos.system import edge_system
-from tests.harness import Worker, delete_namespace, read_queue, redis_list, wait_for
+from tests.harness import Worker, delete_namespace, read_letters_of, redis_list, wait_for
 from tests.services import REDIS_URL
 
 pytestmark = pytest.mark.timeout(240)
@@ -56,7 +56,8 @@ def test_a_task_redelivered_after_its_failure_was_recorded_is_not_run_or_dead_le
         failed = next(e for e in store.find(task_id=task_id) if e.type == "task.failed")
         assert failed.payload["error_type"] == "PermanentError", failed.payload
         assert len([e for e in store.by_correlation(handle.id) if e.type == "pipeline.failed"]) == 1
-        letters = [m for m in read_queue(app, f"{settings.namespace}.edgy.dlq") if m.headers.get("id") == task_id]
+        letters = [m for m in read_letters_of(app, f"{settings.namespace}.edgy.dlq", [task_id])
+                   if m.headers.get("id") == task_id]
         assert len(letters) == 1, f"{len(letters)} dead letters of {task_id}"
         assert letters[0].headers.get(REASON_HEADER) == "permanent-error", letters[0].headers
         findings = audit(store, [handle.id], agent_tasks={"agents.edgy"})

@@ -37,7 +37,17 @@ from relaybus.tasks.runtime.hooks import Call
 from relaybus.tasks.runtime.recording import NullRecorder
 from relaybus.tasks.saga import dispatch, repository, saga_status, start_saga, sweep_sagas, wait_for_saga
 from relaybus.tasks.saga.advance import AdvanceSaga
-from tests.harness import ROOT, Worker, delete_namespace, make_app, make_settings, queue_depth, read_queue, wait_for
+from tests.harness import (
+    ROOT,
+    Worker,
+    delete_namespace,
+    make_app,
+    make_settings,
+    queue_depth,
+    read_letters_of,
+    read_queue,
+    wait_for,
+)
 from tests.services import require_postgres, require_rabbitmq, require_redis
 
 pytestmark = pytest.mark.integration
@@ -196,8 +206,8 @@ def test_a_failed_step_commits_its_failure_and_dead_letter_records_in_the_transa
     assert own[1].payload["reason"] == "permanent-error"
     # One commit: one recorded_at for the batch, the task's records first.
     assert all((e.recorded_at, e.position < move.position) == (move.recorded_at, True) for e in own), (own, move)
-    letters = read_queue(system.app, f"{system.settings.namespace}.writer.dlq")
-    assert move.task_id in [m.headers["id"] for m in letters], "its dead letter was published, as the record says"
+    # Published after the commit (no ack without the record), as the record says.
+    read_letters_of(system.app, f"{system.settings.namespace}.writer.dlq", [move.task_id])
 
 
 def test_a_step_that_is_a_plain_agent_task_advances_the_saga_through_the_orchestration_callbacks(system):
@@ -516,7 +526,7 @@ def test_a_step_refused_by_the_receiving_worker_records_the_task_sent_its_publis
     assert [e.type for e in events] == ["task.sent", "task.dead_lettered"], events
     assert events[0].occurred_at <= published and events[1].payload["reason"] == "unknown-task"
     assert events[0].payload["input"]["kwargs"]["step"] == "idle"
-    letters = read_queue(system.app, f"{system.settings.namespace}.flaky.dlq")
+    letters = read_letters_of(system.app, f"{system.settings.namespace}.flaky.dlq", [task_id])
     assert [m.headers["id"] for m in letters] == [task_id]
 
 
