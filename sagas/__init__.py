@@ -57,7 +57,7 @@ from relaybus.sagas.events import (
     to_record,
 )
 from relaybus.sagas.reference import CONTENT_CREATION
-from relaybus.sagas.repository import Decision, LoadedSaga, SagaRepository, check_saga_id, saga_stream
+from relaybus.sagas.repository import Decision, LoadedSaga, PlannedStart, SagaRepository, check_saga_id, saga_stream
 from relaybus.sagas.state import (
     CompensationState,
     CompensationStatus,
@@ -129,6 +129,7 @@ __all__ = [  # noqa: RUF022
     "Decision",
     "InFlight",
     "LoadedSaga",
+    "PlannedStart",
     "SagaRepository",
     "check_saga_id",
     "dispatch_id",

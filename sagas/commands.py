@@ -10,6 +10,8 @@ The executor's loop, for one saga::
 
 Record every event of one decision before dispatching any of its commands, with the event store's
 optimistic concurrency check, so a decision taken on a stale state is refused rather than acted on.
+(A new saga's start has no state to be stale: its first step may go out while it is recorded, to a step
+that waits for its saga before it acts; see :meth:`~sagas.repository.SagaRepository.plan_start`.)
 
 Commands are frozen models with a ``kind`` discriminator, so they can travel inside a Celery
 signature (``model_dump(mode="json")``) and be read back with ``TypeAdapter(Command)``.

@@ -25,7 +25,10 @@ events with a decision id in their metadata: a batch stored under another id was
 
 Dispatch comes after the append (the executor contract in :mod:`sagas.commands`). A crash between
 the two leaves a recorded but undispatched command: :meth:`SagaRepository.in_flight` rebuilds it
-for a redelivered caller or the sweep, and the step's deadline bounds the wait in any case.
+for a redelivered caller or the sweep, and the step's deadline bounds the wait in any case. One
+exception: a new saga's start may be decided first (:meth:`SagaRepository.plan_start`, no store) and its
+first step sent while :meth:`SagaRepository.commit_start` records it, when that step's fence waits for a
+saga being recorded (:mod:`tasks.saga.steps`).
 
 How an event becomes a record (its id, stream, decision, a ``data`` too large) is :mod:`sagas.records`. Only
 the event store's public API is used here; no Celery.
@@ -107,6 +110,14 @@ class Decision:
     state: SagaState
     recorded: tuple[SagaEvent, ...]
     dispatch: tuple[Dispatchable, ...]
+
+
+@dataclass(frozen=True)
+class PlannedStart:
+    """A new saga's start, decided and not recorded yet (:meth:`SagaRepository.plan_start`)."""
+
+    decision: Decision
+    events: tuple[tuple[SagaEvent, str | None], ...]
 
 
 class SagaRepository:
@@ -216,12 +227,7 @@ class SagaRepository:
         an existing saga again is a no-op that hands back its first dispatch if that is still running (a
         client's retry)."""
         check_saga_id(saga_id)
-        size = len(json.dumps(input, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > self._data_limit:
-            raise ValueError(
-                f"the saga input is {size} bytes; the event log keeps at most {self._data_limit} per event: "
-                "store large inputs elsewhere and pass a reference"
-            )
+        self._check_input(input)
         event = start_event(definition, saga_id, input, budget)
         return self._advance(
             saga_id,
@@ -232,6 +238,40 @@ class SagaRepository:
             redispatch=True,
             first=None,  # assume a new stream: one read less; a taken id is a conflict, then read
         )
+
+    def plan_start(
+        self,
+        definition: SagaDefinition,
+        saga_id: str,
+        input: JsonValue,
+        *,
+        now: datetime,
+        correlation_id: str | None = None,
+        budget: dict[str, JsonValue] | None = None,
+    ) -> PlannedStart:
+        """What :meth:`start` records and dispatches for a saga id no stream holds (one just made), decided
+        without the store: its dispatch may go out while :meth:`commit_start` records it (a step fenced to
+        wait for its saga, :mod:`tasks.saga.steps`)."""
+        check_saga_id(saga_id)
+        self._check_input(input)
+        event = start_event(definition, saga_id, input, budget)
+        state, decided, commands = _decided(definition, evolve(definition, None, event), record_id(event), now)
+        events = ((event, None), *decided)
+        correlation = correlation_id or saga_id
+        decision = Decision(saga_id, definition.name, correlation, state, tuple(e for e, _ in events), tuple(commands))
+        return PlannedStart(decision, events)
+
+    def commit_start(self, planned: PlannedStart) -> None:
+        """Record ``planned`` in a new stream; :class:`~eventstore.ConcurrencyError` if its saga id is taken."""
+        self._append(list(planned.events), planned.decision.correlation_id, 0, ())
+
+    def _check_input(self, input: JsonValue) -> None:
+        size = len(json.dumps(input, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > self._data_limit:
+            raise ValueError(
+                f"the saga input is {size} bytes; the event log keeps at most {self._data_limit} per event: "
+                "store large inputs elsewhere and pass a reference"
+            )
 
     def record(
         self,
@@ -315,16 +355,8 @@ class SagaRepository:
                 raise
             assert state is not None
             trigger = record_id(observed[-1]) if observed else None
-            commands: list[Dispatchable] = []
-            for _round in range(_MAX_DECISION_ROUNDS):
-                batch = decide(spec, state, now)
-                if not batch:
-                    break
-                for command in batch:
-                    state = evolve(spec, state, command.event())
-                    fresh.append((command.event(), trigger))
-                    if isinstance(command, RunStep | RunCompensation):
-                        commands.append(command)
+            state, decided, commands = _decided(spec, state, trigger, now)
+            fresh.extend(decided)
             correlation = loaded.correlation_id if loaded is not None else (correlation_id or saga_id)
             if guessed and not fresh:
                 continue
@@ -374,6 +406,25 @@ class SagaRepository:
             # and its dispatches, are the rival's. Ours is as stale as after a conflict.
             raise ConcurrencyError(saga_stream(events[0][0].saga_id), version, stored[-1].version)
         return stored
+
+
+def _decided(
+    spec: SagaDefinition, state: SagaState, trigger: str | None, now: datetime
+) -> tuple[SagaState, list[tuple[SagaEvent, str | None]], list[Dispatchable]]:
+    """Decide and fold each command's event until ``decide`` asks for nothing more: the state then, the events
+    (caused by ``trigger``) and the commands to dispatch."""
+    events: list[tuple[SagaEvent, str | None]] = []
+    commands: list[Dispatchable] = []
+    for _round in range(_MAX_DECISION_ROUNDS):
+        batch = decide(spec, state, now)
+        if not batch:
+            break
+        for command in batch:
+            state = evolve(spec, state, command.event())
+            events.append((command.event(), trigger))
+            if isinstance(command, RunStep | RunCompensation):
+                commands.append(command)
+    return state, events, commands
 
 
 def _extended(loaded: LoadedSaga, tail: Sequence[RecordedEvent]) -> LoadedSaga:

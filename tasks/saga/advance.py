@@ -262,6 +262,9 @@ class SagaTask(AgentTask):
     saga_kind: ClassVar[Kind] = "step"
     #: A step's own input model (``saga_step(input=...)``); ``None`` for a compensation.
     step_input_model: ClassVar[type[BaseModel] | None] = None
+    #: A step that reads its saga before it runs (``saga_step(fence=True)``): it waits for a saga that is still
+    #: being recorded when its message says so (:data:`~tasks.saga.steps.SAGA_STARTING_HEADER`).
+    fenced: ClassVar[bool] = False
     # Nobody reads a saga task's result from the result backend: its outcome is in the saga's log, and
     # no callback is linked to it. Storing it (STARTED, then SUCCESS) cost two Redis writes per step.
     ignore_result = True
@@ -277,6 +280,7 @@ def saga_task(
     fn: Callable[[Any, AgentContext], Any],
     max_retries: int | None = None,
     step_input: type[BaseModel] | None = None,
+    fenced: bool = False,
 ) -> AgentTask:
     """Register ``fn`` as the :class:`SagaTask` ``task_name`` of the agent ``agent_name``: what
     :func:`tasks.runtime.task.agent` does, on the saga task base. ``step_input``: a step's own input model,
@@ -288,6 +292,7 @@ def saga_task(
 
     run.__name__, run.__doc__ = getattr(fn, "__name__", task_name), fn.__doc__
     task: AgentTask = shared_task(
-        name=task_name, base=SagaTask, spec=spec, bind=False, saga_kind=kind, step_input_model=step_input
+        name=task_name, base=SagaTask, spec=spec, bind=False, saga_kind=kind, step_input_model=step_input,
+        fenced=fenced,
     )(run)
     return task

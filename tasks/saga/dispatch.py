@@ -20,7 +20,7 @@ second report of one outcome is recorded as the duplicate it is. Nothing waits o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -58,8 +58,14 @@ def saga_root_id(app: Celery, saga: str, saga_id: str) -> str | None:
     return dispatch_id(saga_id, first.name, member.name, "step", 1)
 
 
-def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[RunStep | RunCompensation]) -> list[str]:
-    """Send each command's task; returns their task ids."""
+def dispatch(
+    app: Celery,
+    saga: str,
+    correlation_id: str,
+    commands: Iterable[RunStep | RunCompensation],
+    headers: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Send each command's task, with ``headers`` besides the correlation id; returns their task ids."""
     sent = []
     for command in commands:
         call: StepCall | CompensationCall
@@ -85,7 +91,7 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
                 command.task,
                 kwargs=call.model_dump(mode="json"),
                 task_id=task_id,
-                headers={CORRELATION_HEADER: correlation_id},
+                headers={**(headers or {}), CORRELATION_HEADER: correlation_id},
                 # One task tree per saga in Flower, whoever sends (a step's worker, the sweep, a resume).
                 root_id=saga_root_id(app, saga, command.saga_id),
                 **options,
@@ -94,5 +100,5 @@ def dispatch(app: Celery, saga: str, correlation_id: str, commands: Iterable[Run
     return sent
 
 
-def dispatch_decision(app: Celery, decision: Decision) -> list[str]:
-    return dispatch(app, decision.saga, decision.correlation_id, decision.dispatch)
+def dispatch_decision(app: Celery, decision: Decision, headers: Mapping[str, Any] | None = None) -> list[str]:
+    return dispatch(app, decision.saga, decision.correlation_id, decision.dispatch, headers)

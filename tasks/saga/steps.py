@@ -20,14 +20,21 @@ A step is *fenced*: before it runs, it reads its saga, and if the saga no longer
 after its deadline) it refuses with :class:`StaleStep` instead of acting: its end is recorded as
 ``task.rejected`` (reason ``stale-step``), it is not dead-lettered, and its saga, which has moved on, is
 told nothing. The fence narrows the window; the idempotency key and the compensation's marker close it.
+
+A new saga's first step may be sent while its start is still being recorded (:func:`~tasks.saga.client.start_saga`
+sends it and records the start at once, each waiting for its own confirmation). Its message then carries
+:data:`SAGA_STARTING_HEADER`, until when its fence waits for the saga to appear before it calls the step stale:
+a start whose record never came (the client died, or the log refused it) leaves a step that is refused,
+recorded, and not run.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from celery import current_app
+from celery import current_app, current_task
 from pydantic import BaseModel, ValidationError
 
 from relaybus.sagas import LoadedSaga
@@ -36,6 +43,14 @@ from relaybus.tasks.runtime.task import AgentContext, AgentTask
 from relaybus.tasks.saga.advance import remember_fenced, saga_task
 from relaybus.tasks.saga.calls import CompensationCall, StepCall, Undone
 from relaybus.tasks.saga.registry import repository
+
+#: Set by a start that sends a new saga's first step while recording its start: until when (Unix time, seconds) the
+#: step's fence waits for its saga to appear. A republished copy (a retry, a redrive) inherits a time passed.
+SAGA_STARTING_HEADER = "x_saga_starting_until"
+#: The longest a fence waits for a starting saga, whatever the header says (a clock ahead, a hostile value).
+SAGA_STARTING_WAIT_MAX_S = 30.0
+#: The fence's pauses between reads of a starting saga: the first, and the longest.
+_FIRST_PAUSE_S, _LONGEST_PAUSE_S = 0.0005, 0.05
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -67,7 +82,7 @@ def saga_step(
     def decorate(fn: Callable[[InputT, StepCall, AgentContext], OutputT]) -> AgentTask:
         def run(call: StepCall, ctx: AgentContext) -> OutputT:
             if fence:
-                remember_fenced(ctx.task_id, check_still_wanted(call))
+                remember_fenced(ctx.task_id, check_still_wanted(call, _starting_until(current_task.request)))
             try:
                 data = input.model_validate(call.input)
             except ValidationError as exc:
@@ -78,7 +93,7 @@ def saga_step(
         run.__name__, run.__doc__ = fn.__name__, fn.__doc__
         return saga_task(
             agent_name, f"agents.{agent_name}.{action}", "step", input=StepCall, output=output, fn=run,
-            max_retries=max_retries, step_input=input,
+            max_retries=max_retries, step_input=input, fenced=fence,
         )
 
     return decorate
@@ -99,9 +114,16 @@ def saga_compensation(
     return decorate
 
 
-def check_still_wanted(call: StepCall) -> LoadedSaga:
-    """Raise :class:`StaleStep` unless the saga is still running forward; the saga as read."""
-    loaded = repository(current_app).find(call.saga_id)
+def check_still_wanted(call: StepCall, starting_until: float | None = None) -> LoadedSaga:
+    """Raise :class:`StaleStep` unless the saga is still running forward; the saga as read. With
+    ``starting_until`` (Unix time), a saga not found yet is read again until then: its start is being recorded."""
+    repo = repository(current_app)
+    loaded = repo.find(call.saga_id)
+    pause = _FIRST_PAUSE_S
+    while loaded is None and starting_until is not None and time.time() + pause < starting_until:
+        time.sleep(pause)
+        pause = min(pause * 2, _LONGEST_PAUSE_S)
+        loaded = repo.find(call.saga_id)
     if loaded is None:
         raise StaleStep(f"no saga {call.saga_id!r}: step {call.step!r} attempt {call.attempt} was not run")
     status = loaded.state.status
@@ -110,3 +132,15 @@ def check_still_wanted(call: StepCall) -> LoadedSaga:
             f"saga {call.saga_id!r} is {status}: step {call.step!r} attempt {call.attempt} is stale and was not run"
         )
     return loaded
+
+
+def _starting_until(request: Any) -> float | None:
+    """Until when this step waits for its saga (:data:`SAGA_STARTING_HEADER`), at most
+    :data:`SAGA_STARTING_WAIT_MAX_S` from now; None when its message does not say, or says a time passed."""
+    value = getattr(request, SAGA_STARTING_HEADER, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(SAGA_STARTING_HEADER)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:  # NaN
+        return None
+    now = time.time()
+    return min(float(value), now + SAGA_STARTING_WAIT_MAX_S) if value > now else None

@@ -28,8 +28,9 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
 import relaybus
+import relaybus.tasks.saga.client as saga_client
 from relaybus.celery import create_app
-from relaybus.eventstore import EventStore, open_store
+from relaybus.eventstore import EventStore, StoreUnavailable, open_store
 from relaybus.sagas import SagaView, dispatch_id
 from relaybus.settings import Settings
 from relaybus.tasks.agents.content_store import clear_fault, engine_for, live_items, saga_items, saga_runs, set_fault
@@ -37,6 +38,10 @@ from relaybus.tasks.runtime.hooks import Call
 from relaybus.tasks.runtime.recording import NullRecorder
 from relaybus.tasks.saga import dispatch, repository, saga_status, start_saga, sweep_sagas, wait_for_saga
 from relaybus.tasks.saga.advance import AdvanceSaga
+from relaybus.tasks.saga.client import _first_step_fenced
+from relaybus.tasks.saga.dispatch import dispatch_decision, saga_root_id
+from relaybus.tasks.saga.registry import saga_definition
+from relaybus.tasks.saga.steps import SAGA_STARTING_HEADER
 from tests.harness import (
     ROOT,
     Worker,
@@ -565,3 +570,115 @@ def test_a_step_that_arrives_after_its_saga_stopped_is_recorded_rejected_and_not
     # Celery logs the refusal after the task's hooks recorded it: the line may trail the record.
     logged = wait_for(stale_lines, 15, 0.05, "Celery's log line of the refused step")
     assert all("INFO/" in line and "raised expected" in line for line in logged), logged
+
+
+# -- a new saga's start recorded while its first step is sent ------------------------------------------------
+
+
+def _planned_first_step(system: SagaSystem, topic: str, until: float) -> tuple[Any, str]:
+    """A new content saga's start, planned and its first step sent with SAGA_STARTING_HEADER = ``until``, not
+    recorded: what start_saga does, with the record held back. Returns the plan and the step's task id."""
+    saga_id = new_saga_id()
+    definition = saga_definition("content_creation", system.app)
+    planned = repository(system.app).plan_start(definition, saga_id, {"topic": topic}, now=datetime.now(UTC))
+    (task_id,) = dispatch_decision(system.app, planned.decision, {SAGA_STARTING_HEADER: until})
+    assert task_id == saga_root_id(system.app, "content_creation", saga_id)
+    return planned, task_id
+
+
+def test_a_saga_started_without_an_id_records_its_start_while_its_first_step_is_sent_and_completes(system):
+    assert _first_step_fenced(system.app, saga_definition("content_creation", system.app)), "the path under test"
+    saga_id = start_saga("content_creation", {"topic": "Started at once"}, app=system.app)
+    view = wait_for_saga(saga_id, 60, app=system.app)
+    assert view.status == "completed", view
+    events = system.store.by_correlation(view.correlation_id)
+    first = saga_root_id(system.app, "content_creation", saga_id)
+    (started,) = [e for e in events if e.type == "saga.started"]
+    own = [e for e in events if e.task_id == first and e.type.startswith("task.")]
+    assert [e.type for e in own] == ["task.sent", "task.received", "task.started", "task.succeeded"], own
+    assert all(e.position > started.position for e in own), "the log has the saga before its first step's records"
+
+
+def test_a_first_step_that_arrives_before_its_saga_is_recorded_waits_for_it_and_runs(system):
+    planned, task_id = _planned_first_step(system, "Recorded late", time.time() + 60)
+
+    def running() -> bool:
+        active = system.app.control.inspect(timeout=1.0).active() or {}
+        return any(t["id"] == task_id for tasks in active.values() for t in tasks)
+
+    wait_for(running, 30, 0.1, "the first step to be running, its saga not recorded")
+    repository(system.app).commit_start(planned)
+    view = wait_for_saga(planned.decision.saga_id, 60, app=system.app)
+    assert view.status == "completed", view
+    events = system.store.by_correlation(planned.decision.correlation_id)
+    (saga_started,) = [e for e in events if e.type == "saga.started"]
+    (task_started,) = [e for e in events if e.task_id == task_id and e.type == "task.started"]
+    assert task_started.occurred_at < saga_started.recorded_at, "the step had started before its saga was recorded"
+
+
+def test_a_first_step_whose_saga_is_never_recorded_is_refused_once_its_wait_is_over_and_does_not_run(system):
+    until = time.time() + 3
+    planned, task_id = _planned_first_step(system, "Never recorded", until)
+
+    def rejected() -> list[Any]:
+        return [e for e in system.store.find(task_id=task_id) if e.type == "task.rejected"]
+
+    (refusal,) = wait_for(rejected, 60, 0.1, "the orphan step's refusal")
+    assert refusal.payload["reason"] == "stale-step" and "no saga" in refusal.payload["error_message"]
+    assert refusal.occurred_at.timestamp() >= until - 0.1, "it waited for its saga until its message said"
+    assert [e.type for e in system.store.find(task_id=task_id)] == [
+        "task.sent", "task.received", "task.started", "task.rejected"]
+    assert system.store.read_stream(f"saga:{planned.decision.saga_id}") == []
+    assert saga_runs(system.content, planned.decision.saga_id) == [], "the step's body never ran"
+
+
+def _client_app(system: SagaSystem, **away: str) -> Celery:
+    """An app as a client's, with the system's sagas and steps known, and a store or broker that is ``away``."""
+    settings = make_settings(
+        system.tmp, away.get("broker_url", system.settings.broker_url), system.settings.result_backend,
+        namespace=system.settings.namespace, record_events=True,
+        eventstore_url=away.get("eventstore_url", system.settings.eventstore_url),
+        extra_modules=system.settings.extra_modules,
+    )
+    app = create_app(settings)
+    app.loader.import_default_modules()
+    return app
+
+
+def test_a_start_the_log_refuses_raises_and_its_first_step_already_sent_is_refused_unrun(system, monkeypatch):
+    monkeypatch.setattr(saga_client, "SAGA_STARTING_WAIT_MAX_S", 3.0)  # the client's header: wait 3 s, not 30
+    app = _client_app(system, eventstore_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    try:
+        assert _first_step_fenced(app, saga_definition("content_creation", app)), "the path under test"
+        sent_before = {e.task_id for e in system.store.find(type="task.rejected")}
+        with pytest.raises(StoreUnavailable):
+            start_saga("content_creation", {"topic": "Refused by the log"}, app=app)
+    finally:
+        app.close()
+
+    def refused() -> list[Any]:
+        return [e for e in system.store.find(type="task.rejected") if e.task_id not in sent_before
+                and e.agent == "researcher"]
+
+    (refusal,) = wait_for(refused, 60, 0.1, "the orphan first step's refusal")
+    assert refusal.payload["reason"] == "stale-step" and "no saga" in refusal.payload["error_message"]
+    saga_id = refusal.correlation_id  # a saga's own id, unless its starter gave it another
+    assert system.store.read_stream(f"saga:{saga_id}") == [] and saga_runs(system.content, saga_id) == []
+
+
+def test_a_start_whose_first_step_the_broker_refuses_raises_and_leaves_its_saga_for_the_sweep(system):
+    app = _client_app(system, broker_url="amqp://guest:guest@127.0.0.1:1//")
+    try:
+        assert _first_step_fenced(app, saga_definition("content_creation", app)), "the path under test"
+        before = {r.stream_id for r in system.store.find(type="saga.started")}
+        with pytest.raises(Exception) as raised:
+            start_saga("content_creation", {"topic": "Refused by the broker"}, app=app)
+        assert not isinstance(raised.value, StoreUnavailable), raised.value
+    finally:
+        app.close()
+    (stream,) = {r.stream_id for r in system.store.find(type="saga.started")} - before
+    saga_id = stream.removeprefix("saga:")
+    repo = repository(system.app)
+    loaded = repo.load(saga_id)
+    assert loaded.state.status == "running", "recorded, as a start whose client died before sending would be"
+    assert [f.command.step for f in repo.in_flight(loaded)] == ["research"], "what the sweep times out or resends"

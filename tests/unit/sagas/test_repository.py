@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relaybus.eventstore import EventStore, NewEvent, RecordedEvent, StoreConfig, open_store
+from relaybus.eventstore import ConcurrencyError, EventStore, NewEvent, RecordedEvent, StoreConfig, open_store
 from relaybus.sagas import (
     InvalidTransition,
     RunCompensation,
@@ -316,3 +316,40 @@ def test_open_sagas_listing_by_status_and_the_view_of_a_saga(repo):
     assert all(s.started_at is not None and s.duration_s is not None for s in view.steps)
     assert view.ended_at is not None and view.history[-1].type == "saga.completed"
     assert view.history[1].step == "s1" and dedup_key(s1.event()).endswith(":1")
+
+
+@pytest.mark.parametrize("definition", [LINEAR, FAN_OUT], ids=["one-step", "parallel-first"])
+def test_a_planned_start_decides_what_start_records_and_sends_without_the_store_and_commits_it(
+    repo, store, tmp_path, definition
+):
+    planned = repo.plan_start(definition, "s-p", {"topic": "x"}, now=T0, correlation_id="corr-p")
+    assert store.read_stream("saga:s-p") == [], "planning reads and writes nothing"
+    repo.commit_start(planned)
+    other = open_store(f"sqlite:///{tmp_path / 'other.sqlite'}", config=StoreConfig(max_payload_bytes=8192))
+    try:
+        started = SagaRepository(other, repo.registry).start(
+            definition, "s-p", {"topic": "x"}, now=T0, correlation_id="corr-p"
+        )
+
+        def kept(log: EventStore) -> list[tuple[Any, ...]]:
+            records = log.read_stream("saga:s-p")
+            return [(r.type, r.event_id, r.causation_id, r.correlation_id, r.payload) for r in records]
+
+        assert kept(store) == kept(other)
+    finally:
+        other.close()
+    assert planned.decision.dispatch == started.dispatch and planned.decision.recorded == started.recorded
+    assert planned.decision.state == started.state and planned.decision.correlation_id == "corr-p"
+    assert repo.load("s-p").state == started.state
+
+
+def test_a_planned_start_of_a_taken_id_is_refused_and_records_nothing_and_bad_input_is_refused_unplanned(repo, store):
+    first = repo.start(LINEAR, "s-1", "in", now=T0)
+    repo.record(only_step(first.dispatch).succeeded("out-1"), now=T0)
+    with pytest.raises(ConcurrencyError):
+        repo.commit_start(repo.plan_start(LINEAR, "s-1", "in", now=T0))
+    assert [r.type for r in store.read_stream("saga:s-1")].count("saga.started") == 1
+    with pytest.raises(ValueError, match="reference"):
+        repo.plan_start(LINEAR, "s-big", "x" * 10_000, now=T0)
+    with pytest.raises(ValueError, match="saga id"):
+        repo.plan_start(LINEAR, "bad:id", "in", now=T0)
