@@ -109,6 +109,8 @@ def rate_limit_waits(deferrals: Iterable[RecordedEvent]) -> list[RateLimitWaits]
         if event.type != t.TASK_DEFERRED:
             continue
         payload = event.payload if isinstance(event.payload, dict) else {}
+        if payload.get("reason") == t.DEFERRED_REQUEUED:
+            continue  # given back by its own code, not waiting for a rate limit
         key = (event.agent or "?", str(payload.get("provider", "?")), str(payload.get("model", "?")))
         wait = payload.get("wait_s")
         waits.setdefault(key, []).append(float(wait) if isinstance(wait, int | float) else 0.0)

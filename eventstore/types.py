@@ -15,6 +15,9 @@ TASK_STARTED: Final = "task.started"
 TASK_RETRIED: Final = "task.retried"
 #: Given back to its queue with a countdown without using a retry: over a global LLM rate limit.
 TASK_DEFERRED: Final = "task.deferred"
+#: The ``reason`` of a ``task.deferred`` whose task gave its message back itself (Celery's ``Reject(requeue=True)``
+#: from its code, or a publish inside it the broker refused): not a rate limit's wait.
+DEFERRED_REQUEUED: Final = "requeued"
 TASK_SUCCEEDED: Final = "task.succeeded"
 TASK_FAILED: Final = "task.failed"
 TASK_DEAD_LETTERED: Final = "task.dead_lettered"

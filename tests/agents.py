@@ -59,6 +59,8 @@ class ProbeInput(AgentModel):
     reject: str = ""
     #: Raise ``Reject(requeue=True)`` on the first delivery only: the task gives its message back once.
     give_back_once: bool = False
+    #: Raise ``Reject(requeue=True)`` on every delivery: the task always gives its message back.
+    give_back: bool = False
 
     @classmethod
     def from_upstream(cls, upstream: Any, kwargs: dict[str, Any]) -> ProbeInput:
@@ -81,7 +83,7 @@ def probe(inp: ProbeInput, ctx: AgentContext) -> ProbeOutput:
         time.sleep(min(60.0, max(0.0, inp.until - time.time())))
     if inp.reject:
         raise Reject(inp.reject, requeue=False)
-    if inp.give_back_once and r().set(f"{inp.key}:given-back", 1, nx=True, ex=600):
+    if inp.give_back or (inp.give_back_once and r().set(f"{inp.key}:given-back", 1, nx=True, ex=600)):
         raise Reject("not now", requeue=True)
     if inp.fail_first and ctx.attempt <= inp.fail_first:
         raise TransientError(f"planned transient failure on attempt {ctx.attempt}")

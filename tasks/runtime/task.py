@@ -21,6 +21,7 @@ Everything that is not the agent's business lives here, once: what the task base
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -35,6 +36,7 @@ from celery.states import STARTED
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relaybus.eventstore import StoreUnavailable
+from relaybus.eventstore.types import DEFERRED_REQUEUED
 from relaybus.tasks.errors import (
     AgentError,
     FailedBefore,
@@ -69,7 +71,10 @@ from relaybus.tasks.runtime.context import (
     request_headers,
 )
 from relaybus.tasks.runtime.hooks import DEFAULT_HOOKS, NO_RESULT, Call, Hook, Points, points
+from relaybus.tasks.runtime.recording import records
 from relaybus.tasks.runtime.redelivery import NO_END, NOT_STORED, recorded_end, stored_success
+
+logger = logging.getLogger(__name__)
 
 InputT = TypeVar("InputT", bound=BaseModel)
 OutputT = TypeVar("OutputT", bound=BaseModel)
@@ -311,6 +316,7 @@ class AgentTask(Task):  # type: ignore[misc]
             error: BaseException = exc
             if isinstance(exc, Reject):  # Celery's own refusal, raised by the agent
                 if exc.requeue:
+                    self._record_given_back(call, exc)
                     raise  # it gives its message back: it runs again, and nothing has ended
                 error = Rejected(str(exc.reason))  # dead-lettered once, by relaybus: see Rejected
                 error.__cause__ = exc
@@ -339,6 +345,20 @@ class AgentTask(Task):  # type: ignore[misc]
             return self._give_up(call, refused, "record-failed")
         mark_continuing(request.id)
         return result
+
+    def _record_given_back(self, call: Call, given_back: Reject) -> None:
+        """Record a run that gave its message back (``Reject(requeue=True)`` from its code, or from a publish in it
+        the broker refused): its start records and ``task.deferred`` with reason ``requeued``, so the log shows the
+        run that did not end. Best effort: the message goes back whether or not the log takes the record, and a
+        give-back because the log is away does not wait for it."""
+        if isinstance(given_back.__cause__, StoreUnavailable):
+            return
+        request = call.request
+        payload = {"reason": DEFERRED_REQUEUED, "error_type": "Reject", "error_message": str(given_back.reason)[:2000]}
+        try:
+            call.recorder.append([records.deferred(self, request, payload, socket.gethostname())], task_id=request.id)
+        except Exception as exc:
+            logger.warning("could not record that %s[%s] gave its message back: %s", self.name, request.id, exc)
 
     def _store_started(self, request: Any) -> None:
         """The ``STARTED`` state Celery stores for a task that tracks it, before the body runs: for a message

@@ -178,16 +178,53 @@ def test_an_agent_that_rejects_its_message_is_dead_lettered_once_with_the_reason
 
 
 def test_an_agent_that_gives_its_message_back_runs_again_and_nothing_is_dead_lettered(
-    app, start_worker, redis_client
+    app, settings, start_worker, redis_client
 ):
     """``Reject(requeue=True)`` from an agent puts the message back in its queue: it runs again and succeeds; it is
     not dead-lettered on the way (it was: the agent runtime took the Reject for a permanent error, dead-lettered it,
-    and the redelivery Celery's requeue made was refused as a task that had failed before)."""
+    and the redelivery Celery's requeue made was refused as a task that had failed before). The run that gave it
+    back is in the log: its start and ``task.deferred``, reason ``requeued`` (it left no record before)."""
     k = key()
     worker = start_worker("probe")
-    result = app.tasks["agents.probe"].apply_async(kwargs={"key": k, "give_back_once": True, "label": "back"})
+    with workflow_context() as correlation_id:
+        result = app.tasks["agents.probe"].apply_async(kwargs={"key": k, "give_back_once": True, "label": "back"})
     assert result.get(timeout=60)["label"] == "back"
     worker.stop()
     ns = app.conf.relaybus_runtime.namespace
     assert queue_depth(app, f"{ns}.probe.dlq") == 0
     assert [n["event"] for n in redis_list(redis_client, k)] == ["start", "start", "done"]
+    store = open_store(settings.eventstore_url)
+    try:
+        events = [e for e in store.by_correlation(correlation_id) if e.task_id == result.id]
+        assert [e.type for e in events] == ["task.sent", "task.received", "task.started", "task.deferred",
+                                            "task.redelivered", "task.received", "task.started", "task.succeeded"]
+        given_back = events[3].payload
+        assert (given_back["reason"], given_back["error_type"], given_back["error_message"]) == (
+            "requeued", "Reject", "not now")
+        assert store.rate_limit_waits() == [], "a give-back is no rate limit's wait"
+    finally:
+        store.close()
+
+
+def test_an_agent_that_always_gives_its_message_back_stops_at_the_redelivery_limit(
+    app, settings, start_worker, redis_client
+):
+    """Each give-back is a redelivery the worker's consumer counts: past ``RELAYBUS_MAX_REDELIVERIES`` the message is
+    dead-lettered (reason ``redelivery-limit``) and its task failed, instead of running for ever."""
+    limit = 2
+    k = key()
+    start_worker("probe", settings=settings.model_copy(update={"max_redeliveries": limit}))
+    with workflow_context() as correlation_id:
+        result = app.tasks["agents.probe"].apply_async(kwargs={"key": k, "give_back": True})
+    with pytest.raises(Exception, match="over the limit of 2"):
+        result.get(timeout=60)
+    store = open_store(settings.eventstore_url)
+    try:
+        types = [e.type for e in store.by_correlation(correlation_id) if e.task_id == result.id]
+        assert types.count("task.redelivered") == limit + 1 and types[-1] == "task.dead_lettered", types
+        assert "task.deferred" in types, "the runs that gave it back are recorded"
+        (dead,) = [e for e in store.by_correlation(correlation_id) if e.type == "task.dead_lettered"]
+        assert dead.payload["reason"] == "redelivery-limit"
+    finally:
+        store.close()
+    assert [n["event"] for n in redis_list(redis_client, k)] == ["start"] * (limit + 1)

@@ -125,7 +125,8 @@ def retried(task: Any, request: Any, error: BaseException, countdown: float, hos
 
 
 def deferred(task: Any, request: Any, payload: dict[str, Any], host: str) -> NewEvent:
-    """``task.deferred``: this delivery gave its message back with a countdown (tasks.runtime.deferral)."""
+    """``task.deferred``: this delivery gave its message back, with a countdown (tasks.runtime.deferral) or to run
+    again at once (``Reject(requeue=True)``, reason ``requeued``)."""
     return _event(request, task, host, TASK_DEFERRED, _derived(request, "deferred", _delivery(request)), payload)
 
 
