@@ -226,9 +226,7 @@ class SagaRepository:
         """Record ``saga.started`` (with the saga's ``budget``, if any) and the first step's dispatch. Starting
         an existing saga again is a no-op that hands back its first dispatch if that is still running (a
         client's retry)."""
-        check_saga_id(saga_id)
-        self._check_input(input)
-        event = start_event(definition, saga_id, input, budget)
+        event = self._start_event(definition, saga_id, input, budget)
         return self._advance(
             saga_id,
             lambda _: [event],
@@ -252,9 +250,7 @@ class SagaRepository:
         """What :meth:`start` records and dispatches for a saga id no stream holds (one just made), decided
         without the store: its dispatch may go out while :meth:`commit_start` records it (a step fenced to
         wait for its saga, :mod:`tasks.saga.steps`)."""
-        check_saga_id(saga_id)
-        self._check_input(input)
-        event = start_event(definition, saga_id, input, budget)
+        event = self._start_event(definition, saga_id, input, budget)
         state, decided, commands = _decided(definition, evolve(definition, None, event), record_id(event), now)
         events = ((event, None), *decided)
         correlation = correlation_id or saga_id
@@ -265,13 +261,18 @@ class SagaRepository:
         """Record ``planned`` in a new stream; :class:`~eventstore.ConcurrencyError` if its saga id is taken."""
         self._append(list(planned.events), planned.decision.correlation_id, 0, ())
 
-    def _check_input(self, input: JsonValue) -> None:
+    def _start_event(
+        self, definition: SagaDefinition, saga_id: str, input: JsonValue, budget: dict[str, JsonValue] | None
+    ) -> SagaEvent:
+        """The ``saga.started`` of a start, once its id and input are known to fit the log."""
+        check_saga_id(saga_id)
         size = len(json.dumps(input, separators=(",", ":"), ensure_ascii=False).encode())
         if size > self._data_limit:
             raise ValueError(
                 f"the saga input is {size} bytes; the event log keeps at most {self._data_limit} per event: "
                 "store large inputs elsewhere and pass a reference"
             )
+        return start_event(definition, saga_id, input, budget)
 
     def record(
         self,
